@@ -1,0 +1,507 @@
+//! Typed configuration: the TOML schema, its defaults, and validation that reports the
+//! file, line and column of every mistake. Parsing is pure (a string in, a [`Config`]
+//! or a [`ConfigError`] out); reading files and watching them is the gateway's job.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::verdict::Mode;
+
+/// The built-in demo config, used when no file is given and `pinpoint.toml` is absent.
+pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+
+/// A refused config: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The file (or `<built-in demo>`).
+    pub origin: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    pub message: String,
+}
+
+/// A validated config and the revision id that names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Content hash of the source text: `r` + 12 hex digits. The same text always gets
+    /// the same revision.
+    pub revision: String,
+    /// Where it came from.
+    pub origin: String,
+    pub server: ServerConfig,
+    pub decision_log: DecisionLogConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub policy: PolicyConfig,
+}
+
+/// `[server]`: listeners, data directory and caller-facing links.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listener for proxied routes.
+    pub proxy_listen: SocketAddr,
+    /// Listener for Pinpoint's own API, `/metrics` and `/healthz`.
+    pub api_listen: SocketAddr,
+    /// Where the embedded store and the bootstrap admin key live.
+    pub data_dir: PathBuf,
+    /// Where docs/reasons.md is published; problem `type` links point into it. The default
+    /// is served by the proxy listener itself.
+    pub reasons_url: String,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub drain_timeout_ms: u64,
+    /// How often the config file is checked for changes (0 disables; SIGHUP still works).
+    pub reload_poll_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            proxy_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            data_dir: PathBuf::from("./pinpoint-data"),
+            reasons_url: String::from(REASONS_PATH),
+            drain_timeout_ms: 10_000,
+            reload_poll_ms: 1_000,
+        }
+    }
+}
+
+/// Path on the proxy listener that serves the reason catalogue.
+pub const REASONS_PATH: &str = "/_pinpoint/reasons";
+
+/// `[decision_log]`: the bounded queue between the proxy and the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogConfig {
+    /// Decisions waiting to be written; beyond this they are dropped and counted.
+    pub queue_capacity: usize,
+    /// Decisions written per transaction at most.
+    pub batch_size: usize,
+    /// How long a partial batch waits before it is written.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig {
+            queue_capacity: 10_000,
+            batch_size: 512,
+            flush_interval_ms: 100,
+        }
+    }
+}
+
+/// `[upstreams.NAME]`: a pool of targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub targets: Vec<Target>,
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the response head.
+    pub request_timeout_ms: u64,
+    /// Consecutive failures that eject a target (nginx's `max_fails`).
+    pub max_fails: u32,
+    /// How long an ejected target stays out (nginx's `fail_timeout`).
+    pub fail_timeout_ms: u64,
+}
+
+/// One upstream target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// `host:port` (HTTP/1.1, keep-alive pooled).
+    Addr(String),
+    /// `builtin:echo`: the echo service Pinpoint starts itself, for the demo.
+    BuiltinEcho,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Addr(a) => f.write_str(a),
+            Target::BuiltinEcho => f.write_str("builtin:echo"),
+        }
+    }
+}
+
+/// `[[routes]]`: which requests go where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub id: String,
+    /// Exact host (case-insensitive, port ignored); `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix, matched on segment boundaries (`/orders` matches `/orders/1`, not `/ordersx`).
+    pub path_prefix: String,
+    /// Allowed methods; `None` allows all.
+    pub methods: Option<Vec<http::Method>>,
+    pub upstream: String,
+    /// Remove the prefix before forwarding.
+    pub strip_prefix: bool,
+}
+
+/// `[policy]`: the static policy layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyConfig {
+    pub mode: Mode,
+    pub rules: Vec<PolicyRule>,
+}
+
+/// `[[policy.rules]]`: an explicit deny rule. Every given condition must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub id: String,
+    /// Route ids; `None` means every route.
+    pub routes: Option<Vec<String>>,
+    pub methods: Option<Vec<http::Method>>,
+    pub path_prefix: Option<String>,
+    /// Operator-side description, shown by `pinpoint explain`.
+    pub description: Option<String>,
+}
+
+// ---- raw (as written) -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    decision_log: DecisionLogConfig,
+    #[serde(default)]
+    upstreams: BTreeMap<Spanned<String>, Spanned<RawUpstream>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    targets: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_request_timeout")]
+    request_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_max_fails")]
+    max_fails: Spanned<u32>,
+    #[serde(default = "default_fail_timeout")]
+    fail_timeout_ms: u64,
+}
+
+fn default_connect_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 1_000)
+}
+fn default_request_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+fn default_max_fails() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+fn default_fail_timeout() -> u64 {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    id: Spanned<String>,
+    host: Option<Spanned<String>>,
+    path_prefix: Spanned<String>,
+    methods: Option<Vec<Spanned<String>>>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    strip_prefix: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    routes: Option<Vec<Spanned<String>>>,
+    methods: Option<Vec<Spanned<String>>>,
+    path_prefix: Option<Spanned<String>>,
+    description: Option<String>,
+}
+
+// ---- parsing and validation --------------------------------------------------------
+
+impl Config {
+    /// Parses and validates `source`; `origin` names it in errors (a path or `<built-in demo>`).
+    pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
+        let at = |span: Range<usize>, message: String| locate(source, origin, span.start, message);
+        let raw: RawConfig = toml::from_str(source).map_err(|e| {
+            let start = e.span().map(|s| s.start).unwrap_or(0);
+            locate(source, origin, start, e.message().trim().to_owned())
+        })?;
+
+        let d = &raw.decision_log;
+        if d.queue_capacity == 0 || d.batch_size == 0 {
+            return Err(at(0..0, "decision_log.queue_capacity and batch_size must be at least 1".into()));
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in &raw.upstreams {
+            let (name_span, name) = (name.span(), name.get_ref().clone());
+            let up_span = up.span();
+            let up = up.get_ref();
+            if !is_identifier(&name) {
+                return Err(at(name_span, format!("upstream name `{name}` must use only letters, digits, `-` and `_`")));
+            }
+            if up.targets.get_ref().is_empty() {
+                return Err(at(up.targets.span(), format!("upstream `{name}` needs at least one target")));
+            }
+            let mut targets = Vec::new();
+            for t in up.targets.get_ref() {
+                targets.push(parse_target(t.get_ref()).map_err(|m| at(t.span(), m))?);
+            }
+            for (value, field) in [(&up.connect_timeout_ms, "connect_timeout_ms"), (&up.request_timeout_ms, "request_timeout_ms")] {
+                if *value.get_ref() == 0 {
+                    let span = if value.span().is_empty() { up_span.clone() } else { value.span() };
+                    return Err(at(span, format!("{field} must be greater than 0")));
+                }
+            }
+            if *up.max_fails.get_ref() == 0 {
+                return Err(at(up.max_fails.span(), "max_fails must be at least 1".into()));
+            }
+            upstreams.insert(
+                name,
+                UpstreamConfig {
+                    targets,
+                    connect_timeout_ms: *up.connect_timeout_ms.get_ref(),
+                    request_timeout_ms: *up.request_timeout_ms.get_ref(),
+                    max_fails: *up.max_fails.get_ref(),
+                    fail_timeout_ms: up.fail_timeout_ms,
+                },
+            );
+        }
+
+        let mut routes = Vec::new();
+        let mut route_ids = HashSet::new();
+        for route in &raw.routes {
+            let r = route.get_ref();
+            let id = r.id.get_ref().clone();
+            if !is_identifier(&id) {
+                return Err(at(r.id.span(), format!("route id `{id}` must use only letters, digits, `-` and `_`")));
+            }
+            if !route_ids.insert(id.clone()) {
+                return Err(at(r.id.span(), format!("route id `{id}` is used twice")));
+            }
+            let path_prefix = validate_prefix(&r.path_prefix).map_err(|m| at(r.path_prefix.span(), m))?;
+            if !upstreams.contains_key(r.upstream.get_ref()) {
+                return Err(at(r.upstream.span(), format!("route `{id}` names upstream `{}`, which is not defined under [upstreams]", r.upstream.get_ref())));
+            }
+            let host = match &r.host {
+                Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ']) => {
+                    return Err(at(h.span(), format!("route `{id}`: host `{}` is not a host name", h.get_ref())))
+                }
+                Some(h) => Some(h.get_ref().to_ascii_lowercase()),
+                None => None,
+            };
+            routes.push(RouteConfig {
+                id,
+                host,
+                path_prefix,
+                methods: parse_methods(&r.methods, &at)?,
+                upstream: r.upstream.get_ref().clone(),
+                strip_prefix: r.strip_prefix,
+            });
+        }
+
+        let mut rules = Vec::new();
+        let mut rule_ids = HashSet::new();
+        for rule in &raw.policy.rules {
+            let r = rule.get_ref();
+            let id = r.id.get_ref().clone();
+            if !is_identifier(&id) {
+                return Err(at(r.id.span(), format!("rule id `{id}` must use only letters, digits, `-` and `_`")));
+            }
+            if !rule_ids.insert(id.clone()) {
+                return Err(at(r.id.span(), format!("rule id `{id}` is used twice")));
+            }
+            if let Some(route_refs) = &r.routes {
+                for route_ref in route_refs {
+                    if !route_ids.contains(route_ref.get_ref()) {
+                        return Err(at(route_ref.span(), format!("rule `{id}` names route `{}`, which is not defined", route_ref.get_ref())));
+                    }
+                }
+            }
+            let path_prefix = match &r.path_prefix {
+                Some(p) => Some(validate_prefix(p).map_err(|m| at(p.span(), m))?),
+                None => None,
+            };
+            rules.push(PolicyRule {
+                id,
+                routes: r.routes.as_ref().map(|v| v.iter().map(|s| s.get_ref().clone()).collect()),
+                methods: parse_methods(&r.methods, &at)?,
+                path_prefix,
+                description: r.description.clone(),
+            });
+        }
+
+        Ok(Config {
+            revision: revision_of(source),
+            origin: origin.to_owned(),
+            server: raw.server,
+            decision_log: raw.decision_log,
+            upstreams,
+            routes,
+            policy: PolicyConfig {
+                mode: raw.policy.mode,
+                rules,
+            },
+        })
+    }
+
+    /// The built-in demo config.
+    pub fn demo() -> Config {
+        match Config::parse(DEMO_CONFIG, "<built-in demo>") {
+            Ok(config) => config,
+            // The demo is a compile-time constant covered by a unit test.
+            Err(e) => panic!("built-in demo config is invalid: {e}"),
+        }
+    }
+}
+
+/// The revision id of a config text.
+pub fn revision_of(source: &str) -> String {
+    let digest = Sha256::digest(source.as_bytes());
+    let mut out = String::from("r");
+    for b in &digest[..6] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+fn locate(source: &str, origin: &str, offset: usize, message: String) -> ConfigError {
+    let offset = offset.min(source.len());
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    ConfigError {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn validate_prefix(prefix: &Spanned<String>) -> Result<String, String> {
+    let p = prefix.get_ref();
+    if !p.starts_with('/') {
+        return Err(format!("path_prefix `{p}` must start with `/`"));
+    }
+    if p.contains(['?', '#', ' ']) {
+        return Err(format!("path_prefix `{p}` must be a plain path (no `?`, `#` or spaces)"));
+    }
+    // `/orders/` and `/orders` mean the same prefix.
+    let trimmed = p.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { String::from("/") } else { trimmed.to_owned() })
+}
+
+fn parse_methods(
+    methods: &Option<Vec<Spanned<String>>>,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<Vec<http::Method>>, ConfigError> {
+    let Some(methods) = methods else { return Ok(None) };
+    let mut out = Vec::new();
+    for m in methods {
+        let name = m.get_ref();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(at(m.span(), format!("method `{name}` must be an upper-case HTTP method such as GET or POST")));
+        }
+        let method = http::Method::from_bytes(name.as_bytes())
+            .map_err(|_| at(m.span(), format!("`{name}` is not an HTTP method")))?;
+        if !out.contains(&method) {
+            out.push(method);
+        }
+    }
+    Ok(Some(out))
+}
+
+fn parse_target(t: &str) -> Result<Target, String> {
+    if t == "builtin:echo" {
+        return Ok(Target::BuiltinEcho);
+    }
+    if t.contains("://") {
+        return Err(format!("target `{t}` must be `host:port` (HTTP), without a scheme"));
+    }
+    let (host, port) = t
+        .rsplit_once(':')
+        .ok_or_else(|| format!("target `{t}` must be `host:port` or `builtin:echo`"))?;
+    if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+        return Err(format!("target `{t}` must be `host:port` with a port from 1 to 65535"));
+    }
+    Ok(Target::Addr(t.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_is_valid() {
+        let c = Config::demo();
+        assert!(!c.routes.is_empty());
+        assert!(c.revision.starts_with('r') && c.revision.len() == 13);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let src = "[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n";
+        let e = Config::parse(src, "t.toml").unwrap_err();
+        assert_eq!((e.line, e.column), (7, 12), "{e}");
+        assert!(e.to_string().starts_with("t.toml:7:12: route `x` names upstream `nope`"), "{e}");
+
+        let e = Config::parse("[server]\nproxy_listen = \"nope\"\n", "t.toml").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+
+        let e = Config::parse("[server]\nbogus = 1\n", "t.toml").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+
+        let e = Config::parse("[upstreams.a]\ntargets = [\"http://x:1\"]\n", "t.toml").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 12), "{e}");
+
+        let e = Config::parse("[[routes]\n", "t.toml").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn prefixes_and_methods_are_normalised() {
+        let src = "[upstreams.a]\ntargets = [\"localhost:9\"]\n[[routes]]\nid = \"x\"\npath_prefix = \"/x/\"\nmethods = [\"GET\", \"GET\"]\nupstream = \"a\"\n";
+        let c = Config::parse(src, "t").unwrap();
+        assert_eq!(c.routes[0].path_prefix, "/x");
+        assert_eq!(c.routes[0].methods.as_deref(), Some(&[http::Method::GET][..]));
+        let bad = src.replace("\"GET\", \"GET\"", "\"get\"");
+        assert!(Config::parse(&bad, "t").unwrap_err().message.contains("upper-case"));
+    }
+
+    #[test]
+    fn revision_depends_on_content_only() {
+        assert_eq!(revision_of("a"), revision_of("a"));
+        assert_ne!(revision_of("a"), revision_of("b"));
+    }
+}

@@ -1,0 +1,14 @@
+//! Pinpoint's domain, with no I/O: the verdict a policy layer returns, the one reason
+//! catalogue every generated response draws from, decision traces, RFC 9457 problem
+//! bodies, request ids, API-key hashing and the typed config.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod keys;
+pub mod problem;
+pub mod reason;
+pub mod request_id;
+pub mod verdict;
+
+pub use reason::Reason;
+pub use verdict::{Decision, Denial, LayerTrace, Mark, Mode, Outcome};

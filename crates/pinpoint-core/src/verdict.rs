@@ -1,0 +1,174 @@
+//! Verdicts and decision traces: what a layer answers ([`Outcome`]), how a layer runs
+//! ([`Mode`]), and the record of a whole request's decision ([`Decision`]) that is stored
+//! and printed by `pinpoint explain`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::reason::Reason;
+
+/// Whether a layer's denials are enforced or only recorded (shadow mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A deny stops the request.
+    #[default]
+    Enforce,
+    /// A deny is recorded and counted as `would_deny`, and the request passes.
+    Report,
+}
+
+impl Mode {
+    /// Lower-case name, as used in config, metrics and traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
+}
+
+/// A layer's refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The catalogued reason.
+    pub reason: Reason,
+    /// Caller-safe detail (RFC 9457 `detail`). Must never hold a secret, another tenant's
+    /// name or an internal address.
+    pub detail: String,
+    /// The rule that decided, for the operator (trace only).
+    pub rule_id: Option<String>,
+    /// Operator-only context (trace only).
+    pub note: Option<String>,
+    /// Extra response headers (e.g. `Allow` on a 405).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Denial {
+    /// A denial with a caller-safe detail.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Denial {
+            reason,
+            detail: detail.into(),
+            rule_id: None,
+            note: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Names the deciding rule (operator side).
+    pub fn rule(mut self, rule_id: impl Into<String>) -> Self {
+        self.rule_id = Some(rule_id.into());
+        self
+    }
+
+    /// Adds an operator-only note.
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// What one layer says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The layer let the request through, optionally naming the rule that allowed it.
+    Allow { rule_id: Option<String> },
+    /// The layer refuses the request.
+    Deny(Denial),
+    /// "Not mine": the layer has nothing to say about this request (distinct from failing).
+    NotApplicable,
+}
+
+impl Outcome {
+    /// An allow with no rule named.
+    pub fn allow() -> Self {
+        Outcome::Allow { rule_id: None }
+    }
+}
+
+/// How a layer's outcome shows in the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mark {
+    /// Allowed.
+    Pass,
+    /// Denied, and the deny was enforced.
+    Deny,
+    /// Not applicable, or not reached because an earlier layer denied.
+    Skip,
+    /// Denied in report mode: recorded, but the request went on.
+    WouldDeny,
+}
+
+impl Mark {
+    /// Short name for printing.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Pass => "pass",
+            Mark::Deny => "deny",
+            Mark::Skip => "skip",
+            Mark::WouldDeny => "would_deny",
+        }
+    }
+}
+
+/// One layer's entry in a decision trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerTrace {
+    pub layer: String,
+    pub mark: Mark,
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Time spent in the layer, microseconds.
+    pub micros: u64,
+}
+
+/// The stored record of one request's decision. Never holds a request body or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub request_id: String,
+    /// Unix time in milliseconds when the request arrived.
+    pub at_ms: i64,
+    pub method: String,
+    /// Path only; the query string is not stored (it may carry secrets).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub client_addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Final status sent to the caller.
+    pub status: u16,
+    /// Set when Pinpoint itself answered (a denial or an upstream failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// The upstream target that served the request, if any (operator side only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_target: Option<String>,
+    pub config_revision: String,
+    /// Total time in Pinpoint and upstream until the response head, microseconds.
+    pub duration_micros: u64,
+    pub trace: Vec<LayerTrace>,
+}
+
+impl Decision {
+    /// The entry of the layer that decided the outcome (an enforced deny), if any.
+    pub fn deciding_layer(&self) -> Option<&LayerTrace> {
+        self.trace.iter().find(|t| t.mark == Mark::Deny)
+    }
+}
