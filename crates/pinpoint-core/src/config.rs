@@ -85,10 +85,10 @@ pub const REASONS_PATH: &str = "/_pinpoint/reasons";
 pub struct DecisionLogConfig {
     /// Decisions waiting to be written; beyond this they are dropped and counted.
     pub queue_capacity: usize,
-    /// Decisions written per transaction at most.
+    /// Decisions written per transaction at most (whatever is queued is written at once).
     pub batch_size: usize,
-    /// How long a partial batch waits before it is written.
-    pub flush_interval_ms: u64,
+    /// Decisions older than this are pruned from the store.
+    pub retention_hours: u64,
 }
 
 impl Default for DecisionLogConfig {
@@ -96,7 +96,7 @@ impl Default for DecisionLogConfig {
         DecisionLogConfig {
             queue_capacity: 10_000,
             batch_size: 512,
-            flush_interval_ms: 100,
+            retention_hours: 24 * 7,
         }
     }
 }

@@ -1,1 +1,132 @@
+//! Pinpoint's persistence. [`Store`] owns the database (SQLite in WAL mode under the data
+//! directory) and the server pepper; [`decisions`] owns the off-hot-path decision log
+//! writer; [`keys`] owns API keys (issued once, stored hashed) and the bootstrap admin key.
 #![forbid(unsafe_code)]
+
+pub mod decisions;
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use decisions::{DecisionLog, DecisionLogWriter};
+pub use keys::{IssuedKey, KeyError, KeyRecord};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("stored record could not be decoded: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    pepper: std::sync::Arc<[u8]>,
+    data_dir: PathBuf,
+}
+
+/// Current schema version (SQLite `user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS decisions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        reason TEXT,
+        route TEXT,
+        record TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS decisions_request_id ON decisions(request_id)",
+    "CREATE INDEX IF NOT EXISTS decisions_at ON decisions(at_ms)",
+    "CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        secret_hash BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        last_used_at_ms INTEGER,
+        revoked INTEGER NOT NULL DEFAULT 0
+    )",
+];
+
+impl Store {
+    /// Opens (creating if needed) the embedded store in `data_dir`: `pinpoint.db` and the
+    /// `pepper` file (32 random bytes, mode 0600) used to hash key secrets.
+    pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        create_private_dir(data_dir)?;
+        let pepper = keys::load_or_create_pepper(&data_dir.join("pepper"))?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("pinpoint.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&pool).await?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Invalid {
+                path: data_dir.join("pinpoint.db"),
+                message: format!("schema version {version} is newer than this binary understands ({SCHEMA_VERSION})"),
+            });
+        }
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).execute(&pool).await?;
+        Ok(Store {
+            pool,
+            pepper: pepper.into(),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    /// The data directory this store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Closes every connection; later queries fail with [`StoreError::Db`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,244 @@
+//! The decision log: the proxy hands each [`Decision`] to [`DecisionLog::record`], which
+//! never blocks (a bounded queue; on overflow the decision is dropped, counted in
+//! `pinpoint_decision_log_dropped_total` and logged). A writer task drains the queue in
+//! batches, one transaction each, prunes old decisions, and on [`DecisionLogWriter::finish`]
+//! writes everything still queued before it returns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinpoint_core::config::DecisionLogConfig;
+use pinpoint_core::Decision;
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::{now_ms, Store, StoreError};
+
+/// Metric counting decisions dropped because the queue was full.
+pub const DROPPED_METRIC: &str = "pinpoint_decision_log_dropped_total";
+/// Metric counting decisions written to the store.
+pub const WRITTEN_METRIC: &str = "pinpoint_decision_log_written_total";
+
+/// The producer side; cheap to clone.
+#[derive(Clone)]
+pub struct DecisionLog {
+    tx: mpsc::Sender<Decision>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The writer task; call [`DecisionLogWriter::finish`] on shutdown.
+pub struct DecisionLogWriter {
+    close: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl DecisionLog {
+    /// Starts the writer task.
+    pub fn spawn(store: Store, config: DecisionLogConfig) -> (DecisionLog, DecisionLogWriter) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (close, close_rx) = oneshot::channel();
+        let task = tokio::spawn(write_loop(store, config, rx, close_rx));
+        let log = DecisionLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        (log, DecisionLogWriter { close, task })
+    }
+
+    /// Queues a decision without waiting. Returns false when it was dropped.
+    pub fn record(&self, decision: Decision) -> bool {
+        match self.tx.try_send(decision) {
+            Ok(()) => true,
+            Err(err) => {
+                let why = match err {
+                    mpsc::error::TrySendError::Full(_) => "queue full",
+                    mpsc::error::TrySendError::Closed(_) => "writer stopped",
+                };
+                metrics::counter!(DROPPED_METRIC).increment(1);
+                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // Log the first drop and then every 1000th, so a flood cannot flood the log.
+                if total == 1 || total % 1000 == 0 {
+                    tracing::warn!(dropped_total = total, why, "decision log dropped a decision");
+                }
+                false
+            }
+        }
+    }
+
+    /// Decisions dropped so far by this log.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl DecisionLogWriter {
+    /// Stops accepting decisions, writes everything still queued, and waits for it.
+    pub async fn finish(self) {
+        let _ = self.close.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "decision log writer failed");
+        }
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    config: DecisionLogConfig,
+    mut rx: mpsc::Receiver<Decision>,
+    mut close: oneshot::Receiver<()>,
+) {
+    let batch_size = config.batch_size.max(1);
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut prune = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut close => break,
+            n = rx.recv_many(&mut batch, batch_size) => {
+                if n == 0 { break; }
+                write_batch(&store, &mut batch).await;
+            }
+            _ = prune.tick() => prune_old(&store, config.retention_hours).await,
+        }
+    }
+    rx.close();
+    while rx.recv_many(&mut batch, batch_size).await > 0 {
+        write_batch(&store, &mut batch).await;
+    }
+}
+
+async fn write_batch(store: &Store, batch: &mut Vec<Decision>) {
+    let count = batch.len();
+    if let Err(e) = insert_all(store, batch).await {
+        metrics::counter!(DROPPED_METRIC).increment(count as u64);
+        tracing::error!(error = %e, count, "decision log could not write a batch");
+    } else {
+        metrics::counter!(WRITTEN_METRIC).increment(count as u64);
+    }
+    batch.clear();
+}
+
+async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
+    let mut tx = store.pool().begin().await?;
+    for d in batch {
+        sqlx::query("INSERT INTO decisions (request_id, at_ms, status, reason, route, record) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&d.request_id)
+            .bind(d.at_ms)
+            .bind(i64::from(d.status))
+            .bind(d.reason.map(|r| r.code()))
+            .bind(d.route.as_deref())
+            .bind(serde_json::to_string(d)?)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn prune_old(store: &Store, retention_hours: u64) {
+    let horizon = now_ms().saturating_sub((retention_hours as i64).saturating_mul(3_600_000));
+    match sqlx::query("DELETE FROM decisions WHERE at_ms < ?").bind(horizon).execute(store.pool()).await {
+        Ok(done) if done.rows_affected() > 0 => {
+            tracing::info!(pruned = done.rows_affected(), "pruned old decisions")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not prune old decisions"),
+    }
+}
+
+impl Store {
+    /// The most recent decision recorded under `request_id`.
+    pub async fn decision(&self, request_id: &str) -> Result<Option<Decision>, StoreError> {
+        let row = sqlx::query("SELECT record FROM decisions WHERE request_id = ? ORDER BY seq DESC LIMIT 1")
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await?;
+        match row {
+            Some(row) => {
+                let record: String = row.try_get("record")?;
+                Ok(Some(serde_json::from_str(&record)?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinpoint_core::{LayerTrace, Mark, Mode, Reason};
+
+    fn decision(id: &str) -> Decision {
+        Decision {
+            request_id: id.into(),
+            at_ms: now_ms(),
+            method: "POST".into(),
+            path: "/admin/x".into(),
+            host: None,
+            client_addr: "127.0.0.1:1".into(),
+            route: Some("admin".into()),
+            principal: None,
+            status: 403,
+            reason: Some(Reason::PolicyExplicitDeny),
+            upstream_target: None,
+            config_revision: "r000000000000".into(),
+            duration_micros: 10,
+            trace: vec![LayerTrace {
+                layer: "policy".into(),
+                mark: Mark::Deny,
+                mode: Mode::Enforce,
+                reason: Some(Reason::PolicyExplicitDeny),
+                rule_id: Some("r1".into()),
+                detail: None,
+                note: None,
+                micros: 3,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn finish_writes_everything_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let (log, writer) = DecisionLog::spawn(store.clone(), DecisionLogConfig::default());
+        for i in 0..1500 {
+            assert!(log.record(decision(&format!("id-{i}"))));
+        }
+        writer.finish().await;
+        for i in [0, 777, 1499] {
+            let d = store.decision(&format!("id-{i}")).await.unwrap().unwrap();
+            assert_eq!(d, decision(&format!("id-{i}")).with_at(d.at_ms));
+        }
+        // After finish, records are refused and counted, never blocking.
+        assert!(!log.record(decision("late")));
+        assert_eq!(log.dropped(), 1);
+    }
+
+    #[tokio::test]
+    async fn overflow_drops_and_counts_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let config = DecisionLogConfig { queue_capacity: 4, ..Default::default() };
+        let (log, writer) = DecisionLog::spawn(store.clone(), config);
+        // The writer cannot run on this current-thread runtime until we await, so the
+        // fifth decision overflows.
+        let accepted = (0..10).filter(|i| log.record(decision(&format!("o-{i}")))).count();
+        assert_eq!(accepted, 4);
+        assert_eq!(log.dropped(), 6);
+        writer.finish().await;
+        assert!(store.decision("o-3").await.unwrap().is_some());
+        assert!(store.decision("o-4").await.unwrap().is_none());
+    }
+
+    trait WithAt {
+        fn with_at(self, at: i64) -> Self;
+    }
+    impl WithAt for Decision {
+        fn with_at(mut self, at: i64) -> Self {
+            self.at_ms = at;
+            self
+        }
+    }
+}
