@@ -1,1 +1,109 @@
+//! Pinpoint's servers. [`run`] wires them: the proxy listener ([`proxy`]) runs every
+//! request through the current revision's [`pipeline`] of [`layers`] and forwards allowed
+//! ones to [`upstream`] pools; the api listener ([`api`]) serves the admin API, metrics and
+//! health; [`runtime`] owns config revisions and hot reload; decisions go to the store's
+//! decision log off the hot path.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod echo;
+pub mod layers;
+pub mod pipeline;
+pub mod proxy;
+pub mod respond;
+pub mod routes;
+pub mod runtime;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use pinpoint_core::config::Config;
+use pinpoint_store::{DecisionLog, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::runtime::{Runtime, Shared};
+use crate::upstream::HealthRegistry;
+
+/// The two bound listeners.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub api: TcpListener,
+}
+
+/// What the gateway runs with.
+pub struct Gateway {
+    pub config: Config,
+    /// The config file, if any: reloaded on SIGHUP and on change.
+    pub config_path: Option<PathBuf>,
+    pub store: Store,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot start the built-in echo upstream: {0}")]
+    Echo(#[source] std::io::Error),
+}
+
+/// Runs the gateway until `shutdown` resolves, then stops accepting, drains in-flight
+/// requests, and writes every queued decision before returning.
+pub async fn run(gateway: Gateway, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let prometheus = telemetry::prometheus();
+    static UPKEEP: OnceLock<()> = OnceLock::new();
+    UPKEEP.get_or_init(|| telemetry::spawn_upkeep(prometheus.clone()));
+
+    let echo_listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(GatewayError::Echo)?;
+    let echo_addr = echo_listener.local_addr().map_err(GatewayError::Echo)?.to_string();
+    let (stop_echo, echo_stopped) = watch::channel(false);
+    let echo = tokio::spawn(echo::serve(echo_listener, wait_for(echo_stopped)));
+
+    let (decisions, writer) = DecisionLog::spawn(gateway.store.clone(), gateway.config.decision_log);
+    let health = HealthRegistry::default();
+    let runtime = Runtime::build(gateway.config, &health, &echo_addr);
+    let revision = runtime.config.revision.clone();
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(runtime),
+        health,
+        echo_addr,
+        store: gateway.store,
+        decisions,
+        prometheus,
+        started: Instant::now(),
+        config_path: gateway.config_path,
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
+    let proxy_addr = listeners.proxy.local_addr().ok();
+    let api_addr = listeners.api.local_addr().ok();
+    let proxy = tokio::spawn(proxy::serve(listeners.proxy, shared.clone(), wait_for(stopped.clone())));
+    let api = tokio::spawn(api::serve(listeners.api, shared.clone(), wait_for(stopped)));
+    tracing::info!(proxy = ?proxy_addr, api = ?api_addr, revision = %revision, "pinpoint is serving");
+
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop.send(true);
+    let _ = proxy.await;
+    let _ = api.await;
+    let _ = reloader.await;
+    let _ = stop_echo.send(true);
+    let _ = echo.await;
+    // Every connection is closed, so no more decisions arrive; write what is queued.
+    writer.finish().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for(mut flag: watch::Receiver<bool>) {
+    while !*flag.borrow_and_update() {
+        if flag.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,1 +1,215 @@
-fn main() {}
+//! The `pinpoint` binary: `serve` runs the gateway; `explain`, `reasons`, `config check`
+//! and `echo` are the operator's tools.
+#![forbid(unsafe_code)]
+
+mod explain;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use pinpoint_core::config::Config;
+use pinpoint_gateway::{Gateway, Listeners};
+use pinpoint_store::Store;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "pinpoint", version, about = "An API gateway whose every denial says exactly why.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (proxy and api listeners).
+    Serve {
+        /// Config file; default ./pinpoint.toml if present, else the built-in demo config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, default_value = "json", value_parser = ["json", "text"])]
+        log_format: String,
+    },
+    /// Print the decision trace of a request.
+    Explain {
+        /// The request id (the X-Request-Id response header, or `request_id` in a problem body).
+        request_id: String,
+        #[command(flatten)]
+        client: explain::ClientArgs,
+        /// Print the stored decision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the reason catalogue.
+    Reasons {
+        /// As the Markdown page docs/reasons.md.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Config tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run the echo upstream on its own (for benchmarks and experiments).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and print its revision.
+    Check { file: Option<PathBuf> },
+    /// Print the built-in demo config.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config, log_format } => serve(config, &log_format).await,
+            Command::Explain { request_id, client, json } => explain::run(&request_id, &client, json).await,
+            Command::Reasons { markdown } => {
+                print_reasons(markdown);
+                Ok(())
+            }
+            Command::Config { command: ConfigCommand::Check { file } } => {
+                let (config, origin) = resolve_config(file.as_deref())?;
+                println!("{origin}: ok, revision {} ({} routes, {} upstreams)", config.revision, config.routes.len(), config.upstreams.len());
+                Ok(())
+            }
+            Command::Config { command: ConfigCommand::Demo } => {
+                print!("{}", pinpoint_core::config::DEMO_CONFIG);
+                Ok(())
+            }
+            Command::Echo { listen } => {
+                let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+                eprintln!("echo upstream listening on {listen}");
+                pinpoint_gateway::echo::serve(listener, shutdown_signal()).await;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// The config to use: `--config FILE`, else `./pinpoint.toml`, else the built-in demo.
+/// Returns the config and a description of where it came from.
+pub(crate) fn resolve_config(explicit: Option<&Path>) -> Result<(Config, String)> {
+    let path = match explicit {
+        Some(p) => Some(p.to_owned()),
+        None => Some(PathBuf::from("pinpoint.toml")).filter(|p| p.exists()),
+    };
+    match path {
+        Some(path) => {
+            let config = pinpoint_gateway::runtime::load_file(&path).map_err(|e| anyhow::anyhow!("config refused: {e}"))?;
+            Ok((config, path.display().to_string()))
+        }
+        None => Ok((Config::demo(), String::from("<built-in demo>"))),
+    }
+}
+
+fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(p) => Some(p.to_owned()),
+        None => Some(PathBuf::from("pinpoint.toml")).filter(|p| p.exists()),
+    }
+}
+
+async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
+    init_tracing(log_format);
+    let (config, origin) = resolve_config(config_flag.as_deref())?;
+    tracing::info!(config = %origin, revision = %config.revision, "config loaded");
+    let data_dir = config.server.data_dir.clone();
+    let store = Store::open(&data_dir)
+        .await
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    if let Some(issued) = store.bootstrap_admin_key().await.context("cannot create the bootstrap admin key")? {
+        let file = data_dir.join(pinpoint_store::keys::BOOTSTRAP_KEY_FILE);
+        eprintln!(
+            "\nFirst start: created the bootstrap admin key. It is shown only this once:\n\n    {}\n\nIt is also in {} (mode 0600); `pinpoint explain` reads it from there.\n",
+            issued.key,
+            file.display()
+        );
+    }
+    let proxy = bind(config.server.proxy_listen, "proxy").await?;
+    let api = bind(config.server.api_listen, "api").await?;
+    let gateway = Gateway {
+        config,
+        config_path: config_file(config_flag.as_deref()),
+        store: store.clone(),
+    };
+    pinpoint_gateway::run(gateway, Listeners { proxy, api }, shutdown_signal()).await?;
+    store.close().await;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("cannot listen on {addr} for the {what} listener: the address is in use (is another pinpoint running?)")
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} for the {what} listener")),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PINPOINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    if format == "json" {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_reasons(markdown: bool) {
+    if markdown {
+        print!("{}", pinpoint_core::reason::render_markdown());
+        return;
+    }
+    for reason in pinpoint_core::Reason::ALL {
+        let info = reason.info();
+        println!("{:<28} {}  {}", info.code, info.status, info.title);
+    }
+}

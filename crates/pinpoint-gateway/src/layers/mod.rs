@@ -1,0 +1,5 @@
+//! The policy layers. Each owns one concern and its reason codes; the order they run in
+//! is defined in [`crate::runtime::build_pipeline`].
+
+pub mod policy;
+pub mod route;

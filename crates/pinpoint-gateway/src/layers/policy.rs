@@ -1,0 +1,53 @@
+//! The static policy layer: explicit deny rules from `[[policy.rules]]`, matched on
+//! route, method and path prefix. Code: `policy.explicit_deny` (403). The rule id and
+//! its description go to the operator's trace only.
+
+use pinpoint_core::config::PolicyRule;
+use pinpoint_core::{Denial, Outcome, Reason};
+
+use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::routes::prefix_matches;
+
+pub struct PolicyLayer {
+    rules: Vec<PolicyRule>,
+}
+
+impl PolicyLayer {
+    pub fn new(rules: Vec<PolicyRule>) -> Self {
+        PolicyLayer { rules }
+    }
+
+    fn matching_rule(&self, ctx: &RequestCtx<'_>) -> Option<&PolicyRule> {
+        let route_id = ctx.route.as_ref().map(|r| &*r.id);
+        self.rules.iter().find(|rule| {
+            rule.routes
+                .as_ref()
+                .is_none_or(|ids| route_id.is_some_and(|id| ids.iter().any(|r| r == id)))
+                && rule.methods.as_ref().is_none_or(|m| m.contains(ctx.method))
+                && rule.path_prefix.as_ref().is_none_or(|p| prefix_matches(p, ctx.path))
+        })
+    }
+}
+
+impl Layer for PolicyLayer {
+    fn name(&self) -> &'static str {
+        "policy"
+    }
+
+    fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
+        Check::Ready(match self.matching_rule(ctx) {
+            Some(rule) => {
+                let mut denial = Denial::new(
+                    Reason::PolicyExplicitDeny,
+                    format!("Policy does not permit {} on {}.", ctx.method, ctx.path),
+                )
+                .rule(rule.id.clone());
+                if let Some(description) = &rule.description {
+                    denial = denial.note(description.clone());
+                }
+                Outcome::Deny(denial)
+            }
+            None => Outcome::NotApplicable,
+        })
+    }
+}

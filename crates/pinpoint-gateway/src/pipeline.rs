@@ -1,0 +1,206 @@
+//! The policy pipeline: one ordered list of [`Layer`]s, each answering Allow, Deny or
+//! NotApplicable for a request. This module is the one place that turns those answers into
+//! the request's fate and its trace: an enforced deny stops the pipeline (later layers are
+//! traced as not reached), a deny in report mode is traced as `would_deny`, counted, and
+//! the request goes on. The order itself is defined in [`crate::runtime`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, Method};
+use pinpoint_core::{Denial, LayerTrace, Mark, Mode, Outcome};
+
+use crate::routes::CompiledRoute;
+
+/// What a layer sees of a request. Layers may fill in what they establish (the route,
+/// the principal) for the layers after them.
+pub struct RequestCtx<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// Host without port, lower-case.
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_addr: SocketAddr,
+    pub request_id: &'a str,
+    /// Set by the route layer.
+    pub route: Option<Arc<CompiledRoute>>,
+    /// Set by authentication layers.
+    pub principal: Option<String>,
+}
+
+impl RequestCtx<'_> {
+    /// The matched route's id, or `none`.
+    pub fn route_label(&self) -> Arc<str> {
+        match &self.route {
+            Some(r) => r.id.clone(),
+            None => Arc::from(NO_ROUTE),
+        }
+    }
+}
+
+/// Label used for metrics when no route matched.
+pub const NO_ROUTE: &str = "none";
+
+/// A layer's answer: ready now, or after some I/O.
+pub enum Check<'a> {
+    Ready(Outcome),
+    Pending(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+}
+
+/// One policy layer.
+pub trait Layer: Send + Sync {
+    /// Stable name, used in traces and metrics (and as the layer part of its reason codes).
+    fn name(&self) -> &'static str;
+    /// Decides about one request.
+    fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a>;
+}
+
+struct Stage {
+    layer: Box<dyn Layer>,
+    mode: Mode,
+}
+
+/// The ordered layers.
+#[derive(Default)]
+pub struct Pipeline {
+    stages: Vec<Stage>,
+}
+
+/// The pipeline's verdict on a request.
+pub struct Verdict {
+    pub trace: Vec<LayerTrace>,
+    /// The enforced denial, if any.
+    pub denial: Option<Denial>,
+}
+
+impl Pipeline {
+    /// Appends a layer running in `mode`.
+    pub fn push(&mut self, layer: impl Layer + 'static, mode: Mode) {
+        self.stages.push(Stage { layer: Box::new(layer), mode });
+    }
+
+    /// Layer names and modes, in order.
+    pub fn describe(&self) -> Vec<(&'static str, Mode)> {
+        self.stages.iter().map(|s| (s.layer.name(), s.mode)).collect()
+    }
+
+    /// Runs every layer in order until one denies in enforce mode.
+    pub async fn run(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        let mut trace = Vec::with_capacity(self.stages.len() + 1);
+        let mut denial = None;
+        for stage in &self.stages {
+            if denial.is_some() {
+                trace.push(LayerTrace {
+                    layer: stage.layer.name().to_owned(),
+                    mark: Mark::Skip,
+                    mode: stage.mode,
+                    reason: None,
+                    rule_id: None,
+                    detail: None,
+                    note: Some(String::from("not reached")),
+                    micros: 0,
+                });
+                continue;
+            }
+            let started = Instant::now();
+            let outcome = match stage.layer.check(ctx) {
+                Check::Ready(outcome) => outcome,
+                Check::Pending(fut) => fut.await,
+            };
+            let micros = started.elapsed().as_micros() as u64;
+            let mut entry = LayerTrace {
+                layer: stage.layer.name().to_owned(),
+                mark: Mark::Pass,
+                mode: stage.mode,
+                reason: None,
+                rule_id: None,
+                detail: None,
+                note: None,
+                micros,
+            };
+            match outcome {
+                Outcome::Allow { rule_id } => entry.rule_id = rule_id,
+                Outcome::NotApplicable => entry.mark = Mark::Skip,
+                Outcome::Deny(d) => {
+                    entry.reason = Some(d.reason);
+                    entry.rule_id = d.rule_id.clone();
+                    entry.detail = Some(d.detail.clone());
+                    entry.note = d.note.clone();
+                    crate::telemetry::count_denial(d.reason, &ctx.route_label(), stage.mode);
+                    match stage.mode {
+                        Mode::Enforce => {
+                            entry.mark = Mark::Deny;
+                            denial = Some(d);
+                        }
+                        Mode::Report => entry.mark = Mark::WouldDeny,
+                    }
+                }
+            }
+            trace.push(entry);
+        }
+        Verdict { trace, denial }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinpoint_core::Reason;
+
+    struct Fixed(&'static str, Outcome);
+    impl Layer for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn check<'a>(&'a self, _: &'a mut RequestCtx<'_>) -> Check<'a> {
+            let outcome = self.1.clone();
+            Check::Pending(Box::pin(async move { outcome }))
+        }
+    }
+
+    fn deny() -> Outcome {
+        Outcome::Deny(Denial::new(Reason::PolicyExplicitDeny, "no").rule("r1"))
+    }
+
+    async fn run(p: &Pipeline) -> Verdict {
+        let headers = HeaderMap::new();
+        let mut ctx = RequestCtx {
+            method: &Method::POST,
+            path: "/x",
+            host: None,
+            headers: &headers,
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            request_id: "t",
+            route: None,
+            principal: None,
+        };
+        p.run(&mut ctx).await
+    }
+
+    #[tokio::test]
+    async fn enforced_deny_stops_and_later_layers_are_not_reached() {
+        let mut p = Pipeline::default();
+        p.push(Fixed("a", Outcome::NotApplicable), Mode::Enforce);
+        p.push(Fixed("b", deny()), Mode::Enforce);
+        p.push(Fixed("c", Outcome::allow()), Mode::Enforce);
+        let v = run(&p).await;
+        let marks: Vec<_> = v.trace.iter().map(|t| (t.layer.as_str(), t.mark)).collect();
+        assert_eq!(marks, [("a", Mark::Skip), ("b", Mark::Deny), ("c", Mark::Skip)]);
+        assert_eq!(v.denial.unwrap().rule_id.as_deref(), Some("r1"));
+    }
+
+    #[tokio::test]
+    async fn report_mode_records_would_deny_and_passes() {
+        let mut p = Pipeline::default();
+        p.push(Fixed("b", deny()), Mode::Report);
+        p.push(Fixed("c", Outcome::allow()), Mode::Enforce);
+        let v = run(&p).await;
+        assert!(v.denial.is_none());
+        assert_eq!(v.trace[0].mark, Mark::WouldDeny);
+        assert_eq!(v.trace[0].reason, Some(Reason::PolicyExplicitDeny));
+        assert_eq!(v.trace[1].mark, Mark::Pass);
+    }
+}

@@ -1,0 +1,297 @@
+//! The proxy listener: accepts connections, runs each request through the current
+//! revision's pipeline, forwards allowed requests to an upstream target, answers denials
+//! with problem bodies, and records every decision (trace, metrics, access log).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use pinpoint_core::config::REASONS_PATH;
+use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
+use tokio::net::TcpListener;
+
+use crate::pipeline::{RequestCtx, NO_ROUTE};
+use crate::respond;
+use crate::routes::CompiledRoute;
+use crate::runtime::Shared;
+use crate::telemetry;
+
+/// Body of a proxy response: streamed from upstream, or generated here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Serves the proxy on `listener` until `shutdown` resolves, then drains in-flight
+/// requests for at most the configured drain timeout.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "proxy connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drain = Duration::from_millis(shared.runtime.load().config.server.drain_timeout_ms);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(drain_ms = drain.as_millis() as u64, "proxy drain timed out; closing remaining connections");
+    }
+}
+
+/// Handles one request end to end.
+pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let at_ms = pinpoint_store::now_ms();
+    let runtime = shared.runtime.load_full();
+    let request_id = respond::request_id_of(req.headers());
+    let format = respond::format_of(req.headers());
+    let reasons_url = runtime.config.server.reasons_url.as_str();
+
+    if req.uri().path() == REASONS_PATH {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(pinpoint_core::reason::render_markdown()))));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"));
+        respond::set_request_id(response.headers_mut(), &request_id);
+        return response;
+    }
+
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let host = host_of(&req);
+    let (verdict, route, principal) = {
+        let mut ctx = RequestCtx {
+            method: &method,
+            path: &path,
+            host: host.as_deref(),
+            headers: req.headers(),
+            client_addr: peer,
+            request_id: &request_id,
+            route: None,
+            principal: None,
+        };
+        let verdict = runtime.pipeline.run(&mut ctx).await;
+        (verdict, ctx.route.take(), ctx.principal.take())
+    };
+    let route_label: Arc<str> = route.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| Arc::from(NO_ROUTE));
+    let mut trace = verdict.trace;
+
+    let (mut response, reason, upstream_target) = match (verdict.denial, route) {
+        (Some(denial), _) => {
+            let reason = denial.reason;
+            (deny(&denial, &request_id, format, reasons_url), Some(reason), None)
+        }
+        (None, Some(route)) => forward(&route, req, peer, &request_id, &mut trace, format, reasons_url).await,
+        (None, None) => {
+            // The route layer always enforces, so an allowed request has a route.
+            let denial = Denial::new(Reason::RouteNotFound, format!("No route serves {method} {path}."));
+            (deny(&denial, &request_id, format, reasons_url), Some(Reason::RouteNotFound), None)
+        }
+    };
+    respond::set_request_id(response.headers_mut(), &request_id);
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    telemetry::count_request(&route_label, status, elapsed);
+    let route_name = (route_label.as_ref() != NO_ROUTE).then(|| route_label.to_string());
+    tracing::info!(
+        target: "pinpoint::access",
+        request_id = %request_id,
+        client = %peer,
+        method = %method,
+        path = %path,
+        route = route_name.as_deref().unwrap_or("-"),
+        status = status.as_u16(),
+        reason = reason.map(|r| r.code()).unwrap_or("-"),
+        upstream = upstream_target.as_deref().unwrap_or("-"),
+        duration_us = elapsed.as_micros() as u64,
+        revision = %runtime.config.revision,
+        "request"
+    );
+    shared.decisions.record(Decision {
+        request_id,
+        at_ms,
+        method: method.to_string(),
+        path,
+        host,
+        client_addr: peer.to_string(),
+        route: route_name,
+        principal,
+        status: status.as_u16(),
+        reason,
+        upstream_target,
+        config_revision: runtime.config.revision.clone(),
+        duration_micros: elapsed.as_micros() as u64,
+        trace,
+    });
+    response
+}
+
+fn deny(denial: &Denial, request_id: &str, format: pinpoint_core::problem::ProblemFormat, reasons_url: &str) -> Response<ProxyBody> {
+    respond::problem(denial, request_id, format, reasons_url).map(Either::Right)
+}
+
+async fn forward(
+    route: &CompiledRoute,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &str,
+    trace: &mut Vec<LayerTrace>,
+    format: pinpoint_core::problem::ProblemFormat,
+    reasons_url: &str,
+) -> (Response<ProxyBody>, Option<Reason>, Option<String>) {
+    let started = Instant::now();
+    let upstream = &route.upstream;
+    let fail = |reason: Reason, note: String, target: Option<String>, trace: &mut Vec<LayerTrace>| {
+        let detail = match reason {
+            Reason::UpstreamUnavailable => "The service behind this route is unavailable.",
+            Reason::UpstreamTimeout => "The service behind this route did not answer in time.",
+            Reason::UpstreamConnectFailed => "The service behind this route could not be reached.",
+            _ => "The service behind this route sent an invalid response.",
+        };
+        telemetry::count_denial(reason, &route.id, Mode::Enforce);
+        trace.push(upstream_entry(Mark::Deny, Some(reason), note, started));
+        let denial = Denial::new(reason, detail);
+        (deny(&denial, request_id, format, reasons_url), Some(reason), target)
+    };
+
+    let Some(target) = upstream.pick() else {
+        return fail(Reason::UpstreamUnavailable, upstream.unavailable_note(), None, trace);
+    };
+    let (mut parts, body) = req.into_parts();
+    let upstream_path = route.upstream_path(parts.uri.path());
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{upstream_path}?{q}"),
+        None => upstream_path.to_owned(),
+    };
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(target.authority.as_str())
+        .path_and_query(path_and_query)
+        .build();
+    let uri = match uri {
+        Ok(uri) => uri,
+        Err(e) => {
+            let note = format!("cannot build upstream URI for {}: {e}", target.authority);
+            return fail(Reason::UpstreamConnectFailed, note, Some(target.authority.clone()), trace);
+        }
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding_headers(&mut parts.headers, peer, request_id);
+
+    match upstream.send(&target, Request::from_parts(parts, body)).await {
+        Ok(mut response) => {
+            strip_hop_by_hop(response.headers_mut());
+            trace.push(upstream_entry(Mark::Pass, None, target.authority.clone(), started));
+            (response.map(Either::Left), None, Some(target.authority.clone()))
+        }
+        Err(failure) => fail(failure.reason, failure.note, Some(target.authority.clone()), trace),
+    }
+}
+
+fn upstream_entry(mark: Mark, reason: Option<Reason>, note: String, started: Instant) -> LayerTrace {
+    LayerTrace {
+        layer: String::from("upstream"),
+        mark,
+        mode: Mode::Enforce,
+        reason,
+        rule_id: None,
+        detail: None,
+        note: Some(note),
+        micros: started.elapsed().as_micros() as u64,
+    }
+}
+
+/// Host from the `Host` header (or the URI's authority), lower-case, without port.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// (`Transfer-Encoding` is left to hyper, which re-frames bodies itself.)
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn add_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, request_id: &str) {
+    let client_ip = peer.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    respond::set_request_id(headers, request_id);
+}

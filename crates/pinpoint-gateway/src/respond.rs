@@ -1,0 +1,54 @@
+//! Responses Pinpoint generates itself: the problem body of a [`Denial`] in the format the
+//! client accepts, with the reason's extra headers, and the request-id header helpers.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use pinpoint_core::problem::{Problem, ProblemFormat};
+use pinpoint_core::{request_id, Denial, Reason};
+
+/// Builds the response for a denial.
+pub fn problem(denial: &Denial, request_id: &str, format: ProblemFormat, reasons_url: &str) -> Response<Full<Bytes>> {
+    let body = Problem::new(denial.reason, denial.detail.clone(), request_id, reasons_url).render(format);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(denial.reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-pinpoint-reason", HeaderValue::from_static(denial.reason.code()));
+    for (name, value) in &denial.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
+    if denial.reason.status() == 401 && !headers.contains_key(http::header::WWW_AUTHENTICATE) {
+        let challenge = match denial.reason {
+            Reason::AuthnCredentialsMissing => "Bearer realm=\"pinpoint\"",
+            _ => "Bearer realm=\"pinpoint\", error=\"invalid_token\"",
+        };
+        headers.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    response
+}
+
+/// The client's request id if well-formed, else a fresh random one.
+pub fn request_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| request_id::is_well_formed(id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| request_id::format(rand::random()))
+}
+
+/// Sets `X-Request-Id` on a response.
+pub fn set_request_id(headers: &mut HeaderMap, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert(request_id::HEADER, value);
+    }
+}
+
+/// The format the request's `Accept` header asks for.
+pub fn format_of(headers: &HeaderMap) -> ProblemFormat {
+    ProblemFormat::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
+}

@@ -1,0 +1,169 @@
+//! The running state of one config revision ([`Runtime`]: routes, upstream pools and the
+//! pipeline) and the process-wide state around it ([`Shared`]). [`build_pipeline`] is the
+//! one place where the order of the layers is defined. A new revision is built beside the
+//! old one and swapped in atomically; requests in flight keep the revision they started
+//! with, and the proxy reads the current one with a single atomic load (no lock).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use pinpoint_core::config::{Config, ConfigError};
+use pinpoint_core::Mode;
+use pinpoint_store::{DecisionLog, Store};
+use tokio::sync::watch;
+
+use crate::layers::{policy::PolicyLayer, route::RouteLayer};
+use crate::pipeline::Pipeline;
+use crate::routes::{CompiledRoute, RouteTable};
+use crate::telemetry;
+use crate::upstream::{HealthRegistry, Upstream};
+
+/// Everything one config revision needs to serve requests.
+pub struct Runtime {
+    pub config: Config,
+    pub pipeline: Pipeline,
+}
+
+/// Process-wide state shared by the servers.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub health: HealthRegistry,
+    /// Address of the built-in echo service (`builtin:echo`).
+    pub echo_addr: String,
+    pub store: Store,
+    pub decisions: DecisionLog,
+    pub prometheus: PrometheusHandle,
+    pub started: Instant,
+    /// Where the config came from, if a file (reloadable).
+    pub config_path: Option<PathBuf>,
+}
+
+/// The layers, in the order they run. Later issues insert theirs here.
+pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>) -> Pipeline {
+    let mut pipeline = Pipeline::default();
+    // Routing cannot be shadowed: the layers after it need the route.
+    pipeline.push(RouteLayer::new(routes), Mode::Enforce);
+    pipeline.push(PolicyLayer::new(config.policy.rules.clone()), config.policy.mode);
+    pipeline
+}
+
+impl Runtime {
+    /// Compiles a validated config.
+    pub fn build(config: Config, health: &HealthRegistry, echo_addr: &str) -> Runtime {
+        let upstreams: BTreeMap<&str, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, up)| (name.as_str(), Arc::new(Upstream::new(name, up, health, echo_addr))))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                // Validation guarantees the upstream exists.
+                let upstream = upstreams.get(r.upstream.as_str())?.clone();
+                Some(Arc::new(CompiledRoute::new(r, upstream)))
+            })
+            .collect();
+        let pipeline = build_pipeline(&config, Arc::new(RouteTable::new(routes)));
+        Runtime { config, pipeline }
+    }
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, LoadError> {
+    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Config::parse(&source, &path.display().to_string())?)
+}
+
+impl Shared {
+    /// Re-reads the config file and swaps it in if it is valid and new. A bad file is
+    /// logged with its location and the running revision keeps serving.
+    pub fn reload(&self, trigger: &str) -> Result<Option<String>, LoadError> {
+        let Some(path) = &self.config_path else {
+            return Ok(None);
+        };
+        let config = match load_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "rejected").increment(1);
+                tracing::error!(error = %e, trigger, kept_revision = %self.runtime.load().config.revision, "config rejected; the running config keeps serving");
+                return Err(e);
+            }
+        };
+        let current = self.runtime.load();
+        if config.revision == current.config.revision {
+            return Ok(None);
+        }
+        let old = &current.config.server;
+        if config.server.proxy_listen != old.proxy_listen
+            || config.server.api_listen != old.api_listen
+            || config.server.data_dir != old.data_dir
+        {
+            tracing::warn!("listen addresses and data_dir change only on restart; the rest of the new config applies now");
+        }
+        let revision = config.revision.clone();
+        let previous = current.config.revision.clone();
+        self.runtime
+            .store(Arc::new(Runtime::build(config, &self.health, &self.echo_addr)));
+        metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "applied").increment(1);
+        tracing::info!(revision = %revision, previous = %previous, trigger, "config reloaded");
+        Ok(Some(revision))
+    }
+}
+
+/// Reloads on SIGHUP and when the file's content changes (checked every
+/// `reload_poll_ms`), until `stop` turns true.
+pub async fn watch_config(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let Some(path) = shared.config_path.clone() else { return };
+    let poll_ms = shared.runtime.load().config.server.reload_poll_ms;
+    let mut last_seen = std::fs::read(&path).ok();
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut poll = tokio::time::interval(Duration::from_millis(poll_ms.max(50)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = sighup => {
+                last_seen = std::fs::read(&path).ok();
+                let _ = shared.reload("SIGHUP");
+            }
+            _ = poll.tick(), if poll_ms > 0 => {
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last_seen {
+                    last_seen = now;
+                    let _ = shared.reload("file change");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Metrics: the process-wide Prometheus recorder and the names and labels of Pinpoint's
+//! metrics, so every counter is incremented from one place.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pinpoint_core::{Mode, Reason};
+
+pub const REQUESTS: &str = "pinpoint_requests_total";
+pub const DENIALS: &str = "pinpoint_denials_total";
+pub const DURATION: &str = "pinpoint_request_duration_seconds";
+pub const CONFIG_RELOADS: &str = "pinpoint_config_reloads_total";
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets_for_metric(Matcher::Full(DURATION.into()), DURATION_BUCKETS) {
+                Ok(b) => b,
+                // Only fails for an empty bucket list, which the constant is not.
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Keeps histogram buffers drained; runs until the process ends.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
+/// Counts a denial (enforced or shadow) or another Pinpoint-generated error.
+pub fn count_denial(reason: Reason, route: &Arc<str>, mode: Mode) {
+    metrics::counter!(
+        DENIALS,
+        "layer" => reason.layer(),
+        "reason" => reason.code(),
+        "route" => route.clone(),
+        "mode" => mode.as_str()
+    )
+    .increment(1);
+}
+
+/// Counts a finished request and its latency.
+pub fn count_request(route: &Arc<str>, status: http::StatusCode, elapsed: Duration) {
+    metrics::counter!(REQUESTS, "route" => route.clone(), "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!(DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
+}

@@ -1,0 +1,179 @@
+//! `pinpoint explain`: fetches a stored decision from the api listener and prints the
+//! chain of layers, the deciding rule, the config revision and the hint.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use pinpoint_core::{Decision, Mark};
+
+/// How the CLI reaches the API.
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    /// API base URL; default from the config's `api_listen`.
+    #[arg(long, env = "PINPOINT_API")]
+    pub api: Option<String>,
+    /// Admin API key; default the bootstrap key file in the data dir.
+    #[arg(long, env = "PINPOINT_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Config file to read `api_listen` and `data_dir` from (same default as `serve`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The API base URL and the key to use.
+    fn resolve(&self) -> Result<(String, String)> {
+        let needs_config = self.api.is_none() || self.key.is_none();
+        let config = if needs_config { Some(crate::resolve_config(self.config.as_deref())?.0) } else { None };
+        let api = match (&self.api, &config) {
+            (Some(api), _) => api.trim_end_matches('/').to_owned(),
+            (None, Some(c)) => format!("http://{}", c.server.api_listen),
+            (None, None) => unreachable!("config is loaded when --api is absent"),
+        };
+        let key = match (&self.key, &config) {
+            (Some(key), _) => key.trim().to_owned(),
+            (None, Some(c)) => {
+                let file = c.server.data_dir.join(pinpoint_store::keys::BOOTSTRAP_KEY_FILE);
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("no --key given and cannot read {}", file.display()))?
+                    .trim()
+                    .to_owned()
+            }
+            (None, None) => unreachable!("config is loaded when --key is absent"),
+        };
+        Ok((api, key))
+    }
+}
+
+pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()> {
+    if !pinpoint_core::request_id::is_well_formed(request_id) {
+        bail!("`{request_id}` is not a request id (1 to 128 of A-Z a-z 0-9 - _ . : @)");
+    }
+    let (api, key) = client.resolve()?;
+    let url = format!("{api}/api/v2/decisions/{request_id}");
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&key)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the Pinpoint API at {api}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.with_context(|| format!("{url} answered {status} with a body that is not JSON"))?;
+    if !status.is_success() {
+        let reason = body["reason"].as_str().unwrap_or("?");
+        let detail = body["detail"].as_str().unwrap_or("");
+        let hint = body["hint"].as_str().unwrap_or("");
+        bail!("{status} {reason}: {detail} {hint}");
+    }
+    let attributes = &body["data"]["attributes"];
+    if json {
+        println!("{}", serde_json::to_string_pretty(attributes)?);
+        return Ok(());
+    }
+    let decision: Decision = serde_json::from_value(attributes.clone()).context("the API returned a decision this CLI cannot read")?;
+    print!("{}", render(&decision));
+    Ok(())
+}
+
+/// The human-readable explanation of a decision.
+pub fn render(d: &Decision) -> String {
+    let mut out = String::new();
+    let outcome = match d.reason {
+        Some(r) => format!("{} {}", d.status, r.code()),
+        None => format!("{} (proxied)", d.status),
+    };
+    out.push_str(&format!("request  {}\n", d.request_id));
+    out.push_str(&format!("         {} {} -> {}\n", d.method, d.path, outcome));
+    out.push_str(&format!(
+        "at {}  client {}  route {}  config {}\n",
+        rfc3339(d.at_ms),
+        d.client_addr,
+        d.route.as_deref().unwrap_or("-"),
+        d.config_revision
+    ));
+    if let Some(p) = &d.principal {
+        out.push_str(&format!("principal {p}\n"));
+    }
+    out.push_str("\nlayers:\n");
+    for t in &d.trace {
+        let mark = match t.mark {
+            Mark::Pass => "[pass]      ",
+            Mark::Deny => "[DENY]      ",
+            Mark::Skip => "[skip]      ",
+            Mark::WouldDeny => "[would deny]",
+        };
+        let mut line = format!("  {mark} {:<9} {:>7}us  {}", t.layer, t.micros, t.mode.as_str());
+        if let Some(r) = t.reason {
+            line.push_str(&format!("  {}", r.code()));
+        }
+        if let Some(rule) = &t.rule_id {
+            line.push_str(&format!("  rule={rule}"));
+        }
+        if let Some(note) = &t.note {
+            line.push_str(&format!("  ({note})"));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push('\n');
+    match (d.deciding_layer(), d.reason) {
+        (Some(t), Some(r)) => {
+            out.push_str(&format!(
+                "decided by: {} layer{}\n",
+                t.layer,
+                t.rule_id.as_ref().map(|id| format!(", rule `{id}`")).unwrap_or_default()
+            ));
+            if let Some(detail) = &t.detail {
+                out.push_str(&format!("told the caller: {detail}\n"));
+            }
+            out.push_str(&format!("hint: {}\n", r.info().hint));
+            out.push_str(&format!("operator: {}\n", r.info().description));
+        }
+        _ => {
+            let shadow: Vec<_> = d.trace.iter().filter(|t| t.mark == Mark::WouldDeny).collect();
+            out.push_str("decided: allowed\n");
+            for t in shadow {
+                out.push_str(&format!(
+                    "note: {} layer would deny ({}) in enforce mode\n",
+                    t.layer,
+                    t.reason.map(|r| r.code()).unwrap_or("?")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC.
+fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_795_000_000_123), "2026-11-18T09:46:40.123Z");
+    }
+}
