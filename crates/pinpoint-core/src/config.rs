@@ -254,7 +254,10 @@ impl Config {
 
         let d = &raw.decision_log;
         if d.queue_capacity == 0 || d.batch_size == 0 {
-            return Err(at(0..0, "decision_log.queue_capacity and batch_size must be at least 1".into()));
+            return Err(at(
+                0..0,
+                "decision_log.queue_capacity and batch_size must be at least 1".into(),
+            ));
         }
 
         let mut upstreams = BTreeMap::new();
@@ -263,18 +266,31 @@ impl Config {
             let up_span = up.span();
             let up = up.get_ref();
             if !is_identifier(&name) {
-                return Err(at(name_span, format!("upstream name `{name}` must use only letters, digits, `-` and `_`")));
+                return Err(at(
+                    name_span,
+                    format!("upstream name `{name}` must use only letters, digits, `-` and `_`"),
+                ));
             }
             if up.targets.get_ref().is_empty() {
-                return Err(at(up.targets.span(), format!("upstream `{name}` needs at least one target")));
+                return Err(at(
+                    up.targets.span(),
+                    format!("upstream `{name}` needs at least one target"),
+                ));
             }
             let mut targets = Vec::new();
             for t in up.targets.get_ref() {
                 targets.push(parse_target(t.get_ref()).map_err(|m| at(t.span(), m))?);
             }
-            for (value, field) in [(&up.connect_timeout_ms, "connect_timeout_ms"), (&up.request_timeout_ms, "request_timeout_ms")] {
+            for (value, field) in [
+                (&up.connect_timeout_ms, "connect_timeout_ms"),
+                (&up.request_timeout_ms, "request_timeout_ms"),
+            ] {
                 if *value.get_ref() == 0 {
-                    let span = if value.span().is_empty() { up_span.clone() } else { value.span() };
+                    let span = if value.span().is_empty() {
+                        up_span.clone()
+                    } else {
+                        value.span()
+                    };
                     return Err(at(span, format!("{field} must be greater than 0")));
                 }
             }
@@ -299,18 +315,30 @@ impl Config {
             let r = route.get_ref();
             let id = r.id.get_ref().clone();
             if !is_identifier(&id) {
-                return Err(at(r.id.span(), format!("route id `{id}` must use only letters, digits, `-` and `_`")));
+                return Err(at(
+                    r.id.span(),
+                    format!("route id `{id}` must use only letters, digits, `-` and `_`"),
+                ));
             }
             if !route_ids.insert(id.clone()) {
                 return Err(at(r.id.span(), format!("route id `{id}` is used twice")));
             }
             let path_prefix = validate_prefix(&r.path_prefix).map_err(|m| at(r.path_prefix.span(), m))?;
             if !upstreams.contains_key(r.upstream.get_ref()) {
-                return Err(at(r.upstream.span(), format!("route `{id}` names upstream `{}`, which is not defined under [upstreams]", r.upstream.get_ref())));
+                return Err(at(
+                    r.upstream.span(),
+                    format!(
+                        "route `{id}` names upstream `{}`, which is not defined under [upstreams]",
+                        r.upstream.get_ref()
+                    ),
+                ));
             }
             let host = match &r.host {
                 Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ']) => {
-                    return Err(at(h.span(), format!("route `{id}`: host `{}` is not a host name", h.get_ref())))
+                    return Err(at(
+                        h.span(),
+                        format!("route `{id}`: host `{}` is not a host name", h.get_ref()),
+                    ))
                 }
                 Some(h) => Some(h.get_ref().to_ascii_lowercase()),
                 None => None,
@@ -331,7 +359,10 @@ impl Config {
             let r = rule.get_ref();
             let id = r.id.get_ref().clone();
             if !is_identifier(&id) {
-                return Err(at(r.id.span(), format!("rule id `{id}` must use only letters, digits, `-` and `_`")));
+                return Err(at(
+                    r.id.span(),
+                    format!("rule id `{id}` must use only letters, digits, `-` and `_`"),
+                ));
             }
             if !rule_ids.insert(id.clone()) {
                 return Err(at(r.id.span(), format!("rule id `{id}` is used twice")));
@@ -339,7 +370,13 @@ impl Config {
             if let Some(route_refs) = &r.routes {
                 for route_ref in route_refs {
                     if !route_ids.contains(route_ref.get_ref()) {
-                        return Err(at(route_ref.span(), format!("rule `{id}` names route `{}`, which is not defined", route_ref.get_ref())));
+                        return Err(at(
+                            route_ref.span(),
+                            format!(
+                                "rule `{id}` names route `{}`, which is not defined",
+                                route_ref.get_ref()
+                            ),
+                        ));
                     }
                 }
             }
@@ -349,7 +386,10 @@ impl Config {
             };
             rules.push(PolicyRule {
                 id,
-                routes: r.routes.as_ref().map(|v| v.iter().map(|s| s.get_ref().clone()).collect()),
+                routes: r
+                    .routes
+                    .as_ref()
+                    .map(|v| v.iter().map(|s| s.get_ref().clone()).collect()),
                 methods: parse_methods(&r.methods, &at)?,
                 path_prefix,
                 description: r.description.clone(),
@@ -414,11 +454,17 @@ fn validate_prefix(prefix: &Spanned<String>) -> Result<String, String> {
         return Err(format!("path_prefix `{p}` must start with `/`"));
     }
     if p.contains(['?', '#', ' ']) {
-        return Err(format!("path_prefix `{p}` must be a plain path (no `?`, `#` or spaces)"));
+        return Err(format!(
+            "path_prefix `{p}` must be a plain path (no `?`, `#` or spaces)"
+        ));
     }
     // `/orders/` and `/orders` mean the same prefix.
     let trimmed = p.trim_end_matches('/');
-    Ok(if trimmed.is_empty() { String::from("/") } else { trimmed.to_owned() })
+    Ok(if trimmed.is_empty() {
+        String::from("/")
+    } else {
+        trimmed.to_owned()
+    })
 }
 
 fn parse_methods(
@@ -430,7 +476,10 @@ fn parse_methods(
     for m in methods {
         let name = m.get_ref();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(at(m.span(), format!("method `{name}` must be an upper-case HTTP method such as GET or POST")));
+            return Err(at(
+                m.span(),
+                format!("method `{name}` must be an upper-case HTTP method such as GET or POST"),
+            ));
         }
         let method = http::Method::from_bytes(name.as_bytes())
             .map_err(|_| at(m.span(), format!("`{name}` is not an HTTP method")))?;
@@ -473,7 +522,11 @@ mod tests {
         let src = "[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n";
         let e = Config::parse(src, "t.toml").unwrap_err();
         assert_eq!((e.line, e.column), (7, 12), "{e}");
-        assert!(e.to_string().starts_with("t.toml:7:12: route `x` names upstream `nope`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.toml:7:12: route `x` names upstream `nope`"),
+            "{e}"
+        );
 
         let e = Config::parse("[server]\nproxy_listen = \"nope\"\n", "t.toml").unwrap_err();
         assert_eq!(e.line, 2, "{e}");

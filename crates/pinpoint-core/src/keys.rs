@@ -32,7 +32,9 @@ pub fn parse(key: &str) -> Option<PresentedKey<'_>> {
     let secret = secret.strip_prefix('_')?;
     let id_ok = id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let secret_ok = secret.len() == SECRET_LEN
-        && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (id_ok && secret_ok).then_some(PresentedKey { id, secret })
 }
 

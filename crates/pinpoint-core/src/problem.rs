@@ -146,7 +146,10 @@ mod tests {
         assert_eq!(ProblemFormat::negotiate(None), Json);
         assert_eq!(ProblemFormat::negotiate(Some("*/*")), Json);
         assert_eq!(ProblemFormat::negotiate(Some("application/json")), Json);
-        assert_eq!(ProblemFormat::negotiate(Some("text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")), Json);
+        assert_eq!(
+            ProblemFormat::negotiate(Some("text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")),
+            Json
+        );
         assert_eq!(ProblemFormat::negotiate(Some("text/html")), Html);
         assert_eq!(ProblemFormat::negotiate(Some("text/plain")), Text);
         assert_eq!(ProblemFormat::negotiate(Some("text/html, */*;q=0")), Html);

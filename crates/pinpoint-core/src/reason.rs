@@ -183,8 +183,7 @@ impl Serialize for Reason {
 impl<'de> Deserialize<'de> for Reason {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let code = String::deserialize(d)?;
-        Reason::from_code(&code)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown reason code `{code}`")))
+        Reason::from_code(&code).ok_or_else(|| serde::de::Error::custom(format!("unknown reason code `{code}`")))
     }
 }
 
@@ -201,10 +200,7 @@ pub fn render_markdown() -> String {
         let i = reason.info();
         out.push_str(&format!(
             "| [`{}`](#{}) | {} | {} |\n",
-            i.code,
-            i.code,
-            i.status,
-            i.title
+            i.code, i.code, i.status, i.title
         ));
     }
     for reason in Reason::ALL {
@@ -255,7 +251,10 @@ mod tests {
     fn forbidden_is_only_for_policy_decisions() {
         for r in Reason::ALL {
             if r.status() == 403 {
-                assert!(matches!(r.layer(), "policy" | "authz" | "authn" | "net" | "cloudauth"), "{r}");
+                assert!(
+                    matches!(r.layer(), "policy" | "authz" | "authn" | "net" | "cloudauth"),
+                    "{r}"
+                );
             }
         }
     }

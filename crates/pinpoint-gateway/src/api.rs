@@ -99,7 +99,10 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.prometheus.render(),
     )
 }
@@ -148,8 +151,14 @@ async fn require_admin(shared: &Shared, headers: &HeaderMap) -> Result<KeyRecord
     };
     match shared.store.verify_key(key).await {
         Ok(record) => Ok(record),
-        Err(KeyError::Malformed) => Err(Denial::new(Reason::AuthnKeyMalformed, "The presented credential is not a Pinpoint API key.").into()),
-        Err(KeyError::Unknown) => Err(Denial::new(Reason::AuthnKeyUnknown, "The presented API key is not valid.").into()),
+        Err(KeyError::Malformed) => Err(Denial::new(
+            Reason::AuthnKeyMalformed,
+            "The presented credential is not a Pinpoint API key.",
+        )
+        .into()),
+        Err(KeyError::Unknown) => {
+            Err(Denial::new(Reason::AuthnKeyUnknown, "The presented API key is not valid.").into())
+        }
         Err(KeyError::Store(e)) => {
             tracing::error!(error = %e, "key lookup failed");
             Err(Denial::new(Reason::ApiStoreUnavailable, "The key store could not be read.").into())

@@ -68,8 +68,9 @@ async fn answer(req: http::Request<Incoming>) -> Result<http::Response<Full<Byte
 fn json(status: u16, value: serde_json::Value) -> http::Response<Full<Bytes>> {
     let mut response = http::Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }

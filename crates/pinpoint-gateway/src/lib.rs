@@ -53,7 +53,11 @@ pub enum GatewayError {
 
 /// Runs the gateway until `shutdown` resolves, then stops accepting, drains in-flight
 /// requests, and writes every queued decision before returning.
-pub async fn run(gateway: Gateway, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+pub async fn run(
+    gateway: Gateway,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
     let prometheus = telemetry::prometheus();
     static UPKEEP: OnceLock<()> = OnceLock::new();
     UPKEEP.get_or_init(|| telemetry::spawn_upkeep(prometheus.clone()));

@@ -79,7 +79,10 @@ pub struct Verdict {
 impl Pipeline {
     /// Appends a layer running in `mode`.
     pub fn push(&mut self, layer: impl Layer + 'static, mode: Mode) {
-        self.stages.push(Stage { layer: Box::new(layer), mode });
+        self.stages.push(Stage {
+            layer: Box::new(layer),
+            mode,
+        });
     }
 
     /// Layer names and modes, in order.

@@ -70,7 +70,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     drop(listener);
     let drain = Duration::from_millis(shared.runtime.load().config.server.drain_timeout_ms);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(drain_ms = drain.as_millis() as u64, "proxy drain timed out; closing remaining connections");
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "proxy drain timed out; closing remaining connections"
+        );
     }
 }
 
@@ -84,10 +87,13 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     let reasons_url = runtime.config.server.reasons_url.as_str();
 
     if req.uri().path() == REASONS_PATH {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(pinpoint_core::reason::render_markdown()))));
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"));
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(
+            pinpoint_core::reason::render_markdown(),
+        ))));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/markdown; charset=utf-8"),
+        );
         respond::set_request_id(response.headers_mut(), &request_id);
         return response;
     }
@@ -109,7 +115,10 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
         let verdict = runtime.pipeline.run(&mut ctx).await;
         (verdict, ctx.route.take(), ctx.principal.take())
     };
-    let route_label: Arc<str> = route.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| Arc::from(NO_ROUTE));
+    let route_label: Arc<str> = route
+        .as_ref()
+        .map(|r| r.id.clone())
+        .unwrap_or_else(|| Arc::from(NO_ROUTE));
     let mut trace = verdict.trace;
 
     let (mut response, reason, upstream_target) = match (verdict.denial, route) {
@@ -121,7 +130,11 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
         (None, None) => {
             // The route layer always enforces, so an allowed request has a route.
             let denial = Denial::new(Reason::RouteNotFound, format!("No route serves {method} {path}."));
-            (deny(&denial, &request_id, format, reasons_url), Some(Reason::RouteNotFound), None)
+            (
+                deny(&denial, &request_id, format, reasons_url),
+                Some(Reason::RouteNotFound),
+                None,
+            )
         }
     };
     respond::set_request_id(response.headers_mut(), &request_id);
@@ -163,7 +176,12 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     response
 }
 
-fn deny(denial: &Denial, request_id: &str, format: pinpoint_core::problem::ProblemFormat, reasons_url: &str) -> Response<ProxyBody> {
+fn deny(
+    denial: &Denial,
+    request_id: &str,
+    format: pinpoint_core::problem::ProblemFormat,
+    reasons_url: &str,
+) -> Response<ProxyBody> {
     respond::problem(denial, request_id, format, reasons_url).map(Either::Right)
 }
 
@@ -209,7 +227,12 @@ async fn forward(
         Ok(uri) => uri,
         Err(e) => {
             let note = format!("cannot build upstream URI for {}: {e}", target.authority);
-            return fail(Reason::UpstreamConnectFailed, note, Some(target.authority.clone()), trace);
+            return fail(
+                Reason::UpstreamConnectFailed,
+                note,
+                Some(target.authority.clone()),
+                trace,
+            );
         }
     };
     parts.uri = uri;

@@ -13,7 +13,10 @@ pub fn problem(denial: &Denial, request_id: &str, format: ProblemFormat, reasons
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(denial.reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-pinpoint-reason", HeaderValue::from_static(denial.reason.code()));
     for (name, value) in &denial.headers {

@@ -22,7 +22,10 @@ pub struct CompiledRoute {
 pub enum RouteMatch {
     Found(Arc<CompiledRoute>),
     /// Host and path matched but no route allows the method.
-    MethodNotAllowed { route_id: Arc<str>, allow: String },
+    MethodNotAllowed {
+        route_id: Arc<str>,
+        allow: String,
+    },
     NotFound,
 }
 

@@ -119,7 +119,9 @@ impl Shared {
             || config.server.api_listen != old.api_listen
             || config.server.data_dir != old.data_dir
         {
-            tracing::warn!("listen addresses and data_dir change only on restart; the rest of the new config applies now");
+            tracing::warn!(
+                "listen addresses and data_dir change only on restart; the rest of the new config applies now"
+            );
         }
         let revision = config.revision.clone();
         let previous = current.config.revision.clone();

@@ -165,7 +165,11 @@ impl Upstream {
 
     /// The note for an upstream with every target ejected.
     pub fn unavailable_note(&self) -> String {
-        format!("all {} target(s) of upstream `{}` are ejected", self.targets.len(), self.name)
+        format!(
+            "all {} target(s) of upstream `{}` are ejected",
+            self.targets.len(),
+            self.name
+        )
     }
 }
 

@@ -123,15 +123,17 @@ async fn write_batch(store: &Store, batch: &mut Vec<Decision>) {
 async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
     let mut tx = store.pool().begin().await?;
     for d in batch {
-        sqlx::query("INSERT INTO decisions (request_id, at_ms, status, reason, route, record) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&d.request_id)
-            .bind(d.at_ms)
-            .bind(i64::from(d.status))
-            .bind(d.reason.map(|r| r.code()))
-            .bind(d.route.as_deref())
-            .bind(serde_json::to_string(d)?)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO decisions (request_id, at_ms, status, reason, route, record) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&d.request_id)
+        .bind(d.at_ms)
+        .bind(i64::from(d.status))
+        .bind(d.reason.map(|r| r.code()))
+        .bind(d.route.as_deref())
+        .bind(serde_json::to_string(d)?)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -139,7 +141,11 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
 
 async fn prune_old(store: &Store, retention_hours: u64) {
     let horizon = now_ms().saturating_sub((retention_hours as i64).saturating_mul(3_600_000));
-    match sqlx::query("DELETE FROM decisions WHERE at_ms < ?").bind(horizon).execute(store.pool()).await {
+    match sqlx::query("DELETE FROM decisions WHERE at_ms < ?")
+        .bind(horizon)
+        .execute(store.pool())
+        .await
+    {
         Ok(done) if done.rows_affected() > 0 => {
             tracing::info!(pruned = done.rows_affected(), "pruned old decisions")
         }
@@ -220,7 +226,10 @@ mod tests {
     async fn overflow_drops_and_counts_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        let config = DecisionLogConfig { queue_capacity: 4, ..Default::default() };
+        let config = DecisionLogConfig {
+            queue_capacity: 4,
+            ..Default::default()
+        };
         let (log, writer) = DecisionLog::spawn(store.clone(), config);
         // The writer cannot run on this current-thread runtime until we await, so the
         // fifth decision overflows.

@@ -81,10 +81,11 @@ impl Store {
     /// Checks a presented key and records its use.
     pub async fn verify_key(&self, presented: &str) -> Result<KeyRecord, KeyError> {
         let parts = keys::parse(presented).ok_or(KeyError::Malformed)?;
-        let row = sqlx::query("SELECT id, name, role, secret_hash, created_at_ms FROM api_keys WHERE id = ? AND revoked = 0")
-            .bind(parts.id)
-            .fetch_optional(self.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT id, name, role, secret_hash, created_at_ms FROM api_keys WHERE id = ? AND revoked = 0")
+                .bind(parts.id)
+                .fetch_optional(self.pool())
+                .await?;
         let Some(row) = row else {
             // Spend the same time as a real comparison so ids cannot be probed by timing.
             let _ = keys::verify_secret(&self.pepper, parts.secret, &[0u8; 32]);
@@ -109,7 +110,9 @@ impl Store {
 
     /// Number of stored keys (revoked ones included).
     pub async fn key_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(self.pool()).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// On a store with no keys at all, creates an admin key and writes it to
@@ -120,7 +123,10 @@ impl Store {
             return Ok(None);
         }
         let issued = self.create_key("bootstrap-admin", "admin").await?;
-        write_private_file(&self.data_dir.join(BOOTSTRAP_KEY_FILE), format!("{}\n", issued.key).as_bytes())?;
+        write_private_file(
+            &self.data_dir.join(BOOTSTRAP_KEY_FILE),
+            format!("{}\n", issued.key).as_bytes(),
+        )?;
         Ok(Some(issued))
     }
 }
@@ -144,7 +150,10 @@ pub(crate) fn load_or_create_pepper(path: &Path) -> Result<Vec<u8>, StoreError> 
 }
 
 fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: path.to_owned(), source };
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -174,7 +183,14 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(std::fs::metadata(dir.path().join("pepper")).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(dir.path().join("pepper"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o600
+            );
         }
         let record = store.verify_key(&issued.key).await.unwrap();
         assert_eq!(record.role, "admin");

@@ -78,7 +78,10 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&pool).await?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Invalid {
@@ -89,7 +92,9 @@ impl Store {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
-        sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).execute(&pool).await?;
+        sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .execute(&pool)
+            .await?;
         Ok(Store {
             pool,
             pepper: pepper.into(),
@@ -113,7 +118,10 @@ impl Store {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: dir.to_owned(), source };
+    let io = |source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(io)?;
     #[cfg(unix)]
     {

@@ -24,7 +24,11 @@ impl ClientArgs {
     /// The API base URL and the key to use.
     fn resolve(&self) -> Result<(String, String)> {
         let needs_config = self.api.is_none() || self.key.is_none();
-        let config = if needs_config { Some(crate::resolve_config(self.config.as_deref())?.0) } else { None };
+        let config = if needs_config {
+            Some(crate::resolve_config(self.config.as_deref())?.0)
+        } else {
+            None
+        };
         let api = match (&self.api, &config) {
             (Some(api), _) => api.trim_end_matches('/').to_owned(),
             (None, Some(c)) => format!("http://{}", c.server.api_listen),
@@ -59,7 +63,10 @@ pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()
         .await
         .with_context(|| format!("cannot reach the Pinpoint API at {api}"))?;
     let status = response.status();
-    let body: serde_json::Value = response.json().await.with_context(|| format!("{url} answered {status} with a body that is not JSON"))?;
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} answered {status} with a body that is not JSON"))?;
     if !status.is_success() {
         let reason = body["reason"].as_str().unwrap_or("?");
         let detail = body["detail"].as_str().unwrap_or("");
@@ -71,7 +78,8 @@ pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()
         println!("{}", serde_json::to_string_pretty(attributes)?);
         return Ok(());
     }
-    let decision: Decision = serde_json::from_value(attributes.clone()).context("the API returned a decision this CLI cannot read")?;
+    let decision: Decision =
+        serde_json::from_value(attributes.clone()).context("the API returned a decision this CLI cannot read")?;
     print!("{}", render(&decision));
     Ok(())
 }
@@ -122,7 +130,10 @@ pub fn render(d: &Decision) -> String {
             out.push_str(&format!(
                 "decided by: {} layer{}\n",
                 t.layer,
-                t.rule_id.as_ref().map(|id| format!(", rule `{id}`")).unwrap_or_default()
+                t.rule_id
+                    .as_ref()
+                    .map(|id| format!(", rule `{id}`"))
+                    .unwrap_or_default()
             ));
             if let Some(detail) = &t.detail {
                 out.push_str(&format!("told the caller: {detail}\n"));
@@ -174,6 +185,6 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(1_795_000_000_123), "2026-11-18T09:46:40.123Z");
+        assert_eq!(super::rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
     }
 }

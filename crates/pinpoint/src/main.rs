@@ -15,7 +15,11 @@ use pinpoint_store::Store;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "pinpoint", version, about = "An API gateway whose every denial says exactly why.")]
+#[command(
+    name = "pinpoint",
+    version,
+    about = "An API gateway whose every denial says exactly why."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,22 +90,37 @@ fn run(cli: Cli) -> Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve { config, log_format } => serve(config, &log_format).await,
-            Command::Explain { request_id, client, json } => explain::run(&request_id, &client, json).await,
+            Command::Explain {
+                request_id,
+                client,
+                json,
+            } => explain::run(&request_id, &client, json).await,
             Command::Reasons { markdown } => {
                 print_reasons(markdown);
                 Ok(())
             }
-            Command::Config { command: ConfigCommand::Check { file } } => {
+            Command::Config {
+                command: ConfigCommand::Check { file },
+            } => {
                 let (config, origin) = resolve_config(file.as_deref())?;
-                println!("{origin}: ok, revision {} ({} routes, {} upstreams)", config.revision, config.routes.len(), config.upstreams.len());
+                println!(
+                    "{origin}: ok, revision {} ({} routes, {} upstreams)",
+                    config.revision,
+                    config.routes.len(),
+                    config.upstreams.len()
+                );
                 Ok(())
             }
-            Command::Config { command: ConfigCommand::Demo } => {
+            Command::Config {
+                command: ConfigCommand::Demo,
+            } => {
                 print!("{}", pinpoint_core::config::DEMO_CONFIG);
                 Ok(())
             }
             Command::Echo { listen } => {
-                let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
                 eprintln!("echo upstream listening on {listen}");
                 pinpoint_gateway::echo::serve(listener, shutdown_signal()).await;
                 Ok(())
@@ -119,7 +138,8 @@ pub(crate) fn resolve_config(explicit: Option<&Path>) -> Result<(Config, String)
     };
     match path {
         Some(path) => {
-            let config = pinpoint_gateway::runtime::load_file(&path).map_err(|e| anyhow::anyhow!("config refused: {e}"))?;
+            let config =
+                pinpoint_gateway::runtime::load_file(&path).map_err(|e| anyhow::anyhow!("config refused: {e}"))?;
             Ok((config, path.display().to_string()))
         }
         None => Ok((Config::demo(), String::from("<built-in demo>"))),
@@ -141,7 +161,11 @@ async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
     let store = Store::open(&data_dir)
         .await
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    if let Some(issued) = store.bootstrap_admin_key().await.context("cannot create the bootstrap admin key")? {
+    if let Some(issued) = store
+        .bootstrap_admin_key()
+        .await
+        .context("cannot create the bootstrap admin key")?
+    {
         let file = data_dir.join(pinpoint_store::keys::BOOTSTRAP_KEY_FILE);
         eprintln!(
             "\nFirst start: created the bootstrap admin key. It is shown only this once:\n\n    {}\n\nIt is also in {} (mode 0600); `pinpoint explain` reads it from there.\n",
@@ -165,7 +189,9 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            bail!("cannot listen on {addr} for the {what} listener: the address is in use (is another pinpoint running?)")
+            bail!(
+                "cannot listen on {addr} for the {what} listener: the address is in use (is another pinpoint running?)"
+            )
         }
         Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} for the {what} listener")),
     }
@@ -195,7 +221,9 @@ async fn shutdown_signal() {
 fn init_tracing(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PINPOINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     if format == "json" {
         builder.json().flatten_event(true).with_current_span(false).init();
     } else {

@@ -40,8 +40,14 @@ impl Layer for RouteLayer {
                 .header("allow", allow),
             ),
             RouteMatch::NotFound => Outcome::Deny(
-                Denial::new(Reason::RouteNotFound, format!("No route serves {} {}.", ctx.method, ctx.path))
-                    .note(format!("host {:?} matched no route's host and path prefix", ctx.host.unwrap_or("-"))),
+                Denial::new(
+                    Reason::RouteNotFound,
+                    format!("No route serves {} {}.", ctx.method, ctx.path),
+                )
+                .note(format!(
+                    "host {:?} matched no route's host and path prefix",
+                    ctx.host.unwrap_or("-")
+                )),
             ),
         })
     }

@@ -1,0 +1,149 @@
+//! The api listener: admin authentication codes, the decisions endpoint, `pinpoint explain`.
+
+use crate::*;
+
+#[tokio::test]
+async fn decisions_need_a_valid_admin_key() {
+    let gw = start(&echo_config()).await;
+    let url = gw.api_url("/api/v2/decisions/anything");
+
+    let resp = gw.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"pinpoint\"");
+    problem(resp, 401, "authn.credentials_missing").await;
+
+    let resp = gw.http.get(&url).bearer_auth("not-a-key").send().await.unwrap();
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
+    let body = problem(resp, 401, "authn.key_malformed").await;
+    assert!(
+        !body.to_string().contains("not-a-key"),
+        "the credential is never echoed"
+    );
+
+    // Right shape and id, wrong secret.
+    let mut forged = gw.admin_key.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    let resp = gw.http.get(&url).header("x-api-key", &forged).send().await.unwrap();
+    let body = problem(resp, 401, "authn.key_unknown").await;
+    assert!(
+        !body.to_string().contains(&forged[20..]),
+        "the credential is never echoed"
+    );
+
+    let resp = gw.http.get(&url).bearer_auth(&gw.admin_key).send().await.unwrap();
+    problem(resp, 404, "api.not_found").await;
+}
+
+#[tokio::test]
+async fn decisions_endpoint_returns_the_trace() {
+    let gw = start(&echo_config()).await;
+    gw.http
+        .post(gw.url("/admin/users"))
+        .header("x-request-id", "api-403")
+        .send()
+        .await
+        .unwrap();
+    gw.decision("api-403").await;
+    let resp = gw
+        .http
+        .get(gw.api_url("/api/v2/decisions/api-403"))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["type"], "decision");
+    assert_eq!(body["data"]["id"], "api-403");
+    let attrs = &body["data"]["attributes"];
+    assert_eq!(attrs["status"], 403);
+    assert_eq!(attrs["reason"], "policy.explicit_deny");
+    assert_eq!(attrs["trace"][1]["rule_id"], "admin-read-only");
+    assert_eq!(attrs["trace"][1]["mark"], "deny");
+    assert!(attrs["config_revision"].as_str().unwrap().starts_with('r'));
+}
+
+#[tokio::test]
+async fn unknown_api_path_is_404_and_a_closed_store_is_503() {
+    let gw = start(&echo_config()).await;
+    problem(
+        gw.http.get(gw.api_url("/api/v2/nothing")).send().await.unwrap(),
+        404,
+        "api.not_found",
+    )
+    .await;
+    gw.store.close().await;
+    let resp = gw
+        .http
+        .get(gw.api_url("/api/v2/decisions/x"))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, 503, "api.store_unavailable").await;
+    assert!(!body.to_string().contains("pinpoint.db"), "no internal detail: {body}");
+}
+
+#[tokio::test]
+async fn explain_prints_the_chain_and_json() {
+    let gw = start(&echo_config()).await;
+    gw.http
+        .post(gw.url("/admin/users"))
+        .header("x-request-id", "explain-me")
+        .send()
+        .await
+        .unwrap();
+    let d = gw.decision("explain-me").await;
+    let bin = env!("CARGO_BIN_EXE_pinpoint");
+    let api = format!("http://{}", gw.api);
+    let (api_for_blocking, key) = (api.clone(), gw.admin_key.clone());
+    let out = tokio::task::spawn_blocking({
+        let run = move |extra: &'static [&'static str]| {
+            std::process::Command::new(bin)
+                .args(["explain", "explain-me", "--api", &api_for_blocking, "--key", &key])
+                .args(extra)
+                .env("NO_PROXY", "*")
+                .output()
+                .expect("run pinpoint explain")
+        };
+        move || (run(&[]), run(&["--json"]))
+    })
+    .await
+    .unwrap();
+    let (text, json) = out;
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("POST /admin/users -> 403 policy.explicit_deny"), "{text}");
+    assert!(text.contains("[pass]       route"), "{text}");
+    assert!(text.contains("[DENY]       policy"), "{text}");
+    assert!(text.contains("rule `admin-read-only`"), "{text}");
+    assert!(text.contains(&d.config_revision), "{text}");
+    assert!(
+        text.contains(&format!(
+            "hint: {}",
+            pinpoint_core::Reason::PolicyExplicitDeny.info().hint
+        )),
+        "{text}"
+    );
+
+    assert!(json.status.success());
+    let parsed: pinpoint_core::Decision = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed, d);
+
+    // A wrong key is a clear error, not a panic.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["explain", "explain-me", "--api", &api, "--key", "pp_wrong"])
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("authn.key_malformed"), "{err}");
+}

@@ -1,0 +1,250 @@
+//! Lifecycle: hot reload, graceful shutdown with no lost decisions, and the real binary
+//! (bootstrap key, SIGHUP, SIGTERM, config errors).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::*;
+
+async fn revision(gw: &TestGateway) -> String {
+    let health: serde_json::Value = gw
+        .http
+        .get(gw.api_url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["config_revision"].as_str().unwrap().to_owned()
+}
+
+fn counter(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const INVENTORY_ROUTE: &str = "\n[[routes]]\nid = \"inventory\"\npath_prefix = \"/inventory\"\nupstream = \"main\"\n";
+
+#[tokio::test]
+async fn file_changes_reload_atomically_and_bad_configs_are_rejected() {
+    let gw = start(&echo_config()).await;
+    let first = revision(&gw).await;
+    assert_eq!(gw.http.get(gw.url("/inventory")).send().await.unwrap().status(), 404);
+
+    let good = std::fs::read_to_string(&gw.config_path).unwrap() + INVENTORY_ROUTE;
+    std::fs::write(&gw.config_path, &good).unwrap();
+    poll_until("new revision", || async { revision(&gw).await != first }).await;
+    let second = revision(&gw).await;
+    let resp = gw
+        .http
+        .get(gw.url("/inventory/1"))
+        .header("x-request-id", "after-reload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.decision("after-reload").await.config_revision, second);
+
+    let rejected = "pinpoint_config_reloads_total{result=\"rejected\"}";
+    let before = counter(&gw.metrics().await, rejected);
+    let bad = good.replace("upstream = \"main\"\n", "upstream = \"missing\"\n");
+    std::fs::write(&gw.config_path, bad).unwrap();
+    poll_until("bad config rejected", || async {
+        counter(&gw.metrics().await, rejected) > before
+    })
+    .await;
+    assert_eq!(revision(&gw).await, second, "the old config keeps serving");
+    assert_eq!(gw.http.get(gw.url("/inventory")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests_and_keeps_their_decisions() {
+    let (slow, mut arrivals) = raw_upstream_signalling(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow",
+        Duration::from_millis(300),
+    )
+    .await;
+    let gw = start(&config_with(&format!("\"{slow}\""), "", "")).await;
+    let url = gw.url("/orders/slow");
+    let http = gw.http.clone();
+    let in_flight = tokio::spawn(async move {
+        let resp = http.get(url).header("x-request-id", "in-flight").send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    arrivals.recv().await.expect("request reached the upstream");
+    let proxy = gw.proxy;
+    let store = gw.stop().await;
+    assert_eq!(in_flight.await.unwrap(), (200, String::from("slow")));
+    // Stop returned only after the decision log was flushed.
+    let d = store
+        .decision("in-flight")
+        .await
+        .unwrap()
+        .expect("decision kept across shutdown");
+    assert_eq!(d.status, 200);
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+/// A `pinpoint serve` child process, killed by pid when dropped.
+struct ServeProcess {
+    child: Child,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    fn start(config: &Path, dir: &Path, name: &str) -> ServeProcess {
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("{name}.stdout"))).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn pinpoint serve");
+        ServeProcess { child, stderr_path }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        poll_until("pinpoint exits", || {
+            status = self.child.try_wait().unwrap();
+            std::future::ready(status.is_some())
+        })
+        .await;
+        status.unwrap()
+    }
+}
+
+async fn free_port() -> u16 {
+    dead_addr().await.port()
+}
+
+#[tokio::test]
+async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, api_port) = (free_port().await, free_port().await);
+    let config = format!(
+        "[server]\nproxy_listen = \"127.0.0.1:{proxy_port}\"\napi_listen = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\nreload_poll_ms = 0\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\n"
+    );
+    let config_path = dir.path().join("pinpoint.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = format!("http://127.0.0.1:{api_port}/healthz");
+    let revision = || async {
+        let r = http.get(&health).send().await.ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        v["config_revision"].as_str().map(str::to_owned)
+    };
+
+    let mut server = ServeProcess::start(&config_path, dir.path(), "first");
+    poll_until("binary ready", || async { revision().await.is_some() }).await;
+    let key_file = dir.path().join("data/bootstrap-admin.key");
+    let key = std::fs::read_to_string(&key_file).unwrap().trim().to_owned();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(server.stderr().contains(&key), "the key is printed once on first start");
+
+    let resp = http
+        .get(format!("http://127.0.0.1:{proxy_port}/orders"))
+        .header("x-request-id", "bin-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let first = revision().await.unwrap();
+    std::fs::write(&config_path, config.clone() + INVENTORY_ROUTE).unwrap();
+    server.signal("-HUP");
+    poll_until("SIGHUP reload", || async {
+        revision().await.is_some_and(|r| r != first)
+    })
+    .await;
+    assert_eq!(
+        http.get(format!("http://127.0.0.1:{proxy_port}/inventory"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    server.signal("-TERM");
+    let status = server.wait_exit().await;
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{}",
+        server.stderr()
+    );
+    let store = Store::open(&dir.path().join("data")).await.unwrap();
+    assert!(
+        store.decision("bin-1").await.unwrap().is_some(),
+        "decisions survive shutdown"
+    );
+    store.close().await;
+
+    // A second start finds keys and prints none.
+    let mut again = ServeProcess::start(&config_path, dir.path(), "second");
+    poll_until("binary ready again", || async { revision().await.is_some() }).await;
+    assert!(!again.stderr().contains("pp_"), "{}", again.stderr());
+    again.signal("-TERM");
+    assert!(again.wait_exit().await.success());
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n",
+    )
+    .unwrap();
+    for args in [vec!["config", "check"], vec!["serve", "--config"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(&args)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains(&format!("{}:7:12: route `x` names upstream `nope`", path.display())),
+            "{args:?}: {err}"
+        );
+    }
+}

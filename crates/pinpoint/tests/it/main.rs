@@ -1,0 +1,256 @@
+//! Pinpoint's integration tests: one binary, real sockets, real HTTP clients, real
+//! upstreams. Each test starts its own gateway on port 0 with its own data directory.
+
+mod api;
+mod lifecycle;
+mod proxy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pinpoint_core::config::Config;
+use pinpoint_core::Decision;
+use pinpoint_gateway::{Gateway, Listeners};
+use pinpoint_store::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    pub proxy: SocketAddr,
+    pub api: SocketAddr,
+    pub store: Store,
+    pub admin_key: String,
+    pub config_path: PathBuf,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a gateway with `config` (TOML; `DATA_DIR` is replaced by a fresh temp dir).
+pub async fn start(config: &str) -> TestGateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let config_path = dir.path().join("pinpoint.toml");
+    std::fs::write(&config_path, &text).expect("write config");
+    let config = Config::parse(&text, &config_path.display().to_string()).expect("valid test config");
+    let store = Store::open(&config.server.data_dir).await.expect("store");
+    let admin_key = store
+        .bootstrap_admin_key()
+        .await
+        .expect("bootstrap")
+        .expect("fresh store")
+        .key;
+    let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+    let (proxy_addr, api_addr) = (proxy.local_addr().unwrap(), api.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel();
+    let gateway = Gateway {
+        config,
+        config_path: Some(config_path.clone()),
+        store: store.clone(),
+    };
+    let task = tokio::spawn(async move {
+        pinpoint_gateway::run(gateway, Listeners { proxy, api }, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("gateway runs");
+    });
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let gw = TestGateway {
+        proxy: proxy_addr,
+        api: api_addr,
+        store,
+        admin_key,
+        config_path,
+        http,
+        shutdown: Some(tx),
+        task: Some(task),
+        _dir: dir,
+    };
+    gw.wait_ready().await;
+    gw
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    async fn wait_ready(&self) {
+        poll_until("gateway ready", || async {
+            self.http
+                .get(self.api_url("/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+
+    /// The stored decision for `request_id`, waiting for the writer to flush it.
+    pub async fn decision(&self, request_id: &str) -> Decision {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(d) = self.store.decision(request_id).await.expect("store readable") {
+                return d;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no decision stored for {request_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.api_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the gateway gracefully and waits for it.
+    pub async fn stop(mut self) -> Store {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("gateway task");
+        }
+        self.store.clone()
+    }
+}
+
+/// Polls `check` every 20 ms until it holds, failing after 10 s.
+pub async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A config with one route `/orders` (GET, POST) to `targets`, and extra TOML appended.
+pub fn config_with(targets: &str, upstream_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+data_dir = "DATA_DIR"
+reload_poll_ms = 50
+drain_timeout_ms = 5000
+
+[upstreams.main]
+targets = [{targets}]
+{upstream_extra}
+
+[[routes]]
+id = "orders"
+path_prefix = "/orders"
+methods = ["GET", "POST"]
+upstream = "main"
+
+[[routes]]
+id = "admin"
+path_prefix = "/admin"
+upstream = "main"
+
+[[policy.rules]]
+id = "admin-read-only"
+routes = ["admin"]
+methods = ["POST", "DELETE"]
+description = "operator-only text"
+{extra}
+"#
+    )
+}
+
+/// The default test config: routes to the built-in echo.
+pub fn echo_config() -> String {
+    config_with("\"builtin:echo\"", "", "")
+}
+
+/// An address where nothing listens.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A raw TCP upstream: for each connection, reads the request head, waits `delay`, then
+/// writes `reply` and closes. Runs until the test's runtime ends.
+pub async fn raw_upstream(reply: &'static [u8], delay: Duration) -> SocketAddr {
+    raw_upstream_signalling(reply, delay).await.0
+}
+
+/// Like [`raw_upstream`], and says on the channel each time a request head has arrived.
+pub async fn raw_upstream_signalling(
+    reply: &'static [u8],
+    delay: Duration,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = arrived.send(());
+                tokio::time::sleep(delay).await;
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, arrivals)
+}
+
+/// Reads a JSON problem body and checks the fields every problem must have.
+pub async fn problem(resp: reqwest::Response, status: u16, reason: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status for {reason}");
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json",
+        "content type for {reason}"
+    );
+    let header_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], reason);
+    assert_eq!(body["status"], status);
+    assert_eq!(body["layer"], reason.split('.').next().unwrap());
+    assert_eq!(body["request_id"], header_id.as_str());
+    assert!(body["type"].as_str().unwrap().ends_with(&format!("#{reason}")));
+    let info = pinpoint_core::Reason::from_code(reason).unwrap().info();
+    assert_eq!(body["title"], info.title);
+    assert_eq!(body["hint"], info.hint);
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    body
+}
