@@ -85,8 +85,11 @@ pub const REASONS_PATH: &str = "/_pinpoint/reasons";
 pub struct DecisionLogConfig {
     /// Decisions waiting to be written; beyond this they are dropped and counted.
     pub queue_capacity: usize,
-    /// Decisions written per transaction at most (whatever is queued is written at once).
+    /// Decisions written per transaction at most.
     pub batch_size: usize,
+    /// How long the writer gathers decisions before a transaction (the most a decision
+    /// waits before `pinpoint explain` can see it, under light load).
+    pub flush_interval_ms: u64,
     /// Decisions older than this are pruned from the store.
     pub retention_hours: u64,
 }
@@ -95,7 +98,8 @@ impl Default for DecisionLogConfig {
     fn default() -> Self {
         DecisionLogConfig {
             queue_capacity: 10_000,
-            batch_size: 512,
+            batch_size: 1024,
+            flush_interval_ms: 50,
             retention_hours: 24 * 7,
         }
     }

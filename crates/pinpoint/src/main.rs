@@ -154,7 +154,9 @@ fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
-    init_tracing(log_format);
+    // Log lines go through a buffered writer thread so the proxy never waits on stdout;
+    // the guard flushes what is left when `serve` returns.
+    let _log_flush = init_tracing(log_format);
     let (config, origin) = resolve_config(config_flag.as_deref())?;
     tracing::info!(config = %origin, revision = %config.revision, "config loaded");
     let data_dir = config.server.data_dir.clone();
