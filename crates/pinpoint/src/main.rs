@@ -220,17 +220,21 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PINPOINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+    // Lossy only when 128k lines are waiting: the proxy must never block on a slow log reader.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(128 * 1024)
+        .lossy(true)
+        .finish(std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if format == "json" {
         builder.json().flatten_event(true).with_current_span(false).init();
     } else {
         builder.init();
     }
+    guard
 }
 
 fn print_reasons(markdown: bool) {
