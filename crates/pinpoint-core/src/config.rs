@@ -42,6 +42,13 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub policy: PolicyConfig,
+    pub authn: AuthnConfig,
+    pub authz: AuthzConfig,
+    pub net: NetConfig,
+    pub cors: CorsConfig,
+    pub rate: RateConfig,
+    pub jwt: JwtConfig,
+    pub keys: KeysConfig,
 }
 
 /// `[server]`: listeners, data directory and caller-facing links.
@@ -149,6 +156,245 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Remove the prefix before forwarding.
     pub strip_prefix: bool,
+    /// Whether callers must authenticate.
+    pub auth: AuthRequirement,
+    /// The organization (tenant) this route belongs to; callers from other organizations
+    /// are refused with `authz.tenant_mismatch`.
+    pub org: Option<String>,
+    /// Permission each method needs; `None` as method means every method.
+    pub permissions: Vec<(Option<http::Method>, String)>,
+    /// 1-based path segment after the prefix that must equal the caller's principal id.
+    pub owner_segment: Option<usize>,
+    pub ip_allow: Vec<ipnet::IpNet>,
+    pub ip_deny: Vec<ipnet::IpNet>,
+}
+
+/// Whether a route needs an authenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthRequirement {
+    /// No authentication: credentials are ignored.
+    #[default]
+    None,
+    /// Credentials are checked when present; anonymous callers pass.
+    Optional,
+    /// Credentials are required.
+    Required,
+}
+
+/// Where the authentication layer looks for credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialSource {
+    /// `Authorization: Bearer <api key or JWT>`.
+    Authorization,
+    /// `X-API-Key: <api key>`.
+    XApiKey,
+    /// Datadog's pair: `DD-API-KEY` (the organization) + `DD-APPLICATION-KEY` (the principal).
+    DdKeys,
+}
+
+/// `[authn]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthnConfig {
+    pub mode: Mode,
+    pub sources: Vec<CredentialSource>,
+}
+
+impl Default for AuthnConfig {
+    fn default() -> Self {
+        AuthnConfig {
+            mode: Mode::Enforce,
+            sources: vec![
+                CredentialSource::Authorization,
+                CredentialSource::XApiKey,
+                CredentialSource::DdKeys,
+            ],
+        }
+    }
+}
+
+/// `[authz]`: the mode and the explicit deny rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthzConfig {
+    pub mode: Mode,
+    pub deny: Vec<DenyRule>,
+}
+
+/// `[[authz.deny]]`: refuses matching callers even when a role grants the permission.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRule {
+    pub id: String,
+    /// Role names; the rule applies to callers holding any of them.
+    pub roles: Option<Vec<String>>,
+    /// Principal ids.
+    pub principals: Option<Vec<String>>,
+    /// Organization ids.
+    pub orgs: Option<Vec<String>>,
+    pub routes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_methods")]
+    pub methods: Option<Vec<http::Method>>,
+    pub path_prefix: Option<String>,
+    pub description: Option<String>,
+}
+
+fn de_methods<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<http::Method>>, D::Error> {
+    let names: Option<Vec<String>> = Option::deserialize(d)?;
+    names
+        .map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_uppercase()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "method `{n}` must be upper-case, like GET"
+                        )));
+                    }
+                    http::Method::from_bytes(n.as_bytes())
+                        .map_err(|_| serde::de::Error::custom(format!("`{n}` is not an HTTP method")))
+                })
+                .collect()
+        })
+        .transpose()
+}
+
+/// `[net]`: global IP lists and the proxies trusted to report client addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    pub mode: Mode,
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+    /// Only connections from these addresses may set `X-Forwarded-For` / `Forwarded`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `[cors]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`) or `*`.
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    pub max_age_seconds: u64,
+    pub allow_credentials: bool,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: Vec::new(),
+            allowed_methods: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                .map(String::from)
+                .to_vec(),
+            allowed_headers: [
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "x-request-id",
+                "dd-api-key",
+                "dd-application-key",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_age_seconds: 600,
+            allow_credentials: false,
+        }
+    }
+}
+
+/// `[rate]`: GCRA limits and quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub mode: Mode,
+    pub limits: Vec<RateLimitRule>,
+    pub quotas: Vec<QuotaRule>,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    Key,
+    Principal,
+    Org,
+    Route,
+    ClientIp,
+}
+
+/// `[[rate.limits]]`: `requests` per `per_seconds`, with bursts up to `burst`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRule {
+    pub id: String,
+    pub by: LimitKey,
+    pub requests: u32,
+    pub per_seconds: u32,
+    pub burst: Option<u32>,
+    pub routes: Option<Vec<String>>,
+}
+
+/// Quota windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+/// `[[rate.quotas]]`: at most `requests` per organization per calendar day or month (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRule {
+    pub id: String,
+    pub period: QuotaPeriod,
+    pub requests: u64,
+    /// Organization ids; `None` applies to every organization.
+    pub orgs: Option<Vec<String>>,
+    pub routes: Option<Vec<String>>,
+}
+
+/// `[jwt]`: tokens Pinpoint signs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub ttl_seconds: u64,
+    /// A signing key signs for this long; it stays published until its last token expires.
+    pub rotate_after_hours: u64,
+    /// Clock skew tolerated when checking `exp`.
+    pub leeway_seconds: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuer: String::from("pinpoint"),
+            ttl_seconds: 900,
+            rotate_after_hours: 24,
+            leeway_seconds: 30,
+        }
+    }
+}
+
+/// `[keys]`: API-key lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// After a rotation, the old key keeps working for this long.
+    pub rotation_overlap_seconds: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            rotation_overlap_seconds: 24 * 3600,
+        }
+    }
 }
 
 /// `[policy]`: the static policy layer.
@@ -185,6 +431,29 @@ struct RawConfig {
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    authn: AuthnConfig,
+    #[serde(default)]
+    authz: RawAuthz,
+    #[serde(default)]
+    net: NetConfig,
+    #[serde(default)]
+    cors: CorsConfig,
+    #[serde(default)]
+    rate: RateConfig,
+    #[serde(default)]
+    jwt: JwtConfig,
+    #[serde(default)]
+    keys: KeysConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuthz {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    deny: Vec<Spanned<DenyRule>>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +493,14 @@ struct RawRoute {
     upstream: Spanned<String>,
     #[serde(default)]
     strip_prefix: bool,
+    auth: Option<AuthRequirement>,
+    org: Option<Spanned<String>>,
+    permissions: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    owner_segment: Option<Spanned<usize>>,
+    #[serde(default)]
+    ip_allow: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    ip_deny: Vec<ipnet::IpNet>,
 }
 
 #[derive(Deserialize, Default)]
@@ -347,6 +624,67 @@ impl Config {
                 Some(h) => Some(h.get_ref().to_ascii_lowercase()),
                 None => None,
             };
+            let mut permissions = Vec::new();
+            for (method, permission) in r.permissions.iter().flatten() {
+                let m = method.get_ref();
+                let method = if m == "*" {
+                    None
+                } else if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    Some(
+                        http::Method::from_bytes(m.as_bytes())
+                            .map_err(|_| at(method.span(), format!("`{m}` is not an HTTP method")))?,
+                    )
+                } else {
+                    return Err(at(
+                        method.span(),
+                        format!("permissions key `{m}` must be an upper-case method or `*`"),
+                    ));
+                };
+                if !is_permission(permission.get_ref()) {
+                    return Err(at(
+                        permission.span(),
+                        format!(
+                            "permission `{}` must look like `resource:action` (letters, digits, `_`, `-`, `:`, `.`)",
+                            permission.get_ref()
+                        ),
+                    ));
+                }
+                permissions.push((method, permission.get_ref().clone()));
+            }
+            if let Some(org) = &r.org {
+                if !is_uuid(org.get_ref()) {
+                    return Err(at(
+                        org.span(),
+                        format!(
+                            "route `{id}`: org must be an organization id (a UUID), not `{}`",
+                            org.get_ref()
+                        ),
+                    ));
+                }
+            }
+            if let Some(seg) = &r.owner_segment {
+                if *seg.get_ref() == 0 {
+                    return Err(at(
+                        seg.span(),
+                        "owner_segment counts from 1 (the first segment after the prefix)".into(),
+                    ));
+                }
+            }
+            let auth = r.auth.unwrap_or(
+                if permissions.is_empty() && r.owner_segment.is_none() && r.org.is_none() {
+                    AuthRequirement::None
+                } else {
+                    AuthRequirement::Required
+                },
+            );
+            if auth != AuthRequirement::Required
+                && (!permissions.is_empty() || r.owner_segment.is_some() || r.org.is_some())
+            {
+                return Err(at(
+                    route.span(),
+                    format!("route `{id}` sets permissions, org or owner_segment, so `auth` must be \"required\""),
+                ));
+            }
             routes.push(RouteConfig {
                 id,
                 host,
@@ -354,6 +692,12 @@ impl Config {
                 methods: parse_methods(&r.methods, &at)?,
                 upstream: r.upstream.get_ref().clone(),
                 strip_prefix: r.strip_prefix,
+                auth,
+                org: r.org.as_ref().map(|o| o.get_ref().to_ascii_lowercase()),
+                permissions,
+                owner_segment: r.owner_segment.as_ref().map(|s| *s.get_ref()),
+                ip_allow: r.ip_allow.clone(),
+                ip_deny: r.ip_deny.clone(),
             });
         }
 
@@ -400,6 +744,67 @@ impl Config {
             });
         }
 
+        let mut deny_rules = Vec::new();
+        let mut deny_ids = HashSet::new();
+        for rule in &raw.authz.deny {
+            let r = rule.get_ref();
+            if !is_identifier(&r.id) || !deny_ids.insert(r.id.clone()) {
+                return Err(at(
+                    rule.span(),
+                    format!("authz deny rule id `{}` must be a unique identifier", r.id),
+                ));
+            }
+            for route_ref in r.routes.iter().flatten() {
+                if !route_ids.contains(route_ref) {
+                    return Err(at(
+                        rule.span(),
+                        format!(
+                            "authz deny rule `{}` names route `{route_ref}`, which is not defined",
+                            r.id
+                        ),
+                    ));
+                }
+            }
+            deny_rules.push(r.clone());
+        }
+        let mut limit_ids = HashSet::new();
+        for limit in &raw.rate.limits {
+            if !is_identifier(&limit.id) || !limit_ids.insert(limit.id.clone()) {
+                return Err(at(
+                    0..0,
+                    format!("rate limit id `{}` must be a unique identifier", limit.id),
+                ));
+            }
+            if limit.requests == 0 || limit.per_seconds == 0 || limit.burst == Some(0) {
+                return Err(at(
+                    0..0,
+                    format!(
+                        "rate limit `{}`: requests, per_seconds and burst must be at least 1",
+                        limit.id
+                    ),
+                ));
+            }
+        }
+        for quota in &raw.rate.quotas {
+            if !is_identifier(&quota.id) || !limit_ids.insert(quota.id.clone()) {
+                return Err(at(0..0, format!("quota id `{}` must be a unique identifier", quota.id)));
+            }
+        }
+        for origin in &raw.cors.allowed_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(at(
+                    0..0,
+                    format!("cors origin `{origin}` must be `*` or start with http:// or https://"),
+                ));
+            }
+        }
+        if raw.jwt.ttl_seconds == 0 || raw.jwt.rotate_after_hours == 0 {
+            return Err(at(
+                0..0,
+                "jwt.ttl_seconds and jwt.rotate_after_hours must be at least 1".into(),
+            ));
+        }
+
         Ok(Config {
             revision: revision_of(source),
             origin: origin.to_owned(),
@@ -411,6 +816,16 @@ impl Config {
                 mode: raw.policy.mode,
                 rules,
             },
+            authn: raw.authn,
+            authz: AuthzConfig {
+                mode: raw.authz.mode,
+                deny: deny_rules,
+            },
+            net: raw.net,
+            cors: raw.cors,
+            rate: raw.rate,
+            jwt: raw.jwt,
+            keys: raw.keys,
         })
     }
 
@@ -446,6 +861,23 @@ fn locate(source: &str, origin: &str, offset: usize, message: String) -> ConfigE
         column,
         message,
     }
+}
+
+/// Whether `s` is a permission name like `orders:write`.
+pub fn is_permission(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.' | b'*'))
+}
+
+/// Whether `s` is a UUID in its hyphenated form.
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 fn is_identifier(s: &str) -> bool {

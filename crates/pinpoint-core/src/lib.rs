@@ -4,10 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod identity;
 pub mod keys;
 pub mod problem;
 pub mod reason;
 pub mod request_id;
+pub mod time;
 pub mod verdict;
 
 pub use reason::Reason;

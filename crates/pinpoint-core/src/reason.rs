@@ -127,6 +127,120 @@ reasons! {
         hint: "Pinpoint keys look like `pp_<16 hex>_<43 characters>`; check for truncation or extra characters.",
         description: "The credential does not parse as a Pinpoint API key.",
     },
+    /// The key's expiry has passed.
+    AuthnKeyExpired => {
+        code: "authn.key_expired", status: 401, title: "API key expired",
+        hint: "Create or rotate to a new key; expired keys cannot be renewed.",
+        description: "The key exists and its secret matches, but its `expires_at` (or the end of its rotation overlap) has passed.",
+    },
+    /// The key was revoked.
+    AuthnKeyRevoked => {
+        code: "authn.key_revoked", status: 401, title: "API key revoked",
+        hint: "This key was revoked; ask for a new one.",
+        description: "The key exists and its secret matches, but it was revoked (by an operator, or with its cloud-auth mapping).",
+    },
+    /// The bearer token's `exp` has passed.
+    AuthnTokenExpired => {
+        code: "authn.token_expired", status: 401, title: "Token expired",
+        hint: "Obtain a fresh token; tokens are short-lived by design.",
+        description: "The JWT verified, but its `exp` is in the past (beyond the configured leeway).",
+    },
+    /// The bearer token failed verification.
+    AuthnTokenInvalid => {
+        code: "authn.token_invalid", status: 401, title: "Invalid token",
+        hint: "Use a token issued by this gateway, unmodified.",
+        description: "The JWT is malformed, names an unknown `kid`, uses an algorithm other than the one pinned to its key, has a bad signature or issuer, or names a principal that no longer exists.",
+    },
+    /// The bearer token was issued for another audience.
+    AuthnTokenAudience => {
+        code: "authn.token_audience", status: 401, title: "Token not valid here",
+        hint: "Use a token issued for this organization.",
+        description: "The JWT verified, but its `aud` is not the organization of its subject (or of the route).",
+    },
+    /// The authenticated principal is suspended.
+    AuthnPrincipalSuspended => {
+        code: "authn.principal_suspended", status: 403, title: "Account suspended",
+        hint: "Your account is suspended; contact your organization's administrators.",
+        description: "The credential is valid, but its user or service account is suspended.",
+    },
+    /// The principal's organization is suspended.
+    AuthnOrganizationSuspended => {
+        code: "authn.organization_suspended", status: 403, title: "Organization suspended",
+        hint: "Your organization is suspended; contact the gateway's operators.",
+        description: "The credential is valid, but its organization is suspended.",
+    },
+    /// No role of the caller grants the permission the operation needs (implicit deny).
+    AuthzPermissionMissing => {
+        code: "authz.permission_missing", status: 403, title: "Permission missing",
+        hint: "Ask an administrator of your organization for a role that grants the permission named in `detail`.",
+        description: "Implicit deny: the route needs the permission named in the trace and none of the principal's roles grants it.",
+    },
+    /// An explicit deny rule matched.
+    AuthzExplicitDeny => {
+        code: "authz.explicit_deny", status: 403, title: "Denied by an access rule",
+        hint: "An access rule forbids this operation for you even if a role grants it; ask the gateway's operators.",
+        description: "An `[[authz.deny]]` rule matched the caller and the request; the trace names the rule id.",
+    },
+    /// The key's scopes do not include the permission.
+    AuthzScopeMissing => {
+        code: "authz.scope_missing", status: 403, title: "Key scope too narrow",
+        hint: "Use a key whose scopes include the permission named in `detail`, or an unscoped key.",
+        description: "The principal holds the permission, but the API key used is scoped and its scopes exclude it.",
+    },
+    /// The route or resource belongs to another organization.
+    AuthzTenantMismatch => {
+        code: "authz.tenant_mismatch", status: 403, title: "Not available to your organization",
+        hint: "Check that you are using credentials of the right organization.",
+        description: "The route (`org`) or resource belongs to another organization than the caller's. The caller is told nothing about the other organization.",
+    },
+    /// A resource-ownership rule failed.
+    AuthzNotOwner => {
+        code: "authz.not_owner", status: 403, title: "Not the owner",
+        hint: "You can act only on your own resources on this route.",
+        description: "The route's `owner_segment` path segment is not the caller's principal id.",
+    },
+    /// The client address is on a deny list.
+    NetIpDenied => {
+        code: "net.ip_denied", status: 403, title: "Address denied",
+        hint: "Requests from your address are refused; `detail` shows the address the gateway saw.",
+        description: "The client address (after trusted-proxy resolution) is in a global or route `deny` list.",
+    },
+    /// An allow list exists and the client address is not on it.
+    NetIpNotAllowed => {
+        code: "net.ip_not_allowed", status: 403, title: "Address not allowed",
+        hint: "Only listed networks may call this route; `detail` shows the address the gateway saw.",
+        description: "A global or route `allow` list is set and the client address is on none of them.",
+    },
+    /// A CORS preflight came from an origin that is not allowed.
+    CorsOriginNotAllowed => {
+        code: "cors.origin_not_allowed", status: 403, title: "Origin not allowed",
+        hint: "This API does not accept browser requests from your page's origin.",
+        description: "A preflight (`OPTIONS` with `Access-Control-Request-Method`) named an `Origin` not in `[cors] allowed_origins`.",
+    },
+    /// A GCRA rate limit is exceeded.
+    RateLimited => {
+        code: "rate.limited", status: 429, title: "Too many requests",
+        hint: "Slow down; retry after the number of seconds in `Retry-After`.",
+        description: "A `[[rate.limits]]` rule (named in the trace) ran out of burst capacity for this key, principal, organization, route or address.",
+    },
+    /// A daily or monthly quota is used up.
+    QuotaExhausted => {
+        code: "quota.exhausted", status: 429, title: "Quota exhausted",
+        hint: "Your organization's quota for this period is used up; it resets at the time in `Retry-After`.",
+        description: "A `[[rate.quotas]]` rule (named in the trace) counted its limit for the organization in the current UTC day or month.",
+    },
+    /// The API request is invalid.
+    ApiBadRequest => {
+        code: "api.bad_request", status: 400, title: "Invalid request",
+        hint: "Fix the request as `detail` says.",
+        description: "The API request body or parameters failed validation.",
+    },
+    /// The API request conflicts with existing state.
+    ApiConflict => {
+        code: "api.conflict", status: 409, title: "Conflict",
+        hint: "A resource with this name already exists, or the change conflicts with the current state.",
+        description: "A uniqueness or state constraint refused the change.",
+    },
     /// The requested API resource does not exist.
     ApiNotFound => {
         code: "api.not_found", status: 404, title: "Not found",
@@ -252,7 +366,7 @@ mod tests {
         for r in Reason::ALL {
             if r.status() == 403 {
                 assert!(
-                    matches!(r.layer(), "policy" | "authz" | "authn" | "net" | "cloudauth"),
+                    matches!(r.layer(), "policy" | "authz" | "authn" | "net" | "cors" | "cloudauth"),
                     "{r}"
                 );
             }

@@ -152,6 +152,9 @@ pub struct Decision {
     pub route: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    /// The caller's organization, when authenticated (decisions are visible to its admins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
     /// Final status sent to the caller.
     pub status: u16,
     /// Set when Pinpoint itself answered (a denial or an upstream failure).

@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod directory;
 pub mod echo;
+pub mod identity;
 pub mod layers;
 pub mod pipeline;
 pub mod proxy;
@@ -14,6 +16,7 @@ pub mod respond;
 pub mod routes;
 pub mod runtime;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;
 
 use std::future::Future;
@@ -27,7 +30,10 @@ use pinpoint_store::{DecisionLog, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::runtime::{Runtime, Shared};
+use crate::directory::Directory;
+use crate::layers::rate::RateRegistry;
+use crate::runtime::{Runtime, Services, Shared};
+use crate::tokens::TokenService;
 use crate::upstream::HealthRegistry;
 
 /// The two bound listeners.
@@ -49,6 +55,8 @@ pub struct Gateway {
 pub enum GatewayError {
     #[error("cannot start the built-in echo upstream: {0}")]
     Echo(#[source] std::io::Error),
+    #[error("cannot load identities and signing keys from the store: {0}")]
+    Store(#[from] pinpoint_store::StoreError),
 }
 
 /// Runs the gateway until `shutdown` resolves, then stops accepting, drains in-flight
@@ -67,12 +75,18 @@ pub async fn run(
     let (stop_echo, echo_stopped) = watch::channel(false);
     let echo = tokio::spawn(echo::serve(echo_listener, wait_for(echo_stopped)));
 
+    let services = Services {
+        directory: Directory::load(&gateway.store).await?,
+        tokens: TokenService::start(&gateway.store, &gateway.config.jwt).await?,
+        rate: Arc::new(RateRegistry::default()),
+    };
     let (decisions, writer) = DecisionLog::spawn(gateway.store.clone(), gateway.config.decision_log);
     let health = HealthRegistry::default();
-    let runtime = Runtime::build(gateway.config, &health, &echo_addr);
+    let runtime = Runtime::build(gateway.config, &health, &echo_addr, &services);
     let revision = runtime.config.revision.clone();
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
+        services,
         health,
         echo_addr,
         store: gateway.store,
@@ -84,6 +98,7 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
+    let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));
     let proxy_addr = listeners.proxy.local_addr().ok();
     let api_addr = listeners.api.local_addr().ok();
     let proxy = tokio::spawn(proxy::serve(listeners.proxy, shared.clone(), wait_for(stopped.clone())));
@@ -96,12 +111,33 @@ pub async fn run(
     let _ = proxy.await;
     let _ = api.await;
     let _ = reloader.await;
+    let _ = housekeeping.await;
     let _ = stop_echo.send(true);
     let _ = echo.await;
     // Every connection is closed, so no more decisions arrive; write what is queued.
     writer.finish().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Periodic upkeep: signing-key rotation and expiry, rate-limiter memory.
+async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    let stopped = wait_for(stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {
+                let jwt = shared.runtime.load().config.jwt.clone();
+                if let Err(e) = shared.services.tokens.maintain(&shared.store, &jwt).await {
+                    tracing::warn!(error = %e, "signing-key maintenance failed");
+                }
+                shared.services.rate.housekeeping(pinpoint_store::now_ms());
+            }
+        }
+    }
 }
 
 async fn wait_for(mut flag: watch::Receiver<bool>) {

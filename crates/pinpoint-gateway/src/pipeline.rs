@@ -5,15 +5,16 @@
 //! the request goes on. The order itself is defined in [`crate::runtime`].
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pinpoint_core::{Denial, LayerTrace, Mark, Mode, Outcome};
 
-use crate::routes::CompiledRoute;
+use crate::identity::Identity;
+use crate::routes::{CompiledRoute, RouteAccess};
 
 /// What a layer sees of a request. Layers may fill in what they establish (the route,
 /// the principal) for the layers after them.
@@ -23,19 +24,60 @@ pub struct RequestCtx<'a> {
     /// Host without port, lower-case.
     pub host: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The TCP peer.
     pub client_addr: SocketAddr,
+    /// The client's address after trusted-proxy resolution.
+    pub client_ip: IpAddr,
     pub request_id: &'a str,
-    /// Set by the route layer.
+    /// The matched route (proxy requests), set by the route layer.
     pub route: Option<Arc<CompiledRoute>>,
-    /// Set by authentication layers.
-    pub principal: Option<String>,
+    /// The route's id (proxy routes and API endpoints alike).
+    pub route_id: Option<Arc<str>>,
+    /// What the route demands of callers, set with the route.
+    pub access: Option<Arc<RouteAccess>>,
+    /// Set by the authentication layer.
+    pub identity: Option<Arc<Identity>>,
+    /// The request's `Origin`, when the CORS layer allows it (reflected in every response).
+    pub cors_origin: Option<HeaderValue>,
+    /// Set by a layer that answered the request itself (a CORS preflight).
+    pub answered: bool,
+    /// Headers every response to this request carries (rate-limit state, CORS).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl RequestCtx<'_> {
+impl<'a> RequestCtx<'a> {
+    /// A context with nothing established yet.
+    pub fn new(
+        method: &'a Method,
+        path: &'a str,
+        host: Option<&'a str>,
+        headers: &'a HeaderMap,
+        client_addr: SocketAddr,
+        client_ip: IpAddr,
+        request_id: &'a str,
+    ) -> Self {
+        RequestCtx {
+            method,
+            path,
+            host,
+            headers,
+            client_addr,
+            client_ip,
+            request_id,
+            route: None,
+            route_id: None,
+            access: None,
+            identity: None,
+            cors_origin: None,
+            answered: false,
+            response_headers: Vec::new(),
+        }
+    }
+
     /// The matched route's id, or `none`.
     pub fn route_label(&self) -> Arc<str> {
-        match &self.route {
-            Some(r) => r.id.clone(),
+        match &self.route_id {
+            Some(id) => id.clone(),
             None => Arc::from(NO_ROUTE),
         }
     }
@@ -95,7 +137,7 @@ impl Pipeline {
         let mut trace = Vec::with_capacity(self.stages.len() + 1);
         let mut denial = None;
         for stage in &self.stages {
-            if denial.is_some() {
+            if denial.is_some() || ctx.answered {
                 trace.push(LayerTrace {
                     layer: stage.layer.name().to_owned(),
                     mark: Mark::Skip,
@@ -103,7 +145,11 @@ impl Pipeline {
                     reason: None,
                     rule_id: None,
                     detail: None,
-                    note: Some(String::from("not reached")),
+                    note: Some(String::from(if ctx.answered {
+                        "not reached: answered by an earlier layer"
+                    } else {
+                        "not reached"
+                    })),
                     micros: 0,
                 });
                 continue;
@@ -170,16 +216,8 @@ mod tests {
 
     async fn run(p: &Pipeline) -> Verdict {
         let headers = HeaderMap::new();
-        let mut ctx = RequestCtx {
-            method: &Method::POST,
-            path: "/x",
-            host: None,
-            headers: &headers,
-            client_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            request_id: "t",
-            route: None,
-            principal: None,
-        };
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mut ctx = RequestCtx::new(&Method::POST, "/x", None, &headers, peer, peer.ip(), "t");
         p.run(&mut ctx).await
     }
 

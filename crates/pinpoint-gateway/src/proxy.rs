@@ -21,6 +21,7 @@ use pinpoint_core::config::REASONS_PATH;
 use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
 use tokio::net::TcpListener;
 
+use crate::identity::Identity;
 use crate::pipeline::{RequestCtx, NO_ROUTE};
 use crate::respond;
 use crate::routes::CompiledRoute;
@@ -101,19 +102,25 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let host = host_of(&req);
-    let (verdict, route, principal) = {
-        let mut ctx = RequestCtx {
-            method: &method,
-            path: &path,
-            host: host.as_deref(),
-            headers: req.headers(),
-            client_addr: peer,
-            request_id: &request_id,
-            route: None,
-            principal: None,
-        };
+    let client_ip = crate::layers::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
+    let (verdict, route, identity, answered, extra_headers) = {
+        let mut ctx = RequestCtx::new(
+            &method,
+            &path,
+            host.as_deref(),
+            req.headers(),
+            peer,
+            client_ip,
+            &request_id,
+        );
         let verdict = runtime.pipeline.run(&mut ctx).await;
-        (verdict, ctx.route.take(), ctx.principal.take())
+        (
+            verdict,
+            ctx.route.take(),
+            ctx.identity.take(),
+            ctx.answered,
+            std::mem::take(&mut ctx.response_headers),
+        )
     };
     let route_label: Arc<str> = route
         .as_ref()
@@ -122,11 +129,25 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     let mut trace = verdict.trace;
 
     let (mut response, reason, upstream_target) = match (verdict.denial, route) {
+        (None, _) if answered => {
+            let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+            *response.status_mut() = http::StatusCode::NO_CONTENT;
+            (response, None, None)
+        }
         (Some(denial), _) => {
             let reason = denial.reason;
             (deny(&denial, &request_id, format, reasons_url), Some(reason), None)
         }
-        (None, Some(route)) => forward(&route, req, peer, &request_id, &mut trace, format, reasons_url).await,
+        (None, Some(route)) => {
+            let ctx = ForwardCtx {
+                peer,
+                request_id: &request_id,
+                identity: identity.as_deref(),
+                format,
+                reasons_url,
+            };
+            forward(&route, req, &ctx, &mut trace).await
+        }
         (None, None) => {
             // The route layer always enforces, so an allowed request has a route.
             let denial = Denial::new(Reason::RouteNotFound, format!("No route serves {method} {path}."));
@@ -138,6 +159,9 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
         }
     };
     respond::set_request_id(response.headers_mut(), &request_id);
+    for (name, value) in extra_headers {
+        response.headers_mut().append(name, value);
+    }
 
     let status = response.status();
     let elapsed = started.elapsed();
@@ -146,7 +170,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     tracing::info!(
         target: "pinpoint::access",
         request_id = %request_id,
-        client = %peer,
+        client = %client_ip,
         method = %method,
         path = %path,
         route = route_name.as_deref().unwrap_or("-"),
@@ -163,9 +187,14 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
         method: method.to_string(),
         path,
         host,
-        client_addr: peer.to_string(),
+        client_addr: if client_ip == peer.ip() {
+            peer.to_string()
+        } else {
+            format!("{client_ip} (via {peer})")
+        },
         route: route_name,
-        principal,
+        principal: identity.as_ref().map(|i| i.label()),
+        org_id: identity.as_ref().map(|i| i.org_id.clone()),
         status: status.as_u16(),
         reason,
         upstream_target,
@@ -185,15 +214,22 @@ fn deny(
     respond::problem(denial, request_id, format, reasons_url).map(Either::Right)
 }
 
+/// What forwarding needs to know about the request beyond the request itself.
+struct ForwardCtx<'a> {
+    peer: SocketAddr,
+    request_id: &'a str,
+    identity: Option<&'a Identity>,
+    format: pinpoint_core::problem::ProblemFormat,
+    reasons_url: &'a str,
+}
+
 async fn forward(
     route: &CompiledRoute,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    request_id: &str,
+    fwd: &ForwardCtx<'_>,
     trace: &mut Vec<LayerTrace>,
-    format: pinpoint_core::problem::ProblemFormat,
-    reasons_url: &str,
 ) -> (Response<ProxyBody>, Option<Reason>, Option<String>) {
+    let (request_id, format, reasons_url) = (fwd.request_id, fwd.format, fwd.reasons_url);
     let started = Instant::now();
     let upstream = &route.upstream;
     let fail = |reason: Reason, note: String, target: Option<String>, trace: &mut Vec<LayerTrace>| {
@@ -238,7 +274,8 @@ async fn forward(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarding_headers(&mut parts.headers, peer, request_id);
+    add_forwarding_headers(&mut parts.headers, fwd.peer, request_id);
+    pass_identity(&mut parts.headers, route, fwd.identity);
 
     match upstream.send(&target, Request::from_parts(parts, body)).await {
         Ok(mut response) => {
@@ -303,6 +340,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Upstreams learn who the caller is from `X-Pinpoint-Principal` / `X-Pinpoint-Org`,
+/// never from a client (those headers are always replaced), and never see Pinpoint's
+/// credentials on routes where Pinpoint authenticates.
+fn pass_identity(headers: &mut HeaderMap, route: &CompiledRoute, identity: Option<&Identity>) {
+    headers.remove("x-pinpoint-principal");
+    headers.remove("x-pinpoint-org");
+    if route.access.auth != pinpoint_core::config::AuthRequirement::None {
+        for name in ["authorization", "x-api-key", "dd-api-key", "dd-application-key"] {
+            headers.remove(name);
+        }
+    }
+    if let Some(identity) = identity {
+        if let Some(Ok(v)) = identity.principal_id().map(HeaderValue::from_str) {
+            headers.insert("x-pinpoint-principal", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&identity.org_id) {
+            headers.insert("x-pinpoint-org", v);
+        }
     }
 }
 

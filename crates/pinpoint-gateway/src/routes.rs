@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::Method;
-use pinpoint_core::config::RouteConfig;
+use pinpoint_core::config::{AuthRequirement, RouteConfig};
 
 use crate::upstream::Upstream;
 
@@ -16,6 +16,44 @@ pub struct CompiledRoute {
     methods: Option<Vec<Method>>,
     pub upstream: Arc<Upstream>,
     pub strip_prefix: bool,
+    pub access: Arc<RouteAccess>,
+}
+
+/// What a route (or an API endpoint) demands of callers.
+#[derive(Debug, Default)]
+pub struct RouteAccess {
+    pub auth: AuthRequirement,
+    /// Permission per method; `None` as method means every method.
+    pub permissions: Vec<(Option<Method>, String)>,
+    /// The organization the route belongs to.
+    pub org: Option<String>,
+    /// 1-based path segment after `prefix` that must equal the caller's principal id.
+    pub owner_segment: Option<usize>,
+    pub prefix: String,
+    pub ip_allow: Vec<ipnet::IpNet>,
+    pub ip_deny: Vec<ipnet::IpNet>,
+}
+
+impl RouteAccess {
+    /// The permission `method` needs, if any.
+    pub fn permission_for(&self, method: &Method) -> Option<&str> {
+        self.permissions
+            .iter()
+            .find(|(m, _)| m.as_ref() == Some(method))
+            .or_else(|| self.permissions.iter().find(|(m, _)| m.is_none()))
+            .map(|(_, p)| p.as_str())
+    }
+
+    /// The path segment that names the resource owner, if the route has an owner rule.
+    pub fn owner_in<'p>(&self, path: &'p str) -> Option<Option<&'p str>> {
+        let n = self.owner_segment?;
+        let rest = if self.prefix == "/" {
+            path
+        } else {
+            path.get(self.prefix.len()..).unwrap_or("")
+        };
+        Some(rest.split('/').filter(|s| !s.is_empty()).nth(n - 1))
+    }
 }
 
 /// The result of matching a request against the table.
@@ -44,6 +82,15 @@ impl CompiledRoute {
             methods: config.methods.clone(),
             upstream,
             strip_prefix: config.strip_prefix,
+            access: Arc::new(RouteAccess {
+                auth: config.auth,
+                permissions: config.permissions.clone(),
+                org: config.org.clone(),
+                owner_segment: config.owner_segment,
+                prefix: config.path_prefix.clone(),
+                ip_allow: config.ip_allow.clone(),
+                ip_deny: config.ip_deny.clone(),
+            }),
         }
     }
 

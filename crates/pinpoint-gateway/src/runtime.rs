@@ -16,21 +16,40 @@ use pinpoint_core::Mode;
 use pinpoint_store::{DecisionLog, Store};
 use tokio::sync::watch;
 
+use crate::directory::Directory;
+use crate::layers::authn::AuthnLayer;
+use crate::layers::authz::AuthzLayer;
+use crate::layers::cors::CorsLayer;
+use crate::layers::net::NetLayer;
+use crate::layers::rate::{RateLayer, RateRegistry};
 use crate::layers::{policy::PolicyLayer, route::RouteLayer};
 use crate::pipeline::Pipeline;
 use crate::routes::{CompiledRoute, RouteTable};
 use crate::telemetry;
+use crate::tokens::TokenService;
 use crate::upstream::{HealthRegistry, Upstream};
 
 /// Everything one config revision needs to serve requests.
 pub struct Runtime {
     pub config: Config,
+    /// The proxy's pipeline.
     pub pipeline: Pipeline,
+    /// The api listener's pipeline (the same layer types, minus routing and upstreams).
+    pub api_pipeline: Pipeline,
+}
+
+/// State that outlives config revisions and that layers are built from.
+#[derive(Clone)]
+pub struct Services {
+    pub directory: Arc<Directory>,
+    pub tokens: Arc<TokenService>,
+    pub rate: Arc<RateRegistry>,
 }
 
 /// Process-wide state shared by the servers.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
+    pub services: Services,
     pub health: HealthRegistry,
     /// Address of the built-in echo service (`builtin:echo`).
     pub echo_addr: String,
@@ -42,18 +61,50 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
 }
 
-/// The layers, in the order they run. Later issues insert theirs here.
-pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>) -> Pipeline {
+/// The proxy's layers, in the order they run. This is the one place the order is defined.
+///
+/// Routing comes first because every later layer may depend on the route (its CORS,
+/// IP lists, auth requirement, permissions, limits); it cannot be shadowed. Then: CORS
+/// preflight (answered before authentication), IP lists, authentication, authorization,
+/// static policy rules, rate limits and quotas (last, so refused requests do not spend
+/// the caller's budget).
+pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>, services: &Services) -> Pipeline {
     let mut pipeline = Pipeline::default();
-    // Routing cannot be shadowed: the layers after it need the route.
     pipeline.push(RouteLayer::new(routes), Mode::Enforce);
-    pipeline.push(PolicyLayer::new(config.policy.rules.clone()), config.policy.mode);
+    push_access_layers(&mut pipeline, config, services);
     pipeline
+}
+
+/// The api listener's layers: the proxy's, without routing (axum routes the API).
+pub fn build_api_pipeline(config: &Config, services: &Services) -> Pipeline {
+    let mut pipeline = Pipeline::default();
+    push_access_layers(&mut pipeline, config, services);
+    pipeline
+}
+
+fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Services) {
+    pipeline.push(CorsLayer::new(config.cors.clone()), Mode::Enforce);
+    pipeline.push(NetLayer::new(&config.net), config.net.mode);
+    pipeline.push(
+        AuthnLayer::new(
+            services.directory.clone(),
+            services.tokens.clone(),
+            config.jwt.clone(),
+            config.authn.sources.clone(),
+        ),
+        config.authn.mode,
+    );
+    pipeline.push(AuthzLayer::new(config.authz.deny.clone()), config.authz.mode);
+    pipeline.push(PolicyLayer::new(config.policy.rules.clone()), config.policy.mode);
+    pipeline.push(
+        RateLayer::new(&config.rate.limits, &config.rate.quotas, services.rate.clone()),
+        config.rate.mode,
+    );
 }
 
 impl Runtime {
     /// Compiles a validated config.
-    pub fn build(config: Config, health: &HealthRegistry, echo_addr: &str) -> Runtime {
+    pub fn build(config: Config, health: &HealthRegistry, echo_addr: &str, services: &Services) -> Runtime {
         let upstreams: BTreeMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -68,8 +119,13 @@ impl Runtime {
                 Some(Arc::new(CompiledRoute::new(r, upstream)))
             })
             .collect();
-        let pipeline = build_pipeline(&config, Arc::new(RouteTable::new(routes)));
-        Runtime { config, pipeline }
+        let pipeline = build_pipeline(&config, Arc::new(RouteTable::new(routes)), services);
+        let api_pipeline = build_api_pipeline(&config, services);
+        Runtime {
+            config,
+            pipeline,
+            api_pipeline,
+        }
     }
 }
 
@@ -125,8 +181,12 @@ impl Shared {
         }
         let revision = config.revision.clone();
         let previous = current.config.revision.clone();
-        self.runtime
-            .store(Arc::new(Runtime::build(config, &self.health, &self.echo_addr)));
+        self.runtime.store(Arc::new(Runtime::build(
+            config,
+            &self.health,
+            &self.echo_addr,
+            &self.services,
+        )));
         metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "applied").increment(1);
         tracing::info!(revision = %revision, previous = %previous, trigger, "config reloaded");
         Ok(Some(revision))

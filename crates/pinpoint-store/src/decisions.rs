@@ -217,6 +217,7 @@ mod tests {
             client_addr: "127.0.0.1:1".into(),
             route: Some("admin".into()),
             principal: None,
+            org_id: None,
             status: 403,
             reason: Some(Reason::PolicyExplicitDeny),
             upstream_target: None,

@@ -6,8 +6,10 @@ use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
+use pinpoint_core::identity::{ApiKey, KeyKind, PrincipalKind, ALL_PERMISSIONS};
 use pinpoint_core::keys;
 use rand::RngCore;
+use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use crate::{now_ms, Store, StoreError};
@@ -18,94 +20,186 @@ pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap-admin.key";
 /// A key as just issued: the only time its secret exists outside the caller.
 /// `Debug` redacts the secret.
 pub struct IssuedKey {
-    pub id: String,
+    pub info: ApiKey,
     /// The whole key (`pp_<id>_<secret>`).
     pub key: String,
 }
 
 impl std::fmt::Debug for IssuedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IssuedKey {{ id: {}, key: <redacted> }}", self.id)
+        write!(f, "IssuedKey {{ id: {}, key: <redacted> }}", self.info.id)
     }
 }
 
-/// A stored key's public facts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub id: String,
+/// What a new key is for.
+#[derive(Debug, Clone)]
+pub struct NewKey {
     pub name: String,
-    pub role: String,
-    pub created_at_ms: i64,
+    pub kind: KeyKind,
+    pub org_id: String,
+    /// Required for application keys, absent for organization (api) keys.
+    pub principal_id: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at_ms: Option<i64>,
 }
 
-/// Why a presented key was not accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("the credential is not shaped like a Pinpoint key")]
-    Malformed,
-    #[error("no key with this id and secret")]
-    Unknown,
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// A stored key with its hash, for the directory.
+#[derive(Clone)]
+pub struct StoredKey {
+    pub info: ApiKey,
+    pub secret_hash: Vec<u8>,
 }
 
-impl From<sqlx::Error> for KeyError {
-    fn from(e: sqlx::Error) -> Self {
-        KeyError::Store(StoreError::Db(e))
-    }
+/// The name of the operators' organization created on first start.
+pub const OPERATORS_ORG: &str = "pinpoint-operators";
+/// The role created for the bootstrap admin.
+pub const PLATFORM_ADMIN_ROLE: &str = "platform-admin";
+
+fn key_from(row: &SqliteRow) -> Result<StoredKey, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let scopes: Option<String> = row.try_get("scopes")?;
+    Ok(StoredKey {
+        info: ApiKey {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            kind: KeyKind::parse(&kind).ok_or_else(|| StoreError::Conflict(format!("unknown key kind {kind}")))?,
+            org_id: row.try_get::<Option<String>, _>("org_id")?.unwrap_or_default(),
+            principal_id: row.try_get("principal_id")?,
+            scopes: scopes.map(|s| serde_json::from_str(&s)).transpose()?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+            revoked: row.try_get::<i64, _>("revoked")? != 0,
+            created_at_ms: row.try_get("created_at_ms")?,
+            last_used_at_ms: row.try_get("last_used_at_ms")?,
+        },
+        secret_hash: row.try_get("secret_hash")?,
+    })
 }
 
 impl Store {
-    /// Issues a new key.
-    pub async fn create_key(&self, name: &str, role: &str) -> Result<IssuedKey, StoreError> {
-        let mut rng = rand::rng();
+    /// Issues a new key: 64-bit public id, 256-bit secret, stored as a keyed hash.
+    pub async fn create_key(&self, new: NewKey) -> Result<IssuedKey, StoreError> {
         let mut id_bytes = [0u8; keys::ID_LEN / 2];
-        rng.fill_bytes(&mut id_bytes);
         let mut secret_bytes = [0u8; 32];
-        rng.fill_bytes(&mut secret_bytes);
+        {
+            // The thread-local generator is not `Send`: keep it out of the awaits below.
+            let mut rng = rand::rng();
+            rng.fill_bytes(&mut id_bytes);
+            rng.fill_bytes(&mut secret_bytes);
+        }
         let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
         let hash = keys::hash_secret(&self.pepper, &secret);
-        sqlx::query("INSERT INTO api_keys (id, name, role, secret_hash, created_at_ms) VALUES (?, ?, ?, ?, ?)")
-            .bind(&id)
-            .bind(name)
-            .bind(role)
-            .bind(&hash[..])
-            .bind(now_ms())
-            .execute(self.pool())
-            .await?;
+        let info = ApiKey {
+            id: id.clone(),
+            name: new.name,
+            kind: new.kind,
+            org_id: new.org_id,
+            principal_id: new.principal_id,
+            scopes: new.scopes,
+            expires_at_ms: new.expires_at_ms,
+            revoked: false,
+            created_at_ms: now_ms(),
+            last_used_at_ms: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
+             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&info.id)
+        .bind(&info.name)
+        .bind(info.kind.as_str())
+        .bind(&info.org_id)
+        .bind(&info.principal_id)
+        .bind(info.scopes.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(info.expires_at_ms)
+        .bind(&hash[..])
+        .bind(info.created_at_ms)
+        .execute(self.pool())
+        .await?;
         let key = keys::format(&id, &secret);
-        Ok(IssuedKey { id, key })
+        Ok(IssuedKey { info, key })
     }
 
-    /// Checks a presented key and records its use.
-    pub async fn verify_key(&self, presented: &str) -> Result<KeyRecord, KeyError> {
-        let parts = keys::parse(presented).ok_or(KeyError::Malformed)?;
-        let row =
-            sqlx::query("SELECT id, name, role, secret_hash, created_at_ms FROM api_keys WHERE id = ? AND revoked = 0")
-                .bind(parts.id)
-                .fetch_optional(self.pool())
-                .await?;
-        let Some(row) = row else {
-            // Spend the same time as a real comparison so ids cannot be probed by timing.
-            let _ = keys::verify_secret(&self.pepper, parts.secret, &[0u8; 32]);
-            return Err(KeyError::Unknown);
-        };
-        let hash: Vec<u8> = row.try_get("secret_hash")?;
-        if !keys::verify_secret(&self.pepper, parts.secret, &hash) {
-            return Err(KeyError::Unknown);
-        }
-        sqlx::query("UPDATE api_keys SET last_used_at_ms = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(parts.id)
+    /// One key with its hash.
+    pub async fn stored_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    /// Every key with its hash, for loading the directory.
+    pub async fn all_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM api_keys").fetch_all(self.pool()).await?;
+        rows.iter().map(key_from).collect()
+    }
+
+    /// Keys of an organization (and optionally one principal), newest first.
+    pub async fn keys(&self, org_id: Option<&str>, principal_id: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM api_keys WHERE (? IS NULL OR org_id = ?) AND (? IS NULL OR principal_id = ?)
+             ORDER BY created_at_ms DESC, id",
+        )
+        .bind(org_id)
+        .bind(org_id)
+        .bind(principal_id)
+        .bind(principal_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| key_from(r).map(|k| k.info)).collect()
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
+            .bind(id)
             .execute(self.pool())
             .await?;
-        Ok(KeyRecord {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            role: row.try_get("role")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-        })
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        Ok(())
+    }
+
+    /// Issues a successor with the same owner, kind and scopes; the old key keeps working
+    /// for `overlap_ms` (or until its own expiry, if sooner).
+    pub async fn rotate_key(&self, id: &str, overlap_ms: i64) -> Result<IssuedKey, StoreError> {
+        let old = self.stored_key(id).await?.ok_or(StoreError::NotFound("key"))?.info;
+        if old.revoked {
+            return Err(StoreError::Conflict("a revoked key cannot be rotated".into()));
+        }
+        let issued = self
+            .create_key(NewKey {
+                name: old.name.clone(),
+                kind: old.kind,
+                org_id: old.org_id.clone(),
+                principal_id: old.principal_id.clone(),
+                scopes: old.scopes.clone(),
+                expires_at_ms: old.expires_at_ms,
+            })
+            .await?;
+        let overlap_end = now_ms().saturating_add(overlap_ms);
+        let old_expiry = old.expires_at_ms.map_or(overlap_end, |e| e.min(overlap_end));
+        sqlx::query("UPDATE api_keys SET expires_at_ms = ? WHERE id = ?")
+            .bind(old_expiry)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(issued)
+    }
+
+    /// Records last-use times (written behind the hot path, in one transaction).
+    pub async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for (id, at) in used {
+            sqlx::query("UPDATE api_keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) WHERE id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Number of stored keys (revoked ones included).
@@ -115,19 +209,45 @@ impl Store {
             .await?)
     }
 
-    /// On a store with no keys at all, creates an admin key and writes it to
-    /// `<data-dir>/bootstrap-admin.key` (mode 0600). Returns the key only when it was
-    /// created now, so the caller can print it once.
+    /// On a store with no keys at all: creates the operators' organization, a
+    /// `bootstrap-admin` service account holding the `platform-admin` role (`*`), and an
+    /// application key for it, written to `<data-dir>/bootstrap-admin.key` (mode 0600).
+    /// Returns the key only when it was created now, so the caller can print it once.
     pub async fn bootstrap_admin_key(&self) -> Result<Option<IssuedKey>, StoreError> {
         if self.key_count().await? > 0 {
             return Ok(None);
         }
-        let issued = self.create_key("bootstrap-admin", "admin").await?;
+        let org = match self.org_by_name(OPERATORS_ORG).await? {
+            Some(org) => org,
+            None => self.create_org(OPERATORS_ORG).await?,
+        };
+        let admin = self
+            .create_principal(&org.id, PrincipalKind::ServiceAccount, "bootstrap-admin", None)
+            .await?;
+        let role = self
+            .create_role(&org.id, PLATFORM_ADMIN_ROLE, &[ALL_PERMISSIONS.to_owned()])
+            .await?;
+        self.assign_role(&admin.id, &role.id).await?;
+        let issued = self
+            .create_key(NewKey {
+                name: "bootstrap-admin".into(),
+                kind: KeyKind::Application,
+                org_id: org.id,
+                principal_id: Some(admin.id),
+                scopes: None,
+                expires_at_ms: None,
+            })
+            .await?;
         write_private_file(
             &self.data_dir.join(BOOTSTRAP_KEY_FILE),
             format!("{}\n", issued.key).as_bytes(),
         )?;
         Ok(Some(issued))
+    }
+
+    /// The pepper keys are hashed with (for verification in the directory).
+    pub fn pepper(&self) -> std::sync::Arc<[u8]> {
+        self.pepper.clone()
     }
 }
 
@@ -192,12 +312,19 @@ mod tests {
                 0o600
             );
         }
-        let record = store.verify_key(&issued.key).await.unwrap();
-        assert_eq!(record.role, "admin");
+        let owner = store
+            .principal(issued.info.principal_id.as_deref().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let roles = store.roles_of(&owner.id).await.unwrap();
+        assert_eq!(roles[0].permissions, vec!["*".to_owned()]);
         assert!(!format!("{issued:?}").contains(&issued.key));
 
-        // The secret is not stored anywhere in the database file.
-        let secret = issued.key.rsplit('_').next().unwrap().to_owned();
+        // The secret is not stored anywhere in the database file; its keyed hash is.
+        let stored = store.stored_key(&issued.info.id).await.unwrap().unwrap();
+        let secret = keys::parse(&issued.key).unwrap().secret.to_owned();
+        assert!(keys::verify_secret(&store.pepper(), &secret, &stored.secret_hash));
         store.close().await;
         let db = std::fs::read(dir.path().join("pinpoint.db")).unwrap();
         let wal = std::fs::read(dir.path().join("pinpoint.db-wal")).unwrap_or_default();
@@ -207,16 +334,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wrong_secrets_and_shapes_are_refused() {
+    async fn rotation_keeps_the_old_key_for_the_overlap() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        let issued = store.create_key("k", "admin").await.unwrap();
-        let mut wrong = issued.key.clone();
-        let last = wrong.pop().unwrap();
-        wrong.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(matches!(store.verify_key(&wrong).await, Err(KeyError::Unknown)));
-        assert!(matches!(store.verify_key("pp_nope").await, Err(KeyError::Malformed)));
-        let other_id = keys::format("0000000000000000", &issued.key[20..]);
-        assert!(matches!(store.verify_key(&other_id).await, Err(KeyError::Unknown)));
+        let issued = store.bootstrap_admin_key().await.unwrap().unwrap();
+        let next = store.rotate_key(&issued.info.id, 60_000).await.unwrap();
+        assert_ne!(next.info.id, issued.info.id);
+        assert_eq!(next.info.principal_id, issued.info.principal_id);
+        let old = store.stored_key(&issued.info.id).await.unwrap().unwrap().info;
+        let expiry = old.expires_at_ms.unwrap();
+        assert!(expiry > now_ms() && expiry <= now_ms() + 60_000);
+        store.revoke_key(&issued.info.id).await.unwrap();
+        assert!(matches!(
+            store.rotate_key(&issued.info.id, 1).await,
+            Err(StoreError::Conflict(_))
+        ));
     }
 }

@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod decisions;
+pub mod identities;
 pub mod keys;
+pub mod signing;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +15,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use decisions::{DecisionLog, DecisionLogWriter};
-pub use keys::{IssuedKey, KeyError, KeyRecord};
+pub use keys::{IssuedKey, NewKey, StoredKey};
+pub use signing::SigningKeyRecord;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,10 @@ pub enum StoreError {
     Invalid { path: PathBuf, message: String },
     #[error("stored record could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Handle to the store; cheap to clone.
@@ -41,7 +48,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -66,6 +73,55 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
+/// Version 2: organizations, principals, roles, key ownership and signing keys.
+const SCHEMA_V2: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS organizations (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        suspended INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS principals (
+        id TEXT PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        email TEXT,
+        suspended INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL,
+        UNIQUE (org_id, kind, name)
+    )",
+    "CREATE TABLE IF NOT EXISTS roles (
+        id TEXT PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        name TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        UNIQUE (org_id, name)
+    )",
+    "CREATE TABLE IF NOT EXISTS role_assignments (
+        principal_id TEXT NOT NULL REFERENCES principals(id),
+        role_id TEXT NOT NULL REFERENCES roles(id),
+        PRIMARY KEY (principal_id, role_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS signing_keys (
+        kid TEXT PRIMARY KEY,
+        alg TEXT NOT NULL,
+        private_pkcs8 BLOB NOT NULL,
+        public_raw BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        retire_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    )",
+    "ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'application'",
+    "ALTER TABLE api_keys ADD COLUMN org_id TEXT",
+    "ALTER TABLE api_keys ADD COLUMN principal_id TEXT",
+    "ALTER TABLE api_keys ADD COLUMN scopes TEXT",
+    "ALTER TABLE api_keys ADD COLUMN expires_at_ms INTEGER",
+    "CREATE INDEX IF NOT EXISTS api_keys_principal ON api_keys(principal_id)",
+    "CREATE INDEX IF NOT EXISTS role_assignments_role ON role_assignments(role_id)",
+];
+
 impl Store {
     /// Opens (creating if needed) the embedded store in `data_dir`: `pinpoint.db` and the
     /// `pepper` file (32 random bytes, mode 0600) used to hash key secrets.
@@ -77,7 +133,8 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -89,8 +146,17 @@ impl Store {
                 message: format!("schema version {version} is newer than this binary understands ({SCHEMA_VERSION})"),
             });
         }
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
+        if version < 1 {
+            for statement in SCHEMA {
+                sqlx::query(statement).execute(&pool).await?;
+            }
+        }
+        if version < 2 {
+            let mut tx = pool.begin().await?;
+            for statement in SCHEMA_V2 {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)

@@ -95,7 +95,7 @@ pub fn render(d: &Decision) -> String {
     out.push_str(&format!("         {} {} -> {}\n", d.method, d.path, outcome));
     out.push_str(&format!(
         "at {}  client {}  route {}  config {}\n",
-        rfc3339(d.at_ms),
+        pinpoint_core::time::rfc3339(d.at_ms),
         d.client_addr,
         d.route.as_deref().unwrap_or("-"),
         d.config_revision
@@ -154,37 +154,4 @@ pub fn render(d: &Decision) -> String {
         }
     }
     out
-}
-
-/// Formats Unix milliseconds as RFC 3339 UTC.
-fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
-    }
 }

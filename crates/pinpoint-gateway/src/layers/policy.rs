@@ -18,7 +18,7 @@ impl PolicyLayer {
     }
 
     fn matching_rule(&self, ctx: &RequestCtx<'_>) -> Option<&PolicyRule> {
-        let route_id = ctx.route.as_ref().map(|r| &*r.id);
+        let route_id = ctx.route_id.as_deref();
         self.rules.iter().find(|rule| {
             rule.routes
                 .as_ref()

@@ -28,6 +28,8 @@ impl Layer for RouteLayer {
         Check::Ready(match self.table.find(ctx.host, ctx.path, ctx.method) {
             RouteMatch::Found(route) => {
                 let rule_id = Some(route.id.to_string());
+                ctx.route_id = Some(route.id.clone());
+                ctx.access = Some(route.access.clone());
                 ctx.route = Some(route);
                 Outcome::Allow { rule_id }
             }

@@ -1,0 +1,261 @@
+//! API handlers for API keys (create returns the secret once; list shows id, prefix,
+//! owner, scopes, expiry, last use; revoke; rotate with an overlap window), bearer tokens
+//! and signing-key rotation.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use pinpoint_core::identity::{ApiKey, KeyKind};
+use pinpoint_core::Reason;
+use pinpoint_store::{IssuedKey, NewKey};
+use serde::Deserialize;
+
+use super::{attributes, deny, envelope, resource, ApiResult, Caller};
+use crate::runtime::Shared;
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v2/api_keys", post(create_key).get(list_keys))
+        .route("/api/v2/api_keys/{id}", get(get_key).delete(revoke_key))
+        .route("/api/v2/api_keys/{id}/rotate", post(rotate_key))
+        .route("/api/v2/tokens", post(create_token))
+        .route("/api/v2/signing_keys/rotate", post(rotate_signing_key))
+}
+
+type Created = ApiResult<(StatusCode, Json<serde_json::Value>)>;
+
+fn key_attributes(k: &ApiKey) -> serde_json::Value {
+    serde_json::json!({
+        "name": k.name,
+        "prefix": k.prefix(),
+        "kind": k.kind.as_str(),
+        "org_id": k.org_id,
+        "principal_id": k.principal_id,
+        "scopes": k.scopes,
+        "expires_at": k.expires_at_ms.map(|ms| ms / 1000),
+        "revoked": k.revoked,
+        "created_at": k.created_at_ms / 1000,
+        "last_used_at": k.last_used_at_ms.map(|ms| ms / 1000),
+    })
+}
+
+/// The only response that ever carries a key's secret.
+fn issued_resource(issued: &IssuedKey) -> serde_json::Value {
+    let mut attrs = key_attributes(&issued.info);
+    attrs["key"] = serde_json::Value::String(issued.key.clone());
+    resource("api_keys", &issued.info.id, attrs)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyAttrs {
+    name: String,
+    #[serde(default)]
+    kind: Option<KeyKind>,
+    principal_id: Option<String>,
+    org_id: Option<String>,
+    scopes: Option<Vec<String>>,
+    /// Unix seconds.
+    expires_at: Option<i64>,
+}
+
+async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>, body: Bytes) -> Created {
+    let attrs: KeyAttrs = attributes(&body)?;
+    if attrs.name.trim().is_empty() || attrs.name.len() > 200 {
+        return Err(deny(Reason::ApiBadRequest, "`name` must be 1 to 200 characters."));
+    }
+    for s in attrs.scopes.iter().flatten() {
+        if !pinpoint_core::config::is_permission(s) {
+            return Err(deny(
+                Reason::ApiBadRequest,
+                format!("scope `{s}` is not a permission name."),
+            ));
+        }
+    }
+    let now = pinpoint_store::now_ms();
+    let expires_at_ms = match attrs.expires_at {
+        Some(s) if s.saturating_mul(1000) <= now => {
+            return Err(deny(Reason::ApiBadRequest, "`expires_at` must be in the future."))
+        }
+        Some(s) => Some(s.saturating_mul(1000)),
+        None => None,
+    };
+    let kind = attrs.kind.unwrap_or(KeyKind::Application);
+    let (org_id, principal_id) = match kind {
+        KeyKind::Application => {
+            let owner = match attrs.principal_id.as_deref().or(caller.0.principal_id()) {
+                Some(id) => id.to_owned(),
+                None => return Err(deny(Reason::ApiBadRequest, "An application key needs `principal_id`.")),
+            };
+            let p = shared
+                .store
+                .principal(&owner)
+                .await?
+                .ok_or_else(|| deny(Reason::ApiBadRequest, "`principal_id` names no principal."))?;
+            caller.check_org(&p.org_id)?;
+            (p.org_id, Some(p.id))
+        }
+        KeyKind::Api => {
+            if attrs.principal_id.is_some() {
+                return Err(deny(
+                    Reason::ApiBadRequest,
+                    "An organization (api) key has no `principal_id`.",
+                ));
+            }
+            // An organization key acts with its scopes only; a caller cannot mint scopes it lacks.
+            for s in attrs.scopes.iter().flatten() {
+                if caller.0.check(s) != crate::identity::PermissionCheck::Granted {
+                    return Err(deny(
+                        Reason::AuthzPermissionMissing,
+                        format!("You cannot grant scope `{s}`: you do not hold it."),
+                    ));
+                }
+            }
+            (caller.target_org(attrs.org_id.as_deref())?, None)
+        }
+    };
+    let issued = shared
+        .store
+        .create_key(NewKey {
+            name: attrs.name.trim().to_owned(),
+            kind,
+            org_id,
+            principal_id,
+            scopes: attrs.scopes,
+            expires_at_ms,
+        })
+        .await?;
+    shared
+        .services
+        .directory
+        .refresh_key(&shared.store, &issued.info.id)
+        .await?;
+    tracing::info!(key = %issued.info.id, by = %caller.0.label(), "api key created");
+    Ok((StatusCode::CREATED, envelope(issued_resource(&issued))))
+}
+
+async fn list_keys(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let keys: Vec<_> = shared
+        .store
+        .keys(caller.list_scope(), None)
+        .await?
+        .iter()
+        .map(|k| resource("api_keys", &k.id, key_attributes(k)))
+        .collect();
+    Ok(envelope(keys.into()))
+}
+
+async fn load_key(shared: &Shared, caller: &Caller, id: &str) -> ApiResult<ApiKey> {
+    let key = shared
+        .store
+        .stored_key(id)
+        .await?
+        .ok_or_else(|| deny(Reason::ApiNotFound, "No such key."))?
+        .info;
+    caller.check_org(&key.org_id)?;
+    Ok(key)
+}
+
+async fn get_key(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let key = load_key(&shared, &caller, &id).await?;
+    Ok(envelope(resource("api_keys", &key.id, key_attributes(&key))))
+}
+
+async fn revoke_key(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    load_key(&shared, &caller, &id).await?;
+    shared.store.revoke_key(&id).await?;
+    shared.services.directory.refresh_key(&shared.store, &id).await?;
+    tracing::info!(key = %id, by = %caller.0.label(), "api key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate_key(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Created {
+    load_key(&shared, &caller, &id).await?;
+    let overlap = shared.runtime.load().config.keys.rotation_overlap_seconds;
+    let issued = shared
+        .store
+        .rotate_key(&id, (overlap as i64).saturating_mul(1000))
+        .await?;
+    shared.services.directory.refresh_key(&shared.store, &id).await?;
+    shared
+        .services
+        .directory
+        .refresh_key(&shared.store, &issued.info.id)
+        .await?;
+    tracing::info!(old = %id, new = %issued.info.id, by = %caller.0.label(), "api key rotated");
+    let mut body = issued_resource(&issued);
+    body["attributes"]["replaces"] = serde_json::Value::String(id);
+    Ok((StatusCode::CREATED, envelope(body)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenAttrs {
+    ttl_seconds: Option<u64>,
+}
+
+async fn create_token(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>, body: Bytes) -> Created {
+    let attrs: TokenAttrs = if body.is_empty() {
+        TokenAttrs::default()
+    } else {
+        attributes(&body)?
+    };
+    let Some(principal) = caller.0.principal_id() else {
+        return Err(deny(
+            Reason::ApiBadRequest,
+            "Tokens are issued to users and service accounts, not organization keys.",
+        ));
+    };
+    let config = shared.runtime.load().config.jwt.clone();
+    let ttl = attrs
+        .ttl_seconds
+        .unwrap_or(config.ttl_seconds)
+        .clamp(1, config.ttl_seconds);
+    let (token, claims) = shared
+        .services
+        .tokens
+        .issue(&config, principal, &caller.0.org_id, ttl)
+        .ok_or_else(|| deny(Reason::ApiStoreUnavailable, "No signing key is available."))?;
+    Ok((
+        StatusCode::CREATED,
+        envelope(resource(
+            "tokens",
+            &claims.jti,
+            serde_json::json!({ "access_token": token, "expires": claims.exp }),
+        )),
+    ))
+}
+
+async fn rotate_signing_key(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Created {
+    if !caller.0.is_platform_admin() {
+        return Err(deny(
+            Reason::AuthzPermissionMissing,
+            "Rotating signing keys needs the permission `platform:admin`.",
+        ));
+    }
+    let config = shared.runtime.load().config.jwt.clone();
+    let kid = shared.services.tokens.rotate(&shared.store, &config).await?;
+    Ok((
+        StatusCode::CREATED,
+        envelope(resource("signing_keys", &kid, serde_json::json!({ "kid": kid }))),
+    ))
+}

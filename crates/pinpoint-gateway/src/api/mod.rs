@@ -1,0 +1,494 @@
+//! The api listener: Pinpoint's own API under `/api/v2/...` (JSON:API-style envelopes like
+//! Datadog's), `/.well-known/jwks.json`, `/metrics` and `/healthz`. Every request runs
+//! through the api pipeline (the proxy's access layers) with the permission its endpoint
+//! needs, from the one table [`ENDPOINTS`]; handlers add tenant checks. API decisions are
+//! recorded like proxy decisions, so `pinpoint explain` works for both.
+
+mod identities;
+mod keys;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use pinpoint_core::config::AuthRequirement;
+use pinpoint_core::identity::permissions as perm;
+use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
+use pinpoint_store::StoreError;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+
+use crate::identity::Identity;
+use crate::pipeline::RequestCtx;
+use crate::respond;
+use crate::routes::RouteAccess;
+use crate::runtime::Shared;
+
+/// Every API endpoint: method, path (axum syntax) and the permission it needs.
+/// `None` = authenticated caller, no permission; endpoints not listed are public.
+pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
+    ("GET", "/api/v2/current_user", None),
+    ("POST", "/api/v2/tokens", Some(perm::TOKENS_CREATE)),
+    ("GET", "/api/v2/decisions/{request_id}", Some(perm::DECISIONS_READ)),
+    ("POST", "/api/v2/orgs", Some(perm::ORGS_WRITE)),
+    ("GET", "/api/v2/orgs", Some(perm::ORGS_READ)),
+    ("GET", "/api/v2/orgs/{id}", Some(perm::ORGS_READ)),
+    ("PATCH", "/api/v2/orgs/{id}", Some(perm::ORGS_WRITE)),
+    ("POST", "/api/v2/users", Some(perm::USERS_WRITE)),
+    ("GET", "/api/v2/users", Some(perm::USERS_READ)),
+    ("GET", "/api/v2/users/{id}", Some(perm::USERS_READ)),
+    ("PATCH", "/api/v2/users/{id}", Some(perm::USERS_WRITE)),
+    ("DELETE", "/api/v2/users/{id}", Some(perm::USERS_WRITE)),
+    ("POST", "/api/v2/service_accounts", Some(perm::SERVICE_ACCOUNTS_WRITE)),
+    ("GET", "/api/v2/service_accounts", Some(perm::SERVICE_ACCOUNTS_READ)),
+    (
+        "GET",
+        "/api/v2/service_accounts/{id}",
+        Some(perm::SERVICE_ACCOUNTS_READ),
+    ),
+    (
+        "PATCH",
+        "/api/v2/service_accounts/{id}",
+        Some(perm::SERVICE_ACCOUNTS_WRITE),
+    ),
+    (
+        "DELETE",
+        "/api/v2/service_accounts/{id}",
+        Some(perm::SERVICE_ACCOUNTS_WRITE),
+    ),
+    ("POST", "/api/v2/roles", Some(perm::ROLES_WRITE)),
+    ("GET", "/api/v2/roles", Some(perm::ROLES_READ)),
+    ("GET", "/api/v2/roles/{id}", Some(perm::ROLES_READ)),
+    ("PATCH", "/api/v2/roles/{id}", Some(perm::ROLES_WRITE)),
+    ("DELETE", "/api/v2/roles/{id}", Some(perm::ROLES_WRITE)),
+    ("POST", "/api/v2/roles/{id}/principals", Some(perm::ROLES_WRITE)),
+    (
+        "DELETE",
+        "/api/v2/roles/{id}/principals/{principal_id}",
+        Some(perm::ROLES_WRITE),
+    ),
+    ("POST", "/api/v2/api_keys", Some(perm::KEYS_WRITE)),
+    ("GET", "/api/v2/api_keys", Some(perm::KEYS_READ)),
+    ("GET", "/api/v2/api_keys/{id}", Some(perm::KEYS_READ)),
+    ("DELETE", "/api/v2/api_keys/{id}", Some(perm::KEYS_WRITE)),
+    ("POST", "/api/v2/api_keys/{id}/rotate", Some(perm::KEYS_WRITE)),
+    ("POST", "/api/v2/signing_keys/rotate", Some(perm::SIGNING_KEYS_WRITE)),
+];
+
+/// Public endpoints (no credentials).
+pub const PUBLIC_ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/api/v2/openapi.json"),
+];
+
+/// The route id API requests carry in traces, metrics and rate-limit rules.
+pub const API_ROUTE: &str = "api";
+
+/// An API error: a denial rendered as a problem body by [`request_context`].
+pub struct ApiError(pub Denial);
+
+impl From<Denial> for ApiError {
+    fn from(denial: Denial) -> Self {
+        ApiError(denial)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError(Denial::new(Reason::ApiNotFound, format!("No such {what}."))),
+            StoreError::Conflict(why) => ApiError(Denial::new(Reason::ApiConflict, why)),
+            other => {
+                tracing::error!(error = %other, "store query failed");
+                ApiError(Denial::new(
+                    Reason::ApiStoreUnavailable,
+                    "The store could not be read or written.",
+                ))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = StatusCode::from_u16(self.0.reason.status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response();
+        response.extensions_mut().insert(self.0);
+        response
+    }
+}
+
+/// Shorthand for a denial.
+pub fn deny(reason: Reason, detail: impl Into<String>) -> ApiError {
+    ApiError(Denial::new(reason, detail))
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The authenticated caller, set by [`request_context`] for endpoints in [`ENDPOINTS`].
+#[derive(Clone)]
+pub struct Caller(pub Arc<Identity>);
+
+impl Caller {
+    /// Refuses access to another organization's resources (platform admins excepted).
+    pub fn check_org(&self, org_id: &str) -> ApiResult<()> {
+        if self.0.org_id == org_id || self.0.is_platform_admin() {
+            Ok(())
+        } else {
+            Err(ApiError(
+                Denial::new(Reason::AuthzTenantMismatch, "The resource is not in your organization.")
+                    .note(format!("resource org {org_id}, caller org {}", self.0.org_id)),
+            ))
+        }
+    }
+
+    /// The organization a new resource goes to: the caller's, or (platform admins only)
+    /// the one named.
+    pub fn target_org(&self, requested: Option<&str>) -> ApiResult<String> {
+        match requested {
+            Some(org) => {
+                self.check_org(org)?;
+                Ok(org.to_owned())
+            }
+            None => Ok(self.0.org_id.clone()),
+        }
+    }
+
+    /// The organization listings are limited to: `None` (all) for platform admins.
+    pub fn list_scope(&self) -> Option<&str> {
+        if self.0.is_platform_admin() {
+            None
+        } else {
+            Some(&self.0.org_id)
+        }
+    }
+}
+
+/// A JSON:API resource object.
+pub fn resource(kind: &str, id: &str, attributes: impl serde::Serialize) -> serde_json::Value {
+    serde_json::json!({ "type": kind, "id": id, "attributes": attributes })
+}
+
+/// `{"data": ...}`.
+pub fn envelope(data: serde_json::Value) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "data": data }))
+}
+
+/// Reads `{"data": {"attributes": {...}}}` into `T`, with a clear 400 on mistakes.
+pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| deny(Reason::ApiBadRequest, format!("The body is not JSON: {e}.")))?;
+    let attributes = value
+        .get("data")
+        .and_then(|d| d.get("attributes"))
+        .cloned()
+        .ok_or_else(|| {
+            deny(
+                Reason::ApiBadRequest,
+                "The body must be {\"data\": {\"type\": ..., \"attributes\": {...}}}.",
+            )
+        })?;
+    serde_json::from_value(attributes).map_err(|e| deny(Reason::ApiBadRequest, format!("Invalid attributes: {e}.")))
+}
+
+/// Builds the API router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/api/v2/openapi.json", get(openapi))
+        .route("/api/v2/current_user", get(identities::current_user))
+        .route("/api/v2/decisions/{request_id}", get(decision))
+        .merge(identities::routes())
+        .merge(keys::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), request_context))
+        .with_state(shared)
+}
+
+/// Serves the API until `shutdown` resolves, then drains for at most the drain timeout.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let drain = Duration::from_millis(shared.runtime.load().config.server.drain_timeout_ms);
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        router(shared).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = drained_tx.send(());
+    });
+    let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let deadline = async {
+        let _ = drained_rx.await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        result = server => if let Err(e) = result {
+            tracing::error!(error = %e, "api server failed");
+        },
+        _ = deadline => tracing::warn!("api drain timed out"),
+    }
+}
+
+/// Endpoint access rules, built once.
+fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess>> {
+    static TABLE: std::sync::OnceLock<HashMap<(Method, &'static str), Arc<RouteAccess>>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        ENDPOINTS
+            .iter()
+            .filter_map(|(method, path, permission)| {
+                let method = Method::from_bytes(method.as_bytes()).ok()?;
+                let access = RouteAccess {
+                    auth: AuthRequirement::Required,
+                    permissions: permission.map(|p| vec![(None, p.to_owned())]).unwrap_or_default(),
+                    prefix: String::from("/"),
+                    ..RouteAccess::default()
+                };
+                Some(((method, *path), Arc::new(access)))
+            })
+            .collect()
+    })
+}
+
+/// Runs the api pipeline, renders denials as problem bodies in the client's format, sets
+/// `X-Request-Id`, and records the decision of every `/api/` request.
+async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let at_ms = pinpoint_store::now_ms();
+    let runtime = shared.runtime.load_full();
+    let request_id = respond::request_id_of(req.headers());
+    let format = respond::format_of(req.headers());
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let client_ip = crate::layers::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let access = matched
+        .as_deref()
+        .and_then(|m| endpoint_access().get(&(method.clone(), m)).cloned());
+    let route_id: Arc<str> = Arc::from(API_ROUTE);
+
+    let (verdict, identity, answered, extra_headers) = {
+        let mut ctx = RequestCtx::new(&method, &path, None, req.headers(), peer, client_ip, &request_id);
+        ctx.route_id = Some(route_id.clone());
+        ctx.access = access;
+        let verdict = runtime.api_pipeline.run(&mut ctx).await;
+        (
+            verdict,
+            ctx.identity.take(),
+            ctx.answered,
+            std::mem::take(&mut ctx.response_headers),
+        )
+    };
+    let mut trace = verdict.trace;
+    let mut response = if let Some(denial) = verdict.denial {
+        respond::problem(&denial, &request_id, format, &runtime.config.server.reasons_url).map(Body::new)
+    } else if answered {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        if let Some(identity) = &identity {
+            req.extensions_mut().insert(Caller(identity.clone()));
+        }
+        let handler_started = Instant::now();
+        let mut response = next.run(req).await;
+        let handler_denial = response.extensions_mut().remove::<Denial>();
+        let mut entry = LayerTrace {
+            layer: String::from("api"),
+            mark: Mark::Pass,
+            mode: Mode::Enforce,
+            reason: None,
+            rule_id: matched.clone(),
+            detail: None,
+            note: None,
+            micros: handler_started.elapsed().as_micros() as u64,
+        };
+        if let Some(denial) = handler_denial {
+            entry.mark = Mark::Deny;
+            entry.reason = Some(denial.reason);
+            entry.detail = Some(denial.detail.clone());
+            entry.note = denial.note.clone();
+            crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
+            response =
+                respond::problem(&denial, &request_id, format, &runtime.config.server.reasons_url).map(Body::new);
+        }
+        trace.push(entry);
+        response
+    };
+    respond::set_request_id(response.headers_mut(), &request_id);
+    for (name, value) in extra_headers {
+        response.headers_mut().append(name, value);
+    }
+    let status = response.status();
+    let elapsed = started.elapsed();
+    if path.starts_with("/api/") {
+        crate::telemetry::count_request(&route_id, status, elapsed);
+        let reason = trace.iter().find(|t| t.mark == Mark::Deny).and_then(|t| t.reason);
+        tracing::info!(
+            target: "pinpoint::access",
+            request_id = %request_id,
+            client = %client_ip,
+            method = %method,
+            path = %path,
+            route = API_ROUTE,
+            status = status.as_u16(),
+            reason = reason.map(|r| r.code()).unwrap_or("-"),
+            duration_us = elapsed.as_micros() as u64,
+            revision = %runtime.config.revision,
+            "request"
+        );
+        shared.decisions.record(Decision {
+            request_id,
+            at_ms,
+            method: method.to_string(),
+            path,
+            host: None,
+            client_addr: peer.to_string(),
+            route: Some(API_ROUTE.to_owned()),
+            principal: identity.as_ref().map(|i| i.label()),
+            org_id: identity.as_ref().map(|i| i.org_id.clone()),
+            status: status.as_u16(),
+            reason,
+            upstream_target: None,
+            config_revision: runtime.config.revision.clone(),
+            duration_micros: elapsed.as_micros() as u64,
+            trace,
+        });
+    }
+    response
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let runtime = shared.runtime.load();
+    Json(serde_json::json!({
+        "status": "ok",
+        "config_revision": runtime.config.revision,
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "keys_loaded": shared.services.directory.key_count(),
+    }))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.prometheus.render(),
+    )
+}
+
+async fn jwks(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(shared.services.tokens.jwks()),
+    )
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(openapi_document).clone())
+}
+
+async fn not_found(req: Request) -> ApiError {
+    deny(Reason::ApiNotFound, format!("No API endpoint at {}.", req.uri().path()))
+}
+
+async fn decision(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(request_id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Some(decision) = shared.store.decision(&request_id).await? else {
+        return Err(deny(
+            Reason::ApiNotFound,
+            "No decision is recorded under this request id.",
+        ));
+    };
+    // Decisions of other organizations' requests (and of anonymous ones) are visible to
+    // platform admins only, and look the same as missing ones to everyone else.
+    let visible = caller.0.is_platform_admin() || decision.org_id.as_deref() == Some(caller.0.org_id.as_str());
+    if !visible {
+        return Err(deny(
+            Reason::ApiNotFound,
+            "No decision is recorded under this request id.",
+        ));
+    }
+    Ok(envelope(resource("decision", &decision.request_id, &decision)))
+}
+
+/// The OpenAPI 3.1 document, generated from [`ENDPOINTS`] and [`PUBLIC_ENDPOINTS`] so
+/// it cannot drift from the router's access table.
+pub fn openapi_document() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    let problem = serde_json::json!({ "$ref": "#/components/responses/Problem" });
+    let all = ENDPOINTS
+        .iter()
+        .map(|(m, p, perm)| (*m, *p, Some(*perm)))
+        .chain(PUBLIC_ENDPOINTS.iter().map(|(m, p)| (*m, *p, None)));
+    for (method, path, access) in all {
+        let parameters: Vec<_> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| serde_json::json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        let mut op = serde_json::json!({
+            "operationId": format!("{} {}", method, path),
+            "parameters": parameters,
+            "responses": { "2XX": { "description": "Success; JSON:API envelope {\"data\": ...}" }, "4XX": problem, "5XX": problem },
+        });
+        match access {
+            Some(permission) => {
+                op["security"] =
+                    serde_json::json!([{ "bearer": [] }, { "apiKey": [] }, { "ddApiKey": [], "ddApplicationKey": [] }]);
+                op["x-required-permission"] = serde_json::json!(permission);
+            }
+            None => op["security"] = serde_json::json!([]),
+        }
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| serde_json::json!({}));
+        entry[method.to_ascii_lowercase()] = op;
+    }
+    serde_json::json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Pinpoint API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "An API key (pp_...) or a JWT from /api/v2/tokens" },
+                "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
+                "ddApiKey": { "type": "apiKey", "in": "header", "name": "DD-API-KEY" },
+                "ddApplicationKey": { "type": "apiKey", "in": "header", "name": "DD-APPLICATION-KEY" },
+            },
+            "responses": {
+                "Problem": {
+                    "description": "RFC 9457 problem details with Pinpoint's reason code",
+                    "content": { "application/problem+json": { "schema": {
+                        "type": "object",
+                        "required": ["type", "title", "status", "detail", "reason", "layer", "request_id", "hint"],
+                        "properties": {
+                            "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+                            "detail": { "type": "string" }, "reason": { "type": "string" }, "layer": { "type": "string" },
+                            "request_id": { "type": "string" }, "hint": { "type": "string" },
+                        },
+                    } } },
+                },
+            },
+        },
+    })
+}

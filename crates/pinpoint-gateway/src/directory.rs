@@ -1,0 +1,212 @@
+//! The identity directory: an in-memory index of keys, principals (with their effective
+//! permissions precomputed) and organizations, loaded from the store at start and
+//! refreshed entry by entry after every API change. The hot path never touches the
+//! database: a key check is one concurrent-map lookup and one HMAC, and a permission check
+//! is a hash-set lookup. Last-use times are written behind, at most once a minute per key.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use pinpoint_core::identity::{grants, ApiKey, KeyKind, Organization, Principal, Role};
+use pinpoint_core::keys;
+use pinpoint_store::{Store, StoreError, StoredKey};
+use tokio::sync::mpsc;
+
+/// A key as the directory holds it.
+pub struct KeyEntry {
+    pub info: ApiKey,
+    hash: Vec<u8>,
+    /// Unix minute of the last recorded use.
+    last_used_minute: AtomicI64,
+}
+
+/// A principal with its roles and effective permissions.
+pub struct PrincipalEntry {
+    pub principal: Principal,
+    pub roles: Vec<String>,
+    pub permissions: HashSet<String>,
+}
+
+/// Why a presented key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Malformed,
+    Unknown,
+    Expired,
+    Revoked,
+}
+
+pub struct Directory {
+    pepper: Arc<[u8]>,
+    keys: DashMap<String, Arc<KeyEntry>>,
+    principals: DashMap<String, Arc<PrincipalEntry>>,
+    orgs: DashMap<String, Arc<Organization>>,
+    touches: mpsc::Sender<(String, i64)>,
+}
+
+fn key_entry(stored: StoredKey) -> Arc<KeyEntry> {
+    let minute = stored.info.last_used_at_ms.unwrap_or(0) / 60_000;
+    Arc::new(KeyEntry {
+        info: stored.info,
+        hash: stored.secret_hash,
+        last_used_minute: AtomicI64::new(minute),
+    })
+}
+
+fn principal_entry(principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
+    Arc::new(PrincipalEntry {
+        principal,
+        roles: roles.iter().map(|r| r.name.clone()).collect(),
+        permissions: roles.iter().flat_map(|r| r.permissions.iter().cloned()).collect(),
+    })
+}
+
+impl Directory {
+    /// Loads everything from the store and starts the last-use writer.
+    pub async fn load(store: &Store) -> Result<Arc<Directory>, StoreError> {
+        let (touches, rx) = mpsc::channel(4096);
+        let directory = Directory {
+            pepper: store.pepper(),
+            keys: DashMap::new(),
+            principals: DashMap::new(),
+            orgs: DashMap::new(),
+            touches,
+        };
+        for org in store.orgs().await? {
+            directory.orgs.insert(org.id.clone(), Arc::new(org));
+        }
+        let mut roles_by_principal: std::collections::HashMap<String, Vec<Role>> = Default::default();
+        for (holder, role) in store.all_assignments().await? {
+            roles_by_principal.entry(holder).or_default().push(role);
+        }
+        for p in store.all_principals().await? {
+            let roles = roles_by_principal.remove(&p.id).unwrap_or_default();
+            directory.principals.insert(p.id.clone(), principal_entry(p, &roles));
+        }
+        for k in store.all_keys().await? {
+            directory.keys.insert(k.info.id.clone(), key_entry(k));
+        }
+        tokio::spawn(write_touches(store.clone(), rx));
+        Ok(Arc::new(directory))
+    }
+
+    /// Checks a presented key: shape, id, secret (constant time), revocation, expiry.
+    pub fn verify_key(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, KeyRefusal> {
+        let parts = keys::parse(presented).ok_or(KeyRefusal::Malformed)?;
+        let Some(entry) = self.keys.get(parts.id).map(|e| e.clone()) else {
+            // Spend the same time as a real comparison so ids cannot be probed by timing.
+            let _ = keys::verify_secret(&self.pepper, parts.secret, &[0u8; 32]);
+            return Err(KeyRefusal::Unknown);
+        };
+        if !keys::verify_secret(&self.pepper, parts.secret, &entry.hash) {
+            return Err(KeyRefusal::Unknown);
+        }
+        if entry.info.revoked {
+            return Err(KeyRefusal::Revoked);
+        }
+        if entry.info.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
+            return Err(KeyRefusal::Expired);
+        }
+        let minute = now_ms / 60_000;
+        if entry.last_used_minute.swap(minute, Ordering::Relaxed) != minute {
+            let _ = self.touches.try_send((entry.info.id.clone(), now_ms));
+        }
+        Ok(entry)
+    }
+
+    pub fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>> {
+        self.principals.get(id).map(|e| e.clone())
+    }
+
+    pub fn org(&self, id: &str) -> Option<Arc<Organization>> {
+        self.orgs.get(id).map(|e| e.clone())
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Re-reads one key.
+    pub async fn refresh_key(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+        match store.stored_key(id).await? {
+            Some(k) => {
+                self.keys.insert(id.to_owned(), key_entry(k));
+            }
+            None => {
+                self.keys.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads every key of a principal (after it was deleted or had keys revoked).
+    pub async fn refresh_keys_of(&self, store: &Store, principal_id: &str) -> Result<(), StoreError> {
+        let ids: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|e| e.info.principal_id.as_deref() == Some(principal_id))
+            .map(|e| e.key().clone())
+            .collect();
+        for id in ids {
+            self.refresh_key(store, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads one principal and recomputes its permissions.
+    pub async fn refresh_principal(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+        match store.principal(id).await? {
+            Some(p) => {
+                let roles = store.roles_of(id).await?;
+                self.principals.insert(id.to_owned(), principal_entry(p, &roles));
+            }
+            None => {
+                self.principals.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads one organization.
+    pub async fn refresh_org(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+        match store.org(id).await? {
+            Some(o) => {
+                self.orgs.insert(id.to_owned(), Arc::new(o));
+            }
+            None => {
+                self.orgs.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a key without a store round trip (used by bulk loaders and benchmarks).
+    pub fn insert_key(&self, info: ApiKey, secret_hash: Vec<u8>) {
+        self.keys
+            .insert(info.id.clone(), key_entry(StoredKey { info, secret_hash }));
+    }
+}
+
+impl PrincipalEntry {
+    pub fn grants(&self, permission: &str) -> bool {
+        grants(&self.permissions, permission)
+    }
+}
+
+impl KeyEntry {
+    pub fn is_org_key(&self) -> bool {
+        self.info.kind == KeyKind::Api
+    }
+}
+
+async fn write_touches(store: Store, mut rx: mpsc::Receiver<(String, i64)>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        if let Err(e) = store.touch_keys(&batch).await {
+            tracing::warn!(error = %e, "could not record key last-use times");
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,235 @@
+//! The authentication layer: finds the credential in the configured places (`Authorization:
+//! Bearer` with an API key or a JWT, `X-API-Key`, or Datadog's `DD-API-KEY` +
+//! `DD-APPLICATION-KEY`), verifies it against the directory or the token service, and
+//! records the [`Identity`] for the layers after it. Codes: `authn.credentials_missing`,
+//! `.key_malformed`, `.key_unknown`, `.key_expired`, `.key_revoked`, `.token_expired`,
+//! `.token_invalid`, `.token_audience` (401), `.principal_suspended`,
+//! `.organization_suspended` (403).
+
+use std::sync::Arc;
+
+use pinpoint_core::config::{AuthRequirement, CredentialSource, JwtConfig};
+use pinpoint_core::{Denial, Outcome, Reason};
+
+use crate::directory::{Directory, KeyEntry, KeyRefusal};
+use crate::identity::{Credential, Identity};
+use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::tokens::{TokenRefusal, TokenService};
+
+pub struct AuthnLayer {
+    directory: Arc<Directory>,
+    tokens: Arc<TokenService>,
+    jwt: JwtConfig,
+    sources: Vec<CredentialSource>,
+}
+
+/// A credential as found in the request.
+enum Presented<'h> {
+    Key(&'h str),
+    Token(&'h str),
+    DdPair { api: &'h str, app: Option<&'h str> },
+    DdAppOnly,
+}
+
+impl AuthnLayer {
+    pub fn new(
+        directory: Arc<Directory>,
+        tokens: Arc<TokenService>,
+        jwt: JwtConfig,
+        sources: Vec<CredentialSource>,
+    ) -> Self {
+        AuthnLayer {
+            directory,
+            tokens,
+            jwt,
+            sources,
+        }
+    }
+
+    fn find<'h>(&self, headers: &'h http::HeaderMap) -> Option<Presented<'h>> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        for source in &self.sources {
+            match source {
+                CredentialSource::Authorization => {
+                    if let Some(value) = header("authorization") {
+                        let Some((scheme, credential)) = value.split_once(' ') else {
+                            continue;
+                        };
+                        if !scheme.eq_ignore_ascii_case("bearer") {
+                            continue;
+                        }
+                        let credential = credential.trim();
+                        // JWTs are three base64url segments; keys start with `pp_`.
+                        return Some(
+                            if credential.starts_with("eyJ") && credential.matches('.').count() == 2 {
+                                Presented::Token(credential)
+                            } else {
+                                Presented::Key(credential)
+                            },
+                        );
+                    }
+                }
+                CredentialSource::XApiKey => {
+                    if let Some(key) = header("x-api-key") {
+                        return Some(Presented::Key(key));
+                    }
+                }
+                CredentialSource::DdKeys => match (header("dd-api-key"), header("dd-application-key")) {
+                    (Some(api), app) => return Some(Presented::DdPair { api, app }),
+                    (None, Some(_)) => return Some(Presented::DdAppOnly),
+                    (None, None) => {}
+                },
+            }
+        }
+        None
+    }
+
+    fn key(&self, presented: &str, now: i64) -> Result<Arc<KeyEntry>, Denial> {
+        self.directory.verify_key(presented, now).map_err(|refusal| {
+            let (reason, detail) = match refusal {
+                KeyRefusal::Malformed => (Reason::AuthnKeyMalformed, "The credential is not a Pinpoint API key."),
+                KeyRefusal::Unknown => (Reason::AuthnKeyUnknown, "The API key is not valid."),
+                KeyRefusal::Expired => (Reason::AuthnKeyExpired, "The API key has expired."),
+                KeyRefusal::Revoked => (Reason::AuthnKeyRevoked, "The API key has been revoked."),
+            };
+            let mut denial = Denial::new(reason, detail);
+            if let Some(p) = pinpoint_core::keys::parse(presented) {
+                denial = denial.rule(format!("key {}", p.id));
+            }
+            denial
+        })
+    }
+
+    fn identity_for_key(&self, entry: &KeyEntry) -> Result<Identity, Denial> {
+        let principal = match &entry.info.principal_id {
+            Some(id) => Some(self.directory.principal(id).ok_or_else(|| {
+                Denial::new(Reason::AuthnKeyUnknown, "The API key is not valid.")
+                    .note(format!("key {} belongs to deleted principal {id}", entry.info.id))
+            })?),
+            None => None,
+        };
+        Ok(Identity {
+            principal,
+            org_id: entry.info.org_id.clone(),
+            credential: Credential::Key(entry.info.id.clone()),
+            scopes: entry.info.scopes.as_ref().map(|s| s.iter().cloned().collect()),
+        })
+    }
+
+    fn authenticate(&self, presented: Presented<'_>, route_org: Option<&str>) -> Result<Identity, Denial> {
+        let now = pinpoint_store::now_ms();
+        match presented {
+            Presented::Key(k) => {
+                let entry = self.key(k, now)?;
+                self.identity_for_key(&entry)
+            }
+            Presented::DdAppOnly => Err(Denial::new(
+                Reason::AuthnCredentialsMissing,
+                "DD-APPLICATION-KEY was sent without DD-API-KEY; send both.",
+            )),
+            Presented::DdPair { api, app } => {
+                let org_key = self.key(api, now)?;
+                if !org_key.is_org_key() {
+                    return Err(
+                        Denial::new(Reason::AuthnKeyUnknown, "DD-API-KEY must be an organization API key.")
+                            .rule(format!("key {}", org_key.info.id)),
+                    );
+                }
+                let Some(app) = app else {
+                    return self.identity_for_key(&org_key);
+                };
+                let app_key = self.key(app, now)?;
+                if app_key.is_org_key() || app_key.info.org_id != org_key.info.org_id {
+                    return Err(Denial::new(
+                        Reason::AuthnKeyUnknown,
+                        "DD-APPLICATION-KEY is not an application key of DD-API-KEY's organization.",
+                    )
+                    .rule(format!("key {}", app_key.info.id)));
+                }
+                self.identity_for_key(&app_key)
+            }
+            Presented::Token(token) => {
+                let claims = self.tokens.verify(&self.jwt, token).map_err(|refusal| match refusal {
+                    TokenRefusal::Expired => Denial::new(Reason::AuthnTokenExpired, "The token has expired."),
+                    TokenRefusal::Invalid(why) => {
+                        Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.").note(why)
+                    }
+                })?;
+                let principal = self.directory.principal(&claims.sub).ok_or_else(|| {
+                    Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.")
+                        .note(format!("subject {} no longer exists", claims.sub))
+                })?;
+                if claims.aud != principal.principal.org_id || route_org.is_some_and(|o| o != claims.aud) {
+                    return Err(
+                        Denial::new(Reason::AuthnTokenAudience, "The token was issued for another audience.").note(
+                            format!("aud {} (subject's org {})", claims.aud, principal.principal.org_id),
+                        ),
+                    );
+                }
+                Ok(Identity {
+                    org_id: principal.principal.org_id.clone(),
+                    principal: Some(principal),
+                    credential: Credential::Token(claims.jti),
+                    scopes: None,
+                })
+            }
+        }
+    }
+
+    /// Suspension is re-checked on every request, whatever the credential.
+    fn check_standing(&self, identity: &Identity) -> Result<(), Denial> {
+        if let Some(p) = &identity.principal {
+            if p.principal.suspended {
+                return Err(
+                    Denial::new(Reason::AuthnPrincipalSuspended, "Your account is suspended.")
+                        .rule(format!("principal {}", p.principal.id)),
+                );
+            }
+        }
+        match self.directory.org(&identity.org_id) {
+            Some(org) if org.suspended => Err(Denial::new(
+                Reason::AuthnOrganizationSuspended,
+                "Your organization is suspended.",
+            )
+            .rule(format!("org {}", org.id))),
+            Some(_) => Ok(()),
+            None => Err(Denial::new(Reason::AuthnKeyUnknown, "The credential is not valid.")
+                .note(format!("organization {} no longer exists", identity.org_id))),
+        }
+    }
+}
+
+impl Layer for AuthnLayer {
+    fn name(&self) -> &'static str {
+        "authn"
+    }
+
+    fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
+        let requirement = ctx.access.as_ref().map(|a| a.auth).unwrap_or_default();
+        if requirement == AuthRequirement::None {
+            return Check::Ready(Outcome::NotApplicable);
+        }
+        let Some(presented) = self.find(ctx.headers) else {
+            return Check::Ready(match requirement {
+                AuthRequirement::Required => Outcome::Deny(Denial::new(
+                    Reason::AuthnCredentialsMissing,
+                    "This endpoint needs credentials.",
+                )),
+                _ => Outcome::NotApplicable,
+            });
+        };
+        let route_org = ctx.access.as_ref().and_then(|a| a.org.as_deref());
+        let outcome = match self.authenticate(presented, route_org) {
+            Ok(identity) => match self.check_standing(&identity) {
+                Ok(()) => {
+                    let rule_id = Some(identity.label());
+                    ctx.identity = Some(Arc::new(identity));
+                    Outcome::Allow { rule_id }
+                }
+                Err(denial) => Outcome::Deny(denial),
+            },
+            Err(denial) => Outcome::Deny(denial),
+        };
+        Check::Ready(outcome)
+    }
+}

@@ -1,0 +1,146 @@
+//! The authorization layer: explicit deny rules first, then tenant isolation, then the
+//! permission the route needs for the method (implicit deny when no role grants it), the
+//! key's scopes, and resource ownership. Effective permissions are precomputed per
+//! principal in the directory, so each check is a hash-set lookup.
+//! Codes: `authz.explicit_deny`, `.tenant_mismatch`, `.permission_missing`,
+//! `.scope_missing`, `.not_owner` (403).
+
+use pinpoint_core::config::DenyRule;
+use pinpoint_core::{Denial, Outcome, Reason};
+
+use crate::identity::{Identity, PermissionCheck};
+use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::routes::prefix_matches;
+
+pub struct AuthzLayer {
+    deny: Vec<DenyRule>,
+}
+
+impl AuthzLayer {
+    pub fn new(deny: Vec<DenyRule>) -> Self {
+        AuthzLayer { deny }
+    }
+
+    fn explicit_deny(&self, ctx: &RequestCtx<'_>, identity: &Identity) -> Option<&DenyRule> {
+        let principal_id = identity.principal_id();
+        let roles = identity.principal.as_ref().map(|p| &p.roles[..]).unwrap_or(&[]);
+        let route_id = ctx.route_id.as_deref();
+        self.deny.iter().find(|rule| {
+            rule.principals
+                .as_ref()
+                .is_none_or(|ids| principal_id.is_some_and(|p| ids.iter().any(|i| i == p)))
+                && rule
+                    .roles
+                    .as_ref()
+                    .is_none_or(|names| roles.iter().any(|r| names.contains(r)))
+                && rule.orgs.as_ref().is_none_or(|orgs| orgs.contains(&identity.org_id))
+                && rule
+                    .routes
+                    .as_ref()
+                    .is_none_or(|ids| route_id.is_some_and(|r| ids.iter().any(|i| i == r)))
+                && rule.methods.as_ref().is_none_or(|m| m.contains(ctx.method))
+                && rule.path_prefix.as_ref().is_none_or(|p| prefix_matches(p, ctx.path))
+        })
+    }
+
+    fn decide(&self, ctx: &RequestCtx<'_>) -> Outcome {
+        let Some(access) = &ctx.access else {
+            return Outcome::NotApplicable;
+        };
+        let permission = access.permission_for(ctx.method);
+        let Some(identity) = ctx.identity.as_deref() else {
+            // Anonymous (auth optional, or authn in report mode): only rules without
+            // requirements pass.
+            return match permission {
+                Some(p) => Outcome::Deny(
+                    Denial::new(
+                        Reason::AuthzPermissionMissing,
+                        format!("This operation needs the permission `{p}`."),
+                    )
+                    .rule(p.to_owned())
+                    .note("anonymous caller"),
+                ),
+                None => Outcome::NotApplicable,
+            };
+        };
+        if let Some(rule) = self.explicit_deny(ctx, identity) {
+            let mut denial =
+                Denial::new(Reason::AuthzExplicitDeny, "An access rule denies this operation.").rule(rule.id.clone());
+            if let Some(d) = &rule.description {
+                denial = denial.note(d.clone());
+            }
+            return Outcome::Deny(denial);
+        }
+        if let Some(org) = &access.org {
+            if *org != identity.org_id && !identity.is_platform_admin() {
+                return Outcome::Deny(
+                    Denial::new(
+                        Reason::AuthzTenantMismatch,
+                        "This route is not available to your organization.",
+                    )
+                    .note(format!(
+                        "route belongs to org {org}, caller is in org {}",
+                        identity.org_id
+                    )),
+                );
+            }
+        }
+        if let Some(p) = permission {
+            match identity.check(p) {
+                PermissionCheck::Granted => {}
+                PermissionCheck::Missing => {
+                    return Outcome::Deny(
+                        Denial::new(
+                            Reason::AuthzPermissionMissing,
+                            format!("This operation needs the permission `{p}`."),
+                        )
+                        .rule(p.to_owned())
+                        .note(format!(
+                            "roles held: {}",
+                            identity
+                                .principal
+                                .as_ref()
+                                .map(|e| e.roles.join(", "))
+                                .unwrap_or_else(|| "none (organization key)".into())
+                        )),
+                    )
+                }
+                PermissionCheck::OutOfScope => {
+                    return Outcome::Deny(
+                        Denial::new(
+                            Reason::AuthzScopeMissing,
+                            format!("The API key's scopes do not include `{p}`."),
+                        )
+                        .rule(p.to_owned()),
+                    )
+                }
+            }
+        }
+        if let Some(owner) = access.owner_in(ctx.path) {
+            if owner.is_none() || owner != identity.principal_id() {
+                return Outcome::Deny(
+                    Denial::new(Reason::AuthzNotOwner, "You can act only on your own resources here.")
+                        .rule(format!("owner_segment {}", access.owner_segment.unwrap_or(0)))
+                        .note(format!(
+                            "path names {:?}, caller is {:?}",
+                            owner,
+                            identity.principal_id()
+                        )),
+                );
+            }
+        }
+        Outcome::Allow {
+            rule_id: permission.map(str::to_owned),
+        }
+    }
+}
+
+impl Layer for AuthzLayer {
+    fn name(&self) -> &'static str {
+        "authz"
+    }
+
+    fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
+        Check::Ready(self.decide(ctx))
+    }
+}

@@ -1,0 +1,240 @@
+//! The rate layer: GCRA limits (governor) keyed by API key, principal, organization,
+//! route or client address, and daily/monthly quotas per organization. Every limited
+//! route's responses carry IETF `RateLimit-Policy` / `RateLimit` and `X-RateLimit-*`
+//! headers; a refusal adds `Retry-After`. Limiter state lives in a [`RateRegistry`] that
+//! outlives config reloads, so a reload does not reset counters.
+//! Codes: `rate.limited`, `quota.exhausted` (429).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderName, HeaderValue};
+use pinpoint_core::config::{LimitKey, QuotaPeriod, QuotaRule, RateLimitRule};
+use pinpoint_core::{Denial, Outcome, Reason};
+
+use crate::identity::Credential;
+use crate::pipeline::{Check, Layer, RequestCtx};
+
+type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// Limiter and quota state shared across config revisions.
+#[derive(Default)]
+pub struct RateRegistry {
+    limiters: Mutex<HashMap<RateLimitRule, Arc<KeyedLimiter>>>,
+    /// (quota id, org id, window start ms) -> requests counted.
+    quota_counts: DashMap<(String, String, i64), AtomicU64>,
+}
+
+impl RateRegistry {
+    /// The limiter for `rule`: the existing one when the rule is unchanged.
+    fn limiter(&self, rule: &RateLimitRule) -> Arc<KeyedLimiter> {
+        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(rule.clone())
+            .or_insert_with(|| {
+                let per_cell = Duration::from_secs(u64::from(rule.per_seconds)) / rule.requests.max(1);
+                let burst = NonZeroU32::new(rule.burst.unwrap_or(rule.requests)).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(per_cell.max(Duration::from_nanos(1)))
+                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                    .allow_burst(burst);
+                Arc::new(RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>())
+            })
+            .clone()
+    }
+
+    /// Forgets idle keys and past quota windows; run periodically.
+    pub fn housekeeping(&self, now_ms: i64) {
+        for limiter in self.limiters.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            limiter.retain_recent();
+        }
+        self.quota_counts
+            .retain(|(_, _, start), _| now_ms - *start < 32 * 86_400_000);
+    }
+}
+
+struct Limit {
+    rule: RateLimitRule,
+    limiter: Arc<KeyedLimiter>,
+    policy_header: HeaderValue,
+}
+
+pub struct RateLayer {
+    limits: Vec<Limit>,
+    quotas: Vec<QuotaRule>,
+    registry: Arc<RateRegistry>,
+    clock: DefaultClock,
+}
+
+impl RateLayer {
+    pub fn new(limits: &[RateLimitRule], quotas: &[QuotaRule], registry: Arc<RateRegistry>) -> Self {
+        RateLayer {
+            limits: limits
+                .iter()
+                .map(|rule| Limit {
+                    limiter: registry.limiter(rule),
+                    policy_header: header(format!("\"{}\";q={};w={}", rule.id, rule.requests, rule.per_seconds)),
+                    rule: rule.clone(),
+                })
+                .collect(),
+            quotas: quotas.to_vec(),
+            registry,
+            clock: DefaultClock::default(),
+        }
+    }
+}
+
+fn header(s: String) -> HeaderValue {
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
+    routes
+        .as_ref()
+        .is_none_or(|ids| route_id.is_some_and(|r| ids.iter().any(|i| i == r)))
+}
+
+fn limit_key(by: LimitKey, ctx: &RequestCtx<'_>) -> Option<String> {
+    let identity = ctx.identity.as_deref();
+    match by {
+        LimitKey::Key => identity.map(|i| match &i.credential {
+            Credential::Key(id) => format!("key:{id}"),
+            Credential::Token(_) => format!("principal:{}", i.principal_id().unwrap_or(&i.org_id)),
+        }),
+        LimitKey::Principal => identity
+            .and_then(|i| i.principal_id())
+            .map(|p| format!("principal:{p}")),
+        LimitKey::Org => identity.map(|i| format!("org:{}", i.org_id)),
+        LimitKey::Route => ctx.route_id.as_deref().map(|r| format!("route:{r}")),
+        LimitKey::ClientIp => Some(format!("ip:{}", ctx.client_ip)),
+    }
+}
+
+impl Layer for RateLayer {
+    fn name(&self) -> &'static str {
+        "rate"
+    }
+
+    fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
+        let route_id = ctx.route_id.clone();
+        let mut tightest: Option<(&Limit, u32, u64)> = None;
+        let mut applied = false;
+        for limit in &self.limits {
+            if !applies(&limit.rule.routes, route_id.as_deref()) {
+                continue;
+            }
+            let Some(key) = limit_key(limit.rule.by, ctx) else {
+                continue;
+            };
+            applied = true;
+            let burst = limit.rule.burst.unwrap_or(limit.rule.requests);
+            let per_cell_ms = u64::from(limit.rule.per_seconds) * 1000 / u64::from(limit.rule.requests.max(1));
+            match limit.limiter.check_key(&key) {
+                Ok(state) => {
+                    let remaining = state.remaining_burst_capacity();
+                    let reset = (u64::from(burst - remaining.min(burst)) * per_cell_ms).div_ceil(1000);
+                    if tightest.is_none_or(|(_, r, _)| remaining < r) {
+                        tightest = Some((limit, remaining, reset));
+                    }
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.clock.now());
+                    let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    let reset = (u64::from(burst) * per_cell_ms).div_ceil(1000);
+                    push_headers(ctx, limit, burst, 0, reset.max(retry));
+                    return Check::Ready(Outcome::Deny(
+                        Denial::new(
+                            Reason::RateLimited,
+                            format!("Rate limit `{}` exceeded; retry in {retry} s.", limit.rule.id),
+                        )
+                        .rule(limit.rule.id.clone())
+                        .note(format!("key {key}"))
+                        .header("retry-after", retry.max(1).to_string()),
+                    ));
+                }
+            }
+        }
+        if let Some((limit, remaining, reset)) = tightest {
+            let burst = limit.rule.burst.unwrap_or(limit.rule.requests);
+            push_headers(ctx, limit, burst, remaining, reset);
+        }
+        if let Some(identity) = ctx.identity.clone() {
+            let now = pinpoint_store::now_ms();
+            for quota in &self.quotas {
+                if !applies(&quota.routes, route_id.as_deref())
+                    || !quota.orgs.as_ref().is_none_or(|o| o.contains(&identity.org_id))
+                {
+                    continue;
+                }
+                applied = true;
+                let (start, end) = match quota.period {
+                    QuotaPeriod::Day => pinpoint_core::time::day_window(now),
+                    QuotaPeriod::Month => pinpoint_core::time::month_window(now),
+                };
+                let used = self
+                    .registry
+                    .quota_counts
+                    .entry((quota.id.clone(), identity.org_id.clone(), start))
+                    .or_insert_with(|| AtomicU64::new(0))
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                if used > quota.requests {
+                    let retry = ((end - now).max(0) as u64).div_ceil(1000);
+                    return Check::Ready(Outcome::Deny(
+                        Denial::new(
+                            Reason::QuotaExhausted,
+                            format!(
+                                "Your organization's {} quota `{}` is used up.",
+                                period_name(quota.period),
+                                quota.id
+                            ),
+                        )
+                        .rule(quota.id.clone())
+                        .note(format!(
+                            "org {} used {} of {}",
+                            identity.org_id,
+                            used - 1,
+                            quota.requests
+                        ))
+                        .header("retry-after", retry.to_string()),
+                    ));
+                }
+            }
+        }
+        Check::Ready(if applied {
+            Outcome::allow()
+        } else {
+            Outcome::NotApplicable
+        })
+    }
+}
+
+fn period_name(p: QuotaPeriod) -> &'static str {
+    match p {
+        QuotaPeriod::Day => "daily",
+        QuotaPeriod::Month => "monthly",
+    }
+}
+
+fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, burst: u32, remaining: u32, reset: u64) {
+    let h: [(HeaderName, HeaderValue); 5] = [
+        (HeaderName::from_static("ratelimit-policy"), limit.policy_header.clone()),
+        (
+            HeaderName::from_static("ratelimit"),
+            header(format!("\"{}\";r={remaining};t={reset}", limit.rule.id)),
+        ),
+        (HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(burst)),
+        (
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(remaining),
+        ),
+        (HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(reset)),
+    ];
+    ctx.response_headers.extend(h);
+}

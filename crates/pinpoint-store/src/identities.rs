@@ -1,0 +1,323 @@
+//! Organizations, principals, roles and role assignments in the store. Every write is a
+//! single statement or transaction; uniqueness violations come back as
+//! [`StoreError::Conflict`], missing rows as [`StoreError::NotFound`].
+
+use pinpoint_core::identity::{Organization, Principal, PrincipalKind, Role};
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::{now_ms, Store, StoreError};
+
+/// A fresh random UUID (v4), hyphenated.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Maps a constraint violation to [`StoreError::Conflict`] with `what` as the message.
+pub(crate) fn conflict(what: String) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() || db.is_foreign_key_violation() => {
+            StoreError::Conflict(what)
+        }
+        _ => StoreError::Db(e),
+    }
+}
+
+fn org_from(row: &SqliteRow) -> Result<Organization, sqlx::Error> {
+    Ok(Organization {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        suspended: row.try_get::<i64, _>("suspended")? != 0,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn principal_from(row: &SqliteRow) -> Result<Principal, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Principal {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        kind: PrincipalKind::parse(&kind)
+            .ok_or_else(|| StoreError::Conflict(format!("unknown principal kind {kind}")))?,
+        name: row.try_get("name")?,
+        email: row.try_get("email")?,
+        suspended: row.try_get::<i64, _>("suspended")? != 0,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn role_from(row: &SqliteRow) -> Result<Role, StoreError> {
+    let permissions: String = row.try_get("permissions")?;
+    Ok(Role {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        name: row.try_get("name")?,
+        permissions: serde_json::from_str(&permissions)?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+impl Store {
+    // ---- organizations ----------------------------------------------------------------
+
+    pub async fn create_org(&self, name: &str) -> Result<Organization, StoreError> {
+        let org = Organization {
+            id: new_id(),
+            name: name.to_owned(),
+            suspended: false,
+            created_at_ms: now_ms(),
+        };
+        sqlx::query("INSERT INTO organizations (id, name, created_at_ms) VALUES (?, ?, ?)")
+            .bind(&org.id)
+            .bind(&org.name)
+            .bind(org.created_at_ms)
+            .execute(self.pool())
+            .await
+            .map_err(conflict(format!("an organization named `{name}` already exists")))?;
+        Ok(org)
+    }
+
+    pub async fn org(&self, id: &str) -> Result<Option<Organization>, StoreError> {
+        let row = sqlx::query("SELECT * FROM organizations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.as_ref().map(org_from).transpose()?)
+    }
+
+    pub async fn org_by_name(&self, name: &str) -> Result<Option<Organization>, StoreError> {
+        let row = sqlx::query("SELECT * FROM organizations WHERE name = ?")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.as_ref().map(org_from).transpose()?)
+    }
+
+    pub async fn orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM organizations ORDER BY created_at_ms, id")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.iter().map(org_from).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn set_org_suspended(&self, id: &str, suspended: bool) -> Result<Organization, StoreError> {
+        sqlx::query("UPDATE organizations SET suspended = ? WHERE id = ?")
+            .bind(i64::from(suspended))
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        self.org(id).await?.ok_or(StoreError::NotFound("organization"))
+    }
+
+    // ---- principals -------------------------------------------------------------------
+
+    pub async fn create_principal(
+        &self,
+        org_id: &str,
+        kind: PrincipalKind,
+        name: &str,
+        email: Option<&str>,
+    ) -> Result<Principal, StoreError> {
+        let p = Principal {
+            id: new_id(),
+            org_id: org_id.to_owned(),
+            kind,
+            name: name.to_owned(),
+            email: email.map(str::to_owned),
+            suspended: false,
+            created_at_ms: now_ms(),
+        };
+        sqlx::query("INSERT INTO principals (id, org_id, kind, name, email, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&p.id)
+            .bind(&p.org_id)
+            .bind(kind.as_str())
+            .bind(&p.name)
+            .bind(&p.email)
+            .bind(p.created_at_ms)
+            .execute(self.pool())
+            .await
+            .map_err(conflict(format!(
+                "a {} named `{name}` already exists in this organization",
+                kind.as_str()
+            )))?;
+        Ok(p)
+    }
+
+    pub async fn principal(&self, id: &str) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query("SELECT * FROM principals WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(principal_from).transpose()
+    }
+
+    /// Principals of one kind, in one organization or all.
+    pub async fn principals(&self, org_id: Option<&str>, kind: PrincipalKind) -> Result<Vec<Principal>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM principals WHERE kind = ? AND (? IS NULL OR org_id = ?) ORDER BY created_at_ms, id",
+        )
+        .bind(kind.as_str())
+        .bind(org_id)
+        .bind(org_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(principal_from).collect()
+    }
+
+    pub async fn all_principals(&self) -> Result<Vec<Principal>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM principals").fetch_all(self.pool()).await?;
+        rows.iter().map(principal_from).collect()
+    }
+
+    pub async fn set_principal_suspended(&self, id: &str, suspended: bool) -> Result<Principal, StoreError> {
+        sqlx::query("UPDATE principals SET suspended = ? WHERE id = ?")
+            .bind(i64::from(suspended))
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        self.principal(id).await?.ok_or(StoreError::NotFound("principal"))
+    }
+
+    /// Deletes a principal, its role assignments, and revokes its keys.
+    pub async fn delete_principal(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM role_assignments WHERE principal_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE api_keys SET revoked = 1 WHERE principal_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM principals WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("principal"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- roles ------------------------------------------------------------------------
+
+    pub async fn create_role(&self, org_id: &str, name: &str, permissions: &[String]) -> Result<Role, StoreError> {
+        let role = Role {
+            id: new_id(),
+            org_id: org_id.to_owned(),
+            name: name.to_owned(),
+            permissions: permissions.to_vec(),
+            created_at_ms: now_ms(),
+        };
+        sqlx::query("INSERT INTO roles (id, org_id, name, permissions, created_at_ms) VALUES (?, ?, ?, ?, ?)")
+            .bind(&role.id)
+            .bind(&role.org_id)
+            .bind(&role.name)
+            .bind(serde_json::to_string(&role.permissions)?)
+            .bind(role.created_at_ms)
+            .execute(self.pool())
+            .await
+            .map_err(conflict(format!(
+                "a role named `{name}` already exists in this organization"
+            )))?;
+        Ok(role)
+    }
+
+    pub async fn role(&self, id: &str) -> Result<Option<Role>, StoreError> {
+        let row = sqlx::query("SELECT * FROM roles WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(role_from).transpose()
+    }
+
+    pub async fn roles(&self, org_id: Option<&str>) -> Result<Vec<Role>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM roles WHERE (? IS NULL OR org_id = ?) ORDER BY created_at_ms, id")
+            .bind(org_id)
+            .bind(org_id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(role_from).collect()
+    }
+
+    pub async fn set_role_permissions(&self, id: &str, permissions: &[String]) -> Result<Role, StoreError> {
+        sqlx::query("UPDATE roles SET permissions = ? WHERE id = ?")
+            .bind(serde_json::to_string(permissions)?)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        self.role(id).await?.ok_or(StoreError::NotFound("role"))
+    }
+
+    /// Deletes a role and its assignments; returns the principals that held it.
+    pub async fn delete_role(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let holders = self.role_holders(id).await?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM role_assignments WHERE role_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM roles WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("role"));
+        }
+        tx.commit().await?;
+        Ok(holders)
+    }
+
+    pub async fn assign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO role_assignments (principal_id, role_id) VALUES (?, ?)")
+            .bind(principal_id)
+            .bind(role_id)
+            .execute(self.pool())
+            .await
+            .map_err(conflict("the principal or the role does not exist".into()))?;
+        Ok(())
+    }
+
+    pub async fn unassign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM role_assignments WHERE principal_id = ? AND role_id = ?")
+            .bind(principal_id)
+            .bind(role_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The roles a principal holds.
+    pub async fn roles_of(&self, principal_id: &str) -> Result<Vec<Role>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.* FROM roles r JOIN role_assignments a ON a.role_id = r.id WHERE a.principal_id = ? ORDER BY r.name",
+        )
+        .bind(principal_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(role_from).collect()
+    }
+
+    /// Every (principal id, role) pair, for loading the directory.
+    pub async fn all_assignments(&self) -> Result<Vec<(String, Role)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.principal_id AS holder, r.* FROM roles r JOIN role_assignments a ON a.role_id = r.id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get::<String, _>("holder")?, role_from(row)?)))
+            .collect()
+    }
+
+    /// Ids of the principals holding a role.
+    pub async fn role_holders(&self, role_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT principal_id FROM role_assignments WHERE role_id = ?")
+                .bind(role_id)
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+}
