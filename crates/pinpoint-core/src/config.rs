@@ -275,6 +275,7 @@ pub struct NetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
+    pub mode: Mode,
     /// Exact origins (`https://app.example.com`) or `*`.
     pub allowed_origins: Vec<String>,
     pub allowed_methods: Vec<String>,
@@ -286,6 +287,7 @@ pub struct CorsConfig {
 impl Default for CorsConfig {
     fn default() -> Self {
         CorsConfig {
+            mode: Mode::Enforce,
             allowed_origins: Vec::new(),
             allowed_methods: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
                 .map(String::from)

@@ -112,7 +112,7 @@ reasons! {
     /// No credentials were presented to an endpoint that needs them.
     AuthnCredentialsMissing => {
         code: "authn.credentials_missing", status: 401, title: "Credentials required",
-        hint: "Send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+        hint: "Send an API key or token as `Authorization: Bearer <credential>`, an API key as `X-API-Key`, or the `DD-API-KEY` + `DD-APPLICATION-KEY` pair.",
         description: "The request carried none of the accepted credential headers.",
     },
     /// The presented key is not known.

@@ -83,7 +83,7 @@ pub fn build_api_pipeline(config: &Config, services: &Services) -> Pipeline {
 }
 
 fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Services) {
-    pipeline.push(CorsLayer::new(config.cors.clone()), Mode::Enforce);
+    pipeline.push(CorsLayer::new(config.cors.clone()), config.cors.mode);
     pipeline.push(NetLayer::new(&config.net), config.net.mode);
     pipeline.push(
         AuthnLayer::new(

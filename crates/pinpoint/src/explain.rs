@@ -1,78 +1,18 @@
 //! `pinpoint explain`: fetches a stored decision from the api listener and prints the
 //! chain of layers, the deciding rule, the config revision and the hint.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
 use pinpoint_core::{Decision, Mark};
 
-/// How the CLI reaches the API.
-#[derive(clap::Args)]
-pub struct ClientArgs {
-    /// API base URL; default from the config's `api_listen`.
-    #[arg(long, env = "PINPOINT_API")]
-    pub api: Option<String>,
-    /// Admin API key; default the bootstrap key file in the data dir.
-    #[arg(long, env = "PINPOINT_KEY", hide_env_values = true)]
-    pub key: Option<String>,
-    /// Config file to read `api_listen` and `data_dir` from (same default as `serve`).
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-}
-
-impl ClientArgs {
-    /// The API base URL and the key to use.
-    fn resolve(&self) -> Result<(String, String)> {
-        let needs_config = self.api.is_none() || self.key.is_none();
-        let config = if needs_config {
-            Some(crate::resolve_config(self.config.as_deref())?.0)
-        } else {
-            None
-        };
-        let api = match (&self.api, &config) {
-            (Some(api), _) => api.trim_end_matches('/').to_owned(),
-            (None, Some(c)) => format!("http://{}", c.server.api_listen),
-            (None, None) => unreachable!("config is loaded when --api is absent"),
-        };
-        let key = match (&self.key, &config) {
-            (Some(key), _) => key.trim().to_owned(),
-            (None, Some(c)) => {
-                let file = c.server.data_dir.join(pinpoint_store::keys::BOOTSTRAP_KEY_FILE);
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("no --key given and cannot read {}", file.display()))?
-                    .trim()
-                    .to_owned()
-            }
-            (None, None) => unreachable!("config is loaded when --key is absent"),
-        };
-        Ok((api, key))
-    }
-}
+use crate::client::{ApiClient, ClientArgs};
 
 pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()> {
     if !pinpoint_core::request_id::is_well_formed(request_id) {
         bail!("`{request_id}` is not a request id (1 to 128 of A-Z a-z 0-9 - _ . : @)");
     }
-    let (api, key) = client.resolve()?;
-    let url = format!("{api}/api/v2/decisions/{request_id}");
-    let response = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(&key)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the Pinpoint API at {api}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .with_context(|| format!("{url} answered {status} with a body that is not JSON"))?;
-    if !status.is_success() {
-        let reason = body["reason"].as_str().unwrap_or("?");
-        let detail = body["detail"].as_str().unwrap_or("");
-        let hint = body["hint"].as_str().unwrap_or("");
-        bail!("{status} {reason}: {detail} {hint}");
-    }
+    let body = ApiClient::new(client)?
+        .call(reqwest::Method::GET, &format!("/api/v2/decisions/{request_id}"), None)
+        .await?;
     let attributes = &body["data"]["attributes"];
     if json {
         println!("{}", serde_json::to_string_pretty(attributes)?);

@@ -2,6 +2,8 @@
 //! and `echo` are the operator's tools.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod client;
 mod explain;
 
 use std::net::SocketAddr;
@@ -41,11 +43,26 @@ enum Command {
         /// The request id (the X-Request-Id response header, or `request_id` in a problem body).
         request_id: String,
         #[command(flatten)]
-        client: explain::ClientArgs,
+        client: client::ClientArgs,
         /// Print the stored decision as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(admin::Keys),
+    /// Manage users.
+    #[command(subcommand)]
+    Users(admin::Principals),
+    /// Manage service accounts.
+    #[command(subcommand)]
+    ServiceAccounts(admin::Principals),
+    /// Manage roles and role assignments.
+    #[command(subcommand)]
+    Roles(admin::Roles),
+    /// Manage organizations.
+    #[command(subcommand)]
+    Orgs(admin::Orgs),
     /// Print the reason catalogue.
     Reasons {
         /// As the Markdown page docs/reasons.md.
@@ -95,6 +112,11 @@ fn run(cli: Cli) -> Result<()> {
                 client,
                 json,
             } => explain::run(&request_id, &client, json).await,
+            Command::Keys(cmd) => admin::keys(cmd).await,
+            Command::Users(cmd) => admin::principals("users", cmd).await,
+            Command::ServiceAccounts(cmd) => admin::principals("service_accounts", cmd).await,
+            Command::Roles(cmd) => admin::roles(cmd).await,
+            Command::Orgs(cmd) => admin::orgs(cmd).await,
             Command::Reasons { markdown } => {
                 print_reasons(markdown);
                 Ok(())

@@ -25,7 +25,14 @@ impl Layer for RouteLayer {
     }
 
     fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
-        Check::Ready(match self.table.find(ctx.host, ctx.path, ctx.method) {
+        // A CORS preflight is routed by the method it asks about, so routes with a method
+        // list do not answer browsers' preflights with 405.
+        let requested = (ctx.method == http::Method::OPTIONS)
+            .then(|| ctx.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD))
+            .flatten()
+            .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+        let method = requested.as_ref().unwrap_or(ctx.method);
+        Check::Ready(match self.table.find(ctx.host, ctx.path, method) {
             RouteMatch::Found(route) => {
                 let rule_id = Some(route.id.to_string());
                 ctx.route_id = Some(route.id.clone());

@@ -1,7 +1,9 @@
 //! Pinpoint's integration tests: one binary, real sockets, real HTTP clients, real
 //! upstreams. Each test starts its own gateway on port 0 with its own data directory.
 
+mod access;
 mod api;
+mod identity_api;
 mod lifecycle;
 mod proxy;
 
@@ -33,18 +35,29 @@ pub struct TestGateway {
 
 /// Starts a gateway with `config` (TOML; `DATA_DIR` is replaced by a fresh temp dir).
 pub async fn start(config: &str) -> TestGateway {
+    let (dir, store, admin_key) = fresh_store().await;
+    start_in(dir, store, admin_key, config).await
+}
+
+/// A temp dir with a bootstrapped store in `<dir>/data`, for tests that seed it first.
+pub async fn fresh_store() -> (tempfile::TempDir, Store, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
-    let config_path = dir.path().join("pinpoint.toml");
-    std::fs::write(&config_path, &text).expect("write config");
-    let config = Config::parse(&text, &config_path.display().to_string()).expect("valid test config");
-    let store = Store::open(&config.server.data_dir).await.expect("store");
+    let store = Store::open(&dir.path().join("data")).await.expect("store");
     let admin_key = store
         .bootstrap_admin_key()
         .await
         .expect("bootstrap")
         .expect("fresh store")
         .key;
+    (dir, store, admin_key)
+}
+
+/// Starts a gateway on an already-seeded store.
+pub async fn start_in(dir: tempfile::TempDir, store: Store, admin_key: String, config: &str) -> TestGateway {
+    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let config_path = dir.path().join("pinpoint.toml");
+    std::fs::write(&config_path, &text).expect("write config");
+    let config = Config::parse(&text, &config_path.display().to_string()).expect("valid test config");
     let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
     let (proxy_addr, api_addr) = (proxy.local_addr().unwrap(), api.local_addr().unwrap());
