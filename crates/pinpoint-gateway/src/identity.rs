@@ -76,3 +76,84 @@ impl Identity {
         self.check(pinpoint_core::identity::PLATFORM_ADMIN) == PermissionCheck::Granted
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use pinpoint_core::identity::{Principal, PrincipalKind};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn permission() -> impl Strategy<Value = String> {
+        (prop::sample::select(vec!["orders", "keys", "users", "roles"]), prop::sample::select(vec!["read", "write", "*"]))
+            .prop_map(|(r, a)| format!("{r}:{a}"))
+    }
+
+    fn identity(perms: HashSet<String>, scopes: Option<HashSet<String>>, with_principal: bool) -> Identity {
+        let principal = with_principal.then(|| {
+            Arc::new(PrincipalEntry {
+                principal: Principal {
+                    id: "p".into(),
+                    org_id: "o".into(),
+                    kind: PrincipalKind::User,
+                    name: "u".into(),
+                    email: None,
+                    suspended: false,
+                    created_at_ms: 0,
+                },
+                roles: vec![],
+                permissions: perms,
+            })
+        });
+        Identity {
+            principal,
+            org_id: "o".into(),
+            credential: Credential::Key("k".into()),
+            scopes,
+        }
+    }
+
+    proptest! {
+        /// A key's scopes only ever narrow: a scoped key is granted a subset of what the
+        /// unscoped owner is granted, and exactly the intersection.
+        #[test]
+        fn scopes_only_narrow(
+            perms in prop::collection::hash_set(permission(), 0..6),
+            scopes in prop::collection::hash_set(permission(), 0..6),
+            asked in permission(),
+        ) {
+            let owner = identity(perms.clone(), None, true);
+            let scoped = identity(perms.clone(), Some(scopes.clone()), true);
+            let owner_has = owner.check(&asked) == PermissionCheck::Granted;
+            let scope_has = grants(&scopes, &asked);
+            match scoped.check(&asked) {
+                PermissionCheck::Granted => prop_assert!(owner_has && scope_has),
+                PermissionCheck::OutOfScope => prop_assert!(owner_has && !scope_has),
+                PermissionCheck::Missing => prop_assert!(!owner_has),
+            }
+        }
+
+        /// Wildcards: `*` grants everything, `resource:*` every action on the resource,
+        /// and nothing else grants what is not listed.
+        #[test]
+        fn grants_matches_its_definition(perms in prop::collection::hash_set(permission(), 0..6), asked in permission()) {
+            let (resource, _) = asked.split_once(':').unwrap();
+            let expected = perms.contains(&asked) || perms.contains(&format!("{resource}:*"));
+            prop_assert_eq!(grants(&perms, &asked), expected);
+            let mut all = perms.clone();
+            all.insert("*".into());
+            prop_assert!(grants(&all, &asked));
+        }
+
+        /// Organization keys act with their scopes only.
+        #[test]
+        fn org_keys_use_scopes_only(scopes in prop::option::of(prop::collection::hash_set(permission(), 0..6)), asked in permission()) {
+            let key = identity(HashSet::new(), scopes.clone(), false);
+            let granted = key.check(&asked) == PermissionCheck::Granted;
+            prop_assert_eq!(granted, scopes.as_ref().is_some_and(|s| grants(s, &asked)));
+        }
+    }
+}
