@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Drives one upstream three ways on loopback, in one run, with wrk:
+# Drives one upstream four ways on loopback, in one run, with wrk:
 #   direct    wrk -> echo upstream
 #   nginx     wrk -> nginx (plain reverse proxy, keep-alive upstream pool) -> echo upstream
-#   pinpoint  wrk -> pinpoint (pipeline on: route + policy layers, decision log, access log) -> echo upstream
-# for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency and Pinpoint/nginx ratios.
+#   bare      wrk -> pinpoint, a route with no access rules (every layer "not mine";
+#             decision log and access log on) -> echo upstream
+#   chain     wrk -> pinpoint, a route with the full chain: API-key auth, RBAC permission,
+#             IP allow list, a rate limit sized not to trigger, decision log -> echo upstream
+# for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency, Pinpoint/nginx and
+# chain/bare ratios.
 # Usage: bench/run.sh [seconds-per-run] (default 10). Needs root or sudo to install nginx/wrk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,10 +79,28 @@ reload_poll_ms = 0
 targets = ["127.0.0.1:$ECHO_PORT"]
 
 [[routes]]
-id = "bench"
-path_prefix = "/bench"
+id = "bare"
+path_prefix = "/bare"
+upstream = "echo"
+
+[[routes]]
+id = "chain"
+path_prefix = "/chain"
 methods = ["GET", "POST"]
 upstream = "echo"
+permissions = { GET = "orders:read", POST = "orders:write" }
+ip_allow = ["127.0.0.0/8"]
+
+[[authz.deny]]
+id = "never-matches"
+roles = ["nobody"]
+
+[[rate.limits]]
+id = "generous"
+by = "key"
+requests = 100000000
+per_seconds = 1
+routes = ["chain"]
 
 [[policy.rules]]
 id = "no-deletes"
@@ -86,6 +108,15 @@ methods = ["DELETE"]
 TOML
 "$BIN" serve --config "$WORK/pinpoint.toml" >"$WORK/pinpoint.log" 2>&1 & PIDS+=($!)
 wait_port $PROXY_PORT
+wait_port $API_PORT
+
+# A user with a role granting exactly the chain route's permissions, and a key for it.
+cli() { "$BIN" "$@" --config "$WORK/pinpoint.toml"; }
+USER_ID=$(cli users create bench-user | awk '{print $1}')
+ROLE_ID=$(cli roles create bench-orders --permission orders:read --permission orders:write | awk '{print $1}')
+cli roles assign "$ROLE_ID" "$USER_ID" >/dev/null
+KEY=$(cli keys create bench --owner "$USER_ID" | sed -n 's/^key (shown only now): //p')
+[ -n "$KEY" ] || { echo "could not create the bench key" >&2; exit 1; }
 
 python3 - "$WORK/post.lua" <<'PY'
 import json, sys
@@ -95,33 +126,34 @@ open(sys.argv[1], "w").write(
 PY
 
 declare -A RPS P99
-run() { # name kind url
-  local out
-  if [ "$2" = post ]; then
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$3")
-  else
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$3")
-  fi
-  if echo "$out" | grep -q "Non-2xx"; then echo "$1 $2: non-2xx responses!" >&2; echo "$out" >&2; fi
+run() { # name kind url [header]
+  local out args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
+  [ -n "${4:-}" ] && args+=(-H "$4")
+  [ "$2" = post ] && args+=(-s "$WORK/post.lua")
+  out=$(wrk "${args[@]}" "$3")
+  if echo "$out" | grep -q "Non-2xx"; then echo "$1 $2: non-2xx responses!" >&2; echo "$out" >&2; exit 1; fi
   RPS[$1-$2]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   P99[$1-$2]=$(echo "$out" | awk '$1 == "99%" {print $2}')
 }
 
 for kind in get post; do
-  run direct "$kind" "http://127.0.0.1:$ECHO_PORT/bench/x"
-  run nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bench/x"
-  run pinpoint "$kind" "http://127.0.0.1:$PROXY_PORT/bench/x"
+  run direct "$kind" "http://127.0.0.1:$ECHO_PORT/bare/x"
+  run nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bare/x"
+  run bare "$kind" "http://127.0.0.1:$PROXY_PORT/bare/x"
+  run chain "$kind" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"
 done
 
 printf '\n%-10s %-5s %12s %10s\n' target kind "req/s" p99
 for kind in get post; do
-  for name in direct nginx pinpoint; do
+  for name in direct nginx bare chain; do
     printf '%-10s %-5s %12s %10s\n' "$name" "$kind" "${RPS[$name-$kind]}" "${P99[$name-$kind]}"
   done
 done
 echo
+ratio() { python3 -c "import sys; print('%-28s %.3f' % (sys.argv[1], float(sys.argv[2]) / float(sys.argv[3])))" "$@"; }
 for kind in get post; do
-  python3 -c "import sys; print('pinpoint/nginx %s throughput: %.2f' % (sys.argv[1], float(sys.argv[2]) / float(sys.argv[3])))" \
-    "$kind" "${RPS[pinpoint-$kind]}" "${RPS[nginx-$kind]}"
+  ratio "bare/nginx $kind throughput" "${RPS[bare-$kind]}" "${RPS[nginx-$kind]}"
+  ratio "chain/nginx $kind throughput" "${RPS[chain-$kind]}" "${RPS[nginx-$kind]}"
+  ratio "chain/bare $kind throughput" "${RPS[chain-$kind]}" "${RPS[bare-$kind]}"
 done
 echo "($DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine)"

@@ -18,6 +18,11 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Whether this is [`Mode::Enforce`].
+    pub fn is_enforce(&self) -> bool {
+        *self == Mode::Enforce
+    }
+
     /// Lower-case name, as used in config, metrics and traces.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -123,6 +128,8 @@ impl Mark {
 pub struct LayerTrace {
     pub layer: String,
     pub mark: Mark,
+    /// Omitted from the stored JSON when `enforce` (most entries), to keep records small.
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
@@ -132,8 +139,13 @@ pub struct LayerTrace {
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// Time spent in the layer, microseconds.
+    /// Time spent in the layer, microseconds (omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub micros: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The stored record of one request's decision. Never holds a request body or a secret.

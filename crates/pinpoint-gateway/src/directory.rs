@@ -25,6 +25,8 @@ pub struct KeyEntry {
 /// A principal with its roles and effective permissions.
 pub struct PrincipalEntry {
     pub principal: Principal,
+    /// How traces name this principal: `kind:name (id)`, built once.
+    pub label: String,
     pub roles: Vec<String>,
     pub permissions: HashSet<String>,
 }
@@ -39,7 +41,7 @@ pub enum KeyRefusal {
 }
 
 pub struct Directory {
-    pepper: Arc<[u8]>,
+    hasher: keys::SecretHasher,
     keys: DashMap<String, Arc<KeyEntry>>,
     principals: DashMap<String, Arc<PrincipalEntry>>,
     orgs: DashMap<String, Arc<Organization>>,
@@ -57,6 +59,7 @@ fn key_entry(stored: StoredKey) -> Arc<KeyEntry> {
 
 fn principal_entry(principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
     Arc::new(PrincipalEntry {
+        label: format!("{}:{} ({})", principal.kind.as_str(), principal.name, principal.id),
         principal,
         roles: roles.iter().map(|r| r.name.clone()).collect(),
         permissions: roles.iter().flat_map(|r| r.permissions.iter().cloned()).collect(),
@@ -68,7 +71,7 @@ impl Directory {
     pub async fn load(store: &Store) -> Result<Arc<Directory>, StoreError> {
         let (touches, rx) = mpsc::channel(4096);
         let directory = Directory {
-            pepper: store.pepper(),
+            hasher: keys::SecretHasher::new(&store.pepper()),
             keys: DashMap::new(),
             principals: DashMap::new(),
             orgs: DashMap::new(),
@@ -92,15 +95,28 @@ impl Directory {
         Ok(Arc::new(directory))
     }
 
+    /// An empty directory with no store behind it (benchmarks, tests); last-use times are
+    /// not recorded.
+    pub fn in_memory(pepper: Arc<[u8]>) -> Directory {
+        let (touches, _) = mpsc::channel(1);
+        Directory {
+            hasher: keys::SecretHasher::new(&pepper),
+            keys: DashMap::new(),
+            principals: DashMap::new(),
+            orgs: DashMap::new(),
+            touches,
+        }
+    }
+
     /// Checks a presented key: shape, id, secret (constant time), revocation, expiry.
     pub fn verify_key(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, KeyRefusal> {
         let parts = keys::parse(presented).ok_or(KeyRefusal::Malformed)?;
         let Some(entry) = self.keys.get(parts.id).map(|e| e.clone()) else {
             // Spend the same time as a real comparison so ids cannot be probed by timing.
-            let _ = keys::verify_secret(&self.pepper, parts.secret, &[0u8; 32]);
+            let _ = self.hasher.verify(parts.secret, &[0u8; 32]);
             return Err(KeyRefusal::Unknown);
         };
-        if !keys::verify_secret(&self.pepper, parts.secret, &entry.hash) {
+        if !self.hasher.verify(parts.secret, &entry.hash) {
             return Err(KeyRefusal::Unknown);
         }
         if entry.info.revoked {

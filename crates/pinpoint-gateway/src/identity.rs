@@ -88,13 +88,17 @@ mod tests {
     use super::*;
 
     fn permission() -> impl Strategy<Value = String> {
-        (prop::sample::select(vec!["orders", "keys", "users", "roles"]), prop::sample::select(vec!["read", "write", "*"]))
+        (
+            prop::sample::select(vec!["orders", "keys", "users", "roles"]),
+            prop::sample::select(vec!["read", "write", "*"]),
+        )
             .prop_map(|(r, a)| format!("{r}:{a}"))
     }
 
     fn identity(perms: HashSet<String>, scopes: Option<HashSet<String>>, with_principal: bool) -> Identity {
         let principal = with_principal.then(|| {
             Arc::new(PrincipalEntry {
+                label: String::from("user:u (p)"),
                 principal: Principal {
                     id: "p".into(),
                     org_id: "o".into(),

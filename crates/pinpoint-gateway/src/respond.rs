@@ -41,7 +41,7 @@ pub fn request_id_of(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|id| request_id::is_well_formed(id))
         .map(str::to_owned)
-        .unwrap_or_else(|| request_id::format(rand::random()))
+        .unwrap_or_else(|| request_id::format(pinpoint_store::now_ms() as u64, rand::random()))
 }
 
 /// Sets `X-Request-Id` on a response.

@@ -222,7 +222,11 @@ impl Layer for AuthnLayer {
         let outcome = match self.authenticate(presented, route_org) {
             Ok(identity) => match self.check_standing(&identity) {
                 Ok(()) => {
-                    let rule_id = Some(identity.label());
+                    // The trace names the credential; the decision's `principal` names who.
+                    let rule_id = Some(match &identity.credential {
+                        Credential::Key(id) => format!("key {id}"),
+                        Credential::Token(jti) => format!("token {jti}"),
+                    });
                     ctx.identity = Some(Arc::new(identity));
                     Outcome::Allow { rule_id }
                 }

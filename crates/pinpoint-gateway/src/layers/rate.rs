@@ -23,7 +23,9 @@ use pinpoint_core::{Denial, Outcome, Reason};
 use crate::identity::Credential;
 use crate::pipeline::{Check, Layer, RequestCtx};
 
-type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+/// Limiter keys are 64-bit hashes of `(what, id)`: no allocation per request, and a
+/// collision (two callers sharing a budget) has odds of about n²/2⁶⁵.
+type KeyedLimiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
 
 /// Limiter and quota state shared across config revisions.
 #[derive(Default)]
@@ -100,20 +102,46 @@ fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
         .is_none_or(|ids| route_id.is_some_and(|r| ids.iter().any(|i| i == r)))
 }
 
-fn limit_key(by: LimitKey, ctx: &RequestCtx<'_>) -> Option<String> {
+/// What a limit counts by, for this request: a kind tag and an id.
+fn limit_key<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(&'static str, KeyPart<'c>)> {
     let identity = ctx.identity.as_deref();
     match by {
         LimitKey::Key => identity.map(|i| match &i.credential {
-            Credential::Key(id) => format!("key:{id}"),
-            Credential::Token(_) => format!("principal:{}", i.principal_id().unwrap_or(&i.org_id)),
+            Credential::Key(id) => ("key", KeyPart::Str(id)),
+            Credential::Token(_) => ("principal", KeyPart::Str(i.principal_id().unwrap_or(&i.org_id))),
         }),
         LimitKey::Principal => identity
             .and_then(|i| i.principal_id())
-            .map(|p| format!("principal:{p}")),
-        LimitKey::Org => identity.map(|i| format!("org:{}", i.org_id)),
-        LimitKey::Route => ctx.route_id.as_deref().map(|r| format!("route:{r}")),
-        LimitKey::ClientIp => Some(format!("ip:{}", ctx.client_ip)),
+            .map(|p| ("principal", KeyPart::Str(p))),
+        LimitKey::Org => identity.map(|i| ("org", KeyPart::Str(&i.org_id))),
+        LimitKey::Route => ctx.route_id.as_deref().map(|r| ("route", KeyPart::Str(r))),
+        LimitKey::ClientIp => Some(("ip", KeyPart::Ip(ctx.client_ip))),
     }
+}
+
+/// The id part of a limiter key, borrowed from the request.
+#[derive(Hash)]
+enum KeyPart<'c> {
+    Str(&'c str),
+    Ip(std::net::IpAddr),
+}
+
+impl std::fmt::Display for KeyPart<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyPart::Str(s) => f.write_str(s),
+            KeyPart::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+fn hashed(kind: &str, part: &KeyPart<'_>) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let mut h = SEED.get_or_init(Default::default).build_hasher();
+    kind.hash(&mut h);
+    part.hash(&mut h);
+    h.finish()
 }
 
 impl Layer for RateLayer {
@@ -129,9 +157,10 @@ impl Layer for RateLayer {
             if !applies(&limit.rule.routes, route_id.as_deref()) {
                 continue;
             }
-            let Some(key) = limit_key(limit.rule.by, ctx) else {
+            let Some((kind, part)) = limit_key(limit.rule.by, ctx) else {
                 continue;
             };
+            let key = hashed(kind, &part);
             applied = true;
             let burst = limit.rule.burst.unwrap_or(limit.rule.requests);
             let per_cell_ms = u64::from(limit.rule.per_seconds) * 1000 / u64::from(limit.rule.requests.max(1));
@@ -144,6 +173,7 @@ impl Layer for RateLayer {
                     }
                 }
                 Err(not_until) => {
+                    let who = format!("{kind} {part}");
                     let wait = not_until.wait_time_from(self.clock.now());
                     let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                     let reset = (u64::from(burst) * per_cell_ms).div_ceil(1000);
@@ -154,7 +184,7 @@ impl Layer for RateLayer {
                             format!("Rate limit `{}` exceeded; retry in {retry} s.", limit.rule.id),
                         )
                         .rule(limit.rule.id.clone())
-                        .note(format!("key {key}"))
+                        .note(who)
                         .header("retry-after", retry.max(1).to_string()),
                     ));
                 }
