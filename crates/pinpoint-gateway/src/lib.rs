@@ -80,6 +80,7 @@ pub async fn run(
         tokens: TokenService::start(&gateway.store, &gateway.config.jwt).await?,
         rate: Arc::new(RateRegistry::default()),
     };
+    services.rate.load_quotas(&gateway.store).await?;
     let (decisions, writer) = DecisionLog::spawn(gateway.store.clone(), gateway.config.decision_log);
     let health = HealthRegistry::default();
     let runtime = Runtime::build(gateway.config, &health, &echo_addr, &services);
@@ -112,6 +113,9 @@ pub async fn run(
     let _ = api.await;
     let _ = reloader.await;
     let _ = housekeeping.await;
+    if let Err(e) = shared.services.rate.save_quotas(&shared.store).await {
+        tracing::warn!(error = %e, "could not save quota counters at shutdown");
+    }
     let _ = stop_echo.send(true);
     let _ = echo.await;
     // Every connection is closed, so no more decisions arrive; write what is queued.
@@ -120,21 +124,29 @@ pub async fn run(
     Ok(())
 }
 
-/// Periodic upkeep: signing-key rotation and expiry, rate-limiter memory.
+/// Periodic upkeep: quota counters saved every 10 s; every minute signing-key rotation and
+/// expiry and rate-limiter memory.
 async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     tick.tick().await;
+    let mut rounds = 0u64;
     let stopped = wait_for(stop);
     tokio::pin!(stopped);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
             _ = tick.tick() => {
-                let jwt = shared.runtime.load().config.jwt.clone();
-                if let Err(e) = shared.services.tokens.maintain(&shared.store, &jwt).await {
-                    tracing::warn!(error = %e, "signing-key maintenance failed");
+                rounds += 1;
+                if let Err(e) = shared.services.rate.save_quotas(&shared.store).await {
+                    tracing::warn!(error = %e, "could not save quota counters");
                 }
-                shared.services.rate.housekeeping(pinpoint_store::now_ms());
+                if rounds % 6 == 0 {
+                    let jwt = shared.runtime.load().config.jwt.clone();
+                    if let Err(e) = shared.services.tokens.maintain(&shared.store, &jwt).await {
+                        tracing::warn!(error = %e, "signing-key maintenance failed");
+                    }
+                    shared.services.rate.housekeeping(pinpoint_store::now_ms());
+                }
             }
         }
     }

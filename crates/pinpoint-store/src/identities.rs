@@ -109,6 +109,36 @@ impl Store {
         self.org(id).await?.ok_or(StoreError::NotFound("organization"))
     }
 
+    /// Deletes an organization with no principals and no keys left (and its roles).
+    pub async fn delete_org(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let members: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM principals WHERE org_id = ?) + (SELECT COUNT(*) FROM api_keys WHERE org_id = ? AND revoked = 0)",
+        )
+        .bind(id)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if members > 0 {
+            return Err(StoreError::Conflict(
+                "the organization still has users, service accounts or active keys; delete or revoke them first".into(),
+            ));
+        }
+        sqlx::query("DELETE FROM roles WHERE org_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM organizations WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("organization"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     // ---- principals -------------------------------------------------------------------
 
     pub async fn create_principal(

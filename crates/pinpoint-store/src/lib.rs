@@ -48,7 +48,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -72,6 +72,15 @@ const SCHEMA: &[&str] = &[
         revoked INTEGER NOT NULL DEFAULT 0
     )",
 ];
+
+/// Version 3: quota counters, so a restart does not reset daily or monthly quotas.
+const SCHEMA_V3: &[&str] = &["CREATE TABLE IF NOT EXISTS quota_usage (
+        quota_id TEXT NOT NULL,
+        org_id TEXT NOT NULL,
+        window_start_ms INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        PRIMARY KEY (quota_id, org_id, window_start_ms)
+    )"];
 
 /// Version 2: organizations, principals, roles, key ownership and signing keys.
 const SCHEMA_V2: &[&str] = &[
@@ -162,6 +171,11 @@ impl Store {
             }
             tx.commit().await?;
         }
+        if version < 3 {
+            for statement in SCHEMA_V3 {
+                sqlx::query(statement).execute(&pool).await?;
+            }
+        }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)
             .await?;
@@ -180,6 +194,47 @@ impl Store {
     /// Closes every connection; later queries fail with [`StoreError::Db`].
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Quota counters of windows that started after `since_ms`.
+    pub async fn quota_usage(&self, since_ms: i64) -> Result<Vec<(String, String, i64, u64)>, StoreError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT quota_id, org_id, window_start_ms, used FROM quota_usage WHERE window_start_ms >= ?",
+        )
+        .bind(since_ms)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(q, o, w, u)| (q, o, w, u.max(0) as u64))
+            .collect())
+    }
+
+    /// Saves quota counters (a counter never goes down) and forgets windows older than `before_ms`.
+    pub async fn save_quota_usage(
+        &self,
+        counters: &[(String, String, i64, u64)],
+        before_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for (quota, org, window, used) in counters {
+            sqlx::query(
+                "INSERT INTO quota_usage (quota_id, org_id, window_start_ms, used) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (quota_id, org_id, window_start_ms) DO UPDATE SET used = MAX(used, excluded.used)",
+            )
+            .bind(quota)
+            .bind(org)
+            .bind(window)
+            .bind(i64::try_from(*used).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM quota_usage WHERE window_start_ms < ?")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {

@@ -19,7 +19,7 @@ use crate::runtime::Shared;
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/v2/orgs", post(create_org).get(list_orgs))
-        .route("/api/v2/orgs/{id}", get(get_org).patch(patch_org))
+        .route("/api/v2/orgs/{id}", get(get_org).patch(patch_org).delete(delete_org))
         .route("/api/v2/users", post(create_user).get(list_users))
         .route(
             "/api/v2/users/{id}",
@@ -195,6 +195,20 @@ async fn patch_org(
     };
     shared.services.directory.refresh_org(&shared.store, &id).await?;
     Ok(envelope(org_resource(&org)))
+}
+
+async fn delete_org(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_platform(&caller, "Deleting organizations")?;
+    if caller.0.org_id == id {
+        return Err(deny(Reason::ApiConflict, "You cannot delete your own organization."));
+    }
+    shared.store.delete_org(&id).await?;
+    shared.services.directory.refresh_org(&shared.store, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- users and service accounts ------------------------------------------------------

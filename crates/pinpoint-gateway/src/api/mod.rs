@@ -42,6 +42,7 @@ pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/api/v2/orgs", Some(perm::ORGS_READ)),
     ("GET", "/api/v2/orgs/{id}", Some(perm::ORGS_READ)),
     ("PATCH", "/api/v2/orgs/{id}", Some(perm::ORGS_WRITE)),
+    ("DELETE", "/api/v2/orgs/{id}", Some(perm::ORGS_WRITE)),
     ("POST", "/api/v2/users", Some(perm::USERS_WRITE)),
     ("GET", "/api/v2/users", Some(perm::USERS_READ)),
     ("GET", "/api/v2/users/{id}", Some(perm::USERS_READ)),

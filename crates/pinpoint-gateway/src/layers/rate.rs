@@ -51,15 +51,42 @@ impl RateRegistry {
             .clone()
     }
 
+    /// Loads saved quota counters (so a restart does not reset quotas).
+    pub async fn load_quotas(&self, store: &pinpoint_store::Store) -> Result<(), pinpoint_store::StoreError> {
+        let since = pinpoint_store::now_ms() - QUOTA_HORIZON_MS;
+        for (quota, org, window, used) in store.quota_usage(since).await? {
+            self.quota_counts.insert((quota, org, window), AtomicU64::new(used));
+        }
+        Ok(())
+    }
+
+    /// Saves quota counters; run periodically and at shutdown.
+    pub async fn save_quotas(&self, store: &pinpoint_store::Store) -> Result<(), pinpoint_store::StoreError> {
+        let counters: Vec<_> = self
+            .quota_counts
+            .iter()
+            .map(|e| {
+                let (q, o, w) = e.key();
+                (q.clone(), o.clone(), *w, e.value().load(Ordering::Relaxed))
+            })
+            .collect();
+        store
+            .save_quota_usage(&counters, pinpoint_store::now_ms() - QUOTA_HORIZON_MS)
+            .await
+    }
+
     /// Forgets idle keys and past quota windows; run periodically.
     pub fn housekeeping(&self, now_ms: i64) {
         for limiter in self.limiters.lock().unwrap_or_else(|p| p.into_inner()).values() {
             limiter.retain_recent();
         }
         self.quota_counts
-            .retain(|(_, _, start), _| now_ms - *start < 32 * 86_400_000);
+            .retain(|(_, _, start), _| now_ms - *start < QUOTA_HORIZON_MS);
     }
 }
+
+/// Quota windows older than this (longer than any month) are forgotten.
+const QUOTA_HORIZON_MS: i64 = 32 * 86_400_000;
 
 struct Limit {
     rule: RateLimitRule,

@@ -868,3 +868,24 @@ async fn every_access_layer_has_a_shadow_mode() {
     }
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn quotas_survive_a_restart() {
+    let w = world("").await;
+    assert_eq!(w.get("/metered", &w.alice_key).await.status(), 200);
+    assert_eq!(w.get("/metered", &w.alice_key).await.status(), 200);
+    w.refused(w.get("/metered", &w.alice_key).await, 429, "quota.exhausted")
+        .await;
+    let config = std::fs::read_to_string(&w.gw.config_path).unwrap();
+    let (alice_key, http) = (w.alice_key.clone(), w.gw.http.clone());
+    let (dir, store, admin_key) = w.gw.stop_and_keep().await;
+    let data_dir = dir.path().join("data").display().to_string();
+    let gw = start_in(dir, store, admin_key, &config.replace(&data_dir, "DATA_DIR")).await;
+    let resp = http
+        .get(gw.url("/metered"))
+        .bearer_auth(&alice_key)
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 429, "quota.exhausted").await;
+}

@@ -175,6 +175,32 @@ async fn an_administrator_builds_a_tenant_and_its_user_uses_it() {
     );
     problem(post().await.unwrap(), 401, "authn.key_revoked").await;
 
+    // An organization with members cannot be deleted; an empty one can.
+    let resp = call(&gw, M::DELETE, &format!("/api/v2/orgs/{org_id}"), &admin, None).await;
+    problem(resp, 409, "api.conflict").await;
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/orgs",
+        &admin,
+        data("orgs", serde_json::json!({"name": "empty"})),
+    )
+    .await;
+    let empty: serde_json::Value = resp.json().await.unwrap();
+    let empty_id = empty["data"]["id"].as_str().unwrap();
+    assert_eq!(
+        call(&gw, M::DELETE, &format!("/api/v2/orgs/{empty_id}"), &admin, None)
+            .await
+            .status(),
+        204
+    );
+    problem(
+        call(&gw, M::GET, &format!("/api/v2/orgs/{empty_id}"), &admin, None).await,
+        404,
+        "api.not_found",
+    )
+    .await;
+
     let openapi: serde_json::Value = gw
         .http
         .get(gw.api_url("/api/v2/openapi.json"))

@@ -137,6 +137,17 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// Stops the gateway gracefully, keeping its data directory for a restart.
+    pub async fn stop_and_keep(mut self) -> (tempfile::TempDir, Store, String) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("gateway task");
+        }
+        (self._dir, self.store, self.admin_key)
+    }
+
     /// Stops the gateway gracefully and waits for it.
     pub async fn stop(mut self) -> Store {
         if let Some(tx) = self.shutdown.take() {
