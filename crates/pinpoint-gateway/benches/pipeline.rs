@@ -1,0 +1,110 @@
+//! CPU cost of the policy pipeline alone, per request: a route with no access rules (every
+//! layer "not mine") against one with the full chain (API-key authentication, RBAC, an IP
+//! allow list and a rate limit sized not to trigger). The throughput benchmark (bench/run.sh)
+//! measures the same over real sockets. Run: `cargo bench -p pinpoint-gateway --bench pipeline`.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use pinpoint_core::config::Config;
+use pinpoint_core::identity::{KeyKind, PrincipalKind};
+use pinpoint_gateway::directory::Directory;
+use pinpoint_gateway::layers::rate::RateRegistry;
+use pinpoint_gateway::pipeline::RequestCtx;
+use pinpoint_gateway::runtime::{Runtime, Services};
+use pinpoint_gateway::tokens::TokenService;
+use pinpoint_gateway::upstream::HealthRegistry;
+use pinpoint_store::{NewKey, Store};
+
+const CONFIG: &str = r#"
+[upstreams.echo]
+targets = ["127.0.0.1:9"]
+
+[[routes]]
+id = "bare"
+path_prefix = "/bare"
+upstream = "echo"
+
+[[routes]]
+id = "chain"
+path_prefix = "/chain"
+upstream = "echo"
+permissions = { GET = "orders:read" }
+ip_allow = ["127.0.0.0/8"]
+
+[[rate.limits]]
+id = "generous"
+by = "key"
+requests = 1000000000
+per_seconds = 1
+routes = ["chain"]
+"#;
+
+fn pipeline(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, key) = rt.block_on(async {
+        let store = Store::open(dir.path()).await.unwrap();
+        let org = store.create_org("bench").await.unwrap();
+        let role = store
+            .create_role(&org.id, "reader", &["orders:read".into()])
+            .await
+            .unwrap();
+        let user = store
+            .create_principal(&org.id, PrincipalKind::User, "u", None)
+            .await
+            .unwrap();
+        store.assign_role(&user.id, &role.id).await.unwrap();
+        let key = store
+            .create_key(NewKey {
+                name: "k".into(),
+                kind: KeyKind::Application,
+                org_id: org.id.clone(),
+                principal_id: Some(user.id.clone()),
+                scopes: None,
+                expires_at_ms: None,
+            })
+            .await
+            .unwrap()
+            .key;
+        let config = Config::parse(CONFIG, "bench").unwrap();
+        let services = Services {
+            directory: Directory::load(&store).await.unwrap(),
+            tokens: TokenService::start(&store, &config.jwt).await.unwrap(),
+            rate: Arc::new(RateRegistry::default()),
+        };
+        (
+            Runtime::build(config, &HealthRegistry::default(), "127.0.0.1:9", &services),
+            key,
+        )
+    });
+    let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let mut with_key = HeaderMap::new();
+    with_key.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    let mut group = c.benchmark_group("pipeline");
+    for (name, path) in [("bare", "/bare/x"), ("chain", "/chain/x")] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut ctx = RequestCtx::new(&Method::GET, path, None, &with_key, peer, peer.ip(), "bench");
+                    let verdict = runtime.pipeline.run(&mut ctx).await;
+                    assert!(verdict.denial.is_none());
+                    black_box((verdict, ctx.identity.take(), std::mem::take(&mut ctx.response_headers)))
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
