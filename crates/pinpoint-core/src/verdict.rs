@@ -126,7 +126,8 @@ impl Mark {
 /// One layer's entry in a decision trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerTrace {
-    pub layer: String,
+    /// The layer's name; borrowed from the layer itself on the hot path.
+    pub layer: std::borrow::Cow<'static, str>,
     pub mark: Mark,
     /// Omitted from the stored JSON when `enforce` (most entries), to keep records small.
     #[serde(default, skip_serializing_if = "Mode::is_enforce")]

@@ -139,7 +139,7 @@ impl Pipeline {
         for stage in &self.stages {
             if denial.is_some() || ctx.answered {
                 trace.push(LayerTrace {
-                    layer: stage.layer.name().to_owned(),
+                    layer: stage.layer.name().into(),
                     mark: Mark::Skip,
                     mode: stage.mode,
                     reason: None,
@@ -161,7 +161,7 @@ impl Pipeline {
             };
             let micros = started.elapsed().as_micros() as u64;
             let mut entry = LayerTrace {
-                layer: stage.layer.name().to_owned(),
+                layer: stage.layer.name().into(),
                 mark: Mark::Pass,
                 mode: stage.mode,
                 reason: None,
@@ -228,7 +228,7 @@ mod tests {
         p.push(Fixed("b", deny()), Mode::Enforce);
         p.push(Fixed("c", Outcome::allow()), Mode::Enforce);
         let v = run(&p).await;
-        let marks: Vec<_> = v.trace.iter().map(|t| (t.layer.as_str(), t.mark)).collect();
+        let marks: Vec<_> = v.trace.iter().map(|t| (&*t.layer, t.mark)).collect();
         assert_eq!(marks, [("a", Mark::Skip), ("b", Mark::Deny), ("c", Mark::Skip)]);
         assert_eq!(v.denial.unwrap().rule_id.as_deref(), Some("r1"));
     }

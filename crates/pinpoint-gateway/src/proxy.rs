@@ -289,7 +289,7 @@ async fn forward(
 
 fn upstream_entry(mark: Mark, reason: Option<Reason>, note: String, started: Instant) -> LayerTrace {
     LayerTrace {
-        layer: String::from("upstream"),
+        layer: "upstream".into(),
         mark,
         mode: Mode::Enforce,
         reason,

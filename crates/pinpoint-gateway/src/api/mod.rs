@@ -311,7 +311,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         let mut response = next.run(req).await;
         let handler_denial = response.extensions_mut().remove::<Denial>();
         let mut entry = LayerTrace {
-            layer: String::from("api"),
+            layer: "api".into(),
             mark: Mark::Pass,
             mode: Mode::Enforce,
             reason: None,

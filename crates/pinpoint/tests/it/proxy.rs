@@ -34,7 +34,7 @@ async fn allowed_request_is_proxied_with_request_id_and_trace() {
     assert_eq!(d.reason, None);
     assert_eq!(d.route.as_deref(), Some("orders"));
     assert_eq!(d.path, "/orders/42", "the query string is never stored");
-    let marks: Vec<_> = d.trace.iter().map(|t| (t.layer.as_str(), t.mark)).collect();
+    let marks: Vec<_> = d.trace.iter().map(|t| (&*t.layer, t.mark)).collect();
     assert_eq!(
         marks,
         [
@@ -166,7 +166,7 @@ async fn dead_target_is_502_then_ejected_503() {
     );
     let d = gw.decision(body["request_id"].as_str().unwrap()).await;
     let up = d.trace.last().unwrap();
-    assert_eq!((up.layer.as_str(), up.mark), ("upstream", Mark::Deny));
+    assert_eq!((&*up.layer, up.mark), ("upstream", Mark::Deny));
     assert!(
         up.note.as_deref().unwrap().contains(&dead.to_string()),
         "the operator sees the target"
