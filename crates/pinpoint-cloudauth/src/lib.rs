@@ -5,3 +5,4 @@
 
 pub mod arn;
 pub mod proof;
+pub mod sts;
