@@ -154,13 +154,9 @@ pub fn parse(authorization: &str, partitions: Partitions, now: i64, window: i64)
         .cloned()
         .ok_or_else(|| ProofError::OrgMismatch("the signed organization header is missing".into()))?;
 
-    // Only the signed headers (plus Authorization) may be present; X-Amz-* beyond the
-    // known ones are refused even when signed.
+    // X-Amz-* beyond the known ones are refused, signed or not. Other unsigned headers
+    // (clients send User-Agent) are dropped below: only signed headers are forwarded.
     for name in headers.keys() {
-        let signed = sig.signed_headers.iter().any(|s| s == name);
-        if name != "authorization" && !signed {
-            return Err(not_allowed(format!("header `{name}` is present but not signed")));
-        }
         if name.starts_with("x-amz-")
             && !matches!(
                 name.as_str(),
@@ -534,12 +530,21 @@ mod tests {
         ));
         let mut h = headers("us-east-1");
         h["X-Forwarded-For"] = serde_json::json!(["1.2.3.4"]);
+        h["User-Agent"] = serde_json::json!(["datadog-api-client"]);
+        // Unsigned headers are never forwarded (clients send User-Agent unsigned).
+        let p = check(&proof_with("https://sts.amazonaws.com/", EXPECTED_BODY, h, "POST")).unwrap();
+        assert!(p
+            .headers
+            .iter()
+            .all(|(n, _)| n != "x-forwarded-for" && n != "user-agent"));
+        let mut h = headers("us-east-1");
+        h["X-Amz-Target"] = serde_json::json!(["x"]);
         assert!(
             matches!(
                 check(&proof_with("https://sts.amazonaws.com/", EXPECTED_BODY, h, "POST")),
                 Err(ProofError::RequestNotAllowed(_))
             ),
-            "unsigned header"
+            "unsigned unexpected x-amz header"
         );
         let mut h = headers("us-east-1");
         h["X-Amz-Target"] = serde_json::json!(["x"]);

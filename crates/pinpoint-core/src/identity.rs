@@ -24,6 +24,9 @@ pub mod permissions {
     pub const DECISIONS_READ: &str = "decisions:read";
     pub const TOKENS_CREATE: &str = "tokens:create";
     pub const SIGNING_KEYS_WRITE: &str = "signing_keys:write";
+    /// Datadog's names for reading and writing cloud-auth mappings.
+    pub const CLOUD_AUTH_READ: &str = "cloud_auth_config_read";
+    pub const CLOUD_AUTH_WRITE: &str = "cloud_auth_config_write";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

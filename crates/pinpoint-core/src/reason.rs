@@ -241,6 +241,78 @@ reasons! {
         hint: "A resource with this name already exists, or the change conflicts with the current state.",
         description: "A uniqueness or state constraint refused the change.",
     },
+    /// The identity proof could not be decoded.
+    CloudauthProofMalformed => {
+        code: "cloudauth.proof_malformed", status: 400, title: "Malformed identity proof",
+        hint: "Send `Authorization: Delegated <b64 body>|<b64 headers>|POST|<b64 url>` as produced by a Pinpoint or Datadog client; `detail` says which part is wrong.",
+        description: "The proof failed size, base64, JSON, header or SigV4 `Authorization` parsing before anything was sent to STS.",
+    },
+    /// The proof names an STS host this gateway does not accept.
+    CloudauthStsHostNotAllowed => {
+        code: "cloudauth.sts_host_not_allowed", status: 403, title: "STS host not allowed",
+        hint: "Sign the request for https://sts.amazonaws.com or https://sts.<region>.amazonaws.com.",
+        description: "The proof's URL is not a global or regional STS endpoint of an enabled partition (aws-cn and aws-us-gov are off unless configured).",
+    },
+    /// The proof is not exactly a GetCallerIdentity request.
+    CloudauthRequestNotAllowed => {
+        code: "cloudauth.request_not_allowed", status: 403, title: "Request not allowed",
+        hint: "Sign exactly `POST /` with body `Action=GetCallerIdentity&Version=2011-06-15`, scoped to the sts service and the host's region.",
+        description: "Scheme, method, path, query, body, signature scope or an X-Amz-* header is not what a GetCallerIdentity proof may contain.",
+    },
+    /// The signed organization header is missing or names another organization.
+    CloudauthOrgMismatch => {
+        code: "cloudauth.org_mismatch", status: 403, title: "Organization not signed or unknown",
+        hint: "Sign the header `x-ddog-org-id: <organization id>` with the organization you are logging into.",
+        description: "The org header is not among the signed headers, or names no organization (or a suspended one).",
+    },
+    /// The proof's X-Amz-Date is outside the accepted window.
+    CloudauthProofExpired => {
+        code: "cloudauth.proof_expired", status: 401, title: "Identity proof expired",
+        hint: "Sign a fresh proof right before sending it; check the clock of the signing host.",
+        description: "`X-Amz-Date` is older than `[cloudauth] proof_window_seconds` or in the future.",
+    },
+    /// The proof was already used.
+    CloudauthProofReplayed => {
+        code: "cloudauth.proof_replayed", status: 401, title: "Identity proof already used",
+        hint: "Sign a new proof for every exchange.",
+        description: "A proof with this signature was exchanged before, within the proof window (replay cache).",
+    },
+    /// STS refused the signature.
+    CloudauthSignatureRejected => {
+        code: "cloudauth.signature_rejected", status: 401, title: "AWS rejected the proof",
+        hint: "Check the AWS credentials used to sign, and that the request was not modified after signing.",
+        description: "STS answered the forwarded GetCallerIdentity with a signature or credential error (the STS error code is in the trace).",
+    },
+    /// The caller's AWS account is not registered for the organization.
+    CloudauthAccountNotRegistered => {
+        code: "cloudauth.account_not_registered", status: 403, title: "AWS account not registered",
+        hint: "Ask the organization's administrators to register your AWS account for cloud authentication.",
+        description: "The account STS returned is not in the organization's registered AWS accounts.",
+    },
+    /// No mapping matches the caller's ARN.
+    CloudauthNoMapping => {
+        code: "cloudauth.no_mapping", status: 403, title: "No mapping for this AWS identity",
+        hint: "`detail` shows your ARN as AWS reported it and the pattern that would match; ask an administrator to add that mapping.",
+        description: "No persona or intake mapping of the organization matches the ARN (or the matching mapping is bound to another role unique id: the role was recreated).",
+    },
+    /// The mapped principal is suspended.
+    CloudauthPrincipalSuspended => {
+        code: "cloudauth.principal_suspended", status: 403, title: "Mapped account suspended",
+        hint: "The account your AWS identity maps to is suspended; contact your organization's administrators.",
+        description: "The persona mapping's user or service account is suspended or deleted.",
+    },
+    /// STS throttled the forwarded request.
+    CloudauthStsThrottled => {
+        code: "cloudauth.sts_throttled", status: 429, title: "AWS STS is throttling",
+        hint: "Retry after the number of seconds in `Retry-After`, with backoff.",
+        description: "STS answered with throttling after the configured retries.",
+    },
+    /// STS could not be reached.
+    CloudauthStsUnavailable => {
+        code: "cloudauth.sts_unavailable", status: 503, title: "AWS STS unavailable",
+        hint: "Retry later; the gateway could not verify your identity with AWS.",
+        description: "STS could not be reached (connect error, timeout) or answered with a server error or an invalid response, after the configured retries.",
+    },
     /// The requested API resource does not exist.
     ApiNotFound => {
         code: "api.not_found", status: 404, title: "Not found",

@@ -75,6 +75,7 @@ fn pipeline(c: &mut Criterion) {
             .key;
         let config = Config::parse(CONFIG, "bench").unwrap();
         let services = Services {
+            cloudauth: Arc::new(pinpoint_gateway::cloudauth::CloudAuth::new(&config.cloudauth).unwrap()),
             directory: Directory::load(&store).await.unwrap(),
             tokens: TokenService::start(&store, &config.jwt).await.unwrap(),
             rate: Arc::new(RateRegistry::default()),

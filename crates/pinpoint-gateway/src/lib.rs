@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cloudauth;
 pub mod directory;
 pub mod echo;
 pub mod identity;
@@ -55,6 +56,8 @@ pub struct Gateway {
 pub enum GatewayError {
     #[error("cannot start the built-in echo upstream: {0}")]
     Echo(#[source] std::io::Error),
+    #[error("cannot build the STS client: {0}")]
+    Client(#[source] reqwest::Error),
     #[error("cannot load identities and signing keys from the store: {0}")]
     Store(#[from] pinpoint_store::StoreError),
 }
@@ -76,6 +79,7 @@ pub async fn run(
     let echo = tokio::spawn(echo::serve(echo_listener, wait_for(echo_stopped)));
 
     let services = Services {
+        cloudauth: Arc::new(cloudauth::CloudAuth::new(&gateway.config.cloudauth).map_err(GatewayError::Client)?),
         directory: Directory::load(&gateway.store).await?,
         tokens: TokenService::start(&gateway.store, &gateway.config.jwt).await?,
         rate: Arc::new(RateRegistry::default()),

@@ -41,6 +41,7 @@ pub struct Runtime {
 /// State that outlives config revisions and that layers are built from.
 #[derive(Clone)]
 pub struct Services {
+    pub cloudauth: Arc<crate::cloudauth::CloudAuth>,
     pub directory: Arc<Directory>,
     pub tokens: Arc<TokenService>,
     pub rate: Arc<RateRegistry>,

@@ -3,6 +3,7 @@
 //! writer; [`keys`] owns API keys (issued once, stored hashed) and the bootstrap admin key.
 #![forbid(unsafe_code)]
 
+pub mod cloudauth;
 pub mod decisions;
 pub mod identities;
 pub mod keys;
@@ -48,7 +49,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -173,6 +174,11 @@ impl Store {
         }
         if version < 3 {
             for statement in SCHEMA_V3 {
+                sqlx::query(statement).execute(&pool).await?;
+            }
+        }
+        if version < 4 {
+            for statement in cloudauth::SCHEMA_V4 {
                 sqlx::query(statement).execute(&pool).await?;
             }
         }

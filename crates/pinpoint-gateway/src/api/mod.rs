@@ -4,6 +4,7 @@
 //! needs, from the one table [`ENDPOINTS`]; handlers add tenant checks. API decisions are
 //! recorded like proxy decisions, so `pinpoint explain` works for both.
 
+mod cloudauth;
 mod identities;
 mod keys;
 
@@ -82,6 +83,33 @@ pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
     ("DELETE", "/api/v2/api_keys/{id}", Some(perm::KEYS_WRITE)),
     ("POST", "/api/v2/api_keys/{id}/rotate", Some(perm::KEYS_WRITE)),
     ("POST", "/api/v2/signing_keys/rotate", Some(perm::SIGNING_KEYS_WRITE)),
+    (
+        "POST",
+        "/api/v2/cloud_auth/aws/persona_mapping",
+        Some(perm::CLOUD_AUTH_WRITE),
+    ),
+    (
+        "GET",
+        "/api/v2/cloud_auth/aws/persona_mapping",
+        Some(perm::CLOUD_AUTH_READ),
+    ),
+    (
+        "GET",
+        "/api/v2/cloud_auth/aws/persona_mapping/{persona_mapping_id}",
+        Some(perm::CLOUD_AUTH_READ),
+    ),
+    (
+        "DELETE",
+        "/api/v2/cloud_auth/aws/persona_mapping/{persona_mapping_id}",
+        Some(perm::CLOUD_AUTH_WRITE),
+    ),
+    ("POST", "/api/v2/cloud_auth/aws/accounts", Some(perm::CLOUD_AUTH_WRITE)),
+    ("GET", "/api/v2/cloud_auth/aws/accounts", Some(perm::CLOUD_AUTH_READ)),
+    (
+        "DELETE",
+        "/api/v2/cloud_auth/aws/accounts/{account_id}",
+        Some(perm::CLOUD_AUTH_WRITE),
+    ),
 ];
 
 /// Public endpoints (no credentials).
@@ -90,6 +118,8 @@ pub const PUBLIC_ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/api/v2/openapi.json"),
+    // The identity proof in the request is the credential.
+    ("POST", "/api/v2/delegated-token"),
 ];
 
 /// The route id API requests carry in traces, metrics and rate-limit rules.
@@ -214,6 +244,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v2/decisions/{request_id}", get(decision))
         .merge(identities::routes())
         .merge(keys::routes())
+        .merge(cloudauth::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), request_context))
         .with_state(shared)
@@ -321,6 +352,8 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             micros: handler_started.elapsed().as_micros() as u64,
         };
         if let Some(denial) = handler_denial {
+            // Named after the layer of the reason (e.g. `cloudauth`), so traces read naturally.
+            entry.layer = denial.reason.layer().into();
             entry.mark = Mark::Deny;
             entry.reason = Some(denial.reason);
             entry.detail = Some(denial.detail.clone());

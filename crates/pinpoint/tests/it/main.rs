@@ -3,6 +3,7 @@
 
 mod access;
 mod api;
+mod cloudauth;
 mod identity_api;
 mod lifecycle;
 mod proxy;
@@ -122,6 +123,30 @@ impl TestGateway {
                 "no decision stored for {request_id}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Re-reads a principal into the running gateway's directory (after a direct store change),
+    /// the way the API does after its own changes.
+    pub async fn services_refresh_principal(&self, id: &str) {
+        let resp = self
+            .http
+            .patch(self.api_url(&format!("/api/v2/users/{id}")))
+            .bearer_auth(&self.admin_key)
+            .json(&serde_json::json!({"data": {"type": "users", "attributes": {}}}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            let resp = self
+                .http
+                .patch(self.api_url(&format!("/api/v2/service_accounts/{id}")))
+                .bearer_auth(&self.admin_key)
+                .json(&serde_json::json!({"data": {"type": "service_accounts", "attributes": {}}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "refresh {id}");
         }
     }
 

@@ -1,0 +1,295 @@
+//! API handlers for cloud-based authentication, in Datadog's wire format: the identity
+//! exchange (`POST /api/v2/delegated-token`), persona mappings, and the AWS accounts an
+//! organization allows to map.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, post};
+use axum::{Extension, Json, Router};
+use pinpoint_cloudauth::arn::Pattern;
+use pinpoint_core::identity::PrincipalKind;
+use pinpoint_core::Reason;
+use pinpoint_store::cloudauth::Mapping;
+use serde::Deserialize;
+
+use super::{attributes, deny, envelope, resource, ApiError, ApiResult, Caller};
+use crate::runtime::Shared;
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v2/delegated-token", post(delegated_token))
+        .route(
+            "/api/v2/cloud_auth/aws/persona_mapping",
+            post(create_persona_mapping).get(list_persona_mappings),
+        )
+        .route(
+            "/api/v2/cloud_auth/aws/persona_mapping/{persona_mapping_id}",
+            axum::routing::get(get_persona_mapping).delete(delete_persona_mapping),
+        )
+        .route(
+            "/api/v2/cloud_auth/aws/accounts",
+            post(register_account).get(list_accounts),
+        )
+        .route("/api/v2/cloud_auth/aws/accounts/{account_id}", delete(remove_account))
+}
+
+type Reply = ApiResult<Json<serde_json::Value>>;
+
+/// Exchanges an AWS identity proof for a short-lived token acting as the mapped principal.
+async fn delegated_token(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Reply {
+    let runtime = shared.runtime.load_full();
+    let config = &runtime.config.cloudauth;
+    let client_ip = crate::layers::net::client_ip(peer.ip(), &headers, &runtime.config.net.trusted_proxies);
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let cloud = &shared.services.cloudauth;
+    let verified = cloud
+        .verify(
+            config,
+            &shared.store,
+            &shared.services.directory,
+            authorization,
+            client_ip,
+        )
+        .await
+        .map_err(ApiError)?;
+    let mapping = cloud
+        .resolve(config, &shared.store, &verified, "persona")
+        .await
+        .map_err(ApiError)?;
+    // The mapped principal's state is checked on every exchange.
+    let principal = mapping
+        .principal_id
+        .as_deref()
+        .and_then(|id| shared.services.directory.principal(id))
+        .filter(|p| !p.principal.suspended && p.principal.org_id == verified.org.id)
+        .ok_or_else(|| {
+            deny(
+                Reason::CloudauthPrincipalSuspended,
+                "The account your AWS identity maps to is suspended or gone.",
+            )
+        })?;
+    let (token, claims) = shared
+        .services
+        .tokens
+        .issue(
+            &runtime.config.jwt,
+            &principal.principal.id,
+            &verified.org.id,
+            config.token_ttl_seconds,
+        )
+        .ok_or_else(|| deny(Reason::ApiStoreUnavailable, "No signing key is available."))?;
+    tracing::info!(
+        target: "pinpoint::audit",
+        arn = %verified.caller.arn,
+        session = verified.caller.identity.session().unwrap_or("-"),
+        principal = %principal.label,
+        mapping = %mapping.id,
+        jti = %claims.jti,
+        "delegated token issued"
+    );
+    // Datadog's client accepts exactly 200.
+    Ok(envelope(resource(
+        "delegated_token",
+        &claims.jti,
+        serde_json::json!({ "access_token": token, "expires": claims.exp }),
+    )))
+}
+
+// ---- persona mappings ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersonaAttrs {
+    account_identifier: String,
+    arn_pattern: String,
+}
+
+fn persona_resource(m: &Mapping, identifier: &str) -> serde_json::Value {
+    resource(
+        "aws_cloud_auth_config",
+        &m.id,
+        serde_json::json!({
+            "account_identifier": identifier,
+            "account_uuid": m.principal_id,
+            "arn_pattern": m.arn_pattern,
+            "created_at": m.created_at_ms / 1000,
+        }),
+    )
+}
+
+/// Checks a pattern against the rules, the organization's accounts and its other mappings.
+async fn check_pattern(shared: &Shared, org_id: &str, kind: &str, pattern: &str) -> ApiResult<Pattern> {
+    let parsed = Pattern::parse(pattern).map_err(|e| deny(Reason::ApiBadRequest, format!("arn_pattern: {e}.")))?;
+    if !shared.store.aws_accounts(org_id).await?.contains(&parsed.account) {
+        return Err(deny(
+            Reason::ApiBadRequest,
+            format!(
+                "AWS account {} is not registered for this organization; register it first.",
+                parsed.account
+            ),
+        ));
+    }
+    for other in shared.store.mappings(org_id, kind).await? {
+        if Pattern::parse(&other.arn_pattern).is_ok_and(|o| o.overlaps(&parsed)) {
+            return Err(deny(
+                Reason::ApiConflict,
+                format!(
+                    "arn_pattern overlaps the existing mapping {} ({}).",
+                    other.id, other.arn_pattern
+                ),
+            ));
+        }
+    }
+    Ok(parsed)
+}
+
+async fn create_persona_mapping(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Reply {
+    let attrs: PersonaAttrs = attributes(&body)?;
+    let org_id = caller.0.org_id.clone();
+    check_pattern(&shared, &org_id, "persona", &attrs.arn_pattern).await?;
+    // A service account's id or email, or a user's email, in the caller's organization.
+    let identifier = attrs.account_identifier.trim();
+    let mut principal = None;
+    for kind in [PrincipalKind::ServiceAccount, PrincipalKind::User] {
+        principal = shared
+            .store
+            .principals(Some(&org_id), kind)
+            .await?
+            .into_iter()
+            .find(|p| p.id == identifier || p.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(identifier)));
+        if principal.is_some() {
+            break;
+        }
+    }
+    let principal = principal.ok_or_else(|| {
+        deny(
+            Reason::ApiBadRequest,
+            "account_identifier names no user or service account of your organization.",
+        )
+    })?;
+    let m = shared
+        .store
+        .create_mapping(&org_id, "persona", attrs.arn_pattern.trim(), Some(&principal.id))
+        .await?;
+    Ok(envelope(persona_resource(&m, identifier)))
+}
+
+async fn identifier_of(shared: &Shared, m: &Mapping) -> String {
+    let principal = match &m.principal_id {
+        Some(id) => shared.store.principal(id).await.ok().flatten(),
+        None => None,
+    };
+    principal.map(|p| p.email.unwrap_or(p.id)).unwrap_or_default()
+}
+
+async fn list_persona_mappings(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Reply {
+    let mut list = Vec::new();
+    for m in shared.store.mappings(&caller.0.org_id, "persona").await? {
+        let id = identifier_of(&shared, &m).await;
+        list.push(persona_resource(&m, &id));
+    }
+    Ok(envelope(list.into()))
+}
+
+async fn load_mapping(shared: &Shared, caller: &Caller, id: &str) -> ApiResult<Mapping> {
+    let m = shared
+        .store
+        .mapping(id)
+        .await?
+        .ok_or_else(|| deny(Reason::ApiNotFound, "No such mapping."))?;
+    caller.check_org(&m.org_id)?;
+    Ok(m)
+}
+
+async fn get_persona_mapping(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    let m = load_mapping(&shared, &caller, &id).await?;
+    let identifier = identifier_of(&shared, &m).await;
+    Ok(envelope(persona_resource(&m, &identifier)))
+}
+
+async fn delete_persona_mapping(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    load_mapping(&shared, &caller, &id).await?;
+    for key in shared.store.delete_mapping(&id).await? {
+        shared.services.directory.refresh_key(&shared.store, &key).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- AWS accounts --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountAttrs {
+    account_id: String,
+}
+
+async fn register_account(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let attrs: AccountAttrs = attributes(&body)?;
+    let account = attrs.account_id.trim();
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(deny(
+            Reason::ApiBadRequest,
+            "account_id must be a 12-digit AWS account id.",
+        ));
+    }
+    shared.store.register_aws_account(&caller.0.org_id, account).await?;
+    Ok((
+        StatusCode::CREATED,
+        envelope(resource(
+            "aws_accounts",
+            account,
+            serde_json::json!({ "account_id": account, "org_id": caller.0.org_id }),
+        )),
+    ))
+}
+
+async fn list_accounts(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Reply {
+    let list: Vec<_> = shared
+        .store
+        .aws_accounts(&caller.0.org_id)
+        .await?
+        .iter()
+        .map(|a| {
+            resource(
+                "aws_accounts",
+                a,
+                serde_json::json!({ "account_id": a, "org_id": caller.0.org_id }),
+            )
+        })
+        .collect();
+    Ok(envelope(list.into()))
+}
+
+async fn remove_account(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(account): Path<String>,
+) -> ApiResult<StatusCode> {
+    shared.store.remove_aws_account(&caller.0.org_id, &account).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,287 @@
+//! The cloud-authentication exchange: takes a Datadog-format AWS identity proof, checks it
+//! locally (pinpoint-cloudauth), burns its signature in the replay cache, forwards the
+//! rebuilt GetCallerIdentity to STS (no redirects, no proxy, timeouts, bounded retries),
+//! reads the identity only from STS's answer, and resolves it through the organization's
+//! registered accounts and mappings. Every refusal is a `cloudauth.*` denial.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use governor::{Quota, RateLimiter};
+use pinpoint_cloudauth::arn::{Identity, Pattern};
+use pinpoint_cloudauth::proof::{self, Partitions, Proof, ProofError};
+use pinpoint_cloudauth::sts::{self, CallerIdentity, StsError};
+use pinpoint_core::config::CloudAuthConfig;
+use pinpoint_core::identity::Organization;
+use pinpoint_core::{Denial, Reason};
+use pinpoint_store::cloudauth::Mapping;
+use pinpoint_store::{Store, StoreError};
+
+use crate::directory::Directory;
+
+type Limiter =
+    RateLimiter<String, governor::state::keyed::DefaultKeyedStateStore<String>, governor::clock::DefaultClock>;
+
+/// A proof that STS confirmed, with the organization it logs into.
+pub struct Verified {
+    pub org: std::sync::Arc<Organization>,
+    pub caller: CallerIdentity,
+    pub proof: Proof,
+}
+
+pub struct CloudAuth {
+    http: reqwest::Client,
+    /// Signature -> Unix second until which it is remembered.
+    replay: Mutex<HashMap<String, i64>>,
+    per_org: Limiter,
+    per_ip: Limiter,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+}
+
+fn store_denial(e: StoreError) -> Denial {
+    tracing::error!(error = %e, "cloud auth store query failed");
+    Denial::new(Reason::ApiStoreUnavailable, "The store could not be read.")
+}
+
+impl CloudAuth {
+    pub fn new(config: &CloudAuthConfig) -> Result<CloudAuth, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_millis(config.sts_timeout_ms))
+            .timeout(Duration::from_millis(config.sts_timeout_ms))
+            .build()?;
+        Ok(CloudAuth {
+            http,
+            replay: Mutex::new(HashMap::new()),
+            per_org: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_org)),
+            per_ip: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_ip)),
+        })
+    }
+
+    /// Checks a proof end to end and returns the confirmed identity.
+    pub async fn verify(
+        &self,
+        config: &CloudAuthConfig,
+        store: &Store,
+        directory: &Directory,
+        authorization: Option<&str>,
+        client_ip: std::net::IpAddr,
+    ) -> Result<Verified, Denial> {
+        if !config.enabled {
+            return Err(Denial::new(
+                Reason::ApiNotFound,
+                "Cloud authentication is not enabled on this gateway.",
+            ));
+        }
+        if self.per_ip.check_key(&client_ip.to_string()).is_err() {
+            return Err(
+                Denial::new(Reason::RateLimited, "Too many identity exchanges from your address.")
+                    .rule("cloudauth per-address limit")
+                    .header("retry-after", "60"),
+            );
+        }
+        let authorization = authorization.ok_or_else(|| {
+            Denial::new(
+                Reason::CloudauthProofMalformed,
+                "Send the proof as `Authorization: Delegated ...`.",
+            )
+        })?;
+        let now = pinpoint_store::now_ms() / 1000;
+        let partitions = Partitions {
+            aws_cn: config.allow_aws_cn,
+            aws_us_gov: config.allow_aws_us_gov,
+        };
+        let proof = proof::parse(authorization, partitions, now, config.proof_window_seconds).map_err(|e| {
+            let reason = match &e {
+                ProofError::Malformed(_) => Reason::CloudauthProofMalformed,
+                ProofError::HostNotAllowed(_) => Reason::CloudauthStsHostNotAllowed,
+                ProofError::RequestNotAllowed(_) => Reason::CloudauthRequestNotAllowed,
+                ProofError::OrgMismatch(_) => Reason::CloudauthOrgMismatch,
+                ProofError::Expired(_) => Reason::CloudauthProofExpired,
+            };
+            Denial::new(reason, e.to_string())
+        })?;
+        let org = directory.org(&proof.org_id).filter(|o| !o.suspended).ok_or_else(|| {
+            Denial::new(
+                Reason::CloudauthOrgMismatch,
+                "The signed organization id names no active organization.",
+            )
+            .note(format!("org header {:?}", proof.org_id))
+        })?;
+        if self.per_org.check_key(&org.id).is_err() {
+            return Err(Denial::new(
+                Reason::RateLimited,
+                "Too many identity exchanges for this organization.",
+            )
+            .rule("cloudauth per-organization limit")
+            .header("retry-after", "60"));
+        }
+        self.burn(&proof.signature, now + config.proof_window_seconds + 60, now)?;
+        let caller = self.call_sts(config, &proof).await?;
+        tracing::info!(
+            target: "pinpoint::audit",
+            arn = %caller.arn,
+            user_id = %caller.user_id,
+            access_key_id = %proof.access_key_id,
+            sts_request_id = caller.request_id.as_deref().unwrap_or("-"),
+            org = %org.id,
+            "cloud identity confirmed by STS"
+        );
+        let accounts = store.aws_accounts(&org.id).await.map_err(store_denial)?;
+        if !accounts.contains(&caller.account) {
+            return Err(Denial::new(
+                Reason::CloudauthAccountNotRegistered,
+                format!(
+                    "AWS account {} is not registered for this organization.",
+                    caller.account
+                ),
+            ));
+        }
+        Ok(Verified { org, caller, proof })
+    }
+
+    /// Remembers a signature; refuses one seen before.
+    fn burn(&self, signature: &str, until: i64, now: i64) -> Result<(), Denial> {
+        let mut seen = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 100_000 {
+            seen.retain(|_, exp| *exp > now);
+        }
+        match seen.get(signature) {
+            Some(exp) if *exp > now => Err(Denial::new(
+                Reason::CloudauthProofReplayed,
+                "This proof was already used.",
+            )),
+            _ => {
+                seen.insert(signature.to_owned(), until);
+                Ok(())
+            }
+        }
+    }
+
+    async fn call_sts(&self, config: &CloudAuthConfig, proof: &Proof) -> Result<CallerIdentity, Denial> {
+        let url = match &config.sts_endpoint {
+            Some(endpoint) => format!("{}/", endpoint.trim_end_matches('/')),
+            None => format!("https://{}/", proof.host),
+        };
+        let mut last = StsError::Unavailable(String::from("not attempted"));
+        for attempt in 0..=config.sts_retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+            }
+            let mut request = self.http.post(&url).body(proof.body.clone());
+            for (name, value) in &proof.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let content_type = response
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    match read_capped(response, sts::MAX_RESPONSE_BYTES).await {
+                        Ok(body) => sts::interpret(status, content_type.as_deref(), &body, proof.partition),
+                        Err(why) => Err(StsError::Unavailable(why)),
+                    }
+                }
+                Err(e) => Err(StsError::Unavailable(if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "connection failed".into()
+                })),
+            };
+            match outcome {
+                Ok(caller) => return Ok(caller),
+                Err(e @ (StsError::Throttled | StsError::Unavailable(_))) => last = e,
+                Err(e) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        Err(match last {
+            StsError::SignatureRejected(code) => Denial::new(
+                Reason::CloudauthSignatureRejected,
+                "AWS STS rejected the signed request.",
+            )
+            .note(format!("STS error {code}")),
+            StsError::Throttled => Denial::new(Reason::CloudauthStsThrottled, "AWS STS is throttling; retry shortly.")
+                .header("retry-after", "5"),
+            StsError::IdentityRefused(why) => Denial::new(Reason::CloudauthNoMapping, why),
+            StsError::Unavailable(why) => {
+                Denial::new(Reason::CloudauthStsUnavailable, "AWS STS could not be reached.").note(why)
+            }
+        })
+    }
+
+    /// The mapping of `kind` that matches the identity, bound to its unique id.
+    pub async fn resolve(
+        &self,
+        config: &CloudAuthConfig,
+        store: &Store,
+        verified: &Verified,
+        kind: &str,
+    ) -> Result<Mapping, Denial> {
+        let identity = &verified.caller.identity;
+        let mappings = store.mappings(&verified.org.id, kind).await.map_err(store_denial)?;
+        let found = mappings
+            .into_iter()
+            .find(|m| Pattern::parse(&m.arn_pattern).is_ok_and(|p| p.matches(identity)));
+        let Some(mapping) = found else {
+            return Err(no_mapping(identity, kind, None));
+        };
+        if config.bind_unique_id {
+            let bound = store
+                .bind_mapping(&mapping.id, &verified.caller.unique_id)
+                .await
+                .map_err(store_denial)?;
+            if bound != verified.caller.unique_id {
+                return Err(no_mapping(
+                    identity,
+                    kind,
+                    Some(format!(
+                        "mapping {} is bound to unique id {bound}, the caller has {} (recreated role or user?)",
+                        mapping.id, verified.caller.unique_id
+                    )),
+                ));
+            }
+        }
+        Ok(mapping)
+    }
+}
+
+fn no_mapping(identity: &Identity, kind: &str, note: Option<String>) -> Denial {
+    let mut denial = Denial::new(
+        Reason::CloudauthNoMapping,
+        format!(
+            "No {kind} mapping matches your AWS identity {identity}; a mapping with arn_pattern {} would.",
+            Pattern::suggestion_for(identity)
+        ),
+    );
+    if let Some(note) = note {
+        denial = denial.note(note);
+    }
+    denial
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| String::from("response body failed"))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(String::from("response too large"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,212 @@
+//! Cloud-authentication state: the AWS accounts registered per organization, persona
+//! mappings (ARN pattern -> user or service account) and intake mappings (ARN pattern ->
+//! managed intake keys), with the role unique id each mapping is bound to on first use.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::identities::{conflict, new_id};
+use crate::{now_ms, Store, StoreError};
+
+/// A persona or intake mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub id: String,
+    pub org_id: String,
+    /// `persona` or `intake`.
+    pub kind: String,
+    pub arn_pattern: String,
+    /// The principal a persona mapping logs in as.
+    pub principal_id: Option<String>,
+    /// The role's or user's unique id (`AROA...`/`AIDA...`), bound on first use.
+    pub bound_unique_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+fn mapping_from(row: &SqliteRow) -> Result<Mapping, sqlx::Error> {
+    Ok(Mapping {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        kind: row.try_get("kind")?,
+        arn_pattern: row.try_get("arn_pattern")?,
+        principal_id: row.try_get("principal_id")?,
+        bound_unique_id: row.try_get("bound_unique_id")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+pub(crate) const SCHEMA_V4: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS aws_accounts (
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        account_id TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (org_id, account_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS cloud_auth_mappings (
+        id TEXT PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        kind TEXT NOT NULL,
+        arn_pattern TEXT NOT NULL,
+        principal_id TEXT,
+        bound_unique_id TEXT,
+        created_at_ms INTEGER NOT NULL,
+        UNIQUE (org_id, kind, arn_pattern)
+    )",
+    "CREATE TABLE IF NOT EXISTS intake_keys (
+        mapping_id TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (mapping_id, identity, key_id)
+    )",
+];
+
+impl Store {
+    pub async fn register_aws_account(&self, org_id: &str, account: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO aws_accounts (org_id, account_id, created_at_ms) VALUES (?, ?, ?)")
+            .bind(org_id)
+            .bind(account)
+            .bind(now_ms())
+            .execute(self.pool())
+            .await
+            .map_err(conflict(format!("account {account} is already registered")))?;
+        Ok(())
+    }
+
+    pub async fn aws_accounts(&self, org_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT account_id FROM aws_accounts WHERE org_id = ? ORDER BY account_id")
+                .bind(org_id)
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    pub async fn remove_aws_account(&self, org_id: &str, account: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM aws_accounts WHERE org_id = ? AND account_id = ?")
+            .bind(org_id)
+            .bind(account)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("AWS account"));
+        }
+        Ok(())
+    }
+
+    pub async fn create_mapping(
+        &self,
+        org_id: &str,
+        kind: &str,
+        arn_pattern: &str,
+        principal_id: Option<&str>,
+    ) -> Result<Mapping, StoreError> {
+        let m = Mapping {
+            id: new_id(),
+            org_id: org_id.to_owned(),
+            kind: kind.to_owned(),
+            arn_pattern: arn_pattern.to_owned(),
+            principal_id: principal_id.map(str::to_owned),
+            bound_unique_id: None,
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO cloud_auth_mappings (id, org_id, kind, arn_pattern, principal_id, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&m.id)
+        .bind(&m.org_id)
+        .bind(&m.kind)
+        .bind(&m.arn_pattern)
+        .bind(&m.principal_id)
+        .bind(m.created_at_ms)
+        .execute(self.pool())
+        .await
+        .map_err(conflict(format!("a {kind} mapping for `{arn_pattern}` already exists")))?;
+        Ok(m)
+    }
+
+    /// Mappings of one kind in an organization, oldest first.
+    pub async fn mappings(&self, org_id: &str, kind: &str) -> Result<Vec<Mapping>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM cloud_auth_mappings WHERE org_id = ? AND kind = ? ORDER BY created_at_ms, id")
+                .bind(org_id)
+                .bind(kind)
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.iter().map(mapping_from).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn mapping(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
+        let row = sqlx::query("SELECT * FROM cloud_auth_mappings WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.as_ref().map(mapping_from).transpose()?)
+    }
+
+    /// Deletes a mapping and revokes every intake key issued through it; returns their ids.
+    pub async fn delete_mapping(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM intake_keys WHERE mapping_id = ?")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for key in &keys {
+            sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM intake_keys WHERE mapping_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM cloud_auth_mappings WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("mapping"));
+        }
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    /// Binds a mapping to a unique id if it has none yet; returns the id it is bound to.
+    pub async fn bind_mapping(&self, id: &str, unique_id: &str) -> Result<String, StoreError> {
+        sqlx::query("UPDATE cloud_auth_mappings SET bound_unique_id = ? WHERE id = ? AND bound_unique_id IS NULL")
+            .bind(unique_id)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        let bound: Option<String> = sqlx::query_scalar("SELECT bound_unique_id FROM cloud_auth_mappings WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten();
+        bound.ok_or(StoreError::NotFound("mapping"))
+    }
+
+    /// Intake keys issued for one identity under a mapping, newest first.
+    pub async fn intake_keys(&self, mapping_id: &str, identity: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT key_id, created_at_ms FROM intake_keys WHERE mapping_id = ? AND identity = ? ORDER BY created_at_ms DESC",
+        )
+        .bind(mapping_id)
+        .bind(identity)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    pub async fn record_intake_key(&self, mapping_id: &str, identity: &str, key_id: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO intake_keys (mapping_id, identity, key_id, created_at_ms) VALUES (?, ?, ?, ?)")
+            .bind(mapping_id)
+            .bind(identity)
+            .bind(key_id)
+            .bind(now_ms())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! Cloud-based authentication against real peers: moto_server as STS (verifying SigV4),
+//! botocore as an independent signer, and Datadog's own Python client.
+
+use std::process::{Child, Command, Stdio};
+
+use pinpoint_core::identity::PrincipalKind;
+
+use crate::access::world;
+use crate::*;
+
+const ACCOUNT: &str = "123456789012";
+const PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py");
+
+/// A moto_server child, killed by pid when dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn moto() -> (Moto, String) {
+    let port = dead_addr().await.port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // Setup calls pass unauthenticated; moto_setup.py then turns verification on.
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server is installed (pip install 'moto[server]')");
+    let moto = Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    poll_until("moto_server ready", || async {
+        http.get(format!("{}/moto-api/", moto.url)).send().await.is_ok()
+    })
+    .await;
+    let out = python(&["moto_setup.py", &moto.url]).await;
+    (moto, out)
+}
+
+async fn python(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut argv = args.clone();
+        argv[0] = format!("{PY}/{}", args[0]);
+        Command::new("python3")
+            .args(&argv)
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Signs a proof. SigV4 signatures are deterministic per second, so two proofs for the same
+/// identity signed within one second are the same proof (and the second is a replay): this
+/// re-signs until the proof differs from every one this process signed before.
+async fn proof(creds: &str, who: &str, org: &str, region: &str, header: &str) -> String {
+    static SIGNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let fresh = python(&["sign_proof.py", creds, who, org, region, header]).await;
+        let mut signed = SIGNED.lock().unwrap();
+        if !signed.contains(&fresh) {
+            signed.push(fresh.clone());
+            return fresh;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "could not sign a fresh proof");
+    }
+}
+
+async fn exchange(gw: &TestGateway, proof: &str) -> reqwest::Response {
+    gw.http
+        .post(gw.api_url("/api/v2/delegated-token"))
+        .header("authorization", proof)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn exchange_against_moto_with_botocore_proofs() {
+    let (moto, creds) = moto().await;
+    let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
+    let store = &w.gw.store;
+    store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            Some(&w.bob_id),
+        )
+        .await
+        .unwrap();
+
+    // A role session logs in as bob, and the token works like bob's key.
+    let good = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    let resp = exchange(&w.gw, &good).await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let token = body["data"]["attributes"]["access_token"].as_str().unwrap().to_owned();
+    let expires = body["data"]["attributes"]["expires"].as_i64().unwrap();
+    let now = pinpoint_store::now_ms() / 1000;
+    assert!(expires > now && expires <= now + 900, "short-lived: {expires}");
+    let me: serde_json::Value =
+        w.gw.http
+            .get(w.gw.api_url("/api/v2/current_user"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(me["data"]["id"], w.bob_id.as_str());
+    assert_eq!(w.get("/orders", &token).await.status(), 200);
+
+    // The same proof works once.
+    let body = problem(exchange(&w.gw, &good).await, 401, "cloudauth.proof_replayed").await;
+    assert!(!body.to_string().contains(&good[10..40]), "the proof is never echoed");
+
+    // A tampered proof is refused by STS itself.
+    let fresh = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    let tampered = tamper_signature(&fresh);
+    let body = problem(exchange(&w.gw, &tampered).await, 401, "cloudauth.signature_rejected").await;
+    let d = w.gw.decision(body["request_id"].as_str().unwrap()).await;
+    assert!(d
+        .deciding_layer()
+        .unwrap()
+        .note
+        .as_deref()
+        .unwrap()
+        .contains("STS error"));
+
+    // Pinpoint's own org header name, and a regional endpoint, work too.
+    let regional = proof(&creds, "role", &w.acme.id, "eu-west-1", "x-pinpoint-org-id").await;
+    assert_eq!(exchange(&w.gw, &regional).await.status(), 200);
+
+    // No mapping for the IAM user: the caller learns its ARN and the pattern that would match.
+    let user = proof(&creds, "user", &w.acme.id, "", "x-ddog-org-id").await;
+    let body = problem(exchange(&w.gw, &user).await, 403, "cloudauth.no_mapping").await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("arn:aws:iam::123456789012:user/alice"), "{detail}");
+
+    // An organization without the account registered.
+    let other = proof(&creds, "role", &w.globex.id, "", "x-ddog-org-id").await;
+    problem(exchange(&w.gw, &other).await, 403, "cloudauth.account_not_registered").await;
+    // An org id that names no organization.
+    let nobody = proof(
+        &creds,
+        "role",
+        "00000000-0000-4000-8000-000000000000",
+        "",
+        "x-ddog-org-id",
+    )
+    .await;
+    problem(exchange(&w.gw, &nobody).await, 403, "cloudauth.org_mismatch").await;
+    // A host outside the rules.
+    let evil = proof(&creds, "role", &w.acme.id, "evil", "x-ddog-org-id").await;
+    problem(exchange(&w.gw, &evil).await, 403, "cloudauth.sts_host_not_allowed").await;
+    problem(
+        exchange(&w.gw, "Delegated nonsense").await,
+        400,
+        "cloudauth.proof_malformed",
+    )
+    .await;
+
+    // The mapped principal's state is re-checked on every exchange.
+    w.gw.store.set_principal_suspended(&w.bob_id, true).await.unwrap();
+    w.gw.services_refresh_principal(&w.bob_id).await;
+    let again = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    problem(exchange(&w.gw, &again).await, 403, "cloudauth.principal_suspended").await;
+}
+
+fn tamper_signature(proof: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rest = proof.strip_prefix("Delegated ").unwrap();
+    let mut parts: Vec<String> = rest.split('|').map(str::to_owned).collect();
+    let headers = String::from_utf8(b64.decode(&parts[1]).unwrap()).unwrap();
+    let at = headers.find("Signature=").unwrap() + "Signature=".len();
+    let mut bytes = headers.into_bytes();
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    parts[1] = b64.encode(bytes);
+    format!("Delegated {}", parts.join("|"))
+}
+
+#[tokio::test]
+async fn sts_trouble_is_429_or_503_never_403() {
+    let (_moto, creds) = moto().await;
+    let throttling = raw_upstream(
+        b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        std::time::Duration::ZERO,
+    )
+    .await;
+    let w = world(&format!(
+        "\n[cloudauth]\nsts_endpoint = \"http://{throttling}\"\nsts_retries = 1\n"
+    ))
+    .await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    let p = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    let resp = exchange(&w.gw, &p).await;
+    assert!(resp.headers().contains_key("retry-after"));
+    problem(resp, 429, "cloudauth.sts_throttled").await;
+
+    let dead = dead_addr().await;
+    let text = std::fs::read_to_string(&w.gw.config_path)
+        .unwrap()
+        .replace(&throttling.to_string(), &dead.to_string());
+    let before = revision_of(&w.gw).await;
+    std::fs::write(&w.gw.config_path, text).unwrap();
+    poll_until("reload", || async { revision_of(&w.gw).await != before }).await;
+    let p = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    problem(exchange(&w.gw, &p).await, 503, "cloudauth.sts_unavailable").await;
+}
+
+async fn revision_of(gw: &TestGateway) -> String {
+    let v: serde_json::Value = gw
+        .http
+        .get(gw.api_url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["config_revision"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn datadogs_python_client_works_unchanged() {
+    let (moto, creds) = moto().await;
+    let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
+    let store = &w.gw.store;
+    store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    let ops = store
+        .create_principal(
+            &w.acme.id,
+            PrincipalKind::ServiceAccount,
+            "ops",
+            Some("ops@acme.example"),
+        )
+        .await
+        .unwrap();
+    let role = store
+        .create_role(
+            &w.acme.id,
+            "cloud-admin",
+            &["cloud_auth_config_read".into(), "cloud_auth_config_write".into()],
+        )
+        .await
+        .unwrap();
+    store.assign_role(&ops.id, &role.id).await.unwrap();
+    store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            Some(&ops.id),
+        )
+        .await
+        .unwrap();
+    w.gw.services_refresh_principal(&ops.id).await;
+
+    let out = python(&[
+        "datadog_client.py",
+        &format!("http://{}", w.gw.api),
+        &w.acme.id,
+        &creds,
+        "ops@acme.example",
+        "arn:aws:iam::123456789012:user/alice",
+    ])
+    .await;
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["me"], ops.id.as_str());
+    assert!(summary["listed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "arn:aws:iam::123456789012:user/alice"));
+    assert_eq!(summary["fetched"], "arn:aws:iam::123456789012:user/alice");
+    assert!(!summary["after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "arn:aws:iam::123456789012:user/alice"));
+}
