@@ -120,6 +120,28 @@ impl Store {
         Ok(IssuedKey { info, key })
     }
 
+    /// Stores a key whose id and secret were derived by the caller (managed intake keys),
+    /// unless a key with that id exists. Returns whether it was created now.
+    pub async fn insert_derived_key(&self, new: NewKey, id: &str, secret: &str) -> Result<bool, StoreError> {
+        let hash = keys::hash_secret(&self.pepper, secret);
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
+             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&new.name)
+        .bind(new.kind.as_str())
+        .bind(&new.org_id)
+        .bind(&new.principal_id)
+        .bind(new.scopes.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(new.expires_at_ms)
+        .bind(&hash[..])
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// One key with its hash.
     pub async fn stored_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
         let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")

@@ -21,6 +21,15 @@ use crate::runtime::Shared;
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/v2/delegated-token", post(delegated_token))
+        .route("/api/v2/intake-key", post(intake_key))
+        .route(
+            "/api/v2/cloud_auth/aws/intake_mapping",
+            post(create_intake_mapping).get(list_intake_mappings),
+        )
+        .route(
+            "/api/v2/cloud_auth/aws/intake_mapping/{id}",
+            delete(delete_intake_mapping),
+        )
         .route(
             "/api/v2/cloud_auth/aws/persona_mapping",
             post(create_persona_mapping).get(list_persona_mappings),
@@ -102,6 +111,137 @@ async fn delegated_token(
         &claims.jti,
         serde_json::json!({ "access_token": token, "expires": claims.exp }),
     )))
+}
+
+/// Exchanges an AWS identity proof for the current managed intake key of the identity.
+async fn intake_key(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Reply {
+    let runtime = shared.runtime.load_full();
+    let config = &runtime.config.cloudauth;
+    let client_ip = crate::layers::net::client_ip(peer.ip(), &headers, &runtime.config.net.trusted_proxies);
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let cloud = &shared.services.cloudauth;
+    let verified = cloud
+        .verify(
+            config,
+            &shared.store,
+            &shared.services.directory,
+            authorization,
+            client_ip,
+        )
+        .await
+        .map_err(ApiError)?;
+    let mapping = cloud
+        .resolve(config, &shared.store, &verified, "intake")
+        .await
+        .map_err(ApiError)?;
+    // One key per identity (the role, whatever the session) and rotation period.
+    let identity = verified.caller.identity.base();
+    let period_ms = (config.intake_key_rotation_hours.max(1) as i64) * 3_600_000;
+    let now = pinpoint_store::now_ms();
+    let generation = now / period_ms;
+    let rotates_at = (generation + 1) * period_ms;
+    let expires_at = rotates_at + (config.intake_key_overlap_hours as i64) * 3_600_000;
+    let (id, secret) = crate::cloudauth::intake::derive(&shared.store.pepper(), &mapping.id, &identity, generation);
+    let created = shared
+        .store
+        .insert_derived_key(
+            pinpoint_store::NewKey {
+                name: format!("intake {identity}"),
+                kind: pinpoint_core::identity::KeyKind::Api,
+                org_id: verified.org.id.clone(),
+                principal_id: None,
+                scopes: Some(vec![String::from("intake:write")]),
+                expires_at_ms: Some(expires_at),
+            },
+            &id,
+            &secret,
+        )
+        .await?;
+    if created {
+        shared.store.record_intake_key(&mapping.id, &identity, &id).await?;
+        shared.services.directory.refresh_key(&shared.store, &id).await?;
+    }
+    let stored = shared
+        .store
+        .stored_key(&id)
+        .await?
+        .ok_or_else(|| deny(Reason::ApiStoreUnavailable, "The key could not be stored."))?;
+    if stored.info.revoked {
+        return Err(deny(
+            Reason::CloudauthNoMapping,
+            "The intake key of this identity was revoked; ask an administrator.",
+        ));
+    }
+    tracing::info!(target: "pinpoint::audit", arn = %verified.caller.arn, mapping = %mapping.id, key = %id, created, "intake key issued");
+    Ok(envelope(resource(
+        "intake_key",
+        &id,
+        serde_json::json!({
+            "api_key": pinpoint_core::keys::format(&id, &secret),
+            "expires": expires_at / 1000,
+            "rotates_at": rotates_at / 1000,
+        }),
+    )))
+}
+
+// ---- intake mappings -----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntakeAttrs {
+    arn_pattern: String,
+}
+
+fn intake_resource(m: &Mapping) -> serde_json::Value {
+    resource(
+        "aws_cloud_auth_intake_mapping",
+        &m.id,
+        serde_json::json!({ "arn_pattern": m.arn_pattern, "created_at": m.created_at_ms / 1000 }),
+    )
+}
+
+async fn create_intake_mapping(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Reply {
+    let attrs: IntakeAttrs = attributes(&body)?;
+    let org_id = caller.0.org_id.clone();
+    check_pattern(&shared, &org_id, "intake", &attrs.arn_pattern).await?;
+    let m = shared
+        .store
+        .create_mapping(&org_id, "intake", attrs.arn_pattern.trim(), None)
+        .await?;
+    Ok(envelope(intake_resource(&m)))
+}
+
+async fn list_intake_mappings(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Reply {
+    let list: Vec<_> = shared
+        .store
+        .mappings(&caller.0.org_id, "intake")
+        .await?
+        .iter()
+        .map(intake_resource)
+        .collect();
+    Ok(envelope(list.into()))
+}
+
+async fn delete_intake_mapping(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    load_mapping(&shared, &caller, &id).await?;
+    for key in shared.store.delete_mapping(&id).await? {
+        shared.services.directory.refresh_key(&shared.store, &key).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- persona mappings ----------------------------------------------------------------

@@ -103,6 +103,21 @@ pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
         "/api/v2/cloud_auth/aws/persona_mapping/{persona_mapping_id}",
         Some(perm::CLOUD_AUTH_WRITE),
     ),
+    (
+        "POST",
+        "/api/v2/cloud_auth/aws/intake_mapping",
+        Some(perm::CLOUD_AUTH_WRITE),
+    ),
+    (
+        "GET",
+        "/api/v2/cloud_auth/aws/intake_mapping",
+        Some(perm::CLOUD_AUTH_READ),
+    ),
+    (
+        "DELETE",
+        "/api/v2/cloud_auth/aws/intake_mapping/{id}",
+        Some(perm::CLOUD_AUTH_WRITE),
+    ),
     ("POST", "/api/v2/cloud_auth/aws/accounts", Some(perm::CLOUD_AUTH_WRITE)),
     ("GET", "/api/v2/cloud_auth/aws/accounts", Some(perm::CLOUD_AUTH_READ)),
     (
@@ -120,6 +135,7 @@ pub const PUBLIC_ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/v2/openapi.json"),
     // The identity proof in the request is the credential.
     ("POST", "/api/v2/delegated-token"),
+    ("POST", "/api/v2/intake-key"),
 ];
 
 /// The route id API requests carry in traces, metrics and rate-limit rules.

@@ -302,3 +302,135 @@ async fn datadogs_python_client_works_unchanged() {
         .iter()
         .any(|p| p == "arn:aws:iam::123456789012:user/alice"));
 }
+
+#[tokio::test]
+async fn managed_intake_keys_and_mapping_rules() {
+    let (moto, creds) = moto().await;
+    let extra = format!(
+        "\n[cloudauth]\nsts_endpoint = \"{}\"\n\n[[routes]]\nid = \"intake\"\npath_prefix = \"/intake\"\nupstream = \"main\"\npermissions = {{ \"*\" = \"intake:write\" }}\n",
+        moto.url
+    );
+    let w = world(&extra).await;
+    let store = &w.gw.store;
+    store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    let ops = store
+        .create_principal(&w.acme.id, PrincipalKind::ServiceAccount, "ops", None)
+        .await
+        .unwrap();
+    let role = store
+        .create_role(
+            &w.acme.id,
+            "cloud-admin",
+            &["cloud_auth_config_read".into(), "cloud_auth_config_write".into()],
+        )
+        .await
+        .unwrap();
+    store.assign_role(&ops.id, &role.id).await.unwrap();
+    w.gw.services_refresh_principal(&ops.id).await;
+    let resp = w
+        .gw
+        .http
+        .post(w.gw.api_url("/api/v2/api_keys"))
+        .bearer_auth(&w.gw.admin_key)
+        .json(&serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "ops", "principal_id": ops.id}}}))
+        .send()
+        .await
+        .unwrap();
+    let ops_key = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let create = |pattern: &str| {
+        w.gw.http
+            .post(w.gw.api_url("/api/v2/cloud_auth/aws/intake_mapping"))
+            .bearer_auth(&ops_key)
+            .json(&serde_json::json!({"data": {"type": "aws_cloud_auth_intake_mapping", "attributes": {"arn_pattern": pattern}}}))
+            .send()
+    };
+    let body = problem(
+        create("arn:aws:iam::123456789012:role/dd-role").await.unwrap(),
+        400,
+        "api.bad_request",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("arn:aws:sts::123456789012:assumed-role/dd-role/*"),
+        "{body}"
+    );
+    problem(
+        create("arn:aws:sts::123456789012:assumed-role/dd*/x").await.unwrap(),
+        400,
+        "api.bad_request",
+    )
+    .await;
+    problem(
+        create("arn:aws:sts::999999999999:assumed-role/dd-role/*")
+            .await
+            .unwrap(),
+        400,
+        "api.bad_request",
+    )
+    .await;
+    let resp = create("arn:aws:sts::123456789012:assumed-role/dd-role/*")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mapping_id = resp.json::<serde_json::Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    problem(
+        create("arn:aws:sts::123456789012:assumed-role/dd-role/sess1")
+            .await
+            .unwrap(),
+        409,
+        "api.conflict",
+    )
+    .await;
+
+    let intake = |proof: String| {
+        w.gw.http
+            .post(w.gw.api_url("/api/v2/intake-key"))
+            .header("authorization", proof)
+            .send()
+    };
+    let first = intake(proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await)
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let api_key = first["data"]["attributes"]["api_key"].as_str().unwrap().to_owned();
+    let second: serde_json::Value = intake(proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        second["data"]["attributes"]["api_key"],
+        api_key.as_str(),
+        "the current key, again"
+    );
+    let send = || {
+        w.gw.http
+            .post(w.gw.url("/intake/logs"))
+            .header("dd-api-key", &api_key)
+            .body("{}")
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+
+    // Revoking the mapping revokes its keys.
+    let resp =
+        w.gw.http
+            .delete(w.gw.api_url(&format!("/api/v2/cloud_auth/aws/intake_mapping/{mapping_id}")))
+            .bearer_auth(&ops_key)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 204);
+    problem(send().await.unwrap(), 401, "authn.key_revoked").await;
+}
