@@ -4,6 +4,7 @@
 
 mod admin;
 mod client;
+mod cloud;
 mod explain;
 
 use std::net::SocketAddr;
@@ -63,6 +64,23 @@ enum Command {
     /// Manage organizations.
     #[command(subcommand)]
     Orgs(admin::Orgs),
+    /// Log in with a cloud identity and print a short-lived token.
+    #[command(subcommand)]
+    Login(LoginCommand),
+    /// Obtain a managed intake key with the AWS identity and keep it fresh.
+    AgentKey {
+        #[command(flatten)]
+        target: cloud::Target,
+        /// A static key to use only after an exchange has failed.
+        #[arg(long, env = "PINPOINT_FALLBACK_KEY", hide_env_values = true)]
+        fallback_key: Option<String>,
+        /// Keep the current key in this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one key and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the reason catalogue.
     Reasons {
         /// As the Markdown page docs/reasons.md.
@@ -78,6 +96,18 @@ enum Command {
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoginCommand {
+    /// With the AWS identity of the standard credential chain.
+    Aws {
+        #[command(flatten)]
+        target: cloud::Target,
+        /// Print JSON with the token's expiry.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -112,6 +142,17 @@ fn run(cli: Cli) -> Result<()> {
                 client,
                 json,
             } => explain::run(&request_id, &client, json).await,
+            Command::Login(LoginCommand::Aws { target, json }) => cloud::login(&target, json).await,
+            Command::AgentKey {
+                target,
+                fallback_key,
+                out,
+                once,
+            } => {
+                // Keys go to stdout (or --out); logs to stderr.
+                let _log_flush = init_tracing("text", LogTo::Stderr);
+                cloud::agent_key(&target, fallback_key, out, once).await
+            }
             Command::Keys(cmd) => admin::keys(cmd).await,
             Command::Users(cmd) => admin::principals("users", cmd).await,
             Command::ServiceAccounts(cmd) => admin::principals("service_accounts", cmd).await,
@@ -178,7 +219,7 @@ fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
 async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
     // Log lines go through a buffered writer thread so the proxy never waits on stdout;
     // the guard flushes what is left when `serve` returns.
-    let _log_flush = init_tracing(log_format);
+    let _log_flush = init_tracing(log_format, LogTo::Stdout);
     let (config, origin) = resolve_config(config_flag.as_deref())?;
     tracing::info!(config = %origin, revision = %config.revision, "config loaded");
     let data_dir = config.server.data_dir.clone();
@@ -222,7 +263,7 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -242,14 +283,22 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn init_tracing(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
+enum LogTo {
+    Stdout,
+    Stderr,
+}
+
+fn init_tracing(format: &str, to: LogTo) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PINPOINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Lossy only when 128k lines are waiting: the proxy must never block on a slow log reader.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(128 * 1024)
         .lossy(true)
-        .finish(std::io::stdout());
+        .finish::<Box<dyn std::io::Write + Send>>(match to {
+            LogTo::Stdout => Box::new(std::io::stdout()),
+            LogTo::Stderr => Box::new(std::io::stderr()),
+        });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if format == "json" {
         builder.json().flatten_event(true).with_current_span(false).init();

@@ -434,3 +434,97 @@ async fn managed_intake_keys_and_mapping_rules() {
     assert_eq!(resp.status(), 204);
     problem(send().await.unwrap(), 401, "authn.key_revoked").await;
 }
+
+#[tokio::test]
+async fn pinpoints_own_client_signs_with_aws_sigv4() {
+    let (moto, creds) = moto().await;
+    let extra = format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url);
+    let w = world(&extra).await;
+    let store = &w.gw.store;
+    store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:iam::123456789012:user/alice",
+            Some(&w.bob_id),
+        )
+        .await
+        .unwrap();
+    store
+        .create_mapping(
+            &w.acme.id,
+            "intake",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            None,
+        )
+        .await
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    let credentials = |who: &str| {
+        let c = &parsed[who];
+        pinpoint_client::Credentials::new(
+            c["key"].as_str().unwrap(),
+            c["secret"].as_str().unwrap(),
+            c["token"].as_str().map(str::to_owned),
+            None,
+            "test",
+        )
+    };
+    let api = format!("http://{}", w.gw.api);
+    // Long-term IAM user keys (no session token), global endpoint.
+    let exchanger = pinpoint_client::Exchanger::new(&api, &w.acme.id, None).unwrap();
+    let token = exchanger.delegated_token(&credentials("user")).await.unwrap();
+    assert_eq!(w.get("/orders", &token.access_token).await.status(), 200);
+    // Role session credentials, regional endpoint, intake key.
+    let regional = pinpoint_client::Exchanger::new(&api, &w.acme.id, Some("eu-west-1")).unwrap();
+    let key = regional.intake_key(&credentials("role")).await.unwrap();
+    assert!(key.api_key.starts_with("pp_") && key.rotates_at < key.expires);
+    // A refusal comes back as a typed error with the reason code.
+    let other = pinpoint_client::Exchanger::new(&api, &w.globex.id, None).unwrap();
+    let err = other.delegated_token(&credentials("user")).await.unwrap_err();
+    assert!(
+        matches!(&err, pinpoint_client::ClientError::Refused { status: 403, reason, .. } if reason == "cloudauth.account_not_registered"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn login_aws_uses_the_standard_credential_chain() {
+    let (moto, creds) = moto().await;
+    let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    w.gw.store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            Some(&w.bob_id),
+        )
+        .await
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    let role = parsed["role"].clone();
+    let (server, org) = (format!("http://{}", w.gw.api), w.acme.id.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["login", "aws", "--org", &org, "--server", &server, "--json"])
+            // The environment provider of the standard chain; nothing else is consulted.
+            .env("AWS_ACCESS_KEY_ID", role["key"].as_str().unwrap())
+            .env("AWS_SECRET_ACCESS_KEY", role["secret"].as_str().unwrap())
+            .env("AWS_SESSION_TOKEN", role["token"].as_str().unwrap())
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap();
+    assert!(v["expires"].as_i64().unwrap() > pinpoint_store::now_ms() / 1000);
+    assert_eq!(w.get("/orders", token).await.status(), 200);
+}
