@@ -16,7 +16,8 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerIdentity {
     pub identity: Identity,
-    /// The raw ARN as STS returned it (for audit).
+    /// The raw ARN as STS returned it. Its session part is caller-chosen: show
+    /// [`CallerIdentity::identity`] (sanitised) instead, in logs and anywhere else.
     pub arn: String,
     /// `AIDA...` (user) or `AROA...:<session>` (role session).
     pub user_id: String,

@@ -126,8 +126,9 @@ impl CloudAuth {
         let caller = self.call_sts(config, &proof).await?;
         tracing::info!(
             target: "pinpoint::audit",
-            arn = %caller.arn,
-            user_id = %caller.user_id,
+            arn = %caller.identity,
+            unique_id = %caller.unique_id,
+            session = caller.identity.session().unwrap_or("-"),
             access_key_id = %proof.access_key_id,
             sts_request_id = caller.request_id.as_deref().unwrap_or("-"),
             org = %org.id,
@@ -308,5 +309,18 @@ pub mod intake {
         let id: String = mac("id")[..8].iter().map(|b| format!("{b:02x}")).collect();
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac("secret"));
         (id, secret)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn keys_are_stable_within_a_generation_and_differ_across() {
+            let a = super::derive(b"pepper", "m", "arn:aws:sts::1:assumed-role/R", 7);
+            assert_eq!(a, super::derive(b"pepper", "m", "arn:aws:sts::1:assumed-role/R", 7));
+            assert_ne!(a, super::derive(b"pepper", "m", "arn:aws:sts::1:assumed-role/R", 8));
+            assert_ne!(a, super::derive(b"pepper", "m", "arn:aws:sts::1:assumed-role/S", 7));
+            assert_ne!(a, super::derive(b"other", "m", "arn:aws:sts::1:assumed-role/R", 7));
+            assert!(pinpoint_core::keys::parse(&pinpoint_core::keys::format(&a.0, &a.1)).is_some());
+        }
     }
 }

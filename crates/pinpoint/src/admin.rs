@@ -308,3 +308,136 @@ pub async fn orgs(cmd: Orgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum CloudAuth {
+    /// Register an AWS account for your organization (mappings may only name registered accounts).
+    AddAccount {
+        account_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List registered AWS accounts.
+    Accounts {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Unregister an AWS account.
+    RemoveAccount {
+        account_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Map an ARN pattern to a user or service account (email or id) for `login aws`.
+    AddPersona {
+        arn_pattern: String,
+        account_identifier: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Map an ARN pattern to managed intake keys (`agent-key`).
+    AddIntake {
+        arn_pattern: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List persona and intake mappings.
+    Mappings {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a mapping (an intake mapping's keys are revoked with it).
+    RemoveMapping {
+        id: String,
+        /// It is an intake mapping.
+        #[arg(long)]
+        intake: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+const CLOUD: &str = "/api/v2/cloud_auth/aws";
+
+fn mapping_line(v: &Value) -> String {
+    let a = &v["attributes"];
+    format!(
+        "{}  {}  {}",
+        v["id"].as_str().unwrap_or("?"),
+        a["arn_pattern"].as_str().unwrap_or(""),
+        a["account_identifier"].as_str().unwrap_or("(intake)")
+    )
+}
+
+pub async fn cloud_auth(cmd: CloudAuth) -> Result<()> {
+    match cmd {
+        CloudAuth::AddAccount { account_id, client } => {
+            ApiClient::new(&client)?
+                .call(
+                    Method::POST,
+                    &format!("{CLOUD}/accounts"),
+                    body("aws_accounts", json!({ "account_id": account_id })),
+                )
+                .await?;
+            println!("registered AWS account {account_id}");
+        }
+        CloudAuth::Accounts { client } => print_list(
+            &ApiClient::new(&client)?
+                .call(Method::GET, &format!("{CLOUD}/accounts"), None)
+                .await?,
+            |v| v["id"].as_str().unwrap_or("?").to_owned(),
+        ),
+        CloudAuth::RemoveAccount { account_id, client } => {
+            ApiClient::new(&client)?
+                .call(Method::DELETE, &format!("{CLOUD}/accounts/{account_id}"), None)
+                .await?;
+            println!("removed AWS account {account_id}");
+        }
+        CloudAuth::AddPersona {
+            arn_pattern,
+            account_identifier,
+            client,
+        } => {
+            let created = ApiClient::new(&client)?
+                .call(
+                    Method::POST,
+                    &format!("{CLOUD}/persona_mapping"),
+                    body(
+                        "aws_cloud_auth_config",
+                        json!({ "arn_pattern": arn_pattern, "account_identifier": account_identifier }),
+                    ),
+                )
+                .await?;
+            println!("{}", mapping_line(&created["data"]));
+        }
+        CloudAuth::AddIntake { arn_pattern, client } => {
+            let created = ApiClient::new(&client)?
+                .call(
+                    Method::POST,
+                    &format!("{CLOUD}/intake_mapping"),
+                    body("aws_cloud_auth_intake_mapping", json!({ "arn_pattern": arn_pattern })),
+                )
+                .await?;
+            println!("{}", mapping_line(&created["data"]));
+        }
+        CloudAuth::Mappings { client } => {
+            let api = ApiClient::new(&client)?;
+            print_list(
+                &api.call(Method::GET, &format!("{CLOUD}/persona_mapping"), None).await?,
+                mapping_line,
+            );
+            print_list(
+                &api.call(Method::GET, &format!("{CLOUD}/intake_mapping"), None).await?,
+                mapping_line,
+            );
+        }
+        CloudAuth::RemoveMapping { id, intake, client } => {
+            let kind = if intake { "intake_mapping" } else { "persona_mapping" };
+            ApiClient::new(&client)?
+                .call(Method::DELETE, &format!("{CLOUD}/{kind}/{id}"), None)
+                .await?;
+            println!("removed mapping {id}");
+        }
+    }
+    Ok(())
+}

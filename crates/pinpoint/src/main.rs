@@ -64,6 +64,9 @@ enum Command {
     /// Manage organizations.
     #[command(subcommand)]
     Orgs(admin::Orgs),
+    /// Manage cloud authentication: AWS accounts and ARN mappings.
+    #[command(subcommand)]
+    CloudAuth(admin::CloudAuth),
     /// Log in with a cloud identity and print a short-lived token.
     #[command(subcommand)]
     Login(LoginCommand),
@@ -154,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                 cloud::agent_key(&target, fallback_key, out, once).await
             }
             Command::Keys(cmd) => admin::keys(cmd).await,
+            Command::CloudAuth(cmd) => admin::cloud_auth(cmd).await,
             Command::Users(cmd) => admin::principals("users", cmd).await,
             Command::ServiceAccounts(cmd) => admin::principals("service_accounts", cmd).await,
             Command::Roles(cmd) => admin::roles(cmd).await,

@@ -98,7 +98,7 @@ async fn delegated_token(
         .ok_or_else(|| deny(Reason::ApiStoreUnavailable, "No signing key is available."))?;
     tracing::info!(
         target: "pinpoint::audit",
-        arn = %verified.caller.arn,
+        arn = %verified.caller.identity,
         session = verified.caller.identity.session().unwrap_or("-"),
         principal = %principal.label,
         mapping = %mapping.id,
@@ -178,7 +178,7 @@ async fn intake_key(
             "The intake key of this identity was revoked; ask an administrator.",
         ));
     }
-    tracing::info!(target: "pinpoint::audit", arn = %verified.caller.arn, mapping = %mapping.id, key = %id, created, "intake key issued");
+    tracing::info!(target: "pinpoint::audit", arn = %verified.caller.identity, mapping = %mapping.id, key = %id, created, "intake key issued");
     Ok(envelope(resource(
         "intake_key",
         &id,

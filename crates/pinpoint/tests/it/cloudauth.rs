@@ -528,3 +528,49 @@ async fn login_aws_uses_the_standard_credential_chain() {
     assert!(v["expires"].as_i64().unwrap() > pinpoint_store::now_ms() / 1000);
     assert_eq!(w.get("/orders", token).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_recreated_role_does_not_inherit_the_mapping_and_exchanges_are_rate_limited() {
+    let (moto, creds) = moto().await;
+    let w = world(&format!(
+        "\n[cloudauth]\nsts_endpoint = \"{}\"\nexchanges_per_minute_per_ip = 6\n",
+        moto.url
+    ))
+    .await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    w.gw.store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            Some(&w.bob_id),
+        )
+        .await
+        .unwrap();
+    // First use binds the mapping to the role's unique id (AROA...).
+    let first = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    assert_eq!(exchange(&w.gw, &first).await.status(), 200);
+    // The role is deleted and recreated under the same name: a new unique id.
+    let recreated = python(&["moto_recreate_role.py", &moto.url]).await;
+    let p = proof(&recreated, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    let body = problem(exchange(&w.gw, &p).await, 403, "cloudauth.no_mapping").await;
+    let d = w.gw.decision(body["request_id"].as_str().unwrap()).await;
+    assert!(
+        d.deciding_layer()
+            .unwrap()
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("bound to unique id"),
+        "{d:?}"
+    );
+    // Per-address limit: 6 a minute here, and two exchanges were made above.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(exchange(&w.gw, "Delegated nonsense").await.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 400).count(), 4, "{statuses:?}");
+    let resp = exchange(&w.gw, "Delegated nonsense").await;
+    assert!(resp.headers().contains_key("retry-after"));
+    problem(resp, 429, "rate.limited").await;
+}

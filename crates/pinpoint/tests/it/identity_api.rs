@@ -364,6 +364,34 @@ async fn cli_manages_keys_users_and_roles() {
     let out = ok(&run(vec!["keys".into(), "rotate".into(), id.clone()]).await);
     assert!(out.contains("pp_"), "{out}");
     ok(&run(vec!["keys".into(), "revoke".into(), id]).await);
+    // Cloud auth: register an account, then map a role's sessions to a principal.
+    ok(&run(vec!["cloud-auth".into(), "add-account".into(), "123456789012".into()]).await);
+    let out = run(vec![
+        "cloud-auth".into(),
+        "add-persona".into(),
+        "arn:aws:iam::123456789012:role/ops/Deployer".into(),
+        "dora@example.com".into(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("arn:aws:sts::123456789012:assumed-role/Deployer/*"),
+        "a console role ARN gets the session form as hint: {err}"
+    );
+    ok(&run(vec![
+        "cloud-auth".into(),
+        "add-persona".into(),
+        "arn:aws:sts::123456789012:assumed-role/Deployer/*".into(),
+        "dora@example.com".into(),
+    ])
+    .await);
+    let out = ok(&run(vec!["cloud-auth".into(), "mappings".into()]).await);
+    assert!(
+        out.contains("assumed-role/Deployer/*") && out.contains("dora@example.com"),
+        "{out}"
+    );
+
     // A bad call is a clear error.
     let out = run(vec!["keys".into(), "revoke".into(), "0000000000000000".into()]).await;
     assert!(!out.status.success());
