@@ -74,9 +74,9 @@ pub struct CloudAuthConfig {
     pub exchanges_per_minute_per_org: u32,
     pub exchanges_per_minute_per_ip: u32,
     /// Managed intake keys are replaced after this long ...
-    pub intake_key_rotation_hours: u64,
+    pub intake_key_rotation_seconds: u64,
     /// ... and the previous one keeps working this much longer.
-    pub intake_key_overlap_hours: u64,
+    pub intake_key_overlap_seconds: u64,
 }
 
 impl Default for CloudAuthConfig {
@@ -93,8 +93,8 @@ impl Default for CloudAuthConfig {
             sts_retries: 2,
             exchanges_per_minute_per_org: 600,
             exchanges_per_minute_per_ip: 60,
-            intake_key_rotation_hours: 24,
-            intake_key_overlap_hours: 2,
+            intake_key_rotation_seconds: 24 * 3600,
+            intake_key_overlap_seconds: 2 * 3600,
         }
     }
 }

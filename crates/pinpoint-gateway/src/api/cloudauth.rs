@@ -142,11 +142,11 @@ async fn intake_key(
         .map_err(ApiError)?;
     // One key per identity (the role, whatever the session) and rotation period.
     let identity = verified.caller.identity.base();
-    let period_ms = (config.intake_key_rotation_hours.max(1) as i64) * 3_600_000;
+    let period_ms = (config.intake_key_rotation_seconds.max(1) as i64) * 1000;
     let now = pinpoint_store::now_ms();
     let generation = now / period_ms;
     let rotates_at = (generation + 1) * period_ms;
-    let expires_at = rotates_at + (config.intake_key_overlap_hours as i64) * 3_600_000;
+    let expires_at = rotates_at + (config.intake_key_overlap_seconds as i64) * 1000;
     let (id, secret) = crate::cloudauth::intake::derive(&shared.store.pepper(), &mapping.id, &identity, generation);
     let created = shared
         .store

@@ -574,3 +574,112 @@ async fn a_recreated_role_does_not_inherit_the_mapping_and_exchanges_are_rate_li
     assert!(resp.headers().contains_key("retry-after"));
     problem(resp, 429, "rate.limited").await;
 }
+
+#[tokio::test]
+async fn intake_keys_rotate_with_an_overlap_window() {
+    let (moto, creds) = moto().await;
+    let extra = format!(
+        "\n[cloudauth]\nsts_endpoint = \"{}\"\nintake_key_rotation_seconds = 2\nintake_key_overlap_seconds = 2\nexchanges_per_minute_per_ip = 100000\nexchanges_per_minute_per_org = 100000\n\n[[routes]]\nid = \"intake\"\npath_prefix = \"/intake\"\nupstream = \"main\"\npermissions = {{ \"*\" = \"intake:write\" }}\n",
+        moto.url
+    );
+    let w = world(&extra).await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    w.gw.store
+        .create_mapping(
+            &w.acme.id,
+            "intake",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            None,
+        )
+        .await
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    let role = &parsed["role"];
+    let credentials = pinpoint_client::Credentials::new(
+        role["key"].as_str().unwrap(),
+        role["secret"].as_str().unwrap(),
+        role["token"].as_str().map(str::to_owned),
+        None,
+        "test",
+    );
+    let exchanger = pinpoint_client::Exchanger::new(&format!("http://{}", w.gw.api), &w.acme.id, None).unwrap();
+    let send = |key: String| {
+        w.gw.http
+            .post(w.gw.url("/intake/x"))
+            .header("dd-api-key", key)
+            .body("{}")
+            .send()
+    };
+    let first = exchanger.intake_key(&credentials).await.unwrap();
+    assert_eq!(send(first.api_key.clone()).await.unwrap().status(), 200);
+    // After rotation the exchange hands out the next key; the previous one still works.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let next = loop {
+        // Proofs signed within one second are the same proof: a replay is refused, and tried again.
+        match exchanger.intake_key(&credentials).await {
+            Ok(k) if k.api_key != first.api_key => break k,
+            Ok(_) => {}
+            Err(pinpoint_client::ClientError::Refused { reason, .. }) if reason == "cloudauth.proof_replayed" => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the key never rotated");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // polling interval
+    };
+    assert_eq!(send(next.api_key.clone()).await.unwrap().status(), 200);
+    if pinpoint_store::now_ms() / 1000 < first.expires {
+        assert_eq!(
+            send(first.api_key.clone()).await.unwrap().status(),
+            200,
+            "overlap: both keys work"
+        );
+    }
+    // Once its overlap has passed, the previous key is expired.
+    poll_until("previous key expires", || async {
+        send(first.api_key.clone()).await.unwrap().status() == 401
+    })
+    .await;
+    problem(send(first.api_key.clone()).await.unwrap(), 401, "authn.key_expired").await;
+}
+
+/// Re-encodes a proof's parts with `edit(body, headers json, url)`.
+fn edit_proof(proof: &str, edit: impl FnOnce(&mut String, &mut String, &mut String)) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let parts: Vec<&str> = proof.strip_prefix("Delegated ").unwrap().split('|').collect();
+    let dec = |s: &str| String::from_utf8(b64.decode(s).unwrap()).unwrap();
+    let (mut body, mut headers, mut url) = (dec(parts[0]), dec(parts[1]), dec(parts[3]));
+    edit(&mut body, &mut headers, &mut url);
+    format!(
+        "Delegated {}|{}|{}|{}",
+        b64.encode(body),
+        b64.encode(headers),
+        parts[2],
+        b64.encode(url)
+    )
+}
+
+#[tokio::test]
+async fn local_checks_refuse_before_anything_reaches_sts() {
+    let (moto, creds) = moto().await;
+    let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    let p = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    let with_query = edit_proof(&p, |_, _, url| url.push_str("/?Action=AssumeRole"));
+    problem(exchange(&w.gw, &with_query).await, 403, "cloudauth.request_not_allowed").await;
+    let other_body = edit_proof(&p, |body, _, _| {
+        *body = String::from("Action=GetSessionToken&Version=2011-06-15")
+    });
+    problem(exchange(&w.gw, &other_body).await, 403, "cloudauth.request_not_allowed").await;
+    // An old X-Amz-Date (and matching scope date) is refused by Pinpoint's own window check.
+    let old = edit_proof(&p, |_, headers, _| {
+        let v: serde_json::Value = serde_json::from_str(headers).unwrap();
+        let date = v["X-Amz-Date"][0].as_str().unwrap().to_owned();
+        *headers = headers
+            .replace(&date, "20200101T000000Z")
+            .replace(&format!("/{}/", &date[..8]), "/20200101/");
+    });
+    problem(exchange(&w.gw, &old).await, 401, "cloudauth.proof_expired").await;
+    // An unsigned org header does not count.
+    let unsigned_org = edit_proof(&p, |_, headers, _| *headers = headers.replace(";x-ddog-org-id", ""));
+    problem(exchange(&w.gw, &unsigned_org).await, 403, "cloudauth.org_mismatch").await;
+}
