@@ -165,43 +165,32 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
 
     let status = response.status();
     let elapsed = started.elapsed();
-    telemetry::count_request(&route_label, status, elapsed);
     let route_name = (route_label.as_ref() != NO_ROUTE).then(|| route_label.to_string());
-    tracing::info!(
-        target: "pinpoint::access",
-        request_id = %request_id,
-        client = %client_ip,
-        method = %method,
-        path = %path,
-        route = route_name.as_deref().unwrap_or("-"),
-        status = status.as_u16(),
-        reason = reason.map(|r| r.code()).unwrap_or("-"),
-        upstream = upstream_target.as_deref().unwrap_or("-"),
-        duration_us = elapsed.as_micros() as u64,
-        revision = %runtime.config.revision,
-        "request"
-    );
-    shared.decisions.record(Decision {
-        request_id,
-        at_ms,
-        method: method.to_string(),
-        path,
-        host,
-        client_addr: if client_ip == peer.ip() {
-            peer.to_string()
-        } else {
-            format!("{client_ip} (via {peer})")
+    telemetry::finish_request(
+        &shared.decisions,
+        &route_label,
+        Decision {
+            request_id,
+            at_ms,
+            method: method.to_string(),
+            path,
+            host,
+            client_addr: if client_ip == peer.ip() {
+                peer.to_string()
+            } else {
+                format!("{client_ip} (via {peer})")
+            },
+            route: route_name,
+            principal: identity.as_ref().map(|i| i.label()),
+            org_id: identity.as_ref().map(|i| i.org_id.clone()),
+            status: status.as_u16(),
+            reason,
+            upstream_target,
+            config_revision: runtime.config.revision.clone(),
+            duration_micros: elapsed.as_micros() as u64,
+            trace,
         },
-        route: route_name,
-        principal: identity.as_ref().map(|i| i.label()),
-        org_id: identity.as_ref().map(|i| i.org_id.clone()),
-        status: status.as_u16(),
-        reason,
-        upstream_target,
-        config_revision: runtime.config.revision.clone(),
-        duration_micros: elapsed.as_micros() as u64,
-        trace,
-    });
+    );
     response
 }
 

@@ -65,3 +65,25 @@ pub fn count_request(route: &Arc<str>, status: http::StatusCode, elapsed: Durati
     metrics::counter!(REQUESTS, "route" => route.clone(), "status" => status.as_str().to_owned()).increment(1);
     metrics::histogram!(DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
 }
+
+/// Ends every request the same way, proxy or API: counts it, writes its access-log line
+/// (from the decision's caller-independent fields) and queues the decision for the store.
+pub fn finish_request(decisions: &pinpoint_store::DecisionLog, route: &Arc<str>, decision: pinpoint_core::Decision) {
+    let status = http::StatusCode::from_u16(decision.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    count_request(route, status, Duration::from_micros(decision.duration_micros));
+    tracing::info!(
+        target: "pinpoint::access",
+        request_id = %decision.request_id,
+        client = %decision.client_addr,
+        method = %decision.method,
+        path = %decision.path,
+        route = decision.route.as_deref().unwrap_or("-"),
+        status = decision.status,
+        reason = decision.reason.map(|r| r.code()).unwrap_or("-"),
+        upstream = decision.upstream_target.as_deref().unwrap_or("-"),
+        duration_us = decision.duration_micros,
+        revision = %decision.config_revision,
+        "request"
+    );
+    decisions.record(decision);
+}

@@ -47,15 +47,17 @@ pub fn routes() -> Router<Arc<Shared>> {
 
 type Reply = ApiResult<Json<serde_json::Value>>;
 
-/// Exchanges an AWS identity proof for a short-lived token acting as the mapped principal.
-async fn delegated_token(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-) -> Reply {
+/// Checks the request's identity proof end to end and finds the mapping of `kind`
+/// (`persona` or `intake`) it resolves to.
+async fn exchange(
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    kind: &str,
+) -> ApiResult<(Arc<crate::runtime::Runtime>, crate::cloudauth::Verified, Mapping)> {
     let runtime = shared.runtime.load_full();
     let config = &runtime.config.cloudauth;
-    let client_ip = crate::layers::net::client_ip(peer.ip(), &headers, &runtime.config.net.trusted_proxies);
+    let client_ip = crate::layers::net::client_ip(peer.ip(), headers, &runtime.config.net.trusted_proxies);
     let authorization = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -71,9 +73,20 @@ async fn delegated_token(
         .await
         .map_err(ApiError)?;
     let mapping = cloud
-        .resolve(config, &shared.store, &verified, "persona")
+        .resolve(config, &shared.store, &verified, kind)
         .await
         .map_err(ApiError)?;
+    Ok((runtime, verified, mapping))
+}
+
+/// Exchanges an AWS identity proof for a short-lived token acting as the mapped principal.
+async fn delegated_token(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Reply {
+    let (runtime, verified, mapping) = exchange(&shared, peer, &headers, "persona").await?;
+    let config = &runtime.config.cloudauth;
     // The mapped principal's state is checked on every exchange.
     let principal = mapping
         .principal_id
@@ -119,27 +132,8 @@ async fn intake_key(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Reply {
-    let runtime = shared.runtime.load_full();
+    let (runtime, verified, mapping) = exchange(&shared, peer, &headers, "intake").await?;
     let config = &runtime.config.cloudauth;
-    let client_ip = crate::layers::net::client_ip(peer.ip(), &headers, &runtime.config.net.trusted_proxies);
-    let authorization = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let cloud = &shared.services.cloudauth;
-    let verified = cloud
-        .verify(
-            config,
-            &shared.store,
-            &shared.services.directory,
-            authorization,
-            client_ip,
-        )
-        .await
-        .map_err(ApiError)?;
-    let mapping = cloud
-        .resolve(config, &shared.store, &verified, "intake")
-        .await
-        .map_err(ApiError)?;
     // One key per identity (the role, whatever the session) and rotation period.
     let identity = verified.caller.identity.base();
     let period_ms = (config.intake_key_rotation_seconds.max(1) as i64) * 1000;

@@ -388,38 +388,28 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     let status = response.status();
     let elapsed = started.elapsed();
     if path.starts_with("/api/") {
-        crate::telemetry::count_request(&route_id, status, elapsed);
         let reason = trace.iter().find(|t| t.mark == Mark::Deny).and_then(|t| t.reason);
-        tracing::info!(
-            target: "pinpoint::access",
-            request_id = %request_id,
-            client = %client_ip,
-            method = %method,
-            path = %path,
-            route = API_ROUTE,
-            status = status.as_u16(),
-            reason = reason.map(|r| r.code()).unwrap_or("-"),
-            duration_us = elapsed.as_micros() as u64,
-            revision = %runtime.config.revision,
-            "request"
+        crate::telemetry::finish_request(
+            &shared.decisions,
+            &route_id,
+            Decision {
+                request_id,
+                at_ms,
+                method: method.to_string(),
+                path,
+                host: None,
+                client_addr: peer.to_string(),
+                route: Some(API_ROUTE.to_owned()),
+                principal: identity.as_ref().map(|i| i.label()),
+                org_id: identity.as_ref().map(|i| i.org_id.clone()),
+                status: status.as_u16(),
+                reason,
+                upstream_target: None,
+                config_revision: runtime.config.revision.clone(),
+                duration_micros: elapsed.as_micros() as u64,
+                trace,
+            },
         );
-        shared.decisions.record(Decision {
-            request_id,
-            at_ms,
-            method: method.to_string(),
-            path,
-            host: None,
-            client_addr: peer.to_string(),
-            route: Some(API_ROUTE.to_owned()),
-            principal: identity.as_ref().map(|i| i.label()),
-            org_id: identity.as_ref().map(|i| i.org_id.clone()),
-            status: status.as_u16(),
-            reason,
-            upstream_target: None,
-            config_revision: runtime.config.revision.clone(),
-            duration_micros: elapsed.as_micros() as u64,
-            trace,
-        });
     }
     response
 }

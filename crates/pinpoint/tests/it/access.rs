@@ -505,19 +505,6 @@ print(json.dumps(claims))
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
 }
 
-async fn revision_of(gw: &TestGateway) -> String {
-    let v: serde_json::Value = gw
-        .http
-        .get(gw.api_url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["config_revision"].as_str().unwrap().to_owned()
-}
-
 fn base64_url(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
@@ -732,10 +719,10 @@ async fn rate_limits_and_quotas_with_headers_surviving_reload() {
     assert_eq!(w.get("/limited", &w.bob_key).await.status(), 200);
 
     // A reload (new revision) keeps the counters.
-    let before = revision_of(&w.gw).await;
+    let before = w.gw.revision().await;
     let text = std::fs::read_to_string(&w.gw.config_path).unwrap() + "\n# touched\n";
     std::fs::write(&w.gw.config_path, text).unwrap();
-    poll_until("reload", || async { revision_of(&w.gw).await != before }).await;
+    poll_until("reload", || async { w.gw.revision().await != before }).await;
     w.refused(w.get("/limited", &w.alice_key).await, 429, "rate.limited")
         .await;
 

@@ -85,6 +85,19 @@ async fn proof(creds: &str, who: &str, org: &str, region: &str, header: &str) ->
     }
 }
 
+/// moto credentials (`user` or `role`) as the Rust client takes them.
+fn credentials_of(creds: &str, who: &str) -> pinpoint_client::Credentials {
+    let parsed: serde_json::Value = serde_json::from_str(creds).unwrap();
+    let c = &parsed[who];
+    pinpoint_client::Credentials::new(
+        c["key"].as_str().unwrap(),
+        c["secret"].as_str().unwrap(),
+        c["token"].as_str().map(str::to_owned),
+        None,
+        "test",
+    )
+}
+
 async fn exchange(gw: &TestGateway, proof: &str) -> reqwest::Response {
     gw.http
         .post(gw.api_url("/api/v2/delegated-token"))
@@ -224,24 +237,11 @@ async fn sts_trouble_is_429_or_503_never_403() {
     let text = std::fs::read_to_string(&w.gw.config_path)
         .unwrap()
         .replace(&throttling.to_string(), &dead.to_string());
-    let before = revision_of(&w.gw).await;
+    let before = w.gw.revision().await;
     std::fs::write(&w.gw.config_path, text).unwrap();
-    poll_until("reload", || async { revision_of(&w.gw).await != before }).await;
+    poll_until("reload", || async { w.gw.revision().await != before }).await;
     let p = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
     problem(exchange(&w.gw, &p).await, 503, "cloudauth.sts_unavailable").await;
-}
-
-async fn revision_of(gw: &TestGateway) -> String {
-    let v: serde_json::Value = gw
-        .http
-        .get(gw.api_url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["config_revision"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -460,17 +460,7 @@ async fn pinpoints_own_client_signs_with_aws_sigv4() {
         )
         .await
         .unwrap();
-    let parsed: serde_json::Value = serde_json::from_str(&creds).unwrap();
-    let credentials = |who: &str| {
-        let c = &parsed[who];
-        pinpoint_client::Credentials::new(
-            c["key"].as_str().unwrap(),
-            c["secret"].as_str().unwrap(),
-            c["token"].as_str().map(str::to_owned),
-            None,
-            "test",
-        )
-    };
+    let credentials = |who: &str| credentials_of(&creds, who);
     let api = format!("http://{}", w.gw.api);
     // Long-term IAM user keys (no session token), global endpoint.
     let exchanger = pinpoint_client::Exchanger::new(&api, &w.acme.id, None).unwrap();
@@ -593,15 +583,7 @@ async fn intake_keys_rotate_with_an_overlap_window() {
         )
         .await
         .unwrap();
-    let parsed: serde_json::Value = serde_json::from_str(&creds).unwrap();
-    let role = &parsed["role"];
-    let credentials = pinpoint_client::Credentials::new(
-        role["key"].as_str().unwrap(),
-        role["secret"].as_str().unwrap(),
-        role["token"].as_str().map(str::to_owned),
-        None,
-        "test",
-    );
+    let credentials = credentials_of(&creds, "role");
     let exchanger = pinpoint_client::Exchanger::new(&format!("http://{}", w.gw.api), &w.acme.id, None).unwrap();
     let send = |key: String| {
         w.gw.http

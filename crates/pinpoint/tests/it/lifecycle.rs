@@ -7,19 +7,6 @@ use std::time::Duration;
 
 use crate::*;
 
-async fn revision(gw: &TestGateway) -> String {
-    let health: serde_json::Value = gw
-        .http
-        .get(gw.api_url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    health["config_revision"].as_str().unwrap().to_owned()
-}
-
 fn counter(metrics: &str, line_start: &str) -> f64 {
     metrics
         .lines()
@@ -34,13 +21,13 @@ const INVENTORY_ROUTE: &str = "\n[[routes]]\nid = \"inventory\"\npath_prefix = \
 #[tokio::test]
 async fn file_changes_reload_atomically_and_bad_configs_are_rejected() {
     let gw = start(&echo_config()).await;
-    let first = revision(&gw).await;
+    let first = gw.revision().await;
     assert_eq!(gw.http.get(gw.url("/inventory")).send().await.unwrap().status(), 404);
 
     let good = std::fs::read_to_string(&gw.config_path).unwrap() + INVENTORY_ROUTE;
     std::fs::write(&gw.config_path, &good).unwrap();
-    poll_until("new revision", || async { revision(&gw).await != first }).await;
-    let second = revision(&gw).await;
+    poll_until("new revision", || async { gw.revision().await != first }).await;
+    let second = gw.revision().await;
     let resp = gw
         .http
         .get(gw.url("/inventory/1"))
@@ -59,7 +46,7 @@ async fn file_changes_reload_atomically_and_bad_configs_are_rejected() {
         counter(&gw.metrics().await, rejected) > before
     })
     .await;
-    assert_eq!(revision(&gw).await, second, "the old config keeps serving");
+    assert_eq!(gw.revision().await, second, "the old config keeps serving");
     assert_eq!(gw.http.get(gw.url("/inventory")).send().await.unwrap().status(), 200);
 }
 

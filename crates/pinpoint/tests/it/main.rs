@@ -150,6 +150,20 @@ impl TestGateway {
         }
     }
 
+    /// The config revision `/healthz` reports.
+    pub async fn revision(&self) -> String {
+        let v: serde_json::Value = self
+            .http
+            .get(self.api_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["config_revision"].as_str().unwrap().to_owned()
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.http
