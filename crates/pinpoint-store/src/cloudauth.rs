@@ -146,7 +146,7 @@ impl Store {
 
     /// Deletes a mapping and revokes every intake key issued through it; returns their ids.
     pub async fn delete_mapping(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM intake_keys WHERE mapping_id = ?")
             .bind(id)
             .fetch_all(&mut *tx)

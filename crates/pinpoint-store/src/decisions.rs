@@ -148,7 +148,7 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
     for d in batch {
         encoded.push((d, serde_json::to_string(d)?));
     }
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.write_tx().await?;
     for chunk in encoded.chunks(INSERT_CHUNK) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO decisions (request_id, at_ms, status, reason, route, record) ",

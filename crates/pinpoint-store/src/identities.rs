@@ -111,7 +111,7 @@ impl Store {
 
     /// Deletes an organization with no principals and no keys left (and its roles).
     pub async fn delete_org(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let members: i64 = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM principals WHERE org_id = ?) + (SELECT COUNT(*) FROM api_keys WHERE org_id = ? AND revoked = 0)",
         )
@@ -210,7 +210,7 @@ impl Store {
 
     /// Deletes a principal, its role assignments, and revokes its keys.
     pub async fn delete_principal(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM role_assignments WHERE principal_id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -283,7 +283,7 @@ impl Store {
     /// Deletes a role and its assignments; returns the principals that held it.
     pub async fn delete_role(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let holders = self.role_holders(id).await?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM role_assignments WHERE role_id = ?")
             .bind(id)
             .execute(&mut *tx)

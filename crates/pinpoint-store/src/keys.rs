@@ -212,7 +212,7 @@ impl Store {
 
     /// Records last-use times (written behind the hot path, in one transaction).
     pub async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for (id, at) in used {
             sqlx::query("UPDATE api_keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) WHERE id = ?")
                 .bind(at)

@@ -222,7 +222,7 @@ impl Store {
         counters: &[(String, String, i64, u64)],
         before_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for (quota, org, window, used) in counters {
             sqlx::query(
                 "INSERT INTO quota_usage (quota_id, org_id, window_start_ms, used) VALUES (?, ?, ?, ?)
@@ -241,6 +241,14 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`): in WAL
+    /// mode a transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT
+    /// when another writer (the decision log) committed in between; waiting for the lock
+    /// at the start is covered by the busy timeout instead.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {

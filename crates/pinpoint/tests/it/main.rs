@@ -55,6 +55,11 @@ pub async fn fresh_store() -> (tempfile::TempDir, Store, String) {
 
 /// Starts a gateway on an already-seeded store.
 pub async fn start_in(dir: tempfile::TempDir, store: Store, admin_key: String, config: &str) -> TestGateway {
+    // Warnings and errors of the gateway show in a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_test_writer()
+        .try_init();
     let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
     let config_path = dir.path().join("pinpoint.toml");
     std::fs::write(&config_path, &text).expect("write config");
