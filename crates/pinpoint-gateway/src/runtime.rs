@@ -72,18 +72,21 @@ pub struct Shared {
 pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>, services: &Services) -> Pipeline {
     let mut pipeline = Pipeline::default();
     pipeline.push(RouteLayer::new(routes), Mode::Enforce);
-    push_access_layers(&mut pipeline, config, services);
+    push_access_layers(&mut pipeline, config, services, false);
     pipeline
 }
 
 /// The api listener's layers: the proxy's, without routing (axum routes the API).
+/// Authentication and authorization always enforce here: report mode is for trying rules
+/// on proxied routes, never for opening Pinpoint's own API.
 pub fn build_api_pipeline(config: &Config, services: &Services) -> Pipeline {
     let mut pipeline = Pipeline::default();
-    push_access_layers(&mut pipeline, config, services);
+    push_access_layers(&mut pipeline, config, services, true);
     pipeline
 }
 
-fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Services) {
+fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Services, api: bool) {
+    let access_mode = |mode: Mode| if api { Mode::Enforce } else { mode };
     pipeline.push(CorsLayer::new(config.cors.clone()), config.cors.mode);
     pipeline.push(NetLayer::new(&config.net), config.net.mode);
     pipeline.push(
@@ -93,9 +96,12 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Servi
             config.jwt.clone(),
             config.authn.sources.clone(),
         ),
-        config.authn.mode,
+        access_mode(config.authn.mode),
     );
-    pipeline.push(AuthzLayer::new(config.authz.deny.clone()), config.authz.mode);
+    pipeline.push(
+        AuthzLayer::new(config.authz.deny.clone()),
+        access_mode(config.authz.mode),
+    );
     pipeline.push(PolicyLayer::new(config.policy.rules.clone()), config.policy.mode);
     pipeline.push(
         RateLayer::new(&config.rate.limits, &config.rate.quotas, services.rate.clone()),
