@@ -27,6 +27,8 @@ pub struct PrincipalEntry {
     pub principal: Principal,
     /// How traces name this principal: `kind:name (id)`, built once.
     pub label: String,
+    /// The principal id as the `X-Pinpoint-Principal` header value, built once.
+    pub id_header: http::HeaderValue,
     pub roles: Vec<String>,
     pub permissions: HashSet<String>,
 }
@@ -60,6 +62,9 @@ fn key_entry(stored: StoredKey) -> Arc<KeyEntry> {
 fn principal_entry(principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
     Arc::new(PrincipalEntry {
         label: format!("{}:{} ({})", principal.kind.as_str(), principal.name, principal.id),
+        // Ids are UUIDs, always valid header values.
+        id_header: http::HeaderValue::from_str(&principal.id)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
         principal,
         roles: roles.iter().map(|r| r.name.clone()).collect(),
         permissions: roles.iter().flat_map(|r| r.permissions.iter().cloned()).collect(),

@@ -99,6 +99,7 @@ mod tests {
         let principal = with_principal.then(|| {
             Arc::new(PrincipalEntry {
                 label: String::from("user:u (p)"),
+                id_header: http::HeaderValue::from_static("p"),
                 principal: Principal {
                     id: "p".into(),
                     org_id: "o".into(),

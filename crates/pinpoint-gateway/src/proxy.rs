@@ -336,22 +336,33 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// never from a client (those headers are always replaced), and never see Pinpoint's
 /// credentials on routes where Pinpoint authenticates.
 fn pass_identity(headers: &mut HeaderMap, route: &CompiledRoute, identity: Option<&Identity>) {
-    headers.remove("x-pinpoint-principal");
-    headers.remove("x-pinpoint-org");
+    headers.remove(&X_PINPOINT_PRINCIPAL);
+    headers.remove(&X_PINPOINT_ORG);
     if route.access.auth != pinpoint_core::config::AuthRequirement::None {
-        for name in ["authorization", "x-api-key", "dd-api-key", "dd-application-key"] {
+        for name in [
+            &http::header::AUTHORIZATION,
+            &X_API_KEY,
+            &DD_API_KEY,
+            &DD_APPLICATION_KEY,
+        ] {
             headers.remove(name);
         }
     }
     if let Some(identity) = identity {
-        if let Some(Ok(v)) = identity.principal_id().map(HeaderValue::from_str) {
-            headers.insert("x-pinpoint-principal", v);
+        if let Some(p) = &identity.principal {
+            headers.insert(X_PINPOINT_PRINCIPAL.clone(), p.id_header.clone());
         }
         if let Ok(v) = HeaderValue::from_str(&identity.org_id) {
-            headers.insert("x-pinpoint-org", v);
+            headers.insert(X_PINPOINT_ORG.clone(), v);
         }
     }
 }
+
+static X_PINPOINT_PRINCIPAL: HeaderName = HeaderName::from_static("x-pinpoint-principal");
+static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static DD_API_KEY: HeaderName = HeaderName::from_static("dd-api-key");
+static DD_APPLICATION_KEY: HeaderName = HeaderName::from_static("dd-application-key");
 
 fn add_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, request_id: &str) {
     let client_ip = peer.ip().to_string();

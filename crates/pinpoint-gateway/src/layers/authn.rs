@@ -16,6 +16,10 @@ use crate::identity::{Credential, Identity};
 use crate::pipeline::{Check, Layer, RequestCtx};
 use crate::tokens::{TokenRefusal, TokenService};
 
+static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+static DD_API_KEY: http::HeaderName = http::HeaderName::from_static("dd-api-key");
+static DD_APPLICATION_KEY: http::HeaderName = http::HeaderName::from_static("dd-application-key");
+
 pub struct AuthnLayer {
     directory: Arc<Directory>,
     tokens: Arc<TokenService>,
@@ -47,11 +51,11 @@ impl AuthnLayer {
     }
 
     fn find<'h>(&self, headers: &'h http::HeaderMap) -> Option<Presented<'h>> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let header = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         for source in &self.sources {
             match source {
                 CredentialSource::Authorization => {
-                    if let Some(value) = header("authorization") {
+                    if let Some(value) = header(&http::header::AUTHORIZATION) {
                         let Some((scheme, credential)) = value.split_once(' ') else {
                             continue;
                         };
@@ -70,11 +74,11 @@ impl AuthnLayer {
                     }
                 }
                 CredentialSource::XApiKey => {
-                    if let Some(key) = header("x-api-key") {
+                    if let Some(key) = header(&X_API_KEY) {
                         return Some(Presented::Key(key));
                     }
                 }
-                CredentialSource::DdKeys => match (header("dd-api-key"), header("dd-application-key")) {
+                CredentialSource::DdKeys => match (header(&DD_API_KEY), header(&DD_APPLICATION_KEY)) {
                     (Some(api), app) => return Some(Presented::DdPair { api, app }),
                     (None, Some(_)) => return Some(Presented::DdAppOnly),
                     (None, None) => {}
