@@ -231,8 +231,16 @@ async fn delete_intake_mapping(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    load_mapping(&shared, &caller, &id).await?;
-    for key in shared.store.delete_mapping(&id).await? {
+    remove_mapping(&shared, &caller, &id, "intake").await
+}
+
+/// Deletes a mapping of `kind`; the keys issued through it are revoked with it.
+async fn remove_mapping(shared: &Shared, caller: &Caller, id: &str, kind: &str) -> ApiResult<StatusCode> {
+    let mapping = load_mapping(shared, caller, id).await?;
+    if mapping.kind != kind {
+        return Err(deny(Reason::ApiNotFound, "No such mapping."));
+    }
+    for key in shared.store.delete_mapping(id).await? {
         shared.services.directory.refresh_key(&shared.store, &key).await?;
     }
     Ok(StatusCode::NO_CONTENT)
@@ -363,11 +371,7 @@ async fn delete_persona_mapping(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    load_mapping(&shared, &caller, &id).await?;
-    for key in shared.store.delete_mapping(&id).await? {
-        shared.services.directory.refresh_key(&shared.store, &key).await?;
-    }
-    Ok(StatusCode::NO_CONTENT)
+    remove_mapping(&shared, &caller, &id, "persona").await
 }
 
 // ---- AWS accounts --------------------------------------------------------------------
