@@ -292,7 +292,10 @@ impl Pattern {
             (AnySessionOf { role: a }, AnySessionOf { role: b })
             | (AnySessionOf { role: a }, Session { role: b, .. })
             | (Session { role: a, .. }, AnySessionOf { role: b }) => a == b,
-            (Session { role: a, session: s }, Session { role: b, session: t }) => a == b && s == t,
+            // Session names are chosen by whoever assumes the role, so two exact-session
+            // patterns of one role (alice -> admin, bob -> viewer) would let any holder of
+            // the role pick its principal: one role maps to one principal.
+            (Session { role: a, .. }, Session { role: b, .. }) => a == b,
             _ => false,
         }
     }
@@ -370,6 +373,11 @@ mod tests {
         }
         let exact = Pattern::parse("arn:aws:sts::123456789012:assumed-role/Dev/s1").unwrap();
         assert!(exact.matches(&dev) && exact.overlaps(&p) && p.overlaps(&exact));
+        let other_session = Pattern::parse("arn:aws:sts::123456789012:assumed-role/Dev/s2").unwrap();
+        assert!(
+            exact.overlaps(&other_session),
+            "one role, one mapping: sessions are caller-chosen"
+        );
         let user = Pattern::parse("arn:aws:iam::123456789012:user/team/alice").unwrap();
         assert!(user.matches(&Identity::parse("arn:aws:iam::123456789012:user/team/alice").unwrap()));
         assert!(!user.matches(&Identity::parse("arn:aws:iam::123456789012:user/alice").unwrap()));

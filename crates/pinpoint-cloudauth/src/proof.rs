@@ -17,6 +17,19 @@ pub const EXPECTED_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 /// Org headers: Datadog's, and Pinpoint's own name for it.
 pub const ORG_HEADERS: [&str; 2] = ["x-ddog-org-id", "x-pinpoint-org-id"];
 
+/// The headers a proof may sign (and so have forwarded to STS): nothing that changes
+/// framing or routing.
+pub const SIGNABLE: &[&str] = &[
+    "host",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+    "content-type",
+    "content-length",
+    "x-ddog-org-id",
+    "x-pinpoint-org-id",
+];
+
 /// Which partitions a deployment accepts proofs for (`aws` always).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Partitions {
@@ -112,6 +125,9 @@ pub fn parse(authorization: &str, partitions: Partitions, now: i64, window: i64)
         .map_err(|_| malformed("the headers part must be a JSON object of name -> [values]"))?;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, values) in raw {
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(malformed("a header name is not a valid HTTP header name"));
+        }
         let lower = name.to_ascii_lowercase();
         if headers.contains_key(&lower) {
             return Err(malformed(format!(
@@ -167,8 +183,16 @@ pub fn parse(authorization: &str, partitions: Partitions, now: i64, window: i64)
         }
     }
     for signed in &sig.signed_headers {
+        if !SIGNABLE.contains(&signed.as_str()) {
+            return Err(not_allowed(format!("header `{signed}` may not be signed into a proof")));
+        }
         if signed != "host" && !headers.contains_key(signed) {
             return Err(malformed(format!("signed header `{signed}` is missing")));
+        }
+    }
+    if let Some(length) = headers.get("content-length") {
+        if length.trim() != body.len().to_string() {
+            return Err(not_allowed("Content-Length does not match the body"));
         }
     }
     if let Some(h) = headers.get("host") {
@@ -224,7 +248,11 @@ fn check_url(url: &str) -> Result<String, ProofError> {
     if path != "/" {
         return Err(not_allowed("the STS URL must have path `/` and no query string"));
     }
-    if host.is_empty() || host.contains(['@', ':', '?', '#']) {
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
         return Err(ProofError::HostNotAllowed("the STS URL must name a plain host".into()));
     }
     Ok(host.to_ascii_lowercase())
@@ -340,7 +368,7 @@ fn parse_sigv4(value: &str) -> Result<SigV4, ProofError> {
 
 /// `YYYYMMDDTHHMMSSZ` to Unix seconds.
 fn parse_amz_date(s: &str) -> Option<i64> {
-    if s.len() != 16 || &s[8..9] != "T" || !s.ends_with('Z') {
+    if s.len() != 16 || !s.is_ascii() || s.as_bytes()[8] != b'T' || !s.ends_with('Z') {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -614,6 +642,39 @@ mod tests {
                 .org_id,
             ORG
         );
+    }
+
+    #[test]
+    fn hostile_inputs_never_panic_and_are_refused() {
+        let mut h = headers("us-east-1");
+        h["X-Amz-Date"] = serde_json::json!(["20261118\u{e9}00000Z"]);
+        assert!(check(&proof_with("https://sts.amazonaws.com/", EXPECTED_BODY, h, "POST")).is_err());
+        let crlf = proof_with("https://x\r\nFake: y/", EXPECTED_BODY, headers("us-east-1"), "POST");
+        match check(&crlf) {
+            Err(ProofError::HostNotAllowed(m)) => assert!(!m.contains('\n')),
+            other => panic!("{other:?}"),
+        }
+        let mut h = headers("us-east-1");
+        h["Bad Name"] = serde_json::json!(["x"]);
+        let bad_name = proof_with("https://sts.amazonaws.com/", EXPECTED_BODY, h, "POST");
+        assert!(matches!(check(&bad_name), Err(ProofError::Malformed(_))));
+        // Framing headers may not be signed in; Content-Length must match the body.
+        let mut h = headers("us-east-1");
+        h["Transfer-Encoding"] = serde_json::json!(["chunked"]);
+        h["Authorization"] = serde_json::json!([sigv4(
+            "us-east-1",
+            "content-type;host;transfer-encoding;x-amz-date;x-ddog-org-id"
+        )]);
+        let framing = proof_with("https://sts.amazonaws.com/", EXPECTED_BODY, h, "POST");
+        assert!(matches!(check(&framing), Err(ProofError::RequestNotAllowed(_))));
+        let mut h = headers("us-east-1");
+        h["Content-Length"] = serde_json::json!(["0"]);
+        h["Authorization"] = serde_json::json!([sigv4(
+            "us-east-1",
+            "content-length;content-type;host;x-amz-date;x-ddog-org-id"
+        )]);
+        let short = proof_with("https://sts.amazonaws.com/", EXPECTED_BODY, h, "POST");
+        assert!(matches!(check(&short), Err(ProofError::RequestNotAllowed(_))));
     }
 
     #[test]

@@ -114,6 +114,14 @@ impl CloudAuth {
             )
             .note(format!("org header {:?}", proof.org_id))
         })?;
+        self.burn(
+            &proof.signature,
+            proof.signed_at + config.proof_window_seconds + 61,
+            now,
+        )?;
+        let caller = self.call_sts(config, &proof).await?;
+        // The organization's budget is charged only for identities STS confirmed, so forged
+        // proofs (org ids are not secret) cannot exhaust it; they count per address above.
         if self.per_org.check_key(&org.id).is_err() {
             return Err(Denial::new(
                 Reason::RateLimited,
@@ -122,8 +130,6 @@ impl CloudAuth {
             .rule("cloudauth per-organization limit")
             .header("retry-after", "60"));
         }
-        self.burn(&proof.signature, now + config.proof_window_seconds + 60, now)?;
-        let caller = self.call_sts(config, &proof).await?;
         tracing::info!(
             target: "pinpoint::audit",
             arn = %caller.identity,
@@ -147,14 +153,25 @@ impl CloudAuth {
         Ok(Verified { org, caller, proof })
     }
 
-    /// Remembers a signature; refuses one seen before.
+    /// Forgets expired replay entries and idle limiter keys; run periodically.
+    pub fn housekeeping(&self, now_s: i64) {
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, exp| *exp >= now_s);
+        self.per_org.retain_recent();
+        self.per_ip.retain_recent();
+    }
+
+    /// Remembers a signature (until no proof signed with it can be fresh any more);
+    /// refuses one seen before.
     fn burn(&self, signature: &str, until: i64, now: i64) -> Result<(), Denial> {
         let mut seen = self.replay.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 100_000 {
-            seen.retain(|_, exp| *exp > now);
+            seen.retain(|_, exp| *exp >= now);
         }
         match seen.get(signature) {
-            Some(exp) if *exp > now => Err(Denial::new(
+            Some(exp) if *exp >= now => Err(Denial::new(
                 Reason::CloudauthProofReplayed,
                 "This proof was already used.",
             )),

@@ -150,6 +150,7 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                         tracing::warn!(error = %e, "signing-key maintenance failed");
                     }
                     shared.services.rate.housekeeping(pinpoint_store::now_ms());
+                    shared.services.cloudauth.housekeeping(pinpoint_store::now_ms() / 1000);
                 }
             }
         }

@@ -322,6 +322,22 @@ async fn create_persona_mapping(
             "account_identifier names no user or service account of your organization.",
         )
     })?;
+    // Whoever can map an AWS identity to an account can act as it: the caller must hold
+    // every permission of the target account (as when granting a role).
+    if let Some(entry) = shared.services.directory.principal(&principal.id) {
+        let mut held: Vec<&String> = entry.permissions.iter().collect();
+        held.sort();
+        for permission in held {
+            if caller.0.check(permission) != crate::identity::PermissionCheck::Granted {
+                return Err(deny(
+                    Reason::AuthzPermissionMissing,
+                    format!(
+                        "You cannot map AWS identities to an account holding `{permission}`, which you do not hold."
+                    ),
+                ));
+            }
+        }
+    }
     let m = shared
         .store
         .create_mapping(&org_id, "persona", attrs.arn_pattern.trim(), Some(&principal.id))
@@ -362,6 +378,9 @@ async fn get_persona_mapping(
     Path(id): Path<String>,
 ) -> Reply {
     let m = load_mapping(&shared, &caller, &id).await?;
+    if m.kind != "persona" {
+        return Err(deny(Reason::ApiNotFound, "No such mapping."));
+    }
     let identifier = identifier_of(&shared, &m).await;
     Ok(envelope(persona_resource(&m, &identifier)))
 }

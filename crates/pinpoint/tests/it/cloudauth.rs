@@ -390,6 +390,21 @@ async fn managed_intake_keys_and_mapping_rules() {
         "api.conflict",
     )
     .await;
+    // Mapping an identity to a principal is acting as it: ops may not map to bob, who holds
+    // orders:read, which ops does not.
+    let resp =
+        w.gw.http
+            .post(w.gw.api_url("/api/v2/cloud_auth/aws/persona_mapping"))
+            .bearer_auth(&ops_key)
+            .json(
+                &serde_json::json!({"data": {"type": "aws_cloud_auth_config", "attributes": {
+            "account_identifier": w.bob_id, "arn_pattern": "arn:aws:iam::123456789012:user/alice"}}}),
+            )
+            .send()
+            .await
+            .unwrap();
+    let body = problem(resp, 403, "authz.permission_missing").await;
+    assert!(body["detail"].as_str().unwrap().contains("orders:read"));
 
     let intake = |proof: String| {
         w.gw.http
