@@ -73,21 +73,14 @@ impl SecretHasher {
     }
 }
 
-/// The stored hash of a secret.
+/// The stored hash of a secret (one-off; keep a [`SecretHasher`] for repeated use).
 pub fn hash_secret(pepper: &[u8], secret: &str) -> [u8; 32] {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(pepper) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
-    };
-    mac.update(secret.as_bytes());
-    mac.finalize().into_bytes().into()
+    SecretHasher::new(pepper).hash(secret)
 }
 
 /// Constant-time comparison of a presented secret with a stored hash.
 pub fn verify_secret(pepper: &[u8], secret: &str, stored_hash: &[u8]) -> bool {
-    let computed = hash_secret(pepper, secret);
-    stored_hash.len() == computed.len() && bool::from(computed.ct_eq(stored_hash))
+    SecretHasher::new(pepper).verify(secret, stored_hash)
 }
 
 #[cfg(test)]

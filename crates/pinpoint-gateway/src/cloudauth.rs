@@ -309,19 +309,14 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
 /// its hash is stored. A key works until the end of the next period plus the overlap, so
 /// the previous key keeps working while clients pick up the new one.
 pub mod intake {
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
-
     /// The key id and secret for `(mapping, identity, generation)`.
     pub fn derive(pepper: &[u8], mapping_id: &str, identity: &str, generation: i64) -> (String, String) {
         use base64::Engine;
+        let hasher = pinpoint_core::keys::SecretHasher::new(pepper);
         let mac = |label: &str| {
-            let mut m = match Hmac::<Sha256>::new_from_slice(pepper) {
-                Ok(m) => m,
-                Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
-            };
-            m.update(format!("pinpoint intake key|{label}|{mapping_id}|{identity}|{generation}").as_bytes());
-            m.finalize().into_bytes()
+            hasher.hash(&format!(
+                "pinpoint intake key|{label}|{mapping_id}|{identity}|{generation}"
+            ))
         };
         let id: String = mac("id")[..8].iter().map(|b| format!("{b:02x}")).collect();
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac("secret"));

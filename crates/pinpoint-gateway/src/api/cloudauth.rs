@@ -327,16 +327,7 @@ async fn create_persona_mapping(
     if let Some(entry) = shared.services.directory.principal(&principal.id) {
         let mut held: Vec<&String> = entry.permissions.iter().collect();
         held.sort();
-        for permission in held {
-            if caller.0.check(permission) != crate::identity::PermissionCheck::Granted {
-                return Err(deny(
-                    Reason::AuthzPermissionMissing,
-                    format!(
-                        "You cannot map AWS identities to an account holding `{permission}`, which you do not hold."
-                    ),
-                ));
-            }
-        }
+        caller.require_holds(held, "map AWS identities to an account holding")?;
     }
     let m = shared
         .store

@@ -13,7 +13,6 @@ use pinpoint_core::Reason;
 use serde::Deserialize;
 
 use super::{attributes, deny, envelope, resource, ApiResult, Caller};
-use crate::identity::PermissionCheck;
 use crate::runtime::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -381,13 +380,8 @@ fn check_grantable(caller: &Caller, permissions: &[String]) -> ApiResult<()> {
                 format!("`{p}` is not a permission name (like `orders:write`)."),
             ));
         }
-        if caller.0.check(p) != PermissionCheck::Granted {
-            return Err(deny(
-                Reason::AuthzPermissionMissing,
-                format!("You cannot grant `{p}`: you do not hold it."),
-            ));
-        }
     }
+    caller.require_holds(permissions, "grant")?;
     Ok(())
 }
 

@@ -107,14 +107,7 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
                 ));
             }
             // An organization key acts with its scopes only; a caller cannot mint scopes it lacks.
-            for s in attrs.scopes.iter().flatten() {
-                if caller.0.check(s) != crate::identity::PermissionCheck::Granted {
-                    return Err(deny(
-                        Reason::AuthzPermissionMissing,
-                        format!("You cannot grant scope `{s}`: you do not hold it."),
-                    ));
-                }
-            }
+            caller.require_holds(attrs.scopes.iter().flatten(), "grant scope")?;
             (caller.target_org(attrs.org_id.as_deref())?, None)
         }
     };

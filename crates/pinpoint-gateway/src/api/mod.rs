@@ -212,6 +212,21 @@ impl Caller {
         }
     }
 
+    /// Refuses (`authz.permission_missing`) unless the caller holds every permission:
+    /// nobody hands out, through a role, a scope or a cloud mapping, more than they have.
+    /// `what` completes "You cannot ...".
+    pub fn require_holds<'p>(&self, permissions: impl IntoIterator<Item = &'p String>, what: &str) -> ApiResult<()> {
+        for p in permissions {
+            if self.0.check(p) != crate::identity::PermissionCheck::Granted {
+                return Err(deny(
+                    Reason::AuthzPermissionMissing,
+                    format!("You cannot {what} `{p}`: you do not hold it."),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The organization listings are limited to: `None` (all) for platform admins.
     pub fn list_scope(&self) -> Option<&str> {
         if self.0.is_platform_admin() {
