@@ -2,6 +2,8 @@
 //! ([`Mode`]), and the record of a whole request's decision ([`Decision`]) that is stored
 //! and printed by `pinpoint explain`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::reason::Reason;
@@ -82,8 +84,9 @@ impl Denial {
 /// What one layer says about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The layer let the request through, optionally naming the rule that allowed it.
-    Allow { rule_id: Option<String> },
+    /// The layer let the request through, optionally naming the rule that allowed it
+    /// (shared, so naming a rule costs no allocation on the hot path).
+    Allow { rule_id: Option<Arc<str>> },
     /// The layer refuses the request.
     Deny(Denial),
     /// "Not mine": the layer has nothing to say about this request (distinct from failing).
@@ -135,7 +138,7 @@ pub struct LayerTrace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule_id: Option<String>,
+    pub rule_id: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,11 +166,13 @@ pub struct Decision {
     pub client_addr: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Who the caller was (`kind:name (id)`), when authenticated; the credential used is
+    /// the authn entry's `rule_id` in the trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principal: Option<String>,
+    pub principal: Option<Arc<str>>,
     /// The caller's organization, when authenticated (decisions are visible to its admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub org_id: Option<String>,
+    pub org_id: Option<Arc<str>>,
     /// Final status sent to the caller.
     pub status: u16,
     /// Set when Pinpoint itself answered (a denial or an upstream failure).

@@ -14,9 +14,18 @@ use pinpoint_core::keys;
 use pinpoint_store::{Store, StoreError, StoredKey};
 use tokio::sync::mpsc;
 
-/// A key as the directory holds it.
+/// A key as the directory holds it, with what every request it authenticates needs
+/// built once at load.
 pub struct KeyEntry {
     pub info: ApiKey,
+    /// How the authn trace entry names the key: `key <id>`.
+    pub trace_label: Arc<str>,
+    /// How decisions name an organization key's caller: `org-key (<org id>)`.
+    pub owner_label: Arc<str>,
+    pub org_id: Arc<str>,
+    /// The organization id as the `X-Pinpoint-Org` header value.
+    pub org_header: http::HeaderValue,
+    pub scopes: Option<Arc<HashSet<String>>>,
     hash: Vec<u8>,
     /// Unix minute of the last recorded use.
     last_used_minute: AtomicI64,
@@ -25,10 +34,13 @@ pub struct KeyEntry {
 /// A principal with its roles and effective permissions.
 pub struct PrincipalEntry {
     pub principal: Principal,
-    /// How traces name this principal: `kind:name (id)`, built once.
-    pub label: String,
+    /// How decisions name this principal: `kind:name (id)`, built once.
+    pub label: Arc<str>,
     /// The principal id as the `X-Pinpoint-Principal` header value, built once.
     pub id_header: http::HeaderValue,
+    pub org_id: Arc<str>,
+    /// The organization id as the `X-Pinpoint-Org` header value, built once.
+    pub org_header: http::HeaderValue,
     pub roles: Vec<String>,
     pub permissions: HashSet<String>,
 }
@@ -50,9 +62,24 @@ pub struct Directory {
     touches: mpsc::Sender<(String, i64)>,
 }
 
+/// A header value for an id. Ids are UUIDs or hex, always valid header values.
+fn id_header(id: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+}
+
 fn key_entry(stored: StoredKey) -> Arc<KeyEntry> {
     let minute = stored.info.last_used_at_ms.unwrap_or(0) / 60_000;
+    let org_id = &stored.info.org_id;
     Arc::new(KeyEntry {
+        trace_label: Arc::from(format!("key {}", stored.info.id)),
+        owner_label: Arc::from(format!("org-key ({org_id})")),
+        org_id: Arc::from(org_id.as_str()),
+        org_header: id_header(org_id),
+        scopes: stored
+            .info
+            .scopes
+            .as_ref()
+            .map(|s| Arc::new(s.iter().cloned().collect())),
         info: stored.info,
         hash: stored.secret_hash,
         last_used_minute: AtomicI64::new(minute),
@@ -61,10 +88,15 @@ fn key_entry(stored: StoredKey) -> Arc<KeyEntry> {
 
 fn principal_entry(principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
     Arc::new(PrincipalEntry {
-        label: format!("{}:{} ({})", principal.kind.as_str(), principal.name, principal.id),
-        // Ids are UUIDs, always valid header values.
-        id_header: http::HeaderValue::from_str(&principal.id)
-            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
+        label: Arc::from(format!(
+            "{}:{} ({})",
+            principal.kind.as_str(),
+            principal.name,
+            principal.id
+        )),
+        id_header: id_header(&principal.id),
+        org_id: Arc::from(principal.org_id.as_str()),
+        org_header: id_header(&principal.org_id),
         principal,
         roles: roles.iter().map(|r| r.name.clone()).collect(),
         permissions: roles.iter().flat_map(|r| r.permissions.iter().cloned()).collect(),

@@ -5,25 +5,28 @@ use std::sync::Arc;
 
 use pinpoint_core::identity::grants;
 
-use crate::directory::PrincipalEntry;
+use crate::directory::{KeyEntry, PrincipalEntry};
 
 /// How the caller authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Credential {
-    /// An API key, by public id.
-    Key(String),
+    /// An API key: its directory entry, whose labels are built once.
+    Key(Arc<KeyEntry>),
     /// A JWT, by `jti`.
     Token(String),
 }
 
-/// An authenticated caller.
+/// An authenticated caller. Built once per request from directory entries, so it shares
+/// their precomputed strings and header values instead of allocating new ones.
 pub struct Identity {
     /// The user or service account; `None` for an organization API key.
     pub principal: Option<Arc<PrincipalEntry>>,
-    pub org_id: String,
+    pub org_id: Arc<str>,
+    /// `org_id` as the `X-Pinpoint-Org` header value.
+    pub org_header: http::HeaderValue,
     pub credential: Credential,
     /// A scoped key's scopes (which narrow, never widen, the principal's permissions).
-    pub scopes: Option<HashSet<String>>,
+    pub scopes: Option<Arc<HashSet<String>>>,
 }
 
 /// The answer to "may this identity use this permission?".
@@ -54,21 +57,26 @@ impl Identity {
         self.principal.as_ref().map(|p| p.principal.id.as_str())
     }
 
-    /// How the trace names this caller (operator side).
-    pub fn label(&self) -> String {
-        let who = match &self.principal {
-            Some(p) => format!(
-                "{}:{} ({})",
-                p.principal.kind.as_str(),
-                p.principal.name,
-                p.principal.id
-            ),
-            None => format!("org-key ({})", self.org_id),
-        };
-        match &self.credential {
-            Credential::Key(id) => format!("{who} via key {id}"),
-            Credential::Token(jti) => format!("{who} via token {jti}"),
+    /// Who the caller is, as decisions name it: `kind:name (id)`, or `org-key (org)`.
+    pub fn who(&self) -> Arc<str> {
+        match (&self.principal, &self.credential) {
+            (Some(p), _) => p.label.clone(),
+            (None, Credential::Key(key)) => key.owner_label.clone(),
+            (None, Credential::Token(_)) => Arc::from(format!("org-key ({})", self.org_id)),
         }
+    }
+
+    /// The credential, as the authn trace entry names it: `key <id>` or `token <jti>`.
+    pub fn credential_label(&self) -> Arc<str> {
+        match &self.credential {
+            Credential::Key(key) => key.trace_label.clone(),
+            Credential::Token(jti) => Arc::from(format!("token {jti}")),
+        }
+    }
+
+    /// Who, and with which credential (audit log lines).
+    pub fn label(&self) -> String {
+        format!("{} via {}", self.who(), self.credential_label())
     }
 
     /// Whether the identity may act across organizations.
@@ -98,8 +106,10 @@ mod tests {
     fn identity(perms: HashSet<String>, scopes: Option<HashSet<String>>, with_principal: bool) -> Identity {
         let principal = with_principal.then(|| {
             Arc::new(PrincipalEntry {
-                label: String::from("user:u (p)"),
+                label: Arc::from("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
+                org_id: Arc::from("o"),
+                org_header: http::HeaderValue::from_static("o"),
                 principal: Principal {
                     id: "p".into(),
                     org_id: "o".into(),
@@ -115,9 +125,10 @@ mod tests {
         });
         Identity {
             principal,
-            org_id: "o".into(),
-            credential: Credential::Key("k".into()),
-            scopes,
+            org_id: Arc::from("o"),
+            org_header: http::HeaderValue::from_static("o"),
+            credential: Credential::Token("t".into()),
+            scopes: scopes.map(Arc::new),
         }
     }
 

@@ -159,6 +159,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
         }
     };
     respond::set_request_id(response.headers_mut(), &request_id);
+    response.headers_mut().reserve(extra_headers.len());
     for (name, value) in extra_headers {
         response.headers_mut().append(name, value);
     }
@@ -181,7 +182,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 format!("{client_ip} (via {peer})")
             },
             route: route_name,
-            principal: identity.as_ref().map(|i| i.label()),
+            principal: identity.as_ref().map(|i| i.who()),
             org_id: identity.as_ref().map(|i| i.org_id.clone()),
             status: status.as_u16(),
             reason,
@@ -352,9 +353,7 @@ fn pass_identity(headers: &mut HeaderMap, route: &CompiledRoute, identity: Optio
         if let Some(p) = &identity.principal {
             headers.insert(X_PINPOINT_PRINCIPAL.clone(), p.id_header.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&identity.org_id) {
-            headers.insert(X_PINPOINT_ORG.clone(), v);
-        }
+        headers.insert(X_PINPOINT_ORG.clone(), identity.org_header.clone());
     }
 }
 

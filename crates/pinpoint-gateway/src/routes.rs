@@ -24,7 +24,8 @@ pub struct CompiledRoute {
 pub struct RouteAccess {
     pub auth: AuthRequirement,
     /// Permission per method; `None` as method means every method.
-    pub permissions: Vec<(Option<Method>, String)>,
+    /// Shared strings, so an allow can name the permission without allocating.
+    pub permissions: Vec<(Option<Method>, std::sync::Arc<str>)>,
     /// The organization the route belongs to.
     pub org: Option<String>,
     /// 1-based path segment after `prefix` that must equal the caller's principal id.
@@ -36,12 +37,12 @@ pub struct RouteAccess {
 
 impl RouteAccess {
     /// The permission `method` needs, if any.
-    pub fn permission_for(&self, method: &Method) -> Option<&str> {
+    pub fn permission_for(&self, method: &Method) -> Option<&std::sync::Arc<str>> {
         self.permissions
             .iter()
             .find(|(m, _)| m.as_ref() == Some(method))
             .or_else(|| self.permissions.iter().find(|(m, _)| m.is_none()))
-            .map(|(_, p)| p.as_str())
+            .map(|(_, p)| p)
     }
 
     /// The path segment that names the resource owner, if the route has an owner rule.
@@ -84,7 +85,11 @@ impl CompiledRoute {
             strip_prefix: config.strip_prefix,
             access: Arc::new(RouteAccess {
                 auth: config.auth,
-                permissions: config.permissions.clone(),
+                permissions: config
+                    .permissions
+                    .iter()
+                    .map(|(m, p)| (m.clone(), std::sync::Arc::from(p.as_str())))
+                    .collect(),
                 org: config.org.clone(),
                 owner_segment: config.owner_segment,
                 prefix: config.path_prefix.clone(),

@@ -41,7 +41,16 @@ pub fn render(d: &Decision) -> String {
         d.config_revision
     ));
     if let Some(p) = &d.principal {
-        out.push_str(&format!("principal {p}\n"));
+        // The credential is what the authn entry names (`key <id>`, `token <jti>`).
+        let credential = d
+            .trace
+            .iter()
+            .find(|t| t.layer == "authn")
+            .and_then(|t| t.rule_id.as_deref());
+        match credential {
+            Some(c) => out.push_str(&format!("principal {p} via {c}\n")),
+            None => out.push_str(&format!("principal {p}\n")),
+        }
     }
     out.push_str("\nlayers:\n");
     for t in &d.trace {

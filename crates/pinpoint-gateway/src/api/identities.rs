@@ -104,7 +104,7 @@ pub async fn current_user(State(shared): State<Arc<Shared>>, Extension(caller): 
             )
         }
         None => (
-            identity.org_id.clone(),
+            identity.org_id.to_string(),
             serde_json::json!({ "kind": "organization_key", "org_id": identity.org_id, "scopes": identity.scopes }),
         ),
     };
@@ -202,7 +202,7 @@ async fn delete_org(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     require_platform(&caller, "Deleting organizations")?;
-    if caller.0.org_id == id {
+    if *caller.0.org_id == *id {
         return Err(deny(Reason::ApiConflict, "You cannot delete your own organization."));
     }
     shared.store.delete_org(&id).await?;

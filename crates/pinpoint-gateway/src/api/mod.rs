@@ -190,7 +190,7 @@ pub struct Caller(pub Arc<Identity>);
 impl Caller {
     /// Refuses access to another organization's resources (platform admins excepted).
     pub fn check_org(&self, org_id: &str) -> ApiResult<()> {
-        if self.0.org_id == org_id || self.0.is_platform_admin() {
+        if &*self.0.org_id == org_id || self.0.is_platform_admin() {
             Ok(())
         } else {
             Err(ApiError(
@@ -208,7 +208,7 @@ impl Caller {
                 self.check_org(org)?;
                 Ok(org.to_owned())
             }
-            None => Ok(self.0.org_id.clone()),
+            None => Ok(self.0.org_id.to_string()),
         }
     }
 
@@ -316,7 +316,7 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
                 let method = Method::from_bytes(method.as_bytes()).ok()?;
                 let access = RouteAccess {
                     auth: AuthRequirement::Required,
-                    permissions: permission.map(|p| vec![(None, p.to_owned())]).unwrap_or_default(),
+                    permissions: permission.map(|p| vec![(None, Arc::from(p))]).unwrap_or_default(),
                     prefix: String::from("/"),
                     ..RouteAccess::default()
                 };
@@ -377,7 +377,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             mark: Mark::Pass,
             mode: Mode::Enforce,
             reason: None,
-            rule_id: matched.clone(),
+            rule_id: matched.as_deref().map(Arc::from),
             detail: None,
             note: None,
             micros: handler_started.elapsed().as_micros() as u64,
@@ -415,7 +415,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 host: None,
                 client_addr: peer.to_string(),
                 route: Some(API_ROUTE.to_owned()),
-                principal: identity.as_ref().map(|i| i.label()),
+                principal: identity.as_ref().map(|i| i.who()),
                 org_id: identity.as_ref().map(|i| i.org_id.clone()),
                 status: status.as_u16(),
                 reason,
@@ -478,7 +478,7 @@ async fn decision(
     };
     // Decisions of other organizations' requests (and of anonymous ones) are visible to
     // platform admins only, and look the same as missing ones to everyone else.
-    let visible = caller.0.is_platform_admin() || decision.org_id.as_deref() == Some(caller.0.org_id.as_str());
+    let visible = caller.0.is_platform_admin() || decision.org_id.as_deref() == Some(&*caller.0.org_id);
     if !visible {
         return Err(deny(
             Reason::ApiNotFound,

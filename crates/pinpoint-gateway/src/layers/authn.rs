@@ -104,7 +104,7 @@ impl AuthnLayer {
         })
     }
 
-    fn identity_for_key(&self, entry: &KeyEntry) -> Result<Identity, Denial> {
+    fn identity_for_key(&self, entry: &Arc<KeyEntry>) -> Result<Identity, Denial> {
         let principal = match &entry.info.principal_id {
             Some(id) => Some(self.directory.principal(id).ok_or_else(|| {
                 Denial::new(Reason::AuthnKeyUnknown, "The API key is not valid.")
@@ -114,9 +114,10 @@ impl AuthnLayer {
         };
         Ok(Identity {
             principal,
-            org_id: entry.info.org_id.clone(),
-            credential: Credential::Key(entry.info.id.clone()),
-            scopes: entry.info.scopes.as_ref().map(|s| s.iter().cloned().collect()),
+            org_id: entry.org_id.clone(),
+            org_header: entry.org_header.clone(),
+            credential: Credential::Key(entry.clone()),
+            scopes: entry.scopes.clone(),
         })
     }
 
@@ -171,7 +172,8 @@ impl AuthnLayer {
                     );
                 }
                 Ok(Identity {
-                    org_id: principal.principal.org_id.clone(),
+                    org_id: principal.org_id.clone(),
+                    org_header: principal.org_header.clone(),
                     principal: Some(principal),
                     credential: Credential::Token(claims.jti),
                     scopes: None,
@@ -227,10 +229,7 @@ impl Layer for AuthnLayer {
             Ok(identity) => match self.check_standing(&identity) {
                 Ok(()) => {
                     // The trace names the credential; the decision's `principal` names who.
-                    let rule_id = Some(match &identity.credential {
-                        Credential::Key(id) => format!("key {id}"),
-                        Credential::Token(jti) => format!("token {jti}"),
-                    });
+                    let rule_id = Some(identity.credential_label());
                     ctx.identity = Some(Arc::new(identity));
                     Outcome::Allow { rule_id }
                 }

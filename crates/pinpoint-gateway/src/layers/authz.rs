@@ -33,7 +33,10 @@ impl AuthzLayer {
                     .roles
                     .as_ref()
                     .is_none_or(|names| roles.iter().any(|r| names.contains(r)))
-                && rule.orgs.as_ref().is_none_or(|orgs| orgs.contains(&identity.org_id))
+                && rule
+                    .orgs
+                    .as_ref()
+                    .is_none_or(|orgs| orgs.iter().any(|o| **o == *identity.org_id))
                 && rule
                     .routes
                     .as_ref()
@@ -57,7 +60,7 @@ impl AuthzLayer {
                         Reason::AuthzPermissionMissing,
                         format!("This operation needs the permission `{p}`."),
                     )
-                    .rule(p.to_owned())
+                    .rule(p.to_string())
                     .note("anonymous caller"),
                 ),
                 None => Outcome::NotApplicable,
@@ -72,7 +75,7 @@ impl AuthzLayer {
             return Outcome::Deny(denial);
         }
         if let Some(org) = &access.org {
-            if *org != identity.org_id && !identity.is_platform_admin() {
+            if **org != *identity.org_id && !identity.is_platform_admin() {
                 return Outcome::Deny(
                     Denial::new(
                         Reason::AuthzTenantMismatch,
@@ -94,7 +97,7 @@ impl AuthzLayer {
                             Reason::AuthzPermissionMissing,
                             format!("This operation needs the permission `{p}`."),
                         )
-                        .rule(p.to_owned())
+                        .rule(p.to_string())
                         .note(format!(
                             "roles held: {}",
                             identity
@@ -111,7 +114,7 @@ impl AuthzLayer {
                             Reason::AuthzScopeMissing,
                             format!("The API key's scopes do not include `{p}`."),
                         )
-                        .rule(p.to_owned()),
+                        .rule(p.to_string()),
                     )
                 }
             }
@@ -130,7 +133,7 @@ impl AuthzLayer {
             }
         }
         Outcome::Allow {
-            rule_id: permission.map(str::to_owned),
+            rule_id: permission.cloned(),
         }
     }
 }

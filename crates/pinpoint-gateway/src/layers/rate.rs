@@ -91,7 +91,11 @@ const QUOTA_HORIZON_MS: i64 = 32 * 86_400_000;
 struct Limit {
     rule: RateLimitRule,
     limiter: Arc<KeyedLimiter>,
+    /// The headers that do not change per request, built once.
     policy_header: HeaderValue,
+    limit_header: HeaderValue,
+    /// `"<id>";r=`, the start of every `RateLimit` value.
+    ratelimit_prefix: String,
 }
 
 pub struct RateLayer {
@@ -109,6 +113,8 @@ impl RateLayer {
                 .map(|rule| Limit {
                     limiter: registry.limiter(rule),
                     policy_header: header(format!("\"{}\";q={};w={}", rule.id, rule.requests, rule.per_seconds)),
+                    limit_header: HeaderValue::from(rule.burst.unwrap_or(rule.requests)),
+                    ratelimit_prefix: format!("\"{}\";r=", rule.id),
                     rule: rule.clone(),
                 })
                 .collect(),
@@ -134,7 +140,7 @@ fn limit_key<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(&'static str,
     let identity = ctx.identity.as_deref();
     match by {
         LimitKey::Key => identity.map(|i| match &i.credential {
-            Credential::Key(id) => ("key", KeyPart::Str(id)),
+            Credential::Key(key) => ("key", KeyPart::Str(&key.info.id)),
             Credential::Token(_) => ("principal", KeyPart::Str(i.principal_id().unwrap_or(&i.org_id))),
         }),
         LimitKey::Principal => identity
@@ -204,7 +210,7 @@ impl Layer for RateLayer {
                     let wait = not_until.wait_time_from(self.clock.now());
                     let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                     let reset = (u64::from(burst) * per_cell_ms).div_ceil(1000);
-                    push_headers(ctx, limit, burst, 0, reset.max(retry));
+                    push_headers(ctx, limit, 0, reset.max(retry));
                     return Check::Ready(Outcome::Deny(
                         Denial::new(
                             Reason::RateLimited,
@@ -218,14 +224,16 @@ impl Layer for RateLayer {
             }
         }
         if let Some((limit, remaining, reset)) = tightest {
-            let burst = limit.rule.burst.unwrap_or(limit.rule.requests);
-            push_headers(ctx, limit, burst, remaining, reset);
+            push_headers(ctx, limit, remaining, reset);
         }
         if let Some(identity) = ctx.identity.clone() {
             let now = pinpoint_store::now_ms();
             for quota in &self.quotas {
                 if !applies(&quota.routes, route_id.as_deref())
-                    || !quota.orgs.as_ref().is_none_or(|o| o.contains(&identity.org_id))
+                    || !quota
+                        .orgs
+                        .as_ref()
+                        .is_none_or(|o| o.iter().any(|id| **id == *identity.org_id))
                 {
                     continue;
                 }
@@ -237,7 +245,7 @@ impl Layer for RateLayer {
                 let used = self
                     .registry
                     .quota_counts
-                    .entry((quota.id.clone(), identity.org_id.clone(), start))
+                    .entry((quota.id.clone(), identity.org_id.to_string(), start))
                     .or_insert_with(|| AtomicU64::new(0))
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
@@ -279,19 +287,37 @@ fn period_name(p: QuotaPeriod) -> &'static str {
     }
 }
 
-fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, burst: u32, remaining: u32, reset: u64) {
-    let h: [(HeaderName, HeaderValue); 5] = [
-        (HeaderName::from_static("ratelimit-policy"), limit.policy_header.clone()),
-        (
-            HeaderName::from_static("ratelimit"),
-            header(format!("\"{}\";r={remaining};t={reset}", limit.rule.id)),
-        ),
-        (HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(burst)),
-        (
-            HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(remaining),
-        ),
-        (HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(reset)),
-    ];
-    ctx.response_headers.extend(h);
+/// Adds the rate-limit headers. The three values that change per request are written into
+/// one buffer and handed out as slices of it: one allocation, not three.
+fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: u64) {
+    let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let remaining = remaining_digits.format(remaining);
+    let reset = reset_digits.format(reset);
+    let mut buf =
+        bytes::BytesMut::with_capacity(limit.ratelimit_prefix.len() + 2 * (remaining.len() + reset.len()) + 3);
+    buf.extend_from_slice(limit.ratelimit_prefix.as_bytes());
+    buf.extend_from_slice(remaining.as_bytes());
+    buf.extend_from_slice(b";t=");
+    buf.extend_from_slice(reset.as_bytes());
+    let ratelimit_end = buf.len();
+    buf.extend_from_slice(remaining.as_bytes());
+    let remaining_end = buf.len();
+    buf.extend_from_slice(reset.as_bytes());
+    let buf = buf.freeze();
+    let value = |range: std::ops::Range<usize>| {
+        HeaderValue::from_maybe_shared(buf.slice(range)).unwrap_or_else(|_| HeaderValue::from_static(""))
+    };
+    ctx.response_headers.extend([
+        (RATELIMIT_POLICY.clone(), limit.policy_header.clone()),
+        (RATELIMIT.clone(), value(0..ratelimit_end)),
+        (X_RATELIMIT_LIMIT.clone(), limit.limit_header.clone()),
+        (X_RATELIMIT_REMAINING.clone(), value(ratelimit_end..remaining_end)),
+        (X_RATELIMIT_RESET.clone(), value(remaining_end..buf.len())),
+    ]);
 }
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
