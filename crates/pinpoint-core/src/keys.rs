@@ -30,13 +30,29 @@ pub fn parse(key: &str) -> Option<PresentedKey<'_>> {
     let rest = key.strip_prefix("pp_")?;
     let (id, secret) = rest.split_at_checked(ID_LEN)?;
     let secret = secret.strip_prefix('_')?;
-    let id_ok = id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let secret_ok = secret.len() == SECRET_LEN
-        && secret
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let id_ok = id.bytes().all(|b| CHARS[usize::from(b)] & ID_CHAR != 0);
+    let secret_ok = secret.len() == SECRET_LEN && secret.bytes().all(|b| CHARS[usize::from(b)] & SECRET_CHAR != 0);
     (id_ok && secret_ok).then_some(PresentedKey { id, secret })
 }
+
+/// Character classes of key text, one table lookup per byte on the hot path.
+const ID_CHAR: u8 = 1;
+const SECRET_CHAR: u8 = 2;
+static CHARS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_digit() || matches!(c, b'a'..=b'f') {
+            table[b] |= ID_CHAR;
+        }
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' {
+            table[b] |= SECRET_CHAR;
+        }
+        b += 1;
+    }
+    table
+};
 
 /// Formats a key from its parts.
 pub fn format(id: &str, secret: &str) -> String {

@@ -54,11 +54,16 @@ pub enum KeyRefusal {
     Revoked,
 }
 
+/// The directory's maps hash with foldhash (seeded per map), several times faster than
+/// SipHash on the short ids looked up per request. Only Pinpoint inserts entries (ids it
+/// generated), so callers cannot grow a bucket; a presented id only probes.
+type IdMap<V> = DashMap<String, V, foldhash::fast::RandomState>;
+
 pub struct Directory {
     hasher: keys::SecretHasher,
-    keys: DashMap<String, Arc<KeyEntry>>,
-    principals: DashMap<String, Arc<PrincipalEntry>>,
-    orgs: DashMap<String, Arc<Organization>>,
+    keys: IdMap<Arc<KeyEntry>>,
+    principals: IdMap<Arc<PrincipalEntry>>,
+    orgs: IdMap<Arc<Organization>>,
     touches: mpsc::Sender<(String, i64)>,
 }
 
@@ -109,9 +114,9 @@ impl Directory {
         let (touches, rx) = mpsc::channel(4096);
         let directory = Directory {
             hasher: keys::SecretHasher::new(&store.pepper()),
-            keys: DashMap::new(),
-            principals: DashMap::new(),
-            orgs: DashMap::new(),
+            keys: IdMap::default(),
+            principals: IdMap::default(),
+            orgs: IdMap::default(),
             touches,
         };
         for org in store.orgs().await? {
@@ -138,9 +143,9 @@ impl Directory {
         let (touches, _) = mpsc::channel(1);
         Directory {
             hasher: keys::SecretHasher::new(&pepper),
-            keys: DashMap::new(),
-            principals: DashMap::new(),
-            orgs: DashMap::new(),
+            keys: IdMap::default(),
+            principals: IdMap::default(),
+            orgs: IdMap::default(),
             touches,
         }
     }
@@ -175,6 +180,12 @@ impl Directory {
 
     pub fn org(&self, id: &str) -> Option<Arc<Organization>> {
         self.orgs.get(id).map(|e| e.clone())
+    }
+
+    /// Whether an organization is suspended (`None` when it does not exist), without
+    /// taking a reference to its entry.
+    pub fn org_suspended(&self, id: &str) -> Option<bool> {
+        self.orgs.get(id).map(|e| e.suspended)
     }
 
     pub fn key_count(&self) -> usize {

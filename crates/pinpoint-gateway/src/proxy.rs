@@ -263,13 +263,12 @@ async fn forward(
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
+    prepare_upstream_headers(&mut parts.headers, route, fwd.identity);
     add_forwarding_headers(&mut parts.headers, fwd.peer, request_id);
-    pass_identity(&mut parts.headers, route, fwd.identity);
 
     match upstream.send(&target, Request::from_parts(parts, body)).await {
         Ok(mut response) => {
-            strip_hop_by_hop(response.headers_mut());
+            strip_headers(response.headers_mut(), &[]);
             trace.push(upstream_entry(Mark::Pass, None, target.authority.clone(), started));
             (response.map(Either::Left), None, Some(target.authority.clone()))
         }
@@ -304,51 +303,71 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Whether a header is hop-by-hop (RFC 9110 §7.6.1, plus the common non-standard ones).
 /// (`Transfer-Encoding` is left to hyper, which re-frames bodies itself.)
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// Removes hop-by-hop headers, those the `Connection` header names, and `also`. One pass
+/// over the few headers present, instead of one hash lookup per name that might be.
+fn strip_headers(headers: &mut HeaderMap, also: &[&HeaderName]) {
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || also.contains(name))
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
+    if doomed.is_empty() {
+        return;
     }
-    for name in HOP_BY_HOP {
+    if headers.contains_key(http::header::CONNECTION) {
+        doomed.extend(
+            headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        );
+    }
+    for name in doomed {
         headers.remove(name);
     }
 }
 
-/// Upstreams learn who the caller is from `X-Pinpoint-Principal` / `X-Pinpoint-Org`,
-/// never from a client (those headers are always replaced), and never see Pinpoint's
-/// credentials on routes where Pinpoint authenticates.
-fn pass_identity(headers: &mut HeaderMap, route: &CompiledRoute, identity: Option<&Identity>) {
-    headers.remove(&X_PINPOINT_PRINCIPAL);
-    headers.remove(&X_PINPOINT_ORG);
-    if route.access.auth != pinpoint_core::config::AuthRequirement::None {
-        for name in [
-            &http::header::AUTHORIZATION,
-            &X_API_KEY,
-            &DD_API_KEY,
-            &DD_APPLICATION_KEY,
-        ] {
-            headers.remove(name);
-        }
-    }
+/// Headers a client may not pass upstream on any route: identity is Pinpoint's to state.
+const IDENTITY_HEADERS: [&HeaderName; 2] = [&X_PINPOINT_PRINCIPAL, &X_PINPOINT_ORG];
+/// ... and on routes where Pinpoint authenticates, the credentials it checked too.
+const IDENTITY_AND_CREDENTIAL_HEADERS: [&HeaderName; 6] = [
+    &X_PINPOINT_PRINCIPAL,
+    &X_PINPOINT_ORG,
+    &http::header::AUTHORIZATION,
+    &X_API_KEY,
+    &DD_API_KEY,
+    &DD_APPLICATION_KEY,
+];
+
+/// Prepares the request headers for the upstream: strips hop-by-hop headers, and states
+/// who the caller is in `X-Pinpoint-Principal` / `X-Pinpoint-Org` (never taken from a
+/// client: those headers are always replaced). Upstreams never see Pinpoint's credentials
+/// on routes where Pinpoint authenticates.
+fn prepare_upstream_headers(headers: &mut HeaderMap, route: &CompiledRoute, identity: Option<&Identity>) {
+    let strip: &[&HeaderName] = if route.access.auth == pinpoint_core::config::AuthRequirement::None {
+        &IDENTITY_HEADERS
+    } else {
+        &IDENTITY_AND_CREDENTIAL_HEADERS
+    };
+    strip_headers(headers, strip);
     if let Some(identity) = identity {
         if let Some(p) = &identity.principal {
             headers.insert(X_PINPOINT_PRINCIPAL.clone(), p.id_header.clone());
@@ -362,16 +381,59 @@ static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static DD_API_KEY: HeaderName = HeaderName::from_static("dd-api-key");
 static DD_APPLICATION_KEY: HeaderName = HeaderName::from_static("dd-application-key");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn add_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, request_id: &str) {
     let client_ip = peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {client_ip}"),
         None => client_ip,
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     respond::set_request_id(headers, request_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_connection_named_and_asked_for_headers_only() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-trace-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace-hop", "1"),
+            ("te", "trailers"),
+            ("authorization", "Bearer pp_secret"),
+            ("x-pinpoint-org", "forged"),
+            ("accept", "*/*"),
+            ("x-kept", "yes"),
+        ]);
+        strip_headers(&mut h, &IDENTITY_AND_CREDENTIAL_HEADERS);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-kept"]);
+
+        let mut h = headers(&[
+            ("authorization", "Bearer upstream-own"),
+            ("x-pinpoint-principal", "forged"),
+        ]);
+        strip_headers(&mut h, &IDENTITY_HEADERS);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["authorization"]);
+
+        let mut untouched = headers(&[("accept", "*/*")]);
+        strip_headers(&mut untouched, &[]);
+        assert_eq!(untouched.len(), 1);
+    }
 }

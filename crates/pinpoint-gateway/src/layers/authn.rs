@@ -192,13 +192,12 @@ impl AuthnLayer {
                 );
             }
         }
-        match self.directory.org(&identity.org_id) {
-            Some(org) if org.suspended => Err(Denial::new(
-                Reason::AuthnOrganizationSuspended,
-                "Your organization is suspended.",
-            )
-            .rule(format!("org {}", org.id))),
-            Some(_) => Ok(()),
+        match self.directory.org_suspended(&identity.org_id) {
+            Some(true) => Err(
+                Denial::new(Reason::AuthnOrganizationSuspended, "Your organization is suspended.")
+                    .rule(format!("org {}", identity.org_id)),
+            ),
+            Some(false) => Ok(()),
             None => Err(Denial::new(Reason::AuthnKeyUnknown, "The credential is not valid.")
                 .note(format!("organization {} no longer exists", identity.org_id))),
         }

@@ -183,11 +183,10 @@ impl Layer for RateLayer {
     }
 
     fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
-        let route_id = ctx.route_id.clone();
         let mut tightest: Option<(&Limit, u32, u64)> = None;
         let mut applied = false;
         for limit in &self.limits {
-            if !applies(&limit.rule.routes, route_id.as_deref()) {
+            if !applies(&limit.rule.routes, ctx.route_id.as_deref()) {
                 continue;
             }
             let Some((kind, part)) = limit_key(limit.rule.by, ctx) else {
@@ -226,10 +225,10 @@ impl Layer for RateLayer {
         if let Some((limit, remaining, reset)) = tightest {
             push_headers(ctx, limit, remaining, reset);
         }
-        if let Some(identity) = ctx.identity.clone() {
+        if let Some(identity) = ctx.identity.as_deref() {
             let now = pinpoint_store::now_ms();
             for quota in &self.quotas {
-                if !applies(&quota.routes, route_id.as_deref())
+                if !applies(&quota.routes, ctx.route_id.as_deref())
                     || !quota
                         .orgs
                         .as_ref()
