@@ -7,14 +7,29 @@
 #   chain     wrk -> pinpoint, a route with the full chain: API-key auth, RBAC permission,
 #             IP allow list, a rate limit sized not to trigger, decision log -> echo upstream
 # for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency, Pinpoint/nginx and
-# chain/bare ratios.
-# Usage: bench/run.sh [seconds-per-run] (default 10). Needs root or sudo to install nginx/wrk.
+# chain/bare ratios. bare and chain alternate BENCH_ROUNDS times (default 3); medians are
+# reported, and chain/bare is the median of the per-round ratios.
+# Usage: bench/run.sh [seconds-per-run] (default 5). Needs root or sudo to install nginx/wrk.
+# Environment: BENCH_ROUNDS, BENCH_PIN=1 (see below), BENCH_CONNECTIONS, BENCH_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
-DURATION="${1:-${BENCH_DURATION:-10}}"
+DURATION="${1:-${BENCH_DURATION:-5}}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+# BENCH_PIN=1 gives the proxy under test (nginx or Pinpoint) CPU 0 to itself and puts wrk
+# and the upstream on the other CPUs, so the figures measure the proxy, not what it
+# shares a core with. Default: everything shares every core.
+if [ "${BENCH_PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  PROXY_PIN="taskset -c 0" WRK_PIN="taskset -c 1-$(($(nproc) - 1))" NGINX_WORKERS=1
+  PLACEMENT="proxy pinned to CPU 0, wrk and upstream on the rest"
+else
+  PROXY_PIN="" WRK_PIN="" NGINX_WORKERS=2
+  PLACEMENT="all processes share all cores"
+fi
 ECHO_PORT=19000 NGINX_PORT=19001 PROXY_PORT=19002 API_PORT=19003
 
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
@@ -35,19 +50,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2; exit 1
-}
 
-"$BIN" echo --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
+$WRK_PIN "$BIN" echo --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
 
 cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 2;
+worker_processes $NGINX_WORKERS;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log warn;
 events { worker_connections 4096; }
@@ -65,58 +73,15 @@ http {
   }
 }
 NGINX
-"$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+$PROXY_PIN "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
 wait_port $NGINX_PORT
 
-cat > "$WORK/pinpoint.toml" <<TOML
-[server]
-proxy_listen = "127.0.0.1:$PROXY_PORT"
-api_listen = "127.0.0.1:$API_PORT"
-data_dir = "$WORK/data"
-reload_poll_ms = 0
-
-[upstreams.echo]
-targets = ["127.0.0.1:$ECHO_PORT"]
-
-[[routes]]
-id = "bare"
-path_prefix = "/bare"
-upstream = "echo"
-
-[[routes]]
-id = "chain"
-path_prefix = "/chain"
-methods = ["GET", "POST"]
-upstream = "echo"
-permissions = { GET = "orders:read", POST = "orders:write" }
-ip_allow = ["127.0.0.0/8"]
-
-[[authz.deny]]
-id = "never-matches"
-roles = ["nobody"]
-
-[[rate.limits]]
-id = "generous"
-by = "key"
-requests = 100000000
-per_seconds = 1
-routes = ["chain"]
-
-[[policy.rules]]
-id = "no-deletes"
-methods = ["DELETE"]
-TOML
-"$BIN" serve --config "$WORK/pinpoint.toml" >"$WORK/pinpoint.log" 2>&1 & PIDS+=($!)
+bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
+$PROXY_PIN "$BIN" serve --config "$WORK/pinpoint.toml" >"$WORK/pinpoint.log" 2>&1 & PIDS+=($!)
 wait_port $PROXY_PORT
 wait_port $API_PORT
 
-# A user with a role granting exactly the chain route's permissions, and a key for it.
-cli() { "$BIN" "$@" --config "$WORK/pinpoint.toml"; }
-USER_ID=$(cli users create bench-user | awk '{print $1}')
-ROLE_ID=$(cli roles create bench-orders --permission orders:read --permission orders:write | awk '{print $1}')
-cli roles assign "$ROLE_ID" "$USER_ID" >/dev/null
-KEY=$(cli keys create bench --owner "$USER_ID" | sed -n 's/^key (shown only now): //p')
-[ -n "$KEY" ] || { echo "could not create the bench key" >&2; exit 1; }
+KEY=$(bench_key "$BIN" "$WORK/pinpoint.toml")
 
 python3 - "$WORK/post.lua" <<'PY'
 import json, sys
@@ -126,34 +91,58 @@ open(sys.argv[1], "w").write(
 PY
 
 declare -A RPS P99
-run() { # name kind url [header]
+run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind]
   local out args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
   [ -n "${4:-}" ] && args+=(-H "$4")
   [ "$2" = post ] && args+=(-s "$WORK/post.lua")
-  out=$(wrk "${args[@]}" "$3")
+  out=$($WRK_PIN wrk "${args[@]}" "$3")
   if echo "$out" | grep -q "Non-2xx"; then echo "$1 $2: non-2xx responses!" >&2; echo "$out" >&2; exit 1; fi
-  RPS[$1-$2]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  P99[$1-$2]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  RPS[$1-$2]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+  P99[$1-$2]+="$(echo "$out" | awk '$1 == "99%" {print $2}') "
+}
+median() { python3 -c "import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
+median_ms() { # wrk latencies (us/ms/s) -> median in ms
+  python3 -c "
+import statistics, sys
+unit = {'us': 0.001, 'ms': 1.0, 's': 1000.0}
+def ms(v):
+    for u in ('us', 'ms', 's'):
+        if v.endswith(u): return float(v[:-len(u)]) * unit[u]
+print('%.2fms' % statistics.median(ms(v) for v in sys.argv[1:]))" "$@"
 }
 
+# bare and chain alternate, ROUNDS times each, so both see the same machine: on a shared
+# (noisy) machine one long run each would compare two different moments.
 for kind in get post; do
   run direct "$kind" "http://127.0.0.1:$ECHO_PORT/bare/x"
   run nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bare/x"
-  run bare "$kind" "http://127.0.0.1:$PROXY_PORT/bare/x"
-  run chain "$kind" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"
+  for _ in $(seq "$ROUNDS"); do
+    run bare "$kind" "http://127.0.0.1:$PROXY_PORT/bare/x"
+    run chain "$kind" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"
+  done
 done
 
-printf '\n%-10s %-5s %12s %10s\n' target kind "req/s" p99
+printf '\n%-10s %-5s %12s %10s   %s\n' target kind "req/s" p99 "(medians; every run's req/s)"
 for kind in get post; do
   for name in direct nginx bare chain; do
-    printf '%-10s %-5s %12s %10s\n' "$name" "$kind" "${RPS[$name-$kind]}" "${P99[$name-$kind]}"
+    # shellcheck disable=SC2086
+    printf '%-10s %-5s %12.0f %10s   %s\n' "$name" "$kind" "$(median ${RPS[$name-$kind]})" \
+      "$(median_ms ${P99[$name-$kind]})" "${RPS[$name-$kind]}"
   done
 done
 echo
 ratio() { python3 -c "import sys; print('%-28s %.3f' % (sys.argv[1], float(sys.argv[2]) / float(sys.argv[3])))" "$@"; }
+per_round() { # kind -> median of the per-round chain/bare ratios
+  python3 -c "
+import statistics, sys
+bare, chain = sys.argv[1].split(), sys.argv[2].split()
+print('%.3f' % statistics.median(float(c) / float(b) for b, c in zip(bare, chain)))" "${RPS[bare-$1]}" "${RPS[chain-$1]}"
+}
 for kind in get post; do
-  ratio "bare/nginx $kind throughput" "${RPS[bare-$kind]}" "${RPS[nginx-$kind]}"
-  ratio "chain/nginx $kind throughput" "${RPS[chain-$kind]}" "${RPS[nginx-$kind]}"
-  ratio "chain/bare $kind throughput" "${RPS[chain-$kind]}" "${RPS[bare-$kind]}"
+  # shellcheck disable=SC2086
+  ratio "bare/nginx $kind throughput" "$(median ${RPS[bare-$kind]})" "$(median ${RPS[nginx-$kind]})"
+  # shellcheck disable=SC2086
+  ratio "chain/nginx $kind throughput" "$(median ${RPS[chain-$kind]})" "$(median ${RPS[nginx-$kind]})"
+  printf '%-28s %s\n' "chain/bare $kind throughput" "$(per_round "$kind")  (median of $ROUNDS alternating rounds)"
 done
-echo "($DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine)"
+echo "($DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"
