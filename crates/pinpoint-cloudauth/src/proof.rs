@@ -121,7 +121,7 @@ pub fn parse(authorization: &str, partitions: Partitions, now: i64, window: i64)
         return Err(not_allowed(format!("the body must be exactly `{EXPECTED_BODY}`")));
     }
 
-    let raw: BTreeMap<String, Vec<String>> = serde_json::from_str(&headers_json)
+    let HeaderEntries(raw) = serde_json::from_str(&headers_json)
         .map_err(|_| malformed("the headers part must be a JSON object of name -> [values]"))?;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, values) in raw {
@@ -387,6 +387,30 @@ fn parse_amz_date(s: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + se)
 }
 
+/// The proof's headers object, entry by entry as written: a map type would keep only the
+/// last of two identical names, and a name that appears twice must be refused, not guessed.
+struct HeaderEntries(Vec<(String, Vec<String>)>);
+
+impl<'de> serde::Deserialize<'de> for HeaderEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = HeaderEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of header name -> [values]")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<HeaderEntries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Vec<String>>()? {
+                    entries.push(entry);
+                }
+                Ok(HeaderEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +559,20 @@ mod tests {
 
     #[test]
     fn headers_are_strict() {
+        // The same name twice, exactly: JSON allows it, a map would keep the last.
+        let h = headers("us-east-1").to_string();
+        let doubled = h.replacen('{', "{\"X-Amz-Date\":[\"20000101T000000Z\"],", 1);
+        let proof = format!(
+            "Delegated {}|{}|POST|{}",
+            b64(EXPECTED_BODY),
+            b64(&doubled),
+            b64("https://sts.amazonaws.com/")
+        );
+        assert!(
+            matches!(check(&proof), Err(ProofError::Malformed(ref m)) if m.contains("twice")),
+            "exact duplicate: {:?}",
+            check(&proof)
+        );
         let mut h = headers("us-east-1");
         h["host"] = serde_json::json!(["sts.amazonaws.com"]);
         assert!(

@@ -95,6 +95,11 @@ pub fn interpret(
                     "an assumed role's UserId must be AROA...:<session>".into(),
                 ));
             }
+            if identity.session() != Some(crate::arn::sanitize_session(session).as_str()) {
+                return Err(StsError::Unavailable(
+                    "the UserId's session differs from the ARN's".into(),
+                ));
+            }
             role_id.to_owned()
         }
         IdentityKind::User { .. } => fields.user_id.clone(),
@@ -239,6 +244,14 @@ mod tests {
             "123456789012",
         );
         assert!(interpret(200, XML, wrong_partition.as_bytes(), Partition::Aws).is_err());
+        let other_session = body("arn:aws:sts::123456789012:assumed-role/A/s", "AROAX:t", "123456789012");
+        assert!(
+            matches!(
+                interpret(200, XML, other_session.as_bytes(), Partition::Aws),
+                Err(StsError::Unavailable(_))
+            ),
+            "UserId session must be the ARN's"
+        );
         let bad_user_id = body("arn:aws:sts::123456789012:assumed-role/A/s", "AIDAX", "123456789012");
         assert!(interpret(200, XML, bad_user_id.as_bytes(), Partition::Aws).is_err());
         let root = body("arn:aws:iam::123456789012:root", "123456789012", "123456789012");

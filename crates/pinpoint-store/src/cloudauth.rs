@@ -82,16 +82,31 @@ impl Store {
         )
     }
 
-    pub async fn remove_aws_account(&self, org_id: &str, account: &str) -> Result<(), StoreError> {
+    /// Removes a registered account together with the organization's mappings for it
+    /// (a mapping for an unregistered account cannot be created, so none may outlive it),
+    /// revoking every intake key issued through them. Returns the revoked key ids.
+    pub async fn remove_aws_account(&self, org_id: &str, account: &str) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM aws_accounts WHERE org_id = ? AND account_id = ?")
             .bind(org_id)
             .bind(account)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("AWS account"));
         }
-        Ok(())
+        let mappings: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, arn_pattern FROM cloud_auth_mappings WHERE org_id = ?")
+                .bind(org_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut revoked = Vec::new();
+        // `arn:<partition>:<service>::<account>:<resource>`
+        for (id, _) in mappings.iter().filter(|(_, p)| p.split(':').nth(4) == Some(account)) {
+            revoked.extend(delete_mapping_in(&mut tx, id).await?);
+        }
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     pub async fn create_mapping(
@@ -147,27 +162,7 @@ impl Store {
     /// Deletes a mapping and revokes every intake key issued through it; returns their ids.
     pub async fn delete_mapping(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.write_tx().await?;
-        let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM intake_keys WHERE mapping_id = ?")
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
-        for key in &keys {
-            sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("DELETE FROM intake_keys WHERE mapping_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query("DELETE FROM cloud_auth_mappings WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("mapping"));
-        }
+        let keys = delete_mapping_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(keys)
     }
@@ -209,4 +204,30 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Deletes one mapping inside `tx` and revokes the intake keys issued through it.
+async fn delete_mapping_in(tx: &mut sqlx::SqliteConnection, id: &str) -> Result<Vec<String>, StoreError> {
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM intake_keys WHERE mapping_id = ?")
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+    for key in &keys {
+        sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("DELETE FROM intake_keys WHERE mapping_id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let done = sqlx::query("DELETE FROM cloud_auth_mappings WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound("mapping"));
+    }
+    Ok(keys)
 }

@@ -438,6 +438,8 @@ async fn remove_account(
     Extension(caller): Extension<Caller>,
     Path(account): Path<String>,
 ) -> ApiResult<StatusCode> {
-    shared.store.remove_aws_account(&caller.0.org_id, &account).await?;
+    for key in shared.store.remove_aws_account(&caller.0.org_id, &account).await? {
+        shared.services.directory.refresh_key(&shared.store, &key).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -448,6 +448,47 @@ async fn managed_intake_keys_and_mapping_rules() {
             .unwrap();
     assert_eq!(resp.status(), 204);
     problem(send().await.unwrap(), 401, "authn.key_revoked").await;
+
+    // Removing the AWS account removes its mappings and revokes the keys issued through them.
+    let resp = create("arn:aws:sts::123456789012:assumed-role/dd-role/*")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let again: serde_json::Value = intake(proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_key = again["data"]["attributes"]["api_key"].as_str().unwrap().to_owned();
+    let send = || {
+        w.gw.http
+            .post(w.gw.url("/intake/logs"))
+            .header("dd-api-key", &api_key)
+            .body("{}")
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    let resp =
+        w.gw.http
+            .delete(w.gw.api_url(&format!("/api/v2/cloud_auth/aws/accounts/{ACCOUNT}")))
+            .bearer_auth(&ops_key)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 204);
+    problem(send().await.unwrap(), 401, "authn.key_revoked").await;
+    let left: serde_json::Value =
+        w.gw.http
+            .get(w.gw.api_url("/api/v2/cloud_auth/aws/intake_mapping"))
+            .bearer_auth(&ops_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(left["data"].as_array().map(Vec::len), Some(0), "{left}");
 }
 
 #[tokio::test]
