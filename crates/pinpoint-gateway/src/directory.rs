@@ -20,13 +20,10 @@ pub struct KeyEntry {
     pub info: ApiKey,
     /// How the authn trace entry names the key: `key <id>`.
     pub trace_label: Arc<str>,
-    /// How decisions name an organization key's caller: `org-key (<org id>)`.
-    pub owner_label: Arc<str>,
-    pub org_id: Arc<str>,
-    /// The organization id as the `X-Pinpoint-Org` header value.
-    pub org_header: http::HeaderValue,
+    /// Shared with every other key and principal of the organization.
+    pub org: Arc<OrgLabels>,
     pub scopes: Option<Arc<HashSet<String>>>,
-    hash: Vec<u8>,
+    hash: [u8; 32],
     /// Unix minute of the last recorded use.
     last_used_minute: AtomicI64,
 }
@@ -38,11 +35,20 @@ pub struct PrincipalEntry {
     pub label: Arc<str>,
     /// The principal id as the `X-Pinpoint-Principal` header value, built once.
     pub id_header: http::HeaderValue,
-    pub org_id: Arc<str>,
-    /// The organization id as the `X-Pinpoint-Org` header value, built once.
-    pub org_header: http::HeaderValue,
+    /// Shared with every other key and principal of the organization.
+    pub org: Arc<OrgLabels>,
     pub roles: Vec<String>,
     pub permissions: HashSet<String>,
+}
+
+/// What requests name about an organization, built once per organization (not per key:
+/// a million keys of one organization share one of these).
+pub struct OrgLabels {
+    pub id: Arc<str>,
+    /// The id as the `X-Pinpoint-Org` header value.
+    pub header: http::HeaderValue,
+    /// How decisions name a caller using an organization key: `org-key (<org id>)`.
+    pub owner_label: Arc<str>,
 }
 
 /// Why a presented key was refused.
@@ -64,6 +70,7 @@ pub struct Directory {
     keys: IdMap<Arc<KeyEntry>>,
     principals: IdMap<Arc<PrincipalEntry>>,
     orgs: IdMap<Arc<Organization>>,
+    org_labels: IdMap<Arc<OrgLabels>>,
     touches: mpsc::Sender<(String, i64)>,
 }
 
@@ -72,43 +79,58 @@ fn id_header(id: &str) -> http::HeaderValue {
     http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
 }
 
-fn key_entry(stored: StoredKey) -> Arc<KeyEntry> {
-    let minute = stored.info.last_used_at_ms.unwrap_or(0) / 60_000;
-    let org_id = &stored.info.org_id;
-    Arc::new(KeyEntry {
-        trace_label: Arc::from(format!("key {}", stored.info.id)),
-        owner_label: Arc::from(format!("org-key ({org_id})")),
-        org_id: Arc::from(org_id.as_str()),
-        org_header: id_header(org_id),
-        scopes: stored
-            .info
-            .scopes
-            .as_ref()
-            .map(|s| Arc::new(s.iter().cloned().collect())),
-        info: stored.info,
-        hash: stored.secret_hash,
-        last_used_minute: AtomicI64::new(minute),
-    })
-}
-
-fn principal_entry(principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
-    Arc::new(PrincipalEntry {
-        label: Arc::from(format!(
-            "{}:{} ({})",
-            principal.kind.as_str(),
-            principal.name,
-            principal.id
-        )),
-        id_header: id_header(&principal.id),
-        org_id: Arc::from(principal.org_id.as_str()),
-        org_header: id_header(&principal.org_id),
-        principal,
-        roles: roles.iter().map(|r| r.name.clone()).collect(),
-        permissions: roles.iter().flat_map(|r| r.permissions.iter().cloned()).collect(),
-    })
-}
-
 impl Directory {
+    /// The organization's shared labels, made on first use.
+    fn org_labels(&self, org_id: &str) -> Arc<OrgLabels> {
+        if let Some(labels) = self.org_labels.get(org_id) {
+            return labels.clone();
+        }
+        self.org_labels
+            .entry(org_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(OrgLabels {
+                    id: Arc::from(org_id),
+                    header: id_header(org_id),
+                    owner_label: Arc::from(format!("org-key ({org_id})")),
+                })
+            })
+            .clone()
+    }
+
+    fn key_entry(&self, stored: StoredKey) -> Arc<KeyEntry> {
+        let minute = stored.info.last_used_at_ms.unwrap_or(0) / 60_000;
+        // A stored hash is always 32 bytes; anything else (a damaged row) never verifies.
+        let hash = <[u8; 32]>::try_from(stored.secret_hash.as_slice()).unwrap_or([0; 32]);
+        Arc::new(KeyEntry {
+            trace_label: Arc::from(format!("key {}", stored.info.id)),
+            org: self.org_labels(&stored.info.org_id),
+            scopes: stored
+                .info
+                .scopes
+                .as_ref()
+                .map(|s| Arc::new(s.iter().cloned().collect())),
+            info: stored.info,
+            hash,
+            last_used_minute: AtomicI64::new(minute),
+        })
+    }
+
+    fn principal_entry(&self, principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
+        Arc::new(PrincipalEntry {
+            label: Arc::from(format!(
+                "{}:{} ({})",
+                principal.kind.as_str(),
+                principal.name,
+                principal.id
+            )),
+            id_header: id_header(&principal.id),
+            org: self.org_labels(&principal.org_id),
+            principal,
+            roles: roles.iter().map(|r| r.name.clone()).collect(),
+            permissions: roles.iter().flat_map(|r| r.permissions.iter().cloned()).collect(),
+        })
+    }
+
     /// Loads everything from the store and starts the last-use writer.
     pub async fn load(store: &Store) -> Result<Arc<Directory>, StoreError> {
         let (touches, rx) = mpsc::channel(4096);
@@ -117,6 +139,7 @@ impl Directory {
             keys: IdMap::default(),
             principals: IdMap::default(),
             orgs: IdMap::default(),
+            org_labels: IdMap::default(),
             touches,
         };
         for org in store.orgs().await? {
@@ -128,10 +151,11 @@ impl Directory {
         }
         for p in store.all_principals().await? {
             let roles = roles_by_principal.remove(&p.id).unwrap_or_default();
-            directory.principals.insert(p.id.clone(), principal_entry(p, &roles));
+            let entry = directory.principal_entry(p, &roles);
+            directory.principals.insert(entry.principal.id.clone(), entry);
         }
         for k in store.all_keys().await? {
-            directory.keys.insert(k.info.id.clone(), key_entry(k));
+            directory.keys.insert(k.info.id.clone(), directory.key_entry(k));
         }
         tokio::spawn(write_touches(store.clone(), rx));
         Ok(Arc::new(directory))
@@ -146,6 +170,7 @@ impl Directory {
             keys: IdMap::default(),
             principals: IdMap::default(),
             orgs: IdMap::default(),
+            org_labels: IdMap::default(),
             touches,
         }
     }
@@ -196,7 +221,7 @@ impl Directory {
     pub async fn refresh_key(&self, store: &Store, id: &str) -> Result<(), StoreError> {
         match store.stored_key(id).await? {
             Some(k) => {
-                self.keys.insert(id.to_owned(), key_entry(k));
+                self.keys.insert(id.to_owned(), self.key_entry(k));
             }
             None => {
                 self.keys.remove(id);
@@ -224,7 +249,7 @@ impl Directory {
         match store.principal(id).await? {
             Some(p) => {
                 let roles = store.roles_of(id).await?;
-                self.principals.insert(id.to_owned(), principal_entry(p, &roles));
+                self.principals.insert(id.to_owned(), self.principal_entry(p, &roles));
             }
             None => {
                 self.principals.remove(id);
@@ -249,7 +274,7 @@ impl Directory {
     /// Adds a key without a store round trip (used by bulk loaders and benchmarks).
     pub fn insert_key(&self, info: ApiKey, secret_hash: Vec<u8>) {
         self.keys
-            .insert(info.id.clone(), key_entry(StoredKey { info, secret_hash }));
+            .insert(info.id.clone(), self.key_entry(StoredKey { info, secret_hash }));
     }
 }
 

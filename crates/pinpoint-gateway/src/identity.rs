@@ -61,7 +61,7 @@ impl Identity {
     pub fn who(&self) -> Arc<str> {
         match (&self.principal, &self.credential) {
             (Some(p), _) => p.label.clone(),
-            (None, Credential::Key(key)) => key.owner_label.clone(),
+            (None, Credential::Key(key)) => key.org.owner_label.clone(),
             (None, Credential::Token(_)) => Arc::from(format!("org-key ({})", self.org_id)),
         }
     }
@@ -108,8 +108,11 @@ mod tests {
             Arc::new(PrincipalEntry {
                 label: Arc::from("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
-                org_id: Arc::from("o"),
-                org_header: http::HeaderValue::from_static("o"),
+                org: Arc::new(crate::directory::OrgLabels {
+                    id: Arc::from("o"),
+                    header: http::HeaderValue::from_static("o"),
+                    owner_label: Arc::from("org-key (o)"),
+                }),
                 principal: Principal {
                     id: "p".into(),
                     org_id: "o".into(),

@@ -114,8 +114,8 @@ impl AuthnLayer {
         };
         Ok(Identity {
             principal,
-            org_id: entry.org_id.clone(),
-            org_header: entry.org_header.clone(),
+            org_id: entry.org.id.clone(),
+            org_header: entry.org.header.clone(),
             credential: Credential::Key(entry.clone()),
             scopes: entry.scopes.clone(),
         })
@@ -172,8 +172,8 @@ impl AuthnLayer {
                     );
                 }
                 Ok(Identity {
-                    org_id: principal.org_id.clone(),
-                    org_header: principal.org_header.clone(),
+                    org_id: principal.org.id.clone(),
+                    org_header: principal.org.header.clone(),
                     principal: Some(principal),
                     credential: Credential::Token(claims.jti),
                     scopes: None,
