@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pinpoint_core::identity::grants;
 
-use crate::directory::{KeyEntry, PrincipalEntry};
+use crate::directory::{KeyEntry, OrgLabels, PrincipalEntry};
 
 /// How the caller authenticated.
 #[derive(Clone)]
@@ -21,9 +21,8 @@ pub enum Credential {
 pub struct Identity {
     /// The user or service account; `None` for an organization API key.
     pub principal: Option<Arc<PrincipalEntry>>,
-    pub org_id: Arc<str>,
-    /// `org_id` as the `X-Pinpoint-Org` header value.
-    pub org_header: http::HeaderValue,
+    /// The caller's organization: its id, header value and labels.
+    pub org: Arc<OrgLabels>,
     pub credential: Credential,
     /// A scoped key's scopes (which narrow, never widen, the principal's permissions).
     pub scopes: Option<Arc<HashSet<String>>>,
@@ -52,6 +51,11 @@ impl Identity {
         }
     }
 
+    /// The caller's organization id.
+    pub fn org_id(&self) -> &str {
+        &self.org.id
+    }
+
     /// The principal id, if any.
     pub fn principal_id(&self) -> Option<&str> {
         self.principal.as_ref().map(|p| p.principal.id.as_str())
@@ -59,10 +63,9 @@ impl Identity {
 
     /// Who the caller is, as decisions name it: `kind:name (id)`, or `org-key (org)`.
     pub fn who(&self) -> Arc<str> {
-        match (&self.principal, &self.credential) {
-            (Some(p), _) => p.label.clone(),
-            (None, Credential::Key(key)) => key.org.owner_label.clone(),
-            (None, Credential::Token(_)) => Arc::from(format!("org-key ({})", self.org_id)),
+        match &self.principal {
+            Some(p) => p.label.clone(),
+            None => self.org.owner_label.clone(),
         }
     }
 
@@ -108,7 +111,7 @@ mod tests {
             Arc::new(PrincipalEntry {
                 label: Arc::from("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
-                org: Arc::new(crate::directory::OrgLabels {
+                org: Arc::new(OrgLabels {
                     id: Arc::from("o"),
                     header: http::HeaderValue::from_static("o"),
                     owner_label: Arc::from("org-key (o)"),
@@ -128,8 +131,11 @@ mod tests {
         });
         Identity {
             principal,
-            org_id: Arc::from("o"),
-            org_header: http::HeaderValue::from_static("o"),
+            org: Arc::new(OrgLabels {
+                id: Arc::from("o"),
+                header: http::HeaderValue::from_static("o"),
+                owner_label: Arc::from("org-key (o)"),
+            }),
             credential: Credential::Token("t".into()),
             scopes: scopes.map(Arc::new),
         }

@@ -183,7 +183,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
             },
             route: route_name,
             principal: identity.as_ref().map(|i| i.who()),
-            org_id: identity.as_ref().map(|i| i.org_id.clone()),
+            org_id: identity.as_ref().map(|i| i.org.id.clone()),
             status: status.as_u16(),
             reason,
             upstream_target,
@@ -372,7 +372,7 @@ fn prepare_upstream_headers(headers: &mut HeaderMap, route: &CompiledRoute, iden
         if let Some(p) = &identity.principal {
             headers.insert(X_PINPOINT_PRINCIPAL.clone(), p.id_header.clone());
         }
-        headers.insert(X_PINPOINT_ORG.clone(), identity.org_header.clone());
+        headers.insert(X_PINPOINT_ORG.clone(), identity.org.header.clone());
     }
 }
 

@@ -206,7 +206,7 @@ async fn create_intake_mapping(
     body: Bytes,
 ) -> Reply {
     let attrs: IntakeAttrs = attributes(&body)?;
-    let org_id = caller.0.org_id.clone();
+    let org_id = caller.0.org_id().to_owned();
     check_pattern(&shared, &org_id, "intake", &attrs.arn_pattern).await?;
     let m = shared
         .store
@@ -218,7 +218,7 @@ async fn create_intake_mapping(
 async fn list_intake_mappings(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Reply {
     let list: Vec<_> = shared
         .store
-        .mappings(&caller.0.org_id, "intake")
+        .mappings(caller.0.org_id(), "intake")
         .await?
         .iter()
         .map(intake_resource)
@@ -300,7 +300,7 @@ async fn create_persona_mapping(
     body: Bytes,
 ) -> Reply {
     let attrs: PersonaAttrs = attributes(&body)?;
-    let org_id = caller.0.org_id.clone();
+    let org_id = caller.0.org_id().to_owned();
     check_pattern(&shared, &org_id, "persona", &attrs.arn_pattern).await?;
     // A service account's id or email, or a user's email, in the caller's organization.
     let identifier = attrs.account_identifier.trim();
@@ -346,7 +346,7 @@ async fn identifier_of(shared: &Shared, m: &Mapping) -> String {
 
 async fn list_persona_mappings(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Reply {
     let mut list = Vec::new();
-    for m in shared.store.mappings(&caller.0.org_id, "persona").await? {
+    for m in shared.store.mappings(caller.0.org_id(), "persona").await? {
         let id = identifier_of(&shared, &m).await;
         list.push(persona_resource(&m, &id));
     }
@@ -405,13 +405,13 @@ async fn register_account(
             "account_id must be a 12-digit AWS account id.",
         ));
     }
-    shared.store.register_aws_account(&caller.0.org_id, account).await?;
+    shared.store.register_aws_account(caller.0.org_id(), account).await?;
     Ok((
         StatusCode::CREATED,
         envelope(resource(
             "aws_accounts",
             account,
-            serde_json::json!({ "account_id": account, "org_id": caller.0.org_id }),
+            serde_json::json!({ "account_id": account, "org_id": caller.0.org_id() }),
         )),
     ))
 }
@@ -419,14 +419,14 @@ async fn register_account(
 async fn list_accounts(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Reply {
     let list: Vec<_> = shared
         .store
-        .aws_accounts(&caller.0.org_id)
+        .aws_accounts(caller.0.org_id())
         .await?
         .iter()
         .map(|a| {
             resource(
                 "aws_accounts",
                 a,
-                serde_json::json!({ "account_id": a, "org_id": caller.0.org_id }),
+                serde_json::json!({ "account_id": a, "org_id": caller.0.org_id() }),
             )
         })
         .collect();
@@ -438,7 +438,7 @@ async fn remove_account(
     Extension(caller): Extension<Caller>,
     Path(account): Path<String>,
 ) -> ApiResult<StatusCode> {
-    for key in shared.store.remove_aws_account(&caller.0.org_id, &account).await? {
+    for key in shared.store.remove_aws_account(caller.0.org_id(), &account).await? {
         shared.services.directory.refresh_key(&shared.store, &key).await?;
     }
     Ok(StatusCode::NO_CONTENT)

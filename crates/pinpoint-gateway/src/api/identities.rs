@@ -88,7 +88,7 @@ fn valid_name(name: &str, what: &str) -> ApiResult<()> {
 
 pub async fn current_user(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Reply {
     let identity = &caller.0;
-    let org = shared.services.directory.org(&identity.org_id);
+    let org = shared.services.directory.org(identity.org_id());
     let (id, attrs) = match &identity.principal {
         Some(p) => {
             let mut permissions: Vec<_> = p.permissions.iter().collect();
@@ -104,8 +104,8 @@ pub async fn current_user(State(shared): State<Arc<Shared>>, Extension(caller): 
             )
         }
         None => (
-            identity.org_id.to_string(),
-            serde_json::json!({ "kind": "organization_key", "org_id": identity.org_id, "scopes": identity.scopes }),
+            identity.org_id().to_string(),
+            serde_json::json!({ "kind": "organization_key", "org_id": identity.org_id(), "scopes": identity.scopes }),
         ),
     };
     Ok(envelope(resource("users", &id, attrs)))
@@ -202,7 +202,7 @@ async fn delete_org(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     require_platform(&caller, "Deleting organizations")?;
-    if *caller.0.org_id == *id {
+    if caller.0.org_id() == id {
         return Err(deny(Reason::ApiConflict, "You cannot delete your own organization."));
     }
     shared.store.delete_org(&id).await?;

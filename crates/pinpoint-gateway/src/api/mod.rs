@@ -190,12 +190,12 @@ pub struct Caller(pub Arc<Identity>);
 impl Caller {
     /// Refuses access to another organization's resources (platform admins excepted).
     pub fn check_org(&self, org_id: &str) -> ApiResult<()> {
-        if &*self.0.org_id == org_id || self.0.is_platform_admin() {
+        if self.0.org_id() == org_id || self.0.is_platform_admin() {
             Ok(())
         } else {
             Err(ApiError(
                 Denial::new(Reason::AuthzTenantMismatch, "The resource is not in your organization.")
-                    .note(format!("resource org {org_id}, caller org {}", self.0.org_id)),
+                    .note(format!("resource org {org_id}, caller org {}", self.0.org_id())),
             ))
         }
     }
@@ -208,7 +208,7 @@ impl Caller {
                 self.check_org(org)?;
                 Ok(org.to_owned())
             }
-            None => Ok(self.0.org_id.to_string()),
+            None => Ok(self.0.org_id().to_string()),
         }
     }
 
@@ -232,7 +232,7 @@ impl Caller {
         if self.0.is_platform_admin() {
             None
         } else {
-            Some(&self.0.org_id)
+            Some(self.0.org_id())
         }
     }
 }
@@ -416,7 +416,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 client_addr: peer.to_string(),
                 route: Some(API_ROUTE.to_owned()),
                 principal: identity.as_ref().map(|i| i.who()),
-                org_id: identity.as_ref().map(|i| i.org_id.clone()),
+                org_id: identity.as_ref().map(|i| i.org.id.clone()),
                 status: status.as_u16(),
                 reason,
                 upstream_target: None,
@@ -478,7 +478,7 @@ async fn decision(
     };
     // Decisions of other organizations' requests (and of anonymous ones) are visible to
     // platform admins only, and look the same as missing ones to everyone else.
-    let visible = caller.0.is_platform_admin() || decision.org_id.as_deref() == Some(&*caller.0.org_id);
+    let visible = caller.0.is_platform_admin() || decision.org_id.as_deref() == Some(caller.0.org_id());
     if !visible {
         return Err(deny(
             Reason::ApiNotFound,

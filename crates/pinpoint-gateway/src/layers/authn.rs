@@ -114,8 +114,7 @@ impl AuthnLayer {
         };
         Ok(Identity {
             principal,
-            org_id: entry.org.id.clone(),
-            org_header: entry.org.header.clone(),
+            org: entry.org.clone(),
             credential: Credential::Key(entry.clone()),
             scopes: entry.scopes.clone(),
         })
@@ -172,8 +171,7 @@ impl AuthnLayer {
                     );
                 }
                 Ok(Identity {
-                    org_id: principal.org.id.clone(),
-                    org_header: principal.org.header.clone(),
+                    org: principal.org.clone(),
                     principal: Some(principal),
                     credential: Credential::Token(claims.jti),
                     scopes: None,
@@ -192,14 +190,14 @@ impl AuthnLayer {
                 );
             }
         }
-        match self.directory.org_suspended(&identity.org_id) {
+        match self.directory.org_suspended(identity.org_id()) {
             Some(true) => Err(
                 Denial::new(Reason::AuthnOrganizationSuspended, "Your organization is suspended.")
-                    .rule(format!("org {}", identity.org_id)),
+                    .rule(format!("org {}", identity.org_id())),
             ),
             Some(false) => Ok(()),
             None => Err(Denial::new(Reason::AuthnKeyUnknown, "The credential is not valid.")
-                .note(format!("organization {} no longer exists", identity.org_id))),
+                .note(format!("organization {} no longer exists", identity.org_id()))),
         }
     }
 }

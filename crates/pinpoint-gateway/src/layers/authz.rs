@@ -36,7 +36,7 @@ impl AuthzLayer {
                 && rule
                     .orgs
                     .as_ref()
-                    .is_none_or(|orgs| orgs.iter().any(|o| **o == *identity.org_id))
+                    .is_none_or(|orgs| orgs.iter().any(|o| *o == identity.org_id()))
                 && rule
                     .routes
                     .as_ref()
@@ -75,7 +75,7 @@ impl AuthzLayer {
             return Outcome::Deny(denial);
         }
         if let Some(org) = &access.org {
-            if **org != *identity.org_id && !identity.is_platform_admin() {
+            if *org != identity.org_id() && !identity.is_platform_admin() {
                 return Outcome::Deny(
                     Denial::new(
                         Reason::AuthzTenantMismatch,
@@ -83,7 +83,7 @@ impl AuthzLayer {
                     )
                     .note(format!(
                         "route belongs to org {org}, caller is in org {}",
-                        identity.org_id
+                        identity.org_id()
                     )),
                 );
             }

@@ -141,12 +141,12 @@ fn limit_key<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(&'static str,
     match by {
         LimitKey::Key => identity.map(|i| match &i.credential {
             Credential::Key(key) => ("key", KeyPart::Str(&key.info.id)),
-            Credential::Token(_) => ("principal", KeyPart::Str(i.principal_id().unwrap_or(&i.org_id))),
+            Credential::Token(_) => ("principal", KeyPart::Str(i.principal_id().unwrap_or(i.org_id()))),
         }),
         LimitKey::Principal => identity
             .and_then(|i| i.principal_id())
             .map(|p| ("principal", KeyPart::Str(p))),
-        LimitKey::Org => identity.map(|i| ("org", KeyPart::Str(&i.org_id))),
+        LimitKey::Org => identity.map(|i| ("org", KeyPart::Str(i.org_id()))),
         LimitKey::Route => ctx.route_id.as_deref().map(|r| ("route", KeyPart::Str(r))),
         LimitKey::ClientIp => Some(("ip", KeyPart::Ip(ctx.client_ip))),
     }
@@ -232,7 +232,7 @@ impl Layer for RateLayer {
                     || !quota
                         .orgs
                         .as_ref()
-                        .is_none_or(|o| o.iter().any(|id| **id == *identity.org_id))
+                        .is_none_or(|o| o.iter().any(|id| *id == identity.org_id()))
                 {
                     continue;
                 }
@@ -244,7 +244,7 @@ impl Layer for RateLayer {
                 let used = self
                     .registry
                     .quota_counts
-                    .entry((quota.id.clone(), identity.org_id.to_string(), start))
+                    .entry((quota.id.clone(), identity.org_id().to_string(), start))
                     .or_insert_with(|| AtomicU64::new(0))
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
@@ -262,7 +262,7 @@ impl Layer for RateLayer {
                         .rule(quota.id.clone())
                         .note(format!(
                             "org {} used {} of {}",
-                            identity.org_id,
+                            identity.org_id(),
                             used - 1,
                             quota.requests
                         ))
