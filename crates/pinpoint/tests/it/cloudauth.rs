@@ -429,14 +429,14 @@ async fn managed_intake_keys_and_mapping_rules() {
         api_key.as_str(),
         "the current key, again"
     );
-    let send = || {
+    let send = |key: &str| {
         w.gw.http
             .post(w.gw.url("/intake/logs"))
-            .header("dd-api-key", &api_key)
+            .header("dd-api-key", key)
             .body("{}")
             .send()
     };
-    assert_eq!(send().await.unwrap().status(), 200);
+    assert_eq!(send(&api_key).await.unwrap().status(), 200);
 
     // Revoking the mapping revokes its keys.
     let resp =
@@ -447,7 +447,7 @@ async fn managed_intake_keys_and_mapping_rules() {
             .await
             .unwrap();
     assert_eq!(resp.status(), 204);
-    problem(send().await.unwrap(), 401, "authn.key_revoked").await;
+    problem(send(&api_key).await.unwrap(), 401, "authn.key_revoked").await;
 
     // Removing the AWS account removes its mappings and revokes the keys issued through them.
     let resp = create("arn:aws:sts::123456789012:assumed-role/dd-role/*")
@@ -460,15 +460,9 @@ async fn managed_intake_keys_and_mapping_rules() {
         .json()
         .await
         .unwrap();
-    let api_key = again["data"]["attributes"]["api_key"].as_str().unwrap().to_owned();
-    let send = || {
-        w.gw.http
-            .post(w.gw.url("/intake/logs"))
-            .header("dd-api-key", &api_key)
-            .body("{}")
-            .send()
-    };
-    assert_eq!(send().await.unwrap().status(), 200);
+    let new_key = again["data"]["attributes"]["api_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, api_key, "a new mapping derives a new key");
+    assert_eq!(send(&new_key).await.unwrap().status(), 200);
     let resp =
         w.gw.http
             .delete(w.gw.api_url(&format!("/api/v2/cloud_auth/aws/accounts/{ACCOUNT}")))
@@ -477,7 +471,7 @@ async fn managed_intake_keys_and_mapping_rules() {
             .await
             .unwrap();
     assert_eq!(resp.status(), 204);
-    problem(send().await.unwrap(), 401, "authn.key_revoked").await;
+    problem(send(&new_key).await.unwrap(), 401, "authn.key_revoked").await;
     let left: serde_json::Value =
         w.gw.http
             .get(w.gw.api_url("/api/v2/cloud_auth/aws/intake_mapping"))
