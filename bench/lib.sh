@@ -9,9 +9,8 @@ wait_port() {
   echo "nothing listens on port $1" >&2; exit 1
 }
 
-# bench_config WORK PROXY_PORT API_PORT ECHO_PORT: writes $WORK/pinpoint.toml with the two
-# routes: "bare" (no access rules) and "chain" (key auth, RBAC permission, IP allow list,
-# a rate limit sized not to trigger; a deny rule and a policy rule that never match).
+# bench_config WORK PROXY_PORT API_PORT ECHO_PORT: writes $WORK/pinpoint.toml, the
+# benchmark's routes (bench/routes.toml: "bare" and "chain") behind a [server] section.
 bench_config() {
   local WORK=$1 PROXY_PORT=$2 API_PORT=$3 ECHO_PORT=$4
 cat > "$WORK/pinpoint.toml" <<TOML
@@ -21,37 +20,8 @@ api_listen = "127.0.0.1:$API_PORT"
 data_dir = "$WORK/data"
 reload_poll_ms = 0
 
-[upstreams.echo]
-targets = ["127.0.0.1:$ECHO_PORT"]
-
-[[routes]]
-id = "bare"
-path_prefix = "/bare"
-upstream = "echo"
-
-[[routes]]
-id = "chain"
-path_prefix = "/chain"
-methods = ["GET", "POST"]
-upstream = "echo"
-permissions = { GET = "orders:read", POST = "orders:write" }
-ip_allow = ["127.0.0.0/8"]
-
-[[authz.deny]]
-id = "never-matches"
-roles = ["nobody"]
-
-[[rate.limits]]
-id = "generous"
-by = "key"
-requests = 100000000
-per_seconds = 1
-routes = ["chain"]
-
-[[policy.rules]]
-id = "no-deletes"
-methods = ["DELETE"]
 TOML
+  sed "s/@ECHO_ADDR@/127.0.0.1:$ECHO_PORT/" bench/routes.toml >>"$WORK/pinpoint.toml"
 }
 
 # bench_key BIN CONFIG: prints an API key of a user whose role grants exactly the chain

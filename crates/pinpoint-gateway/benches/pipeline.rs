@@ -1,7 +1,7 @@
 //! CPU cost of the policy pipeline alone, per request: a route with no access rules (every
 //! layer "not mine") against one with the full chain (API-key authentication, RBAC, an IP
-//! allow list and a rate limit sized not to trigger). The throughput benchmark (bench/run.sh)
-//! measures the same over real sockets. Run: `cargo bench -p pinpoint-gateway --bench pipeline`.
+//! allow list and a rate limit sized not to trigger). The routes are bench/routes.toml, the
+//! same the throughput benchmark (bench/run.sh) measures over real sockets. Run: `cargo bench -p pinpoint-gateway --bench pipeline`.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -19,29 +19,8 @@ use pinpoint_gateway::tokens::TokenService;
 use pinpoint_gateway::upstream::HealthRegistry;
 use pinpoint_store::{NewKey, Store};
 
-const CONFIG: &str = r#"
-[upstreams.echo]
-targets = ["127.0.0.1:9"]
-
-[[routes]]
-id = "bare"
-path_prefix = "/bare"
-upstream = "echo"
-
-[[routes]]
-id = "chain"
-path_prefix = "/chain"
-upstream = "echo"
-permissions = { GET = "orders:read" }
-ip_allow = ["127.0.0.0/8"]
-
-[[rate.limits]]
-id = "generous"
-by = "key"
-requests = 1000000000
-per_seconds = 1
-routes = ["chain"]
-"#;
+/// The same routes as the throughput benchmark's, with an upstream that is never called.
+const ROUTES: &str = include_str!("../../../bench/routes.toml");
 
 fn pipeline(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -73,7 +52,7 @@ fn pipeline(c: &mut Criterion) {
             .await
             .unwrap()
             .key;
-        let config = Config::parse(CONFIG, "bench").unwrap();
+        let config = Config::parse(&ROUTES.replace("@ECHO_ADDR@", "127.0.0.1:9"), "bench").unwrap();
         let services = Services {
             cloudauth: Arc::new(pinpoint_gateway::cloudauth::CloudAuth::new(&config.cloudauth).unwrap()),
             directory: Directory::load(&store).await.unwrap(),
