@@ -33,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" echo --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
+"$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
 bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Drives one upstream four ways on loopback, in one run, with wrk:
+# Drives one upstream four ways on loopback, in one run, with wrk. The upstream is
+# `pinpoint echo --fixed`: the same small body for every request, so its work does not grow
+# with the identity headers the chain adds and the differences measured are the proxies'.
 #   direct    wrk -> echo upstream
 #   nginx     wrk -> nginx (plain reverse proxy, keep-alive upstream pool) -> echo upstream
 #   bare      wrk -> pinpoint, a route with no access rules (every layer "not mine";
@@ -51,7 +53,7 @@ cleanup() {
 trap cleanup EXIT
 
 
-$WRK_PIN "$BIN" echo --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
+$WRK_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
 
 cat > "$WORK/nginx.conf" <<NGINX

@@ -1,5 +1,7 @@
 //! The built-in echo upstream used by the demo config (`builtin:echo`) and the benchmark
-//! (`pinpoint echo`): it answers every request with a JSON description of what it received.
+//! (`pinpoint echo`): it answers every request with a JSON description of what it received,
+//! or, in [`EchoMode::Fixed`] (the benchmark's upstream), with the same small body every
+//! time, so its work does not grow with the headers a proxy in front of it adds.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,8 +17,25 @@ use tokio::net::TcpListener;
 /// Largest request body the echo service reads.
 const MAX_BODY: usize = 1 << 20;
 
-/// Serves the echo service on `listener` until `shutdown` resolves.
+/// What the echo service answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoMode {
+    /// A JSON description of the request: method, path, query, headers and body.
+    Describe,
+    /// The same small JSON body for every request (the body is read and discarded).
+    Fixed,
+}
+
+/// The body [`EchoMode::Fixed`] answers with.
+pub const FIXED_BODY: &str = r#"{"service":"pinpoint-echo","fixed":true}"#;
+
+/// Serves the describing echo service on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    serve_mode(listener, shutdown, EchoMode::Describe).await
+}
+
+/// Serves the echo service in `mode` on `listener` until `shutdown` resolves.
+pub async fn serve_mode(listener: TcpListener, shutdown: impl Future<Output = ()>, mode: EchoMode) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -32,13 +51,37 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| async move {
+                        match mode {
+                            EchoMode::Describe => describe(req).await,
+                            EchoMode::Fixed => fixed(req).await,
+                        }
+                    }),
+                )
                 .await;
         });
     }
 }
 
-async fn answer(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+async fn fixed(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let mut body = req.into_body();
+    // Read (and drop) the body, so the connection can carry the next request.
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+    let mut response = http::Response::new(Full::new(Bytes::from_static(FIXED_BODY.as_bytes())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+async fn describe(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),

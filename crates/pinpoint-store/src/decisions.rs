@@ -142,14 +142,17 @@ async fn write_batch(store: &Store, batch: &mut Vec<Decision>) {
 }
 
 async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
-    // One multi-row INSERT per chunk: far fewer round trips to SQLite's worker thread than
-    // one statement per decision. 6 binds a row keeps a chunk well under SQLite's limit.
+    // Multi-row INSERTs: far fewer round trips to SQLite's worker thread than one statement
+    // per decision. 6 binds a row keeps every chunk well under SQLite's limit.
     let mut encoded = Vec::with_capacity(batch.len());
     for d in batch {
         encoded.push((d, serde_json::to_string(d)?));
     }
     let mut tx = store.write_tx().await?;
-    for chunk in encoded.chunks(INSERT_CHUNK) {
+    let mut rest = encoded.as_slice();
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(chunk_len(rest.len()));
+        rest = after;
         let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO decisions (request_id, at_ms, status, reason, route, record) ",
         );
@@ -167,15 +170,30 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Rows per INSERT statement.
-const INSERT_CHUNK: usize = 256;
+/// Rows per INSERT statement. A batch is cut into chunks of these sizes, largest first, so
+/// only these few statements ever exist and each is parsed once and then reused from the
+/// connection's statement cache; a statement of any other size would be parsed anew, which
+/// costs about as much as inserting its rows.
+const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The size of the next chunk when `remaining` rows are left (at least 1).
+fn chunk_len(remaining: usize) -> usize {
+    CHUNK_SIZES.into_iter().find(|&size| size <= remaining).unwrap_or(1)
+}
 
 async fn prune_old(store: &Store, retention_hours: u64) {
     let horizon = now_ms().saturating_sub((retention_hours as i64).saturating_mul(3_600_000));
-    match sqlx::query("DELETE FROM decisions WHERE at_ms < ?")
-        .bind(horizon)
-        .execute(store.pool())
-        .await
+    // Rows are appended in time order, so everything before the first row inside the
+    // retention window is older: found by walking `seq` from the start, which touches only
+    // the rows about to go (no index on `at_ms` to keep up on every insert).
+    match sqlx::query(
+        "DELETE FROM decisions WHERE seq < COALESCE(
+            (SELECT seq FROM decisions WHERE at_ms >= ? ORDER BY seq LIMIT 1),
+            (SELECT MAX(seq) + 1 FROM decisions))",
+    )
+    .bind(horizon)
+    .execute(store.pool())
+    .await
     {
         Ok(done) if done.rows_affected() > 0 => {
             tracing::info!(pruned = done.rows_affected(), "pruned old decisions")
@@ -271,6 +289,44 @@ mod tests {
         writer.finish().await;
         assert!(store.decision("o-3").await.unwrap().is_some());
         assert!(store.decision("o-4").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_what_is_past_retention_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let hours_ago = |h: i64| now_ms() - h * 3_600_000;
+        let at = |id: &str, at_ms: i64| decision(id).with_at(at_ms);
+        let mut batch = vec![at("old-1", hours_ago(5)), at("old-2", hours_ago(3))];
+        batch.extend([at("new-1", hours_ago(0) - 1000), at("new-2", hours_ago(0) - 1000)]);
+        write_batch(&store, &mut batch).await;
+        prune_old(&store, 2).await;
+        for (id, kept) in [("old-1", false), ("old-2", false), ("new-1", true), ("new-2", true)] {
+            assert_eq!(store.decision(id).await.unwrap().is_some(), kept, "{id}");
+        }
+        // Nothing inside the window: everything goes.
+        prune_old(&store, 0).await;
+        assert!(store.decision("new-2").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn batches_are_cut_into_the_few_cached_statement_sizes() {
+        for total in [1usize, 3, 5, 255, 256, 300, 1000, 1500] {
+            let mut left = total;
+            let mut sizes = Vec::new();
+            while left > 0 {
+                let n = chunk_len(left);
+                assert!(CHUNK_SIZES.contains(&n) && n <= left);
+                sizes.push(n);
+                left -= n;
+            }
+            assert_eq!(sizes.iter().sum::<usize>(), total);
+            // Largest first, and never more than 3 chunks of a size below the largest.
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]));
+            for size in &CHUNK_SIZES[1..] {
+                assert!(sizes.iter().filter(|&&s| s == *size).count() <= 3);
+            }
+        }
     }
 
     trait WithAt {

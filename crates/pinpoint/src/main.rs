@@ -6,6 +6,7 @@ mod admin;
 mod client;
 mod cloud;
 mod explain;
+mod log_sink;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,10 @@ enum Command {
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Answer every request with the same small body instead of describing it (the
+        /// benchmark's upstream: its work then does not depend on the request's headers).
+        #[arg(long)]
+        fixed: bool,
     },
 }
 
@@ -184,12 +189,17 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", pinpoint_core::config::DEMO_CONFIG);
                 Ok(())
             }
-            Command::Echo { listen } => {
+            Command::Echo { listen, fixed } => {
                 let listener = TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 eprintln!("echo upstream listening on {listen}");
-                pinpoint_gateway::echo::serve(listener, shutdown_signal()).await;
+                let mode = if fixed {
+                    pinpoint_gateway::echo::EchoMode::Fixed
+                } else {
+                    pinpoint_gateway::echo::EchoMode::Describe
+                };
+                pinpoint_gateway::echo::serve_mode(listener, shutdown_signal(), mode).await;
                 Ok(())
             }
         }
@@ -221,8 +231,8 @@ fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
-    // Log lines go through a buffered writer thread so the proxy never waits on stdout;
-    // the guard flushes what is left when `serve` returns.
+    // Log lines gather in a buffer a writer thread empties (log_sink), so the proxy never
+    // waits on stdout; the guard writes what is left when `serve` returns.
     let _log_flush = init_tracing(log_format, LogTo::Stdout);
     let (config, origin) = resolve_config(config_flag.as_deref())?;
     tracing::info!(config = %origin, revision = %config.revision, "config loaded");
@@ -292,18 +302,14 @@ enum LogTo {
     Stderr,
 }
 
-fn init_tracing(format: &str, to: LogTo) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing(format: &str, to: LogTo) -> log_sink::FlushGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PINPOINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Lossy only when 128k lines are waiting: the proxy must never block on a slow log reader.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(128 * 1024)
-        .lossy(true)
-        .finish::<Box<dyn std::io::Write + Send>>(match to {
-            LogTo::Stdout => Box::new(std::io::stdout()),
-            LogTo::Stderr => Box::new(std::io::stderr()),
-        });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let (sink, guard) = log_sink::LogSink::spawn(match to {
+        LogTo::Stdout => Box::new(std::io::stdout()),
+        LogTo::Stderr => Box::new(std::io::stderr()),
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(sink);
     if format == "json" {
         builder.json().flatten_event(true).with_current_span(false).init();
     } else {

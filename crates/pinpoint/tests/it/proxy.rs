@@ -314,3 +314,22 @@ async fn metrics_count_requests_denials_and_latency() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_fixed_echo_answers_the_same_body_and_keeps_the_connection() {
+    let fixed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fixed_addr = fixed.local_addr().unwrap();
+    tokio::spawn(pinpoint_gateway::echo::serve_mode(
+        fixed,
+        std::future::pending(),
+        pinpoint_gateway::echo::EchoMode::Fixed,
+    ));
+    let gw = start(&config_with(&format!("\"{fixed_addr}\""), "", "")).await;
+    // Two POSTs with bodies over the gateway's pooled upstream connection: the body is
+    // read and dropped, the answer never depends on the request.
+    for body in ["{\"n\":1}".repeat(200), String::new()] {
+        let resp = gw.http.post(gw.url("/orders")).body(body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), pinpoint_gateway::echo::FIXED_BODY);
+    }
+}
