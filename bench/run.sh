@@ -9,19 +9,21 @@
 #   chain     wrk -> pinpoint, a route with the full chain: API-key auth, RBAC permission,
 #             IP allow list, a rate limit sized not to trigger, decision log -> echo upstream
 # for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency, Pinpoint/nginx and
-# chain/bare ratios. bare and chain alternate BENCH_ROUNDS times (default 3); medians are
-# reported, and chain/bare is the median of the per-round ratios.
-# Usage: bench/run.sh [seconds-per-run] (default 5). Needs root or sudo to install nginx/wrk.
+# chain/bare ratios. bare and chain run in BENCH_ROUNDS rounds (default 6), in turns: bare
+# first in odd rounds, chain first in even ones, so neither always runs on the later (and
+# possibly differently loaded) machine. Medians are reported, and chain/bare is the median
+# of the per-round ratios.
+# Usage: bench/run.sh [seconds-per-run] (default 3). Needs root or sudo to install nginx/wrk.
 # Environment: BENCH_ROUNDS, BENCH_PIN=1 (see below), BENCH_CONNECTIONS, BENCH_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-DURATION="${1:-${BENCH_DURATION:-5}}"
+DURATION="${1:-${BENCH_DURATION:-3}}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
-ROUNDS="${BENCH_ROUNDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-6}"
 # BENCH_PIN=1 gives the proxy under test (nginx or Pinpoint) CPU 0 to itself and puts wrk
 # and the upstream on the other CPUs, so the figures measure the proxy, not what it
 # shares a core with. Default: everything shares every core.
@@ -114,13 +116,15 @@ print('%.2fms' % statistics.median(ms(v) for v in sys.argv[1:]))" "$@"
 }
 
 # bare and chain alternate, ROUNDS times each, so both see the same machine: on a shared
-# (noisy) machine one long run each would compare two different moments.
+# (noisy) machine one long run each would compare two different moments. Which goes first
+# alternates too (bare-chain, chain-bare, ...), so a drift over the run favours neither.
+bare() { run bare "$1" "http://127.0.0.1:$PROXY_PORT/bare/x"; }
+chain() { run chain "$1" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"; }
 for kind in get post; do
   run direct "$kind" "http://127.0.0.1:$ECHO_PORT/bare/x"
   run nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bare/x"
-  for _ in $(seq "$ROUNDS"); do
-    run bare "$kind" "http://127.0.0.1:$PROXY_PORT/bare/x"
-    run chain "$kind" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"
+  for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then bare "$kind"; chain "$kind"; else chain "$kind"; bare "$kind"; fi
   done
 done
 
@@ -134,17 +138,18 @@ for kind in get post; do
 done
 echo
 ratio() { python3 -c "import sys; print('%-28s %.3f' % (sys.argv[1], float(sys.argv[2]) / float(sys.argv[3])))" "$@"; }
-per_round() { # kind -> median of the per-round chain/bare ratios
+per_round() { # kind -> median of the per-round chain/bare ratios, then each round's
   python3 -c "
 import statistics, sys
 bare, chain = sys.argv[1].split(), sys.argv[2].split()
-print('%.3f' % statistics.median(float(c) / float(b) for b, c in zip(bare, chain)))" "${RPS[bare-$1]}" "${RPS[chain-$1]}"
+ratios = [float(c) / float(b) for b, c in zip(bare, chain)]
+print('%.3f' % statistics.median(ratios), '  rounds:', ' '.join('%.3f' % r for r in ratios))" "${RPS[bare-$1]}" "${RPS[chain-$1]}"
 }
 for kind in get post; do
   # shellcheck disable=SC2086
   ratio "bare/nginx $kind throughput" "$(median ${RPS[bare-$kind]})" "$(median ${RPS[nginx-$kind]})"
   # shellcheck disable=SC2086
   ratio "chain/nginx $kind throughput" "$(median ${RPS[chain-$kind]})" "$(median ${RPS[nginx-$kind]})"
-  printf '%-28s %s\n' "chain/bare $kind throughput" "$(per_round "$kind")  (median of $ROUNDS alternating rounds)"
+  printf '%-28s %s\n' "chain/bare $kind throughput" "$(per_round "$kind")"
 done
-echo "($DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"
+echo "(chain/bare: the median of $ROUNDS rounds' ratios; $DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"

@@ -35,8 +35,8 @@ pub struct RequestCtx<'a> {
     pub route_id: Option<Arc<str>>,
     /// What the route demands of callers, set with the route.
     pub access: Option<Arc<RouteAccess>>,
-    /// Set by the authentication layer.
-    pub identity: Option<Arc<Identity>>,
+    /// Set by the authentication layer (held inline: no allocation per request).
+    pub identity: Option<Identity>,
     /// The request's `Origin`, when the CORS layer allows it (reflected in every response).
     pub cors_origin: Option<HeaderValue>,
     /// Set by a layer that answered the request itself (a CORS preflight).

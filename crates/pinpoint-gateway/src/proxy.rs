@@ -142,7 +142,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
             let ctx = ForwardCtx {
                 peer,
                 request_id: &request_id,
-                identity: identity.as_deref(),
+                identity: identity.as_ref(),
                 format,
                 reasons_url,
             };

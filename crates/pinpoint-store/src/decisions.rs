@@ -234,8 +234,8 @@ mod tests {
             host: None,
             client_addr: "127.0.0.1:1".into(),
             route: Some("admin".into()),
-            principal: None,
-            org_id: None,
+            principal: Some("user:ada (u-1)".into()),
+            org_id: Some("o-1".into()),
             status: 403,
             reason: Some(Reason::PolicyExplicitDeny),
             upstream_target: None,
@@ -289,6 +289,47 @@ mod tests {
         writer.finish().await;
         assert!(store.decision("o-3").await.unwrap().is_some());
         assert!(store.decision("o-4").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_version_4_store_is_migrated_and_its_old_records_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        // Make it look like schema 4: the at_ms index back, and a record written then
+        // (on one connection of the pool).
+        let mut conn = store.pool().acquire().await.unwrap();
+        for statement in [
+            "DROP TABLE decisions",
+            "CREATE TABLE decisions (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,
+                at_ms INTEGER NOT NULL, status INTEGER NOT NULL, reason TEXT, route TEXT, record TEXT NOT NULL)",
+            "CREATE INDEX decisions_request_id ON decisions(request_id)",
+            "CREATE INDEX decisions_at ON decisions(at_ms)",
+            "PRAGMA user_version = 4",
+        ] {
+            sqlx::query(statement).execute(&mut *conn).await.unwrap();
+        }
+        drop(conn);
+        let old = decision("old");
+        sqlx::query("INSERT INTO decisions (request_id, at_ms, status, record) VALUES ('old', ?, 403, ?)")
+            .bind(old.at_ms)
+            .bind(serde_json::to_string(&old).unwrap())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.decision("old").await.unwrap().unwrap(), old);
+        let mut batch = vec![decision("new")];
+        write_batch(&store, &mut batch).await;
+        let new = store.decision("new").await.unwrap().unwrap();
+        assert_eq!(new, decision("new").with_at(new.at_ms));
+        let indexes: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'decisions'")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(indexes, ["decisions_request_id"]);
     }
 
     #[tokio::test]

@@ -191,9 +191,12 @@ impl Store {
             }
         }
         if version < 5 {
+            let mut tx = pool.begin().await?;
             for statement in SCHEMA_V5 {
-                sqlx::query(statement).execute(&pool).await?;
+                sqlx::query(statement).execute(&mut *tx).await?;
             }
+            sqlx::query("PRAGMA user_version = 5").execute(&mut *tx).await?;
+            tx.commit().await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)

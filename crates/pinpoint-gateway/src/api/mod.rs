@@ -355,7 +355,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         let verdict = runtime.api_pipeline.run(&mut ctx).await;
         (
             verdict,
-            ctx.identity.take(),
+            ctx.identity.take().map(Arc::new),
             ctx.answered,
             std::mem::take(&mut ctx.response_headers),
         )

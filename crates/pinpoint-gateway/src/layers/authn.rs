@@ -227,7 +227,7 @@ impl Layer for AuthnLayer {
                 Ok(()) => {
                     // The trace names the credential; the decision's `principal` names who.
                     let rule_id = Some(identity.credential_label());
-                    ctx.identity = Some(Arc::new(identity));
+                    ctx.identity = Some(identity);
                     Outcome::Allow { rule_id }
                 }
                 Err(denial) => Outcome::Deny(denial),

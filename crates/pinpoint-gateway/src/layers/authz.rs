@@ -51,7 +51,7 @@ impl AuthzLayer {
             return Outcome::NotApplicable;
         };
         let permission = access.permission_for(ctx.method);
-        let Some(identity) = ctx.identity.as_deref() else {
+        let Some(identity) = ctx.identity.as_ref() else {
             // Anonymous (auth optional, or authn in report mode): only rules without
             // requirements pass.
             return match permission {

@@ -6,6 +6,7 @@
 //! Codes: `rate.limited`, `quota.exhausted` (429).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,9 +24,34 @@ use pinpoint_core::{Denial, Outcome, Reason};
 use crate::identity::Credential;
 use crate::pipeline::{Check, Layer, RequestCtx};
 
-/// Limiter keys are 64-bit hashes of `(what, id)`: no allocation per request, and a
-/// collision (two callers sharing a budget) has odds of about n²/2⁶⁵.
-type KeyedLimiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+/// Limiter keys are 64-bit hashes of `(what, id)` under a secret seed ([`hashed`]): no
+/// allocation per request, and a collision (two callers sharing a budget) has odds of about
+/// n²/2⁶⁵. Being uniformly random already, they index the limiter's map as they are.
+type KeyedLimiter = RateLimiter<
+    u64,
+    DefaultKeyedStateStore<u64, BuildHasherDefault<SeededKey>>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// The "hasher" of limiter keys: passes the already seeded hash through.
+#[derive(Default, Clone, Copy)]
+struct SeededKey(u64);
+
+impl Hasher for SeededKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key is a u64); fold anything else in regardless.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// Limiter and quota state shared across config revisions.
 #[derive(Default)]
@@ -46,7 +72,10 @@ impl RateRegistry {
                 let quota = Quota::with_period(per_cell.max(Duration::from_nanos(1)))
                     .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                     .allow_burst(burst);
-                Arc::new(RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>())
+                Arc::new(
+                    RateLimiter::dashmap_with_hasher(quota, BuildHasherDefault::default())
+                        .with_middleware::<StateInformationMiddleware>(),
+                )
             })
             .clone()
     }
@@ -137,7 +166,7 @@ fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
 
 /// What a limit counts by, for this request: a kind tag and an id.
 fn limit_key<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(&'static str, KeyPart<'c>)> {
-    let identity = ctx.identity.as_deref();
+    let identity = ctx.identity.as_ref();
     match by {
         LimitKey::Key => identity.map(|i| match &i.credential {
             Credential::Key(key) => ("key", KeyPart::Str(&key.info.id)),
@@ -225,7 +254,7 @@ impl Layer for RateLayer {
         if let Some((limit, remaining, reset)) = tightest {
             push_headers(ctx, limit, remaining, reset);
         }
-        if let Some(identity) = ctx.identity.as_deref() {
+        if let Some(identity) = ctx.identity.as_ref() {
             let now = pinpoint_store::now_ms();
             for quota in &self.quotas {
                 if !applies(&quota.routes, ctx.route_id.as_deref())
