@@ -14,6 +14,8 @@ use pinpoint_core::keys;
 use pinpoint_store::{Store, StoreError, StoredKey};
 use tokio::sync::mpsc;
 
+use crate::layers::rate::{limiter_key, LimitKind};
+
 /// A key as the directory holds it, with what every request it authenticates needs
 /// built once at load.
 pub struct KeyEntry {
@@ -23,6 +25,8 @@ pub struct KeyEntry {
     /// Shared with every other key and principal of the organization.
     pub org: Arc<OrgLabels>,
     pub scopes: Option<Arc<HashSet<String>>>,
+    /// The rate layer's key for limits counted per API key, hashed once.
+    pub rate_key: u64,
     hash: [u8; 32],
     /// Unix minute of the last recorded use.
     last_used_minute: AtomicI64,
@@ -35,6 +39,8 @@ pub struct PrincipalEntry {
     pub label: Arc<str>,
     /// The principal id as the `X-Pinpoint-Principal` header value, built once.
     pub id_header: http::HeaderValue,
+    /// The rate layer's key for limits counted per principal, hashed once.
+    pub rate_key: u64,
     /// Shared with every other key and principal of the organization.
     pub org: Arc<OrgLabels>,
     pub roles: Vec<String>,
@@ -49,6 +55,8 @@ pub struct OrgLabels {
     pub header: http::HeaderValue,
     /// How decisions name a caller using an organization key: `org-key (<org id>)`.
     pub owner_label: Arc<str>,
+    /// The rate layer's key for limits counted per organization, hashed once.
+    pub rate_key: u64,
 }
 
 /// Why a presented key was refused.
@@ -92,6 +100,7 @@ impl Directory {
                     id: Arc::from(org_id),
                     header: id_header(org_id),
                     owner_label: Arc::from(format!("org-key ({org_id})")),
+                    rate_key: limiter_key(LimitKind::Org, org_id),
                 })
             })
             .clone()
@@ -103,6 +112,7 @@ impl Directory {
         let hash = <[u8; 32]>::try_from(stored.secret_hash.as_slice()).unwrap_or([0; 32]);
         Arc::new(KeyEntry {
             trace_label: Arc::from(format!("key {}", stored.info.id)),
+            rate_key: limiter_key(LimitKind::Key, &stored.info.id),
             org: self.org_labels(&stored.info.org_id),
             scopes: stored
                 .info
@@ -124,6 +134,7 @@ impl Directory {
                 principal.id
             )),
             id_header: id_header(&principal.id),
+            rate_key: limiter_key(LimitKind::Principal, &principal.id),
             org: self.org_labels(&principal.org_id),
             principal,
             roles: roles.iter().map(|r| r.name.clone()).collect(),
@@ -193,7 +204,11 @@ impl Directory {
             return Err(KeyRefusal::Expired);
         }
         let minute = now_ms / 60_000;
-        if entry.last_used_minute.swap(minute, Ordering::Relaxed) != minute {
+        // Read first: a write on every request would bounce the entry's cache line between
+        // the cores serving the same key; this writes once a minute.
+        if entry.last_used_minute.load(Ordering::Relaxed) != minute
+            && entry.last_used_minute.swap(minute, Ordering::Relaxed) != minute
+        {
             let _ = self.touches.try_send((entry.info.id.clone(), now_ms));
         }
         Ok(entry)

@@ -111,10 +111,12 @@ mod tests {
             Arc::new(PrincipalEntry {
                 label: Arc::from("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
+                rate_key: 0,
                 org: Arc::new(OrgLabels {
                     id: Arc::from("o"),
                     header: http::HeaderValue::from_static("o"),
                     owner_label: Arc::from("org-key (o)"),
+                    rate_key: 0,
                 }),
                 principal: Principal {
                     id: "p".into(),
@@ -135,6 +137,7 @@ mod tests {
                 id: Arc::from("o"),
                 header: http::HeaderValue::from_static("o"),
                 owner_label: Arc::from("org-key (o)"),
+                rate_key: 0,
             }),
             credential: Credential::Token("t".into()),
             scopes: scopes.map(Arc::new),

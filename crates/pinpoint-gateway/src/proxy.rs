@@ -158,8 +158,9 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
             )
         }
     };
+    // Room for everything added below at once: one resize of the map, not one per header.
+    response.headers_mut().reserve(1 + extra_headers.len());
     respond::set_request_id(response.headers_mut(), &request_id);
-    response.headers_mut().reserve(extra_headers.len());
     for (name, value) in extra_headers {
         response.headers_mut().append(name, value);
     }
@@ -263,6 +264,8 @@ async fn forward(
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
+    // Room for the forwarding and identity headers at once: one resize, not several.
+    parts.headers.reserve(UPSTREAM_HEADERS_ADDED);
     prepare_upstream_headers(&mut parts.headers, route, fwd.identity);
     add_forwarding_headers(&mut parts.headers, fwd.peer, request_id);
 
@@ -375,6 +378,10 @@ fn prepare_upstream_headers(headers: &mut HeaderMap, route: &CompiledRoute, iden
         headers.insert(X_PINPOINT_ORG.clone(), identity.org.header.clone());
     }
 }
+
+/// Headers Pinpoint adds to an upstream request: `X-Forwarded-For`, `X-Forwarded-Proto`,
+/// `X-Request-Id`, `X-Pinpoint-Principal`, `X-Pinpoint-Org`.
+const UPSTREAM_HEADERS_ADDED: usize = 5;
 
 static X_PINPOINT_PRINCIPAL: HeaderName = HeaderName::from_static("x-pinpoint-principal");
 static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");

@@ -164,20 +164,58 @@ fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
         .is_none_or(|ids| route_id.is_some_and(|r| ids.iter().any(|i| i == r)))
 }
 
-/// What a limit counts by, for this request: a kind tag and an id.
-fn limit_key<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(&'static str, KeyPart<'c>)> {
+/// What a limiter key counts: one API key, principal, organization, route or address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    Key,
+    Principal,
+    Org,
+    Route,
+    Ip,
+}
+
+impl LimitKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Key => "key",
+            LimitKind::Principal => "principal",
+            LimitKind::Org => "org",
+            LimitKind::Route => "route",
+            LimitKind::Ip => "ip",
+        }
+    }
+}
+
+/// The limiter key of `(kind, id)`. Directory entries hash theirs once at load (keys,
+/// principals, organizations); routes and addresses are hashed per request.
+pub fn limiter_key(kind: LimitKind, id: &str) -> u64 {
+    hashed(kind, &KeyPart::Str(id))
+}
+
+/// What a limit counts by, for this request: the limiter key, and what it names.
+fn limit_key<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(u64, LimitKind, KeyPart<'c>)> {
     let identity = ctx.identity.as_ref();
+    let principal = |i: &'c crate::identity::Identity| {
+        i.principal
+            .as_ref()
+            .map(|p| (p.rate_key, LimitKind::Principal, KeyPart::Str(p.principal.id.as_str())))
+    };
     match by {
         LimitKey::Key => identity.map(|i| match &i.credential {
-            Credential::Key(key) => ("key", KeyPart::Str(&key.info.id)),
-            Credential::Token(_) => ("principal", KeyPart::Str(i.principal_id().unwrap_or(i.org_id()))),
+            Credential::Key(key) => (key.rate_key, LimitKind::Key, KeyPart::Str(&key.info.id)),
+            // A token counts against its principal (or, without one, its organization).
+            Credential::Token(_) => principal(i).unwrap_or((i.org.rate_key, LimitKind::Org, KeyPart::Str(i.org_id()))),
         }),
-        LimitKey::Principal => identity
-            .and_then(|i| i.principal_id())
-            .map(|p| ("principal", KeyPart::Str(p))),
-        LimitKey::Org => identity.map(|i| ("org", KeyPart::Str(i.org_id()))),
-        LimitKey::Route => ctx.route_id.as_deref().map(|r| ("route", KeyPart::Str(r))),
-        LimitKey::ClientIp => Some(("ip", KeyPart::Ip(ctx.client_ip))),
+        LimitKey::Principal => identity.and_then(principal),
+        LimitKey::Org => identity.map(|i| (i.org.rate_key, LimitKind::Org, KeyPart::Str(i.org_id()))),
+        LimitKey::Route => ctx.route_id.as_deref().map(|r| {
+            let part = KeyPart::Str(r);
+            (hashed(LimitKind::Route, &part), LimitKind::Route, part)
+        }),
+        LimitKey::ClientIp => {
+            let part = KeyPart::Ip(ctx.client_ip);
+            Some((hashed(LimitKind::Ip, &part), LimitKind::Ip, part))
+        }
     }
 }
 
@@ -197,11 +235,13 @@ impl std::fmt::Display for KeyPart<'_> {
     }
 }
 
-fn hashed(kind: &str, part: &KeyPart<'_>) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
+/// SipHash under a per-process random seed: the ids are caller-influenced (addresses,
+/// presented key ids), so callers must not be able to aim at one another's budgets.
+fn hashed(kind: LimitKind, part: &KeyPart<'_>) -> u64 {
+    use std::hash::{BuildHasher, Hash};
     static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
     let mut h = SEED.get_or_init(Default::default).build_hasher();
-    kind.hash(&mut h);
+    kind.as_str().hash(&mut h);
     part.hash(&mut h);
     h.finish()
 }
@@ -218,10 +258,9 @@ impl Layer for RateLayer {
             if !applies(&limit.rule.routes, ctx.route_id.as_deref()) {
                 continue;
             }
-            let Some((kind, part)) = limit_key(limit.rule.by, ctx) else {
+            let Some((key, kind, part)) = limit_key(limit.rule.by, ctx) else {
                 continue;
             };
-            let key = hashed(kind, &part);
             applied = true;
             let burst = limit.rule.burst.unwrap_or(limit.rule.requests);
             let per_cell_ms = u64::from(limit.rule.per_seconds) * 1000 / u64::from(limit.rule.requests.max(1));
@@ -234,7 +273,7 @@ impl Layer for RateLayer {
                     }
                 }
                 Err(not_until) => {
-                    let who = format!("{kind} {part}");
+                    let who = format!("{} {part}", kind.as_str());
                     let wait = not_until.wait_time_from(self.clock.now());
                     let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                     let reset = (u64::from(burst) * per_cell_ms).div_ceil(1000);
