@@ -29,6 +29,9 @@ pub struct RequestCtx<'a> {
     /// The client's address after trusted-proxy resolution.
     pub client_ip: IpAddr,
     pub request_id: &'a str,
+    /// Unix time in milliseconds when the request's handling began: the one wall-clock
+    /// reading layers use (key expiry, quota windows) and the decision's `at_ms`.
+    pub at_ms: i64,
     /// The matched route (proxy requests), set by the route layer.
     pub route: Option<Arc<CompiledRoute>>,
     /// The route's id (proxy routes and API endpoints alike).
@@ -64,6 +67,7 @@ impl<'a> RequestCtx<'a> {
             client_addr,
             client_ip,
             request_id,
+            at_ms: pinpoint_store::now_ms(),
             route: None,
             route_id: None,
             access: None,
@@ -136,6 +140,9 @@ impl Pipeline {
     pub async fn run(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let mut trace = Vec::with_capacity(self.stages.len() + 1);
         let mut denial = None;
+        // One clock read per layer boundary: a layer's time is the gap between the reading
+        // before it and the one after it (clock reads are not free, least of all in a VM).
+        let mut boundary = Instant::now();
         for stage in &self.stages {
             if denial.is_some() || ctx.answered {
                 trace.push(LayerTrace {
@@ -154,12 +161,13 @@ impl Pipeline {
                 });
                 continue;
             }
-            let started = Instant::now();
             let outcome = match stage.layer.check(ctx) {
                 Check::Ready(outcome) => outcome,
                 Check::Pending(fut) => fut.await,
             };
-            let micros = started.elapsed().as_micros() as u64;
+            let finished = Instant::now();
+            let micros = finished.duration_since(boundary).as_micros() as u64;
+            boundary = finished;
             let mut entry = LayerTrace {
                 layer: stage.layer.name().into(),
                 mark: Mark::Pass,

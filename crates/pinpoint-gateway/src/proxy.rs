@@ -81,7 +81,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 /// Handles one request end to end.
 pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
     let started = Instant::now();
-    let at_ms = pinpoint_store::now_ms();
     let runtime = shared.runtime.load_full();
     let request_id = respond::request_id_of(req.headers());
     let format = respond::format_of(req.headers());
@@ -103,7 +102,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     let path = req.uri().path().to_owned();
     let host = host_of(&req);
     let client_ip = crate::layers::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
-    let (verdict, route, identity, answered, extra_headers) = {
+    let (verdict, route, identity, answered, extra_headers, at_ms) = {
         let mut ctx = RequestCtx::new(
             &method,
             &path,
@@ -120,6 +119,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
             ctx.identity.take(),
             ctx.answered,
             std::mem::take(&mut ctx.response_headers),
+            ctx.at_ms,
         )
     };
     let route_label: Arc<str> = route

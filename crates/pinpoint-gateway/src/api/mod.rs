@@ -330,7 +330,6 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
 /// `X-Request-Id`, and records the decision of every `/api/` request.
 async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let at_ms = pinpoint_store::now_ms();
     let runtime = shared.runtime.load_full();
     let request_id = respond::request_id_of(req.headers());
     let format = respond::format_of(req.headers());
@@ -348,7 +347,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         .and_then(|m| endpoint_access().get(&(method.clone(), m)).cloned());
     let route_id: Arc<str> = Arc::from(API_ROUTE);
 
-    let (verdict, identity, answered, extra_headers) = {
+    let (verdict, identity, answered, extra_headers, at_ms) = {
         let mut ctx = RequestCtx::new(&method, &path, None, req.headers(), peer, client_ip, &request_id);
         ctx.route_id = Some(route_id.clone());
         ctx.access = access;
@@ -358,6 +357,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             ctx.identity.take().map(Arc::new),
             ctx.answered,
             std::mem::take(&mut ctx.response_headers),
+            ctx.at_ms,
         )
     };
     let mut trace = verdict.trace;

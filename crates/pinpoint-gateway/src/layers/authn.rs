@@ -120,8 +120,7 @@ impl AuthnLayer {
         })
     }
 
-    fn authenticate(&self, presented: Presented<'_>, route_org: Option<&str>) -> Result<Identity, Denial> {
-        let now = pinpoint_store::now_ms();
+    fn authenticate(&self, presented: Presented<'_>, route_org: Option<&str>, now: i64) -> Result<Identity, Denial> {
         match presented {
             Presented::Key(k) => {
                 let entry = self.key(k, now)?;
@@ -222,7 +221,7 @@ impl Layer for AuthnLayer {
             });
         };
         let route_org = ctx.access.as_ref().and_then(|a| a.org.as_deref());
-        let outcome = match self.authenticate(presented, route_org) {
+        let outcome = match self.authenticate(presented, route_org, ctx.at_ms) {
             Ok(identity) => match self.check_standing(&identity) {
                 Ok(()) => {
                     // The trace names the credential; the decision's `principal` names who.

@@ -294,7 +294,7 @@ impl Layer for RateLayer {
             push_headers(ctx, limit, remaining, reset);
         }
         if let Some(identity) = ctx.identity.as_ref() {
-            let now = pinpoint_store::now_ms();
+            let now = ctx.at_ms;
             for quota in &self.quotas {
                 if !applies(&quota.routes, ctx.route_id.as_deref())
                     || !quota
