@@ -21,9 +21,17 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 pub const MAX_BUFFERED: usize = 16 << 20;
 
 struct Shared {
-    buffer: Mutex<Vec<u8>>,
+    buffer: Mutex<Buffer>,
     dropped_lines: AtomicU64,
+    /// Asks the writer thread for its last round.
     closing: AtomicBool,
+}
+
+/// The waiting lines, and whether the writer has taken them for the last time (checked
+/// under the same lock, so no line can slip in after the last round and be lost).
+struct Buffer {
+    bytes: Vec<u8>,
+    closed: bool,
 }
 
 /// The `MakeWriter` handed to tracing-subscriber; cheap to clone.
@@ -42,7 +50,10 @@ impl LogSink {
     /// A sink whose writer thread writes to `output`.
     pub fn spawn(output: Box<dyn Write + Send>) -> (LogSink, FlushGuard) {
         let shared = Arc::new(Shared {
-            buffer: Mutex::new(Vec::with_capacity(64 << 10)),
+            buffer: Mutex::new(Buffer {
+                bytes: Vec::with_capacity(64 << 10),
+                closed: false,
+            }),
             dropped_lines: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         });
@@ -56,24 +67,25 @@ impl LogSink {
         if writer.is_none() {
             // No writer thread: lines go straight to stderr instead of into the void.
             eprintln!("pinpoint: could not start the log writer thread; logging unbuffered to stderr");
-            shared.closing.store(true, Ordering::Relaxed);
+            shared.buffer.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         }
         (LogSink { shared: shared.clone() }, FlushGuard { shared, writer })
     }
 
     fn append(&self, line: &[u8]) {
-        if self.shared.closing.load(Ordering::Relaxed) {
-            // Once the writer is finishing nothing would write the buffer again.
+        let mut buffer = self.shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if buffer.closed {
+            // Nothing will write the buffer again: straight to stderr instead.
+            drop(buffer);
             let _ = std::io::stderr().write_all(line);
             return;
         }
-        let mut buffer = self.shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        if buffer.len() + line.len() > MAX_BUFFERED {
+        if buffer.bytes.len() + line.len() > MAX_BUFFERED {
             drop(buffer);
             self.shared.dropped_lines.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        buffer.extend_from_slice(line);
+        buffer.bytes.extend_from_slice(line);
     }
 }
 
@@ -84,7 +96,8 @@ fn write_loop(shared: &Shared, mut output: Box<dyn Write + Send>) {
         let closing = shared.closing.load(Ordering::Acquire);
         {
             let mut buffer = shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::swap(&mut *buffer, &mut spare);
+            std::mem::swap(&mut buffer.bytes, &mut spare);
+            buffer.closed = closing;
         }
         if !spare.is_empty() {
             // A failed write (closed stdout) has nowhere to be reported; the lines are lost.
@@ -177,6 +190,9 @@ mod tests {
             t.join().unwrap();
         }
         drop(guard);
+        // After the last round, the buffer is closed: later lines go to stderr, none is
+        // left in a buffer nobody writes.
+        assert!(sink.shared.buffer.lock().unwrap().closed);
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2000);

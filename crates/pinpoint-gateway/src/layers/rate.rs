@@ -165,7 +165,7 @@ fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
 }
 
 /// What a limiter key counts: one API key, principal, organization, route or address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     Key,
     Principal,
