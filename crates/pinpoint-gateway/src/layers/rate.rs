@@ -354,32 +354,23 @@ fn period_name(p: QuotaPeriod) -> &'static str {
     }
 }
 
-/// Adds the rate-limit headers. The three values that change per request are written into
-/// one buffer and handed out as slices of it: one allocation, not three.
+/// Adds the rate-limit headers. The two that never change are shared clones; the three
+/// that change per request are each one small owned buffer (measured as fast as slices of
+/// one shared buffer, whose reference counting costs what the fewer allocations save).
 fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: u64) {
     let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let remaining = remaining_digits.format(remaining);
-    let reset = reset_digits.format(reset);
-    let mut buf =
-        bytes::BytesMut::with_capacity(limit.ratelimit_prefix.len() + 2 * (remaining.len() + reset.len()) + 3);
-    buf.extend_from_slice(limit.ratelimit_prefix.as_bytes());
-    buf.extend_from_slice(remaining.as_bytes());
-    buf.extend_from_slice(b";t=");
-    buf.extend_from_slice(reset.as_bytes());
-    let ratelimit_end = buf.len();
-    buf.extend_from_slice(remaining.as_bytes());
-    let remaining_end = buf.len();
-    buf.extend_from_slice(reset.as_bytes());
-    let buf = buf.freeze();
-    let value = |range: std::ops::Range<usize>| {
-        HeaderValue::from_maybe_shared(buf.slice(range)).unwrap_or_else(|_| HeaderValue::from_static(""))
-    };
+    let mut ratelimit = String::with_capacity(limit.ratelimit_prefix.len() + 3 + 10 + 20);
+    ratelimit.push_str(&limit.ratelimit_prefix);
+    ratelimit.push_str(remaining_digits.format(remaining));
+    ratelimit.push_str(";t=");
+    ratelimit.push_str(reset_digits.format(reset));
+    let ratelimit = HeaderValue::try_from(ratelimit).unwrap_or_else(|_| HeaderValue::from_static(""));
     ctx.response_headers.extend([
         (RATELIMIT_POLICY.clone(), limit.policy_header.clone()),
-        (RATELIMIT.clone(), value(0..ratelimit_end)),
+        (RATELIMIT.clone(), ratelimit),
         (X_RATELIMIT_LIMIT.clone(), limit.limit_header.clone()),
-        (X_RATELIMIT_REMAINING.clone(), value(ratelimit_end..remaining_end)),
-        (X_RATELIMIT_RESET.clone(), value(remaining_end..buf.len())),
+        (X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining)),
+        (X_RATELIMIT_RESET.clone(), HeaderValue::from(reset)),
     ]);
 }
 
