@@ -183,6 +183,7 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
     .await;
     assert_eq!(
         http.get(format!("http://127.0.0.1:{proxy_port}/inventory"))
+            .header("x-request-id", "bin-2")
             .send()
             .await
             .unwrap()
@@ -203,6 +204,18 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
         "decisions survive shutdown"
     );
     store.close().await;
+    // The access log is buffered; what was waiting at shutdown (bin-2 was served just
+    // before SIGTERM) is written before exit.
+    let access_log = std::fs::read_to_string(dir.path().join("first.stdout")).unwrap();
+    for id in ["bin-1", "bin-2"] {
+        let line = access_log
+            .lines()
+            .find(|l| l.contains(&format!("\"request_id\":\"{id}\"")))
+            .unwrap_or_else(|| panic!("no access-log line for {id} in:\n{access_log}"));
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["target"], "pinpoint::access");
+        assert_eq!(line["status"], 200);
+    }
 
     // A second start finds keys and prints none.
     let mut again = ServeProcess::start(&config_path, dir.path(), "second");
