@@ -454,16 +454,7 @@ key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
 claims = jwt.decode(token, jwt.PyJWK(key).key, algorithms=[key["alg"]], audience=aud, issuer="pinpoint")
 print(json.dumps(claims))
 "#;
-    let me: serde_json::Value =
-        w.gw.http
-            .get(w.gw.api_url("/api/v2/current_user"))
-            .bearer_auth(&admin_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let me = w.gw.api_json("/api/v2/current_user", Some(&admin_token)).await;
     let org = me["data"]["attributes"]["org_id"].as_str().unwrap().to_owned();
     let out = std::process::Command::new("python3")
         .args(["-c", script, &admin_token, &jwks, &org])
@@ -493,15 +484,7 @@ print(json.dumps(claims))
     assert_ne!(kid_of(&fresh), kid_of(&admin_token));
     assert_eq!(w.get("/orders", &admin_token).await.status(), 200);
     assert_eq!(w.get("/orders", &fresh).await.status(), 200);
-    let jwks: serde_json::Value =
-        w.gw.http
-            .get(w.gw.api_url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let jwks = w.gw.api_json("/.well-known/jwks.json", None).await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
 }
 

@@ -132,16 +132,7 @@ async fn exchange_against_moto_with_botocore_proofs() {
     let expires = body["data"]["attributes"]["expires"].as_i64().unwrap();
     let now = pinpoint_store::now_ms() / 1000;
     assert!(expires > now && expires <= now + 900, "short-lived: {expires}");
-    let me: serde_json::Value =
-        w.gw.http
-            .get(w.gw.api_url("/api/v2/current_user"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let me = w.gw.api_json("/api/v2/current_user", Some(&token)).await;
     assert_eq!(me["data"]["id"], w.bob_id.as_str());
     assert_eq!(w.get("/orders", &token).await.status(), 200);
 
@@ -472,16 +463,9 @@ async fn managed_intake_keys_and_mapping_rules() {
             .unwrap();
     assert_eq!(resp.status(), 204);
     problem(send(&new_key).await.unwrap(), 401, "authn.key_revoked").await;
-    let left: serde_json::Value =
-        w.gw.http
-            .get(w.gw.api_url("/api/v2/cloud_auth/aws/intake_mapping"))
-            .bearer_auth(&ops_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let left =
+        w.gw.api_json("/api/v2/cloud_auth/aws/intake_mapping", Some(&ops_key))
+            .await;
     assert_eq!(left["data"].as_array().map(Vec::len), Some(0), "{left}");
 }
 

@@ -201,15 +201,7 @@ async fn an_administrator_builds_a_tenant_and_its_user_uses_it() {
     )
     .await;
 
-    let openapi: serde_json::Value = gw
-        .http
-        .get(gw.api_url("/api/v2/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = gw.api_json("/api/v2/openapi.json", None).await;
     assert_eq!(openapi["openapi"], "3.1.0");
     for (method, path, _) in pinpoint_gateway::api::ENDPOINTS {
         assert!(
@@ -311,16 +303,7 @@ async fn cli_manages_keys_users_and_roles() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let me: serde_json::Value = gw
-        .http
-        .get(gw.api_url("/api/v2/current_user"))
-        .bearer_auth(&gw.admin_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = gw.api_json("/api/v2/current_user", Some(&gw.admin_key)).await;
     let admin_id = me["data"]["id"].as_str().unwrap().to_owned();
 
     let out = ok(&run(vec![

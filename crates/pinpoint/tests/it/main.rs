@@ -155,17 +155,18 @@ impl TestGateway {
         }
     }
 
+    /// The JSON body of `GET path` on the api listener, with `bearer` if given.
+    pub async fn api_json(&self, path: &str, bearer: Option<&str>) -> serde_json::Value {
+        let mut request = self.http.get(self.api_url(path));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     /// The config revision `/healthz` reports.
     pub async fn revision(&self) -> String {
-        let v: serde_json::Value = self
-            .http
-            .get(self.api_url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.api_json("/healthz", None).await;
         v["config_revision"].as_str().unwrap().to_owned()
     }
 
