@@ -1,7 +1,10 @@
 //! CPU cost of the policy pipeline alone, per request: a route with no access rules (every
 //! layer "not mine") against one with the full chain (API-key authentication, RBAC, an IP
 //! allow list and a rate limit sized not to trigger). The routes are bench/routes.toml, the
-//! same the throughput benchmark (bench/run.sh) measures over real sockets. Run: `cargo bench -p pinpoint-gateway --bench pipeline`.
+//! same the throughput benchmark (bench/run.sh) measures over real sockets. The
+//! `_2threads` variants run the same request on two threads at once (one caller served by
+//! both cores), which shows what shared writes (locks, reference counts) cost.
+//! Run: `cargo bench -p pinpoint-gateway --bench pipeline`.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -79,6 +82,45 @@ fn pipeline(c: &mut Criterion) {
                     let verdict = runtime.pipeline.run(&mut ctx).await;
                     assert!(verdict.denial.is_none());
                     black_box((verdict, ctx.identity.take(), std::mem::take(&mut ctx.response_headers)))
+                })
+            })
+        });
+    }
+    // Two threads on one key: what the shared cache lines cost when both cores serve
+    // the same caller at once.
+    for (name, path) in [("bare_2threads", "/bare/x"), ("chain_2threads", "/chain/x")] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..2)
+                        .map(|_| {
+                            s.spawn(|| {
+                                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                                let start = std::time::Instant::now();
+                                for _ in 0..iters {
+                                    rt.block_on(async {
+                                        let mut ctx = RequestCtx::new(
+                                            &Method::GET,
+                                            path,
+                                            None,
+                                            &with_key,
+                                            peer,
+                                            peer.ip(),
+                                            "bench",
+                                        );
+                                        let verdict = runtime.pipeline.run(&mut ctx).await;
+                                        black_box((
+                                            verdict,
+                                            ctx.identity.take(),
+                                            std::mem::take(&mut ctx.response_headers),
+                                        ))
+                                    });
+                                }
+                                start.elapsed()
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
                 })
             })
         });

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use pinpoint_core::identity::{grants, ApiKey, KeyKind, Organization, Principal, Role};
 use pinpoint_core::keys;
 use pinpoint_store::{Store, StoreError, StoredKey};
@@ -70,8 +69,10 @@ pub enum KeyRefusal {
 
 /// The directory's maps hash with foldhash (seeded per map), several times faster than
 /// SipHash on the short ids looked up per request. Only Pinpoint inserts entries (ids it
-/// generated), so callers cannot grow a bucket; a presented id only probes.
-type IdMap<V> = DashMap<String, V, foldhash::fast::RandomState>;
+/// generated), so callers cannot grow a bucket; a presented id only probes. Reads take no
+/// lock and write nothing shared (papaya): with both cores authenticating the same caller,
+/// a locking map's lock word alone would bounce between them on every request.
+type IdMap<V> = papaya::HashMap<String, V, foldhash::fast::RandomState>;
 
 pub struct Directory {
     hasher: keys::SecretHasher,
@@ -90,12 +91,12 @@ fn id_header(id: &str) -> http::HeaderValue {
 impl Directory {
     /// The organization's shared labels, made on first use.
     fn org_labels(&self, org_id: &str) -> Arc<OrgLabels> {
-        if let Some(labels) = self.org_labels.get(org_id) {
-            return labels.clone();
+        let labels = self.org_labels.pin();
+        if let Some(existing) = labels.get(org_id) {
+            return existing.clone();
         }
-        self.org_labels
-            .entry(org_id.to_owned())
-            .or_insert_with(|| {
+        labels
+            .get_or_insert_with(org_id.to_owned(), || {
                 Arc::new(OrgLabels {
                     id: Arc::from(org_id),
                     header: id_header(org_id),
@@ -154,7 +155,7 @@ impl Directory {
             touches,
         };
         for org in store.orgs().await? {
-            directory.orgs.insert(org.id.clone(), Arc::new(org));
+            directory.orgs.pin().insert(org.id.clone(), Arc::new(org));
         }
         let mut roles_by_principal: std::collections::HashMap<String, Vec<Role>> = Default::default();
         for (holder, role) in store.all_assignments().await? {
@@ -163,10 +164,10 @@ impl Directory {
         for p in store.all_principals().await? {
             let roles = roles_by_principal.remove(&p.id).unwrap_or_default();
             let entry = directory.principal_entry(p, &roles);
-            directory.principals.insert(entry.principal.id.clone(), entry);
+            directory.principals.pin().insert(entry.principal.id.clone(), entry);
         }
         for k in store.all_keys().await? {
-            directory.keys.insert(k.info.id.clone(), directory.key_entry(k));
+            directory.keys.pin().insert(k.info.id.clone(), directory.key_entry(k));
         }
         tokio::spawn(write_touches(store.clone(), rx));
         Ok(Arc::new(directory))
@@ -189,7 +190,7 @@ impl Directory {
     /// Checks a presented key: shape, id, secret (constant time), revocation, expiry.
     pub fn verify_key(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, KeyRefusal> {
         let parts = keys::parse(presented).ok_or(KeyRefusal::Malformed)?;
-        let Some(entry) = self.keys.get(parts.id).map(|e| e.clone()) else {
+        let Some(entry) = self.keys.pin().get(parts.id).cloned() else {
             // Spend the same time as a real comparison so ids cannot be probed by timing.
             let _ = self.hasher.verify(parts.secret, &[0u8; 32]);
             return Err(KeyRefusal::Unknown);
@@ -215,17 +216,17 @@ impl Directory {
     }
 
     pub fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>> {
-        self.principals.get(id).map(|e| e.clone())
+        self.principals.pin().get(id).cloned()
     }
 
     pub fn org(&self, id: &str) -> Option<Arc<Organization>> {
-        self.orgs.get(id).map(|e| e.clone())
+        self.orgs.pin().get(id).cloned()
     }
 
     /// Whether an organization is suspended (`None` when it does not exist), without
     /// taking a reference to its entry.
     pub fn org_suspended(&self, id: &str) -> Option<bool> {
-        self.orgs.get(id).map(|e| e.suspended)
+        self.orgs.pin().get(id).map(|e| e.suspended)
     }
 
     pub fn key_count(&self) -> usize {
@@ -236,10 +237,10 @@ impl Directory {
     pub async fn refresh_key(&self, store: &Store, id: &str) -> Result<(), StoreError> {
         match store.stored_key(id).await? {
             Some(k) => {
-                self.keys.insert(id.to_owned(), self.key_entry(k));
+                self.keys.pin().insert(id.to_owned(), self.key_entry(k));
             }
             None => {
-                self.keys.remove(id);
+                self.keys.pin().remove(id);
             }
         }
         Ok(())
@@ -249,9 +250,10 @@ impl Directory {
     pub async fn refresh_keys_of(&self, store: &Store, principal_id: &str) -> Result<(), StoreError> {
         let ids: Vec<String> = self
             .keys
+            .pin()
             .iter()
-            .filter(|e| e.info.principal_id.as_deref() == Some(principal_id))
-            .map(|e| e.key().clone())
+            .filter(|(_, key)| key.info.principal_id.as_deref() == Some(principal_id))
+            .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
             self.refresh_key(store, &id).await?;
@@ -264,10 +266,12 @@ impl Directory {
         match store.principal(id).await? {
             Some(p) => {
                 let roles = store.roles_of(id).await?;
-                self.principals.insert(id.to_owned(), self.principal_entry(p, &roles));
+                self.principals
+                    .pin()
+                    .insert(id.to_owned(), self.principal_entry(p, &roles));
             }
             None => {
-                self.principals.remove(id);
+                self.principals.pin().remove(id);
             }
         }
         Ok(())
@@ -277,10 +281,10 @@ impl Directory {
     pub async fn refresh_org(&self, store: &Store, id: &str) -> Result<(), StoreError> {
         match store.org(id).await? {
             Some(o) => {
-                self.orgs.insert(id.to_owned(), Arc::new(o));
+                self.orgs.pin().insert(id.to_owned(), Arc::new(o));
             }
             None => {
-                self.orgs.remove(id);
+                self.orgs.pin().remove(id);
             }
         }
         Ok(())
@@ -289,6 +293,7 @@ impl Directory {
     /// Adds a key without a store round trip (used by bulk loaders and benchmarks).
     pub fn insert_key(&self, info: ApiKey, secret_hash: Vec<u8>) {
         self.keys
+            .pin()
             .insert(info.id.clone(), self.key_entry(StoredKey { info, secret_hash }));
     }
 }

@@ -5,17 +5,18 @@
 //! outlives config reloads, so a reload does not reset counters.
 //! Codes: `rate.limited`, `quota.exhausted` (429).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderName, HeaderValue};
 use pinpoint_core::config::{LimitKey, QuotaPeriod, QuotaRule, RateLimitRule};
@@ -27,12 +28,55 @@ use crate::pipeline::{Check, Layer, RequestCtx};
 /// Limiter keys are 64-bit hashes of `(what, id)` under a secret seed ([`hashed`]): no
 /// allocation per request, and a collision (two callers sharing a budget) has odds of about
 /// n²/2⁶⁵. Being uniformly random already, they index the limiter's map as they are.
-type KeyedLimiter = RateLimiter<
-    u64,
-    DefaultKeyedStateStore<u64, BuildHasherDefault<SeededKey>>,
-    DefaultClock,
-    StateInformationMiddleware,
->;
+type KeyedLimiter = RateLimiter<u64, LimiterStates, DefaultClock, StateInformationMiddleware>;
+
+/// One limit's GCRA states (each the theoretical arrival time, in nanoseconds since the
+/// limiter started, as governor's own stores keep it), by limiter key. The map's reads take
+/// no lock: when both cores serve the same caller, the one shared write per request is the
+/// compare-and-swap of that caller's state (a locking map would add its lock word).
+#[derive(Default)]
+struct LimiterStates(papaya::HashMap<u64, AtomicU64, BuildHasherDefault<SeededKey>>);
+
+impl StateStore for LimiterStates {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let states = self.0.pin();
+        let state = match states.get(key) {
+            Some(state) => state,
+            None => states.get_or_insert_with(*key, || AtomicU64::new(0)),
+        };
+        // governor's own compare-and-swap loop: 0 means "never measured".
+        let mut previous = state.load(Ordering::Acquire);
+        loop {
+            let (result, next) = f(NonZeroU64::new(previous).map(|n| Nanos::from(n.get())))?;
+            match state.compare_exchange_weak(previous, next.into(), Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return Ok(result),
+                Err(current) => previous = current,
+            }
+        }
+    }
+}
+
+impl ShrinkableKeyedStateStore<u64> for LimiterStates {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let drop_below = u64::from(drop_below);
+        self.0
+            .pin()
+            .retain(|_, state| state.load(Ordering::Relaxed) > drop_below);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// The "hasher" of limiter keys: passes the already seeded hash through.
 #[derive(Default, Clone, Copy)]
@@ -58,7 +102,7 @@ impl Hasher for SeededKey {
 pub struct RateRegistry {
     limiters: Mutex<HashMap<RateLimitRule, Arc<KeyedLimiter>>>,
     /// (quota id, org id, window start ms) -> requests counted.
-    quota_counts: DashMap<(String, String, i64), AtomicU64>,
+    quota_counts: papaya::HashMap<(String, String, i64), AtomicU64>,
 }
 
 impl RateRegistry {
@@ -73,8 +117,12 @@ impl RateRegistry {
                     .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                     .allow_burst(burst);
                 Arc::new(
-                    RateLimiter::dashmap_with_hasher(quota, BuildHasherDefault::default())
-                        .with_middleware::<StateInformationMiddleware>(),
+                    RateLimiter::<u64, LimiterStates, DefaultClock>::new(
+                        quota,
+                        LimiterStates::default(),
+                        DefaultClock::default(),
+                    )
+                    .with_middleware::<StateInformationMiddleware>(),
                 )
             })
             .clone()
@@ -83,8 +131,10 @@ impl RateRegistry {
     /// Loads saved quota counters (so a restart does not reset quotas).
     pub async fn load_quotas(&self, store: &pinpoint_store::Store) -> Result<(), pinpoint_store::StoreError> {
         let since = pinpoint_store::now_ms() - QUOTA_HORIZON_MS;
-        for (quota, org, window, used) in store.quota_usage(since).await? {
-            self.quota_counts.insert((quota, org, window), AtomicU64::new(used));
+        let saved = store.quota_usage(since).await?;
+        let counts = self.quota_counts.pin();
+        for (quota, org, window, used) in saved {
+            counts.insert((quota, org, window), AtomicU64::new(used));
         }
         Ok(())
     }
@@ -93,11 +143,9 @@ impl RateRegistry {
     pub async fn save_quotas(&self, store: &pinpoint_store::Store) -> Result<(), pinpoint_store::StoreError> {
         let counters: Vec<_> = self
             .quota_counts
+            .pin()
             .iter()
-            .map(|e| {
-                let (q, o, w) = e.key();
-                (q.clone(), o.clone(), *w, e.value().load(Ordering::Relaxed))
-            })
+            .map(|((q, o, w), used)| (q.clone(), o.clone(), *w, used.load(Ordering::Relaxed)))
             .collect();
         store
             .save_quota_usage(&counters, pinpoint_store::now_ms() - QUOTA_HORIZON_MS)
@@ -110,6 +158,7 @@ impl RateRegistry {
             limiter.retain_recent();
         }
         self.quota_counts
+            .pin()
             .retain(|(_, _, start), _| now_ms - *start < QUOTA_HORIZON_MS);
     }
 }
@@ -142,7 +191,7 @@ impl RateLayer {
                 .map(|rule| Limit {
                     limiter: registry.limiter(rule),
                     policy_header: header(format!("\"{}\";q={};w={}", rule.id, rule.requests, rule.per_seconds)),
-                    limit_header: HeaderValue::from(rule.burst.unwrap_or(rule.requests)),
+                    limit_header: header(rule.burst.unwrap_or(rule.requests).to_string()),
                     ratelimit_prefix: format!("\"{}\";r=", rule.id),
                     rule: rule.clone(),
                 })
@@ -154,8 +203,25 @@ impl RateLayer {
     }
 }
 
-fn header(s: String) -> HeaderValue {
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// A header value that never changes for a configured limit, as a static value: cloning it
+/// per response then writes no shared reference count (which, with both cores answering
+/// for one limit, costs more than the copy it saves). Each distinct text is kept once for
+/// the life of the process, so config reloads add only texts never seen before.
+fn header(text: String) -> HeaderValue {
+    static TEXTS: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut texts = TEXTS.lock().unwrap_or_else(|p| p.into_inner());
+    let texts = texts.get_or_insert_with(HashSet::new);
+    let text: &'static str = match texts.get(text.as_str()) {
+        Some(kept) => kept,
+        None => {
+            let kept: &'static str = Box::leak(text.into_boxed_str());
+            texts.insert(kept);
+            kept
+        }
+    };
+    HeaderValue::from_str(text)
+        .map(|_| HeaderValue::from_static(text))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
@@ -312,8 +378,10 @@ impl Layer for RateLayer {
                 let used = self
                     .registry
                     .quota_counts
-                    .entry((quota.id.clone(), identity.org_id().to_string(), start))
-                    .or_insert_with(|| AtomicU64::new(0))
+                    .pin()
+                    .get_or_insert_with((quota.id.clone(), identity.org_id().to_string(), start), || {
+                        AtomicU64::new(0)
+                    })
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
                 if used > quota.requests {
@@ -354,23 +422,33 @@ fn period_name(p: QuotaPeriod) -> &'static str {
     }
 }
 
-/// Adds the rate-limit headers. The two that never change are shared clones; the three
-/// that change per request are each one small owned buffer (measured as fast as slices of
-/// one shared buffer, whose reference counting costs what the fewer allocations save).
+/// Adds the rate-limit headers. The two that never change are static values (see
+/// [`header`]); the three that change per request are each copied once into a buffer of
+/// their exact size (one allocation each: `HeaderValue::from(u32)` and a `String` with spare
+/// capacity cost two, the buffer and a reference-counted wrapper).
 fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: u64) {
     let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let mut ratelimit = String::with_capacity(limit.ratelimit_prefix.len() + 3 + 10 + 20);
-    ratelimit.push_str(&limit.ratelimit_prefix);
-    ratelimit.push_str(remaining_digits.format(remaining));
-    ratelimit.push_str(";t=");
-    ratelimit.push_str(reset_digits.format(reset));
-    let ratelimit = HeaderValue::try_from(ratelimit).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let (remaining, reset) = (remaining_digits.format(remaining), reset_digits.format(reset));
+    let parts = [
+        limit.ratelimit_prefix.as_bytes(),
+        remaining.as_bytes(),
+        b";t=",
+        reset.as_bytes(),
+    ];
+    // Exactly sized, so `Bytes` takes the buffer over without a wrapper allocation.
+    let mut ratelimit = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| ratelimit.extend_from_slice(p));
+    let ratelimit = HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit));
+    let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""));
     ctx.response_headers.extend([
         (RATELIMIT_POLICY.clone(), limit.policy_header.clone()),
-        (RATELIMIT.clone(), ratelimit),
+        (
+            RATELIMIT.clone(),
+            ratelimit.unwrap_or_else(|_| HeaderValue::from_static("")),
+        ),
         (X_RATELIMIT_LIMIT.clone(), limit.limit_header.clone()),
-        (X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining)),
-        (X_RATELIMIT_RESET.clone(), HeaderValue::from(reset)),
+        (X_RATELIMIT_REMAINING.clone(), value(remaining.as_bytes())),
+        (X_RATELIMIT_RESET.clone(), value(reset.as_bytes())),
     ]);
 }
 
@@ -379,3 +457,53 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(requests: u32, per_seconds: u32) -> Arc<KeyedLimiter> {
+        let rule = RateLimitRule {
+            id: "t".into(),
+            by: LimitKey::Key,
+            requests,
+            per_seconds,
+            burst: None,
+            routes: None,
+        };
+        RateRegistry::default().limiter(&rule)
+    }
+
+    #[test]
+    fn the_lock_free_state_store_counts_each_key_apart_and_keeps_busy_keys() {
+        let limiter = limiter(2, 3600);
+        assert!(limiter.check_key(&1).is_ok());
+        assert!(limiter.check_key(&1).is_ok());
+        assert!(
+            limiter.check_key(&1).is_err(),
+            "the third request in the hour is over the limit"
+        );
+        let state = limiter.check_key(&2).expect("another key has its own budget");
+        assert_eq!(state.remaining_burst_capacity(), 1);
+        assert_eq!(limiter.len(), 2);
+        // Housekeeping keeps keys whose state still differs from a fresh one.
+        limiter.retain_recent();
+        assert!(
+            limiter.check_key(&1).is_err(),
+            "a housekeeping pass does not reset a budget"
+        );
+    }
+
+    #[test]
+    fn constant_header_values_are_kept_once_per_text() {
+        let a = header("\"t\";q=5;w=1".to_string());
+        let b = header("\"t\";q=5;w=1".to_string());
+        assert_eq!(a, "\"t\";q=5;w=1");
+        assert_eq!(
+            a.as_bytes().as_ptr(),
+            b.as_bytes().as_ptr(),
+            "a reload reuses the kept text"
+        );
+        assert_eq!(header("bad\nvalue".to_string()), "");
+    }
+}
