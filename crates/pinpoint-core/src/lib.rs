@@ -13,4 +13,4 @@ pub mod time;
 pub mod verdict;
 
 pub use reason::Reason;
-pub use verdict::{Decision, Denial, LayerTrace, Mark, Mode, Outcome};
+pub use verdict::{Decision, Denial, LayerTrace, Mark, Mode, Outcome, RecordedText};

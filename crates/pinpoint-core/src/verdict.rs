@@ -152,6 +152,80 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Text that recurs in many stored decisions (who the caller was, its organization), held
+/// with its JSON form, escaped once when it was built: writing a decision then copies the
+/// text instead of escaping it again, byte by byte, for every request. Reads as `&str`.
+#[derive(Clone)]
+pub struct RecordedText(Arc<TextWithJson>);
+
+struct TextWithJson {
+    text: Box<str>,
+    json: Box<serde_json::value::RawValue>,
+}
+
+impl RecordedText {
+    pub fn new(text: &str) -> Self {
+        let json = match serde_json::value::to_raw_value(text) {
+            Ok(json) => json,
+            Err(_) => unreachable!("a string always serializes to JSON"),
+        };
+        RecordedText(Arc::new(TextWithJson {
+            text: text.into(),
+            json,
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+}
+
+impl From<&str> for RecordedText {
+    fn from(text: &str) -> Self {
+        RecordedText::new(text)
+    }
+}
+
+impl std::ops::Deref for RecordedText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0.text
+    }
+}
+
+impl std::fmt::Display for RecordedText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.text)
+    }
+}
+
+impl std::fmt::Debug for RecordedText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0.text, f)
+    }
+}
+
+impl PartialEq for RecordedText {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.text == other.0.text
+    }
+}
+
+impl Eq for RecordedText {}
+
+impl Serialize for RecordedText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.json.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(RecordedText::new(&text))
+    }
+}
+
 /// The stored record of one request's decision. Never holds a request body or a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -169,10 +243,10 @@ pub struct Decision {
     /// Who the caller was (`kind:name (id)`), when authenticated; the credential used is
     /// the authn entry's `rule_id` in the trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principal: Option<Arc<str>>,
+    pub principal: Option<RecordedText>,
     /// The caller's organization, when authenticated (decisions are visible to its admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub org_id: Option<Arc<str>>,
+    pub org_id: Option<RecordedText>,
     /// Final status sent to the caller.
     pub status: u16,
     /// Set when Pinpoint itself answered (a denial or an upstream failure).
@@ -191,5 +265,26 @@ impl Decision {
     /// The entry of the layer that decided the outcome (an enforced deny), if any.
     pub fn deciding_layer(&self) -> Option<&LayerTrace> {
         self.trace.iter().find(|t| t.mark == Mark::Deny)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_text_is_stored_as_the_json_string_it_stands_for() {
+        let awkward = "user:O\"Brien \\ \u{1}\n日本 (u-1)";
+        let recorded = RecordedText::new(awkward);
+        assert_eq!(
+            serde_json::to_string(&recorded).unwrap(),
+            serde_json::to_string(awkward).unwrap()
+        );
+        let back: RecordedText = serde_json::from_str(&serde_json::to_string(&recorded).unwrap()).unwrap();
+        assert_eq!(&*back, awkward);
+        assert_eq!(
+            serde_json::to_value(&recorded).unwrap(),
+            serde_json::Value::from(awkward)
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use pinpoint_core::identity::{grants, ApiKey, KeyKind, Organization, Principal, Role};
 use pinpoint_core::keys;
+use pinpoint_core::RecordedText;
 use pinpoint_store::{Store, StoreError, StoredKey};
 use tokio::sync::mpsc;
 
@@ -35,7 +36,7 @@ pub struct KeyEntry {
 pub struct PrincipalEntry {
     pub principal: Principal,
     /// How decisions name this principal: `kind:name (id)`, built once.
-    pub label: Arc<str>,
+    pub label: RecordedText,
     /// The principal id as the `X-Pinpoint-Principal` header value, built once.
     pub id_header: http::HeaderValue,
     /// The rate layer's key for limits counted per principal, hashed once.
@@ -49,11 +50,11 @@ pub struct PrincipalEntry {
 /// What requests name about an organization, built once per organization (not per key:
 /// a million keys of one organization share one of these).
 pub struct OrgLabels {
-    pub id: Arc<str>,
+    pub id: RecordedText,
     /// The id as the `X-Pinpoint-Org` header value.
     pub header: http::HeaderValue,
     /// How decisions name a caller using an organization key: `org-key (<org id>)`.
-    pub owner_label: Arc<str>,
+    pub owner_label: RecordedText,
     /// The rate layer's key for limits counted per organization, hashed once.
     pub rate_key: u64,
 }
@@ -98,9 +99,9 @@ impl Directory {
         labels
             .get_or_insert_with(org_id.to_owned(), || {
                 Arc::new(OrgLabels {
-                    id: Arc::from(org_id),
+                    id: RecordedText::new(org_id),
                     header: id_header(org_id),
-                    owner_label: Arc::from(format!("org-key ({org_id})")),
+                    owner_label: RecordedText::new(&format!("org-key ({org_id})")),
                     rate_key: limiter_key(LimitKind::Org, org_id),
                 })
             })
@@ -128,7 +129,7 @@ impl Directory {
 
     fn principal_entry(&self, principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
         Arc::new(PrincipalEntry {
-            label: Arc::from(format!(
+            label: RecordedText::new(&format!(
                 "{}:{} ({})",
                 principal.kind.as_str(),
                 principal.name,

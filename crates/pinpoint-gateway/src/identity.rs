@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use pinpoint_core::identity::grants;
+use pinpoint_core::RecordedText;
 
 use crate::directory::{KeyEntry, OrgLabels, PrincipalEntry};
 
@@ -62,7 +63,7 @@ impl Identity {
     }
 
     /// Who the caller is, as decisions name it: `kind:name (id)`, or `org-key (org)`.
-    pub fn who(&self) -> Arc<str> {
+    pub fn who(&self) -> RecordedText {
         match &self.principal {
             Some(p) => p.label.clone(),
             None => self.org.owner_label.clone(),
@@ -109,13 +110,13 @@ mod tests {
     fn identity(perms: HashSet<String>, scopes: Option<HashSet<String>>, with_principal: bool) -> Identity {
         let principal = with_principal.then(|| {
             Arc::new(PrincipalEntry {
-                label: Arc::from("user:u (p)"),
+                label: RecordedText::new("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
                 rate_key: 0,
                 org: Arc::new(OrgLabels {
-                    id: Arc::from("o"),
+                    id: RecordedText::new("o"),
                     header: http::HeaderValue::from_static("o"),
-                    owner_label: Arc::from("org-key (o)"),
+                    owner_label: RecordedText::new("org-key (o)"),
                     rate_key: 0,
                 }),
                 principal: Principal {
@@ -134,9 +135,9 @@ mod tests {
         Identity {
             principal,
             org: Arc::new(OrgLabels {
-                id: Arc::from("o"),
+                id: RecordedText::new("o"),
                 header: http::HeaderValue::from_static("o"),
-                owner_label: Arc::from("org-key (o)"),
+                owner_label: RecordedText::new("org-key (o)"),
                 rate_key: 0,
             }),
             credential: Credential::Token("t".into()),
