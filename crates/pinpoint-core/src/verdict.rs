@@ -86,7 +86,7 @@ impl Denial {
 pub enum Outcome {
     /// The layer let the request through, optionally naming the rule that allowed it
     /// (shared, so naming a rule costs no allocation on the hot path).
-    Allow { rule_id: Option<Arc<str>> },
+    Allow { rule_id: Option<RecordedText> },
     /// The layer refuses the request.
     Deny(Denial),
     /// "Not mine": the layer has nothing to say about this request (distinct from failing).
@@ -138,7 +138,7 @@ pub struct LayerTrace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule_id: Option<Arc<str>>,
+    pub rule_id: Option<RecordedText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,8 +159,10 @@ fn is_zero(n: &u64) -> bool {
 pub struct RecordedText(Arc<TextWithJson>);
 
 struct TextWithJson {
-    text: Box<str>,
     json: Box<serde_json::value::RawValue>,
+    /// The text itself, kept only when escaping changed it; otherwise it is `json` without
+    /// its quotes (one allocation fewer per directory entry).
+    escaped_from: Option<Box<str>>,
 }
 
 impl RecordedText {
@@ -169,14 +171,18 @@ impl RecordedText {
             Ok(json) => json,
             Err(_) => unreachable!("a string always serializes to JSON"),
         };
-        RecordedText(Arc::new(TextWithJson {
-            text: text.into(),
-            json,
-        }))
+        let escaped_from = (json.get().len() != text.len() + 2).then(|| text.into());
+        RecordedText(Arc::new(TextWithJson { json, escaped_from }))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0.text
+        match &self.0.escaped_from {
+            Some(text) => text,
+            None => {
+                let quoted = self.0.json.get();
+                quoted.get(1..quoted.len() - 1).unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -186,28 +192,34 @@ impl From<&str> for RecordedText {
     }
 }
 
+impl From<String> for RecordedText {
+    fn from(text: String) -> Self {
+        RecordedText::new(&text)
+    }
+}
+
 impl std::ops::Deref for RecordedText {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0.text
+        self.as_str()
     }
 }
 
 impl std::fmt::Display for RecordedText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.text)
+        f.write_str(self.as_str())
     }
 }
 
 impl std::fmt::Debug for RecordedText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&*self.0.text, f)
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl PartialEq for RecordedText {
     fn eq(&self, other: &Self) -> bool {
-        self.0.text == other.0.text
+        self.as_str() == other.as_str()
     }
 }
 

@@ -21,7 +21,7 @@ use crate::layers::rate::{limiter_key, LimitKind};
 pub struct KeyEntry {
     pub info: ApiKey,
     /// How the authn trace entry names the key: `key <id>`.
-    pub trace_label: Arc<str>,
+    pub trace_label: RecordedText,
     /// Shared with every other key and principal of the organization.
     pub org: Arc<OrgLabels>,
     pub scopes: Option<Arc<HashSet<String>>>,
@@ -113,7 +113,7 @@ impl Directory {
         // A stored hash is always 32 bytes; anything else (a damaged row) never verifies.
         let hash = <[u8; 32]>::try_from(stored.secret_hash.as_slice()).unwrap_or([0; 32]);
         Arc::new(KeyEntry {
-            trace_label: Arc::from(format!("key {}", stored.info.id)),
+            trace_label: RecordedText::new(&format!("key {}", stored.info.id)),
             rate_key: limiter_key(LimitKind::Key, &stored.info.id),
             org: self.org_labels(&stored.info.org_id),
             scopes: stored

@@ -71,10 +71,10 @@ impl Identity {
     }
 
     /// The credential, as the authn trace entry names it: `key <id>` or `token <jti>`.
-    pub fn credential_label(&self) -> Arc<str> {
+    pub fn credential_label(&self) -> RecordedText {
         match &self.credential {
             Credential::Key(key) => key.trace_label.clone(),
-            Credential::Token(jti) => Arc::from(format!("token {jti}")),
+            Credential::Token(jti) => RecordedText::new(&format!("token {jti}")),
         }
     }
 

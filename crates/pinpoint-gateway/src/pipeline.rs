@@ -183,7 +183,7 @@ impl Pipeline {
                 Outcome::NotApplicable => entry.mark = Mark::Skip,
                 Outcome::Deny(d) => {
                     entry.reason = Some(d.reason);
-                    entry.rule_id = d.rule_id.as_deref().map(std::sync::Arc::from);
+                    entry.rule_id = d.rule_id.as_deref().map(pinpoint_core::RecordedText::from);
                     entry.detail = Some(d.detail.clone());
                     entry.note = d.note.clone();
                     crate::telemetry::count_denial(d.reason, &ctx.route_label(), stage.mode);

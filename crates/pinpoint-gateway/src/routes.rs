@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use http::Method;
 use pinpoint_core::config::{AuthRequirement, RouteConfig};
+use pinpoint_core::RecordedText;
 
 use crate::upstream::Upstream;
 
 /// A route ready for matching.
 pub struct CompiledRoute {
     pub id: Arc<str>,
+    /// The id as the route layer's trace entry names it (JSON form built once).
+    pub trace_id: RecordedText,
     host: Option<String>,
     prefix: String,
     methods: Option<Vec<Method>>,
@@ -24,8 +27,8 @@ pub struct CompiledRoute {
 pub struct RouteAccess {
     pub auth: AuthRequirement,
     /// Permission per method; `None` as method means every method.
-    /// Shared strings, so an allow can name the permission without allocating.
-    pub permissions: Vec<(Option<Method>, std::sync::Arc<str>)>,
+    /// Shared, so an allow can name the permission without allocating or escaping it.
+    pub permissions: Vec<(Option<Method>, RecordedText)>,
     /// The organization the route belongs to.
     pub org: Option<String>,
     /// 1-based path segment after `prefix` that must equal the caller's principal id.
@@ -37,7 +40,7 @@ pub struct RouteAccess {
 
 impl RouteAccess {
     /// The permission `method` needs, if any.
-    pub fn permission_for(&self, method: &Method) -> Option<&std::sync::Arc<str>> {
+    pub fn permission_for(&self, method: &Method) -> Option<&RecordedText> {
         self.permissions
             .iter()
             .find(|(m, _)| m.as_ref() == Some(method))
@@ -78,6 +81,7 @@ impl CompiledRoute {
     pub fn new(config: &RouteConfig, upstream: Arc<Upstream>) -> Self {
         CompiledRoute {
             id: Arc::from(config.id.as_str()),
+            trace_id: RecordedText::new(&config.id),
             host: config.host.clone(),
             prefix: config.path_prefix.clone(),
             methods: config.methods.clone(),
@@ -88,7 +92,7 @@ impl CompiledRoute {
                 permissions: config
                     .permissions
                     .iter()
-                    .map(|(m, p)| (m.clone(), std::sync::Arc::from(p.as_str())))
+                    .map(|(m, p)| (m.clone(), RecordedText::new(p)))
                     .collect(),
                 org: config.org.clone(),
                 owner_segment: config.owner_segment,

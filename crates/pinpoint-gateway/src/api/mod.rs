@@ -316,7 +316,9 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
                 let method = Method::from_bytes(method.as_bytes()).ok()?;
                 let access = RouteAccess {
                     auth: AuthRequirement::Required,
-                    permissions: permission.map(|p| vec![(None, Arc::from(p))]).unwrap_or_default(),
+                    permissions: permission
+                        .map(|p| vec![(None, pinpoint_core::RecordedText::new(p))])
+                        .unwrap_or_default(),
                     prefix: String::from("/"),
                     ..RouteAccess::default()
                 };
@@ -377,7 +379,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             mark: Mark::Pass,
             mode: Mode::Enforce,
             reason: None,
-            rule_id: matched.as_deref().map(Arc::from),
+            rule_id: matched.as_deref().map(pinpoint_core::RecordedText::from),
             detail: None,
             note: None,
             micros: handler_started.elapsed().as_micros() as u64,

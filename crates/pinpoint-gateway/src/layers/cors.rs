@@ -87,7 +87,7 @@ impl Layer for CorsLayer {
             ctx.response_headers.extend(h);
             ctx.answered = true;
             return Check::Ready(Outcome::Allow {
-                rule_id: Some(std::sync::Arc::from("preflight")),
+                rule_id: Some(pinpoint_core::RecordedText::new("preflight")),
             });
         }
         Check::Ready(Outcome::allow())

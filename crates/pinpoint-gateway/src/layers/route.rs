@@ -34,7 +34,7 @@ impl Layer for RouteLayer {
         let method = requested.as_ref().unwrap_or(ctx.method);
         Check::Ready(match self.table.find(ctx.host, ctx.path, method) {
             RouteMatch::Found(route) => {
-                let rule_id = Some(route.id.clone());
+                let rule_id = Some(route.trace_id.clone());
                 ctx.route_id = Some(route.id.clone());
                 ctx.access = Some(route.access.clone());
                 ctx.route = Some(route);
