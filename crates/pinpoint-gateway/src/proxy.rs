@@ -322,28 +322,25 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Removes hop-by-hop headers, those the `Connection` header names, and `also`. One pass
-/// over the few headers present, instead of one hash lookup per name that might be.
+/// Removes hop-by-hop headers, those the `Connection` header names, and `also`. Scans the
+/// few headers present instead of looking up every name that might be, and allocates
+/// nothing unless a `Connection` header names others.
 fn strip_headers(headers: &mut HeaderMap, also: &[&HeaderName]) {
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name) || also.contains(name))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+    let doomed = |name: &HeaderName| is_hop_by_hop(name) || also.contains(&name);
+    if !headers.keys().any(doomed) {
         return;
     }
-    if headers.contains_key(http::header::CONNECTION) {
-        doomed.extend(
-            headers
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
-        );
+    let named_by_connection: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    while let Some(name) = headers.keys().find(|name| doomed(name)).cloned() {
+        headers.remove(name);
     }
-    for name in doomed {
+    for name in named_by_connection {
         headers.remove(name);
     }
 }
