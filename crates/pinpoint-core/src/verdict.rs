@@ -152,9 +152,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Text that recurs in many stored decisions (who the caller was, its organization), held
-/// with its JSON form, escaped once when it was built: writing a decision then copies the
-/// text instead of escaping it again, byte by byte, for every request. Reads as `&str`.
+/// Text that recurs in many stored decisions (who the caller was, its organization, the
+/// credential, route and permission rule ids), held with its JSON form, escaped once when
+/// the directory or the config built it: writing a decision then copies the text instead of
+/// escaping it again, byte by byte, for every request. Reads as `&str`.
 #[derive(Clone)]
 pub struct RecordedText(Arc<TextWithJson>);
 
@@ -298,5 +299,10 @@ mod tests {
             serde_json::to_value(&recorded).unwrap(),
             serde_json::Value::from(awkward)
         );
+        // Text that needs no escaping is kept once, as its JSON form.
+        let plain = RecordedText::new("key 0123456789abcdef");
+        assert_eq!(&*plain, "key 0123456789abcdef");
+        assert_eq!(serde_json::to_string(&plain).unwrap(), "\"key 0123456789abcdef\"");
+        assert_eq!(&*RecordedText::new(""), "");
     }
 }
