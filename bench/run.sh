@@ -9,7 +9,7 @@
 #   chain     wrk -> pinpoint, a route with the full chain: API-key auth, RBAC permission,
 #             IP allow list, a rate limit sized not to trigger, decision log -> echo upstream
 # for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency, Pinpoint/nginx and
-# chain/bare ratios. bare and chain run in BENCH_ROUNDS rounds (default 6), in turns: bare
+# chain/bare ratios. bare and chain run in BENCH_ROUNDS rounds (default 12), in turns: bare
 # first in odd rounds, chain first in even ones, so neither always runs on the later (and
 # possibly differently loaded) machine. Medians are reported, and chain/bare is the median
 # of the per-round ratios.
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-${BENCH_DURATION:-3}}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
-ROUNDS="${BENCH_ROUNDS:-6}"
+ROUNDS="${BENCH_ROUNDS:-12}"
 # BENCH_PIN=1 gives the proxy under test (nginx or Pinpoint) CPU 0 to itself and puts wrk
 # and the upstream on the other CPUs, so the figures measure the proxy, not what it
 # shares a core with. Default: everything shares every core.
