@@ -193,12 +193,6 @@ impl From<&str> for RecordedText {
     }
 }
 
-impl From<String> for RecordedText {
-    fn from(text: String) -> Self {
-        RecordedText::new(&text)
-    }
-}
-
 impl std::ops::Deref for RecordedText {
     type Target = str;
     fn deref(&self) -> &str {
