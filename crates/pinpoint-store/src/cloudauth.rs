@@ -212,12 +212,10 @@ async fn delete_mapping_in(tx: &mut sqlx::SqliteConnection, id: &str) -> Result<
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
-    for key in &keys {
-        sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-    }
+    sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id IN (SELECT key_id FROM intake_keys WHERE mapping_id = ?)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM intake_keys WHERE mapping_id = ?")
         .bind(id)
         .execute(&mut *tx)
