@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pinpoint_core::{Denial, LayerTrace, Mark, Mode, Outcome};
 
 use crate::identity::Identity;
+use crate::layers::rate::RateHeaders;
 use crate::routes::{CompiledRoute, RouteAccess};
 
 /// What a layer sees of a request. Layers may fill in what they establish (the route,
@@ -45,7 +46,40 @@ pub struct RequestCtx<'a> {
     /// Set by a layer that answered the request itself (a CORS preflight).
     pub answered: bool,
     /// Headers every response to this request carries (rate-limit state, CORS).
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: ResponseHeaders,
+}
+
+/// Headers the layers want on every response to a request, whatever answers it.
+#[derive(Default)]
+pub struct ResponseHeaders {
+    /// CORS headers and the like.
+    pub other: Vec<(HeaderName, HeaderValue)>,
+    /// The rate-limit headers, held inline: most limited requests add nothing else, so
+    /// they need no allocation.
+    pub rate: Option<RateHeaders>,
+}
+
+impl ResponseHeaders {
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.other.len() + if self.rate.is_some() { RateHeaders::COUNT } else { 0 }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends every header to `headers`, reserving room for them all at once.
+    pub fn append_to(self, headers: &mut HeaderMap) {
+        headers.reserve(self.len());
+        for (name, value) in self.other {
+            headers.append(name, value);
+        }
+        if let Some(rate) = self.rate {
+            rate.append_to(headers);
+        }
+    }
 }
 
 impl<'a> RequestCtx<'a> {
@@ -74,7 +108,7 @@ impl<'a> RequestCtx<'a> {
             identity: None,
             cors_origin: None,
             answered: false,
-            response_headers: Vec::new(),
+            response_headers: ResponseHeaders::default(),
         }
     }
 

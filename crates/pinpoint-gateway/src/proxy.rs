@@ -161,9 +161,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     // Room for everything added below at once: one resize of the map, not one per header.
     response.headers_mut().reserve(1 + extra_headers.len());
     respond::set_request_id(response.headers_mut(), &request_id);
-    for (name, value) in extra_headers {
-        response.headers_mut().append(name, value);
-    }
+    extra_headers.append_to(response.headers_mut());
 
     let status = response.status();
     let elapsed = started.elapsed();
@@ -306,39 +304,73 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-/// Whether a header is hop-by-hop (RFC 9110 §7.6.1, plus the common non-standard ones).
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones).
 /// (`Transfer-Encoding` is left to hyper, which re-frames bodies itself.)
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-    )
+static HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+
+/// The position of a hop-by-hop header in [`HOP_BY_HOP`] (a match on the name's text,
+/// which compiles to a switch on its length).
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "proxy-authorization" => Some(4),
+        "te" => Some(5),
+        "trailer" => Some(6),
+        "upgrade" => Some(7),
+        _ => None,
+    }
 }
 
-/// Removes hop-by-hop headers, those the `Connection` header names, and `also`. Scans the
-/// few headers present instead of looking up every name that might be, and allocates
-/// nothing unless a `Connection` header names others.
+/// Removes hop-by-hop headers, those the `Connection` header names, and `also` (at most
+/// 64 names). One scan of the few headers present notes which of them are doomed; each is
+/// then removed by name. Allocates nothing unless a `Connection` header names others.
 fn strip_headers(headers: &mut HeaderMap, also: &[&HeaderName]) {
-    let doomed = |name: &HeaderName| is_hop_by_hop(name) || also.contains(&name);
-    if !headers.keys().any(doomed) {
+    let (mut hop_found, mut also_found) = (0u64, 0u64);
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            hop_found |= 1 << i;
+        } else if !also.is_empty() {
+            if let Some(i) = also.iter().take(64).position(|doomed| *doomed == name) {
+                also_found |= 1 << i;
+            }
+        }
+    }
+    if hop_found == 0 && also_found == 0 {
         return;
     }
-    let named_by_connection: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    while let Some(name) = headers.keys().find(|name| doomed(name)).cloned() {
-        headers.remove(name);
+    let named_by_connection: Vec<HeaderName> = if hop_found & 1 == 0 {
+        Vec::new()
+    } else {
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect()
+    };
+    let found = |mask: u64, i: usize| mask & (1 << i) != 0;
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if found(hop_found, i) {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in also.iter().take(64).enumerate() {
+        if found(also_found, i) {
+            headers.remove(*name);
+        }
     }
     for name in named_by_connection {
         headers.remove(name);

@@ -399,9 +399,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         response
     };
     respond::set_request_id(response.headers_mut(), &request_id);
-    for (name, value) in extra_headers {
-        response.headers_mut().append(name, value);
-    }
+    extra_headers.append_to(response.headers_mut());
     let status = response.status();
     let elapsed = started.elapsed();
     if path.starts_with("/api/") {

@@ -104,7 +104,7 @@ impl AuthnLayer {
         })
     }
 
-    fn identity_for_key(&self, entry: &Arc<KeyEntry>) -> Result<Identity, Denial> {
+    fn identity_for_key(&self, entry: Arc<KeyEntry>) -> Result<Identity, Denial> {
         let principal = match &entry.info.principal_id {
             Some(id) => Some(self.directory.principal(id).ok_or_else(|| {
                 Denial::new(Reason::AuthnKeyUnknown, "The API key is not valid.")
@@ -115,8 +115,8 @@ impl AuthnLayer {
         Ok(Identity {
             principal,
             org: entry.org.clone(),
-            credential: Credential::Key(entry.clone()),
             scopes: entry.scopes.clone(),
+            credential: Credential::Key(entry),
         })
     }
 
@@ -124,7 +124,7 @@ impl AuthnLayer {
         match presented {
             Presented::Key(k) => {
                 let entry = self.key(k, now)?;
-                self.identity_for_key(&entry)
+                self.identity_for_key(entry)
             }
             Presented::DdAppOnly => Err(Denial::new(
                 Reason::AuthnCredentialsMissing,
@@ -139,7 +139,7 @@ impl AuthnLayer {
                     );
                 }
                 let Some(app) = app else {
-                    return self.identity_for_key(&org_key);
+                    return self.identity_for_key(org_key);
                 };
                 let app_key = self.key(app, now)?;
                 if app_key.is_org_key() || app_key.info.org_id != org_key.info.org_id {
@@ -149,7 +149,7 @@ impl AuthnLayer {
                     )
                     .rule(format!("key {}", app_key.info.id)));
                 }
-                self.identity_for_key(&app_key)
+                self.identity_for_key(app_key)
             }
             Presented::Token(token) => {
                 let claims = self.tokens.verify(&self.jwt, token).map_err(|refusal| match refusal {

@@ -64,7 +64,7 @@ impl Layer for CorsLayer {
                 Outcome::NotApplicable
             });
         }
-        let headers = &mut ctx.response_headers;
+        let headers = &mut ctx.response_headers.other;
         headers.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
         headers.push((http::header::VARY, HeaderValue::from_static("origin")));
         headers.push((
@@ -84,7 +84,7 @@ impl Layer for CorsLayer {
                 (http::header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone()),
                 (http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone()),
             ];
-            ctx.response_headers.extend(h);
+            ctx.response_headers.other.extend(h);
             ctx.answered = true;
             return Check::Ready(Outcome::Allow {
                 rule_id: Some(pinpoint_core::RecordedText::new("preflight")),

@@ -18,7 +18,7 @@ use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pinpoint_core::config::{LimitKey, QuotaPeriod, QuotaRule, RateLimitRule};
 use pinpoint_core::{Denial, Outcome, Reason};
 
@@ -172,8 +172,8 @@ struct Limit {
     /// The headers that do not change per request, built once.
     policy_header: HeaderValue,
     limit_header: HeaderValue,
-    /// `"<id>";r=`, the start of every `RateLimit` value.
-    ratelimit_prefix: String,
+    /// `"<id>";r=`, the start of every `RateLimit` value (interned, see [`kept`]).
+    ratelimit_prefix: &'static str,
 }
 
 pub struct RateLayer {
@@ -192,7 +192,7 @@ impl RateLayer {
                     limiter: registry.limiter(rule),
                     policy_header: header(format!("\"{}\";q={};w={}", rule.id, rule.requests, rule.per_seconds)),
                     limit_header: header(rule.burst.unwrap_or(rule.requests).to_string()),
-                    ratelimit_prefix: format!("\"{}\";r=", rule.id),
+                    ratelimit_prefix: kept(format!("\"{}\";r=", rule.id)),
                     rule: rule.clone(),
                 })
                 .collect(),
@@ -205,23 +205,29 @@ impl RateLayer {
 
 /// A header value that never changes for a configured limit, as a static value: cloning it
 /// per response then writes no shared reference count (which, with both cores answering
-/// for one limit, costs more than the copy it saves). Each distinct text is kept once for
-/// the life of the process, so config reloads add only texts never seen before.
+/// for one limit, costs more than the copy it saves).
 fn header(text: String) -> HeaderValue {
+    let text = kept(text);
+    HeaderValue::from_str(text)
+        .map(|_| HeaderValue::from_static(text))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The process's one copy of a header text that belongs to a configured limit. Each
+/// distinct text is kept once for the life of the process, so config reloads add only
+/// texts never seen before, and equal texts are the same pointer.
+fn kept(text: String) -> &'static str {
     static TEXTS: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let mut texts = TEXTS.lock().unwrap_or_else(|p| p.into_inner());
     let texts = texts.get_or_insert_with(HashSet::new);
-    let text: &'static str = match texts.get(text.as_str()) {
+    match texts.get(text.as_str()) {
         Some(kept) => kept,
         None => {
             let kept: &'static str = Box::leak(text.into_boxed_str());
             texts.insert(kept);
             kept
         }
-    };
-    HeaderValue::from_str(text)
-        .map(|_| HeaderValue::from_static(text))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
 }
 
 fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
@@ -422,34 +428,118 @@ fn period_name(p: QuotaPeriod) -> &'static str {
     }
 }
 
+/// The rate-limit headers of one response, held inline (no allocation, no header-name
+/// clones) until the response exists; see [`crate::pipeline::ResponseHeaders`].
+pub struct RateHeaders {
+    policy: HeaderValue,
+    ratelimit: HeaderValue,
+    limit: HeaderValue,
+    remaining: HeaderValue,
+    reset: HeaderValue,
+}
+
+impl RateHeaders {
+    /// How many headers [`RateHeaders::append_to`] adds.
+    pub const COUNT: usize = 5;
+
+    /// Appends `RateLimit-Policy`, `RateLimit` and `X-RateLimit-Limit` / `-Remaining` /
+    /// `-Reset`.
+    pub fn append_to(self, headers: &mut HeaderMap) {
+        headers.append(&RATELIMIT_POLICY, self.policy);
+        headers.append(&RATELIMIT, self.ratelimit);
+        headers.append(&X_RATELIMIT_LIMIT, self.limit);
+        headers.append(&X_RATELIMIT_REMAINING, self.remaining);
+        headers.append(&X_RATELIMIT_RESET, self.reset);
+    }
+}
+
+/// The per-request values (`RateLimit`, `X-RateLimit-Remaining`, `-Reset`) a thread
+/// rendered last for one limit. A caller well under its limit gets the same values on
+/// every request (its full budget less one, reset in one emission interval), so they are
+/// rendered once and cloned after that; only this thread touches their reference counts.
+struct LastRendered {
+    /// The limit's interned `"<id>";r=` text: the same pointer means the same limit text.
+    prefix: &'static str,
+    remaining: u32,
+    reset: u64,
+    ratelimit: HeaderValue,
+    remaining_value: HeaderValue,
+    reset_value: HeaderValue,
+}
+
+/// Limits whose last values a thread keeps; beyond this, the oldest entry is replaced.
+const RENDERED_PER_THREAD: usize = 16;
+
+thread_local! {
+    static LAST_RENDERED: std::cell::RefCell<Vec<LastRendered>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Adds the rate-limit headers. The two that never change are static values (see
-/// [`header`]); the three that change per request are each copied once into a buffer of
-/// their exact size (one allocation each: `HeaderValue::from(u32)` and a `String` with spare
-/// capacity cost two, the buffer and a reference-counted wrapper).
+/// [`header`]); the three that change per request come from this thread's
+/// [`LastRendered`] when they repeat, or are rendered, each into a buffer of its exact size
+/// (`HeaderValue::from(u32)` and a `String` with spare capacity cost a second allocation
+/// for `Bytes`' wrapper).
 fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: u64) {
+    let (ratelimit, remaining_value, reset_value) = LAST_RENDERED.with(|cell| {
+        let Ok(mut rendered) = cell.try_borrow_mut() else {
+            return render(limit.ratelimit_prefix, remaining, reset);
+        };
+        let slot = rendered
+            .iter()
+            .position(|r| std::ptr::eq(r.prefix, limit.ratelimit_prefix));
+        if let Some(last) = slot.map(|i| &rendered[i]) {
+            if last.remaining == remaining && last.reset == reset {
+                return (
+                    last.ratelimit.clone(),
+                    last.remaining_value.clone(),
+                    last.reset_value.clone(),
+                );
+            }
+        }
+        let values = render(limit.ratelimit_prefix, remaining, reset);
+        let entry = LastRendered {
+            prefix: limit.ratelimit_prefix,
+            remaining,
+            reset,
+            ratelimit: values.0.clone(),
+            remaining_value: values.1.clone(),
+            reset_value: values.2.clone(),
+        };
+        match slot {
+            Some(i) => rendered[i] = entry,
+            None => {
+                if rendered.len() >= RENDERED_PER_THREAD {
+                    rendered.remove(0);
+                }
+                rendered.push(entry);
+            }
+        }
+        values
+    });
+    ctx.response_headers.rate = Some(RateHeaders {
+        policy: limit.policy_header.clone(),
+        ratelimit,
+        limit: limit.limit_header.clone(),
+        remaining: remaining_value,
+        reset: reset_value,
+    });
+}
+
+/// Renders `RateLimit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`, each copied once
+/// into a buffer of its exact size, which `Bytes` takes over without a wrapper allocation.
+fn render(prefix: &str, remaining: u32, reset: u64) -> (HeaderValue, HeaderValue, HeaderValue) {
     let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
     let (remaining, reset) = (remaining_digits.format(remaining), reset_digits.format(reset));
-    let parts = [
-        limit.ratelimit_prefix.as_bytes(),
-        remaining.as_bytes(),
-        b";t=",
-        reset.as_bytes(),
-    ];
-    // Exactly sized, so `Bytes` takes the buffer over without a wrapper allocation.
-    let mut ratelimit = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    parts.iter().for_each(|p| ratelimit.extend_from_slice(p));
-    let ratelimit = HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit));
-    let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""));
-    ctx.response_headers.extend([
-        (RATELIMIT_POLICY.clone(), limit.policy_header.clone()),
-        (
-            RATELIMIT.clone(),
-            ratelimit.unwrap_or_else(|_| HeaderValue::from_static("")),
-        ),
-        (X_RATELIMIT_LIMIT.clone(), limit.limit_header.clone()),
-        (X_RATELIMIT_REMAINING.clone(), value(remaining.as_bytes())),
-        (X_RATELIMIT_RESET.clone(), value(reset.as_bytes())),
-    ]);
+    let value = |parts: &[&[u8]]| {
+        let mut buffer = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| buffer.extend_from_slice(p));
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(buffer)).unwrap_or_else(|_| HeaderValue::from_static(""))
+    };
+    (
+        value(&[prefix.as_bytes(), remaining.as_bytes(), b";t=", reset.as_bytes()]),
+        value(&[remaining.as_bytes()]),
+        value(&[reset.as_bytes()]),
+    )
 }
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -492,6 +582,47 @@ mod tests {
             limiter.check_key(&1).is_err(),
             "a housekeeping pass does not reset a budget"
         );
+    }
+
+    #[test]
+    fn repeated_values_are_rendered_once_per_thread_and_new_values_anew() {
+        let rule = RateLimitRule {
+            id: "render".into(),
+            by: LimitKey::Key,
+            requests: 10,
+            per_seconds: 1,
+            burst: None,
+            routes: None,
+        };
+        let layer = RateLayer::new(&[rule], &[], Arc::new(RateRegistry::default()));
+        let limit = &layer.limits[0];
+        let headers = http::HeaderMap::new();
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let render = |remaining, reset| {
+            let mut ctx = RequestCtx::new(&http::Method::GET, "/", None, &headers, peer, peer.ip(), "t");
+            push_headers(&mut ctx, limit, remaining, reset);
+            let mut map = http::HeaderMap::new();
+            ctx.response_headers.append_to(&mut map);
+            map
+        };
+        let text = |map: &http::HeaderMap, name: &str| map[name].to_str().unwrap().to_owned();
+        let first = render(9, 1);
+        assert_eq!(text(&first, "ratelimit-policy"), "\"render\";q=10;w=1");
+        assert_eq!(text(&first, "ratelimit"), "\"render\";r=9;t=1");
+        assert_eq!(text(&first, "x-ratelimit-limit"), "10");
+        assert_eq!(text(&first, "x-ratelimit-remaining"), "9");
+        assert_eq!(text(&first, "x-ratelimit-reset"), "1");
+        let again = render(9, 1);
+        assert_eq!(
+            again["ratelimit"].as_bytes().as_ptr(),
+            first["ratelimit"].as_bytes().as_ptr(),
+            "the same values are cloned, not rendered again"
+        );
+        let next = render(8, 1);
+        assert_eq!(text(&next, "ratelimit"), "\"render\";r=8;t=1");
+        assert_eq!(text(&next, "x-ratelimit-remaining"), "8");
+        assert_eq!(text(&next, "x-ratelimit-reset"), "1");
+        assert_eq!(text(&first, "ratelimit"), "\"render\";r=9;t=1", "earlier responses keep their values");
     }
 
     #[test]
