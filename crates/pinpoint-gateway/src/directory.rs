@@ -5,7 +5,7 @@
 //! is a hash-set lookup. Last-use times are written behind, at most once a minute per key.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use pinpoint_core::identity::{grants, ApiKey, KeyKind, Organization, Principal, Role};
@@ -24,6 +24,9 @@ pub struct KeyEntry {
     pub trace_label: RecordedText,
     /// Shared with every other key and principal of the organization.
     pub org: Arc<OrgLabels>,
+    /// The owner's slot in the directory (`None` for an organization key): the key reaches
+    /// its principal's current entry without a map lookup.
+    pub principal: Option<Arc<PrincipalSlot>>,
     pub scopes: Option<Arc<HashSet<String>>>,
     /// The rate layer's key for limits counted per API key, hashed once.
     pub rate_key: u64,
@@ -47,8 +50,13 @@ pub struct PrincipalEntry {
     pub permissions: HashSet<String>,
 }
 
+/// Where a principal's current entry lives: the directory replaces the entry inside the
+/// slot when the principal changes and empties it when the principal is deleted, so the
+/// keys that point at the slot always see the current principal.
+pub type PrincipalSlot = arc_swap::ArcSwapOption<PrincipalEntry>;
+
 /// What requests name about an organization, built once per organization (not per key:
-/// a million keys of one organization share one of these).
+/// a million keys of one organization share one of these), and its current standing.
 pub struct OrgLabels {
     pub id: RecordedText,
     /// The id as the `X-Pinpoint-Org` header value.
@@ -57,6 +65,50 @@ pub struct OrgLabels {
     pub owner_label: RecordedText,
     /// The rate layer's key for limits counted per organization, hashed once.
     pub rate_key: u64,
+    /// [`OrgStanding`] as a byte, kept current by the directory: requests read it here
+    /// instead of looking the organization up.
+    pub standing: AtomicU8,
+}
+
+/// Whether an organization may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OrgStanding {
+    /// Deleted, or never known.
+    Gone = 0,
+    Active = 1,
+    Suspended = 2,
+}
+
+impl OrgStanding {
+    fn of(org: Option<&Organization>) -> OrgStanding {
+        match org {
+            None => OrgStanding::Gone,
+            Some(o) if o.suspended => OrgStanding::Suspended,
+            Some(_) => OrgStanding::Active,
+        }
+    }
+}
+
+impl OrgLabels {
+    /// Labels for an organization id, in the given standing.
+    pub fn new(org_id: &str, standing: OrgStanding) -> OrgLabels {
+        OrgLabels {
+            id: RecordedText::new(org_id),
+            header: id_header(org_id),
+            owner_label: RecordedText::new(&format!("org-key ({org_id})")),
+            rate_key: limiter_key(LimitKind::Org, org_id),
+            standing: AtomicU8::new(standing as u8),
+        }
+    }
+
+    pub fn standing(&self) -> OrgStanding {
+        match self.standing.load(Ordering::Acquire) {
+            1 => OrgStanding::Active,
+            2 => OrgStanding::Suspended,
+            _ => OrgStanding::Gone,
+        }
+    }
 }
 
 /// Why a presented key was refused.
@@ -78,7 +130,7 @@ type IdMap<V> = papaya::HashMap<String, V, foldhash::fast::RandomState>;
 pub struct Directory {
     hasher: keys::SecretHasher,
     keys: IdMap<Arc<KeyEntry>>,
-    principals: IdMap<Arc<PrincipalEntry>>,
+    principals: IdMap<Arc<PrincipalSlot>>,
     orgs: IdMap<Arc<Organization>>,
     org_labels: IdMap<Arc<OrgLabels>>,
     touches: mpsc::Sender<(String, i64)>,
@@ -96,15 +148,29 @@ impl Directory {
         if let Some(existing) = labels.get(org_id) {
             return existing.clone();
         }
-        labels
-            .get_or_insert_with(org_id.to_owned(), || {
-                Arc::new(OrgLabels {
-                    id: RecordedText::new(org_id),
-                    header: id_header(org_id),
-                    owner_label: RecordedText::new(&format!("org-key ({org_id})")),
-                    rate_key: limiter_key(LimitKind::Org, org_id),
-                })
-            })
+        let standing = || OrgStanding::of(self.orgs.pin().get(org_id).map(|o| o.as_ref()));
+        let made = labels
+            .get_or_insert_with(org_id.to_owned(), || Arc::new(OrgLabels::new(org_id, standing())))
+            .clone();
+        // Read the standing again now that the labels are in the map: a `refresh_org`
+        // that ran between the first reading and the insert found no labels to update.
+        made.standing.store(standing() as u8, Ordering::Release);
+        made
+    }
+
+    /// Brings an organization's labels (if any exist yet) to its current standing.
+    fn update_standing(&self, org_id: &str) {
+        if let Some(labels) = self.org_labels.pin().get(org_id) {
+            let standing = OrgStanding::of(self.orgs.pin().get(org_id).map(|o| o.as_ref()));
+            labels.standing.store(standing as u8, Ordering::Release);
+        }
+    }
+
+    /// A principal's slot, made (empty) on first use.
+    fn principal_slot(&self, principal_id: &str) -> Arc<PrincipalSlot> {
+        self.principals
+            .pin()
+            .get_or_insert_with(principal_id.to_owned(), || Arc::new(PrincipalSlot::empty()))
             .clone()
     }
 
@@ -116,6 +182,7 @@ impl Directory {
             trace_label: RecordedText::new(&format!("key {}", stored.info.id)),
             rate_key: limiter_key(LimitKind::Key, &stored.info.id),
             org: self.org_labels(&stored.info.org_id),
+            principal: stored.info.principal_id.as_deref().map(|id| self.principal_slot(id)),
             scopes: stored
                 .info
                 .scopes
@@ -165,7 +232,7 @@ impl Directory {
         for p in store.all_principals().await? {
             let roles = roles_by_principal.remove(&p.id).unwrap_or_default();
             let entry = directory.principal_entry(p, &roles);
-            directory.principals.pin().insert(entry.principal.id.clone(), entry);
+            directory.principal_slot(&entry.principal.id).store(Some(entry));
         }
         for k in store.all_keys().await? {
             directory.keys.pin().insert(k.info.id.clone(), directory.key_entry(k));
@@ -217,17 +284,11 @@ impl Directory {
     }
 
     pub fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>> {
-        self.principals.pin().get(id).cloned()
+        self.principals.pin().get(id).and_then(|slot| slot.load_full())
     }
 
     pub fn org(&self, id: &str) -> Option<Arc<Organization>> {
         self.orgs.pin().get(id).cloned()
-    }
-
-    /// Whether an organization is suspended (`None` when it does not exist), without
-    /// taking a reference to its entry.
-    pub fn org_suspended(&self, id: &str) -> Option<bool> {
-        self.orgs.pin().get(id).map(|e| e.suspended)
     }
 
     pub fn key_count(&self) -> usize {
@@ -267,12 +328,13 @@ impl Directory {
         match store.principal(id).await? {
             Some(p) => {
                 let roles = store.roles_of(id).await?;
-                self.principals
-                    .pin()
-                    .insert(id.to_owned(), self.principal_entry(p, &roles));
+                self.principal_slot(id).store(Some(self.principal_entry(p, &roles)));
             }
             None => {
-                self.principals.pin().remove(id);
+                // Keys still holding the slot see it empty: their principal is gone.
+                if let Some(slot) = self.principals.pin().remove(id) {
+                    slot.store(None);
+                }
             }
         }
         Ok(())
@@ -288,6 +350,7 @@ impl Directory {
                 self.orgs.pin().remove(id);
             }
         }
+        self.update_standing(id);
         Ok(())
     }
 

@@ -98,6 +98,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::directory::OrgStanding;
 
     fn permission() -> impl Strategy<Value = String> {
         (
@@ -113,12 +114,7 @@ mod tests {
                 label: RecordedText::new("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
                 rate_key: 0,
-                org: Arc::new(OrgLabels {
-                    id: RecordedText::new("o"),
-                    header: http::HeaderValue::from_static("o"),
-                    owner_label: RecordedText::new("org-key (o)"),
-                    rate_key: 0,
-                }),
+                org: Arc::new(OrgLabels::new("o", OrgStanding::Active)),
                 principal: Principal {
                     id: "p".into(),
                     org_id: "o".into(),
@@ -134,12 +130,7 @@ mod tests {
         });
         Identity {
             principal,
-            org: Arc::new(OrgLabels {
-                id: RecordedText::new("o"),
-                header: http::HeaderValue::from_static("o"),
-                owner_label: RecordedText::new("org-key (o)"),
-                rate_key: 0,
-            }),
+            org: Arc::new(OrgLabels::new("o", OrgStanding::Active)),
             credential: Credential::Token("t".into()),
             scopes: scopes.map(Arc::new),
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use pinpoint_core::config::{AuthRequirement, CredentialSource, JwtConfig};
 use pinpoint_core::{Denial, Outcome, Reason};
 
-use crate::directory::{Directory, KeyEntry, KeyRefusal};
+use crate::directory::{Directory, KeyEntry, KeyRefusal, OrgStanding};
 use crate::identity::{Credential, Identity};
 use crate::pipeline::{Check, Layer, RequestCtx};
 use crate::tokens::{TokenRefusal, TokenService};
@@ -56,10 +56,11 @@ impl AuthnLayer {
             match source {
                 CredentialSource::Authorization => {
                     if let Some(value) = header(&http::header::AUTHORIZATION) {
-                        let Some((scheme, credential)) = value.split_once(' ') else {
+                        // `Bearer <credential>`, the scheme in any case.
+                        let Some((scheme, credential)) = value.split_at_checked(7) else {
                             continue;
                         };
-                        if !scheme.eq_ignore_ascii_case("bearer") {
+                        if !scheme.eq_ignore_ascii_case("bearer ") {
                             continue;
                         }
                         let credential = credential.trim();
@@ -105,8 +106,9 @@ impl AuthnLayer {
     }
 
     fn identity_for_key(&self, entry: Arc<KeyEntry>) -> Result<Identity, Denial> {
-        let principal = match &entry.info.principal_id {
-            Some(id) => Some(self.directory.principal(id).ok_or_else(|| {
+        let principal = match &entry.principal {
+            Some(slot) => Some(slot.load_full().ok_or_else(|| {
+                let id = entry.info.principal_id.as_deref().unwrap_or("?");
                 Denial::new(Reason::AuthnKeyUnknown, "The API key is not valid.")
                     .note(format!("key {} belongs to deleted principal {id}", entry.info.id))
             })?),
@@ -189,13 +191,14 @@ impl AuthnLayer {
                 );
             }
         }
-        match self.directory.org_suspended(identity.org_id()) {
-            Some(true) => Err(
-                Denial::new(Reason::AuthnOrganizationSuspended, "Your organization is suspended.")
-                    .rule(format!("org {}", identity.org_id())),
-            ),
-            Some(false) => Ok(()),
-            None => Err(Denial::new(Reason::AuthnKeyUnknown, "The credential is not valid.")
+        match identity.org.standing() {
+            OrgStanding::Suspended => Err(Denial::new(
+                Reason::AuthnOrganizationSuspended,
+                "Your organization is suspended.",
+            )
+            .rule(format!("org {}", identity.org_id()))),
+            OrgStanding::Active => Ok(()),
+            OrgStanding::Gone => Err(Denial::new(Reason::AuthnKeyUnknown, "The credential is not valid.")
                 .note(format!("organization {} no longer exists", identity.org_id()))),
         }
     }

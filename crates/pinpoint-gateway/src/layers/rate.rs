@@ -622,7 +622,11 @@ mod tests {
         assert_eq!(text(&next, "ratelimit"), "\"render\";r=8;t=1");
         assert_eq!(text(&next, "x-ratelimit-remaining"), "8");
         assert_eq!(text(&next, "x-ratelimit-reset"), "1");
-        assert_eq!(text(&first, "ratelimit"), "\"render\";r=9;t=1", "earlier responses keep their values");
+        assert_eq!(
+            text(&first, "ratelimit"),
+            "\"render\";r=9;t=1",
+            "earlier responses keep their values"
+        );
     }
 
     #[test]

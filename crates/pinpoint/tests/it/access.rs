@@ -505,20 +505,21 @@ fn kid_of(token: &str) -> String {
 #[tokio::test]
 async fn suspension_of_principal_and_organization_is_403() {
     let w = world("").await;
-    let patch = |path: String| {
+    let patch_to = |path: String, suspended: bool| {
         let w = &w;
         async move {
             let resp =
                 w.gw.http
                     .patch(w.gw.api_url(&path))
                     .bearer_auth(&w.gw.admin_key)
-                    .json(&serde_json::json!({"data": {"type": "x", "attributes": {"suspended": true}}}))
+                    .json(&serde_json::json!({"data": {"type": "x", "attributes": {"suspended": suspended}}}))
                     .send()
                     .await
                     .unwrap();
             assert_eq!(resp.status(), 200, "{path}");
         }
     };
+    let patch = |path: String| patch_to(path, true);
     assert_eq!(w.get("/orders", &w.bob_key).await.status(), 200);
     patch(format!("/api/v2/users/{}", w.bob_id)).await;
     w.refused(w.get("/orders", &w.bob_key).await, 403, "authn.principal_suspended")
@@ -532,6 +533,12 @@ async fn suspension_of_principal_and_organization_is_403() {
         "authn.organization_suspended",
     )
     .await;
+    patch_to(format!("/api/v2/orgs/{}", w.globex.id), false).await;
+    assert_eq!(
+        w.get("/orders", &w.globex_key).await.status(),
+        200,
+        "lifting the suspension takes effect at once"
+    );
 }
 
 #[tokio::test]
