@@ -462,9 +462,15 @@ struct LastRendered {
     prefix: &'static str,
     remaining: u32,
     reset: u64,
+    values: RenderedValues,
+}
+
+/// `RateLimit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` for one response.
+#[derive(Clone)]
+struct RenderedValues {
     ratelimit: HeaderValue,
-    remaining_value: HeaderValue,
-    reset_value: HeaderValue,
+    remaining: HeaderValue,
+    reset: HeaderValue,
 }
 
 /// Limits whose last values a thread keeps; beyond this, the oldest entry is replaced.
@@ -480,7 +486,7 @@ thread_local! {
 /// (`HeaderValue::from(u32)` and a `String` with spare capacity cost a second allocation
 /// for `Bytes`' wrapper).
 fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: u64) {
-    let (ratelimit, remaining_value, reset_value) = LAST_RENDERED.with(|cell| {
+    let values = LAST_RENDERED.with(|cell| {
         let Ok(mut rendered) = cell.try_borrow_mut() else {
             return render(limit.ratelimit_prefix, remaining, reset);
         };
@@ -489,11 +495,7 @@ fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: 
             .position(|r| std::ptr::eq(r.prefix, limit.ratelimit_prefix));
         if let Some(last) = slot.map(|i| &rendered[i]) {
             if last.remaining == remaining && last.reset == reset {
-                return (
-                    last.ratelimit.clone(),
-                    last.remaining_value.clone(),
-                    last.reset_value.clone(),
-                );
+                return last.values.clone();
             }
         }
         let values = render(limit.ratelimit_prefix, remaining, reset);
@@ -501,9 +503,7 @@ fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: 
             prefix: limit.ratelimit_prefix,
             remaining,
             reset,
-            ratelimit: values.0.clone(),
-            remaining_value: values.1.clone(),
-            reset_value: values.2.clone(),
+            values: values.clone(),
         };
         match slot {
             Some(i) => rendered[i] = entry,
@@ -518,16 +518,16 @@ fn push_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: 
     });
     ctx.response_headers.rate = Some(RateHeaders {
         policy: limit.policy_header.clone(),
-        ratelimit,
+        ratelimit: values.ratelimit,
         limit: limit.limit_header.clone(),
-        remaining: remaining_value,
-        reset: reset_value,
+        remaining: values.remaining,
+        reset: values.reset,
     });
 }
 
 /// Renders `RateLimit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`, each copied once
 /// into a buffer of its exact size, which `Bytes` takes over without a wrapper allocation.
-fn render(prefix: &str, remaining: u32, reset: u64) -> (HeaderValue, HeaderValue, HeaderValue) {
+fn render(prefix: &str, remaining: u32, reset: u64) -> RenderedValues {
     let (mut remaining_digits, mut reset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
     let (remaining, reset) = (remaining_digits.format(remaining), reset_digits.format(reset));
     let value = |parts: &[&[u8]]| {
@@ -535,11 +535,11 @@ fn render(prefix: &str, remaining: u32, reset: u64) -> (HeaderValue, HeaderValue
         parts.iter().for_each(|p| buffer.extend_from_slice(p));
         HeaderValue::from_maybe_shared(bytes::Bytes::from(buffer)).unwrap_or_else(|_| HeaderValue::from_static(""))
     };
-    (
-        value(&[prefix.as_bytes(), remaining.as_bytes(), b";t=", reset.as_bytes()]),
-        value(&[remaining.as_bytes()]),
-        value(&[reset.as_bytes()]),
-    )
+    RenderedValues {
+        ratelimit: value(&[prefix.as_bytes(), remaining.as_bytes(), b";t=", reset.as_bytes()]),
+        remaining: value(&[remaining.as_bytes()]),
+        reset: value(&[reset.as_bytes()]),
+    }
 }
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
