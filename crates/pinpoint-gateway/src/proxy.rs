@@ -318,7 +318,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The position of a hop-by-hop header in [`HOP_BY_HOP`] (a match on the name's text,
-/// which compiles to a switch on its length).
+/// which compiles to a switch on its length; a unit test keeps the two in step).
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     match name.as_str() {
         "connection" => Some(0),
@@ -442,6 +442,14 @@ mod tests {
             .iter()
             .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
             .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_index_matches_the_hop_by_hop_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&http::header::AUTHORIZATION), None);
     }
 
     #[test]
