@@ -8,22 +8,26 @@
 #             decision log and access log on) -> echo upstream
 #   chain     wrk -> pinpoint, a route with the full chain: API-key auth, RBAC permission,
 #             IP allow list, a rate limit sized not to trigger, decision log -> echo upstream
+#   key       (BENCH_BREAKDOWN=1 only) wrk -> pinpoint, a route with API-key auth alone
 # for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency, Pinpoint/nginx and
-# chain/bare ratios. bare and chain run in BENCH_ROUNDS rounds (default 12), in turns: bare
-# first in odd rounds, chain first in even ones, so neither always runs on the later (and
-# possibly differently loaded) machine. Medians are reported, and chain/bare is the median
-# of the per-round ratios.
-# Usage: bench/run.sh [seconds-per-run] (default 3). Needs root or sudo to install nginx/wrk.
-# Environment: BENCH_ROUNDS, BENCH_PIN=1 (see below), BENCH_CONNECTIONS, BENCH_THREADS.
+# chain/bare ratios. bare and chain (and key) run in BENCH_ROUNDS short rounds (default 36
+# of 1 s): the machine's speed drifts over seconds, so short alternating runs compare like
+# with like; the order rotates from round to round so a drift favours none of them. For
+# each round the script also reads Pinpoint's CPU time (/proc/<pid>/stat) and reports CPU
+# per request, the second measure of what the chain costs. Medians are reported;
+# chain/bare is the median of the per-round ratios with a 95% bootstrap interval.
+# Usage: bench/run.sh [seconds-per-run] (default 1). Needs root or sudo to install nginx/wrk.
+# Environment: BENCH_ROUNDS, BENCH_PIN=1 (see below), BENCH_BREAKDOWN=1, BENCH_CONNECTIONS,
+# BENCH_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-DURATION="${1:-${BENCH_DURATION:-3}}"
+DURATION="${1:-${BENCH_DURATION:-1}}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
-ROUNDS="${BENCH_ROUNDS:-12}"
+ROUNDS="${BENCH_ROUNDS:-36}"
 # BENCH_PIN=1 gives the proxy under test (nginx or Pinpoint) CPU 0 to itself and puts wrk
 # and the upstream on the other CPUs, so the figures measure the proxy, not what it
 # shares a core with. Default: everything shares every core.
@@ -82,6 +86,7 @@ wait_port $NGINX_PORT
 
 bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
 $PROXY_PIN "$BIN" serve --config "$WORK/pinpoint.toml" >"$WORK/pinpoint.log" 2>&1 & PIDS+=($!)
+PINPOINT_PID=$!
 wait_port $PROXY_PORT
 wait_port $API_PORT
 
@@ -94,15 +99,22 @@ open(sys.argv[1], "w").write(
     'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' % json.dumps(body))
 PY
 
-declare -A RPS P99
-run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind]
-  local out args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
+declare -A RPS P99 CPU
+TICKS_PER_SECOND=$(getconf CLK_TCK)
+pinpoint_ticks() { awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat"; } # utime + stime
+run() { # name kind url [header] -> appends req/s, p99 (and Pinpoint's CPU us/request) to RPS/P99/CPU[name-kind]
+  local out requests ticks_before ticks_after args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
   [ -n "${4:-}" ] && args+=(-H "$4")
   [ "$2" = post ] && args+=(-s "$WORK/post.lua")
+  ticks_before=$(pinpoint_ticks)
   out=$($WRK_PIN wrk "${args[@]}" "$3")
+  ticks_after=$(pinpoint_ticks)
   if echo "$out" | grep -q "Non-2xx"; then echo "$1 $2: non-2xx responses!" >&2; echo "$out" >&2; exit 1; fi
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
   RPS[$1-$2]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
   P99[$1-$2]+="$(echo "$out" | awk '$1 == "99%" {print $2}') "
+  CPU[$1-$2]+="$(awk -v hz="$TICKS_PER_SECOND" -v t0="$ticks_before" -v t1="$ticks_after" -v n="$requests" \
+    'BEGIN { printf "%.2f", (t1 - t0) * 1e6 / hz / n }') "
 }
 median() { python3 -c "import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
 median_ms() { # wrk latencies (us/ms/s) -> median in ms
@@ -115,41 +127,59 @@ def ms(v):
 print('%.2fms' % statistics.median(ms(v) for v in sys.argv[1:]))" "$@"
 }
 
-# bare and chain alternate, ROUNDS times each, so both see the same machine: on a shared
-# (noisy) machine one long run each would compare two different moments. Which goes first
-# alternates too (bare-chain, chain-bare, ...), so a drift over the run favours neither.
+# bare and chain (and key) alternate, ROUNDS times each, in short runs, so each round's
+# runs see the same machine: on a shared (noisy) machine long runs compare two different
+# moments. The order rotates every round (bare-chain, chain-bare, ...), so a drift over the
+# run favours none.
 bare() { run bare "$1" "http://127.0.0.1:$PROXY_PORT/bare/x"; }
 chain() { run chain "$1" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"; }
+key() { run key "$1" "http://127.0.0.1:$PROXY_PORT/key/x" "Authorization: Bearer $KEY"; }
+PINPOINT_TARGETS=(bare chain)
+[ "${BENCH_BREAKDOWN:-0}" = 1 ] && PINPOINT_TARGETS+=(key)
 for kind in get post; do
   run direct "$kind" "http://127.0.0.1:$ECHO_PORT/bare/x"
   run nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bare/x"
   for round in $(seq "$ROUNDS"); do
-    if [ $((round % 2)) = 1 ]; then bare "$kind"; chain "$kind"; else chain "$kind"; bare "$kind"; fi
+    for i in $(seq 0 $((${#PINPOINT_TARGETS[@]} - 1))); do
+      "${PINPOINT_TARGETS[$(((i + round) % ${#PINPOINT_TARGETS[@]}))]}" "$kind"
+    done
   done
 done
 
-printf '\n%-10s %-5s %12s %10s   %s\n' target kind "req/s" p99 "(medians; every run's req/s)"
+printf '\n%-10s %-5s %12s %10s %14s   %s\n' target kind "req/s" p99 "Pinpoint CPU" "(medians; every run's req/s)"
 for kind in get post; do
-  for name in direct nginx bare chain; do
+  for name in direct nginx "${PINPOINT_TARGETS[@]}"; do
+    cpu="-"
     # shellcheck disable=SC2086
-    printf '%-10s %-5s %12.0f %10s   %s\n' "$name" "$kind" "$(median ${RPS[$name-$kind]})" \
-      "$(median_ms ${P99[$name-$kind]})" "${RPS[$name-$kind]}"
+    [ -n "${CPU[$name-$kind]:-}" ] && [ "$name" != direct ] && [ "$name" != nginx ] &&
+      cpu="$(printf '%.1f' "$(median ${CPU[$name-$kind]})") us/req"
+    # shellcheck disable=SC2086
+    printf '%-10s %-5s %12.0f %10s %14s   %s\n' "$name" "$kind" "$(median ${RPS[$name-$kind]})" \
+      "$(median_ms ${P99[$name-$kind]})" "$cpu" "$(echo ${RPS[$name-$kind]} | cut -c1-60)..."
   done
 done
 echo
-ratio() { python3 -c "import sys; print('%-28s %.3f' % (sys.argv[1], float(sys.argv[2]) / float(sys.argv[3])))" "$@"; }
-per_round() { # kind -> median of the per-round chain/bare ratios, then each round's
+ratio() { python3 -c "import sys; print('%-30s %.3f' % (sys.argv[1], float(sys.argv[2]) / float(sys.argv[3])))" "$@"; }
+per_round() { # "higher|lower" base-values other-values -> median of the per-round ratios
+  # other/base (req/s, higher is better) or base/other (CPU per request), with a 95%
+  # bootstrap interval of that median
   python3 -c "
-import statistics, sys
-bare, chain = sys.argv[1].split(), sys.argv[2].split()
-ratios = [float(c) / float(b) for b, c in zip(bare, chain)]
-print('%.3f' % statistics.median(ratios), '  rounds:', ' '.join('%.3f' % r for r in ratios))" "${RPS[bare-$1]}" "${RPS[chain-$1]}"
+import random, statistics, sys
+base, other = sys.argv[2].split(), sys.argv[3].split()
+pairs = [(float(b), float(o)) for b, o in zip(base, other)]
+ratios = [o / b if sys.argv[1] == 'higher' else b / o for b, o in pairs]
+rng = random.Random(1)
+medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+print('%.3f  (95%% interval %.3f-%.3f, %d rounds)' % (statistics.median(ratios), medians[50], medians[1949], len(ratios)))" "$@"
 }
 for kind in get post; do
   # shellcheck disable=SC2086
   ratio "bare/nginx $kind throughput" "$(median ${RPS[bare-$kind]})" "$(median ${RPS[nginx-$kind]})"
   # shellcheck disable=SC2086
   ratio "chain/nginx $kind throughput" "$(median ${RPS[chain-$kind]})" "$(median ${RPS[nginx-$kind]})"
-  printf '%-28s %s\n' "chain/bare $kind throughput" "$(per_round "$kind")"
+  for name in "${PINPOINT_TARGETS[@]:1}"; do
+    printf '%-30s %s\n' "$name/bare $kind throughput" "$(per_round higher "${RPS[bare-$kind]}" "${RPS[$name-$kind]}")"
+    printf '%-30s %s\n' "$name/bare $kind CPU capacity" "$(per_round lower "${CPU[bare-$kind]}" "${CPU[$name-$kind]}")"
+  done
 done
-echo "(chain/bare: the median of $ROUNDS rounds' ratios; $DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"
+echo "(x/bare: the median of the rounds' ratios; throughput is req/s, CPU capacity is bare's Pinpoint CPU time per request over x's, the throughput ratio when Pinpoint alone limits it; $DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"
