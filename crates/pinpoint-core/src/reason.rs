@@ -295,6 +295,18 @@ reasons! {
         hint: "`detail` shows your ARN as AWS reported it and the pattern that would match; ask an administrator to add that mapping.",
         description: "No persona or intake mapping of the organization matches the ARN (or the matching mapping is bound to another role unique id: the role was recreated).",
     },
+    /// STS verified the proof, but the identity is of a kind that cannot log in.
+    CloudauthIdentityNotAccepted => {
+        code: "cloudauth.identity_not_accepted", status: 403, title: "This kind of AWS identity cannot log in",
+        hint: "Sign with the credentials of an IAM user or of an assumed-role session; `detail` says what AWS reported.",
+        description: "STS verified the proof, but the identity it returned is not one Pinpoint maps (an account root or a federated user, say); `detail` names the principal type.",
+    },
+    /// The managed intake key of this identity was revoked.
+    CloudauthIntakeKeyRevoked => {
+        code: "cloudauth.intake_key_revoked", status: 403, title: "Intake key revoked",
+        hint: "An administrator revoked the intake key issued to your AWS identity; ask them to issue a new one.",
+        description: "An administrator revoked the managed intake key derived for this identity, mapping and rotation period, so the exchange will not hand it out again. A new key is derived when the rotation period ends or the identity's intake mapping is recreated.",
+    },
     /// The mapped principal is suspended.
     CloudauthPrincipalSuspended => {
         code: "cloudauth.principal_suspended", status: 403, title: "Mapped account suspended",

@@ -224,19 +224,7 @@ impl CloudAuth {
                 }
             }
         }
-        Err(match last {
-            StsError::SignatureRejected(code) => Denial::new(
-                Reason::CloudauthSignatureRejected,
-                "AWS STS rejected the signed request.",
-            )
-            .note(format!("STS error {code}")),
-            StsError::Throttled => Denial::new(Reason::CloudauthStsThrottled, "AWS STS is throttling; retry shortly.")
-                .header("retry-after", "5"),
-            StsError::IdentityRefused(why) => Denial::new(Reason::CloudauthNoMapping, why),
-            StsError::Unavailable(why) => {
-                Denial::new(Reason::CloudauthStsUnavailable, "AWS STS could not be reached.").note(why)
-            }
-        })
+        Err(sts_denial(last))
     }
 
     /// The mapping of `kind` that matches the identity, bound to its unique id.
@@ -272,6 +260,23 @@ impl CloudAuth {
             }
         }
         Ok(mapping)
+    }
+}
+
+/// The caller's answer when STS did not vouch for a usable identity.
+fn sts_denial(error: StsError) -> Denial {
+    match error {
+        StsError::SignatureRejected(code) => Denial::new(
+            Reason::CloudauthSignatureRejected,
+            "AWS STS rejected the signed request.",
+        )
+        .note(format!("STS error {code}")),
+        StsError::Throttled => Denial::new(Reason::CloudauthStsThrottled, "AWS STS is throttling; retry shortly.")
+            .header("retry-after", "5"),
+        StsError::IdentityRefused(why) => Denial::new(Reason::CloudauthIdentityNotAccepted, why),
+        StsError::Unavailable(why) => {
+            Denial::new(Reason::CloudauthStsUnavailable, "AWS STS could not be reached.").note(why)
+        }
     }
 }
 
@@ -333,6 +338,35 @@ pub mod intake {
             assert_ne!(a, super::derive(b"pepper", "m", "arn:aws:sts::1:assumed-role/S", 7));
             assert_ne!(a, super::derive(b"other", "m", "arn:aws:sts::1:assumed-role/R", 7));
             assert!(pinpoint_core::keys::parse(&pinpoint_core::keys::format(&a.0, &a.1)).is_some());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// STS's failures cannot all be provoked with moto (it never vouches for an account
+    /// root), so the mapping from each to its reason is checked here.
+    #[test]
+    fn each_sts_failure_has_its_own_reason() {
+        let root = match Identity::parse("arn:aws:iam::123456789012:root") {
+            Err(e) => e.to_string(),
+            Ok(identity) => panic!("a root identity was accepted: {identity}"),
+        };
+        let refused = sts_denial(StsError::IdentityRefused(root));
+        assert_eq!(refused.reason, Reason::CloudauthIdentityNotAccepted);
+        assert!(refused.detail.contains("root"), "{}", refused.detail);
+        let cases = [
+            (
+                StsError::SignatureRejected("InvalidClientTokenId".into()),
+                Reason::CloudauthSignatureRejected,
+            ),
+            (StsError::Throttled, Reason::CloudauthStsThrottled),
+            (StsError::Unavailable("timeout".into()), Reason::CloudauthStsUnavailable),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(sts_denial(error).reason, reason);
         }
     }
 }

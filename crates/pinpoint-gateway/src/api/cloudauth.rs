@@ -168,7 +168,7 @@ async fn intake_key(
         .ok_or_else(|| deny(Reason::ApiStoreUnavailable, "The key could not be stored."))?;
     if stored.info.revoked {
         return Err(deny(
-            Reason::CloudauthNoMapping,
+            Reason::CloudauthIntakeKeyRevoked,
             "The intake key of this identity was revoked; ask an administrator.",
         ));
     }

@@ -454,6 +454,24 @@ async fn managed_intake_keys_and_mapping_rules() {
     let new_key = again["data"]["attributes"]["api_key"].as_str().unwrap().to_owned();
     assert_ne!(new_key, api_key, "a new mapping derives a new key");
     assert_eq!(send(&new_key).await.unwrap().status(), 200);
+
+    // An administrator revokes that key: the exchange will not hand it out again, and says
+    // so (not "no mapping": the mapping is there).
+    let key_id = pinpoint_core::keys::parse(&new_key).unwrap().id.to_owned();
+    let resp =
+        w.gw.http
+            .delete(w.gw.api_url(&format!("/api/v2/api_keys/{key_id}")))
+            .bearer_auth(&w.gw.admin_key)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 204);
+    let refused = intake(proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await)
+        .await
+        .unwrap();
+    let body = problem(refused, 403, "cloudauth.intake_key_revoked").await;
+    assert!(!body.to_string().contains(&new_key), "{body}");
+    assert_eq!(send(&new_key).await.unwrap().status(), 401);
     let resp =
         w.gw.http
             .delete(w.gw.api_url(&format!("/api/v2/cloud_auth/aws/accounts/{ACCOUNT}")))
