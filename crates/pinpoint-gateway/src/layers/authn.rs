@@ -108,9 +108,9 @@ impl AuthnLayer {
     fn identity_for_key(&self, entry: Arc<KeyEntry>) -> Result<Identity, Denial> {
         let principal = match &entry.principal {
             Some(slot) => Some(slot.load_full().ok_or_else(|| {
-                let id = entry.info.principal_id.as_deref().unwrap_or("?");
+                let id = entry.principal_id.as_deref().unwrap_or("?");
                 Denial::new(Reason::AuthnKeyUnknown, "The API key is not valid.")
-                    .note(format!("key {} belongs to deleted principal {id}", entry.info.id))
+                    .note(format!("key {} belongs to deleted principal {id}", entry.id()))
             })?),
             None => None,
         };
@@ -137,19 +137,19 @@ impl AuthnLayer {
                 if !org_key.is_org_key() {
                     return Err(
                         Denial::new(Reason::AuthnKeyUnknown, "DD-API-KEY must be an organization API key.")
-                            .rule(format!("key {}", org_key.info.id)),
+                            .rule(format!("key {}", org_key.id())),
                     );
                 }
                 let Some(app) = app else {
                     return self.identity_for_key(org_key);
                 };
                 let app_key = self.key(app, now)?;
-                if app_key.is_org_key() || app_key.info.org_id != org_key.info.org_id {
+                if app_key.is_org_key() || app_key.org_id() != org_key.org_id() {
                     return Err(Denial::new(
                         Reason::AuthnKeyUnknown,
                         "DD-APPLICATION-KEY is not an application key of DD-API-KEY's organization.",
                     )
-                    .rule(format!("key {}", app_key.info.id)));
+                    .rule(format!("key {}", app_key.id())));
                 }
                 self.identity_for_key(app_key)
             }

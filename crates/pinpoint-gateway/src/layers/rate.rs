@@ -274,7 +274,7 @@ fn limit_key<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(u64, LimitKin
     };
     match by {
         LimitKey::Key => identity.map(|i| match &i.credential {
-            Credential::Key(key) => (key.rate_key, LimitKind::Key, KeyPart::Str(&key.info.id)),
+            Credential::Key(key) => (key.rate_key, LimitKind::Key, KeyPart::Str(key.id())),
             // A token counts against its principal (or, without one, its organization).
             Credential::Token(_) => principal(i).unwrap_or((i.org.rate_key, LimitKind::Org, KeyPart::Str(i.org_id()))),
         }),
