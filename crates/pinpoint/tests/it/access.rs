@@ -326,14 +326,7 @@ async fn authn_codes_for_api_keys() {
     // for the rest, and check this one through a fresh directory load below.
     let revoke_target = w.bob_key.clone();
     let id = pinpoint_core::keys::parse(&revoke_target).unwrap().id.to_owned();
-    let resp =
-        w.gw.http
-            .delete(w.gw.api_url(&format!("/api/v2/api_keys/{id}")))
-            .bearer_auth(&w.gw.admin_key)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(resp.status(), 204);
+    w.gw.revoke_key(&revoke_target).await;
     let (_, d) = w
         .refused(w.get("/orders", &revoke_target).await, 401, "authn.key_revoked")
         .await;

@@ -457,15 +457,7 @@ async fn managed_intake_keys_and_mapping_rules() {
 
     // An administrator revokes that key: the exchange will not hand it out again, and says
     // so (not "no mapping": the mapping is there).
-    let key_id = pinpoint_core::keys::parse(&new_key).unwrap().id.to_owned();
-    let resp =
-        w.gw.http
-            .delete(w.gw.api_url(&format!("/api/v2/api_keys/{key_id}")))
-            .bearer_auth(&w.gw.admin_key)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(resp.status(), 204);
+    w.gw.revoke_key(&new_key).await;
     let refused = intake(proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await)
         .await
         .unwrap();

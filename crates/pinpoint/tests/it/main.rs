@@ -164,6 +164,19 @@ impl TestGateway {
         request.send().await.unwrap().json().await.unwrap()
     }
 
+    /// Revokes `key` (the whole `pp_...` text) through the API, as the bootstrap admin.
+    pub async fn revoke_key(&self, key: &str) {
+        let id = pinpoint_core::keys::parse(key).unwrap().id.to_owned();
+        let resp = self
+            .http
+            .delete(self.api_url(&format!("/api/v2/api_keys/{id}")))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204, "revoking key {id}");
+    }
+
     /// The config revision `/healthz` reports.
     pub async fn revision(&self) -> String {
         let v = self.api_json("/healthz", None).await;
