@@ -101,19 +101,23 @@ PY
 
 declare -A RPS P99 CPU
 TICKS_PER_SECOND=$(getconf CLK_TCK)
-pinpoint_ticks() { awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat"; } # utime + stime
-run() { # name kind url [header] -> appends req/s, p99 (and Pinpoint's CPU us/request) to RPS/P99/CPU[name-kind]
-  local out requests ticks_before ticks_after args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
+run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind]; sets REQUESTS
+  local out args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
   [ -n "${4:-}" ] && args+=(-H "$4")
   [ "$2" = post ] && args+=(-s "$WORK/post.lua")
-  ticks_before=$(pinpoint_ticks)
   out=$($WRK_PIN wrk "${args[@]}" "$3")
-  ticks_after=$(pinpoint_ticks)
   if echo "$out" | grep -q "Non-2xx"; then echo "$1 $2: non-2xx responses!" >&2; echo "$out" >&2; exit 1; fi
-  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  REQUESTS=$(echo "$out" | awk '/requests in/ {print $1}')
   RPS[$1-$2]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
   P99[$1-$2]+="$(echo "$out" | awk '$1 == "99%" {print $2}') "
-  CPU[$1-$2]+="$(awk -v hz="$TICKS_PER_SECOND" -v t0="$ticks_before" -v t1="$ticks_after" -v n="$requests" \
+}
+pinpoint_ticks() { awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat"; } # utime + stime
+run_pinpoint() { # as run, and appends Pinpoint's CPU microseconds per request to CPU[name-kind]
+  local ticks_before ticks_after
+  ticks_before=$(pinpoint_ticks)
+  run "$@"
+  ticks_after=$(pinpoint_ticks)
+  CPU[$1-$2]+="$(awk -v hz="$TICKS_PER_SECOND" -v t0="$ticks_before" -v t1="$ticks_after" -v n="$REQUESTS" \
     'BEGIN { printf "%.2f", (t1 - t0) * 1e6 / hz / n }') "
 }
 median() { python3 -c "import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
@@ -131,9 +135,9 @@ print('%.2fms' % statistics.median(ms(v) for v in sys.argv[1:]))" "$@"
 # runs see the same machine: on a shared (noisy) machine long runs compare two different
 # moments. The order rotates every round (bare-chain, chain-bare, ...), so a drift over the
 # run favours none.
-bare() { run bare "$1" "http://127.0.0.1:$PROXY_PORT/bare/x"; }
-chain() { run chain "$1" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"; }
-key() { run key "$1" "http://127.0.0.1:$PROXY_PORT/key/x" "Authorization: Bearer $KEY"; }
+bare() { run_pinpoint bare "$1" "http://127.0.0.1:$PROXY_PORT/bare/x"; }
+chain() { run_pinpoint chain "$1" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"; }
+key() { run_pinpoint key "$1" "http://127.0.0.1:$PROXY_PORT/key/x" "Authorization: Bearer $KEY"; }
 PINPOINT_TARGETS=(bare chain)
 [ "${BENCH_BREAKDOWN:-0}" = 1 ] && PINPOINT_TARGETS+=(key)
 for kind in get post; do
@@ -151,8 +155,7 @@ for kind in get post; do
   for name in direct nginx "${PINPOINT_TARGETS[@]}"; do
     cpu="-"
     # shellcheck disable=SC2086
-    [ -n "${CPU[$name-$kind]:-}" ] && [ "$name" != direct ] && [ "$name" != nginx ] &&
-      cpu="$(printf '%.1f' "$(median ${CPU[$name-$kind]})") us/req"
+    [ -n "${CPU[$name-$kind]:-}" ] && cpu="$(printf '%.1f' "$(median ${CPU[$name-$kind]})") us/req"
     # shellcheck disable=SC2086
     printf '%-10s %-5s %12.0f %10s %14s   %s\n' "$name" "$kind" "$(median ${RPS[$name-$kind]})" \
       "$(median_ms ${P99[$name-$kind]})" "$cpu" "$(echo ${RPS[$name-$kind]} | cut -c1-60)..."
