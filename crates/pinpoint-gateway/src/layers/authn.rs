@@ -110,7 +110,7 @@ impl AuthnLayer {
             Some(slot) => Some(slot.load_full().ok_or_else(|| {
                 let id = entry.principal_id.as_deref().unwrap_or("?");
                 Denial::new(Reason::AuthnKeyUnknown, "The API key is not valid.")
-                    .note(format!("key {} belongs to deleted principal {id}", entry.id()))
+                    .note(format!("{} belongs to deleted principal {id}", &*entry.trace_label))
             })?),
             None => None,
         };
@@ -137,7 +137,7 @@ impl AuthnLayer {
                 if !org_key.is_org_key() {
                     return Err(
                         Denial::new(Reason::AuthnKeyUnknown, "DD-API-KEY must be an organization API key.")
-                            .rule(format!("key {}", org_key.id())),
+                            .rule(&*org_key.trace_label),
                     );
                 }
                 let Some(app) = app else {
@@ -149,7 +149,7 @@ impl AuthnLayer {
                         Reason::AuthnKeyUnknown,
                         "DD-APPLICATION-KEY is not an application key of DD-API-KEY's organization.",
                     )
-                    .rule(format!("key {}", app_key.id())));
+                    .rule(&*app_key.trace_label));
                 }
                 self.identity_for_key(app_key)
             }
