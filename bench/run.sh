@@ -15,7 +15,9 @@
 # with like; the order rotates from round to round so a drift favours none of them. For
 # each round the script also reads Pinpoint's CPU time (/proc/<pid>/stat) and reports CPU
 # per request, the second measure of what the chain costs. Medians are reported;
-# chain/bare is the median of the per-round ratios with a 95% bootstrap interval.
+# chain/bare is the median of the per-round ratios with a 95% bootstrap interval. Last, it
+# splits each target's CPU per request by thread (workers' user and kernel time, decision-log
+# writer, access-log writer; /proc/<pid>/task/*/stat), summed over all rounds.
 # Usage: bench/run.sh [seconds-per-run] (default 1). Needs root or sudo to install nginx/wrk.
 # Environment: BENCH_ROUNDS, BENCH_PIN=1 (see below), BENCH_BREAKDOWN=1, BENCH_CONNECTIONS,
 # BENCH_THREADS.
@@ -112,13 +114,29 @@ run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind];
   P99[$1-$2]+="$(echo "$out" | awk '$1 == "99%" {print $2}') "
 }
 pinpoint_ticks() { awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat"; } # utime + stime
+# Pinpoint's CPU ticks by thread: the request workers' user and kernel time, the decision
+# log's writer (sqlx's SQLite thread) and the access-log writer, as "w_user w_kernel
+# decisions access_log".
+thread_ticks() {
+  cat /proc/"$PINPOINT_PID"/task/*/stat 2>/dev/null | awk '
+    $2 == "(tokio-rt-worker)" { wu += $14; wk += $15 }
+    $2 ~ /^\(sqlx-sqlite/ { d += $14 + $15 }
+    $2 == "(pinpoint-log)" { l += $14 + $15 }
+    END { print wu + 0, wk + 0, d + 0, l + 0 }'
+}
+declare -A THREAD_TICKS REQUESTS_TOTAL
 run_pinpoint() { # as run, and appends Pinpoint's CPU microseconds per request to CPU[name-kind]
-  local ticks_before ticks_after
+  local ticks_before ticks_after threads_before threads_after
   ticks_before=$(pinpoint_ticks)
+  threads_before=$(thread_ticks)
   run "$@"
   ticks_after=$(pinpoint_ticks)
+  threads_after=$(thread_ticks)
   CPU[$1-$2]+="$(awk -v hz="$TICKS_PER_SECOND" -v t0="$ticks_before" -v t1="$ticks_after" -v n="$REQUESTS" \
     'BEGIN { printf "%.2f", (t1 - t0) * 1e6 / hz / n }') "
+  THREAD_TICKS[$1-$2]=$(echo "${THREAD_TICKS[$1-$2]:-0 0 0 0} $threads_before $threads_after" | awk \
+    '{ for (i = 1; i <= 4; i++) printf "%d ", $i + $(i + 8) - $(i + 4) }')
+  REQUESTS_TOTAL[$1-$2]=$((${REQUESTS_TOTAL[$1-$2]:-0} + REQUESTS))
 }
 median() { python3 -c "import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
 median_ms() { # wrk latencies (us/ms/s) -> median in ms
@@ -186,3 +204,16 @@ for kind in get post; do
   done
 done
 echo "(x/bare: the median of the rounds' ratios; throughput is req/s, CPU capacity is bare's Pinpoint CPU time per request over x's, the throughput ratio when Pinpoint alone limits it; $DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"
+echo
+# Where Pinpoint's CPU goes, over all rounds: the chain's extra time by thread (the kernel
+# time of the workers is mostly socket I/O, the decision writer's mostly file writes).
+printf '%-10s %-5s %14s %14s %14s %14s   %s\n' target kind "workers user" "workers kernel" \
+  "decision log" "access log" "(Pinpoint CPU us/request, all rounds)"
+for kind in get post; do
+  for name in "${PINPOINT_TARGETS[@]}"; do
+    # shellcheck disable=SC2086
+    echo ${THREAD_TICKS[$name-$kind]} | awk -v hz="$TICKS_PER_SECOND" -v n="${REQUESTS_TOTAL[$name-$kind]}" \
+      -v name="$name" -v kind="$kind" \
+      '{ printf "%-10s %-5s %14.2f %14.2f %14.2f %14.2f\n", name, kind, $1 * 1e6 / hz / n, $2 * 1e6 / hz / n, $3 * 1e6 / hz / n, $4 * 1e6 / hz / n }'
+  done
+done
