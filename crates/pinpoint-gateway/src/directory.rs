@@ -188,7 +188,7 @@ impl Directory {
         let hash = <[u8; 32]>::try_from(stored.secret_hash.as_slice()).unwrap_or([0; 32]);
         let info = stored.info;
         Arc::new(KeyEntry {
-            trace_label: RecordedText::new(&format!("{TRACE_LABEL_PREFIX}{}", info.id)),
+            trace_label: RecordedText::new(&key_trace_label(&info.id)),
             kind: info.kind,
             expires_at_ms: info.expires_at_ms,
             revoked: info.revoked,
@@ -378,6 +378,12 @@ impl PrincipalEntry {
 
 /// What [`KeyEntry::trace_label`] puts before the key id.
 const TRACE_LABEL_PREFIX: &str = "key ";
+
+/// How decisions name a key: `key <id>` (a loaded key's [`KeyEntry::trace_label`], and
+/// refusals of ids the directory does not hold).
+pub fn key_trace_label(id: &str) -> String {
+    format!("{TRACE_LABEL_PREFIX}{id}")
+}
 
 impl KeyEntry {
     pub fn is_org_key(&self) -> bool {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use pinpoint_core::config::{AuthRequirement, CredentialSource, JwtConfig};
 use pinpoint_core::{Denial, Outcome, Reason};
 
-use crate::directory::{Directory, KeyEntry, KeyRefusal, OrgStanding};
+use crate::directory::{key_trace_label, Directory, KeyEntry, KeyRefusal, OrgStanding};
 use crate::identity::{Credential, Identity};
 use crate::pipeline::{Check, Layer, RequestCtx};
 use crate::tokens::{TokenRefusal, TokenService};
@@ -99,7 +99,7 @@ impl AuthnLayer {
             };
             let mut denial = Denial::new(reason, detail);
             if let Some(p) = pinpoint_core::keys::parse(presented) {
-                denial = denial.rule(format!("key {}", p.id));
+                denial = denial.rule(key_trace_label(p.id));
             }
             denial
         })
