@@ -116,6 +116,13 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// How often the config file is checked for changes (0 disables; SIGHUP still works).
     pub reload_poll_ms: u64,
+    /// Largest request head (request line and every header) the proxy accepts; larger
+    /// ones are refused with `request.headers_too_large` (431).
+    pub max_head_bytes: usize,
+    /// Largest single header line (`name: value`).
+    pub max_header_bytes: usize,
+    /// Most header lines one request may carry.
+    pub max_headers: usize,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +134,9 @@ impl Default for ServerConfig {
             reasons_url: String::from(REASONS_PATH),
             drain_timeout_ms: 10_000,
             reload_poll_ms: 1_000,
+            max_head_bytes: 32 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
         }
     }
 }
@@ -167,9 +177,12 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for the response head.
     pub request_timeout_ms: u64,
-    /// Consecutive failures that eject a target (nginx's `max_fails`).
+    /// Upstream faults within `fail_timeout_ms` that eject a target (nginx's `max_fails`).
+    /// Only the upstream's own faults count: a refused or timed-out connect, no response
+    /// head in time, a malformed response. A client's slow or broken body never does.
     pub max_fails: u32,
-    /// How long an ejected target stays out (nginx's `fail_timeout`).
+    /// The window in which `max_fails` faults eject a target, and how long an ejected
+    /// target stays out (nginx's `fail_timeout`).
     pub fail_timeout_ms: u64,
 }
 
@@ -199,7 +212,9 @@ pub struct RouteConfig {
     pub host: Option<String>,
     /// Path prefix, matched on segment boundaries (`/orders` matches `/orders/1`, not `/ordersx`).
     pub path_prefix: String,
-    /// Allowed methods; `None` allows all.
+    /// Allowed methods (HEAD follows GET); `None` allows every method (`methods = ["*"]`).
+    /// Without a `methods` list a route allows [`DEFAULT_METHODS`]: WebDAV and other
+    /// extension methods only where a route names them.
     pub methods: Option<Vec<http::Method>>,
     pub upstream: String,
     /// Remove the prefix before forwarding.
@@ -215,6 +230,49 @@ pub struct RouteConfig {
     pub owner_segment: Option<usize>,
     pub ip_allow: Vec<ipnet::IpNet>,
     pub ip_deny: Vec<ipnet::IpNet>,
+    /// The upstream folds letter case: the route, policy rules and deny rules match its
+    /// paths ignoring ASCII case. Otherwise a path that matches this route only when case is
+    /// ignored is refused (`route.case_mismatch`).
+    pub case_insensitive: bool,
+    /// Accept `;` path parameters (refused by default: `request.path_parameters`).
+    pub allow_path_parameters: bool,
+    /// What to do with method- and URL-override headers.
+    pub override_headers: OverrideHeaders,
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: u64,
+    /// Time allowed for the whole request body to arrive.
+    pub body_timeout_ms: u64,
+}
+
+/// The methods a route without a `methods` list allows.
+pub const DEFAULT_METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::PATCH,
+    http::Method::DELETE,
+    http::Method::OPTIONS,
+];
+
+/// Default `max_body_bytes` of a route: 10 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default `body_timeout_ms` of a route.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
+
+/// A route's treatment of headers that ask servers to change the method or URL
+/// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `X-Original-URL`,
+/// `X-Original-URI`, `X-Rewrite-URL`, in any case and with `_` for `-`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverrideHeaders {
+    /// Removed before forwarding (the default).
+    #[default]
+    Strip,
+    /// The request is refused with `request.override_header` (400).
+    Refuse,
+    /// Forwarded as sent: only for upstreams that need them.
+    Allow,
 }
 
 /// Whether a route needs an authenticated caller.
@@ -294,18 +352,29 @@ fn de_methods<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<http:
         .map(|names| {
             names
                 .iter()
-                .map(|n| {
-                    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_uppercase()) {
-                        return Err(serde::de::Error::custom(format!(
-                            "method `{n}` must be upper-case, like GET"
-                        )));
-                    }
-                    http::Method::from_bytes(n.as_bytes())
-                        .map_err(|_| serde::de::Error::custom(format!("`{n}` is not an HTTP method")))
-                })
+                .map(|n| parse_method(n).map_err(serde::de::Error::custom))
                 .collect()
         })
         .transpose()
+}
+
+/// A method named in config: any case (matching is on the upper-case form, the only one
+/// the proxy lets through), a token of letters, digits, `-` and `_`.
+pub fn parse_method(name: &str) -> Result<http::Method, String> {
+    if name.is_empty()
+        || name.len() > 32
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("`{name}` is not an HTTP method (a token such as GET or POST)"));
+    }
+    http::Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("`{name}` is not an HTTP method"))
+}
+
+/// Whether a method list names `method`, where naming GET also names HEAD: the one rule
+/// for route method lists, policy rules and deny rules (a HEAD is a GET without its body).
+pub fn method_listed(list: &[http::Method], method: &http::Method) -> bool {
+    list.contains(method) || (*method == http::Method::HEAD && list.contains(&http::Method::GET))
 }
 
 /// `[net]`: global IP lists and the proxies trusted to report client addresses.
@@ -529,7 +598,7 @@ fn default_request_timeout() -> Spanned<u64> {
     Spanned::new(0..0, 30_000)
 }
 fn default_max_fails() -> Spanned<u32> {
-    Spanned::new(0..0, 1)
+    Spanned::new(0..0, 3)
 }
 fn default_fail_timeout() -> u64 {
     10_000
@@ -553,6 +622,14 @@ struct RawRoute {
     ip_allow: Vec<ipnet::IpNet>,
     #[serde(default)]
     ip_deny: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    case_insensitive: bool,
+    #[serde(default)]
+    allow_path_parameters: bool,
+    #[serde(default)]
+    override_headers: OverrideHeaders,
+    max_body_bytes: Option<Spanned<u64>>,
+    body_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -590,6 +667,17 @@ impl Config {
             return Err(at(
                 0..0,
                 "decision_log.queue_capacity and batch_size must be at least 1".into(),
+            ));
+        }
+
+        let server = &raw.server;
+        if !(1024..=1 << 20).contains(&server.max_head_bytes)
+            || !(64..=server.max_head_bytes).contains(&server.max_header_bytes)
+            || !(1..=1000).contains(&server.max_headers)
+        {
+            return Err(at(
+                0..0,
+                "server: max_head_bytes must be 1024 to 1048576, max_header_bytes 64 to max_head_bytes, max_headers 1 to 1000".into(),
             ));
         }
 
@@ -656,7 +744,7 @@ impl Config {
             if !route_ids.insert(id.clone()) {
                 return Err(at(r.id.span(), format!("route id `{id}` is used twice")));
             }
-            let path_prefix = validate_prefix(&r.path_prefix).map_err(|m| at(r.path_prefix.span(), m))?;
+            let path_prefix = validate_prefix(r.path_prefix.get_ref()).map_err(|m| at(r.path_prefix.span(), m))?;
             if !upstreams.contains_key(r.upstream.get_ref()) {
                 return Err(at(
                     r.upstream.span(),
@@ -676,22 +764,20 @@ impl Config {
                 Some(h) => Some(h.get_ref().to_ascii_lowercase()),
                 None => None,
             };
-            let mut permissions = Vec::new();
-            for (method, permission) in r.permissions.iter().flatten() {
-                let m = method.get_ref();
+            let mut permissions: Vec<(Option<http::Method>, String)> = Vec::new();
+            for (key, permission) in r.permissions.iter().flatten() {
+                let m = key.get_ref();
                 let method = if m == "*" {
                     None
-                } else if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
-                    Some(
-                        http::Method::from_bytes(m.as_bytes())
-                            .map_err(|_| at(method.span(), format!("`{m}` is not an HTTP method")))?,
-                    )
                 } else {
-                    return Err(at(
-                        method.span(),
-                        format!("permissions key `{m}` must be an upper-case method or `*`"),
-                    ));
+                    Some(parse_method(m).map_err(|e| at(key.span(), format!("permissions key: {e}, or `*`")))?)
                 };
+                if permissions.iter().any(|(seen, _)| *seen == method) {
+                    return Err(at(
+                        key.span(),
+                        format!("route `{id}`: permissions name the method `{m}` twice"),
+                    ));
+                }
                 if !is_permission(permission.get_ref()) {
                     return Err(at(
                         permission.span(),
@@ -737,11 +823,31 @@ impl Config {
                     format!("route `{id}` sets permissions, org or owner_segment, so `auth` must be \"required\""),
                 ));
             }
+            let mut limits = [(&r.max_body_bytes, "max_body_bytes"), (&r.body_timeout_ms, "body_timeout_ms")]
+                .into_iter()
+                .map(|(value, field)| match value {
+                    Some(v) if *v.get_ref() == 0 => Err(at(v.span(), format!("{field} must be at least 1"))),
+                    Some(v) => Ok(Some(*v.get_ref())),
+                    None => Ok(None),
+                });
+            let max_body_bytes = limits.next().unwrap_or(Ok(None))?.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+            let body_timeout_ms = limits.next().unwrap_or(Ok(None))?.unwrap_or(DEFAULT_BODY_TIMEOUT_MS);
+            let methods = match &r.methods {
+                None => Some(DEFAULT_METHODS.to_vec()),
+                Some(list) if list.iter().any(|m| m.get_ref() == "*") => None,
+                Some(list) if list.is_empty() => {
+                    return Err(at(
+                        route.span(),
+                        format!("route `{id}`: `methods` is empty; list methods, or [\"*\"] for any"),
+                    ))
+                }
+                Some(_) => parse_methods(&r.methods, &at)?,
+            };
             routes.push(RouteConfig {
                 id,
                 host,
                 path_prefix,
-                methods: parse_methods(&r.methods, &at)?,
+                methods,
                 upstream: r.upstream.get_ref().clone(),
                 strip_prefix: r.strip_prefix,
                 auth,
@@ -750,6 +856,11 @@ impl Config {
                 owner_segment: r.owner_segment.as_ref().map(|s| *s.get_ref()),
                 ip_allow: r.ip_allow.clone(),
                 ip_deny: r.ip_deny.clone(),
+                case_insensitive: r.case_insensitive,
+                allow_path_parameters: r.allow_path_parameters,
+                override_headers: r.override_headers,
+                max_body_bytes,
+                body_timeout_ms,
             });
         }
 
@@ -781,7 +892,7 @@ impl Config {
                 }
             }
             let path_prefix = match &r.path_prefix {
-                Some(p) => Some(validate_prefix(p).map_err(|m| at(p.span(), m))?),
+                Some(p) => Some(validate_prefix(p.get_ref()).map_err(|m| at(p.span(), m))?),
                 None => None,
             };
             rules.push(PolicyRule {
@@ -817,7 +928,12 @@ impl Config {
                     ));
                 }
             }
-            deny_rules.push(r.clone());
+            let mut r = r.clone();
+            if let Some(p) = &r.path_prefix {
+                let p = validate_prefix(p).map_err(|m| at(rule.span(), format!("authz deny rule `{}`: {m}", r.id)))?;
+                r.path_prefix = Some(p);
+            }
+            deny_rules.push(r);
         }
         let mut limit_ids = HashSet::new();
         for limit in &raw.rate.limits {
@@ -882,6 +998,45 @@ impl Config {
         })
     }
 
+    /// What `pinpoint config check` points out in a valid config: routes whose permission
+    /// map leaves methods the route accepts unnamed (they are refused, which may surprise),
+    /// and routes that authenticate but require no permission of anyone.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for route in &self.routes {
+            let id = &route.id;
+            if route.permissions.is_empty() {
+                if route.auth == AuthRequirement::Required && route.org.is_none() && route.owner_segment.is_none() {
+                    out.push(format!(
+                        "route `{id}` requires authentication but no permission: any authenticated caller, of any organization, may use every method it accepts"
+                    ));
+                }
+                continue;
+            }
+            if route.permissions.iter().any(|(m, _)| m.is_none()) {
+                continue;
+            }
+            let named: Vec<http::Method> = route.permissions.iter().filter_map(|(m, _)| m.clone()).collect();
+            match &route.methods {
+                None => out.push(format!(
+                    "route `{id}` accepts every method but its permissions name only {}: every other method is refused with authz.method_not_permitted (add `\"*\" = \"...\"` or narrow `methods`)",
+                    join_methods(&named)
+                )),
+                Some(accepted) => {
+                    let open: Vec<http::Method> =
+                        accepted.iter().filter(|m| !method_listed(&named, m)).cloned().collect();
+                    if !open.is_empty() {
+                        out.push(format!(
+                            "route `{id}` accepts {} but its permissions do not name them: they are refused with authz.method_not_permitted (name them, add `\"*\"`, or narrow `methods`)",
+                            join_methods(&open)
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The built-in demo config.
     pub fn demo() -> Config {
         match Config::parse(DEMO_CONFIG, "<built-in demo>") {
@@ -890,6 +1045,10 @@ impl Config {
             Err(e) => panic!("built-in demo config is invalid: {e}"),
         }
     }
+}
+
+fn join_methods(methods: &[http::Method]) -> String {
+    methods.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// The revision id of a config text.
@@ -937,8 +1096,8 @@ fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn validate_prefix(prefix: &Spanned<String>) -> Result<String, String> {
-    let p = prefix.get_ref();
+/// A path prefix as routes and rules match it: canonical, without a trailing slash.
+fn validate_prefix(p: &str) -> Result<String, String> {
     if !p.starts_with('/') {
         return Err(format!("path_prefix `{p}` must start with `/`"));
     }
@@ -946,6 +1105,15 @@ fn validate_prefix(prefix: &Spanned<String>) -> Result<String, String> {
         return Err(format!(
             "path_prefix `{p}` must be a plain path (no `?`, `#` or spaces)"
         ));
+    }
+    match crate::canonical::canonical_path(p) {
+        Ok(canonical) if canonical == p => {}
+        Ok(canonical) => {
+            return Err(format!(
+                "path_prefix `{p}` is not in canonical form; write `{canonical}` (requests are matched after canonicalisation)"
+            ))
+        }
+        Err(refusal) => return Err(format!("path_prefix `{p}`: {}", refusal.detail)),
     }
     // `/orders/` and `/orders` mean the same prefix.
     let trimmed = p.trim_end_matches('/');
@@ -963,15 +1131,7 @@ fn parse_methods(
     let Some(methods) = methods else { return Ok(None) };
     let mut out = Vec::new();
     for m in methods {
-        let name = m.get_ref();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(at(
-                m.span(),
-                format!("method `{name}` must be an upper-case HTTP method such as GET or POST"),
-            ));
-        }
-        let method = http::Method::from_bytes(name.as_bytes())
-            .map_err(|_| at(m.span(), format!("`{name}` is not an HTTP method")))?;
+        let method = parse_method(m.get_ref()).map_err(|e| at(m.span(), e))?;
         if !out.contains(&method) {
             out.push(method);
         }

@@ -7,6 +7,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+/// What every Pinpoint key starts with.
+pub const PREFIX: &str = "pp_";
 /// Length of the public key id in hex digits.
 pub const ID_LEN: usize = 16;
 /// Length of the secret part in base64url characters (32 bytes, unpadded).
@@ -27,7 +29,7 @@ impl std::fmt::Debug for PresentedKey<'_> {
 
 /// Splits `pp_<id>_<secret>`; `None` when the text is not shaped like a key.
 pub fn parse(key: &str) -> Option<PresentedKey<'_>> {
-    let rest = key.strip_prefix("pp_")?;
+    let rest = key.strip_prefix(PREFIX)?;
     let (id, secret) = rest.split_at_checked(ID_LEN)?;
     let secret = secret.strip_prefix('_')?;
     let id_ok = id.bytes().all(|b| CHARS[usize::from(b)] & ID_CHAR != 0);

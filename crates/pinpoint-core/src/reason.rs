@@ -67,6 +67,108 @@ const fn layer_of(code: &'static str) -> &'static str {
 }
 
 reasons! {
+    /// The method is not written in upper case.
+    RequestMethodNotCanonical => {
+        code: "request.method_not_canonical", status: 400, title: "Method not in upper case",
+        hint: "Send the method in upper case, as HTTP defines it: GET, POST, PUT, PATCH, DELETE, ...",
+        description: "The request method contains lower-case letters (`post`, `Get`). Methods are case-sensitive, so Pinpoint refuses them rather than guess which method the upstream will read.",
+    },
+    /// The request target is not an absolute path.
+    RequestPathNotAbsolute => {
+        code: "request.path_not_absolute", status: 400, title: "Request target is not a path",
+        hint: "Send a request target that starts with `/`.",
+        description: "The request target is `*` (server-wide OPTIONS), an authority (CONNECT) or empty; routes match absolute paths only.",
+    },
+    /// The path has a broken percent-escape.
+    RequestPathInvalidEncoding => {
+        code: "request.path_invalid_encoding", status: 400, title: "Invalid percent-encoding in path",
+        hint: "Every `%` in the path must be followed by two hex digits; encode a literal `%` as `%25`.",
+        description: "A `%` in the path is not followed by two hex digits. Servers disagree on what such a path means, so it is refused before routing.",
+    },
+    /// The path has `%2F` or `%5C`.
+    RequestPathEncodedSeparator => {
+        code: "request.path_encoded_separator", status: 400, title: "Encoded slash in path",
+        hint: "Do not percent-encode `/` or `\\` in the path (`%2F`, `%5C`); send identifiers that contain them in the query or body.",
+        description: "The path contains `%2F` or `%5C`. Some upstream servers decode them into segment separators and some do not, so the route the gateway matched might not be the resource served. The trace note shows the path as sent.",
+    },
+    /// The path has a raw backslash.
+    RequestPathBackslash => {
+        code: "request.path_backslash", status: 400, title: "Backslash in path",
+        hint: "Separate path segments with `/`, not `\\`.",
+        description: "The path contains a raw `\\`, which some servers (IIS, some frameworks) read as `/`.",
+    },
+    /// A `.` or `..` segment is written with escapes.
+    RequestPathEncodedDotSegment => {
+        code: "request.path_encoded_dot_segment", status: 400, title: "Encoded dot-segment in path",
+        hint: "Do not percent-encode `.` or `..` path segments (`%2e%2e`); send the path you mean.",
+        description: "A path segment decodes to `.` or `..` but was written with escapes (`%2e`, `.%2E`). Plain dot-segments are resolved before routing; encoded ones are refused, since upstreams resolve them after decoding, behind the gateway's decision.",
+    },
+    /// The path has a control character.
+    RequestPathControlCharacter => {
+        code: "request.path_control_character", status: 400, title: "Control character in path",
+        hint: "Remove NUL, line breaks and other control characters (`%00`-`%1F`, `%7F`) from the path.",
+        description: "The path contains a control character, raw or escaped. Such paths truncate or split in upstream servers and logs.",
+    },
+    /// `..` would climb above the root.
+    RequestPathAboveRoot => {
+        code: "request.path_above_root", status: 400, title: "Path climbs above the root",
+        hint: "Remove the `..` segments that go above `/`.",
+        description: "Resolving the path's `..` segments would go above `/` (`/../etc/passwd`).",
+    },
+    /// The path has `;` parameters on a route that does not accept them.
+    RequestPathParameters => {
+        code: "request.path_parameters", status: 400, title: "Path parameters not accepted",
+        hint: "Remove the `;...` part from the path segments.",
+        description: "A path segment carries `;` parameters (raw or `%3B`), which servers such as Tomcat and Jetty strip before routing. Set `allow_path_parameters = true` on the route if its upstream needs them.",
+    },
+    /// A header that would change the method or URL upstream was sent to a route that refuses it.
+    RequestOverrideHeader => {
+        code: "request.override_header", status: 400, title: "Override header not accepted",
+        hint: "Send the method and URL you mean directly; this route does not accept `X-HTTP-Method-Override` or `X-Original-URL`-style headers.",
+        description: "The route has `override_headers = \"refuse\"` and the request carries a method- or URL-override header (any case, `_` for `-`). With the default `\"strip\"` they are removed instead.",
+    },
+    /// The Host header is missing its match, repeated or malformed.
+    RequestHostInvalid => {
+        code: "request.host_invalid", status: 400, title: "Invalid Host",
+        hint: "Send exactly one `Host` header, matching the authority of an absolute request target if you use one.",
+        description: "The request has several `Host` headers, a `Host` that is not a host name, or an absolute-form target whose authority differs from `Host`. Upstreams might read another host than the one routed on.",
+    },
+    /// The request line and headers together are too large.
+    RequestHeadersTooLarge => {
+        code: "request.headers_too_large", status: 431, title: "Request headers too large",
+        hint: "Send fewer or smaller headers (large cookies are the usual cause).",
+        description: "The request line and headers together exceed `[server] max_head_bytes`. Heads far beyond it are refused by the HTTP parser itself (counted in `pinpoint_connection_errors_total`).",
+    },
+    /// One header is too large.
+    RequestHeaderTooLarge => {
+        code: "request.header_too_large", status: 431, title: "Request header too large",
+        hint: "Shorten the header named in `detail`.",
+        description: "One header line exceeds `[server] max_header_bytes`.",
+    },
+    /// The request has too many headers.
+    RequestTooManyHeaders => {
+        code: "request.too_many_headers", status: 431, title: "Too many request headers",
+        hint: "Send fewer headers.",
+        description: "The request has more header lines than `[server] max_headers`.",
+    },
+    /// The body is larger than the route accepts.
+    RequestBodyTooLarge => {
+        code: "request.body_too_large", status: 413, title: "Request body too large",
+        hint: "Send a smaller body; `detail` names the limit.",
+        description: "The declared `Content-Length`, or the bytes of a chunked body so far, exceed the route's `max_body_bytes`. Nothing was sent upstream.",
+    },
+    /// The body did not arrive in time.
+    RequestBodyTimeout => {
+        code: "request.body_timeout", status: 408, title: "Request body too slow",
+        hint: "Send the whole body promptly, or ask for a longer limit for large uploads.",
+        description: "The request body did not arrive completely within the route's `body_timeout_ms`. Nothing was sent upstream, and the upstream's health is not charged.",
+    },
+    /// The client's body ended early or was malformed.
+    RequestBodyIncomplete => {
+        code: "request.body_incomplete", status: 400, title: "Request body incomplete",
+        hint: "Send a complete, well-formed body (check `Content-Length` and chunked framing).",
+        description: "The client closed the connection before its body was complete, or sent invalid chunked framing. Nothing was sent upstream, and the upstream's health is not charged.",
+    },
     /// No configured route matches the request's host and path.
     RouteNotFound => {
         code: "route.not_found", status: 404, title: "No route for this request",
@@ -78,6 +180,12 @@ reasons! {
         code: "route.method_not_allowed", status: 405, title: "Method not allowed on this route",
         hint: "Use one of the methods listed in the Allow header.",
         description: "A route matched host and path, but its `methods` list does not contain the request's method. The response carries an `Allow` header.",
+    },
+    /// The path matches a route only when letter case is ignored.
+    RouteCaseMismatch => {
+        code: "route.case_mismatch", status: 400, title: "Path differs from a route in letter case",
+        hint: "Paths are case-sensitive here; send the path with the letter case the API documents.",
+        description: "No route matches the path exactly, or only a less specific one does, but a route's prefix matches when case is ignored (the trace names it). Refused because an upstream that folds case would serve that route without its rules. Set `case_insensitive = true` on the route if its upstream folds case.",
     },
     /// A policy rule explicitly denies the request.
     PolicyExplicitDeny => {
@@ -174,6 +282,12 @@ reasons! {
         code: "authz.permission_missing", status: 403, title: "Permission missing",
         hint: "Ask an administrator of your organization for a role that grants the permission named in `detail`.",
         description: "Implicit deny: the route needs the permission named in the trace and none of the principal's roles grants it.",
+    },
+    /// The route's permission map does not name the method.
+    AuthzMethodNotPermitted => {
+        code: "authz.method_not_permitted", status: 403, title: "Method not permitted on this route",
+        hint: "This route accepts only the methods its operators listed; `detail` names the method that was refused.",
+        description: "The route has a `permissions` map and it names neither the request's method nor `*` (HEAD follows GET unless named). Methods a permission map leaves out are denied, not open; `pinpoint config check` warns about them.",
     },
     /// An explicit deny rule matched.
     AuthzExplicitDeny => {

@@ -1,7 +1,11 @@
-//! Request ids: a client's `X-Request-Id` is kept when well-formed, else one is generated.
+//! Request ids: Pinpoint generates one for every request (it keys the decision); a
+//! client's well-formed `X-Request-Id` is kept beside it as the client's own id.
 
-/// The header carrying the request id, in both directions.
+/// The header carrying the request id: Pinpoint's own on responses and upstream requests,
+/// the client's own on requests.
 pub const HEADER: &str = "x-request-id";
+/// The header that echoes the client's own request id (on responses and upstream requests).
+pub const CLIENT_HEADER: &str = "x-client-request-id";
 
 /// Whether a client-supplied request id is safe to keep: 1 to 128 characters of
 /// `A-Z a-z 0-9 - _ . : @`.

@@ -236,12 +236,23 @@ impl<'de> Deserialize<'de> for RecordedText {
 /// The stored record of one request's decision. Never holds a request body or a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
+    /// Pinpoint's own id for the request: every request gets a fresh one, and it keys the
+    /// decision (a client cannot make its request overwrite or hide another's).
     pub request_id: String,
+    /// The client's `X-Request-Id`, if it sent a well-formed one: kept, echoed back, and a
+    /// second way to find the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     /// Unix time in milliseconds when the request arrived.
     pub at_ms: i64,
     pub method: String,
-    /// Path only; the query string is not stored (it may carry secrets).
+    /// The canonical path, the one routed, decided on and forwarded (before
+    /// `strip_prefix`). Path only; the query string is not stored (it may carry secrets).
     pub path: String,
+    /// The path as the client wrote it, when it differs from `path` (or could not be
+    /// canonicalised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     pub client_addr: String,

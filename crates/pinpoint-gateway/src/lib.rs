@@ -9,6 +9,8 @@ pub mod api;
 pub mod cloudauth;
 pub mod directory;
 pub mod echo;
+pub mod edge;
+pub mod headers;
 pub mod identity;
 pub mod layers;
 pub mod pipeline;

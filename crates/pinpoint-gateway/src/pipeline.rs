@@ -20,8 +20,12 @@ use crate::routes::{CompiledRoute, RouteAccess};
 /// What a layer sees of a request. Layers may fill in what they establish (the route,
 /// the principal) for the layers after them.
 pub struct RequestCtx<'a> {
+    /// The canonical method (upper case; see `pinpoint_core::canonical`).
     pub method: &'a Method,
+    /// The canonical path: the one the upstream receives (before `strip_prefix`).
     pub path: &'a str,
+    /// The matched route folds case: rules compare paths ignoring ASCII case.
+    pub fold_case: bool,
     /// Host without port, lower-case.
     pub host: Option<&'a str>,
     pub headers: &'a HeaderMap,
@@ -96,6 +100,7 @@ impl<'a> RequestCtx<'a> {
         RequestCtx {
             method,
             path,
+            fold_case: false,
             host,
             headers,
             client_addr,
@@ -109,6 +114,16 @@ impl<'a> RequestCtx<'a> {
             cors_origin: None,
             answered: false,
             response_headers: ResponseHeaders::default(),
+        }
+    }
+
+    /// Whether the request's path is under `prefix`: the one comparison every path rule
+    /// uses, ignoring case where the route folds case.
+    pub fn path_under(&self, prefix: &str) -> bool {
+        if self.fold_case {
+            crate::routes::prefix_matches_ignoring_case(prefix, self.path)
+        } else {
+            crate::routes::prefix_matches(prefix, self.path)
         }
     }
 

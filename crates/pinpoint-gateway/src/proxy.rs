@@ -1,6 +1,8 @@
-//! The proxy listener: accepts connections, runs each request through the current
-//! revision's pipeline, forwards allowed requests to an upstream target, answers denials
-//! with problem bodies, and records every decision (trace, metrics, access log).
+//! The proxy listener: accepts connections, builds each request's canonical form at the
+//! edge (`edge`), runs it through the current revision's pipeline, reads the body and
+//! forwards exactly that request to an upstream target (retrying once on another target
+//! where that is safe), answers denials with problem bodies, and records every decision
+//! (trace, metrics, access log).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -22,11 +24,12 @@ use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
 use tokio::net::TcpListener;
 
 use crate::identity::Identity;
-use crate::pipeline::{RequestCtx, NO_ROUTE};
-use crate::respond;
+use crate::pipeline::{RequestCtx, ResponseHeaders, Verdict, NO_ROUTE};
 use crate::routes::CompiledRoute;
 use crate::runtime::Shared;
-use crate::telemetry;
+use crate::tokens::TokenService;
+use crate::upstream::UpstreamFailure;
+use crate::{edge, headers, respond, telemetry};
 
 /// Body of a proxy response: streamed from upstream, or generated here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -36,10 +39,16 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
+    // The parser's own limits sit above the configured ones, so a head over those is
+    // refused by the edge with a problem body; only heads far beyond them meet the
+    // parser's bare 431 (counted in `pinpoint_connection_errors_total`). Read at start.
+    let limits = shared.runtime.load().config.server.clone();
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size((limits.max_head_bytes * 2).max(16 * 1024))
+        .max_headers(limits.max_headers.max(64) + 36);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -64,6 +73,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
+                telemetry::count_connection_error(&e);
                 tracing::debug!(error = %e, "proxy connection ended with an error");
             }
         });
@@ -82,7 +92,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
     let started = Instant::now();
     let runtime = shared.runtime.load_full();
-    let request_id = respond::request_id_of(req.headers());
+    let request_id = respond::new_request_id();
+    let client_request_id = respond::client_request_id(req.headers());
     let format = respond::format_of(req.headers());
     let reasons_url = runtime.config.server.reasons_url.as_str();
 
@@ -94,86 +105,134 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/markdown; charset=utf-8"),
         );
-        respond::set_request_id(response.headers_mut(), &request_id);
+        respond::set_request_ids(response.headers_mut(), &request_id, client_request_id.as_deref());
         return response;
     }
 
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let host = host_of(&req);
-    let client_ip = crate::layers::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
-    let (verdict, route, identity, answered, extra_headers, at_ms) = {
-        let mut ctx = RequestCtx::new(
-            &method,
-            &path,
-            host.as_deref(),
-            req.headers(),
-            peer,
-            client_ip,
-            &request_id,
-        );
-        let verdict = runtime.pipeline.run(&mut ctx).await;
-        (
-            verdict,
-            ctx.route.take(),
-            ctx.identity.take(),
-            ctx.answered,
-            std::mem::take(&mut ctx.response_headers),
-            ctx.at_ms,
-        )
-    };
+    let (mut parts, body) = req.into_parts();
+    let trusted_proxies = &runtime.config.net.trusted_proxies;
+    let client_ip = crate::layers::net::client_ip(peer.ip(), &parts.headers, trusted_proxies);
+    let raw_path = parts.uri.path();
+    // The edge: one canonical request that every layer, the record and the upstream share,
+    // or a refusal that says what was wrong with the request as sent.
+    let edge_started = Instant::now();
+    let (verdict, canonical, route, identity, answered, extra_headers, at_ms) =
+        match edge::canonical_request(&parts.method, &parts.uri, &parts.headers, &runtime.config.server) {
+            Err(denial) => {
+                telemetry::count_denial(denial.reason, &Arc::from(NO_ROUTE), Mode::Enforce);
+                let trace = vec![edge_entry(Mark::Deny, &denial, edge_started)];
+                let verdict = Verdict {
+                    trace,
+                    denial: Some(denial),
+                };
+                let at_ms = pinpoint_store::now_ms();
+                (verdict, None, None, None, false, ResponseHeaders::default(), at_ms)
+            }
+            Ok(canonical) => {
+                telemetry::count_canonicalised(raw_path != canonical.path);
+                let mut ctx = RequestCtx::new(
+                    &parts.method,
+                    &canonical.path,
+                    canonical.host.as_deref(),
+                    &parts.headers,
+                    peer,
+                    client_ip,
+                    &request_id,
+                );
+                let verdict = runtime.pipeline.run(&mut ctx).await;
+                let (route, identity, answered, at_ms) =
+                    (ctx.route.take(), ctx.identity.take(), ctx.answered, ctx.at_ms);
+                let extra_headers = std::mem::take(&mut ctx.response_headers);
+                (verdict, Some(canonical), route, identity, answered, extra_headers, at_ms)
+            }
+        };
     let route_label: Arc<str> = route
         .as_ref()
         .map(|r| r.id.clone())
         .unwrap_or_else(|| Arc::from(NO_ROUTE));
     let mut trace = verdict.trace;
+    let path = canonical.as_ref().map_or(raw_path, |c| &c.path);
 
     let (mut response, reason, upstream_target) = match (verdict.denial, route) {
-        (None, _) if answered => {
-            let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
-            *response.status_mut() = http::StatusCode::NO_CONTENT;
-            (response, None, None)
+        (None, Some(route)) if !answered => {
+            match edge::read_body(body, route.max_body_bytes, route.body_timeout).await {
+                Ok(bytes) => {
+                    let fwd = ForwardCtx {
+                        peer,
+                        peer_is_trusted_proxy: crate::layers::net::is_trusted_proxy(peer.ip(), trusted_proxies),
+                        request_id: &request_id,
+                        client_request_id: client_request_id.as_deref(),
+                        identity: identity.as_ref(),
+                        format,
+                        reasons_url,
+                        tokens: &shared.services.tokens,
+                    };
+                    let headers = std::mem::take(&mut parts.headers);
+                    let request = ForwardRequest {
+                        method: &parts.method,
+                        path,
+                        query: parts.uri.query(),
+                        headers,
+                        body: bytes,
+                    };
+                    forward(&route, request, &fwd, &mut trace).await
+                }
+                Err(refusal) => {
+                    telemetry::count_denial(refusal.denial.reason, &route_label, Mode::Enforce);
+                    trace.push(edge_entry(Mark::Deny, &refusal.denial, started));
+                    let mut response = deny(&refusal.denial, &request_id, format, reasons_url);
+                    if refusal.close {
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    (response, Some(refusal.denial.reason), None)
+                }
+            }
         }
-        (Some(denial), _) => {
-            let reason = denial.reason;
-            (deny(&denial, &request_id, format, reasons_url), Some(reason), None)
-        }
-        (None, Some(route)) => {
-            let ctx = ForwardCtx {
-                peer,
-                request_id: &request_id,
-                identity: identity.as_ref(),
-                format,
-                reasons_url,
+        (denial, _) => {
+            // Pinpoint answers itself: a denial, or a CORS preflight.
+            let (mut response, reason) = match denial {
+                Some(denial) => (deny(&denial, &request_id, format, reasons_url), Some(denial.reason)),
+                None if answered => {
+                    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+                    *response.status_mut() = http::StatusCode::NO_CONTENT;
+                    (response, None)
+                }
+                None => {
+                    // The route layer always enforces, so an allowed request has a route.
+                    let denial = Denial::new(
+                        Reason::RouteNotFound,
+                        format!("No route serves {} {path}.", parts.method),
+                    );
+                    (deny(&denial, &request_id, format, reasons_url), Some(denial.reason))
+                }
             };
-            forward(&route, req, &ctx, &mut trace).await
-        }
-        (None, None) => {
-            // The route layer always enforces, so an allowed request has a route.
-            let denial = Denial::new(Reason::RouteNotFound, format!("No route serves {method} {path}."));
-            (
-                deny(&denial, &request_id, format, reasons_url),
-                Some(Reason::RouteNotFound),
-                None,
-            )
+            edge::settle_unread_body(body, &parts.headers, &mut response).await;
+            (response, reason, None)
         }
     };
     // Room for everything added below at once: one resize of the map, not one per header.
-    response.headers_mut().reserve(1 + extra_headers.len());
-    respond::set_request_id(response.headers_mut(), &request_id);
+    response.headers_mut().reserve(2 + extra_headers.len());
+    respond::set_request_ids(response.headers_mut(), &request_id, client_request_id.as_deref());
     extra_headers.append_to(response.headers_mut());
 
     let status = response.status();
     let elapsed = started.elapsed();
     let route_name = (route_label.as_ref() != NO_ROUTE).then(|| route_label.to_string());
+    let raw_path = (raw_path != path).then(|| raw_path.to_owned());
+    let path = path.to_owned();
+    let host = canonical.and_then(|c| c.host);
     telemetry::finish_request(
         &shared.decisions,
         &route_label,
         Decision {
             request_id,
+            client_request_id,
             at_ms,
-            method: method.to_string(),
+            method: parts.method.to_string(),
             path,
+            raw_path,
             host,
             client_addr: if client_ip == peer.ip() {
                 peer.to_string()
@@ -194,6 +253,20 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     response
 }
 
+/// The trace entry of a refusal made at the edge (before routing, or reading the body).
+fn edge_entry(mark: Mark, denial: &Denial, started: Instant) -> LayerTrace {
+    LayerTrace {
+        layer: "request".into(),
+        mark,
+        mode: Mode::Enforce,
+        reason: Some(denial.reason),
+        rule_id: denial.rule_id.as_deref().map(pinpoint_core::RecordedText::from),
+        detail: Some(denial.detail.clone()),
+        note: denial.note.clone(),
+        micros: started.elapsed().as_micros() as u64,
+    }
+}
+
 fn deny(
     denial: &Denial,
     request_id: &str,
@@ -206,15 +279,37 @@ fn deny(
 /// What forwarding needs to know about the request beyond the request itself.
 struct ForwardCtx<'a> {
     peer: SocketAddr,
+    /// The peer is a trusted proxy: the `X-Forwarded-For` it sent is passed on, extended.
+    peer_is_trusted_proxy: bool,
     request_id: &'a str,
+    client_request_id: Option<&'a str>,
     identity: Option<&'a Identity>,
     format: pinpoint_core::problem::ProblemFormat,
     reasons_url: &'a str,
+    tokens: &'a TokenService,
 }
 
+/// Whether a failed attempt may be tried once more on another target: always when nothing
+/// was sent (the connection failed), else only for methods that are safe to repeat.
+fn may_retry(method: &Method, failure: &UpstreamFailure) -> bool {
+    !failure.maybe_sent || matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The request to forward: the canonical method and path, the query as sent, the
+/// client's headers and the body read at the edge.
+struct ForwardRequest<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Sends the canonical request to one of the route's targets, retrying once on another
+/// target where [`may_retry`] allows.
 async fn forward(
     route: &CompiledRoute,
-    req: Request<Incoming>,
+    req: ForwardRequest<'_>,
     fwd: &ForwardCtx<'_>,
     trace: &mut Vec<LayerTrace>,
 ) -> (Response<ProxyBody>, Option<Reason>, Option<String>) {
@@ -234,46 +329,69 @@ async fn forward(
         (deny(&denial, request_id, format, reasons_url), Some(reason), target)
     };
 
-    let Some(target) = upstream.pick() else {
+    let Some(mut target) = upstream.pick() else {
         return fail(Reason::UpstreamUnavailable, upstream.unavailable_note(), None, trace);
     };
-    let (mut parts, body) = req.into_parts();
-    let upstream_path = route.upstream_path(parts.uri.path());
-    let path_and_query = match parts.uri.query() {
+    let upstream_path = route.upstream_path(req.path);
+    let path_and_query = match req.query {
         Some(q) => format!("{upstream_path}?{q}"),
         None => upstream_path.to_owned(),
     };
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(target.authority.as_str())
-        .path_and_query(path_and_query)
-        .build();
-    let uri = match uri {
-        Ok(uri) => uri,
-        Err(e) => {
-            let note = format!("cannot build upstream URI for {}: {e}", target.authority);
-            return fail(
-                Reason::UpstreamConnectFailed,
-                note,
-                Some(target.authority.clone()),
-                trace,
-            );
+    let (method, body) = (req.method, req.body);
+    let mut headers = upstream_headers(req.headers, route, fwd, body.len());
+    // A copy for the one retry, only where there is another target to retry on.
+    let mut spare_headers = (upstream.target_count() > 1).then(|| headers.clone());
+    loop {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(target.authority.as_str())
+            .path_and_query(path_and_query.as_str())
+            .build();
+        let uri = match uri {
+            Ok(uri) => uri,
+            Err(e) => {
+                let note = format!("cannot build upstream URI for {}: {e}", target.authority);
+                return fail(
+                    Reason::UpstreamConnectFailed,
+                    note,
+                    Some(target.authority.clone()),
+                    trace,
+                );
+            }
+        };
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        match upstream.send(&target, request).await {
+            Ok(mut response) => {
+                headers::strip_hop_by_hop(response.headers_mut());
+                trace.push(upstream_entry(Mark::Pass, None, target.authority.clone(), started));
+                return (response.map(Either::Left), None, Some(target.authority.clone()));
+            }
+            Err(failure) => {
+                let retry = match spare_headers.take() {
+                    Some(spare) if may_retry(method, &failure) => {
+                        upstream.pick_other_than(Some(&target)).map(|next| (next, spare))
+                    }
+                    _ => None,
+                };
+                let Some((next, spare)) = retry else {
+                    return fail(failure.reason, failure.note, Some(target.authority.clone()), trace);
+                };
+                let mut entry = upstream_entry(
+                    Mark::Skip,
+                    Some(failure.reason),
+                    format!("{}; retried on {}", failure.note, next.authority),
+                    started,
+                );
+                entry.rule_id = Some(pinpoint_core::RecordedText::from(target.authority.as_str()));
+                trace.push(entry);
+                telemetry::count_upstream_retry(&route.id);
+                target = next;
+                headers = spare;
+            }
         }
-    };
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
-    // Room for the forwarding and identity headers at once: one resize, not several.
-    parts.headers.reserve(UPSTREAM_HEADERS_ADDED);
-    prepare_upstream_headers(&mut parts.headers, route, fwd.identity);
-    add_forwarding_headers(&mut parts.headers, fwd.peer, request_id);
-
-    match upstream.send(&target, Request::from_parts(parts, body)).await {
-        Ok(mut response) => {
-            strip_headers(response.headers_mut(), &[]);
-            trace.push(upstream_entry(Mark::Pass, None, target.authority.clone(), started));
-            (response.map(Either::Left), None, Some(target.authority.clone()))
-        }
-        Err(failure) => fail(failure.reason, failure.note, Some(target.authority.clone()), trace),
     }
 }
 
@@ -290,194 +408,55 @@ fn upstream_entry(mark: Mark, reason: Option<Reason>, note: String, started: Ins
     }
 }
 
-/// Host from the `Host` header (or the URI's authority), lower-case, without port.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())?;
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => raw.split(':').next().unwrap_or(raw),
+/// The headers of the upstream request: the client's, cleaned of everything that is the
+/// gateway's (see [`headers`]), framed for the body read at the edge, and with who the
+/// caller is and where the request came from stated by Pinpoint.
+fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<'_>, body_len: usize) -> HeaderMap {
+    let had_framing = out.contains_key(http::header::CONTENT_LENGTH) || out.contains_key(http::header::TRANSFER_ENCODING);
+    let prior_forwarded_for = fwd
+        .peer_is_trusted_proxy
+        .then(|| out.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .flatten();
+    let is_pinpoint_credential = |value: &str| {
+        value.starts_with(pinpoint_core::keys::PREFIX) || fwd.tokens.is_ours(value)
     };
-    Some(host.to_ascii_lowercase())
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones).
-/// (`Transfer-Encoding` is left to hyper, which re-frames bodies itself.)
-static HOP_BY_HOP: [HeaderName; 8] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-];
-
-/// The position of a hop-by-hop header in [`HOP_BY_HOP`] (a match on the name's text,
-/// which compiles to a switch on its length; a unit test keeps the two in step).
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "proxy-connection" => Some(2),
-        "proxy-authenticate" => Some(3),
-        "proxy-authorization" => Some(4),
-        "te" => Some(5),
-        "trailer" => Some(6),
-        "upgrade" => Some(7),
-        _ => None,
-    }
-}
-
-/// Removes hop-by-hop headers, those the `Connection` header names, and `also` (at most
-/// 64 names). One scan of the few headers present notes which of them are doomed; each is
-/// then removed by name. Allocates nothing unless a `Connection` header names others.
-fn strip_headers(headers: &mut HeaderMap, also: &[&HeaderName]) {
-    let (mut hop_found, mut also_found) = (0u64, 0u64);
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            hop_found |= 1 << i;
-        } else if !also.is_empty() {
-            if let Some(i) = also.iter().take(64).position(|doomed| *doomed == name) {
-                also_found |= 1 << i;
-            }
-        }
-    }
-    if hop_found == 0 && also_found == 0 {
-        return;
-    }
-    let named_by_connection: Vec<HeaderName> = if hop_found & 1 == 0 {
-        Vec::new()
-    } else {
-        headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect()
-    };
-    let found = |mask: u64, i: usize| mask & (1 << i) != 0;
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if found(hop_found, i) {
-            headers.remove(name);
-        }
-    }
-    for (i, name) in also.iter().take(64).enumerate() {
-        if found(also_found, i) {
-            headers.remove(*name);
-        }
-    }
-    for name in named_by_connection {
-        headers.remove(name);
-    }
-}
-
-/// Headers a client may not pass upstream on any route: identity is Pinpoint's to state.
-const IDENTITY_HEADERS: [&HeaderName; 2] = [&X_PINPOINT_PRINCIPAL, &X_PINPOINT_ORG];
-/// ... and on routes where Pinpoint authenticates, the credentials it checked too.
-const IDENTITY_AND_CREDENTIAL_HEADERS: [&HeaderName; 6] = [
-    &X_PINPOINT_PRINCIPAL,
-    &X_PINPOINT_ORG,
-    &http::header::AUTHORIZATION,
-    &X_API_KEY,
-    &DD_API_KEY,
-    &DD_APPLICATION_KEY,
-];
-
-/// Prepares the request headers for the upstream: strips hop-by-hop headers, and states
-/// who the caller is in `X-Pinpoint-Principal` / `X-Pinpoint-Org` (never taken from a
-/// client: those headers are always replaced). Upstreams never see Pinpoint's credentials
-/// on routes where Pinpoint authenticates.
-fn prepare_upstream_headers(headers: &mut HeaderMap, route: &CompiledRoute, identity: Option<&Identity>) {
-    let strip: &[&HeaderName] = if route.access.auth == pinpoint_core::config::AuthRequirement::None {
-        &IDENTITY_HEADERS
-    } else {
-        &IDENTITY_AND_CREDENTIAL_HEADERS
-    };
-    strip_headers(headers, strip);
-    if let Some(identity) = identity {
+    headers::clean_upstream_request(
+        &mut out,
+        &headers::UpstreamHeaderRules {
+            route_authenticates: route.access.auth != pinpoint_core::config::AuthRequirement::None,
+            override_headers: route.override_headers,
+            is_pinpoint_credential: &is_pinpoint_credential,
+        },
+    );
+    // Room for the headers added below at once: one resize, not several.
+    out.reserve(UPSTREAM_HEADERS_ADDED);
+    headers::frame_body(&mut out, had_framing, body_len);
+    if let Some(identity) = fwd.identity {
         if let Some(p) = &identity.principal {
-            headers.insert(X_PINPOINT_PRINCIPAL.clone(), p.id_header.clone());
+            out.insert(X_PINPOINT_PRINCIPAL.clone(), p.id_header.clone());
         }
-        headers.insert(X_PINPOINT_ORG.clone(), identity.org.header.clone());
+        out.insert(X_PINPOINT_ORG.clone(), identity.org.header.clone());
     }
-}
-
-/// Headers Pinpoint adds to an upstream request: `X-Forwarded-For`, `X-Forwarded-Proto`,
-/// `X-Request-Id`, `X-Pinpoint-Principal`, `X-Pinpoint-Org`.
-const UPSTREAM_HEADERS_ADDED: usize = 5;
-
-static X_PINPOINT_PRINCIPAL: HeaderName = HeaderName::from_static("x-pinpoint-principal");
-static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-static DD_API_KEY: HeaderName = HeaderName::from_static("dd-api-key");
-static DD_APPLICATION_KEY: HeaderName = HeaderName::from_static("dd-application-key");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-fn add_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, request_id: &str) {
-    let client_ip = peer.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let client_ip = fwd.peer.ip().to_string();
+    let forwarded_for = match prior_forwarded_for {
         Some(prior) => format!("{prior}, {client_ip}"),
         None => client_ip,
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        out.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    respond::set_request_id(headers, request_id);
+    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    respond::set_request_ids(&mut out, fwd.request_id, fwd.client_request_id);
+    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Headers Pinpoint adds to an upstream request: `Content-Length`, `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Request-Id`, `X-Client-Request-Id`, `X-Pinpoint-Principal`,
+/// `X-Pinpoint-Org`.
+const UPSTREAM_HEADERS_ADDED: usize = 7;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
-            .collect()
-    }
+static X_PINPOINT_PRINCIPAL: HeaderName = HeaderName::from_static("x-pinpoint-principal");
+static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-    #[test]
-    fn hop_by_hop_index_matches_the_hop_by_hop_list() {
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
-        }
-        assert_eq!(hop_by_hop_index(&http::header::AUTHORIZATION), None);
-    }
-
-    #[test]
-    fn strips_hop_by_hop_connection_named_and_asked_for_headers_only() {
-        let mut h = headers(&[
-            ("connection", "keep-alive, x-trace-hop"),
-            ("keep-alive", "timeout=5"),
-            ("x-trace-hop", "1"),
-            ("te", "trailers"),
-            ("authorization", "Bearer pp_secret"),
-            ("x-pinpoint-org", "forged"),
-            ("accept", "*/*"),
-            ("x-kept", "yes"),
-        ]);
-        strip_headers(&mut h, &IDENTITY_AND_CREDENTIAL_HEADERS);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["accept", "x-kept"]);
-
-        let mut h = headers(&[
-            ("authorization", "Bearer upstream-own"),
-            ("x-pinpoint-principal", "forged"),
-        ]);
-        strip_headers(&mut h, &IDENTITY_HEADERS);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["authorization"]);
-
-        let mut untouched = headers(&[("accept", "*/*")]);
-        strip_headers(&mut untouched, &[]);
-        assert_eq!(untouched.len(), 1);
-    }
-}

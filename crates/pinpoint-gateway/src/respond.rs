@@ -34,20 +34,29 @@ pub fn problem(denial: &Denial, request_id: &str, format: ProblemFormat, reasons
     response
 }
 
-/// The client's request id if well-formed, else a fresh random one.
-pub fn request_id_of(headers: &HeaderMap) -> String {
+/// A fresh request id. Every request gets one, whatever the client sent: it keys the
+/// request's decision, so no client can make its request replace another's.
+pub fn new_request_id() -> String {
+    request_id::format(pinpoint_store::now_ms() as u64, rand::random())
+}
+
+/// The client's own `X-Request-Id`, when well-formed: kept with the decision as
+/// `client_request_id` and echoed back in `X-Client-Request-Id`.
+pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| request_id::is_well_formed(id))
         .map(str::to_owned)
-        .unwrap_or_else(|| request_id::format(pinpoint_store::now_ms() as u64, rand::random()))
 }
 
-/// Sets `X-Request-Id` on a response.
-pub fn set_request_id(headers: &mut HeaderMap, id: &str) {
+/// Sets `X-Request-Id` (Pinpoint's id) and, when the client sent one, `X-Client-Request-Id`.
+pub fn set_request_ids(headers: &mut HeaderMap, id: &str, client_id: Option<&str>) {
     if let Ok(value) = HeaderValue::from_str(id) {
         headers.insert(request_id::HEADER, value);
+    }
+    if let Some(value) = client_id.and_then(|c| HeaderValue::from_str(c).ok()) {
+        headers.insert(request_id::CLIENT_HEADER, value);
     }
 }
 

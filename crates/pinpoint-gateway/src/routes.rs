@@ -1,10 +1,14 @@
 //! The compiled route table: host, path prefix (on segment boundaries) and method
-//! matching, longest prefix first. Built once per config revision, shared read-only.
+//! matching, longest prefix first, on the canonical path. Built once per config revision,
+//! shared read-only. Matching is case-sensitive and fails closed on ambiguity: a path that
+//! matches a more specific route only when letter case is ignored is a
+//! [`RouteMatch::CaseMismatch`], unless that route declares `case_insensitive`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
-use pinpoint_core::config::{AuthRequirement, RouteConfig};
+use pinpoint_core::config::{method_listed, AuthRequirement, OverrideHeaders, RouteConfig};
 use pinpoint_core::RecordedText;
 
 use crate::upstream::Upstream;
@@ -16,10 +20,17 @@ pub struct CompiledRoute {
     pub trace_id: RecordedText,
     host: Option<String>,
     prefix: String,
+    /// `None`: every method.
     methods: Option<Vec<Method>>,
     pub upstream: Arc<Upstream>,
     pub strip_prefix: bool,
     pub access: Arc<RouteAccess>,
+    /// The route's paths match (and its rules match them) ignoring ASCII case.
+    pub case_insensitive: bool,
+    pub allow_path_parameters: bool,
+    pub override_headers: OverrideHeaders,
+    pub max_body_bytes: u64,
+    pub body_timeout: Duration,
 }
 
 /// What a route (or an API endpoint) demands of callers.
@@ -38,17 +49,34 @@ pub struct RouteAccess {
     pub ip_deny: Vec<ipnet::IpNet>,
 }
 
+/// What a route's permission map asks of a method.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MethodRequirement<'a> {
+    /// The route has no permission map: no permission is needed.
+    Nothing,
+    /// This permission is needed.
+    Permission(&'a RecordedText),
+    /// The map names neither the method nor `*`: the method is refused (fail closed).
+    NotPermitted,
+}
+
 impl RouteAccess {
-    /// The permission `method` needs, if any.
-    pub fn permission_for(&self, method: &Method) -> Option<&RecordedText> {
-        self.permissions
-            .iter()
-            .find(|(m, _)| m.as_ref() == Some(method))
+    /// What `method` needs: its own entry, else GET's for HEAD, else `*`'s. A method the
+    /// map leaves out is not permitted at all.
+    pub fn requirement_for(&self, method: &Method) -> MethodRequirement<'_> {
+        if self.permissions.is_empty() {
+            return MethodRequirement::Nothing;
+        }
+        let named = |wanted: &Method| self.permissions.iter().find(|(m, _)| m.as_ref() == Some(wanted));
+        named(method)
+            .or_else(|| (*method == Method::HEAD).then(|| named(&Method::GET)).flatten())
             .or_else(|| self.permissions.iter().find(|(m, _)| m.is_none()))
-            .map(|(_, p)| p)
+            .map_or(MethodRequirement::NotPermitted, |(_, p)| MethodRequirement::Permission(p))
     }
 
     /// The path segment that names the resource owner, if the route has an owner rule.
+    /// (`path` is under the route's prefix, so the prefix's length is where it ends, in any
+    /// letter case.)
     pub fn owner_in<'p>(&self, path: &'p str) -> Option<Option<&'p str>> {
         let n = self.owner_segment?;
         let rest = if self.prefix == "/" {
@@ -68,7 +96,19 @@ pub enum RouteMatch {
         route_id: Arc<str>,
         allow: String,
     },
+    /// The path matches this route's prefix only when letter case is ignored, and no
+    /// route at least as specific matches it exactly.
+    CaseMismatch { route_id: Arc<str> },
     NotFound,
+}
+
+/// How a route's prefix covers a path.
+#[derive(PartialEq, Eq)]
+enum PathMatch {
+    Yes,
+    /// Only when ASCII case is ignored (and the route is case-sensitive).
+    OnlyIgnoringCase,
+    No,
 }
 
 /// Every route of one config revision, longest prefix first.
@@ -100,20 +140,41 @@ impl CompiledRoute {
                 ip_allow: config.ip_allow.clone(),
                 ip_deny: config.ip_deny.clone(),
             }),
+            case_insensitive: config.case_insensitive,
+            allow_path_parameters: config.allow_path_parameters,
+            override_headers: config.override_headers,
+            max_body_bytes: config.max_body_bytes,
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
         }
     }
 
-    fn matches_path(&self, host: Option<&str>, path: &str) -> bool {
-        if let Some(want) = &self.host {
-            if host != Some(want.as_str()) {
-                return false;
+    fn matches_host(&self, host: Option<&str>) -> bool {
+        self.host.as_deref().is_none_or(|want| host == Some(want))
+    }
+
+    fn matches_path(&self, path: &str) -> PathMatch {
+        if !self.case_insensitive && prefix_matches(&self.prefix, path) {
+            PathMatch::Yes
+        } else if prefix_matches_ignoring_case(&self.prefix, path) {
+            if self.case_insensitive {
+                PathMatch::Yes
+            } else {
+                PathMatch::OnlyIgnoringCase
             }
+        } else {
+            PathMatch::No
         }
-        prefix_matches(&self.prefix, path)
     }
 
     fn allows(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|m| m.contains(method))
+        self.methods.as_ref().is_none_or(|m| method_listed(m, method))
+    }
+
+    /// The methods to list in `Allow` (HEAD wherever GET is).
+    fn allowed_methods(&self) -> impl Iterator<Item = &Method> {
+        let methods = self.methods.as_deref().unwrap_or_default();
+        let implied_head = (methods.contains(&Method::GET) && !methods.contains(&Method::HEAD)).then_some(&Method::HEAD);
+        methods.iter().chain(implied_head)
     }
 
     /// The path to send upstream.
@@ -139,6 +200,20 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// [`prefix_matches`] ignoring ASCII letter case.
+pub fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => {
+            let rest = &path[prefix.len()..];
+            rest.is_empty() || rest.starts_with('/')
+        }
+        _ => false,
+    }
+}
+
 impl RouteTable {
     pub fn new(mut routes: Vec<Arc<CompiledRoute>>) -> Self {
         // Longest prefix first; host-specific before any-host at equal length; stable
@@ -154,6 +229,8 @@ impl RouteTable {
 
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> RouteMatch {
         let mut best: Option<&Arc<CompiledRoute>> = None;
+        // The most specific route the path matches only when case is ignored.
+        let mut resembled: Option<&Arc<CompiledRoute>> = None;
         let mut allow: Vec<&Method> = Vec::new();
         for route in &self.routes {
             if let Some(b) = best {
@@ -161,27 +238,43 @@ impl RouteTable {
                     break;
                 }
             }
-            if !route.matches_path(host, path) {
+            if !route.matches_host(host) {
                 continue;
+            }
+            match route.matches_path(path) {
+                PathMatch::No => continue,
+                PathMatch::OnlyIgnoringCase => {
+                    resembled.get_or_insert(route);
+                    continue;
+                }
+                PathMatch::Yes => {}
+            }
+            if let Some(other) = resembled {
+                if other.prefix.len() > route.prefix.len() {
+                    return RouteMatch::CaseMismatch {
+                        route_id: other.id.clone(),
+                    };
+                }
             }
             if route.allows(method) {
                 return RouteMatch::Found(route.clone());
             }
             best.get_or_insert(route);
-            if let Some(methods) = &route.methods {
-                for m in methods {
-                    if !allow.contains(&m) {
-                        allow.push(m);
-                    }
+            for m in route.allowed_methods() {
+                if !allow.contains(&m) {
+                    allow.push(m);
                 }
             }
         }
-        match best {
-            Some(route) => RouteMatch::MethodNotAllowed {
+        match (best, resembled) {
+            (Some(route), _) => RouteMatch::MethodNotAllowed {
                 route_id: route.id.clone(),
                 allow: allow.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
             },
-            None => RouteMatch::NotFound,
+            (None, Some(route)) => RouteMatch::CaseMismatch {
+                route_id: route.id.clone(),
+            },
+            (None, None) => RouteMatch::NotFound,
         }
     }
 }
@@ -197,5 +290,32 @@ mod tests {
         assert!(!prefix_matches("/orders", "/ordersx"));
         assert!(!prefix_matches("/orders", "/order"));
         assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches_ignoring_case("/admin", "/ADMIN/users"));
+        assert!(!prefix_matches_ignoring_case("/admin", "/ADMINx"));
+        assert!(!prefix_matches_ignoring_case("/admin", "/adm"));
+    }
+
+    #[test]
+    fn a_permission_map_fails_closed_and_head_follows_get() {
+        let access = RouteAccess {
+            permissions: vec![
+                (Some(Method::GET), RecordedText::new("shop:read")),
+                (Some(Method::POST), RecordedText::new("shop:write")),
+            ],
+            ..RouteAccess::default()
+        };
+        let needs = |m: Method| match access.requirement_for(&m) {
+            MethodRequirement::Permission(p) => Some(p.to_string()),
+            MethodRequirement::NotPermitted => None,
+            MethodRequirement::Nothing => Some(String::new()),
+        };
+        assert_eq!(needs(Method::GET).as_deref(), Some("shop:read"));
+        assert_eq!(needs(Method::HEAD).as_deref(), Some("shop:read"));
+        assert_eq!(needs(Method::POST).as_deref(), Some("shop:write"));
+        for m in ["PUT", "PATCH", "DELETE", "OPTIONS", "MKCOL", "PROPFIND"] {
+            assert_eq!(needs(Method::from_bytes(m.as_bytes()).unwrap()), None, "{m}");
+        }
+        let open = RouteAccess::default();
+        assert_eq!(open.requirement_for(&Method::DELETE), MethodRequirement::Nothing);
     }
 }

@@ -11,6 +11,12 @@ pub const REQUESTS: &str = "pinpoint_requests_total";
 pub const DENIALS: &str = "pinpoint_denials_total";
 pub const DURATION: &str = "pinpoint_request_duration_seconds";
 pub const CONFIG_RELOADS: &str = "pinpoint_config_reloads_total";
+/// Connections the HTTP parser ended before a request reached the pipeline, by kind.
+pub const CONNECTION_ERRORS: &str = "pinpoint_connection_errors_total";
+/// Upstream attempts retried on another target.
+pub const UPSTREAM_RETRIES: &str = "pinpoint_upstream_retries_total";
+/// Requests whose path was rewritten to its canonical form (refused ones are denials).
+pub const CANONICALISED: &str = "pinpoint_canonicalised_paths_total";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -58,6 +64,39 @@ pub fn count_denial(reason: Reason, route: &Arc<str>, mode: Mode) {
         "mode" => mode.as_str()
     )
     .increment(1);
+}
+
+/// Counts a connection the HTTP library ended with an error, by kind: `head_too_large`
+/// and `malformed` (the parser answered 431 or 400 itself, without a problem body, since
+/// no request reached Pinpoint), `header_timeout`, `closed_early`, `io`, `other`.
+pub fn count_connection_error(error: &hyper::Error) {
+    let kind = if error.is_parse_too_large() {
+        "head_too_large"
+    } else if error.is_parse() || error.is_parse_status() {
+        "malformed"
+    } else if error.is_timeout() {
+        "header_timeout"
+    } else if error.is_incomplete_message() {
+        "closed_early"
+    } else if std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>()) {
+        "io"
+    } else {
+        "other"
+    };
+    metrics::counter!(CONNECTION_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Counts a retry of an upstream request on another target.
+pub fn count_upstream_retry(route: &Arc<str>) {
+    metrics::counter!(UPSTREAM_RETRIES, "route" => route.clone()).increment(1);
+}
+
+/// Counts a path that had to be rewritten to be canonical (only those: the common,
+/// already-canonical request costs nothing here).
+pub fn count_canonicalised(rewritten: bool) {
+    if rewritten {
+        metrics::counter!(CANONICALISED).increment(1);
+    }
 }
 
 /// Counts a finished request and its latency.

@@ -1,13 +1,18 @@
 //! Upstream pools: round-robin over targets, a keep-alive HTTP/1.1 client per upstream,
-//! connect and response-head timeouts, and passive health: a target that fails
-//! `max_fails` times in a row is ejected for `fail_timeout_ms` (nginx's semantics).
-//! Target health lives in a [`HealthRegistry`] that outlives config reloads.
+//! connect and response-head timeouts, and passive health: a target with `max_fails`
+//! faults within `fail_timeout_ms` is ejected for `fail_timeout_ms` (nginx's semantics).
+//! Only the upstream's own faults count (connect failure, no response head in time, a
+//! malformed response): request bodies are read whole before anything is sent, so a
+//! client's slow or broken body never reaches here. Target health lives in a
+//! [`HealthRegistry`] that outlives config reloads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -19,7 +24,10 @@ use pinpoint_core::Reason;
 pub struct TargetState {
     /// `host:port` to connect to.
     pub authority: String,
-    consecutive_fails: AtomicU32,
+    /// Faults counted in the current window (which starts at `window_start`).
+    fails: AtomicU32,
+    /// Monotonic milliseconds when the current failure window began.
+    window_start: AtomicU64,
     /// Monotonic milliseconds (see [`now_mono_ms`]) until which the target is ejected.
     ejected_until: AtomicU64,
 }
@@ -28,7 +36,8 @@ impl TargetState {
     fn new(authority: String) -> Self {
         TargetState {
             authority,
-            consecutive_fails: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            window_start: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
         }
     }
@@ -61,6 +70,9 @@ pub struct UpstreamFailure {
     pub reason: Reason,
     /// Operator-side description (may name the internal address).
     pub note: String,
+    /// Whether the request may have reached the target (false: the connection failed, so
+    /// nothing was sent and any request can be tried elsewhere).
+    pub maybe_sent: bool,
 }
 
 /// A pool of targets with its client.
@@ -68,7 +80,7 @@ pub struct Upstream {
     pub name: String,
     targets: Vec<Arc<TargetState>>,
     next: AtomicUsize,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Full<Bytes>>,
     request_timeout: Duration,
     max_fails: u32,
     fail_timeout_ms: u64,
@@ -111,25 +123,38 @@ impl Upstream {
 
     /// The next available target in round-robin order, or `None` when all are ejected.
     pub fn pick(&self) -> Option<Arc<TargetState>> {
+        self.pick_other_than(None)
+    }
+
+    /// The next available target that is not `tried`, for a retry.
+    pub fn pick_other_than(&self, tried: Option<&TargetState>) -> Option<Arc<TargetState>> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = now_mono_ms();
         (0..n)
             .map(|i| &self.targets[(start + i) % n])
-            .find(|t| t.available(now))
+            .find(|t| t.available(now) && tried.is_none_or(|tried| !std::ptr::eq(Arc::as_ptr(t), tried)))
             .cloned()
+    }
+
+    /// How many targets the pool has.
+    pub fn target_count(&self) -> usize {
+        self.targets.len()
     }
 
     /// Sends `req` (whose URI must already point at `target`) and waits for the response head.
     pub async fn send(
         &self,
         target: &TargetState,
-        req: http::Request<Incoming>,
+        req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, UpstreamFailure> {
         let result = tokio::time::timeout(self.request_timeout, self.client.request(req)).await;
         let failure = match result {
             Ok(Ok(response)) => {
-                target.consecutive_fails.store(0, Ordering::Relaxed);
+                // Read first: most requests find nothing to reset and write no shared memory.
+                if target.fails.load(Ordering::Relaxed) != 0 {
+                    target.fails.store(0, Ordering::Relaxed);
+                }
                 return Ok(response);
             }
             Err(_) => UpstreamFailure {
@@ -140,6 +165,7 @@ impl Upstream {
                     self.name,
                     self.request_timeout.as_millis()
                 ),
+                maybe_sent: true,
             },
             Ok(Err(e)) => classify(&self.name, &target.authority, &e),
         };
@@ -147,18 +173,28 @@ impl Upstream {
         Err(failure)
     }
 
+    /// Counts an upstream fault: `max_fails` of them within `fail_timeout_ms` eject the
+    /// target for `fail_timeout_ms`.
     fn record_failure(&self, target: &TargetState) {
-        let fails = target.consecutive_fails.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = now_mono_ms();
+        let window_start = target.window_start.load(Ordering::Relaxed);
+        let fails = if now.saturating_sub(window_start) >= self.fail_timeout_ms
+            || target.fails.load(Ordering::Relaxed) == 0
+        {
+            target.window_start.store(now, Ordering::Relaxed);
+            target.fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            target.fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
         if fails >= self.max_fails {
-            target.consecutive_fails.store(0, Ordering::Relaxed);
-            target
-                .ejected_until
-                .store(now_mono_ms() + self.fail_timeout_ms, Ordering::Relaxed);
+            target.fails.store(0, Ordering::Relaxed);
+            target.ejected_until.store(now + self.fail_timeout_ms, Ordering::Relaxed);
             tracing::warn!(
                 upstream = %self.name,
                 target = %target.authority,
                 fail_timeout_ms = self.fail_timeout_ms,
-                "upstream target ejected after {fails} consecutive failures"
+                "upstream target ejected after {fails} faults within fail_timeout_ms"
             );
         }
     }
@@ -198,6 +234,7 @@ fn classify(upstream: &str, authority: &str, err: &hyper_util::client::legacy::E
     UpstreamFailure {
         reason,
         note: format!("{authority} ({upstream}): {chain}"),
+        maybe_sent: !err.is_connect(),
     }
 }
 

@@ -143,7 +143,7 @@ async fn write_batch(store: &Store, batch: &mut Vec<Decision>) {
 
 async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
     // Multi-row INSERTs: far fewer round trips to SQLite's worker thread than one statement
-    // per decision. 6 binds a row keeps every chunk well under SQLite's limit.
+    // per decision. 7 binds a row keeps every chunk well under SQLite's limit.
     let mut encoded = Vec::with_capacity(batch.len());
     for d in batch {
         encoded.push((d, serde_json::to_string(d)?));
@@ -154,10 +154,11 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
         let (chunk, after) = rest.split_at(chunk_len(rest.len()));
         rest = after;
         let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO decisions (request_id, at_ms, status, reason, route, record) ",
+            "INSERT INTO decisions (request_id, client_request_id, at_ms, status, reason, route, record) ",
         );
         insert.push_values(chunk, |mut row, (d, record)| {
             row.push_bind(&d.request_id)
+                .push_bind(d.client_request_id.as_deref())
                 .push_bind(d.at_ms)
                 .push_bind(i64::from(d.status))
                 .push_bind(d.reason.map(|r| r.code()))
@@ -204,6 +205,24 @@ async fn prune_old(store: &Store, retention_hours: u64) {
 }
 
 impl Store {
+    /// The decisions recorded under `id`, as Pinpoint's request id or as the client's own,
+    /// newest first, at most `limit`.
+    pub async fn decisions_by_id(&self, id: &str, limit: u32) -> Result<Vec<Decision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record FROM decisions WHERE request_id = ?1 OR client_request_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let record: String = row.try_get("record")?;
+            out.push(serde_json::from_str(&record)?);
+        }
+        Ok(out)
+    }
+
     /// The most recent decision recorded under `request_id`.
     pub async fn decision(&self, request_id: &str) -> Result<Option<Decision>, StoreError> {
         let row = sqlx::query("SELECT record FROM decisions WHERE request_id = ? ORDER BY seq DESC LIMIT 1")
@@ -228,9 +247,11 @@ mod tests {
     fn decision(id: &str) -> Decision {
         Decision {
             request_id: id.into(),
+            client_request_id: Some(format!("client-{id}")),
             at_ms: now_ms(),
             method: "POST".into(),
             path: "/admin/x".into(),
+            raw_path: Some("/admin//x".into()),
             host: None,
             client_addr: "127.0.0.1:1".into(),
             route: Some("admin".into()),
@@ -329,7 +350,11 @@ mod tests {
                 .fetch_all(store.pool())
                 .await
                 .unwrap();
-        assert_eq!(indexes, ["decisions_request_id"]);
+        assert_eq!(indexes, ["decisions_request_id", "decisions_client_request_id"]);
+        // Found by either id.
+        let by_client = store.decisions_by_id("client-new", 5).await.unwrap();
+        assert_eq!(by_client.len(), 1);
+        assert_eq!(by_client[0].request_id, "new");
     }
 
     #[tokio::test]

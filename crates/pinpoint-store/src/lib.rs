@@ -49,7 +49,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -71,6 +71,13 @@ const SCHEMA: &[&str] = &[
         last_used_at_ms INTEGER,
         revoked INTEGER NOT NULL DEFAULT 0
     )",
+];
+
+/// Version 6: the client's own request id, a second way to find a decision. Its index is
+/// partial: requests without a client id (most) add nothing to it.
+const SCHEMA_V6: &[&str] = &[
+    "ALTER TABLE decisions ADD COLUMN client_request_id TEXT",
+    "CREATE INDEX IF NOT EXISTS decisions_client_request_id ON decisions(client_request_id) WHERE client_request_id IS NOT NULL",
 ];
 
 /// Version 5: decisions lose their `at_ms` index. Pruning walks `seq` order instead (rows are
@@ -196,6 +203,14 @@ impl Store {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }
             sqlx::query("PRAGMA user_version = 5").execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+        if version < 6 {
+            let mut tx = pool.begin().await?;
+            for statement in SCHEMA_V6 {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("PRAGMA user_version = 6").execute(&mut *tx).await?;
             tx.commit().await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))

@@ -181,6 +181,9 @@ fn run(cli: Cli) -> Result<()> {
                     config.routes.len(),
                     config.upstreams.len()
                 );
+                for warning in config.warnings() {
+                    println!("warning: {warning}");
+                }
                 Ok(())
             }
             Command::Config {

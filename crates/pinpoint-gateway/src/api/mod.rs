@@ -333,7 +333,8 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
 async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let runtime = shared.runtime.load_full();
-    let request_id = respond::request_id_of(req.headers());
+    let request_id = respond::new_request_id();
+    let client_request_id = respond::client_request_id(req.headers());
     let format = respond::format_of(req.headers());
     let peer = req
         .extensions()
@@ -398,7 +399,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         trace.push(entry);
         response
     };
-    respond::set_request_id(response.headers_mut(), &request_id);
+    respond::set_request_ids(response.headers_mut(), &request_id, client_request_id.as_deref());
     extra_headers.append_to(response.headers_mut());
     let status = response.status();
     let elapsed = started.elapsed();
@@ -409,9 +410,11 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             &route_id,
             Decision {
                 request_id,
+                client_request_id,
                 at_ms,
                 method: method.to_string(),
                 path,
+                raw_path: None,
                 host: None,
                 client_addr: peer.to_string(),
                 route: Some(API_ROUTE.to_owned()),
@@ -470,23 +473,28 @@ async fn decision(
     Extension(caller): Extension<Caller>,
     Path(request_id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Some(decision) = shared.store.decision(&request_id).await? else {
-        return Err(deny(
+    // Found by Pinpoint's id or by the client's own; decisions of other organizations'
+    // requests (and of anonymous ones) are visible to platform admins only, and look the
+    // same as missing ones to everyone else.
+    let mut found = shared.store.decisions_by_id(&request_id, DECISION_MATCHES_LISTED).await?;
+    found.retain(|d| caller.0.is_platform_admin() || d.org_id.as_deref() == Some(caller.0.org_id()));
+    match found.as_slice() {
+        [] => Err(deny(
             Reason::ApiNotFound,
             "No decision is recorded under this request id.",
-        ));
-    };
-    // Decisions of other organizations' requests (and of anonymous ones) are visible to
-    // platform admins only, and look the same as missing ones to everyone else.
-    let visible = caller.0.is_platform_admin() || decision.org_id.as_deref() == Some(caller.0.org_id());
-    if !visible {
-        return Err(deny(
-            Reason::ApiNotFound,
-            "No decision is recorded under this request id.",
-        ));
+        )),
+        [decision] => Ok(envelope(resource("decision", &decision.request_id, decision))),
+        several => Ok(envelope(serde_json::Value::Array(
+            several
+                .iter()
+                .map(|d| resource("decision", &d.request_id, d))
+                .collect(),
+        ))),
     }
-    Ok(envelope(resource("decision", &decision.request_id, &decision)))
 }
+
+/// At most this many decisions are listed for one id (a client's id can repeat).
+const DECISION_MATCHES_LISTED: u32 = 20;
 
 /// The OpenAPI 3.1 document, generated from [`ENDPOINTS`] and [`PUBLIC_ENDPOINTS`] so
 /// it cannot drift from the router's access table.

@@ -1,16 +1,17 @@
 //! The authorization layer: explicit deny rules first, then tenant isolation, then the
-//! permission the route needs for the method (implicit deny when no role grants it), the
+//! permission the route needs for the method (implicit deny when no role grants it; a
+//! method the route's permission map leaves out is refused outright), the
 //! key's scopes, and resource ownership. Effective permissions are precomputed per
 //! principal in the directory, so each check is a hash-set lookup.
-//! Codes: `authz.explicit_deny`, `.tenant_mismatch`, `.permission_missing`,
+//! Codes: `authz.method_not_permitted`, `.explicit_deny`, `.tenant_mismatch`, `.permission_missing`,
 //! `.scope_missing`, `.not_owner` (403).
 
-use pinpoint_core::config::DenyRule;
+use pinpoint_core::config::{method_listed, DenyRule};
 use pinpoint_core::{Denial, Outcome, Reason};
 
 use crate::identity::{Identity, PermissionCheck};
 use crate::pipeline::{Check, Layer, RequestCtx};
-use crate::routes::prefix_matches;
+use crate::routes::{MethodRequirement, RouteAccess};
 
 pub struct AuthzLayer {
     deny: Vec<DenyRule>,
@@ -41,8 +42,8 @@ impl AuthzLayer {
                     .routes
                     .as_ref()
                     .is_none_or(|ids| route_id.is_some_and(|r| ids.iter().any(|i| i == r)))
-                && rule.methods.as_ref().is_none_or(|m| m.contains(ctx.method))
-                && rule.path_prefix.as_ref().is_none_or(|p| prefix_matches(p, ctx.path))
+                && rule.methods.as_ref().is_none_or(|m| method_listed(m, ctx.method))
+                && rule.path_prefix.as_ref().is_none_or(|p| ctx.path_under(p))
         })
     }
 
@@ -50,12 +51,14 @@ impl AuthzLayer {
         let Some(access) = &ctx.access else {
             return Outcome::NotApplicable;
         };
-        let permission = access.permission_for(ctx.method);
+        let requirement = access.requirement_for(ctx.method);
         let Some(identity) = ctx.identity.as_ref() else {
             // Anonymous (auth optional, or authn in report mode): only rules without
             // requirements pass.
-            return match permission {
-                Some(p) => Outcome::Deny(
+            return match requirement {
+                MethodRequirement::Nothing => Outcome::NotApplicable,
+                MethodRequirement::NotPermitted => method_not_permitted(ctx, access),
+                MethodRequirement::Permission(p) => Outcome::Deny(
                     Denial::new(
                         Reason::AuthzPermissionMissing,
                         format!("This operation needs the permission `{p}`."),
@@ -63,7 +66,6 @@ impl AuthzLayer {
                     .rule(p.to_string())
                     .note("anonymous caller"),
                 ),
-                None => Outcome::NotApplicable,
             };
         };
         if let Some(rule) = self.explicit_deny(ctx, identity) {
@@ -88,6 +90,11 @@ impl AuthzLayer {
                 );
             }
         }
+        let permission = match requirement {
+            MethodRequirement::Nothing => None,
+            MethodRequirement::Permission(p) => Some(p),
+            MethodRequirement::NotPermitted => return method_not_permitted(ctx, access),
+        };
         if let Some(p) = permission {
             match identity.check(p) {
                 PermissionCheck::Granted => {}
@@ -120,7 +127,12 @@ impl AuthzLayer {
             }
         }
         if let Some(owner) = access.owner_in(ctx.path) {
-            if owner.is_none() || owner != identity.principal_id() {
+            let is_caller = match (owner, identity.principal_id()) {
+                (Some(owner), Some(me)) if ctx.fold_case => owner.eq_ignore_ascii_case(me),
+                (Some(owner), Some(me)) => owner == me,
+                _ => false,
+            };
+            if !is_caller {
                 return Outcome::Deny(
                     Denial::new(Reason::AuthzNotOwner, "You can act only on your own resources here.")
                         .rule(format!("owner_segment {}", access.owner_segment.unwrap_or(0)))
@@ -136,6 +148,23 @@ impl AuthzLayer {
             rule_id: permission.cloned(),
         }
     }
+}
+
+/// The refusal of a method the route's permission map leaves out.
+fn method_not_permitted(ctx: &RequestCtx<'_>, access: &RouteAccess) -> Outcome {
+    let named: Vec<&str> = access
+        .permissions
+        .iter()
+        .filter_map(|(m, _)| m.as_ref().map(|m| m.as_str()))
+        .collect();
+    Outcome::Deny(
+        Denial::new(
+            Reason::AuthzMethodNotPermitted,
+            format!("{} is not permitted on this route.", ctx.method),
+        )
+        .rule(format!("method {}", ctx.method))
+        .note(format!("the route's permissions name only {}", named.join(", "))),
+    )
 }
 
 impl Layer for AuthzLayer {

@@ -81,6 +81,11 @@ impl Layer for NetLayer {
     }
 }
 
+/// Whether `peer` is one of the proxies trusted to report client addresses.
+pub fn is_trusted_proxy(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    listed(trusted, peer).is_some()
+}
+
 /// The client address: the TCP peer, unless the peer is a trusted proxy, in which case
 /// the right-most address in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself
 /// a trusted proxy. Malformed entries end the walk (the last trusted hop is used).

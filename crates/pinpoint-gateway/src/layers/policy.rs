@@ -1,12 +1,13 @@
 //! The static policy layer: explicit deny rules from `[[policy.rules]]`, matched on
-//! route, method and path prefix. Code: `policy.explicit_deny` (403). The rule id and
+//! route, method (a rule naming GET covers HEAD) and path prefix, on the canonical request. Code: `policy.explicit_deny` (403). The rule id and
 //! its description go to the operator's trace only.
 
 use pinpoint_core::config::PolicyRule;
 use pinpoint_core::{Denial, Outcome, Reason};
 
+use pinpoint_core::config::method_listed;
+
 use crate::pipeline::{Check, Layer, RequestCtx};
-use crate::routes::prefix_matches;
 
 pub struct PolicyLayer {
     rules: Vec<PolicyRule>,
@@ -23,8 +24,8 @@ impl PolicyLayer {
             rule.routes
                 .as_ref()
                 .is_none_or(|ids| route_id.is_some_and(|id| ids.iter().any(|r| r == id)))
-                && rule.methods.as_ref().is_none_or(|m| m.contains(ctx.method))
-                && rule.path_prefix.as_ref().is_none_or(|p| prefix_matches(p, ctx.path))
+                && rule.methods.as_ref().is_none_or(|m| method_listed(m, ctx.method))
+                && rule.path_prefix.as_ref().is_none_or(|p| ctx.path_under(p))
         })
     }
 }

@@ -1,13 +1,18 @@
-//! The route layer: finds the route for the request (host, path prefix, method) and
-//! records it for the layers after it. Codes: `route.not_found` (404),
-//! `route.method_not_allowed` (405, with `Allow`).
+//! The route layer: finds the route for the request (host, path prefix, method) on the
+//! canonical path and records it for the layers after it, then applies the route's own
+//! checks of the request's shape. Codes: `route.not_found` (404),
+//! `route.method_not_allowed` (405, with `Allow`), `route.case_mismatch` (400: the path
+//! matches a route only when case is ignored), `request.path_parameters` and
+//! `request.override_header` (400, where the route refuses them).
 
 use std::sync::Arc;
 
-use pinpoint_core::{Denial, Outcome, Reason};
+use pinpoint_core::config::OverrideHeaders;
+use pinpoint_core::{canonical, Denial, Outcome, Reason};
 
+use crate::headers::find_override_header;
 use crate::pipeline::{Check, Layer, RequestCtx};
-use crate::routes::{RouteMatch, RouteTable};
+use crate::routes::{CompiledRoute, RouteMatch, RouteTable};
 
 pub struct RouteLayer {
     table: Arc<RouteTable>,
@@ -17,6 +22,31 @@ impl RouteLayer {
     pub fn new(table: Arc<RouteTable>) -> Self {
         RouteLayer { table }
     }
+}
+
+/// The route's refusal of the request's shape, if any.
+fn refused_by_route(route: &CompiledRoute, ctx: &RequestCtx<'_>) -> Option<Denial> {
+    if !route.allow_path_parameters && canonical::has_path_parameters(ctx.path) {
+        return Some(
+            Denial::new(
+                Reason::RequestPathParameters,
+                "This route does not accept `;` parameters in the path.",
+            )
+            .rule(route.id.to_string()),
+        );
+    }
+    if route.override_headers == OverrideHeaders::Refuse {
+        if let Some(name) = find_override_header(ctx.headers) {
+            return Some(
+                Denial::new(
+                    Reason::RequestOverrideHeader,
+                    format!("This route does not accept the `{name}` header."),
+                )
+                .rule(route.id.to_string()),
+            );
+        }
+    }
+    None
 }
 
 impl Layer for RouteLayer {
@@ -34,11 +64,16 @@ impl Layer for RouteLayer {
         let method = requested.as_ref().unwrap_or(ctx.method);
         Check::Ready(match self.table.find(ctx.host, ctx.path, method) {
             RouteMatch::Found(route) => {
+                let refusal = refused_by_route(&route, ctx);
                 let rule_id = Some(route.trace_id.clone());
                 ctx.route_id = Some(route.id.clone());
                 ctx.access = Some(route.access.clone());
+                ctx.fold_case = route.case_insensitive;
                 ctx.route = Some(route);
-                Outcome::Allow { rule_id }
+                match refusal {
+                    Some(denial) => Outcome::Deny(denial),
+                    None => Outcome::Allow { rule_id },
+                }
             }
             RouteMatch::MethodNotAllowed { route_id, allow } => Outcome::Deny(
                 Denial::new(
@@ -47,6 +82,19 @@ impl Layer for RouteLayer {
                 )
                 .rule(route_id.to_string())
                 .header("allow", allow),
+            ),
+            RouteMatch::CaseMismatch { route_id } => Outcome::Deny(
+                Denial::new(
+                    Reason::RouteCaseMismatch,
+                    format!(
+                        "No route serves {} exactly; paths here are case-sensitive.",
+                        ctx.path
+                    ),
+                )
+                .rule(route_id.to_string())
+                .note(format!(
+                    "the path matches route `{route_id}` only when letter case is ignored"
+                )),
             ),
             RouteMatch::NotFound => Outcome::Deny(
                 Denial::new(

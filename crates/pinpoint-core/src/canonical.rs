@@ -1,0 +1,298 @@
+//! The canonical request line: the one method and path every layer decides on, the
+//! decision records, and the upstream receives. Built once at the edge, before routing.
+//!
+//! Pinpoint decides on exactly the request it forwards, and refuses what it cannot decide
+//! on with certainty. So the path is brought to one spelling (unreserved characters
+//! percent-decoded, other escapes in upper-case hex, raw non-ASCII bytes escaped, `.` and
+//! `..` segments resolved as RFC 3986 §5.2.4 does, repeated slashes merged), and every
+//! spelling that servers behind a gateway read in different ways is refused with its own
+//! reason: encoded slashes and backslashes, raw backslashes, dot-segments made of escapes,
+//! control characters, broken escapes, and paths that climb above the root. A method in
+//! any case but upper is refused too: no legitimate client sends `post`.
+//!
+//! Path parameters (`;`, or its escape `%3B`) stay in the canonical path; whether a route
+//! accepts them is the route layer's decision ([`has_path_parameters`]).
+
+use std::borrow::Cow;
+
+use crate::reason::Reason;
+use crate::verdict::Denial;
+
+/// Checks the method: a token (RFC 9110 `tchar`s) with no lower-case letter.
+pub fn check_method(method: &str) -> Result<(), Denial> {
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Denial::new(
+            Reason::RequestMethodNotCanonical,
+            "The request method must be written in upper case (GET, POST, ...).",
+        )
+        .note(format!("method as sent: {}", printable(method))));
+    }
+    Ok(())
+}
+
+/// The canonical form of `raw` (the path of the request target, without its query), or
+/// the refusal that says what was wrong with it. Borrows `raw` when it is already
+/// canonical, which is the common case: then this is one scan and no allocation.
+pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
+    if !raw.starts_with('/') {
+        return Err(refuse(
+            Reason::RequestPathNotAbsolute,
+            "The request target must be an absolute path starting with `/`.",
+            raw,
+        ));
+    }
+    if is_canonical(raw) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut segments: Vec<String> = Vec::new();
+    // Whether the path ends in a slash: an empty last segment, or a dot-segment last.
+    let mut trailing_slash = false;
+    for raw_segment in raw[1..].split('/') {
+        let (segment, has_encoded_dot) = decode_segment(raw_segment, raw)?;
+        match segment.as_str() {
+            "" => trailing_slash = true,
+            "." | ".." if has_encoded_dot => {
+                return Err(refuse(
+                    Reason::RequestPathEncodedDotSegment,
+                    "The path has a `.` or `..` segment written with percent-escapes.",
+                    raw,
+                ))
+            }
+            "." => trailing_slash = true,
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(refuse(
+                        Reason::RequestPathAboveRoot,
+                        "The path climbs above the root with `..`.",
+                        raw,
+                    ));
+                }
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(raw.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Whether a canonical path carries path parameters (`;`, raw or escaped as `%3B`), which
+/// some servers strip before routing and others do not.
+pub fn has_path_parameters(path: &str) -> bool {
+    path.contains(';') || path.contains("%3B")
+}
+
+/// The fast path: nothing to decode, resolve, merge or refuse.
+fn is_canonical(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let mut previous = 0u8;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' | b'\\' => return false,
+            0..=0x20 | 0x7f..=0xff => return false,
+            b'/' if previous == b'/' => return false,
+            b'.' if previous == b'/' => {
+                // `/.` starts a dot-segment when the segment is `.` or `..`.
+                let rest = &bytes[i + 1..];
+                let segment_end = rest.iter().position(|&c| c == b'/').unwrap_or(rest.len());
+                if matches!(&rest[..segment_end], b"" | b".") {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        previous = b;
+    }
+    true
+}
+
+/// Decodes one segment: unreserved escapes become their characters, other escapes are
+/// written in upper-case hex, raw bytes outside ASCII are escaped. Returns the segment and
+/// whether a `.` in it came from an escape.
+fn decode_segment(segment: &str, whole: &str) -> Result<(String, bool), Denial> {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut encoded_dot = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let value = match (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
+                    (Some(hi), Some(lo)) => hi << 4 | lo,
+                    _ => {
+                        return Err(refuse(
+                            Reason::RequestPathInvalidEncoding,
+                            "The path has a `%` that is not followed by two hex digits.",
+                            whole,
+                        ))
+                    }
+                };
+                i += 3;
+                match value {
+                    b'/' | b'\\' => {
+                        return Err(refuse(
+                            Reason::RequestPathEncodedSeparator,
+                            "The path has an encoded slash or backslash (`%2F`, `%5C`).",
+                            whole,
+                        ))
+                    }
+                    0..=0x1f | 0x7f => return Err(control(whole)),
+                    _ if is_unreserved(value) => {
+                        encoded_dot |= value == b'.';
+                        out.push(char::from(value));
+                    }
+                    _ => push_escaped(&mut out, value),
+                }
+                continue;
+            }
+            b'\\' => {
+                return Err(refuse(
+                    Reason::RequestPathBackslash,
+                    "The path has a backslash; use `/` to separate segments.",
+                    whole,
+                ))
+            }
+            0..=0x1f | 0x7f => return Err(control(whole)),
+            0x80..=0xff | b' ' => push_escaped(&mut out, b),
+            _ => out.push(char::from(b)),
+        }
+        i += 1;
+    }
+    Ok((out, encoded_dot))
+}
+
+fn control(whole: &str) -> Denial {
+    refuse(
+        Reason::RequestPathControlCharacter,
+        "The path has a NUL or another control character.",
+        whole,
+    )
+}
+
+fn refuse(reason: Reason, detail: &str, raw: &str) -> Denial {
+    Denial::new(reason, detail).note(format!("path as sent: {}", printable(raw)))
+}
+
+/// `text` cut to 256 bytes with control characters shown as escapes, for operator notes.
+fn printable(text: &str) -> String {
+    let mut out: String = text.chars().take(256).flat_map(char::escape_debug).collect();
+    if text.len() > 256 {
+        out.push('…');
+    }
+    out
+}
+
+fn hex(b: &u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn push_escaped(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 15)]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(raw: &str) -> Result<String, Reason> {
+        canonical_path(raw).map(Cow::into_owned).map_err(|d| d.reason)
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed_unchanged() {
+        for p in ["/", "/orders", "/orders/1", "/a.b/c..d/.e/", "/a/b/", "/~x/-_.x", "/a;b=c"] {
+            assert!(matches!(canonical_path(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn paths_are_brought_to_one_spelling() {
+        let cases = [
+            ("//admin/users", "/admin/users"),
+            ("/orders/../admin/users", "/admin/users"),
+            ("/orders/./1", "/orders/1"),
+            ("/orders/1/.", "/orders/1/"),
+            ("/orders/1/..", "/orders/"),
+            ("/a/b/../../", "/"),
+            ("/%61dmin/users", "/admin/users"),
+            ("/%7euser", "/~user"),
+            ("/a%3ab", "/a%3Ab"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%20b", "/a%20b"),
+            ("/a///b//", "/a/b/"),
+            ("/..a/b..", "/..a/b.."),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(canon(raw).as_deref(), Ok(want), "{raw}");
+            // Canonical forms are fixed points.
+            assert_eq!(canon(want).as_deref(), Ok(want), "{want}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused_with_what_was_wrong() {
+        let cases = [
+            ("/admin%2fusers", Reason::RequestPathEncodedSeparator),
+            ("/admin%2Fusers", Reason::RequestPathEncodedSeparator),
+            ("/admin%5cusers", Reason::RequestPathEncodedSeparator),
+            ("/admin\\users", Reason::RequestPathBackslash),
+            ("/orders/%2e%2e/admin", Reason::RequestPathEncodedDotSegment),
+            ("/orders/.%2E/admin", Reason::RequestPathEncodedDotSegment),
+            ("/orders/%2e/admin", Reason::RequestPathEncodedDotSegment),
+            ("/a%00b", Reason::RequestPathControlCharacter),
+            ("/a%0ab", Reason::RequestPathControlCharacter),
+            ("/a%7Fb", Reason::RequestPathControlCharacter),
+            ("/a%zzb", Reason::RequestPathInvalidEncoding),
+            ("/a%4", Reason::RequestPathInvalidEncoding),
+            ("/a%", Reason::RequestPathInvalidEncoding),
+            ("/..", Reason::RequestPathAboveRoot),
+            ("/a/../../b", Reason::RequestPathAboveRoot),
+            ("*", Reason::RequestPathNotAbsolute),
+            ("", Reason::RequestPathNotAbsolute),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(canon(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn methods_must_be_upper_case() {
+        for ok in ["GET", "POST", "MKCOL", "M-SEARCH", "PROPFIND"] {
+            assert!(check_method(ok).is_ok(), "{ok}");
+        }
+        for bad in ["post", "Get", "gET", "delete"] {
+            assert_eq!(check_method(bad).unwrap_err().reason, Reason::RequestMethodNotCanonical);
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_found_raw_or_escaped() {
+        assert!(has_path_parameters("/admin;x/users"));
+        assert!(has_path_parameters("/admin%3Bx/users"));
+        assert!(!has_path_parameters("/admin/users"));
+    }
+}

@@ -1,0 +1,283 @@
+//! The edge: what Pinpoint accepts of a client's request before it decides, and how it
+//! takes the body it forwards. Every refusal here is a `request.*` reason with a problem
+//! body, made before any byte goes upstream.
+//!
+//! - [`canonical_request`]: head limits (size, one header's size, header count), one
+//!   `Host`, the canonical method and path (`pinpoint_core::canonical`). The route layer
+//!   and everything after it see only the canonical request.
+//! - [`read_body`]: the whole body, within the route's size limit and time limit, read
+//!   before the upstream is contacted; so a client that aborts, stalls or sends broken
+//!   framing is refused here and never counts against the upstream's health.
+//! - [`settle_unread_body`]: when Pinpoint answers without reading the body, it drains a
+//!   small remainder or says `Connection: close`, so a client reusing the connection never
+//!   finds it silently closed.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, EXPECT, HOST};
+use http::{HeaderMap, Method, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Incoming};
+use pinpoint_core::canonical;
+use pinpoint_core::config::ServerConfig;
+use pinpoint_core::{Denial, Reason};
+
+/// The request as every layer sees it.
+pub struct CanonicalRequest<'a> {
+    /// The canonical path (borrowed from the request when it was already canonical).
+    pub path: Cow<'a, str>,
+    /// Host without port, lower-case.
+    pub host: Option<String>,
+}
+
+/// Checks the request head and builds its canonical form, or refuses it.
+pub fn canonical_request<'a>(
+    method: &Method,
+    uri: &'a Uri,
+    headers: &HeaderMap,
+    limits: &ServerConfig,
+) -> Result<CanonicalRequest<'a>, Denial> {
+    check_head_size(method, uri, headers, limits)?;
+    canonical::check_method(method.as_str())?;
+    let host = host_of(uri, headers)?;
+    let path = canonical::canonical_path(uri.path())?;
+    Ok(CanonicalRequest { path, host })
+}
+
+fn check_head_size(method: &Method, uri: &Uri, headers: &HeaderMap, limits: &ServerConfig) -> Result<(), Denial> {
+    if headers.len() > limits.max_headers {
+        return Err(Denial::new(
+            Reason::RequestTooManyHeaders,
+            format!("The request has more than {} headers.", limits.max_headers),
+        )
+        .note(format!("{} header lines", headers.len())));
+    }
+    // The request line, then `name: value\r\n` for each header.
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + "https://".len());
+    let mut total = method.as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
+    for (name, value) in headers {
+        let line = name.as_str().len() + value.len() + 4;
+        if line > limits.max_header_bytes {
+            let shown: String = name.as_str().chars().take(64).collect();
+            return Err(Denial::new(
+                Reason::RequestHeaderTooLarge,
+                format!(
+                    "The header `{shown}` is larger than {} bytes.",
+                    limits.max_header_bytes
+                ),
+            ));
+        }
+        total += line;
+    }
+    if total > limits.max_head_bytes {
+        return Err(Denial::new(
+            Reason::RequestHeadersTooLarge,
+            format!(
+                "The request line and headers are larger than {} bytes.",
+                limits.max_head_bytes
+            ),
+        )
+        .note(format!("{total} bytes")));
+    }
+    Ok(())
+}
+
+/// The host the request is for, without port, lower-case: from its one `Host` header, or
+/// from an absolute-form target (which must then agree with `Host`).
+fn host_of(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, Denial> {
+    let invalid = |detail: &str, note: String| Err(Denial::new(Reason::RequestHostInvalid, detail).note(note));
+    let mut hosts = headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return invalid("The request has more than one `Host` header.", String::from("several Host headers"));
+    }
+    let header = match header.map(HeaderValue::to_str) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => return invalid("The `Host` header is not a host name.", String::from("non-ASCII Host")),
+        None => None,
+    };
+    let target = uri.authority().map(|a| a.as_str());
+    let authority = match (header, target) {
+        (Some(h), Some(t)) if !h.eq_ignore_ascii_case(t) => {
+            return invalid(
+                "The request target's authority differs from the `Host` header.",
+                format!("target authority {t:?}, Host {h:?}"),
+            )
+        }
+        (Some(h), _) => h,
+        (None, Some(t)) => t,
+        (None, None) => return Ok(None),
+    };
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    let well_formed = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+    if !well_formed {
+        let shown: String = authority.chars().take(64).collect();
+        return invalid("The `Host` header is not a host name.", format!("Host {shown:?}"));
+    }
+    Ok(Some(host.to_ascii_lowercase()))
+}
+
+/// A body Pinpoint could not take, and whether the connection must close after the
+/// refusal (the rest of the body is still on the wire).
+pub struct BodyRefusal {
+    pub denial: Denial,
+    pub close: bool,
+}
+
+/// Reads the whole request body within `max_bytes` and `timeout`. A request without a
+/// body costs no wait and no allocation.
+pub async fn read_body(
+    body: Incoming,
+    max_bytes: u64,
+    timeout: Duration,
+) -> Result<Bytes, BodyRefusal> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let too_large = || BodyRefusal {
+        denial: Denial::new(
+            Reason::RequestBodyTooLarge,
+            format!("The request body is larger than this route accepts ({max_bytes} bytes)."),
+        ),
+        close: true,
+    };
+    // A declared length over the limit is refused at once, unread.
+    if body.size_hint().lower() > max_bytes {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(BodyRefusal {
+            denial: Denial::new(
+                Reason::RequestBodyIncomplete,
+                "The request body ended early or its framing is invalid.",
+            )
+            .note(format!("reading the body failed: {e}")),
+            close: true,
+        }),
+        Err(_) => Err(BodyRefusal {
+            denial: Denial::new(
+                Reason::RequestBodyTimeout,
+                format!(
+                    "The request body did not arrive within {} ms.",
+                    timeout.as_millis()
+                ),
+            ),
+            close: true,
+        }),
+    }
+}
+
+/// At most this much of an unread body is drained to keep the connection.
+const DRAIN_BYTES: u64 = 64 * 1024;
+/// ... and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
+/// For a response Pinpoint made without reading the request body: drains a small
+/// remainder (at most 64 KiB, within 500 ms) so the connection can be reused, or marks the
+/// response `Connection: close`. A client waiting for `100 Continue` has sent nothing yet,
+/// so its connection closes rather than waiting for a body it should not send.
+pub async fn settle_unread_body<B>(body: Incoming, headers: &HeaderMap, response: &mut Response<B>) {
+    if body.is_end_stream() {
+        return;
+    }
+    let expects_continue = headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let drained = !expects_continue
+        && !body.size_hint().upper().is_some_and(|declared| declared > DRAIN_BYTES)
+        && matches!(
+            tokio::time::timeout(DRAIN_TIME, drain(body, DRAIN_BYTES)).await,
+            Ok(true)
+        );
+    if !drained {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// Reads and discards the body; true when it ended within `max` bytes.
+async fn drain(mut body: Incoming, max: u64) -> bool {
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                    if seen > max {
+                        return false;
+                    }
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(target: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = http::Request::builder().uri(target);
+        for (n, v) in headers {
+            builder = builder.header(*n, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn limits() -> ServerConfig {
+        ServerConfig {
+            max_head_bytes: 1024,
+            max_header_bytes: 256,
+            max_headers: 10,
+            ..ServerConfig::default()
+        }
+    }
+
+    fn refusal(p: &http::request::Parts) -> Option<Reason> {
+        canonical_request(&p.method, &p.uri, &p.headers, &limits()).err().map(|d| d.reason)
+    }
+
+    #[test]
+    fn heads_over_the_limits_are_refused_with_what_was_exceeded() {
+        let big = "x".repeat(300);
+        assert_eq!(refusal(&parts("/a", &[("x-big", &big)])), Some(Reason::RequestHeaderTooLarge));
+        let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-h{i}"), String::from("v"))).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(refusal(&parts("/a", &many)), Some(Reason::RequestTooManyHeaders));
+        let mid = "y".repeat(200);
+        let several: Vec<(&str, &str)> = ["x-a", "x-b", "x-c", "x-d", "x-e", "x-f"].iter().map(|n| (*n, mid.as_str())).collect();
+        assert_eq!(refusal(&parts("/a", &several)), Some(Reason::RequestHeadersTooLarge));
+        assert_eq!(refusal(&parts("/a", &[("host", "api.example.com")])), None);
+    }
+
+    #[test]
+    fn host_must_be_one_and_agree_with_the_target() {
+        assert_eq!(
+            refusal(&parts("/a", &[("host", "a.example"), ("host", "b.example")])),
+            Some(Reason::RequestHostInvalid)
+        );
+        assert_eq!(
+            refusal(&parts("http://a.example/x", &[("host", "b.example")])),
+            Some(Reason::RequestHostInvalid)
+        );
+        assert_eq!(refusal(&parts("/a", &[("host", "a b")])), Some(Reason::RequestHostInvalid));
+        let host = |p: &http::request::Parts| {
+            canonical_request(&p.method, &p.uri, &p.headers, &limits()).unwrap().host
+        };
+        assert_eq!(host(&parts("http://A.example:8080/x", &[])).as_deref(), Some("a.example"));
+        assert_eq!(host(&parts("/x", &[("host", "[::1]:8080")])).as_deref(), Some("::1"));
+    }
+}
