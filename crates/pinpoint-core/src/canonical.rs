@@ -169,7 +169,50 @@ fn decode_segment(segment: &str, whole: &str) -> Result<(String, bool), Denial> 
         }
         i += 1;
     }
+    // Checked on the canonical segment, so `%25%61d` (which canonicalises to `%25ad`) is
+    // refused too and every canonical path is a fixed point.
+    if out.match_indices("%25").any(|(at, _)| {
+        let after = out.as_bytes();
+        after.get(at + 3).and_then(hex).is_some() && after.get(at + 4).and_then(hex).is_some()
+    }) {
+        return Err(refuse(
+            Reason::RequestPathDoubleEncoded,
+            "The path has a percent-escape that is itself escaped (`%25` followed by hex digits).",
+            whole,
+        ));
+    }
+    if !decodes_to_utf8(&out) {
+        return Err(refuse(
+            Reason::RequestPathInvalidEncoding,
+            "The path's percent-escapes do not decode to UTF-8 text.",
+            whole,
+        ));
+    }
     Ok((out, encoded_dot))
+}
+
+/// Whether a segment (escapes already well-formed) decodes to valid UTF-8: servers decode
+/// invalid sequences (overlong forms such as `%C0%AE` for `.`) in different ways.
+fn decodes_to_utf8(segment: &str) -> bool {
+    if !segment.contains('%') {
+        return true;
+    }
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 fn control(whole: &str) -> Denial {
@@ -223,7 +266,15 @@ mod tests {
 
     #[test]
     fn canonical_paths_are_borrowed_unchanged() {
-        for p in ["/", "/orders", "/orders/1", "/a.b/c..d/.e/", "/a/b/", "/~x/-_.x", "/a;b=c"] {
+        for p in [
+            "/",
+            "/orders",
+            "/orders/1",
+            "/a.b/c..d/.e/",
+            "/a/b/",
+            "/~x/-_.x",
+            "/a;b=c",
+        ] {
             assert!(matches!(canonical_path(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }
@@ -267,6 +318,11 @@ mod tests {
             ("/a%0ab", Reason::RequestPathControlCharacter),
             ("/a%7Fb", Reason::RequestPathControlCharacter),
             ("/a%zzb", Reason::RequestPathInvalidEncoding),
+            ("/%c0%ae%c0%ae/admin", Reason::RequestPathInvalidEncoding),
+            ("/a%e9b", Reason::RequestPathInvalidEncoding),
+            ("/a%ff", Reason::RequestPathInvalidEncoding),
+            ("/%252e%252e/admin", Reason::RequestPathDoubleEncoded),
+            ("/a%252Fb", Reason::RequestPathDoubleEncoded),
             ("/a%4", Reason::RequestPathInvalidEncoding),
             ("/a%", Reason::RequestPathInvalidEncoding),
             ("/..", Reason::RequestPathAboveRoot),
@@ -287,6 +343,89 @@ mod tests {
         for bad in ["post", "Get", "gET", "delete"] {
             assert_eq!(check_method(bad).unwrap_err().reason, Reason::RequestMethodNotCanonical);
         }
+    }
+
+    /// What a permissive upstream serves for a path: every escape decoded, `\\` read as
+    /// `/`, dot-segments resolved (never above the root), repeated slashes merged.
+    fn served(path: &str) -> String {
+        let bytes = path.as_bytes();
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match (bytes[i], bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
+                (b'%', Some(hi), Some(lo)) => {
+                    decoded.push(hi << 4 | lo);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+        let mut segments: Vec<&str> = Vec::new();
+        for segment in text.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                s => segments.push(s),
+            }
+        }
+        format!("/{}", segments.join("/"))
+    }
+
+    /// Whether `prefix` covers `path` on segment boundaries.
+    fn under(prefix: &str, path: &str) -> bool {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    #[test]
+    fn generated_paths_keep_their_meaning_and_match_what_upstreams_serve() {
+        let pieces = [
+            "/", "//", "/.", "/..", "/./", "/../", "admin", "Admin", "%61dmin", "%41", "users", "a", "%2e", "%2E",
+            "%2e%2e", ".", "..", "%2f", "%2F", "%5c", "\\", ";x", "%3b", "%3B", "%20", "%00", "%0a", "%", "%z", "%4",
+            "~", "%7e", "%7E", "\u{e9}", "%c3%a9", "-", "_", "%25", "%3a",
+        ];
+        let prefixes = ["/admin", "/admin/users", "/a", "/users", "/~", "/%C3%A9"];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut accepted = 0;
+        for case in 0..20_000 {
+            let mut raw = String::from("/");
+            for _ in 0..(1 + next() % 7) {
+                raw.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            let Ok(canonical) = canonical_path(&raw) else { continue };
+            accepted += 1;
+            let c = canonical.as_ref();
+            // One spelling: a fixed point, with nothing left to resolve or refuse.
+            assert_eq!(
+                canonical_path(c).map(Cow::into_owned).ok().as_deref(),
+                Some(c),
+                "case {case}: {raw}"
+            );
+            assert!(!c.contains("//") && !c.contains('\\'), "case {case}: {raw} -> {c}");
+            assert!(c.split('/').all(|s| s != "." && s != ".."), "case {case}: {raw} -> {c}");
+            // The upstream serves what the raw path meant, and what the gateway decided on.
+            assert_eq!(served(c), served(&raw), "case {case}: {raw} -> {c}");
+            for prefix in prefixes {
+                assert_eq!(
+                    under(prefix, c),
+                    under(&served(prefix), &served(c)),
+                    "case {case}: {raw} -> {c}: the route decision on `{prefix}` differs from what is served"
+                );
+            }
+        }
+        assert!(accepted > 2_000, "the generator reached the accepting path: {accepted}");
     }
 
     #[test]

@@ -363,7 +363,9 @@ fn de_methods<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<http:
 pub fn parse_method(name: &str) -> Result<http::Method, String> {
     if name.is_empty()
         || name.len() > 32
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(format!("`{name}` is not an HTTP method (a token such as GET or POST)"));
     }
@@ -823,13 +825,16 @@ impl Config {
                     format!("route `{id}` sets permissions, org or owner_segment, so `auth` must be \"required\""),
                 ));
             }
-            let mut limits = [(&r.max_body_bytes, "max_body_bytes"), (&r.body_timeout_ms, "body_timeout_ms")]
-                .into_iter()
-                .map(|(value, field)| match value {
-                    Some(v) if *v.get_ref() == 0 => Err(at(v.span(), format!("{field} must be at least 1"))),
-                    Some(v) => Ok(Some(*v.get_ref())),
-                    None => Ok(None),
-                });
+            let mut limits = [
+                (&r.max_body_bytes, "max_body_bytes"),
+                (&r.body_timeout_ms, "body_timeout_ms"),
+            ]
+            .into_iter()
+            .map(|(value, field)| match value {
+                Some(v) if *v.get_ref() == 0 => Err(at(v.span(), format!("{field} must be at least 1"))),
+                Some(v) => Ok(Some(*v.get_ref())),
+                None => Ok(None),
+            });
             let max_body_bytes = limits.next().unwrap_or(Ok(None))?.unwrap_or(DEFAULT_MAX_BODY_BYTES);
             let body_timeout_ms = limits.next().unwrap_or(Ok(None))?.unwrap_or(DEFAULT_BODY_TIMEOUT_MS);
             let methods = match &r.methods {
@@ -1197,8 +1202,43 @@ mod tests {
         let c = Config::parse(src, "t").unwrap();
         assert_eq!(c.routes[0].path_prefix, "/x");
         assert_eq!(c.routes[0].methods.as_deref(), Some(&[http::Method::GET][..]));
-        let bad = src.replace("\"GET\", \"GET\"", "\"get\"");
-        assert!(Config::parse(&bad, "t").unwrap_err().message.contains("upper-case"));
+        // Methods in config may be written in any case; requests may not.
+        let lower = src.replace("\"GET\", \"GET\"", "\"get\", \"Post\"");
+        let c = Config::parse(&lower, "t").unwrap();
+        assert_eq!(
+            c.routes[0].methods.as_deref(),
+            Some(&[http::Method::GET, http::Method::POST][..])
+        );
+        let bad = src.replace("\"GET\", \"GET\"", "\"G ET\"");
+        assert!(Config::parse(&bad, "t")
+            .unwrap_err()
+            .message
+            .contains("not an HTTP method"));
+        // No list: the standard methods; `*`: every method.
+        let c = Config::parse(&src.replace("methods = [\"GET\", \"GET\"]\n", ""), "t").unwrap();
+        assert_eq!(c.routes[0].methods.as_deref(), Some(&DEFAULT_METHODS[..]));
+        let c = Config::parse(&src.replace("\"GET\", \"GET\"", "\"*\""), "t").unwrap();
+        assert_eq!(c.routes[0].methods, None);
+        // Prefixes are matched against canonical paths, so they must be canonical.
+        for prefix in ["/x//y", "/x/../y", "/%78", "/a%2fb", "/a\\\\b"] {
+            let bad = src.replace("\"/x/\"", &format!("\"{prefix}\""));
+            assert!(Config::parse(&bad, "t").is_err(), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn config_check_warns_about_methods_a_permission_map_leaves_out() {
+        let warnings = Config::demo().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("route `shop` accepts PUT, PATCH, DELETE, OPTIONS"),
+            "{warnings:?}"
+        );
+        let src = "[upstreams.a]\ntargets = [\"localhost:9\"]\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nmethods = [\"*\"]\nupstream = \"a\"\npermissions = { GET = \"x:read\" }\n";
+        let warnings = Config::parse(src, "t").unwrap().warnings();
+        assert!(warnings[0].contains("accepts every method"), "{warnings:?}");
+        let open = src.replace("GET = \"x:read\"", "GET = \"x:read\", \"*\" = \"x:admin\"");
+        assert!(Config::parse(&open, "t").unwrap().warnings().is_empty());
     }
 
     #[test]

@@ -82,8 +82,8 @@ reasons! {
     /// The path has a broken percent-escape.
     RequestPathInvalidEncoding => {
         code: "request.path_invalid_encoding", status: 400, title: "Invalid percent-encoding in path",
-        hint: "Every `%` in the path must be followed by two hex digits; encode a literal `%` as `%25`.",
-        description: "A `%` in the path is not followed by two hex digits. Servers disagree on what such a path means, so it is refused before routing.",
+        hint: "Every `%` in the path must be followed by two hex digits, and the escaped bytes must be UTF-8 text.",
+        description: "A `%` in the path is not followed by two hex digits, or the escapes of a segment do not decode to UTF-8 (an overlong `%C0%AE`, a Latin-1 `%E9`). Servers disagree on what such a path means, so it is refused before routing.",
     },
     /// The path has `%2F` or `%5C`.
     RequestPathEncodedSeparator => {
@@ -102,6 +102,12 @@ reasons! {
         code: "request.path_encoded_dot_segment", status: 400, title: "Encoded dot-segment in path",
         hint: "Do not percent-encode `.` or `..` path segments (`%2e%2e`); send the path you mean.",
         description: "A path segment decodes to `.` or `..` but was written with escapes (`%2e`, `.%2E`). Plain dot-segments are resolved before routing; encoded ones are refused, since upstreams resolve them after decoding, behind the gateway's decision.",
+    },
+    /// The path has an escaped percent-escape.
+    RequestPathDoubleEncoded => {
+        code: "request.path_double_encoded", status: 400, title: "Double-encoded path",
+        hint: "Percent-encode the path once; `%25` followed by hex digits reads as an escape to servers that decode twice.",
+        description: "The path contains `%25` followed by two hex digits (`%252e`, `%252F`): an escape that is itself escaped. Servers that decode twice would read another path than the gateway routed.",
     },
     /// The path has a control character.
     RequestPathControlCharacter => {

@@ -64,10 +64,7 @@ fn check_head_size(method: &Method, uri: &Uri, headers: &HeaderMap, limits: &Ser
             let shown: String = name.as_str().chars().take(64).collect();
             return Err(Denial::new(
                 Reason::RequestHeaderTooLarge,
-                format!(
-                    "The header `{shown}` is larger than {} bytes.",
-                    limits.max_header_bytes
-                ),
+                format!("The header `{shown}` is larger than {} bytes.", limits.max_header_bytes),
             ));
         }
         total += line;
@@ -92,7 +89,10 @@ fn host_of(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, Denial> {
     let mut hosts = headers.get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
-        return invalid("The request has more than one `Host` header.", String::from("several Host headers"));
+        return invalid(
+            "The request has more than one `Host` header.",
+            String::from("several Host headers"),
+        );
     }
     let header = match header.map(HeaderValue::to_str) {
         Some(Ok(h)) => Some(h),
@@ -135,11 +135,7 @@ pub struct BodyRefusal {
 
 /// Reads the whole request body within `max_bytes` and `timeout`. A request without a
 /// body costs no wait and no allocation.
-pub async fn read_body(
-    body: Incoming,
-    max_bytes: u64,
-    timeout: Duration,
-) -> Result<Bytes, BodyRefusal> {
+pub async fn read_body(body: Incoming, max_bytes: u64, timeout: Duration) -> Result<Bytes, BodyRefusal> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }
@@ -169,10 +165,7 @@ pub async fn read_body(
         Err(_) => Err(BodyRefusal {
             denial: Denial::new(
                 Reason::RequestBodyTimeout,
-                format!(
-                    "The request body did not arrive within {} ms.",
-                    timeout.as_millis()
-                ),
+                format!("The request body did not arrive within {} ms.", timeout.as_millis()),
             ),
             close: true,
         }),
@@ -196,13 +189,15 @@ pub async fn settle_unread_body<B>(body: Incoming, headers: &HeaderMap, response
         .get(EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let drained = !expects_continue
-        && !body.size_hint().upper().is_some_and(|declared| declared > DRAIN_BYTES)
+        && body.size_hint().upper().is_none_or(|declared| declared <= DRAIN_BYTES)
         && matches!(
             tokio::time::timeout(DRAIN_TIME, drain(body, DRAIN_BYTES)).await,
             Ok(true)
         );
     if !drained {
-        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
@@ -247,18 +242,26 @@ mod tests {
     }
 
     fn refusal(p: &http::request::Parts) -> Option<Reason> {
-        canonical_request(&p.method, &p.uri, &p.headers, &limits()).err().map(|d| d.reason)
+        canonical_request(&p.method, &p.uri, &p.headers, &limits())
+            .err()
+            .map(|d| d.reason)
     }
 
     #[test]
     fn heads_over_the_limits_are_refused_with_what_was_exceeded() {
         let big = "x".repeat(300);
-        assert_eq!(refusal(&parts("/a", &[("x-big", &big)])), Some(Reason::RequestHeaderTooLarge));
+        assert_eq!(
+            refusal(&parts("/a", &[("x-big", &big)])),
+            Some(Reason::RequestHeaderTooLarge)
+        );
         let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-h{i}"), String::from("v"))).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert_eq!(refusal(&parts("/a", &many)), Some(Reason::RequestTooManyHeaders));
         let mid = "y".repeat(200);
-        let several: Vec<(&str, &str)> = ["x-a", "x-b", "x-c", "x-d", "x-e", "x-f"].iter().map(|n| (*n, mid.as_str())).collect();
+        let several: Vec<(&str, &str)> = ["x-a", "x-b", "x-c", "x-d", "x-e", "x-f"]
+            .iter()
+            .map(|n| (*n, mid.as_str()))
+            .collect();
         assert_eq!(refusal(&parts("/a", &several)), Some(Reason::RequestHeadersTooLarge));
         assert_eq!(refusal(&parts("/a", &[("host", "api.example.com")])), None);
     }
@@ -273,11 +276,19 @@ mod tests {
             refusal(&parts("http://a.example/x", &[("host", "b.example")])),
             Some(Reason::RequestHostInvalid)
         );
-        assert_eq!(refusal(&parts("/a", &[("host", "a b")])), Some(Reason::RequestHostInvalid));
+        assert_eq!(
+            refusal(&parts("/a", &[("host", "a b")])),
+            Some(Reason::RequestHostInvalid)
+        );
         let host = |p: &http::request::Parts| {
-            canonical_request(&p.method, &p.uri, &p.headers, &limits()).unwrap().host
+            canonical_request(&p.method, &p.uri, &p.headers, &limits())
+                .unwrap()
+                .host
         };
-        assert_eq!(host(&parts("http://A.example:8080/x", &[])).as_deref(), Some("a.example"));
+        assert_eq!(
+            host(&parts("http://A.example:8080/x", &[])).as_deref(),
+            Some("a.example")
+        );
         assert_eq!(host(&parts("/x", &[("host", "[::1]:8080")])).as_deref(), Some("::1"));
     }
 }

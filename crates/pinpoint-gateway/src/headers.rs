@@ -98,7 +98,9 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
             || (CREDENTIAL_HEADERS.contains(&read_as)
                 && (rules.route_authenticates
                     || underscored
-                    || value.to_str().is_ok_and(|v| (rules.is_pinpoint_credential)(credential_of(read_as, v)))));
+                    || value
+                        .to_str()
+                        .is_ok_and(|v| (rules.is_pinpoint_credential)(credential_of(read_as, v)))));
         if remove && !doomed.contains(name) {
             doomed.push(name.clone());
         }

@@ -143,7 +143,15 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 let (route, identity, answered, at_ms) =
                     (ctx.route.take(), ctx.identity.take(), ctx.answered, ctx.at_ms);
                 let extra_headers = std::mem::take(&mut ctx.response_headers);
-                (verdict, Some(canonical), route, identity, answered, extra_headers, at_ms)
+                (
+                    verdict,
+                    Some(canonical),
+                    route,
+                    identity,
+                    answered,
+                    extra_headers,
+                    at_ms,
+                )
             }
         };
     let route_label: Arc<str> = route
@@ -412,14 +420,18 @@ fn upstream_entry(mark: Mark, reason: Option<Reason>, note: String, started: Ins
 /// gateway's (see [`headers`]), framed for the body read at the edge, and with who the
 /// caller is and where the request came from stated by Pinpoint.
 fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<'_>, body_len: usize) -> HeaderMap {
-    let had_framing = out.contains_key(http::header::CONTENT_LENGTH) || out.contains_key(http::header::TRANSFER_ENCODING);
+    let had_framing =
+        out.contains_key(http::header::CONTENT_LENGTH) || out.contains_key(http::header::TRANSFER_ENCODING);
     let prior_forwarded_for = fwd
         .peer_is_trusted_proxy
-        .then(|| out.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .then(|| {
+            out.get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
         .flatten();
-    let is_pinpoint_credential = |value: &str| {
-        value.starts_with(pinpoint_core::keys::PREFIX) || fwd.tokens.is_ours(value)
-    };
+    let is_pinpoint_credential =
+        |value: &str| value.starts_with(pinpoint_core::keys::PREFIX) || fwd.tokens.is_ours(value);
     headers::clean_upstream_request(
         &mut out,
         &headers::UpstreamHeaderRules {
@@ -459,4 +471,3 @@ static X_PINPOINT_PRINCIPAL: HeaderName = HeaderName::from_static("x-pinpoint-pr
 static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-

@@ -71,7 +71,9 @@ impl RouteAccess {
         named(method)
             .or_else(|| (*method == Method::HEAD).then(|| named(&Method::GET)).flatten())
             .or_else(|| self.permissions.iter().find(|(m, _)| m.is_none()))
-            .map_or(MethodRequirement::NotPermitted, |(_, p)| MethodRequirement::Permission(p))
+            .map_or(MethodRequirement::NotPermitted, |(_, p)| {
+                MethodRequirement::Permission(p)
+            })
     }
 
     /// The path segment that names the resource owner, if the route has an owner rule.
@@ -98,7 +100,9 @@ pub enum RouteMatch {
     },
     /// The path matches this route's prefix only when letter case is ignored, and no
     /// route at least as specific matches it exactly.
-    CaseMismatch { route_id: Arc<str> },
+    CaseMismatch {
+        route_id: Arc<str>,
+    },
     NotFound,
 }
 
@@ -173,7 +177,8 @@ impl CompiledRoute {
     /// The methods to list in `Allow` (HEAD wherever GET is).
     fn allowed_methods(&self) -> impl Iterator<Item = &Method> {
         let methods = self.methods.as_deref().unwrap_or_default();
-        let implied_head = (methods.contains(&Method::GET) && !methods.contains(&Method::HEAD)).then_some(&Method::HEAD);
+        let implied_head =
+            (methods.contains(&Method::GET) && !methods.contains(&Method::HEAD)).then_some(&Method::HEAD);
         methods.iter().chain(implied_head)
     }
 

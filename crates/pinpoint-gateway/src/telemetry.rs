@@ -113,6 +113,7 @@ pub fn finish_request(decisions: &pinpoint_store::DecisionLog, route: &Arc<str>,
     tracing::info!(
         target: "pinpoint::access",
         request_id = %decision.request_id,
+        client_request_id = decision.client_request_id.as_deref().unwrap_or("-"),
         client = %decision.client_addr,
         method = %decision.method,
         path = %decision.path,

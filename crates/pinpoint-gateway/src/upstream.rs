@@ -178,18 +178,19 @@ impl Upstream {
     fn record_failure(&self, target: &TargetState) {
         let now = now_mono_ms();
         let window_start = target.window_start.load(Ordering::Relaxed);
-        let fails = if now.saturating_sub(window_start) >= self.fail_timeout_ms
-            || target.fails.load(Ordering::Relaxed) == 0
-        {
-            target.window_start.store(now, Ordering::Relaxed);
-            target.fails.store(1, Ordering::Relaxed);
-            1
-        } else {
-            target.fails.fetch_add(1, Ordering::Relaxed) + 1
-        };
+        let fails =
+            if now.saturating_sub(window_start) >= self.fail_timeout_ms || target.fails.load(Ordering::Relaxed) == 0 {
+                target.window_start.store(now, Ordering::Relaxed);
+                target.fails.store(1, Ordering::Relaxed);
+                1
+            } else {
+                target.fails.fetch_add(1, Ordering::Relaxed) + 1
+            };
         if fails >= self.max_fails {
             target.fails.store(0, Ordering::Relaxed);
-            target.ejected_until.store(now + self.fail_timeout_ms, Ordering::Relaxed);
+            target
+                .ejected_until
+                .store(now + self.fail_timeout_ms, Ordering::Relaxed);
             tracing::warn!(
                 upstream = %self.name,
                 target = %target.authority,

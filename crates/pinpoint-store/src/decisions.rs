@@ -223,19 +223,9 @@ impl Store {
         Ok(out)
     }
 
-    /// The most recent decision recorded under `request_id`.
-    pub async fn decision(&self, request_id: &str) -> Result<Option<Decision>, StoreError> {
-        let row = sqlx::query("SELECT record FROM decisions WHERE request_id = ? ORDER BY seq DESC LIMIT 1")
-            .bind(request_id)
-            .fetch_optional(self.pool())
-            .await?;
-        match row {
-            Some(row) => {
-                let record: String = row.try_get("record")?;
-                Ok(Some(serde_json::from_str(&record)?))
-            }
-            None => Ok(None),
-        }
+    /// The most recent decision recorded under `id` (Pinpoint's request id or the client's).
+    pub async fn decision(&self, id: &str) -> Result<Option<Decision>, StoreError> {
+        Ok(self.decisions_by_id(id, 1).await?.into_iter().next())
     }
 }
 

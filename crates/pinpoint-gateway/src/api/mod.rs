@@ -476,7 +476,10 @@ async fn decision(
     // Found by Pinpoint's id or by the client's own; decisions of other organizations'
     // requests (and of anonymous ones) are visible to platform admins only, and look the
     // same as missing ones to everyone else.
-    let mut found = shared.store.decisions_by_id(&request_id, DECISION_MATCHES_LISTED).await?;
+    let mut found = shared
+        .store
+        .decisions_by_id(&request_id, DECISION_MATCHES_LISTED)
+        .await?;
     found.retain(|d| caller.0.is_platform_admin() || d.org_id.as_deref() == Some(caller.0.org_id()));
     match found.as_slice() {
         [] => Err(deny(
@@ -485,10 +488,7 @@ async fn decision(
         )),
         [decision] => Ok(envelope(resource("decision", &decision.request_id, decision))),
         several => Ok(envelope(serde_json::Value::Array(
-            several
-                .iter()
-                .map(|d| resource("decision", &d.request_id, d))
-                .collect(),
+            several.iter().map(|d| resource("decision", &d.request_id, d)).collect(),
         ))),
     }
 }

@@ -86,10 +86,7 @@ impl Layer for RouteLayer {
             RouteMatch::CaseMismatch { route_id } => Outcome::Deny(
                 Denial::new(
                     Reason::RouteCaseMismatch,
-                    format!(
-                        "No route serves {} exactly; paths here are case-sensitive.",
-                        ctx.path
-                    ),
+                    format!("No route serves {} exactly; paths here are case-sensitive.", ctx.path),
                 )
                 .rule(route_id.to_string())
                 .note(format!(

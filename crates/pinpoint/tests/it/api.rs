@@ -57,8 +57,9 @@ async fn decisions_endpoint_returns_the_trace() {
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["data"]["type"], "decision");
-    assert_eq!(body["data"]["id"], "api-403");
     let attrs = &body["data"]["attributes"];
+    assert_eq!(attrs["client_request_id"], "api-403");
+    assert_eq!(body["data"]["id"], attrs["request_id"]);
     assert_eq!(attrs["status"], 403);
     assert_eq!(attrs["reason"], "policy.explicit_deny");
     let policy = attrs["trace"]

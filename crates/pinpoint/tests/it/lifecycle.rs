@@ -210,7 +210,7 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
     for id in ["bin-1", "bin-2"] {
         let line = access_log
             .lines()
-            .find(|l| l.contains(&format!("\"request_id\":\"{id}\"")))
+            .find(|l| l.contains(&format!("\"client_request_id\":\"{id}\"")))
             .unwrap_or_else(|| panic!("no access-log line for {id} in:\n{access_log}"));
         let line: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(line["target"], "pinpoint::access");

@@ -3,6 +3,7 @@
 
 mod access;
 mod api;
+mod canonical;
 mod cloudauth;
 mod identity_api;
 mod lifecycle;
@@ -116,7 +117,8 @@ impl TestGateway {
         .await;
     }
 
-    /// The stored decision for `request_id`, waiting for the writer to flush it.
+    /// The newest stored decision for `request_id` (Pinpoint's id or the client's own),
+    /// waiting for the writer to flush it.
     pub async fn decision(&self, request_id: &str) -> Decision {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

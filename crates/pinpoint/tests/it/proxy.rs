@@ -20,16 +20,22 @@ async fn allowed_request_is_proxied_with_request_id_and_trace() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-request-id"], "client-id-1");
+    // Pinpoint's own id keys the decision; the client's is kept and echoed beside it.
+    let own_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(own_id, "client-id-1");
+    assert_eq!(resp.headers()["x-client-request-id"], "client-id-1");
     let echoed: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(echoed["method"], "POST");
     assert_eq!(echoed["path"], "/orders/42");
     assert_eq!(echoed["query"], "expand=items");
     assert_eq!(echoed["body"], r#"{"sku":"a"}"#);
-    assert_eq!(echoed["headers"]["x-request-id"], "client-id-1");
+    assert_eq!(echoed["headers"]["x-request-id"], own_id.as_str());
+    assert_eq!(echoed["headers"]["x-client-request-id"], "client-id-1");
     assert_eq!(echoed["headers"]["x-forwarded-for"], "127.0.0.1");
 
     let d = gw.decision("client-id-1").await;
+    assert_eq!(d, gw.decision(&own_id).await, "found by either id");
+    assert_eq!(d.client_request_id.as_deref(), Some("client-id-1"));
     assert_eq!(d.status, 200);
     assert_eq!(d.reason, None);
     assert_eq!(d.route.as_deref(), Some("orders"));
@@ -82,7 +88,7 @@ async fn missing_route_is_404_route_not_found() {
 async fn wrong_method_is_405_with_allow_header() {
     let gw = start(&echo_config()).await;
     let resp = gw.http.delete(gw.url("/orders/1")).send().await.unwrap();
-    assert_eq!(resp.headers()["allow"], "GET, POST");
+    assert_eq!(resp.headers()["allow"], "GET, POST, HEAD");
     let body = problem(resp, 405, "route.method_not_allowed").await;
     let d = gw.decision(body["request_id"].as_str().unwrap()).await;
     assert_eq!(d.reason, Some(Reason::RouteMethodNotAllowed));
@@ -153,6 +159,15 @@ async fn report_mode_records_would_deny_and_lets_the_request_pass() {
 async fn dead_target_is_502_then_ejected_503() {
     let dead = dead_addr().await;
     let gw = start(&config_with(&format!("\"{dead}\""), "fail_timeout_ms = 60000", "")).await;
+    // The default max_fails: three faults within fail_timeout_ms eject the target.
+    for _ in 0..2 {
+        problem(
+            gw.http.get(gw.url("/orders")).send().await.unwrap(),
+            502,
+            "upstream.connect_failed",
+        )
+        .await;
+    }
     let body = problem(
         gw.http.get(gw.url("/orders")).send().await.unwrap(),
         502,
@@ -232,14 +247,30 @@ async fn round_robin_skips_an_ejected_target() {
         statuses.push(resp.status().as_u16());
         served_by.push(gw.decision(&id).await.upstream_target);
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 8, "{statuses:?}");
+    // A GET that met the dead target is retried once on the next one: no caller sees 502.
+    assert_eq!(statuses, [200; 9], "{statuses:?}");
+    let mut retried = 0;
+    for i in 0..9 {
+        let d = gw.decision(&format!("rr-{i}")).await;
+        let attempts: Vec<_> = d.trace.iter().filter(|t| t.layer == "upstream").collect();
+        if attempts.len() == 2 {
+            retried += 1;
+            assert_eq!(attempts[0].mark, Mark::Skip);
+            assert_eq!(attempts[0].reason, Some(Reason::UpstreamConnectFailed));
+            assert_eq!(attempts[0].rule_id.as_deref(), Some(dead.to_string().as_str()));
+            assert_eq!(attempts[1].mark, Mark::Pass);
+        }
+    }
+    assert!(
+        (1..=3).contains(&retried),
+        "the dead target is ejected after its faults: {retried}"
+    );
     let to_second = served_by
         .iter()
         .filter(|t| t.as_deref() == Some(&second_addr.to_string()))
         .count();
     assert!(
-        (3..=5).contains(&to_second),
+        (3..=6).contains(&to_second),
         "both live targets share the load: {served_by:?}"
     );
 }
