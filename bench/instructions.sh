@@ -10,6 +10,11 @@
 # 6,900 instructions per HMAC instead of a few hundred; the script prints that share so it
 # can be subtracted.
 #
+# It also prints the share of the edge (`edge::canonical_request`: head limits, Host, the
+# canonical method and path), inclusive of what it calls, for the bare and chain routes
+# (canonical paths, the common case) and for `dirty`: the bare route asked for through a
+# path that must be rewritten (`/bare/a/./b//../x%2Dy`).
+#
 # Usage: bench/instructions.sh [seconds-per-route] (default 10). Needs valgrind (apt-get
 # install valgrind) and wrk.
 set -euo pipefail
@@ -43,12 +48,13 @@ wait_port $PROXY_PORT
 wait_port $API_PORT
 KEY=$(bench_key "$BIN" "$WORK/pinpoint.toml")
 
-declare -A PER_REQUEST SHA
-printf '%-6s %9s %14s %12s\n' route requests "instr/request" "of which sha2"
-for route in bare chain; do
+declare -A PER_REQUEST SHA EDGE
+printf '%-6s %9s %14s %12s %12s\n' route requests "instr/request" "of which sha2" "of which edge"
+for route in bare chain dirty; do
   header=()
   [ "$route" = chain ] && header=(-H "Authorization: Bearer $KEY")
   url="http://127.0.0.1:$PROXY_PORT/$route/x"
+  [ "$route" = dirty ] && url="http://127.0.0.1:$PROXY_PORT/bare/a/./b//../x%2Dy"
   wrk -t1 -c4 -d2s "${header[@]}" "$url" >/dev/null # warm up: connections, caches
   callgrind_control -z "$VALGRIND" >/dev/null 2>&1
   callgrind_control -i on "$VALGRIND" >/dev/null 2>&1
@@ -61,9 +67,13 @@ for route in bare chain; do
   annotated=$(callgrind_annotate "$dump" 2>/dev/null)
   total=$(echo "$annotated" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   sha=$(echo "$annotated" | awk '/sha2::sha256::soft::compress/ {gsub(",", "", $1); print $1; exit}')
+  edge=$(callgrind_annotate --inclusive=yes "$dump" 2>/dev/null \
+    | awk '/edge::canonical_request/ {gsub(",", "", $1); print $1; exit}')
   PER_REQUEST[$route]=$((total / requests))
   SHA[$route]=$(( ${sha:-0} / requests ))
-  printf '%-6s %9d %14d %12d\n' "$route" "$requests" $((total / requests)) $(( ${sha:-0} / requests ))
+  EDGE[$route]=$(( ${edge:-0} / requests ))
+  printf '%-6s %9d %14d %12d %12d\n' "$route" "$requests" $((total / requests)) $(( ${sha:-0} / requests )) \
+    "${EDGE[$route]}"
 done
 python3 -c "
 import sys
@@ -71,3 +81,8 @@ b, c, sha = (int(v) for v in sys.argv[1:])
 print('chain/bare instructions %.3f: the chain costs %.1f%% more' % (c / b, (c - b) * 100 / b))
 print('without the portable-sha2 share: %.1f%% more (with SHA-NI an HMAC is a few hundred)' % ((c - sha - b) * 100 / b))" \
   "${PER_REQUEST[bare]}" "${PER_REQUEST[chain]}" "${SHA[chain]}"
+python3 -c "
+import sys
+b, c, d, eb, ec, ed = (int(v) for v in sys.argv[1:])
+print('edge (canonical request): %.2f%% of a bare request, %.2f%% of a chain request, %.2f%% of a request whose path is rewritten' % (eb * 100 / b, ec * 100 / c, ed * 100 / d))" \
+  "${PER_REQUEST[bare]}" "${PER_REQUEST[chain]}" "${PER_REQUEST[dirty]}" "${EDGE[bare]}" "${EDGE[chain]}" "${EDGE[dirty]}"

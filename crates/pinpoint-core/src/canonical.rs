@@ -194,10 +194,12 @@ fn decode_segment(segment: &str, whole: &str) -> Result<(String, bool), Denial> 
 /// Whether a segment (escapes already well-formed) decodes to valid UTF-8: servers decode
 /// invalid sequences (overlong forms such as `%C0%AE` for `.`) in different ways.
 fn decodes_to_utf8(segment: &str) -> bool {
-    if !segment.contains('%') {
-        return true;
-    }
-    let bytes = segment.as_bytes();
+    !segment.contains('%') || std::str::from_utf8(&percent_decode(segment)).is_ok()
+}
+
+/// The bytes `text` stands for, every well-formed `%XX` decoded (others kept as written).
+pub fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -212,7 +214,7 @@ fn decodes_to_utf8(segment: &str) -> bool {
             }
         }
     }
-    std::str::from_utf8(&decoded).is_ok()
+    decoded
 }
 
 fn control(whole: &str) -> Denial {
@@ -348,21 +350,7 @@ mod tests {
     /// What a permissive upstream serves for a path: every escape decoded, `\\` read as
     /// `/`, dot-segments resolved (never above the root), repeated slashes merged.
     fn served(path: &str) -> String {
-        let bytes = path.as_bytes();
-        let mut decoded = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            match (bytes[i], bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
-                (b'%', Some(hi), Some(lo)) => {
-                    decoded.push(hi << 4 | lo);
-                    i += 3;
-                }
-                (b, _, _) => {
-                    decoded.push(b);
-                    i += 1;
-                }
-            }
-        }
+        let decoded = percent_decode(path);
         let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
         let mut segments: Vec<&str> = Vec::new();
         for segment in text.split('/') {

@@ -32,7 +32,9 @@ pub struct CanonicalRequest<'a> {
     pub host: Option<String>,
 }
 
-/// Checks the request head and builds its canonical form, or refuses it.
+/// Checks the request head and builds its canonical form, or refuses it. (Kept out of line
+/// so `bench/instructions.sh` can attribute its instructions; one call per request.)
+#[inline(never)]
 pub fn canonical_request<'a>(
     method: &Method,
     uri: &'a Uri,

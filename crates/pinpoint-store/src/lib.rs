@@ -143,6 +143,19 @@ const SCHEMA_V2: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS role_assignments_role ON role_assignments(role_id)",
 ];
 
+/// Applies one schema version's statements and records the version, in one transaction.
+async fn migrate_to(pool: &SqlitePool, version: i64, statements: &[&str]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    for statement in statements {
+        sqlx::query(statement).execute(&mut *tx).await?;
+    }
+    sqlx::query(&format!("PRAGMA user_version = {version}"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the embedded store in `data_dir`: `pinpoint.db` and the
     /// `pepper` file (32 random bytes, mode 0600) used to hash key secrets.
@@ -197,21 +210,10 @@ impl Store {
                 sqlx::query(statement).execute(&pool).await?;
             }
         }
-        if version < 5 {
-            let mut tx = pool.begin().await?;
-            for statement in SCHEMA_V5 {
-                sqlx::query(statement).execute(&mut *tx).await?;
+        for (to, statements) in [(5, SCHEMA_V5), (6, SCHEMA_V6)] {
+            if version < to {
+                migrate_to(&pool, to, statements).await?;
             }
-            sqlx::query("PRAGMA user_version = 5").execute(&mut *tx).await?;
-            tx.commit().await?;
-        }
-        if version < 6 {
-            let mut tx = pool.begin().await?;
-            for statement in SCHEMA_V6 {
-                sqlx::query(statement).execute(&mut *tx).await?;
-            }
-            sqlx::query("PRAGMA user_version = 6").execute(&mut *tx).await?;
-            tx.commit().await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)

@@ -1,5 +1,7 @@
-//! `pinpoint explain`: fetches a stored decision from the api listener and prints the
-//! chain of layers, the deciding rule, the config revision and the hint.
+//! `pinpoint explain`: fetches the stored decisions for a request id (Pinpoint's own, or
+//! a client's `X-Request-Id`, which may name several, newest first) from the api
+//! listener and prints, for each, the chain of layers, the deciding rule, the config
+//! revision and the hint.
 
 use anyhow::{bail, Context, Result};
 use pinpoint_core::{Decision, Mark};
@@ -13,14 +15,33 @@ pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()
     let body = ApiClient::new(client)?
         .call(reqwest::Method::GET, &format!("/api/v2/decisions/{request_id}"), None)
         .await?;
-    let attributes = &body["data"]["attributes"];
+    // One decision, or several when a client's id named more than one request.
+    let resources = match &body["data"] {
+        serde_json::Value::Array(list) => list.clone(),
+        one => vec![one.clone()],
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(attributes)?);
+        let attributes: Vec<&serde_json::Value> = resources.iter().map(|r| &r["attributes"]).collect();
+        match attributes.as_slice() {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            several => println!("{}", serde_json::to_string_pretty(several)?),
+        }
         return Ok(());
     }
-    let decision: Decision =
-        serde_json::from_value(attributes.clone()).context("the API returned a decision this CLI cannot read")?;
-    print!("{}", render(&decision));
+    if resources.len() > 1 {
+        println!(
+            "{} requests were sent with the client request id {request_id}, newest first:\n",
+            resources.len()
+        );
+    }
+    for (i, resource) in resources.iter().enumerate() {
+        let decision: Decision = serde_json::from_value(resource["attributes"].clone())
+            .context("the API returned a decision this CLI cannot read")?;
+        if i > 0 {
+            println!();
+        }
+        print!("{}", render(&decision));
+    }
     Ok(())
 }
 
@@ -33,6 +54,12 @@ pub fn render(d: &Decision) -> String {
     };
     out.push_str(&format!("request  {}\n", d.request_id));
     out.push_str(&format!("         {} {} -> {}\n", d.method, d.path, outcome));
+    if let Some(raw) = &d.raw_path {
+        out.push_str(&format!("         path as sent: {raw}\n"));
+    }
+    if let Some(client_id) = &d.client_request_id {
+        out.push_str(&format!("         client request id: {client_id}\n"));
+    }
     out.push_str(&format!(
         "at {}  client {}  route {}  config {}\n",
         pinpoint_core::time::rfc3339(d.at_ms),

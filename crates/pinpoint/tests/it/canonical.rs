@@ -743,20 +743,8 @@ impl Gen {
 
 /// What a permissive upstream makes of a path: every escape decoded, dot-segments
 /// resolved, repeated slashes merged, case kept.
-fn as_an_upstream_reads_it(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
+fn as_an_upstream_reads_it(path: &str) -> String {
+    let decoded = pinpoint_core::canonical::percent_decode(path);
     let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
     for segment in text.split('/') {
@@ -768,7 +756,7 @@ fn as_an_upstream_reads_it(path: &str) -> Option<String> {
             s => segments.push(s),
         }
     }
-    Some(format!("/{}", segments.join("/")))
+    format!("/{}", segments.join("/"))
 }
 
 #[tokio::test]
@@ -815,7 +803,7 @@ async fn generated_paths_reach_the_upstream_only_as_the_route_and_rules_that_all
             "case {case}: {target}: the upstream got what was decided on"
         );
         // The upstream's reading of what it got is what the route layer matched on.
-        let read = as_an_upstream_reads_it(&got).unwrap_or_else(|| panic!("case {case}: {got} unreadable"));
+        let read = as_an_upstream_reads_it(&got);
         let expected_route = if read == "/admin" || read.starts_with("/admin/") {
             "admin"
         } else if read.eq_ignore_ascii_case("/legacy") || read.to_ascii_lowercase().starts_with("/legacy/") {
