@@ -45,8 +45,7 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
         return Ok(Cow::Borrowed(raw));
     }
     // One output buffer; each segment is decoded onto its end and dropped again by
-    // truncation when it is a dot-segment (measured: a rewritten path cost about 6,100
-    // instructions with a String per segment; see bench/instructions.sh).
+    // truncation when it is a dot-segment.
     let mut out = String::with_capacity(raw.len() + 8);
     // Where each kept segment's `/` stands in `out`, for `..` to go back to.
     let mut kept: Vec<usize> = Vec::new();
