@@ -27,6 +27,8 @@ pub mod permissions {
     /// Datadog's names for reading and writing cloud-auth mappings.
     pub const CLOUD_AUTH_READ: &str = "cloud_auth_config_read";
     pub const CLOUD_AUTH_WRITE: &str = "cloud_auth_config_write";
+    /// What a managed intake key may do (its only scope).
+    pub const INTAKE_WRITE: &str = "intake:write";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

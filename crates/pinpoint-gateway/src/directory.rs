@@ -291,6 +291,11 @@ impl Directory {
         Ok(entry)
     }
 
+    /// A key's entry by id, whatever its state (for naming the owner of a refused key).
+    pub fn key_by_id(&self, id: &str) -> Option<Arc<KeyEntry>> {
+        self.keys.pin().get(id).cloned()
+    }
+
     pub fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>> {
         self.principals.pin().get(id).and_then(|slot| slot.load_full())
     }

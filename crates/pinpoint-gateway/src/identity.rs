@@ -17,6 +17,39 @@ pub enum Credential {
     Token(String),
 }
 
+/// Whom a refused credential belongs to, when Pinpoint knows it (a key whose secret
+/// matched but which is revoked or expired; a principal or organization that is
+/// suspended). Recorded with the decision, so the caller's organization can read why its
+/// own sign-in failed; never an identity anything acts as.
+#[derive(Clone)]
+pub struct KnownCaller {
+    /// As a decision names a caller (`kind:name (id)`).
+    pub who: RecordedText,
+    pub org_id: RecordedText,
+}
+
+impl KnownCaller {
+    /// The owner of a key: its principal, or its organization for an organization key.
+    pub fn of_key(entry: &KeyEntry) -> KnownCaller {
+        let who = match entry.principal.as_ref().and_then(|slot| slot.load_full()) {
+            Some(principal) => principal.label.clone(),
+            None => entry.org.owner_label.clone(),
+        };
+        KnownCaller {
+            who,
+            org_id: entry.org.id.clone(),
+        }
+    }
+
+    /// An authenticated caller whose standing refused it.
+    pub fn of(identity: &Identity) -> KnownCaller {
+        KnownCaller {
+            who: identity.who(),
+            org_id: identity.org.id.clone(),
+        }
+    }
+}
+
 /// An authenticated caller. Built once per request from directory entries, so it shares
 /// their precomputed strings and header values instead of allocating new ones.
 pub struct Identity {

@@ -45,6 +45,8 @@ pub struct RequestCtx<'a> {
     pub access: Option<Arc<RouteAccess>>,
     /// Set by the authentication layer (held inline: no allocation per request).
     pub identity: Option<Identity>,
+    /// Set by the authentication layer when it refused a credential whose owner it knows.
+    pub known_caller: Option<crate::identity::KnownCaller>,
     /// The request's `Origin`, when the CORS layer allows it (reflected in every response).
     pub cors_origin: Option<HeaderValue>,
     /// Set by a layer that answered the request itself (a CORS preflight).
@@ -111,6 +113,7 @@ impl<'a> RequestCtx<'a> {
             route_id: None,
             access: None,
             identity: None,
+            known_caller: None,
             cors_origin: None,
             answered: false,
             response_headers: ResponseHeaders::default(),

@@ -23,7 +23,7 @@ use pinpoint_core::config::REASONS_PATH;
 use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
 use tokio::net::TcpListener;
 
-use crate::identity::Identity;
+use crate::identity::{Identity, KnownCaller};
 use crate::pipeline::{RequestCtx, ResponseHeaders, Verdict, NO_ROUTE};
 use crate::routes::CompiledRoute;
 use crate::runtime::Shared;
@@ -116,44 +116,61 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     // The edge: one canonical request that every layer, the record and the upstream share,
     // or a refusal that says what was wrong with the request as sent.
     let edge_started = Instant::now();
-    let (verdict, canonical, route, identity, answered, extra_headers, at_ms) =
-        match edge::canonical_request(&parts.method, &parts.uri, &parts.headers, &runtime.config.server) {
-            Err(denial) => {
-                telemetry::count_denial(denial.reason, &Arc::from(NO_ROUTE), Mode::Enforce);
-                let trace = vec![edge_entry(Mark::Deny, &denial, edge_started)];
-                let verdict = Verdict {
+    let decided = match edge::canonical_request(&parts.method, &parts.uri, &parts.headers, &runtime.config.server) {
+        Err(denial) => {
+            telemetry::count_denial(denial.reason, &Arc::from(NO_ROUTE), Mode::Enforce);
+            let trace = vec![edge_entry(Mark::Deny, &denial, edge_started)];
+            Decided {
+                verdict: Verdict {
                     trace,
                     denial: Some(denial),
-                };
-                let at_ms = pinpoint_store::now_ms();
-                (verdict, None, None, None, false, ResponseHeaders::default(), at_ms)
+                },
+                canonical: None,
+                route: None,
+                identity: None,
+                known_caller: None,
+                answered: false,
+                response_headers: ResponseHeaders::default(),
+                at_ms: pinpoint_store::now_ms(),
             }
-            Ok(canonical) => {
-                telemetry::count_canonicalised(raw_path != canonical.path);
-                let mut ctx = RequestCtx::new(
-                    &parts.method,
-                    &canonical.path,
-                    canonical.host.as_deref(),
-                    &parts.headers,
-                    peer,
-                    client_ip,
-                    &request_id,
-                );
-                let verdict = runtime.pipeline.run(&mut ctx).await;
-                let (route, identity, answered, at_ms) =
-                    (ctx.route.take(), ctx.identity.take(), ctx.answered, ctx.at_ms);
-                let extra_headers = std::mem::take(&mut ctx.response_headers);
-                (
-                    verdict,
-                    Some(canonical),
-                    route,
-                    identity,
-                    answered,
-                    extra_headers,
-                    at_ms,
-                )
+        }
+        Ok(canonical) => {
+            telemetry::count_canonicalised(raw_path != canonical.path);
+            let mut ctx = RequestCtx::new(
+                &parts.method,
+                &canonical.path,
+                canonical.host.as_deref(),
+                &parts.headers,
+                peer,
+                client_ip,
+                &request_id,
+            );
+            let verdict = runtime.pipeline.run(&mut ctx).await;
+            let (route, identity, known_caller) = (ctx.route.take(), ctx.identity.take(), ctx.known_caller.take());
+            let (answered, at_ms) = (ctx.answered, ctx.at_ms);
+            let response_headers = std::mem::take(&mut ctx.response_headers);
+            Decided {
+                verdict,
+                canonical: Some(canonical),
+                route,
+                identity,
+                known_caller,
+                answered,
+                response_headers,
+                at_ms,
             }
-        };
+        }
+    };
+    let Decided {
+        verdict,
+        canonical,
+        route,
+        identity,
+        known_caller,
+        answered,
+        response_headers: extra_headers,
+        at_ms,
+    } = decided;
     let route_label: Arc<str> = route
         .as_ref()
         .map(|r| r.id.clone())
@@ -248,8 +265,14 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 format!("{client_ip} (via {peer})")
             },
             route: route_name,
-            principal: identity.as_ref().map(|i| i.who()),
-            org_id: identity.as_ref().map(|i| i.org.id.clone()),
+            principal: identity
+                .as_ref()
+                .map(|i| i.who())
+                .or_else(|| known_caller.as_ref().map(|c| c.who.clone())),
+            org_id: identity
+                .as_ref()
+                .map(|i| i.org.id.clone())
+                .or_else(|| known_caller.map(|c| c.org_id)),
             status: status.as_u16(),
             reason,
             upstream_target,
@@ -259,6 +282,20 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
         },
     );
     response
+}
+
+/// What the edge and the pipeline established about a request.
+struct Decided<'a> {
+    verdict: Verdict,
+    /// `None` when the edge refused the request as sent.
+    canonical: Option<edge::CanonicalRequest<'a>>,
+    route: Option<Arc<CompiledRoute>>,
+    identity: Option<Identity>,
+    /// Whom a refused credential belongs to (for the record only).
+    known_caller: Option<KnownCaller>,
+    answered: bool,
+    response_headers: ResponseHeaders,
+    at_ms: i64,
 }
 
 /// The trace entry of a refusal made at the edge (before routing, or reading the body).

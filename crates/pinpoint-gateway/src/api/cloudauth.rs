@@ -150,7 +150,7 @@ async fn intake_key(
                 kind: pinpoint_core::identity::KeyKind::Api,
                 org_id: verified.org.id.clone(),
                 principal_id: None,
-                scopes: Some(vec![String::from("intake:write")]),
+                scopes: Some(vec![String::from(pinpoint_core::identity::permissions::INTAKE_WRITE)]),
                 expires_at_ms: Some(expires_at),
             },
             &id,
@@ -207,6 +207,10 @@ async fn create_intake_mapping(
 ) -> Reply {
     let attrs: IntakeAttrs = attributes(&body)?;
     let org_id = caller.0.org_id().to_owned();
+    // An intake mapping hands out keys scoped to intake:write: like any grant, only a
+    // caller who holds that may create one.
+    let scope = String::from(pinpoint_core::identity::permissions::INTAKE_WRITE);
+    caller.require_holds([&scope], "map AWS identities to intake keys with")?;
     check_pattern(&shared, &org_id, "intake", &attrs.arn_pattern).await?;
     let m = shared
         .store
@@ -324,11 +328,16 @@ async fn create_persona_mapping(
     })?;
     // Whoever can map an AWS identity to an account can act as it: the caller must hold
     // every permission of the target account (as when granting a role).
-    if let Some(entry) = shared.services.directory.principal(&principal.id) {
-        let mut held: Vec<&String> = entry.permissions.iter().collect();
-        held.sort();
-        caller.require_holds(held, "map AWS identities to an account holding")?;
-    }
+    // (An account missing from the directory was deleted meanwhile: refused, not waved on.)
+    let entry = shared.services.directory.principal(&principal.id).ok_or_else(|| {
+        deny(
+            Reason::ApiBadRequest,
+            "account_identifier names no user or service account of your organization.",
+        )
+    })?;
+    let mut held: Vec<&String> = entry.permissions.iter().collect();
+    held.sort();
+    caller.require_holds(held, "map AWS identities to an account holding")?;
     let m = shared
         .store
         .create_mapping(&org_id, "persona", attrs.arn_pattern.trim(), Some(&principal.id))
@@ -354,13 +363,11 @@ async fn list_persona_mappings(State(shared): State<Arc<Shared>>, Extension(call
 }
 
 async fn load_mapping(shared: &Shared, caller: &Caller, id: &str) -> ApiResult<Mapping> {
-    let m = shared
-        .store
-        .mapping(id)
-        .await?
-        .ok_or_else(|| deny(Reason::ApiNotFound, "No such mapping."))?;
-    caller.check_org(&m.org_id)?;
-    Ok(m)
+    caller.own(
+        shared.store.mapping(id).await?,
+        |m| &m.org_id,
+        || deny(Reason::ApiNotFound, "No such mapping."),
+    )
 }
 
 async fn get_persona_mapping(

@@ -167,12 +167,11 @@ async fn get_org(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Reply {
-    caller.check_org(&id)?;
-    let org = shared
-        .store
-        .org(&id)
-        .await?
-        .ok_or_else(|| deny(Reason::ApiNotFound, "No such organization."))?;
+    let org = caller.own(
+        shared.store.org(&id).await?,
+        |o| &o.id,
+        || deny(Reason::ApiNotFound, "No such organization."),
+    )?;
     Ok(envelope(org_resource(&org)))
 }
 
@@ -268,14 +267,16 @@ async fn list_principals(shared: &Shared, caller: &Caller, kind: PrincipalKind) 
 
 async fn load_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, id: &str) -> ApiResult<Principal> {
     let p = shared.store.principal(id).await?.filter(|p| p.kind == kind);
-    let p = p.ok_or_else(|| {
-        deny(
-            Reason::ApiNotFound,
-            format!("No such {}.", kind.as_str().replace('_', " ")),
-        )
-    })?;
-    caller.check_org(&p.org_id)?;
-    Ok(p)
+    caller.own(
+        p,
+        |p| &p.org_id,
+        || {
+            deny(
+                Reason::ApiNotFound,
+                format!("No such {}.", kind.as_str().replace('_', " ")),
+            )
+        },
+    )
 }
 
 async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, id: &str, body: &[u8]) -> Reply {
@@ -413,13 +414,11 @@ async fn list_roles(State(shared): State<Arc<Shared>>, Extension(caller): Extens
 }
 
 async fn load_role(shared: &Shared, caller: &Caller, id: &str) -> ApiResult<Role> {
-    let role = shared
-        .store
-        .role(id)
-        .await?
-        .ok_or_else(|| deny(Reason::ApiNotFound, "No such role."))?;
-    caller.check_org(&role.org_id)?;
-    Ok(role)
+    caller.own(
+        shared.store.role(id).await?,
+        |r| &r.org_id,
+        || deny(Reason::ApiNotFound, "No such role."),
+    )
 }
 
 async fn get_role(
@@ -486,12 +485,11 @@ async fn assign_role(
     })?;
     let role = load_role(&shared, &caller, &id).await?;
     check_grantable(&caller, &role.permissions)?;
-    let principal = shared
-        .store
-        .principal(&rel.data.id)
-        .await?
-        .ok_or_else(|| deny(Reason::ApiNotFound, "No such principal."))?;
-    caller.check_org(&principal.org_id)?;
+    let principal = caller.own(
+        shared.store.principal(&rel.data.id).await?,
+        |p| &p.org_id,
+        || deny(Reason::ApiNotFound, "No such principal."),
+    )?;
     if principal.org_id != role.org_id {
         return Err(deny(
             Reason::ApiConflict,

@@ -91,12 +91,11 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
                 Some(id) => id.to_owned(),
                 None => return Err(deny(Reason::ApiBadRequest, "An application key needs `principal_id`.")),
             };
-            let p = shared
-                .store
-                .principal(&owner)
-                .await?
-                .ok_or_else(|| deny(Reason::ApiBadRequest, "`principal_id` names no principal."))?;
-            caller.check_org(&p.org_id)?;
+            let p = caller.own(
+                shared.store.principal(&owner).await?,
+                |p| &p.org_id,
+                || deny(Reason::ApiBadRequest, "`principal_id` names no principal."),
+            )?;
             (p.org_id, Some(p.id))
         }
         KeyKind::Api => {
@@ -146,14 +145,8 @@ async fn list_keys(
 }
 
 async fn load_key(shared: &Shared, caller: &Caller, id: &str) -> ApiResult<ApiKey> {
-    let key = shared
-        .store
-        .stored_key(id)
-        .await?
-        .ok_or_else(|| deny(Reason::ApiNotFound, "No such key."))?
-        .info;
-    caller.check_org(&key.org_id)?;
-    Ok(key)
+    let key = shared.store.stored_key(id).await?.map(|stored| stored.info);
+    caller.own(key, |k| &k.org_id, || deny(Reason::ApiNotFound, "No such key."))
 }
 
 async fn get_key(

@@ -188,26 +188,36 @@ pub type ApiResult<T> = Result<T, ApiError>;
 pub struct Caller(pub Arc<Identity>);
 
 impl Caller {
-    /// Refuses access to another organization's resources (platform admins excepted).
-    pub fn check_org(&self, org_id: &str) -> ApiResult<()> {
-        if self.0.org_id() == org_id || self.0.is_platform_admin() {
-            Ok(())
-        } else {
-            Err(ApiError(
-                Denial::new(Reason::AuthzTenantMismatch, "The resource is not in your organization.")
-                    .note(format!("resource org {org_id}, caller org {}", self.0.org_id())),
-            ))
+    /// Whether the caller may see resources of `org_id`: its own organization's, or any
+    /// for platform admins.
+    pub fn sees_org(&self, org_id: &str) -> bool {
+        self.0.org_id() == org_id || self.0.is_platform_admin()
+    }
+
+    /// A resource looked up by id, as this caller may see it. Another organization's
+    /// resource gets exactly the answer an absent one gets (`absent`: same status, reason
+    /// and detail), so an id reveals nothing across tenants; only the operator's trace
+    /// note says which it was, and it names no organization.
+    pub fn own<T>(&self, found: Option<T>, org_of: impl Fn(&T) -> &str, absent: impl Fn() -> ApiError) -> ApiResult<T> {
+        match found {
+            None => Err(absent()),
+            Some(resource) if self.sees_org(org_of(&resource)) => Ok(resource),
+            Some(_) => {
+                let ApiError(denial) = absent();
+                Err(ApiError(denial.note("the resource exists in another organization")))
+            }
         }
     }
 
     /// The organization a new resource goes to: the caller's, or (platform admins only)
-    /// the one named.
+    /// the one named; another organization is answered like one that does not exist.
     pub fn target_org(&self, requested: Option<&str>) -> ApiResult<String> {
         match requested {
-            Some(org) => {
-                self.check_org(org)?;
-                Ok(org.to_owned())
-            }
+            Some(org) if self.sees_org(org) => Ok(org.to_owned()),
+            Some(_) => Err(ApiError(
+                Denial::new(Reason::ApiNotFound, "No such organization.")
+                    .note("the organization named is not the caller's"),
+            )),
             None => Ok(self.0.org_id().to_string()),
         }
     }
@@ -350,7 +360,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         .and_then(|m| endpoint_access().get(&(method.clone(), m)).cloned());
     let route_id: Arc<str> = Arc::from(API_ROUTE);
 
-    let (verdict, identity, answered, extra_headers, at_ms) = {
+    let (verdict, identity, known_caller, answered, extra_headers, at_ms) = {
         let mut ctx = RequestCtx::new(&method, &path, None, req.headers(), peer, client_ip, &request_id);
         ctx.route_id = Some(route_id.clone());
         ctx.access = access;
@@ -358,6 +368,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         (
             verdict,
             ctx.identity.take().map(Arc::new),
+            ctx.known_caller.take(),
             ctx.answered,
             std::mem::take(&mut ctx.response_headers),
             ctx.at_ms,
@@ -418,8 +429,14 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 host: None,
                 client_addr: peer.to_string(),
                 route: Some(API_ROUTE.to_owned()),
-                principal: identity.as_ref().map(|i| i.who()),
-                org_id: identity.as_ref().map(|i| i.org.id.clone()),
+                principal: identity
+                    .as_ref()
+                    .map(|i| i.who())
+                    .or_else(|| known_caller.as_ref().map(|c| c.who.clone())),
+                org_id: identity
+                    .as_ref()
+                    .map(|i| i.org.id.clone())
+                    .or_else(|| known_caller.map(|c| c.org_id)),
                 status: status.as_u16(),
                 reason,
                 upstream_target: None,

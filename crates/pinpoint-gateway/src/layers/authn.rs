@@ -12,7 +12,7 @@ use pinpoint_core::config::{AuthRequirement, CredentialSource, JwtConfig};
 use pinpoint_core::{Denial, Outcome, Reason};
 
 use crate::directory::{key_trace_label, Directory, KeyEntry, KeyRefusal, OrgStanding};
-use crate::identity::{Credential, Identity};
+use crate::identity::{Credential, Identity, KnownCaller};
 use crate::pipeline::{Check, Layer, RequestCtx};
 use crate::tokens::{TokenRefusal, TokenService};
 
@@ -25,6 +25,18 @@ pub struct AuthnLayer {
     tokens: Arc<TokenService>,
     jwt: JwtConfig,
     sources: Vec<CredentialSource>,
+}
+
+/// A refused credential, and whom it belongs to when that is known.
+struct Refused {
+    denial: Denial,
+    caller: Option<KnownCaller>,
+}
+
+impl From<Denial> for Refused {
+    fn from(denial: Denial) -> Self {
+        Refused { denial, caller: None }
+    }
 }
 
 /// A credential as found in the request.
@@ -89,8 +101,14 @@ impl AuthnLayer {
         None
     }
 
-    fn key(&self, presented: &str, now: i64) -> Result<Arc<KeyEntry>, Denial> {
+    fn key(&self, presented: &str, now: i64) -> Result<Arc<KeyEntry>, Refused> {
         self.directory.verify_key(presented, now).map_err(|refusal| {
+            // Revoked and expired keys matched their secret: their owner is known.
+            let caller = matches!(refusal, KeyRefusal::Expired | KeyRefusal::Revoked)
+                .then(|| pinpoint_core::keys::parse(presented))
+                .flatten()
+                .and_then(|p| self.directory.key_by_id(p.id))
+                .map(|entry| KnownCaller::of_key(&entry));
             let (reason, detail) = match refusal {
                 KeyRefusal::Malformed => (Reason::AuthnKeyMalformed, "The credential is not a Pinpoint API key."),
                 KeyRefusal::Unknown => (Reason::AuthnKeyUnknown, "The API key is not valid."),
@@ -101,7 +119,7 @@ impl AuthnLayer {
             if let Some(p) = pinpoint_core::keys::parse(presented) {
                 denial = denial.rule(key_trace_label(p.id));
             }
-            denial
+            Refused { denial, caller }
         })
     }
 
@@ -122,26 +140,28 @@ impl AuthnLayer {
         })
     }
 
-    fn authenticate(&self, presented: Presented<'_>, route_org: Option<&str>, now: i64) -> Result<Identity, Denial> {
+    fn authenticate(&self, presented: Presented<'_>, route_org: Option<&str>, now: i64) -> Result<Identity, Refused> {
         match presented {
             Presented::Key(k) => {
                 let entry = self.key(k, now)?;
-                self.identity_for_key(entry)
+                Ok(self.identity_for_key(entry)?)
             }
             Presented::DdAppOnly => Err(Denial::new(
                 Reason::AuthnCredentialsMissing,
                 "DD-APPLICATION-KEY was sent without DD-API-KEY; send both.",
-            )),
+            )
+            .into()),
             Presented::DdPair { api, app } => {
                 let org_key = self.key(api, now)?;
                 if !org_key.is_org_key() {
                     return Err(
                         Denial::new(Reason::AuthnKeyUnknown, "DD-API-KEY must be an organization API key.")
-                            .rule(&*org_key.trace_label),
+                            .rule(&*org_key.trace_label)
+                            .into(),
                     );
                 }
                 let Some(app) = app else {
-                    return self.identity_for_key(org_key);
+                    return Ok(self.identity_for_key(org_key)?);
                 };
                 let app_key = self.key(app, now)?;
                 if app_key.is_org_key() || app_key.org_id() != org_key.org_id() {
@@ -149,9 +169,10 @@ impl AuthnLayer {
                         Reason::AuthnKeyUnknown,
                         "DD-APPLICATION-KEY is not an application key of DD-API-KEY's organization.",
                     )
-                    .rule(&*app_key.trace_label));
+                    .rule(&*app_key.trace_label)
+                    .into());
                 }
-                self.identity_for_key(app_key)
+                Ok(self.identity_for_key(app_key)?)
             }
             Presented::Token(token) => {
                 let claims = self.tokens.verify(&self.jwt, token).map_err(|refusal| match refusal {
@@ -166,9 +187,12 @@ impl AuthnLayer {
                 })?;
                 if claims.aud != principal.principal.org_id || route_org.is_some_and(|o| o != claims.aud) {
                     return Err(
-                        Denial::new(Reason::AuthnTokenAudience, "The token was issued for another audience.").note(
-                            format!("aud {} (subject's org {})", claims.aud, principal.principal.org_id),
-                        ),
+                        Denial::new(Reason::AuthnTokenAudience, "The token was issued for another audience.")
+                            .note(format!(
+                                "aud {} (subject's org {})",
+                                claims.aud, principal.principal.org_id
+                            ))
+                            .into(),
                     );
                 }
                 Ok(Identity {
@@ -232,9 +256,15 @@ impl Layer for AuthnLayer {
                     ctx.identity = Some(identity);
                     Outcome::Allow { rule_id }
                 }
-                Err(denial) => Outcome::Deny(denial),
+                Err(denial) => {
+                    ctx.known_caller = Some(KnownCaller::of(&identity));
+                    Outcome::Deny(denial)
+                }
             },
-            Err(denial) => Outcome::Deny(denial),
+            Err(Refused { denial, caller }) => {
+                ctx.known_caller = caller;
+                Outcome::Deny(denial)
+            }
         };
         Check::Ready(outcome)
     }

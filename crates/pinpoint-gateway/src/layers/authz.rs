@@ -83,8 +83,10 @@ impl AuthzLayer {
                         Reason::AuthzTenantMismatch,
                         "This route is not available to your organization.",
                     )
+                    // The decision is readable by the caller's organization: the note
+                    // names nothing of the route's (the config revision in the trace does).
                     .note(format!(
-                        "route belongs to org {org}, caller is in org {}",
+                        "the route belongs to another organization than the caller's ({})",
                         identity.org_id()
                     )),
                 );

@@ -334,6 +334,15 @@ async fn authn_codes_for_api_keys() {
         d.deciding_layer().unwrap().rule_id.as_deref(),
         Some(format!("key {id}").as_str())
     );
+    // The key's secret matched, so its owner is known: the decision is bob's, in acme, and
+    // acme's administrators can read why bob's sign-in failed.
+    assert_eq!(d.org_id.as_deref(), Some(w.acme.id.as_str()));
+    assert!(d.principal.as_deref().unwrap().contains(&w.bob_id), "{:?}", d.principal);
+    // A forged secret names nobody.
+    let (_, d) = w
+        .refused(w.get("/orders", &forged).await, 401, "authn.key_unknown")
+        .await;
+    assert_eq!((d.org_id, d.principal), (None, None));
 
     let directory = pinpoint_gateway::directory::Directory::load(&w.gw.store).await.unwrap();
     assert_eq!(
@@ -515,8 +524,15 @@ async fn suspension_of_principal_and_organization_is_403() {
     let patch = |path: String| patch_to(path, true);
     assert_eq!(w.get("/orders", &w.bob_key).await.status(), 200);
     patch(format!("/api/v2/users/{}", w.bob_id)).await;
-    w.refused(w.get("/orders", &w.bob_key).await, 403, "authn.principal_suspended")
+    let (_, d) = w
+        .refused(w.get("/orders", &w.bob_key).await, 403, "authn.principal_suspended")
         .await;
+    assert_eq!(
+        d.org_id.as_deref(),
+        Some(w.acme.id.as_str()),
+        "acme's admins can read it"
+    );
+    assert!(d.principal.as_deref().unwrap().contains(&w.bob_id));
 
     assert_eq!(w.get("/orders", &w.globex_key).await.status(), 200);
     patch(format!("/api/v2/orgs/{}", w.globex.id)).await;
@@ -575,8 +591,12 @@ async fn authz_codes() {
     assert!(body["detail"].as_str().unwrap().contains("orders:write"));
     assert_eq!(w.get("/orders", &w.alice_read_only_key).await.status(), 200);
 
-    w.refused(w.get("/acme/report", &w.globex_key).await, 403, "authz.tenant_mismatch")
+    let (_, d) = w
+        .refused(w.get("/acme/report", &w.globex_key).await, 403, "authz.tenant_mismatch")
         .await;
+    // globex can read this decision: it holds nothing of acme.
+    assert_eq!(d.org_id.as_deref(), Some(w.globex.id.as_str()));
+    assert!(!serde_json::to_string(&d).unwrap().contains(&w.acme.id), "{d:?}");
     assert_eq!(w.get("/acme/report", &w.bob_key).await.status(), 200);
 
     w.refused(

@@ -338,6 +338,24 @@ async fn managed_intake_keys_and_mapping_rules() {
             .json(&serde_json::json!({"data": {"type": "aws_cloud_auth_intake_mapping", "attributes": {"arn_pattern": pattern}}}))
             .send()
     };
+    // Privilege escalation through an intake mapping: it hands out intake:write keys, so
+    // ops, holding cloud_auth_config_write but not intake:write, cannot create one.
+    let body = problem(
+        create("arn:aws:sts::123456789012:assumed-role/dd-role/*")
+            .await
+            .unwrap(),
+        403,
+        "authz.permission_missing",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("intake:write"), "{body}");
+    assert!(store.mappings(&w.acme.id, "intake").await.unwrap().is_empty());
+    let intake_writer = store
+        .create_role(&w.acme.id, "intake-writer", &["intake:write".into()])
+        .await
+        .unwrap();
+    store.assign_role(&ops.id, &intake_writer.id).await.unwrap();
+    w.gw.services_refresh_principal(&ops.id).await;
     let body = problem(
         create("arn:aws:iam::123456789012:role/dd-role").await.unwrap(),
         400,

@@ -253,7 +253,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
         None,
     )
     .await;
-    let body = problem(resp, 403, "authz.tenant_mismatch").await;
+    let body = problem(resp, 404, "api.not_found").await;
     assert!(!body.to_string().contains(&w.globex.id) && !body.to_string().contains("globex"));
     let resp = call(
         &w.gw,
@@ -379,4 +379,316 @@ async fn cli_manages_keys_users_and_roles() {
     let out = run(vec!["keys".into(), "revoke".into(), "0000000000000000".into()]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("api.not_found"));
+}
+
+/// What a caller learns from an answer: status, reason and detail.
+async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    (status, body["reason"].clone(), body["detail"].clone())
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_a_foreign_id_exactly_like_a_missing_one() {
+    use reqwest::Method as M;
+    let w = world("").await;
+    let store = &w.gw.store;
+    // An acme administrator holding every tenant permission.
+    let perms: Vec<String> = [
+        "orgs:read",
+        "users:read",
+        "users:write",
+        "service_accounts:read",
+        "service_accounts:write",
+        "roles:read",
+        "roles:write",
+        "keys:read",
+        "keys:write",
+        "decisions:read",
+        "cloud_auth_config_read",
+        "cloud_auth_config_write",
+        "orders:read",
+        "orders:write",
+        "intake:write",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    let admin_role = store.create_role(&w.acme.id, "tenant-admin", &perms).await.unwrap();
+    store.assign_role(&w.alice_id, &admin_role.id).await.unwrap();
+    w.gw.services_refresh_principal(&w.alice_id).await;
+    let own_role = store.create_role(&w.acme.id, "own", &[]).await.unwrap();
+    // globex's resources.
+    let g_user = store
+        .create_principal(&w.globex.id, pinpoint_core::identity::PrincipalKind::User, "gina", None)
+        .await
+        .unwrap();
+    let g_svc = store
+        .create_principal(
+            &w.globex.id,
+            pinpoint_core::identity::PrincipalKind::ServiceAccount,
+            "gsvc",
+            None,
+        )
+        .await
+        .unwrap();
+    let g_role = store.create_role(&w.globex.id, "g-role", &[]).await.unwrap();
+    let g_key = pinpoint_core::keys::parse(&w.globex_key).unwrap().id.to_owned();
+    store.register_aws_account(&w.globex.id, "210987654321").await.unwrap();
+    let g_persona = store
+        .create_mapping(
+            &w.globex.id,
+            "persona",
+            "arn:aws:sts::210987654321:assumed-role/G/*",
+            Some(&g_user.id),
+        )
+        .await
+        .unwrap();
+    let g_intake = store
+        .create_mapping(
+            &w.globex.id,
+            "intake",
+            "arn:aws:sts::210987654321:assumed-role/I/*",
+            None,
+        )
+        .await
+        .unwrap();
+    let resp =
+        w.gw.http
+            .get(w.gw.url("/orders/1"))
+            .bearer_auth(&w.globex_key)
+            .send()
+            .await
+            .unwrap();
+    let g_decision = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    w.gw.decision(&g_decision).await;
+    let missing_uuid = "00000000-0000-4000-8000-000000000000";
+    let missing_key = "0123456789abcdef";
+    // (method, path with `{}` for the id, body, foreign id, missing id)
+    let patch = |kind: &str| data(kind, serde_json::json!({"suspended": true}));
+    let assign = |id: &str| Some(serde_json::json!({"data": {"type": "principals", "id": id}}));
+    let cases: Vec<(M, String, Option<serde_json::Value>, String, String)> = vec![
+        (
+            M::GET,
+            "/api/v2/orgs/{}".into(),
+            None,
+            w.globex.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::PATCH,
+            "/api/v2/orgs/{}".into(),
+            patch("orgs"),
+            w.globex.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/orgs/{}".into(),
+            None,
+            w.globex.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::GET,
+            "/api/v2/users/{}".into(),
+            None,
+            g_user.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::PATCH,
+            "/api/v2/users/{}".into(),
+            patch("users"),
+            g_user.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/users/{}".into(),
+            None,
+            g_user.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::GET,
+            "/api/v2/service_accounts/{}".into(),
+            None,
+            g_svc.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::PATCH,
+            "/api/v2/service_accounts/{}".into(),
+            patch("service_accounts"),
+            g_svc.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/service_accounts/{}".into(),
+            None,
+            g_svc.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::GET,
+            "/api/v2/roles/{}".into(),
+            None,
+            g_role.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::PATCH,
+            "/api/v2/roles/{}".into(),
+            data("roles", serde_json::json!({"permissions": []})),
+            g_role.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/roles/{}".into(),
+            None,
+            g_role.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::POST,
+            "/api/v2/roles/{}/principals".into(),
+            assign(&w.bob_id),
+            g_role.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            format!("/api/v2/roles/{{}}/principals/{}", w.bob_id),
+            None,
+            g_role.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            format!("/api/v2/roles/{}/principals/{{}}", own_role.id),
+            None,
+            g_user.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::GET,
+            "/api/v2/api_keys/{}".into(),
+            None,
+            g_key.clone(),
+            missing_key.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/api_keys/{}".into(),
+            None,
+            g_key.clone(),
+            missing_key.into(),
+        ),
+        (
+            M::POST,
+            "/api/v2/api_keys/{}/rotate".into(),
+            None,
+            g_key.clone(),
+            missing_key.into(),
+        ),
+        (
+            M::GET,
+            "/api/v2/decisions/{}".into(),
+            None,
+            g_decision.clone(),
+            "01a2340000000000000000000000beef".into(),
+        ),
+        (
+            M::GET,
+            "/api/v2/cloud_auth/aws/persona_mapping/{}".into(),
+            None,
+            g_persona.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/cloud_auth/aws/persona_mapping/{}".into(),
+            None,
+            g_persona.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/cloud_auth/aws/intake_mapping/{}".into(),
+            None,
+            g_intake.id.clone(),
+            missing_uuid.into(),
+        ),
+        (
+            M::DELETE,
+            "/api/v2/cloud_auth/aws/accounts/{}".into(),
+            None,
+            "210987654321".into(),
+            "111111111111".into(),
+        ),
+    ];
+    // Every endpoint that takes an id is walked (a new one must be added here).
+    let with_ids = pinpoint_gateway::api::ENDPOINTS
+        .iter()
+        .filter(|(_, p, _)| p.contains('{'))
+        .count();
+    assert_eq!(
+        with_ids,
+        cases.len() - 1,
+        "every id-taking endpoint has a case (one has two ids)"
+    );
+    for (method, path, body, foreign, missing) in cases {
+        let foreign_answer = answer(
+            call(
+                &w.gw,
+                method.clone(),
+                &path.replace("{}", &foreign),
+                &w.alice_key,
+                body.clone(),
+            )
+            .await,
+        )
+        .await;
+        let missing_answer =
+            answer(call(&w.gw, method.clone(), &path.replace("{}", &missing), &w.alice_key, body).await).await;
+        assert_eq!(foreign_answer, missing_answer, "{method} {path}");
+        // Refused, or (removing an assignment that does not exist) an idempotent 204.
+        assert!(
+            foreign_answer.0 >= 400 || foreign_answer.0 == 204,
+            "{method} {path}: {foreign_answer:?}"
+        );
+    }
+    // Ids in bodies too: a key for a foreign principal, a role given to one, a user in another org.
+    let body_cases: Vec<(M, String, serde_json::Value, serde_json::Value)> = vec![
+        (
+            M::POST,
+            "/api/v2/api_keys".into(),
+            serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "x", "principal_id": g_user.id}}}),
+            serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "x", "principal_id": missing_uuid}}}),
+        ),
+        (
+            M::POST,
+            format!("/api/v2/roles/{}/principals", own_role.id),
+            serde_json::json!({"data": {"type": "principals", "id": g_user.id}}),
+            serde_json::json!({"data": {"type": "principals", "id": missing_uuid}}),
+        ),
+        (
+            M::POST,
+            "/api/v2/users".into(),
+            serde_json::json!({"data": {"type": "users", "attributes": {"name": "m", "org_id": w.globex.id}}}),
+            serde_json::json!({"data": {"type": "users", "attributes": {"name": "m", "org_id": missing_uuid}}}),
+        ),
+    ];
+    for (method, path, foreign, missing) in body_cases {
+        let foreign_answer = answer(call(&w.gw, method.clone(), &path, &w.alice_key, Some(foreign)).await).await;
+        let missing_answer = answer(call(&w.gw, method.clone(), &path, &w.alice_key, Some(missing)).await).await;
+        assert_eq!(foreign_answer, missing_answer, "{method} {path}");
+        assert!(foreign_answer.0 >= 400, "{method} {path}: {foreign_answer:?}");
+    }
+    // globex's resources are untouched.
+    assert!(store.principal(&g_user.id).await.unwrap().is_some_and(|p| !p.suspended));
+    assert!(store.role(&g_role.id).await.unwrap().is_some());
 }
