@@ -55,7 +55,19 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
         let start = out.len();
         out.push('/');
         let has_encoded_dot = decode_segment_onto(raw_segment, &mut out, raw)?;
-        match &out[start + 1..] {
+        let segment = &out[start + 1..];
+        // A dot-segment with parameters (`..;x`, `.%3B`) is a dot-segment to servers that
+        // strip parameters first: refused on every route, whatever its parameter setting.
+        let before_parameters = segment.split([';']).next().unwrap_or("");
+        let before_parameters = before_parameters.split("%3B").next().unwrap_or("");
+        if before_parameters.len() < segment.len() && matches!(before_parameters, "." | "..") {
+            return Err(refuse(
+                Reason::RequestPathParameters,
+                "The path has a `.` or `..` segment carrying `;` parameters.",
+                raw,
+            ));
+        }
+        match segment {
             "" | "." | ".." if has_encoded_dot => {
                 return Err(refuse(
                     Reason::RequestPathEncodedDotSegment,
@@ -99,12 +111,22 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
             raw,
         ));
     }
-    if !decodes_to_utf8(&out) {
-        return Err(refuse(
-            Reason::RequestPathInvalidEncoding,
-            "The path's percent-escapes do not decode to UTF-8 text.",
-            raw,
-        ));
+    if out.contains('%') {
+        let decoded = percent_decode(&out);
+        let Ok(text) = std::str::from_utf8(&decoded) else {
+            return Err(refuse(
+                Reason::RequestPathInvalidEncoding,
+                "The path's percent-escapes do not decode to UTF-8 text.",
+                raw,
+            ));
+        };
+        if text.chars().any(reads_as_ascii) {
+            return Err(refuse(
+                Reason::RequestPathConfusable,
+                "The path has a character that servers may read as a different ASCII character (a fullwidth form, a ligature, a dotless i, a long s, ...).",
+                raw,
+            ));
+        }
     }
     Ok(Cow::Owned(out))
 }
@@ -125,9 +147,10 @@ fn is_canonical(raw: &str) -> bool {
             0..=0x20 | 0x7f..=0xff => return false,
             b'/' if previous == b'/' => return false,
             b'.' if previous == b'/' => {
-                // `/.` starts a dot-segment when the segment is `.` or `..`.
+                // `/.` starts a dot-segment when the segment is `.` or `..`, with or
+                // without `;` parameters (`..;` is `..` to Tomcat and Spring).
                 let rest = &bytes[i + 1..];
-                let segment_end = rest.iter().position(|&c| c == b'/').unwrap_or(rest.len());
+                let segment_end = rest.iter().position(|&c| c == b'/' || c == b';').unwrap_or(rest.len());
                 if matches!(&rest[..segment_end], b"" | b".") {
                     return false;
                 }
@@ -194,10 +217,21 @@ fn decode_segment_onto(segment: &str, out: &mut String, whole: &str) -> Result<b
     Ok(encoded_dot)
 }
 
-/// Whether a path (escapes already well-formed) decodes to valid UTF-8: servers decode
-/// invalid sequences (overlong forms such as `%C0%AE` for `.`) in different ways.
-fn decodes_to_utf8(path: &str) -> bool {
-    !path.contains('%') || std::str::from_utf8(&percent_decode(path)).is_ok()
+/// Whether a character outside ASCII may be read as ASCII by an upstream: its Unicode
+/// compatibility form (NFKC) is ASCII or holds ASCII (fullwidth forms, ligatures, letter-
+/// like and number forms, circled and mathematical letters, super- and subscripts, small
+/// and vertical forms, dot leaders, fraction and division slashes), or its case mapping is
+/// (`ı`→`I`, `ſ`→`S`, `İ`→`i`, Kelvin `K`→`k`). Such a path could reach a route its
+/// spelling did not match, so it is refused rather than guessed at.
+fn reads_as_ascii(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00A0 | 0x00AA | 0x00B2 | 0x00B3 | 0x00B9 | 0x00BA | 0x00BC..=0x00BE
+        | 0x0130 | 0x0131 | 0x0132 | 0x0133 | 0x013F | 0x0140 | 0x017F | 0x01C4..=0x01CC | 0x01F1..=0x01F3
+        | 0x02B0..=0x02B8 | 0x02E0..=0x02E4 | 0x1D2C..=0x1D6A | 0x1E9A
+        | 0x2000..=0x200A | 0x2024..=0x2026 | 0x2044 | 0x2070..=0x209C | 0x2100..=0x2189
+        | 0x2215 | 0x2216 | 0x2460..=0x24FF | 0x2A74..=0x2A76
+        | 0x3000 | 0xFB00..=0xFB06 | 0xFE10..=0xFE19 | 0xFE30..=0xFE4F | 0xFE50..=0xFE6B
+        | 0xFF01..=0xFF5E | 0x1D400..=0x1D7FF | 0x1F100..=0x1F1FF)
 }
 
 /// The bytes `text` stands for, every well-formed `%XX` decoded (others kept as written).
@@ -328,6 +362,16 @@ mod tests {
             ("/a%ff", Reason::RequestPathInvalidEncoding),
             ("/%252e%252e/admin", Reason::RequestPathDoubleEncoded),
             ("/a%252Fb", Reason::RequestPathDoubleEncoded),
+            ("/params/..;/admin", Reason::RequestPathParameters),
+            ("/params/.;x/admin", Reason::RequestPathParameters),
+            ("/params/%2e%2e;/admin", Reason::RequestPathParameters),
+            ("/params/..%3b/admin", Reason::RequestPathParameters),
+            ("/adm%C4%B1n/users", Reason::RequestPathConfusable),
+            ("/%C5%BFhop", Reason::RequestPathConfusable),
+            ("/%EF%BD%81dmin", Reason::RequestPathConfusable),
+            ("/admin%EF%BC%8Fusers", Reason::RequestPathConfusable),
+            ("/\u{212a}ey", Reason::RequestPathConfusable),
+            ("/%EF%AC%81le", Reason::RequestPathConfusable),
             ("/a%4", Reason::RequestPathInvalidEncoding),
             ("/a%", Reason::RequestPathInvalidEncoding),
             ("/..", Reason::RequestPathAboveRoot),

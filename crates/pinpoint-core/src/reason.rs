@@ -109,6 +109,24 @@ reasons! {
         hint: "Percent-encode the path once; `%25` followed by hex digits reads as an escape to servers that decode twice.",
         description: "The path contains `%25` followed by two hex digits (`%252e`, `%252F`): an escape that is itself escaped. Servers that decode twice would read another path than the gateway routed.",
     },
+    /// The path has a character servers may read as another ASCII character.
+    RequestPathConfusable => {
+        code: "request.path_confusable", status: 400, title: "Ambiguous character in path",
+        hint: "Write the path in plain ASCII where it means ASCII; `detail` names the kind of character that was refused.",
+        description: "The path has a character outside ASCII that some servers read as ASCII: its Unicode compatibility form is ASCII (fullwidth letters, ligatures, `／`), or its case mapping is (`ı`, `ſ`, the Kelvin sign). An upstream that normalises or folds case could serve a route the path did not match.",
+    },
+    /// The request target is longer than Pinpoint forwards.
+    RequestTargetTooLong => {
+        code: "request.target_too_long", status: 414, title: "Request target too long",
+        hint: "Send a shorter path and query; move large parameters into the body.",
+        description: "The canonical path and query exceed what can be forwarded (64 KB, or `[server] max_head_bytes` if smaller).",
+    },
+    /// A transfer coding other than chunked.
+    RequestTransferEncoding => {
+        code: "request.transfer_encoding", status: 501, title: "Transfer coding not supported",
+        hint: "Send the body with `Content-Length` or `Transfer-Encoding: chunked` only.",
+        description: "The request's `Transfer-Encoding` is not exactly `chunked` (`gzip, chunked`, `identity`, ...). Pinpoint forwards bodies it read whole with `Content-Length`, so it cannot pass another coding on faithfully.",
+    },
     /// The path has a control character.
     RequestPathControlCharacter => {
         code: "request.path_control_character", status: 400, title: "Control character in path",

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, EXPECT, HOST};
-use http::{HeaderMap, Method, Response, Uri};
+use http::{HeaderMap, Method, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use pinpoint_core::canonical;
@@ -36,6 +36,7 @@ pub struct CanonicalRequest<'a> {
 /// so `bench/instructions.sh` can attribute its instructions; one call per request.)
 #[inline(never)]
 pub fn canonical_request<'a>(
+    version: Version,
     method: &Method,
     uri: &'a Uri,
     headers: &HeaderMap,
@@ -43,9 +44,39 @@ pub fn canonical_request<'a>(
 ) -> Result<CanonicalRequest<'a>, Denial> {
     check_head_size(method, uri, headers, limits)?;
     canonical::check_method(method.as_str())?;
-    let host = host_of(uri, headers)?;
+    let host = host_of(version, uri, headers)?;
+    check_transfer_encoding(headers)?;
     let path = canonical::canonical_path(uri.path())?;
+    // What is forwarded must fit a request target (and the configured head).
+    let target_len = path.len() + uri.query().map_or(0, |q| q.len() + 1);
+    if target_len > limits.max_head_bytes.min(MAX_TARGET_BYTES) {
+        return Err(Denial::new(
+            Reason::RequestTargetTooLong,
+            "The request's path and query are longer than this gateway forwards.",
+        )
+        .note(format!("{target_len} bytes after canonicalisation")));
+    }
     Ok(CanonicalRequest { path, host })
+}
+
+/// The longest request target forwarded (the HTTP library's limit is just below 64 KiB).
+const MAX_TARGET_BYTES: usize = 65_000;
+
+/// Only `chunked` is accepted as a transfer coding: Pinpoint forwards the body it read with
+/// a length, so another coding (`gzip, chunked`) could not be passed on as sent.
+fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), Denial> {
+    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let chunked_only = value
+            .to_str()
+            .is_ok_and(|v| v.split(',').map(str::trim).all(|c| c.eq_ignore_ascii_case("chunked")));
+        if !chunked_only {
+            return Err(Denial::new(
+                Reason::RequestTransferEncoding,
+                "Only `Transfer-Encoding: chunked` is accepted.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_head_size(method: &Method, uri: &Uri, headers: &HeaderMap, limits: &ServerConfig) -> Result<(), Denial> {
@@ -86,7 +117,7 @@ fn check_head_size(method: &Method, uri: &Uri, headers: &HeaderMap, limits: &Ser
 
 /// The host the request is for, without port, lower-case: from its one `Host` header, or
 /// from an absolute-form target (which must then agree with `Host`).
-fn host_of(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, Denial> {
+fn host_of(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, Denial> {
     let invalid = |detail: &str, note: String| Err(Denial::new(Reason::RequestHostInvalid, detail).note(note));
     let mut hosts = headers.get_all(HOST).iter();
     let header = hosts.next();
@@ -110,17 +141,43 @@ fn host_of(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, Denial> {
             )
         }
         (Some(h), _) => h,
-        (None, Some(t)) => t,
-        (None, None) => return Ok(None),
+        // HTTP/1.1 requires Host (RFC 9112 §3.2). An older request without one is routed
+        // as hostless, as the upstream will see it: never on its target's authority.
+        (None, _) if version == Version::HTTP_11 => {
+            return invalid(
+                "The request has no `Host` header.",
+                String::from("HTTP/1.1 without Host"),
+            )
+        }
+        (None, _) => return Ok(None),
     };
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => authority.split(':').next().unwrap_or(authority),
+    if uri
+        .scheme()
+        .is_some_and(|s| *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS)
+    {
+        return invalid(
+            "The request target's scheme must be http or https.",
+            format!("scheme {:?}", uri.scheme_str()),
+        );
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            None => ("", None),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
     };
+    // One spelling of a host: no trailing dot (`api.example.com.` is the same name to DNS
+    // and most servers, but not to a route's `host`), a numeric port.
     let well_formed = !host.is_empty()
+        && !host.ends_with('.')
         && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     if !well_formed {
         let shown: String = authority.chars().take(64).collect();
         return invalid("The `Host` header is not a host name.", format!("Host {shown:?}"));
@@ -243,19 +300,19 @@ mod tests {
         }
     }
 
+    fn decide(p: &http::request::Parts) -> Result<CanonicalRequest<'_>, Denial> {
+        canonical_request(p.version, &p.method, &p.uri, &p.headers, &limits())
+    }
+
     fn refusal(p: &http::request::Parts) -> Option<Reason> {
-        canonical_request(&p.method, &p.uri, &p.headers, &limits())
-            .err()
-            .map(|d| d.reason)
+        decide(p).err().map(|d| d.reason)
     }
 
     #[test]
     fn heads_over_the_limits_are_refused_with_what_was_exceeded() {
         let big = "x".repeat(300);
-        assert_eq!(
-            refusal(&parts("/a", &[("x-big", &big)])),
-            Some(Reason::RequestHeaderTooLarge)
-        );
+        let too_big = parts("/a", &[("host", "a"), ("x-big", &big)]);
+        assert_eq!(refusal(&too_big), Some(Reason::RequestHeaderTooLarge));
         let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-h{i}"), String::from("v"))).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert_eq!(refusal(&parts("/a", &many)), Some(Reason::RequestTooManyHeaders));
@@ -269,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn host_must_be_one_and_agree_with_the_target() {
+    fn host_must_be_one_well_formed_and_agree_with_the_target() {
         assert_eq!(
             refusal(&parts("/a", &[("host", "a.example"), ("host", "b.example")])),
             Some(Reason::RequestHostInvalid)
@@ -278,19 +335,50 @@ mod tests {
             refusal(&parts("http://a.example/x", &[("host", "b.example")])),
             Some(Reason::RequestHostInvalid)
         );
+        for bad in [
+            "a b",
+            "api.example.com.",
+            "api.example.com.:80",
+            "zzz:abc",
+            "a:",
+            "[::1",
+        ] {
+            assert_eq!(
+                refusal(&parts("/x", &[("host", bad)])),
+                Some(Reason::RequestHostInvalid),
+                "{bad}"
+            );
+        }
+        let host = |p: &http::request::Parts| decide(p).unwrap().host;
+        let absolute = parts("http://A.example:8080/x", &[("host", "a.example:8080")]);
+        assert_eq!(host(&absolute).as_deref(), Some("a.example"));
+        assert_eq!(host(&parts("/x", &[("host", "[::1]:8080")])).as_deref(), Some("::1"));
+        // HTTP/1.1 needs a Host; the target's authority never stands in for one.
+        assert_eq!(refusal(&parts("/a", &[])), Some(Reason::RequestHostInvalid));
+        assert_eq!(refusal(&parts("http://zzz/x", &[])), Some(Reason::RequestHostInvalid));
+        let mut old = parts("http://zzz/x", &[]);
+        old.version = Version::HTTP_10;
+        assert_eq!(host(&old), None);
         assert_eq!(
-            refusal(&parts("/a", &[("host", "a b")])),
+            refusal(&parts("ftp://a/x", &[("host", "a")])),
             Some(Reason::RequestHostInvalid)
         );
-        let host = |p: &http::request::Parts| {
-            canonical_request(&p.method, &p.uri, &p.headers, &limits())
-                .unwrap()
-                .host
-        };
+    }
+
+    #[test]
+    fn only_chunked_is_a_transfer_coding_and_targets_fit_what_is_forwarded() {
+        for te in ["gzip, chunked", "identity", "xchunked"] {
+            let p = parts("/x", &[("host", "a"), ("transfer-encoding", te)]);
+            assert_eq!(refusal(&p), Some(Reason::RequestTransferEncoding), "{te}");
+        }
         assert_eq!(
-            host(&parts("http://A.example:8080/x", &[])).as_deref(),
-            Some("a.example")
+            refusal(&parts("/x", &[("host", "a"), ("transfer-encoding", "Chunked")])),
+            None
         );
-        assert_eq!(host(&parts("/x", &[("host", "[::1]:8080")])).as_deref(), Some("::1"));
+        let long = format!("/{}", "\u{e9}".repeat(300));
+        assert_eq!(
+            refusal(&parts(&long, &[("host", "a")])),
+            Some(Reason::RequestTargetTooLong)
+        );
     }
 }

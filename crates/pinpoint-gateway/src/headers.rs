@@ -14,7 +14,7 @@ use pinpoint_core::config::OverrideHeaders;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones).
 /// (`Transfer-Encoding` and `Content-Length` are set from the body Pinpoint forwards.)
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -23,6 +23,30 @@ const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
+];
+
+/// Headers a `Connection` header may not remove: the ones the request was decided on.
+const NOT_HOP_BY_HOP: [&str; 4] = ["host", "content-type", "cookie", "authorization"];
+
+/// Headers that tell a server where the request came from or how it arrived: believed
+/// only from the proxies `[net] trusted_proxies` names, removed from anyone else's
+/// requests (Pinpoint states `X-Forwarded-For` and `X-Forwarded-Proto` itself).
+const FORWARDING: [&str; 14] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "front-end-https",
 ];
 
 /// Headers Pinpoint sets on the upstream request itself (besides `X-Pinpoint-*`).
@@ -37,15 +61,20 @@ const SET_BY_GATEWAY: [&str; 4] = [
 pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "dd-api-key", "dd-application-key"];
 
 /// Headers that ask a server to use another method or URL than the request line's.
-const OVERRIDE_HEADERS: [&str; 8] = [
+const OVERRIDE_HEADERS: [&str; 13] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
     "x-original-method",
+    "x-forwarded-method",
     "x-original-url",
     "x-original-uri",
+    "x-original-path",
     "x-rewrite-url",
     "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
 ];
 
 /// Framing headers: Pinpoint forwards the body it read and frames it itself.
@@ -75,9 +104,11 @@ pub struct UpstreamHeaderRules<'a> {
     /// The route authenticates: every credential header is Pinpoint's and is removed.
     pub route_authenticates: bool,
     pub override_headers: OverrideHeaders,
-    /// Recognises a Pinpoint credential in a header's value (for routes that do not
-    /// authenticate, where other credentials pass to upstreams with their own auth).
-    pub is_pinpoint_credential: &'a dyn Fn(&str) -> bool,
+    /// The peer is a trusted proxy: its forwarding headers pass.
+    pub peer_is_trusted_proxy: bool,
+    /// Recognises a Pinpoint-issued JWT (for routes that do not authenticate, where other
+    /// credentials pass to upstreams with their own auth).
+    pub is_pinpoint_token: &'a dyn Fn(&str) -> bool,
 }
 
 /// Removes from a request bound upstream every header that is the gateway's to set, or
@@ -95,12 +126,11 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
             || SET_BY_GATEWAY.contains(&read_as)
             || FRAMING.contains(&read_as)
             || (OVERRIDE_HEADERS.contains(&read_as) && rules.override_headers != OverrideHeaders::Allow)
+            || (FORWARDING.contains(&read_as) && (underscored || !rules.peer_is_trusted_proxy))
             || (CREDENTIAL_HEADERS.contains(&read_as)
                 && (rules.route_authenticates
                     || underscored
-                    || value
-                        .to_str()
-                        .is_ok_and(|v| (rules.is_pinpoint_credential)(credential_of(read_as, v)))));
+                    || carries_pinpoint_credential(value.as_bytes(), rules.is_pinpoint_token)));
         if remove && !doomed.contains(name) {
             doomed.push(name.clone());
         }
@@ -111,27 +141,53 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
     }
 }
 
-/// The credential in a header value: after the scheme for `Authorization`.
-fn credential_of<'v>(header: &str, value: &'v str) -> &'v str {
-    let value = value.trim();
-    if header == "authorization" {
-        if let Some((_scheme, rest)) = value.split_once(' ') {
-            return rest.trim();
-        }
+/// Whether a credential header's value holds a Pinpoint credential anywhere in it, in any
+/// wrapping a server might unwrap: a key (`pp_...`) or a Pinpoint JWT, raw, quoted, after
+/// any scheme or separator, in a list, or inside a base64 `Basic` pair.
+pub fn carries_pinpoint_credential(value: &[u8], is_pinpoint_token: &dyn Fn(&str) -> bool) -> bool {
+    use base64::Engine;
+    let holds_token = |bytes: &[u8]| {
+        bytes
+            .split(|b| !is_token_char(b))
+            .filter_map(|word| std::str::from_utf8(word).ok())
+            .any(|word| word.starts_with("eyJ") && word.matches('.').count() == 2 && is_pinpoint_token(word))
+    };
+    if contains_key_prefix(value) || holds_token(value) {
+        return true;
     }
-    value
+    value.split(|b| !is_token_char(b)).any(|word| {
+        word.len() >= 8
+            && base64::engine::general_purpose::STANDARD
+                .decode(word)
+                .is_ok_and(|decoded| contains_key_prefix(&decoded) || holds_token(&decoded))
+    })
 }
 
-/// Removes hop-by-hop headers and those `Connection` names (for responses from upstreams).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+fn is_token_char(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'/' | b'=')
+}
+
+/// Whether `bytes` hold `pp_` (any case), the start of every Pinpoint key.
+fn contains_key_prefix(bytes: &[u8]) -> bool {
+    bytes
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(pinpoint_core::keys::PREFIX.as_bytes()))
+}
+
+/// Cleans a response from an upstream: hop-by-hop headers and those `Connection` names go,
+/// and so do the headers only Pinpoint may send its callers (`X-Pinpoint-*`, such as the
+/// reason of a refusal, and `X-Client-Request-Id`).
+pub fn clean_upstream_response(headers: &mut HeaderMap) {
+    let ours = |name: &HeaderName| {
+        let name = name.as_str();
+        HOP_BY_HOP.contains(&name) || name.starts_with("x-pinpoint-") || name == "x-client-request-id"
+    };
+    if !headers.keys().any(ours) {
         return;
     }
-    let named = named_by_connection(headers);
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    for name in named {
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| ours(n)).cloned().collect();
+    doomed.extend(named_by_connection(headers));
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -144,7 +200,7 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !matches!(name.as_str(), "close" | "keep-alive"))
+        .filter(|name| !matches!(name.as_str(), "close" | "keep-alive") && !NOT_HOP_BY_HOP.contains(&name.as_str()))
         .collect()
 }
 
@@ -174,7 +230,7 @@ mod tests {
     }
 
     fn ours(v: &str) -> bool {
-        v.starts_with("pp_")
+        v == "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.sig"
     }
 
     #[test]
@@ -200,7 +256,8 @@ mod tests {
         let rules = UpstreamHeaderRules {
             route_authenticates: false,
             override_headers: OverrideHeaders::Strip,
-            is_pinpoint_credential: &ours,
+            peer_is_trusted_proxy: false,
+            is_pinpoint_token: &ours,
         };
         clean_upstream_request(&mut h, &rules);
         assert_eq!(left(&h), ["accept", "x-kept", "x_kept_too"]);
@@ -217,7 +274,8 @@ mod tests {
         let mut rules = UpstreamHeaderRules {
             route_authenticates: true,
             override_headers: OverrideHeaders::Strip,
-            is_pinpoint_credential: &ours,
+            peer_is_trusted_proxy: false,
+            is_pinpoint_token: &ours,
         };
         clean_upstream_request(&mut h, &rules);
         assert!(h.is_empty());
@@ -226,7 +284,11 @@ mod tests {
         let mut h = headers(&all);
         clean_upstream_request(&mut h, &rules);
         assert_eq!(left(&h), ["dd-api-key"], "the upstream's own credential passes");
-        let mut h = headers(&[("authorization", "bearer   pp_x"), ("x_api_key", "anything")]);
+        let mut h = headers(&[
+            ("authorization", "bearer   pp_x"),
+            ("x_api_key", "anything"),
+            ("x-api-key", "\"pp_y\""),
+        ]);
         clean_upstream_request(&mut h, &rules);
         assert!(h.is_empty());
     }
@@ -237,7 +299,8 @@ mod tests {
         let rules = UpstreamHeaderRules {
             route_authenticates: false,
             override_headers: OverrideHeaders::Allow,
-            is_pinpoint_credential: &ours,
+            peer_is_trusted_proxy: false,
+            is_pinpoint_token: &ours,
         };
         clean_upstream_request(&mut h, &rules);
         assert_eq!(h.len(), 2);
@@ -246,9 +309,74 @@ mod tests {
     }
 
     #[test]
-    fn responses_lose_hop_by_hop_headers_only() {
-        let mut h = headers(&[("connection", "close, x-hop"), ("x-hop", "1"), ("server", "up")]);
-        strip_hop_by_hop(&mut h);
+    fn responses_lose_hop_by_hop_and_pinpoints_own_headers_only() {
+        let mut h = headers(&[
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("server", "up"),
+            ("x-pinpoint-reason", "policy.explicit_deny"),
+            ("x-client-request-id", "forged"),
+        ]);
+        clean_upstream_response(&mut h);
         assert_eq!(left(&h), ["server"]);
+    }
+
+    #[test]
+    fn a_pinpoint_credential_is_found_in_any_wrapping() {
+        let key = "pp_0123456789abcdef_secretsecretsecretsecretsecretsecretsecr";
+        let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.sig";
+        use base64::Engine;
+        let basic = |pair: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
+        let wrapped = [
+            format!("Bearer {key}"),
+            format!("Bearer\t{key}"),
+            format!("Bearer \"{key}\""),
+            format!("x, Bearer {key}"),
+            format!("Bearer={key}"),
+            format!("token={key}"),
+            format!("PP_{}", &key[3..]),
+            basic(&format!("{key}:")),
+            basic(&format!("user:{key}")),
+            format!("bearer {jwt}"),
+            format!("{jwt},{jwt}"),
+            format!("\"{jwt}\""),
+            basic(&format!("x:{jwt}")),
+        ];
+        for value in &wrapped {
+            assert!(carries_pinpoint_credential(value.as_bytes(), &ours), "{value}");
+        }
+        for other in [
+            "Bearer upstream-own-token",
+            "Basic dXNlcjpwYXNz",
+            "eyJhbGciOiJIUzI1NiJ9.e30.x",
+        ] {
+            assert!(!carries_pinpoint_credential(other.as_bytes(), &ours), "{other}");
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_pass_only_from_trusted_proxies_and_connection_cannot_remove_host() {
+        let sent = [
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-forwarded-prefix", "/admin"),
+            ("connection", "host, x-hop"),
+            ("host", "api.example.com"),
+            ("x-hop", "1"),
+        ];
+        let mut rules = UpstreamHeaderRules {
+            route_authenticates: false,
+            override_headers: OverrideHeaders::Strip,
+            peer_is_trusted_proxy: false,
+            is_pinpoint_token: &ours,
+        };
+        let mut h = headers(&sent);
+        clean_upstream_request(&mut h, &rules);
+        assert_eq!(left(&h), ["host"]);
+        rules.peer_is_trusted_proxy = true;
+        let mut h = headers(&sent);
+        clean_upstream_request(&mut h, &rules);
+        assert_eq!(left(&h), ["forwarded", "host", "x-forwarded-host", "x-real-ip"]);
     }
 }

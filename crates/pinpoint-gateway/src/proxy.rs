@@ -116,7 +116,14 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     // The edge: one canonical request that every layer, the record and the upstream share,
     // or a refusal that says what was wrong with the request as sent.
     let edge_started = Instant::now();
-    let decided = match edge::canonical_request(&parts.method, &parts.uri, &parts.headers, &runtime.config.server) {
+    let edge = edge::canonical_request(
+        parts.version,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &runtime.config.server,
+    );
+    let decided = match edge {
         Err(denial) => {
             telemetry::count_denial(denial.reason, &Arc::from(NO_ROUTE), Mode::Enforce);
             let trace = vec![edge_entry(Mark::Deny, &denial, edge_started)];
@@ -410,7 +417,7 @@ async fn forward(
         *request.headers_mut() = headers;
         match upstream.send(&target, request).await {
             Ok(mut response) => {
-                headers::strip_hop_by_hop(response.headers_mut());
+                headers::clean_upstream_response(response.headers_mut());
                 trace.push(upstream_entry(Mark::Pass, None, target.authority.clone(), started));
                 return (response.map(Either::Left), None, Some(target.authority.clone()));
             }
@@ -467,14 +474,14 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
                 .map(str::to_owned)
         })
         .flatten();
-    let is_pinpoint_credential =
-        |value: &str| value.starts_with(pinpoint_core::keys::PREFIX) || fwd.tokens.is_ours(value);
+    let is_pinpoint_token = |token: &str| fwd.tokens.is_ours(token);
     headers::clean_upstream_request(
         &mut out,
         &headers::UpstreamHeaderRules {
             route_authenticates: route.access.auth != pinpoint_core::config::AuthRequirement::None,
             override_headers: route.override_headers,
-            is_pinpoint_credential: &is_pinpoint_credential,
+            peer_is_trusted_proxy: fwd.peer_is_trusted_proxy,
+            is_pinpoint_token: &is_pinpoint_token,
         },
     );
     // Room for the headers added below at once: one resize, not several.

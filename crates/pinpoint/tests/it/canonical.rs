@@ -725,6 +725,129 @@ async fn refusals_made_by_the_http_parser_are_counted_by_kind() {
     .await;
 }
 
+/// Sends raw bytes on a fresh connection and reads the response.
+async fn send_raw(gw: &TestGateway, bytes: &[u8]) -> Raw {
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    read_response(&mut stream).await
+}
+
+#[tokio::test]
+async fn what_the_attacks_on_the_first_version_found_is_refused_or_removed() {
+    let (gw, reader_key, _) = hardened().await;
+    // Dot-segments with parameters, on a route that accepts parameters too.
+    for raw in [
+        "/matrix/..;/admin/users",
+        "/matrix/%2e%2e;/admin",
+        "/matrix/.;x/admin",
+        "/matrix/..%3b/admin",
+    ] {
+        let resp = request(&gw, "POST", raw, &[("content-length", "0")]).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.path_parameters")),
+            "{raw}"
+        );
+    }
+    // Characters that fold or normalise to ASCII.
+    for raw in [
+        "/adm%C4%B1n/users",
+        "/%C5%BFhop/x",
+        "/%EF%BD%81dmin/users",
+        "/admin%EF%BC%8Fusers",
+        "/legacy/pr%C4%B1vate",
+    ] {
+        let resp = request(&gw, "GET", raw, &[]).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.path_confusable")),
+            "{raw}"
+        );
+    }
+    // A path that grows past what can be forwarded is the client's 414, not a 502.
+    let grows = format!("GET /{} HTTP/1.1\r\nHost: gw.test\r\n\r\n", "\u{e9}".repeat(3000));
+    let resp = send_raw(&gw, grows.as_bytes()).await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (414, Some("request.target_too_long"))
+    );
+    // Host: one spelling, required by HTTP/1.1, never dropped by `Connection`.
+    for host in ["gw.test.", "gw.test.:80", "gw.test:abc"] {
+        let resp = send_raw(&gw, format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.host_invalid")),
+            "{host}"
+        );
+    }
+    let resp = send_raw(&gw, b"GET http://zzz/x HTTP/1.1\r\n\r\n").await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.host_invalid"))
+    );
+    let resp = send_raw(&gw, b"GET /x HTTP/1.1\r\nHost: gw.test\r\nConnection: host\r\n\r\n").await;
+    assert_eq!(resp.json()["headers"]["host"], "gw.test");
+    // Transfer codings other than chunked.
+    let resp = send(
+        &gw,
+        "POST /upload/x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked",
+        b"0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (501, Some("request.transfer_encoding"))
+    );
+    // More override and forwarding headers; a peer that is not a trusted proxy states nothing.
+    let sent = [
+        ("X-Forwarded-Prefix", "/admin"),
+        ("X-Forwarded-Path", "/admin"),
+        ("X-Forwarded-Method", "DELETE"),
+        ("X-Envoy-Original-Path", "/admin"),
+        ("Forwarded", "for=10.9.9.9;host=admin.internal"),
+        ("X-Real-IP", "10.9.9.9"),
+        ("True-Client-IP", "10.9.9.9"),
+        ("X-Forwarded-Host", "admin.internal"),
+    ];
+    for (name, value) in sent {
+        let resp = request(&gw, "GET", "/probe", &[(name, value)]).await;
+        let headers = &resp.json()["headers"];
+        assert!(
+            headers.get(name.to_ascii_lowercase()).is_none(),
+            "{name} reached the upstream: {headers}"
+        );
+    }
+    // Credentials in other wrappings, on a public route.
+    let wrapped = [
+        ("Authorization", format!("Bearer\t{reader_key}")),
+        ("Authorization", format!("Bearer \"{reader_key}\"")),
+        ("Authorization", format!("x, Bearer {reader_key}")),
+        ("X-API-Key", format!("key={reader_key}")),
+        ("DD-API-KEY", format!("\"{reader_key}\"")),
+    ];
+    for (name, value) in &wrapped {
+        let resp = request(&gw, "GET", "/probe", &[(name, value)]).await;
+        assert!(
+            !resp.body.contains(&reader_key[..20]),
+            "{name}: {value} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_speak_for_pinpoint() {
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nX-Pinpoint-Reason: policy.explicit_deny\r\nX-Client-Request-Id: forged\r\nContent-Length: 2\r\n\r\nok",
+        Duration::ZERO,
+    )
+    .await;
+    let gw = start(&config_with(&format!("\"{up}\""), "", "")).await;
+    let resp = gw.http.get(gw.url("/orders")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-pinpoint-reason").is_none());
+    assert!(resp.headers().get("x-client-request-id").is_none());
+}
+
 /// A small deterministic generator (xorshift), so a failure names its seed.
 struct Gen(u64);
 
