@@ -82,7 +82,7 @@ reasons! {
     /// The path has a broken percent-escape.
     RequestPathInvalidEncoding => {
         code: "request.path_invalid_encoding", status: 400, title: "Invalid percent-encoding in path",
-        hint: "Every `%` in the path must be followed by two hex digits, and the escaped bytes must be UTF-8 text.",
+        hint: "Percent-encode the path as UTF-8, writing every `%` as two hex digits after it (a literal `%` as `%25`).",
         description: "A `%` in the path is not followed by two hex digits, or the escapes of a segment do not decode to UTF-8 (an overlong `%C0%AE`, a Latin-1 `%E9`). Servers disagree on what such a path means, so it is refused before routing.",
     },
     /// The path has `%2F` or `%5C`.
@@ -310,7 +310,7 @@ reasons! {
     /// The route's permission map does not name the method.
     AuthzMethodNotPermitted => {
         code: "authz.method_not_permitted", status: 403, title: "Method not permitted on this route",
-        hint: "This route accepts only the methods its operators listed; `detail` names the method that was refused.",
+        hint: "Use a method this route permits (the API's documentation lists them), or ask its operators to permit the one named in `detail`.",
         description: "The route has a `permissions` map and it names neither the request's method nor `*` (HEAD follows GET unless named). Methods a permission map leaves out are denied, not open; `pinpoint config check` warns about them.",
     },
     /// An explicit deny rule matched.
@@ -322,8 +322,8 @@ reasons! {
     /// The key's scopes do not include the permission.
     AuthzScopeMissing => {
         code: "authz.scope_missing", status: 403, title: "Key scope too narrow",
-        hint: "Use a key whose scopes include the permission named in `detail`, or an unscoped key.",
-        description: "The principal holds the permission, but the API key used is scoped and its scopes exclude it.",
+        hint: "Use a key whose scopes include the permission named in `detail`: a new key from an administrator of your organization (an organization key acts only with its scopes; a user's key may also be unscoped).",
+        description: "The principal holds the permission, but the API key used is scoped and its scopes exclude it; or an organization key (which acts only with its scopes) lacks it.",
     },
     /// The route or resource belongs to another organization.
     AuthzTenantMismatch => {
@@ -334,25 +334,25 @@ reasons! {
     /// A resource-ownership rule failed.
     AuthzNotOwner => {
         code: "authz.not_owner", status: 403, title: "Not the owner",
-        hint: "You can act only on your own resources on this route.",
+        hint: "Use a path that names your own principal id (`GET /api/v2/current_user` on the API shows it); on this route you can act only on your own resources.",
         description: "The route's `owner_segment` path segment is not the caller's principal id.",
     },
     /// The client address is on a deny list.
     NetIpDenied => {
         code: "net.ip_denied", status: 403, title: "Address denied",
-        hint: "Requests from your address are refused; `detail` shows the address the gateway saw.",
+        hint: "Call from another network, or ask the API's operators to lift the block on the address in `detail` (if it is a proxy's, ask them to trust that proxy).",
         description: "The client address (after trusted-proxy resolution) is in a global or route `deny` list.",
     },
     /// An allow list exists and the client address is not on it.
     NetIpNotAllowed => {
         code: "net.ip_not_allowed", status: 403, title: "Address not allowed",
-        hint: "Only listed networks may call this route; `detail` shows the address the gateway saw.",
+        hint: "Call from a network this route allows (a VPN or office network, say), or ask the API's operators to allow the address in `detail`.",
         description: "A global or route `allow` list is set and the client address is on none of them.",
     },
     /// A CORS preflight came from an origin that is not allowed.
     CorsOriginNotAllowed => {
         code: "cors.origin_not_allowed", status: 403, title: "Origin not allowed",
-        hint: "This API does not accept browser requests from your page's origin.",
+        hint: "Call this API from an allowed origin, or ask its operators to add your page's origin to the allowed origins.",
         description: "A preflight (`OPTIONS` with `Access-Control-Request-Method`) named an `Origin` not in `[cors] allowed_origins`.",
     },
     /// A GCRA rate limit is exceeded.
@@ -364,7 +364,7 @@ reasons! {
     /// A daily or monthly quota is used up.
     QuotaExhausted => {
         code: "quota.exhausted", status: 429, title: "Quota exhausted",
-        hint: "Your organization's quota for this period is used up; it resets at the time in `Retry-After`.",
+        hint: "Wait until the quota resets (the seconds in `Retry-After`), or ask the API's operators for a larger quota for your organization.",
         description: "A `[[rate.quotas]]` rule (named in the trace) counted its limit for the organization in the current UTC day or month.",
     },
     /// The API request is invalid.
@@ -376,7 +376,7 @@ reasons! {
     /// The API request conflicts with existing state.
     ApiConflict => {
         code: "api.conflict", status: 409, title: "Conflict",
-        hint: "A resource with this name already exists, or the change conflicts with the current state.",
+        hint: "Choose another name, or read the resource again and retry the change against its current state.",
         description: "A uniqueness or state constraint refused the change.",
     },
     /// The identity proof could not be decoded.
@@ -468,6 +468,12 @@ reasons! {
         code: "api.not_found", status: 404, title: "Not found",
         hint: "Check the identifier; decisions are kept for the store's retention period.",
         description: "The API path or the resource it names (for example a request id with no recorded decision) does not exist.",
+    },
+    /// The decision asked for is most likely still being written.
+    ApiDecisionPending => {
+        code: "api.decision_pending", status: 503, title: "Decision not written yet",
+        hint: "Retry in a second (see `Retry-After`): decisions are written within moments of their request.",
+        description: "No decision is stored under this Pinpoint request id yet, and the id was made in the last 30 seconds: the decision log writes in batches (every `flush_interval_ms`), and the API waited for one batch before answering. After 30 seconds the answer is `api.not_found`.",
     },
     /// The store could not answer.
     ApiStoreUnavailable => {
@@ -580,6 +586,45 @@ mod tests {
             let json = serde_json::to_string(r).unwrap();
             assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), *r);
             assert!((400..600).contains(&r.status()));
+        }
+    }
+
+    #[test]
+    fn every_hint_names_a_next_step_for_the_caller() {
+        // A hint says what to do, not only what the rule is: it holds an action.
+        const ACTIONS: &[&str] = &[
+            "send",
+            "use",
+            "ask",
+            "check",
+            "retry",
+            "remove",
+            "write",
+            "sign",
+            "fix",
+            "slow down",
+            "shorten",
+            "create",
+            "obtain",
+            "separate",
+            "contact",
+            "percent-encode",
+            "do not",
+            "call",
+            "wait",
+            "choose",
+        ];
+        for r in Reason::ALL {
+            let hint = r.info().hint.to_ascii_lowercase();
+            let words: Vec<&str> = hint
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                .filter(|w| !w.is_empty())
+                .collect();
+            let acts = ACTIONS.iter().any(|action| match action.split_once(' ') {
+                Some(_) => hint.contains(action),
+                None => words.contains(action),
+            });
+            assert!(acts, "{r}: the hint names no next step: {}", r.info().hint);
         }
     }
 

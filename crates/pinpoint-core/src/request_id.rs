@@ -28,6 +28,19 @@ pub fn format(unix_ms: u64, random: u128) -> String {
     )
 }
 
+/// Whether `id` is one Pinpoint generated (see [`format`]) within `window_ms` before
+/// `now_ms` (or up to a second after, for clock steps).
+pub fn made_within(id: &str, now_ms: i64, window_ms: i64) -> bool {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return false;
+    }
+    let Ok(made) = i64::from_str_radix(&id[..12], 16) else {
+        return false;
+    };
+    let now = now_ms & 0xffff_ffff_ffff;
+    (now - window_ms..=now + 1000).contains(&made)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,5 +54,8 @@ mod tests {
         let b = super::format(1_795_000_000_001, 0);
         assert_eq!((a.len(), b.len()), (32, 32));
         assert!(a < b, "ids sort by time");
+        assert!(super::made_within(&b, 1_795_000_010_000, 30_000));
+        assert!(!super::made_within(&b, 1_795_000_100_000, 30_000));
+        assert!(!super::made_within("demo-403", 1_795_000_010_000, 30_000));
     }
 }

@@ -76,9 +76,10 @@ impl Identity {
     pub fn check(&self, permission: &str) -> PermissionCheck {
         let scoped = self.scopes.as_ref().map(|s| grants(s, permission));
         match (&self.principal, scoped) {
-            // Organization keys act with their scopes only.
+            // Organization keys act with their scopes only: what they lack is a scope (no
+            // role can give it to them).
             (None, Some(true)) => PermissionCheck::Granted,
-            (None, _) => PermissionCheck::Missing,
+            (None, _) => PermissionCheck::OutOfScope,
             (Some(p), _) if !p.grants(permission) => PermissionCheck::Missing,
             (Some(_), Some(false)) => PermissionCheck::OutOfScope,
             (Some(_), _) => PermissionCheck::Granted,

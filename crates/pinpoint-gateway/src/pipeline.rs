@@ -234,6 +234,10 @@ impl Pipeline {
                 Outcome::Allow { rule_id } => entry.rule_id = rule_id,
                 Outcome::NotApplicable => entry.mark = Mark::Skip,
                 Outcome::Deny(d) => {
+                    // Named after the reason's layer (`quota` from the rate layer, `request`
+                    // from the route layer), so the trace and the caller's problem body
+                    // name the same layer.
+                    entry.layer = d.reason.layer().into();
                     entry.reason = Some(d.reason);
                     entry.rule_id = d.rule_id.as_deref().map(pinpoint_core::RecordedText::from);
                     entry.detail = Some(d.detail.clone());
@@ -289,7 +293,8 @@ mod tests {
         p.push(Fixed("c", Outcome::allow()), Mode::Enforce);
         let v = run(&p).await;
         let marks: Vec<_> = v.trace.iter().map(|t| (&*t.layer, t.mark)).collect();
-        assert_eq!(marks, [("a", Mark::Skip), ("b", Mark::Deny), ("c", Mark::Skip)]);
+        // A denial is named after its reason's layer (here `policy`), as the caller sees it.
+        assert_eq!(marks, [("a", Mark::Skip), ("policy", Mark::Deny), ("c", Mark::Skip)]);
         assert_eq!(v.denial.unwrap().rule_id.as_deref(), Some("r1"));
     }
 

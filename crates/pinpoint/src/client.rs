@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// How the CLI reaches the API.
 #[derive(clap::Args)]
@@ -91,14 +91,33 @@ impl ApiClient {
             .with_context(|| format!("{url} answered {status} with a body that is not JSON"))?;
         if !status.is_success() {
             let field = |name: &str| body[name].as_str().unwrap_or("").to_owned();
-            bail!(
-                "{status} {}: {} {} (request id {})",
-                field("reason"),
-                field("detail"),
-                field("hint"),
-                field("request_id")
-            );
+            return Err(ApiRefusal {
+                reason: field("reason"),
+                message: format!(
+                    "{status} {}: {} {} (request id {})",
+                    field("reason"),
+                    field("detail"),
+                    field("hint"),
+                    field("request_id")
+                ),
+            }
+            .into());
         }
         Ok(body)
     }
 }
+
+/// A refusal from the API, with its reason code for callers that act on it.
+#[derive(Debug)]
+pub struct ApiRefusal {
+    pub reason: String,
+    message: String,
+}
+
+impl std::fmt::Display for ApiRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiRefusal {}

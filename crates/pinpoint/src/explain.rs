@@ -6,15 +6,29 @@
 use anyhow::{bail, Context, Result};
 use pinpoint_core::{Decision, Mark};
 
-use crate::client::{ApiClient, ClientArgs};
+use crate::client::{ApiClient, ApiRefusal, ClientArgs};
 
 pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()> {
     if !pinpoint_core::request_id::is_well_formed(request_id) {
         bail!("`{request_id}` is not a request id (1 to 128 of A-Z a-z 0-9 - _ . : @)");
     }
-    let body = ApiClient::new(client)?
-        .call(reqwest::Method::GET, &format!("/api/v2/decisions/{request_id}"), None)
-        .await?;
+    let api = ApiClient::new(client)?;
+    let path = format!("/api/v2/decisions/{request_id}");
+    // A request made a moment ago may not be written yet: the API says so; ask again.
+    let mut attempts = 0;
+    let body = loop {
+        match api.call(reqwest::Method::GET, &path, None).await {
+            Err(e)
+                if attempts < 5
+                    && e.downcast_ref::<ApiRefusal>()
+                        .is_some_and(|r| r.reason == "api.decision_pending") =>
+            {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
     // One decision, or several when a client's id named more than one request.
     let resources = match &body["data"] {
         serde_json::Value::Array(list) => list.clone(),

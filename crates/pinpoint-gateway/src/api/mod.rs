@@ -338,6 +338,48 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
     })
 }
 
+/// What the endpoint `method` + `matched` (the router's path pattern) demands: its access
+/// rule, or nothing for a public endpoint. The API denies by default: a route the router
+/// serves that neither table declares is refused (405 with the declared methods, or 404),
+/// so an endpoint without a declared requirement cannot be reached. HEAD follows GET.
+fn declared(method: &Method, matched: Option<&str>) -> Result<Option<Arc<RouteAccess>>, Denial> {
+    let Some(matched) = matched else {
+        // No route matched: the fallback answers 404 itself.
+        return Ok(None);
+    };
+    let as_declared = if *method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    if let Some(access) = endpoint_access().get(&(as_declared.clone(), matched)) {
+        return Ok(Some(access.clone()));
+    }
+    if PUBLIC_ENDPOINTS
+        .iter()
+        .any(|(m, p)| *p == matched && *m == as_declared.as_str())
+    {
+        return Ok(None);
+    }
+    let allow: Vec<&str> = ENDPOINTS
+        .iter()
+        .map(|(m, p, _)| (*m, *p))
+        .chain(PUBLIC_ENDPOINTS.iter().copied())
+        .filter(|(_, p)| *p == matched)
+        .map(|(m, _)| m)
+        .collect();
+    if allow.is_empty() {
+        Err(Denial::new(Reason::ApiNotFound, "No API endpoint at this path.")
+            .note(format!("`{matched}` is routed but declared in no endpoint table")))
+    } else {
+        Err(Denial::new(
+            Reason::RouteMethodNotAllowed,
+            format!("{method} is not allowed here; allowed: {}.", allow.join(", ")),
+        )
+        .header("allow", allow.join(", ")))
+    }
+}
+
 /// Runs the api pipeline, renders denials as problem bodies in the client's format, sets
 /// `X-Request-Id`, and records the decision of every `/api/` request.
 async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
@@ -355,24 +397,50 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let access = matched
-        .as_deref()
-        .and_then(|m| endpoint_access().get(&(method.clone(), m)).cloned());
     let route_id: Arc<str> = Arc::from(API_ROUTE);
 
-    let (verdict, identity, known_caller, answered, extra_headers, at_ms) = {
-        let mut ctx = RequestCtx::new(&method, &path, None, req.headers(), peer, client_ip, &request_id);
-        ctx.route_id = Some(route_id.clone());
-        ctx.access = access;
-        let verdict = runtime.api_pipeline.run(&mut ctx).await;
-        (
-            verdict,
-            ctx.identity.take().map(Arc::new),
-            ctx.known_caller.take(),
-            ctx.answered,
-            std::mem::take(&mut ctx.response_headers),
-            ctx.at_ms,
-        )
+    let (verdict, identity, known_caller, answered, extra_headers, at_ms) = match declared(&method, matched.as_deref())
+    {
+        Err(denial) => {
+            crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
+            let entry = LayerTrace {
+                layer: denial.reason.layer().into(),
+                mark: Mark::Deny,
+                mode: Mode::Enforce,
+                reason: Some(denial.reason),
+                rule_id: None,
+                detail: Some(denial.detail.clone()),
+                note: denial.note.clone(),
+                micros: 0,
+            };
+            let verdict = crate::pipeline::Verdict {
+                trace: vec![entry],
+                denial: Some(denial),
+            };
+            let now = pinpoint_store::now_ms();
+            (
+                verdict,
+                None,
+                None,
+                false,
+                crate::pipeline::ResponseHeaders::default(),
+                now,
+            )
+        }
+        Ok(access) => {
+            let mut ctx = RequestCtx::new(&method, &path, None, req.headers(), peer, client_ip, &request_id);
+            ctx.route_id = Some(route_id.clone());
+            ctx.access = access;
+            let verdict = runtime.api_pipeline.run(&mut ctx).await;
+            (
+                verdict,
+                ctx.identity.take().map(Arc::new),
+                ctx.known_caller.take(),
+                ctx.answered,
+                std::mem::take(&mut ctx.response_headers),
+                ctx.at_ms,
+            )
+        }
     };
     let mut trace = verdict.trace;
     let mut response = if let Some(denial) = verdict.denial {
@@ -492,12 +560,32 @@ async fn decision(
 ) -> ApiResult<Json<serde_json::Value>> {
     // Found by Pinpoint's id or by the client's own; decisions of other organizations'
     // requests (and of anonymous ones) are visible to platform admins only, and look the
-    // same as missing ones to everyone else.
-    let mut found = shared
-        .store
-        .decisions_by_id(&request_id, DECISION_MATCHES_LISTED)
-        .await?;
-    found.retain(|d| caller.0.is_platform_admin() || d.org_id.as_deref() == Some(caller.0.org_id()));
+    // same as missing ones to everyone else. A request answered a moment ago may still
+    // be in the decision log's queue: wait for its batch (bounded) before saying no.
+    let flush = Duration::from_millis(shared.runtime.load().config.decision_log.flush_interval_ms);
+    let deadline = tokio::time::Instant::now() + (flush * 3).min(Duration::from_secs(2));
+    let mut found = loop {
+        let mut found = shared
+            .store
+            .decisions_by_id(&request_id, DECISION_MATCHES_LISTED)
+            .await?;
+        found.retain(|d| caller.0.is_platform_admin() || d.org_id.as_deref() == Some(caller.0.org_id()));
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if found.is_empty() && pinpoint_core::request_id::made_within(&request_id, pinpoint_store::now_ms(), 30_000) {
+        // One of Pinpoint's own ids, from the last half minute: most likely not written
+        // yet (the same answer whether or not it is another organization's).
+        return Err(ApiError(
+            Denial::new(
+                Reason::ApiDecisionPending,
+                "No decision is recorded under this request id yet.",
+            )
+            .header("retry-after", "1"),
+        ));
+    }
     // Pinpoint's ids are unique: a client that sends one as its own id cannot crowd it.
     if let Some(exact) = found.iter().position(|d| d.request_id == request_id) {
         found = vec![found.swap_remove(exact)];
@@ -575,4 +663,31 @@ pub fn openapi_document() -> serde_json::Value {
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_denies_what_no_table_declares() {
+        let refused = |m: Method, p: &str| declared(&m, Some(p)).err().map(|d| (d.reason, d.headers));
+        assert!(matches!(declared(&Method::GET, Some("/api/v2/users")), Ok(Some(_))));
+        assert!(
+            matches!(declared(&Method::HEAD, Some("/api/v2/users")), Ok(Some(_))),
+            "HEAD follows GET"
+        );
+        assert!(matches!(declared(&Method::GET, Some("/healthz")), Ok(None)), "public");
+        assert_eq!(
+            refused(Method::GET, "/api/v2/undeclared"),
+            Some((Reason::ApiNotFound, vec![]))
+        );
+        assert_eq!(
+            refused(Method::PUT, "/api/v2/users"),
+            Some((
+                Reason::RouteMethodNotAllowed,
+                vec![("allow", String::from("POST, GET"))]
+            ))
+        );
+    }
 }

@@ -263,7 +263,8 @@ impl World {
         assert_eq!(deciding.reason.map(|r| r.code()), Some(reason));
         assert_eq!(
             deciding.layer,
-            reason.split('.').next().unwrap().replace("quota", "rate")
+            reason.split('.').next().unwrap(),
+            "the trace names the caller's layer"
         );
         (body, d)
     }
@@ -612,7 +613,7 @@ async fn authz_codes() {
         200
     );
 
-    // An organization key acts with its scopes only.
+    // An organization key acts with its scopes only: what it lacks is a scope, never a role.
     let resp =
         w.gw.http
             .get(w.gw.url("/orders"))
@@ -620,7 +621,9 @@ async fn authz_codes() {
             .send()
             .await
             .unwrap();
-    w.refused(resp, 403, "authz.permission_missing").await;
+    let (body, _) = w.refused(resp, 403, "authz.scope_missing").await;
+    assert!(body["detail"].as_str().unwrap().contains("orders:read"), "{body}");
+    assert!(!body["hint"].as_str().unwrap().contains("role"), "{body}");
 }
 
 #[tokio::test]

@@ -154,3 +154,48 @@ async fn explain_prints_the_chain_and_json() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("authn.key_malformed"), "{err}");
 }
+
+#[tokio::test]
+async fn a_decision_is_found_right_after_its_request_or_said_to_be_pending() {
+    let gw = start(&echo_config()).await;
+    let resp = gw.http.post(gw.url("/admin/x")).send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    // Asked at once, before the decision log's next batch: the API waits for it.
+    let found = gw
+        .api_json(&format!("/api/v2/decisions/{id}"), Some(&gw.admin_key))
+        .await;
+    assert_eq!(found["data"]["attributes"]["status"], 403, "{found}");
+    // A recent Pinpoint id with nothing written (yet): pending, with a time to retry.
+    let recent = pinpoint_core::request_id::format(pinpoint_store::now_ms() as u64, 42);
+    let resp = gw
+        .http
+        .get(gw.api_url(&format!("/api/v2/decisions/{recent}")))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    problem(resp, 503, "api.decision_pending").await;
+    // An old one, or a client's id, that names nothing: not found.
+    let old = pinpoint_core::request_id::format((pinpoint_store::now_ms() - 120_000) as u64, 42);
+    for id in [old.as_str(), "never-sent"] {
+        let resp = gw
+            .http
+            .get(gw.api_url(&format!("/api/v2/decisions/{id}")))
+            .bearer_auth(&gw.admin_key)
+            .send()
+            .await
+            .unwrap();
+        problem(resp, 404, "api.not_found").await;
+    }
+    // The API denies by default: a method no table declares for a path is 405.
+    let resp = gw
+        .http
+        .put(gw.api_url("/api/v2/users"))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "POST, GET");
+    problem(resp, 405, "route.method_not_allowed").await;
+}

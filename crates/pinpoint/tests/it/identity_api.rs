@@ -599,7 +599,7 @@ async fn every_endpoint_answers_a_foreign_id_exactly_like_a_missing_one() {
             "/api/v2/decisions/{}".into(),
             None,
             g_decision.clone(),
-            "01a2340000000000000000000000beef".into(),
+            pinpoint_core::request_id::format(pinpoint_store::now_ms() as u64, 7),
         ),
         (
             M::GET,
