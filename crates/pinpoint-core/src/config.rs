@@ -869,6 +869,13 @@ impl Config {
             });
         }
 
+        if routes.is_empty() {
+            return Err(at(
+                0..0,
+                "the config defines no [[routes]], so every request would be 404 (an empty or truncated file?)".into(),
+            ));
+        }
+
         let mut rules = Vec::new();
         let mut rule_ids = HashSet::new();
         for rule in &raw.policy.rules {
@@ -956,6 +963,17 @@ impl Config {
                         limit.id
                     ),
                 ));
+            }
+        }
+        let rate_routes = raw.rate.limits.iter().map(|l| (&l.id, &l.routes));
+        for (id, refs) in rate_routes.chain(raw.rate.quotas.iter().map(|q| (&q.id, &q.routes))) {
+            for route_ref in refs.iter().flatten() {
+                if !route_ids.contains(route_ref) {
+                    return Err(at(
+                        0..0,
+                        format!("rate limit or quota `{id}` names route `{route_ref}`, which is not defined"),
+                    ));
+                }
             }
         }
         for quota in &raw.rate.quotas {

@@ -101,16 +101,24 @@ pub async fn run(
         prometheus,
         started: Instant::now(),
         config_path: gateway.config_path,
+        config_rejected: arc_swap::ArcSwapOption::empty(),
     });
 
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));
-    let proxy_addr = listeners.proxy.local_addr().ok();
-    let api_addr = listeners.api.local_addr().ok();
+    let address = |l: &tokio::net::TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+    };
+    let (proxy_addr, api_addr) = (address(&listeners.proxy), address(&listeners.api));
+    let (routes, upstreams) = {
+        let runtime = shared.runtime.load();
+        (runtime.config.routes.len(), runtime.config.upstreams.len())
+    };
     let proxy = tokio::spawn(proxy::serve(listeners.proxy, shared.clone(), wait_for(stopped.clone())));
     let api = tokio::spawn(api::serve(listeners.api, shared.clone(), wait_for(stopped)));
-    tracing::info!(proxy = ?proxy_addr, api = ?api_addr, revision = %revision, "pinpoint is serving");
+    tracing::info!(proxy = %proxy_addr, api = %api_addr, revision = %revision, routes, upstreams, "pinpoint is serving");
 
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");

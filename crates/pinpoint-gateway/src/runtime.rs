@@ -60,6 +60,8 @@ pub struct Shared {
     pub started: Instant,
     /// Where the config came from, if a file (reloadable).
     pub config_path: Option<PathBuf>,
+    /// Why the file on disk was last refused, while it still is (`/healthz` reports it).
+    pub config_rejected: arc_swap::ArcSwapOption<String>,
 }
 
 /// The proxy's layers, in the order they run. This is the one place the order is defined.
@@ -170,9 +172,11 @@ impl Shared {
             Err(e) => {
                 metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "rejected").increment(1);
                 tracing::error!(error = %e, trigger, kept_revision = %self.runtime.load().config.revision, "config rejected; the running config keeps serving");
+                self.config_rejected.store(Some(Arc::new(e.to_string())));
                 return Err(e);
             }
         };
+        self.config_rejected.store(None);
         let current = self.runtime.load();
         if config.revision == current.config.revision {
             return Ok(None);

@@ -167,10 +167,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::ServiceAccounts(cmd) => admin::principals("service_accounts", cmd).await,
             Command::Roles(cmd) => admin::roles(cmd).await,
             Command::Orgs(cmd) => admin::orgs(cmd).await,
-            Command::Reasons { markdown } => {
-                print_reasons(markdown);
-                Ok(())
-            }
+            Command::Reasons { markdown } => print_reasons(markdown),
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => {
@@ -312,7 +309,16 @@ fn init_tracing(format: &str, to: LogTo) -> log_sink::FlushGuard {
         LogTo::Stdout => Box::new(std::io::stdout()),
         LogTo::Stderr => Box::new(std::io::stderr()),
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(sink);
+    // Colour codes only for a terminal: a log file or a pipe gets plain text.
+    use std::io::IsTerminal;
+    let ansi = match to {
+        LogTo::Stdout => std::io::stdout().is_terminal(),
+        LogTo::Stderr => std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(sink)
+        .with_ansi(ansi);
     if format == "json" {
         builder.json().flatten_event(true).with_current_span(false).init();
     } else {
@@ -321,13 +327,22 @@ fn init_tracing(format: &str, to: LogTo) -> log_sink::FlushGuard {
     guard
 }
 
-fn print_reasons(markdown: bool) {
-    if markdown {
-        print!("{}", pinpoint_core::reason::render_markdown());
-        return;
-    }
-    for reason in pinpoint_core::Reason::ALL {
-        let info = reason.info();
-        println!("{:<28} {}  {}", info.code, info.status, info.title);
+/// Prints the catalogue. A reader that stops early (`| head -1`) ends it quietly.
+fn print_reasons(markdown: bool) -> Result<()> {
+    use std::io::Write;
+    let text = if markdown {
+        pinpoint_core::reason::render_markdown()
+    } else {
+        pinpoint_core::Reason::ALL
+            .iter()
+            .map(|reason| {
+                let info = reason.info();
+                format!("{:<28} {}  {}\n", info.code, info.status, info.title)
+            })
+            .collect()
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }

@@ -519,8 +519,12 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let runtime = shared.runtime.load();
+    // A file on disk that was refused: still serving the last good revision, but the
+    // operator's change has not taken effect.
+    let rejected = shared.config_rejected.load_full();
     Json(serde_json::json!({
-        "status": "ok",
+        "status": if rejected.is_some() { "degraded" } else { "ok" },
+        "config_error": rejected.as_deref(),
         "config_revision": runtime.config.revision,
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "keys_loaded": shared.services.directory.key_count(),

@@ -48,6 +48,26 @@ async fn file_changes_reload_atomically_and_bad_configs_are_rejected() {
     .await;
     assert_eq!(gw.revision().await, second, "the old config keeps serving");
     assert_eq!(gw.http.get(gw.url("/inventory")).send().await.unwrap().status(), 200);
+    let health = gw.api_json("/healthz", None).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(health["config_error"].as_str().unwrap().contains("missing"), "{health}");
+
+    // An empty (or truncated) file is refused too, not taken as "no routes".
+    for broken in [String::new(), good[..good.len() / 3].to_owned()] {
+        let before = counter(&gw.metrics().await, rejected);
+        std::fs::write(&gw.config_path, &broken).unwrap();
+        poll_until("broken config rejected", || async {
+            counter(&gw.metrics().await, rejected) > before
+        })
+        .await;
+        assert_eq!(gw.revision().await, second);
+    }
+    // A good file again: healthy.
+    std::fs::write(&gw.config_path, &good).unwrap();
+    poll_until("healthy again", || async {
+        gw.api_json("/healthz", None).await["status"] == "ok"
+    })
+    .await;
 }
 
 #[tokio::test]
