@@ -60,10 +60,20 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
         // strip parameters first: refused on every route, whatever its parameter setting.
         let before_parameters = segment.split([';']).next().unwrap_or("");
         let before_parameters = before_parameters.split("%3B").next().unwrap_or("");
-        if before_parameters.len() < segment.len() && matches!(before_parameters, "." | "..") {
+        if before_parameters.len() < segment.len() && matches!(before_parameters, "" | "." | "..") {
             return Err(refuse(
                 Reason::RequestPathParameters,
-                "The path has a `.` or `..` segment carrying `;` parameters.",
+                "The path has a segment that is only `;` parameters, or a `.` or `..` segment carrying them.",
+                raw,
+            ));
+        }
+        // Windows servers drop a segment's trailing dots and spaces (`admin.`, `admin%20`).
+        if !matches!(before_parameters, "" | "." | "..")
+            && (before_parameters.ends_with('.') || before_parameters.ends_with("%20"))
+        {
+            return Err(refuse(
+                Reason::RequestPathConfusable,
+                "The path has a segment ending in a dot or a space, which some servers drop.",
                 raw,
             ));
         }
@@ -120,7 +130,14 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
                 raw,
             ));
         };
-        if text.chars().any(reads_as_ascii) {
+        let mut previous_ascii = false;
+        let confusable = text.chars().any(|c| {
+            // A combining mark after an ASCII letter composes with it (`I` + U+0307 is `İ`).
+            let composes = previous_ascii && ('\u{300}'..='\u{36f}').contains(&c);
+            previous_ascii = c.is_ascii();
+            composes || reads_as_ascii(c)
+        });
+        if confusable {
             return Err(refuse(
                 Reason::RequestPathConfusable,
                 "The path has a character that servers may read as a different ASCII character (a fullwidth form, a ligature, a dotless i, a long s, ...).",
@@ -129,6 +146,25 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
         }
     }
     Ok(Cow::Owned(out))
+}
+
+/// A host as routes match it: a name in lower case, an IPv6 address in its one text form
+/// (`[0::1]` is `::1`), an IPv4 address only as four plain decimals. `None` for the other
+/// spellings of an address that resolvers accept (`127.1`, `2130706433`, `0x7f.0.0.1`),
+/// which a route's `host` would not recognise.
+pub fn canonical_host(host: &str) -> Option<String> {
+    if host.contains(':') {
+        return host.parse::<std::net::Ipv6Addr>().ok().map(|ip| ip.to_string());
+    }
+    let numeric = host
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'x' || b == b'X');
+    let last_label = host.rsplit('.').next().unwrap_or(host);
+    if numeric && last_label.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+        let ip: std::net::Ipv4Addr = host.parse().ok()?;
+        return (ip.to_string() == host).then(|| host.to_owned());
+    }
+    Some(host.to_ascii_lowercase())
 }
 
 /// Whether a canonical path carries path parameters (`;`, raw or escaped as `%3B`), which
@@ -146,6 +182,9 @@ fn is_canonical(raw: &str) -> bool {
             b'%' | b'\\' => return false,
             0..=0x20 | 0x7f..=0xff => return false,
             b'/' if previous == b'/' => return false,
+            // `/;x`: a segment that is only parameters; `x./`: a trailing dot.
+            b';' if previous == b'/' => return false,
+            b'/' if previous == b'.' => return false,
             b'.' if previous == b'/' => {
                 // `/.` starts a dot-segment when the segment is `.` or `..`, with or
                 // without `;` parameters (`..;` is `..` to Tomcat and Spring).
@@ -159,7 +198,7 @@ fn is_canonical(raw: &str) -> bool {
         }
         previous = b;
     }
-    true
+    previous != b'.'
 }
 
 /// Decodes one segment onto `out`: unreserved escapes become their characters, other
@@ -220,12 +259,14 @@ fn decode_segment_onto(segment: &str, out: &mut String, whole: &str) -> Result<b
 /// Whether a character outside ASCII may be read as ASCII by an upstream: its Unicode
 /// compatibility form (NFKC) is ASCII or holds ASCII (fullwidth forms, ligatures, letter-
 /// like and number forms, circled and mathematical letters, super- and subscripts, small
-/// and vertical forms, dot leaders, fraction and division slashes), or its case mapping is
-/// (`ı`→`I`, `ſ`→`S`, `İ`→`i`, Kelvin `K`→`k`). Such a path could reach a route its
+/// and vertical forms, dot leaders, fraction and division slashes), its case mapping or
+/// folding is (`ı`→`I`, `ſ`→`S`, `İ`→`i`, Kelvin `K`→`k`, `ß`→`ss`), or it vanishes
+/// under NFKC case folding (soft hyphen, zero-width and other default-ignorable ones). Such a path could reach a route its
 /// spelling did not match, so it is refused rather than guessed at.
 fn reads_as_ascii(c: char) -> bool {
     matches!(u32::from(c),
-        0x00A0 | 0x00AA | 0x00B2 | 0x00B3 | 0x00B9 | 0x00BA | 0x00BC..=0x00BE
+        0x00A0 | 0x00AA | 0x00AD | 0x00B2 | 0x00B3 | 0x00B9 | 0x00BA | 0x00BC..=0x00BE | 0x00DF | 0x034F
+        | 0x180E | 0x1E9E | 0x200B..=0x200F | 0x202A..=0x202F | 0x205F..=0x206F | 0xFE00..=0xFE0F | 0xFEFF
         | 0x0130 | 0x0131 | 0x0132 | 0x0133 | 0x013F | 0x0140 | 0x017F | 0x01C4..=0x01CC | 0x01F1..=0x01F3
         | 0x02B0..=0x02B8 | 0x02E0..=0x02E4 | 0x1D2C..=0x1D6A | 0x1E9A
         | 0x2000..=0x200A | 0x2024..=0x2026 | 0x2044 | 0x2070..=0x209C | 0x2100..=0x2189
@@ -334,7 +375,7 @@ mod tests {
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/a%20b", "/a%20b"),
             ("/a///b//", "/a/b/"),
-            ("/..a/b..", "/..a/b.."),
+            ("/..a/b..c", "/..a/b..c"),
         ];
         for (raw, want) in cases {
             assert_eq!(canon(raw).as_deref(), Ok(want), "{raw}");
@@ -372,6 +413,17 @@ mod tests {
             ("/admin%EF%BC%8Fusers", Reason::RequestPathConfusable),
             ("/\u{212a}ey", Reason::RequestPathConfusable),
             ("/%EF%AC%81le", Reason::RequestPathConfusable),
+            ("/params/;jsessionid=1/../admin", Reason::RequestPathParameters),
+            ("/params/;/../admin", Reason::RequestPathParameters),
+            ("/ci/pa%C3%9F", Reason::RequestPathConfusable),
+            ("/ci/PA%E1%BA%9E", Reason::RequestPathConfusable),
+            ("/ci/I%CC%87x", Reason::RequestPathConfusable),
+            ("/ad%C2%ADmin", Reason::RequestPathConfusable),
+            ("/ad%E2%80%8Bmin", Reason::RequestPathConfusable),
+            ("/admin./x", Reason::RequestPathConfusable),
+            ("/admin.", Reason::RequestPathConfusable),
+            ("/admin%20/x", Reason::RequestPathConfusable),
+            ("/orders/..%20/admin", Reason::RequestPathConfusable),
             ("/a%4", Reason::RequestPathInvalidEncoding),
             ("/a%", Reason::RequestPathInvalidEncoding),
             ("/..", Reason::RequestPathAboveRoot),

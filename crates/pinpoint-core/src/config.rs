@@ -15,6 +15,8 @@ use crate::verdict::Mode;
 
 /// The built-in demo config, used when no file is given and `pinpoint.toml` is absent.
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+/// How the demo config is named as an origin (in errors and `config check`).
+pub const DEMO_ORIGIN: &str = "<built-in demo>";
 
 /// A refused config: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,7 +138,7 @@ impl Default for ServerConfig {
             reload_poll_ms: 1_000,
             max_head_bytes: 32 * 1024,
             max_header_bytes: 16 * 1024,
-            max_headers: 100,
+            max_headers: 90,
         }
     }
 }
@@ -763,7 +765,21 @@ impl Config {
                         format!("route `{id}`: host `{}` is not a host name", h.get_ref()),
                     ))
                 }
-                Some(h) => Some(h.get_ref().to_ascii_lowercase()),
+                Some(h) => {
+                    let bare = h.get_ref().trim_start_matches('[').trim_end_matches(']');
+                    match crate::canonical::canonical_host(bare) {
+                        Some(host) => Some(host),
+                        None => {
+                            return Err(at(
+                                h.span(),
+                                format!(
+                                    "route `{id}`: host `{}` is not an address in its usual form",
+                                    h.get_ref()
+                                ),
+                            ))
+                        }
+                    }
+                }
                 None => None,
             };
             let mut permissions: Vec<(Option<http::Method>, String)> = Vec::new();
@@ -1062,7 +1078,7 @@ impl Config {
 
     /// The built-in demo config.
     pub fn demo() -> Config {
-        match Config::parse(DEMO_CONFIG, "<built-in demo>") {
+        match Config::parse(DEMO_CONFIG, DEMO_ORIGIN) {
             Ok(config) => config,
             // The demo is a compile-time constant covered by a unit test.
             Err(e) => panic!("built-in demo config is invalid: {e}"),

@@ -157,6 +157,18 @@ reasons! {
         hint: "Send exactly one `Host` header, matching the authority of an absolute request target if you use one.",
         description: "The request has several `Host` headers, a `Host` that is not a host name, or an absolute-form target whose authority differs from `Host`. Upstreams might read another host than the one routed on.",
     },
+    /// A header that may appear once appears more than once.
+    RequestHeaderRepeated => {
+        code: "request.header_repeated", status: 400, title: "Header sent twice",
+        hint: "Send the header named in `detail` once.",
+        description: "A header that may appear only once (`Authorization`, `X-API-Key`, `DD-API-KEY`, `DD-APPLICATION-KEY`, `X-Request-Id`, `Origin`, `Content-Type`, `Access-Control-Request-Method`) appears more than once; the gateway and the upstream could each read a different one.",
+    },
+    /// The URL carries a Pinpoint credential.
+    RequestCredentialInUrl => {
+        code: "request.credential_in_url", status: 400, title: "Credential in the URL",
+        hint: "Send the key or token in a header (`Authorization: Bearer ...`), never in the URL, and replace the key: URLs are logged.",
+        description: "The query string holds a Pinpoint API key or a Pinpoint-issued token. Pinpoint never passes its credentials to an upstream, and it cannot remove one from the URL without changing the request, so it refuses it.",
+    },
     /// The request line and headers together are too large.
     RequestHeadersTooLarge => {
         code: "request.headers_too_large", status: 431, title: "Request headers too large",

@@ -51,6 +51,7 @@ pub async fn serve_mode(listener: TcpListener, shutdown: impl Future<Output = ()
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
+                .max_headers(200)
                 .serve_connection(
                     TokioIo::new(stream),
                     service_fn(move |req| async move {

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, EXPECT, HOST};
+use http::header::{HeaderName, HeaderValue, CONNECTION, EXPECT, HOST};
 use http::{HeaderMap, Method, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
@@ -41,12 +41,25 @@ pub fn canonical_request<'a>(
     uri: &'a Uri,
     headers: &HeaderMap,
     limits: &ServerConfig,
+    is_pinpoint_kid: &dyn Fn(&str) -> bool,
 ) -> Result<CanonicalRequest<'a>, Denial> {
     check_head_size(method, uri, headers, limits)?;
+    check_singletons(headers)?;
     canonical::check_method(method.as_str())?;
     let host = host_of(version, uri, headers)?;
     check_transfer_encoding(headers)?;
     let path = canonical::canonical_path(uri.path())?;
+    // A credential in the URL cannot be removed without changing the request, and URLs are
+    // logged everywhere: refused.
+    if uri
+        .query()
+        .is_some_and(|q| crate::headers::carries_pinpoint_credential(&canonical::percent_decode(q), is_pinpoint_kid))
+    {
+        return Err(Denial::new(
+            Reason::RequestCredentialInUrl,
+            "The query string carries a Pinpoint credential.",
+        ));
+    }
     // What is forwarded must fit a request target (and the configured head).
     let target_len = path.len() + uri.query().map_or(0, |q| q.len() + 1);
     if target_len > limits.max_head_bytes.min(MAX_TARGET_BYTES) {
@@ -57,6 +70,31 @@ pub fn canonical_request<'a>(
         .note(format!("{target_len} bytes after canonicalisation")));
     }
     Ok(CanonicalRequest { path, host })
+}
+
+/// Headers a request may carry once: with two, layers and upstreams could each read another.
+static SINGLETONS: [HeaderName; 8] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("dd-api-key"),
+    HeaderName::from_static("dd-application-key"),
+    HeaderName::from_static("x-request-id"),
+    http::header::ORIGIN,
+    http::header::CONTENT_TYPE,
+    http::header::ACCESS_CONTROL_REQUEST_METHOD,
+];
+
+fn check_singletons(headers: &HeaderMap) -> Result<(), Denial> {
+    for name in &SINGLETONS {
+        let mut values = headers.get_all(name).iter();
+        if values.next().is_some() && values.next().is_some() {
+            return Err(Denial::new(
+                Reason::RequestHeaderRepeated,
+                format!("The request has more than one `{name}` header."),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The longest request target forwarded (the HTTP library's limit is just below 64 KiB).
@@ -141,13 +179,11 @@ fn host_of(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<St
             )
         }
         (Some(h), _) => h,
-        // HTTP/1.1 requires Host (RFC 9112 §3.2). An older request without one is routed
-        // as hostless, as the upstream will see it: never on its target's authority.
-        (None, _) if version == Version::HTTP_11 => {
-            return invalid(
-                "The request has no `Host` header.",
-                String::from("HTTP/1.1 without Host"),
-            )
+        // HTTP/1.1 requires Host (RFC 9112 §3.2), and an absolute-form target without one
+        // would be routed on an authority the upstream never sees. An older request with
+        // neither is routed as hostless, as the upstream will see it.
+        (None, target) if version == Version::HTTP_11 || target.is_some() => {
+            return invalid("The request has no `Host` header.", String::from("no Host header"))
         }
         (None, _) => return Ok(None),
     };
@@ -182,7 +218,13 @@ fn host_of(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<St
         let shown: String = authority.chars().take(64).collect();
         return invalid("The `Host` header is not a host name.", format!("Host {shown:?}"));
     }
-    Ok(Some(host.to_ascii_lowercase()))
+    match canonical::canonical_host(host) {
+        Some(host) => Ok(Some(host)),
+        None => invalid(
+            "The `Host` header is not a host name.",
+            format!("Host {host:?} is another spelling of an address"),
+        ),
+    }
 }
 
 /// A body Pinpoint could not take, and whether the connection must close after the
@@ -301,7 +343,7 @@ mod tests {
     }
 
     fn decide(p: &http::request::Parts) -> Result<CanonicalRequest<'_>, Denial> {
-        canonical_request(p.version, &p.method, &p.uri, &p.headers, &limits())
+        canonical_request(p.version, &p.method, &p.uri, &p.headers, &limits(), &|_| false)
     }
 
     fn refusal(p: &http::request::Parts) -> Option<Reason> {
@@ -356,9 +398,44 @@ mod tests {
         // HTTP/1.1 needs a Host; the target's authority never stands in for one.
         assert_eq!(refusal(&parts("/a", &[])), Some(Reason::RequestHostInvalid));
         assert_eq!(refusal(&parts("http://zzz/x", &[])), Some(Reason::RequestHostInvalid));
-        let mut old = parts("http://zzz/x", &[]);
+        let mut old = parts("/x", &[]);
         old.version = Version::HTTP_10;
         assert_eq!(host(&old), None);
+        let mut old_absolute = parts("http://zzz/x", &[]);
+        old_absolute.version = Version::HTTP_10;
+        assert_eq!(refusal(&old_absolute), Some(Reason::RequestHostInvalid));
+        // Addresses in one spelling.
+        assert_eq!(
+            host(&parts("/x", &[("host", "[0:0:0:0:0:0:0:1]")])).as_deref(),
+            Some("::1")
+        );
+        assert_eq!(host(&parts("/x", &[("host", "[0::1]:80")])).as_deref(), Some("::1"));
+        for other in ["127.1", "2130706433", "0x7f.0.0.1", "127.000.000.001", "0177.0.0.1"] {
+            assert_eq!(
+                refusal(&parts("/x", &[("host", other)])),
+                Some(Reason::RequestHostInvalid),
+                "{other}"
+            );
+        }
+        assert_eq!(
+            host(&parts("/x", &[("host", "127.0.0.1")])).as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            host(&parts("/x", &[("host", "cafe.example")])).as_deref(),
+            Some("cafe.example")
+        );
+        assert_eq!(host(&parts("/x", &[("host", "deadbeef")])).as_deref(), Some("deadbeef"));
+        // Headers that may appear once.
+        let twice = parts(
+            "/x",
+            &[
+                ("host", "a"),
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b"),
+            ],
+        );
+        assert_eq!(refusal(&twice), Some(Reason::RequestHeaderRepeated));
         assert_eq!(
             refusal(&parts("ftp://a/x", &[("host", "a")])),
             Some(Reason::RequestHostInvalid)
@@ -380,5 +457,7 @@ mod tests {
             refusal(&parts(&long, &[("host", "a")])),
             Some(Reason::RequestTargetTooLong)
         );
+        let keyed = parts("/x?api_key=pp%5F0123456789abcdef_secret", &[("host", "a")]);
+        assert_eq!(refusal(&keyed), Some(Reason::RequestCredentialInUrl));
     }
 }

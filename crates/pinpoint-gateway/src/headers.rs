@@ -32,21 +32,52 @@ const NOT_HOP_BY_HOP: [&str; 4] = ["host", "content-type", "cookie", "authorizat
 /// Headers that tell a server where the request came from or how it arrived: believed
 /// only from the proxies `[net] trusted_proxies` names, removed from anyone else's
 /// requests (Pinpoint states `X-Forwarded-For` and `X-Forwarded-Proto` itself).
-const FORWARDING: [&str; 14] = [
-    "forwarded",
+const FORWARDING: [&str; 27] = [
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
+    "client-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",
     "fastly-client-ip",
     "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-forwarded-for",
+    "x-proxyuser-ip",
+    "x-envoy-external-address",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-forwarded-ssl",
     "x-forwarded-scheme",
+    "x-forwarded-protocol",
     "x-forwarded-server",
+    "x-scheme",
+    "x-url-scheme",
     "front-end-https",
+    "x-host",
+    "x-original-host",
+    "x-http-host-override",
+];
+
+/// Headers that assert who the caller is, as auth proxies set them for upstreams: only
+/// Pinpoint states identity (`X-Pinpoint-*`), so these never pass, from anyone. So does
+/// `Forwarded`: the client address chain the decision used is restated in `X-Forwarded-For`.
+const IDENTITY_ASSERTIONS: [&str; 12] = [
+    "forwarded",
+    "remote-user",
+    "x-remote-user",
+    "x-user",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-webauth-user",
 ];
 
 /// Headers Pinpoint sets on the upstream request itself (besides `X-Pinpoint-*`).
@@ -61,7 +92,9 @@ const SET_BY_GATEWAY: [&str; 4] = [
 pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "dd-api-key", "dd-application-key"];
 
 /// Headers that ask a server to use another method or URL than the request line's.
-const OVERRIDE_HEADERS: [&str; 13] = [
+const OVERRIDE_HEADERS: [&str; 15] = [
+    "x-script-name",
+    "script-name",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -106,9 +139,9 @@ pub struct UpstreamHeaderRules<'a> {
     pub override_headers: OverrideHeaders,
     /// The peer is a trusted proxy: its forwarding headers pass.
     pub peer_is_trusted_proxy: bool,
-    /// Recognises a Pinpoint-issued JWT (for routes that do not authenticate, where other
-    /// credentials pass to upstreams with their own auth).
-    pub is_pinpoint_token: &'a dyn Fn(&str) -> bool,
+    /// Recognises the `kid` of a Pinpoint signing key (for routes that do not
+    /// authenticate, where other credentials pass to upstreams with their own auth).
+    pub is_pinpoint_kid: &'a dyn Fn(&str) -> bool,
 }
 
 /// Removes from a request bound upstream every header that is the gateway's to set, or
@@ -127,10 +160,10 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
             || FRAMING.contains(&read_as)
             || (OVERRIDE_HEADERS.contains(&read_as) && rules.override_headers != OverrideHeaders::Allow)
             || (FORWARDING.contains(&read_as) && (underscored || !rules.peer_is_trusted_proxy))
-            || (CREDENTIAL_HEADERS.contains(&read_as)
-                && (rules.route_authenticates
-                    || underscored
-                    || carries_pinpoint_credential(value.as_bytes(), rules.is_pinpoint_token)));
+            || IDENTITY_ASSERTIONS.contains(&read_as)
+            || (CREDENTIAL_HEADERS.contains(&read_as) && (rules.route_authenticates || underscored))
+            // A Pinpoint credential in any header (cookies included), in any wrapping.
+            || carries_pinpoint_credential(value.as_bytes(), rules.is_pinpoint_kid);
         if remove && !doomed.contains(name) {
             doomed.push(name.clone());
         }
@@ -141,37 +174,81 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
     }
 }
 
-/// Whether a credential header's value holds a Pinpoint credential anywhere in it, in any
-/// wrapping a server might unwrap: a key (`pp_...`) or a Pinpoint JWT, raw, quoted, after
-/// any scheme or separator, in a list, or inside a base64 `Basic` pair.
-pub fn carries_pinpoint_credential(value: &[u8], is_pinpoint_token: &dyn Fn(&str) -> bool) -> bool {
+/// Whether `bytes` hold a Pinpoint credential anywhere, in any wrapping a server might
+/// unwrap: a key (`pp_<16 hex>`, with any separator and in any case), or a JWT whose header
+/// names a Pinpoint signing key, raw, quoted, after any scheme or separator, in a list,
+/// or inside base64 (a `Basic` pair).
+pub fn carries_pinpoint_credential(bytes: &[u8], is_pinpoint_kid: &dyn Fn(&str) -> bool) -> bool {
     use base64::Engine;
-    let holds_token = |bytes: &[u8]| {
-        bytes
-            .split(|b| !is_token_char(b))
-            .filter_map(|word| std::str::from_utf8(word).ok())
-            .any(|word| word.starts_with("eyJ") && word.matches('.').count() == 2 && is_pinpoint_token(word))
-    };
-    if contains_key_prefix(value) || holds_token(value) {
-        return true;
-    }
-    value.split(|b| !is_token_char(b)).any(|word| {
-        word.len() >= 8
-            && base64::engine::general_purpose::STANDARD
-                .decode(word)
-                .is_ok_and(|decoded| contains_key_prefix(&decoded) || holds_token(&decoded))
+    let direct = |bytes: &[u8]| holds_key_id(bytes) || jwt_kids(bytes).any(|kid| is_pinpoint_kid(&kid));
+    direct(bytes)
+        || bytes
+            .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')))
+            .filter(|word| word.len() >= 8)
+            .filter_map(|word| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(word)
+                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(word))
+                    .ok()
+            })
+            .any(|decoded| direct(&decoded))
+}
+
+/// Whether `bytes` hold `pp`, one separator and 16 hex digits: a Pinpoint key's id.
+fn holds_key_id(bytes: &[u8]) -> bool {
+    bytes.windows(3 + pinpoint_core::keys::ID_LEN).any(|w| {
+        w[..2].eq_ignore_ascii_case(b"pp") && !w[2].is_ascii_alphanumeric() && w[3..].iter().all(u8::is_ascii_hexdigit)
     })
 }
 
-fn is_token_char(b: &u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'/' | b'=')
+/// The `kid`s of every JWT header (`eyJ...`, base64url JSON) in `bytes`.
+fn jwt_kids(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
+    use base64::Engine;
+    (0..bytes.len().saturating_sub(2))
+        .filter(move |&i| &bytes[i..i + 3] == b"eyJ")
+        .filter_map(move |i| {
+            let end = bytes[i..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')))
+                .map_or(bytes.len(), |n| i + n);
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&bytes[i..end])
+                .ok()?;
+            let header: serde_json::Value = serde_json::from_slice(&json).ok()?;
+            header.get("kid")?.as_str().map(str::to_owned)
+        })
 }
 
-/// Whether `bytes` hold `pp_` (any case), the start of every Pinpoint key.
-fn contains_key_prefix(bytes: &[u8]) -> bool {
-    bytes
-        .windows(3)
-        .any(|w| w.eq_ignore_ascii_case(pinpoint_core::keys::PREFIX.as_bytes()))
+/// Whether the query or the body asks the upstream to use another method with a `_method`
+/// parameter (Rails, Laravel and Symfony read it from the query, forms, multipart and
+/// JSON bodies): another way to say what an override header says.
+pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>, body: &[u8]) -> bool {
+    let names_method = |pairs: &[u8]| {
+        pairs.split(|b| *b == b'&' || *b == b';').any(|pair| {
+            let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+            let name: Vec<u8> = pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(name))
+                .into_iter()
+                .map(|b| if b == b'+' { b' ' } else { b })
+                .collect();
+            name.trim_ascii().eq_ignore_ascii_case(b"_method")
+        })
+    };
+    if query.is_some_and(|q| names_method(q.as_bytes())) {
+        return true;
+    }
+    let content_type = content_type.unwrap_or_default().to_ascii_lowercase();
+    if body.is_empty() {
+        false
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        names_method(body)
+    } else {
+        // Multipart parts and JSON keys: the name appears quoted.
+        contains_ignoring_case(body, b"\"_method\"")
+    }
+}
+
+fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Cleans a response from an upstream: hop-by-hop headers and those `Connection` names go,
@@ -229,8 +306,8 @@ mod tests {
         names
     }
 
-    fn ours(v: &str) -> bool {
-        v == "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.sig"
+    fn ours(kid: &str) -> bool {
+        kid == "k1"
     }
 
     #[test]
@@ -257,7 +334,7 @@ mod tests {
             route_authenticates: false,
             override_headers: OverrideHeaders::Strip,
             peer_is_trusted_proxy: false,
-            is_pinpoint_token: &ours,
+            is_pinpoint_kid: &ours,
         };
         clean_upstream_request(&mut h, &rules);
         assert_eq!(left(&h), ["accept", "x-kept", "x_kept_too"]);
@@ -275,7 +352,7 @@ mod tests {
             route_authenticates: true,
             override_headers: OverrideHeaders::Strip,
             peer_is_trusted_proxy: false,
-            is_pinpoint_token: &ours,
+            is_pinpoint_kid: &ours,
         };
         clean_upstream_request(&mut h, &rules);
         assert!(h.is_empty());
@@ -285,12 +362,42 @@ mod tests {
         clean_upstream_request(&mut h, &rules);
         assert_eq!(left(&h), ["dd-api-key"], "the upstream's own credential passes");
         let mut h = headers(&[
-            ("authorization", "bearer   pp_x"),
+            ("authorization", "bearer   pp_0123456789abcdef_x"),
             ("x_api_key", "anything"),
-            ("x-api-key", "\"pp_y\""),
+            ("x-api-key", "\"pp_0123456789abcdef_y\""),
+            ("cookie", "session=1; api=pp_0123456789abcdef_z"),
+            ("x-auth-token", "pp-0123456789abcdef-z"),
         ]);
         clean_upstream_request(&mut h, &rules);
-        assert!(h.is_empty());
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn method_override_parameters_are_found_in_query_and_bodies() {
+        let form = Some("application/x-www-form-urlencoded");
+        assert!(method_override_parameter(Some("a=1&_method=DELETE"), None, b""));
+        assert!(method_override_parameter(Some("%5Fmethod=DELETE"), None, b""));
+        assert!(method_override_parameter(None, form, b"x=1&_method=DELETE"));
+        assert!(method_override_parameter(
+            None,
+            Some("multipart/form-data; boundary=b"),
+            b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--"
+        ));
+        assert!(method_override_parameter(
+            None,
+            Some("application/json"),
+            br#"{"_method":"DELETE"}"#
+        ));
+        assert!(!method_override_parameter(
+            Some("method=x&a_method=y"),
+            form,
+            b"my_method=1"
+        ));
+        assert!(!method_override_parameter(
+            None,
+            Some("application/json"),
+            br#"{"method":"x"}"#
+        ));
     }
 
     #[test]
@@ -300,7 +407,7 @@ mod tests {
             route_authenticates: false,
             override_headers: OverrideHeaders::Allow,
             peer_is_trusted_proxy: false,
-            is_pinpoint_token: &ours,
+            is_pinpoint_kid: &ours,
         };
         clean_upstream_request(&mut h, &rules);
         assert_eq!(h.len(), 2);
@@ -324,7 +431,7 @@ mod tests {
     #[test]
     fn a_pinpoint_credential_is_found_in_any_wrapping() {
         let key = "pp_0123456789abcdef_secretsecretsecretsecretsecretsecretsecr";
-        let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.sig";
+        let jwt = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.sig";
         use base64::Engine;
         let basic = |pair: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
         let wrapped = [
@@ -341,6 +448,10 @@ mod tests {
             format!("{jwt},{jwt}"),
             format!("\"{jwt}\""),
             basic(&format!("x:{jwt}")),
+            format!("Bearer {jwt}."),
+            format!("x.{jwt}"),
+            format!("pp-{}", &key[3..]),
+            format!("api_key={key}"),
         ];
         for value in &wrapped {
             assert!(carries_pinpoint_credential(value.as_bytes(), &ours), "{value}");
@@ -349,6 +460,7 @@ mod tests {
             "Bearer upstream-own-token",
             "Basic dXNlcjpwYXNz",
             "eyJhbGciOiJIUzI1NiJ9.e30.x",
+            "eyJhbGciOiJFZERTQSIsImtpZCI6ImsyIn0.e30.x",
         ] {
             assert!(!carries_pinpoint_credential(other.as_bytes(), &ours), "{other}");
         }
@@ -369,7 +481,7 @@ mod tests {
             route_authenticates: false,
             override_headers: OverrideHeaders::Strip,
             peer_is_trusted_proxy: false,
-            is_pinpoint_token: &ours,
+            is_pinpoint_kid: &ours,
         };
         let mut h = headers(&sent);
         clean_upstream_request(&mut h, &rules);
@@ -377,6 +489,10 @@ mod tests {
         rules.peer_is_trusted_proxy = true;
         let mut h = headers(&sent);
         clean_upstream_request(&mut h, &rules);
-        assert_eq!(left(&h), ["forwarded", "host", "x-forwarded-host", "x-real-ip"]);
+        assert_eq!(
+            left(&h),
+            ["host", "x-forwarded-host", "x-real-ip"],
+            "Forwarded is restated as X-Forwarded-For"
+        );
     }
 }

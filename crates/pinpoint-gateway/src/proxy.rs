@@ -19,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use pinpoint_core::config::REASONS_PATH;
+use pinpoint_core::config::{OverrideHeaders, REASONS_PATH};
 use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
 use tokio::net::TcpListener;
 
@@ -116,12 +116,14 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     // The edge: one canonical request that every layer, the record and the upstream share,
     // or a refusal that says what was wrong with the request as sent.
     let edge_started = Instant::now();
+    let is_pinpoint_kid = |kid: &str| shared.services.tokens.is_our_kid(kid);
     let edge = edge::canonical_request(
         parts.version,
         &parts.method,
         &parts.uri,
         &parts.headers,
         &runtime.config.server,
+        &is_pinpoint_kid,
     );
     let decided = match edge {
         Err(denial) => {
@@ -187,7 +189,29 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
 
     let (mut response, reason, upstream_target) = match (verdict.denial, route) {
         (None, Some(route)) if !answered => {
-            match edge::read_body(body, route.max_body_bytes, route.body_timeout).await {
+            let read = edge::read_body(body, route.max_body_bytes, route.body_timeout).await;
+            // A `_method` parameter says what an override header says: it goes no further
+            // than the route's override rule lets it.
+            let read = read.and_then(|bytes| {
+                let content_type = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                if route.override_headers != OverrideHeaders::Allow
+                    && headers::method_override_parameter(parts.uri.query(), content_type, &bytes)
+                {
+                    Err(edge::BodyRefusal {
+                        denial: Denial::new(
+                            Reason::RequestOverrideHeader,
+                            "This route does not accept a `_method` parameter; send the method you mean.",
+                        ),
+                        close: false,
+                    })
+                } else {
+                    Ok(bytes)
+                }
+            });
+            match read {
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
@@ -466,22 +490,19 @@ fn upstream_entry(mark: Mark, reason: Option<Reason>, note: String, started: Ins
 fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<'_>, body_len: usize) -> HeaderMap {
     let had_framing =
         out.contains_key(http::header::CONTENT_LENGTH) || out.contains_key(http::header::TRANSFER_ENCODING);
+    // From a trusted proxy, the chain the decision read (every line, or `Forwarded`).
     let prior_forwarded_for = fwd
         .peer_is_trusted_proxy
-        .then(|| {
-            out.get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .flatten();
-    let is_pinpoint_token = |token: &str| fwd.tokens.is_ours(token);
+        .then(|| crate::layers::net::forwarded_hops(&out).join(", "))
+        .filter(|chain| !chain.is_empty());
+    let is_pinpoint_kid = |kid: &str| fwd.tokens.is_our_kid(kid);
     headers::clean_upstream_request(
         &mut out,
         &headers::UpstreamHeaderRules {
             route_authenticates: route.access.auth != pinpoint_core::config::AuthRequirement::None,
             override_headers: route.override_headers,
             peer_is_trusted_proxy: fwd.peer_is_trusted_proxy,
-            is_pinpoint_token: &is_pinpoint_token,
+            is_pinpoint_kid: &is_pinpoint_kid,
         },
     );
     // Room for the headers added below at once: one resize, not several.

@@ -152,6 +152,11 @@ impl CompiledRoute {
         }
     }
 
+    /// How specific the route is: a host route over a host-less one, then the longer prefix.
+    fn specificity(&self) -> (bool, usize) {
+        (self.host.is_some(), self.prefix.len())
+    }
+
     fn matches_host(&self, host: Option<&str>) -> bool {
         self.host.as_deref().is_none_or(|want| host == Some(want))
     }
@@ -221,14 +226,10 @@ pub fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Arc<CompiledRoute>>) -> Self {
-        // Longest prefix first; host-specific before any-host at equal length; stable
-        // otherwise, so config order breaks ties.
-        routes.sort_by(|a, b| {
-            b.prefix
-                .len()
-                .cmp(&a.prefix.len())
-                .then(b.host.is_some().cmp(&a.host.is_some()))
-        });
+        // Routes for the request's host before routes for any host (as a server block
+        // before the default one), longest prefix first within each; stable otherwise,
+        // so config order breaks ties.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
         RouteTable { routes }
     }
 
@@ -239,7 +240,7 @@ impl RouteTable {
         let mut allow: Vec<&Method> = Vec::new();
         for route in &self.routes {
             if let Some(b) = best {
-                if route.prefix.len() < b.prefix.len() {
+                if route.specificity() < b.specificity() {
                     break;
                 }
             }
@@ -255,7 +256,7 @@ impl RouteTable {
                 PathMatch::Yes => {}
             }
             if let Some(other) = resembled {
-                if other.prefix.len() > route.prefix.len() {
+                if other.specificity() > route.specificity() {
                     return RouteMatch::CaseMismatch {
                         route_id: other.id.clone(),
                     };

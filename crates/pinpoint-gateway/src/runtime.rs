@@ -152,12 +152,20 @@ pub enum LoadError {
 }
 
 /// Reads and validates a config file.
+/// Reads and validates a config file. A relative `data_dir` is taken relative to the
+/// file's own directory, wherever Pinpoint was started from.
 pub fn load_file(path: &Path) -> Result<Config, LoadError> {
     let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })?;
-    Ok(Config::parse(&source, &path.display().to_string())?)
+    let mut config = Config::parse(&source, &path.display().to_string())?;
+    if config.server.data_dir.is_relative() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            config.server.data_dir = dir.join(&config.server.data_dir);
+        }
+    }
+    Ok(config)
 }
 
 impl Shared {
@@ -167,6 +175,10 @@ impl Shared {
         let Some(path) = &self.config_path else {
             return Ok(None);
         };
+        // The built-in demo watches `./pinpoint.toml` before it exists: its absence is no error.
+        if !path.exists() && self.runtime.load().config.origin == pinpoint_core::config::DEMO_ORIGIN {
+            return Ok(None);
+        }
         let config = match load_file(path) {
             Ok(c) => c,
             Err(e) => {
@@ -207,7 +219,8 @@ impl Shared {
 /// Reloads on SIGHUP and when the file's content changes (checked every
 /// `reload_poll_ms`), until `stop` turns true.
 pub async fn watch_config(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let Some(path) = shared.config_path.clone() else { return };
+    // SIGHUP is handled even with nothing to reload: it must never end the process.
+    let path = shared.config_path.clone().unwrap_or_default();
     let poll_ms = shared.runtime.load().config.server.reload_poll_ms;
     let mut last_seen = std::fs::read(&path).ok();
     #[cfg(unix)]
@@ -230,7 +243,7 @@ pub async fn watch_config(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
                 last_seen = std::fs::read(&path).ok();
                 let _ = shared.reload("SIGHUP");
             }
-            _ = poll.tick(), if poll_ms > 0 => {
+            _ = poll.tick(), if poll_ms > 0 && !path.as_os_str().is_empty() => {
                 let now = std::fs::read(&path).ok();
                 if now.is_some() && now != last_seen {
                     last_seen = now;

@@ -113,16 +113,10 @@ impl TokenService {
         Ok(())
     }
 
-    /// Whether `token` is a JWT whose header names one of Pinpoint's signing keys: a
-    /// Pinpoint credential, never to be passed to an upstream (its signature is not checked
-    /// here; this only recognises it).
-    pub fn is_ours(&self, token: &str) -> bool {
-        match jsonwebtoken::decode_header(token) {
-            Ok(header) => header
-                .kid
-                .is_some_and(|kid| self.keys.load().iter().any(|key| key.kid == kid)),
-            Err(_) => false,
-        }
+    /// Whether `kid` names one of Pinpoint's signing keys: a JWT whose header carries it is
+    /// a Pinpoint credential, never to be passed to an upstream.
+    pub fn is_our_kid(&self, kid: &str) -> bool {
+        self.keys.load().iter().any(|key| key.kid == kid)
     }
 
     /// Signs a token for `principal_id` in `org_id`, valid for `ttl_seconds`.

@@ -211,7 +211,7 @@ fn run(cli: Cli) -> Result<()> {
 pub(crate) fn resolve_config(explicit: Option<&Path>) -> Result<(Config, String)> {
     let path = match explicit {
         Some(p) => Some(p.to_owned()),
-        None => Some(PathBuf::from("pinpoint.toml")).filter(|p| p.exists()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
     };
     match path {
         Some(path) => {
@@ -223,12 +223,8 @@ pub(crate) fn resolve_config(explicit: Option<&Path>) -> Result<(Config, String)
     }
 }
 
-fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
-    match explicit {
-        Some(p) => Some(p.to_owned()),
-        None => Some(PathBuf::from("pinpoint.toml")).filter(|p| p.exists()),
-    }
-}
+/// The config file used when `--config` is not given, if it exists.
+const DEFAULT_CONFIG_FILE: &str = "pinpoint.toml";
 
 async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
     // Log lines gather in a buffer a writer thread empties (log_sink), so the proxy never
@@ -256,7 +252,9 @@ async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
     let api = bind(config.server.api_listen, "api").await?;
     let gateway = Gateway {
         config,
-        config_path: config_file(config_flag.as_deref()),
+        // Without --config, `./pinpoint.toml` is watched even while the built-in demo serves,
+        // so creating it is picked up like any later change.
+        config_path: Some(config_flag.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE))),
         store: store.clone(),
     };
     pinpoint_gateway::run(gateway, Listeners { proxy, api }, shutdown_signal()).await?;

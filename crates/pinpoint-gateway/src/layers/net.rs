@@ -93,6 +93,22 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     if trusted.is_empty() || listed(trusted, peer).is_none() {
         return peer;
     }
+    let hops = forwarded_hops(headers);
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else { break };
+        client = ip;
+        if listed(trusted, ip).is_none() {
+            break;
+        }
+    }
+    client
+}
+
+/// The client address chain a trusted proxy reports, oldest first: every `X-Forwarded-For`
+/// line joined in order, or else the `for=` of every `Forwarded` element. The decision
+/// reads this chain and the upstream is sent the same one (restated as `X-Forwarded-For`).
+pub fn forwarded_hops(headers: &HeaderMap) -> Vec<&str> {
     let mut hops: Vec<&str> = Vec::new();
     for value in headers
         .get_all("x-forwarded-for")
@@ -118,15 +134,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
             }
         }
     }
-    let mut client = peer;
-    for hop in hops.iter().rev() {
-        let Some(ip) = parse_hop(hop) else { break };
-        client = ip;
-        if listed(trusted, ip).is_none() {
-            break;
-        }
-    }
-    client
+    hops
 }
 
 fn parse_hop(hop: &str) -> Option<IpAddr> {

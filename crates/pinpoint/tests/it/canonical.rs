@@ -69,6 +69,13 @@ upstream = "echo"
 max_body_bytes = 1024
 body_timeout_ms = 400
 
+[[routes]]
+id = "secure"
+host = "secure.example"
+path_prefix = "/"
+upstream = "echo"
+permissions = { "*" = "sec:all" }
+
 [[policy.rules]]
 id = "admin-read-only"
 routes = ["admin"]
@@ -832,6 +839,140 @@ async fn what_the_attacks_on_the_first_version_found_is_refused_or_removed() {
             "{name}: {value} reached the upstream"
         );
     }
+}
+
+#[tokio::test]
+async fn what_the_second_attack_found_is_refused_or_removed() {
+    let (gw, reader_key, _) = hardened().await;
+    // A segment that is only parameters, resolved away by `..` here but `//` to Tomcat.
+    for raw in ["/matrix/;jsessionid=1/../admin", "/matrix/;/../admin", "/x/;a"] {
+        let resp = request(&gw, "POST", raw, &[("content-length", "0")]).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.path_parameters")),
+            "{raw}"
+        );
+    }
+    // More characters that fold: ß, ẞ, a combining dot, default-ignorables; Windows'
+    // trailing dots and spaces.
+    for raw in [
+        "/legacy/pa%C3%9F",
+        "/legacy/PA%E1%BA%9E",
+        "/legacy/I%CC%87",
+        "/ad%C2%ADmin",
+        "/admin./x",
+        "/admin%20/x",
+    ] {
+        let resp = request(&gw, "GET", raw, &[]).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.path_confusable")),
+            "{raw}"
+        );
+    }
+    // `_method` in the query or the body is an override too.
+    let resp = request(&gw, "GET", "/admin/users?_method=DELETE", &[]).await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.override_header"))
+    );
+    let resp = send(
+        &gw,
+        "POST /orders/1 HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 14",
+        b"_method=DELETE",
+    )
+    .await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.override_header"))
+    );
+    // A host's routes come before routes for any host, whatever their prefixes.
+    let resp = send_raw(&gw, b"GET /admin/users HTTP/1.1\r\nHost: secure.example\r\n\r\n").await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (401, Some("authn.credentials_missing"))
+    );
+    // Other spellings of an address are refused; IPv6 is matched in its one form.
+    for host in ["127.1", "2130706433", "0x7f.0.0.1", "127.000.000.001"] {
+        let resp = send_raw(&gw, format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.host_invalid")),
+            "{host}"
+        );
+    }
+    let resp = send_raw(&gw, b"GET /x HTTP/1.1\r\nHost: [0:0:0:0:0:0:0:1]\r\n\r\n").await;
+    let d = gw.decision(resp.header("x-request-id").unwrap()).await;
+    assert_eq!(d.host.as_deref(), Some("::1"));
+    // HTTP/1.0 with an absolute target and no Host: refused, not routed on an authority the
+    // upstream never sees.
+    let resp = send_raw(&gw, b"GET http://secure.example/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.host_invalid"))
+    );
+    // Headers that may appear once.
+    let resp = request(
+        &gw,
+        "GET",
+        "/shop/items",
+        &[
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("authorization", &format!("Bearer {reader_key}")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.header_repeated"))
+    );
+    // A Pinpoint credential anywhere: any header, cookies, odd JWT wrappings; in the URL, refused.
+    for (name, value) in [
+        ("Cookie", format!("session=1; api={reader_key}")),
+        ("X-Auth-Token", reader_key.clone()),
+        ("Api-Key", reader_key.replacen('_', "-", 2)),
+    ] {
+        let resp = request(&gw, "GET", "/probe", &[(name, &value)]).await;
+        assert!(
+            !resp.body.contains(&reader_key[3..19]),
+            "{name}: {value} reached the upstream"
+        );
+    }
+    let resp = request(&gw, "GET", &format!("/probe?api_key={reader_key}"), &[]).await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.credential_in_url"))
+    );
+    // Identity and scheme assertions never pass.
+    for (name, value) in [
+        ("X-Remote-User", "admin"),
+        ("X-Forwarded-User", "admin"),
+        ("X-Script-Name", "/admin"),
+        ("X-Forwarded-Protocol", "https"),
+    ] {
+        let resp = request(&gw, "GET", "/probe", &[(name, value)]).await;
+        assert!(
+            resp.json()["headers"].get(name.to_ascii_lowercase()).is_none(),
+            "{name} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_whole_chain_is_decided_on_and_forwarded() {
+    let extra = "\n[net]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+    let gw = start(&config_with("\"builtin:echo\"", "", extra)).await;
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    stream
+        .write_all(b"GET /orders/1 HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 10.1.1.1\r\nForwarded: for=9.9.9.9\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut stream).await;
+    let echoed = resp.json();
+    assert_eq!(echoed["headers"]["x-forwarded-for"], "6.6.6.6, 10.1.1.1, 127.0.0.1");
+    assert!(echoed["headers"].get("forwarded").is_none());
+    let d = gw.decision(resp.header("x-request-id").unwrap()).await;
+    assert!(d.client_addr.starts_with("10.1.1.1"), "{}", d.client_addr);
 }
 
 #[tokio::test]
