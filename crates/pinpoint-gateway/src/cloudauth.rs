@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::{Quota, RateLimiter};
 use pinpoint_cloudauth::arn::{Identity, Pattern};
 use pinpoint_cloudauth::proof::{self, Partitions, Proof, ProofError};
@@ -35,8 +36,32 @@ pub struct CloudAuth {
     http: reqwest::Client,
     /// Signature -> Unix second until which it is remembered.
     replay: Mutex<HashMap<String, i64>>,
+    /// The exchange budgets, rebuilt when a reloaded config changes them.
+    limits: ArcSwap<ExchangeLimits>,
+}
+
+/// Per-organization and per-address exchange budgets, with the config values they enforce.
+struct ExchangeLimits {
+    per_org_per_minute: u32,
+    per_ip_per_minute: u32,
     per_org: Limiter,
     per_ip: Limiter,
+}
+
+impl ExchangeLimits {
+    fn new(config: &CloudAuthConfig) -> ExchangeLimits {
+        ExchangeLimits {
+            per_org_per_minute: config.exchanges_per_minute_per_org,
+            per_ip_per_minute: config.exchanges_per_minute_per_ip,
+            per_org: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_org)),
+            per_ip: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_ip)),
+        }
+    }
+
+    fn enforce(&self, config: &CloudAuthConfig) -> bool {
+        self.per_org_per_minute == config.exchanges_per_minute_per_org
+            && self.per_ip_per_minute == config.exchanges_per_minute_per_ip
+    }
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -59,9 +84,20 @@ impl CloudAuth {
         Ok(CloudAuth {
             http,
             replay: Mutex::new(HashMap::new()),
-            per_org: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_org)),
-            per_ip: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_ip)),
+            limits: ArcSwap::from_pointee(ExchangeLimits::new(config)),
         })
+    }
+
+    /// The exchange budgets of the running config (a reload that changes them starts
+    /// fresh budgets).
+    fn limits(&self, config: &CloudAuthConfig) -> Arc<ExchangeLimits> {
+        let current = self.limits.load_full();
+        if current.enforce(config) {
+            return current;
+        }
+        let fresh = Arc::new(ExchangeLimits::new(config));
+        self.limits.store(fresh.clone());
+        fresh
     }
 
     /// Checks a proof end to end and returns the confirmed identity.
@@ -79,7 +115,8 @@ impl CloudAuth {
                 "Cloud authentication is not enabled on this gateway.",
             ));
         }
-        if self.per_ip.check_key(&client_ip.to_string()).is_err() {
+        let limits = self.limits(config);
+        if limits.per_ip.check_key(&client_ip.to_string()).is_err() {
             return Err(
                 Denial::new(Reason::RateLimited, "Too many identity exchanges from your address.")
                     .rule("cloudauth per-address limit")
@@ -114,15 +151,23 @@ impl CloudAuth {
             )
             .note(format!("org header {:?}", proof.org_id))
         })?;
-        self.burn(
-            &proof.signature,
-            proof.signed_at + config.proof_window_seconds + 61,
-            now,
-        )?;
+        let remember_until = proof.signed_at + config.proof_window_seconds + 61;
+        self.burn(&proof.signature, remember_until, now)?;
+        // The store remembers it too, so a restart does not make the proof new again.
+        if !store
+            .burn_proof(&proof.signature, remember_until, now)
+            .await
+            .map_err(store_denial)?
+        {
+            return Err(
+                Denial::new(Reason::CloudauthProofReplayed, "This proof was already used.")
+                    .note("remembered by the store (used before the last restart)"),
+            );
+        }
         let caller = self.call_sts(config, &proof).await?;
         // The organization's budget is charged only for identities STS confirmed, so forged
         // proofs (org ids are not secret) cannot exhaust it; they count per address above.
-        if self.per_org.check_key(&org.id).is_err() {
+        if limits.per_org.check_key(&org.id).is_err() {
             return Err(Denial::new(
                 Reason::RateLimited,
                 "Too many identity exchanges for this organization.",
@@ -159,8 +204,9 @@ impl CloudAuth {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, exp| *exp >= now_s);
-        self.per_org.retain_recent();
-        self.per_ip.retain_recent();
+        let limits = self.limits.load();
+        limits.per_org.retain_recent();
+        limits.per_ip.retain_recent();
     }
 
     /// Remembers a signature (until no proof signed with it can be fresh any more);
@@ -192,7 +238,13 @@ impl CloudAuth {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
             }
-            let mut request = self.http.post(&url).body(proof.body.clone());
+            // The running config's timeout, so a reload applies it (the client's own is the
+            // one at start, for connecting).
+            let mut request = self
+                .http
+                .post(&url)
+                .timeout(Duration::from_millis(config.sts_timeout_ms))
+                .body(proof.body.clone());
             for (name, value) in &proof.headers {
                 request = request.header(name.as_str(), value.as_str());
             }

@@ -161,6 +161,9 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                     }
                     shared.services.rate.housekeeping(pinpoint_store::now_ms());
                     shared.services.cloudauth.housekeeping(pinpoint_store::now_ms() / 1000);
+                    if let Err(e) = shared.store.prune_proofs(pinpoint_store::now_ms() / 1000).await {
+                        tracing::warn!(error = %e, "could not prune used proof signatures");
+                    }
                 }
             }
         }

@@ -61,7 +61,43 @@ pub(crate) const SCHEMA_V4: &[&str] = &[
     )",
 ];
 
+/// Version 7: the signatures of used identity proofs, so a proof works once across
+/// restarts too (kept until no proof signed with them could be fresh any more).
+pub(crate) const SCHEMA_V7: &[&str] = &["CREATE TABLE IF NOT EXISTS proof_replay (
+        signature TEXT PRIMARY KEY,
+        until_s INTEGER NOT NULL
+    )"];
+
 impl Store {
+    /// Records a used proof's signature until `until_s`. False when it was recorded
+    /// before and is still remembered: the proof is a replay.
+    pub async fn burn_proof(&self, signature: &str, until_s: i64, now_s: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM proof_replay WHERE signature = ? AND until_s < ?")
+            .bind(signature)
+            .bind(now_s)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO proof_replay (signature, until_s) VALUES (?, ?) ON CONFLICT(signature) DO NOTHING",
+        )
+        .bind(signature)
+        .bind(until_s)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets the signatures no proof could be fresh with any more.
+    pub async fn prune_proofs(&self, now_s: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM proof_replay WHERE until_s < ?")
+            .bind(now_s)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     pub async fn register_aws_account(&self, org_id: &str, account: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO aws_accounts (org_id, account_id, created_at_ms) VALUES (?, ?, ?)")
             .bind(org_id)

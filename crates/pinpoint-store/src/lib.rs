@@ -49,7 +49,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -210,7 +210,7 @@ impl Store {
                 sqlx::query(statement).execute(&pool).await?;
             }
         }
-        for (to, statements) in [(5, SCHEMA_V5), (6, SCHEMA_V6)] {
+        for (to, statements) in [(5, SCHEMA_V5), (6, SCHEMA_V6), (7, cloudauth::SCHEMA_V7)] {
             if version < to {
                 migrate_to(&pool, to, statements).await?;
             }

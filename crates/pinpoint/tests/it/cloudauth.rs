@@ -628,6 +628,48 @@ async fn a_recreated_role_does_not_inherit_the_mapping_and_exchanges_are_rate_li
 }
 
 #[tokio::test]
+async fn reloads_apply_exchange_limits_and_a_proof_works_once_across_a_restart() {
+    let (moto, creds) = moto().await;
+    let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    w.gw.store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            Some(&w.bob_id),
+        )
+        .await
+        .unwrap();
+    let used = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    assert_eq!(exchange(&w.gw, &used).await.status(), 200);
+    // Lower the per-address budget by editing the file: the running gateway applies it.
+    let text = std::fs::read_to_string(&w.gw.config_path).unwrap();
+    let lowered = text.replace("[cloudauth]\n", "[cloudauth]\nexchanges_per_minute_per_ip = 2\n");
+    let before = w.gw.revision().await;
+    std::fs::write(&w.gw.config_path, lowered).unwrap();
+    poll_until("reloaded", || async { w.gw.revision().await != before }).await;
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(exchange(&w.gw, "Delegated nonsense").await.status().as_u16());
+        }
+        out
+    };
+    assert_eq!(statuses, [400, 400, 429], "the reloaded budget applies");
+    // A restart empties the replay cache; a proof signed before it is still refused.
+    std::fs::write(&w.gw.config_path, text).unwrap();
+    let (dir, store, admin_key) = w.gw.stop_and_keep().await;
+    let config = std::fs::read_to_string(dir.path().join("pinpoint.toml")).unwrap();
+    let gw = start_in(dir, store, admin_key, &config).await;
+    let body = problem(exchange(&gw, &used).await, 401, "cloudauth.proof_replayed").await;
+    let d = gw.decision(body["request_id"].as_str().unwrap()).await;
+    assert!(format!("{d:?}").contains("restart"), "{d:?}");
+    let fresh = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    assert_eq!(exchange(&gw, &fresh).await.status(), 200);
+}
+
+#[tokio::test]
 async fn intake_keys_rotate_with_an_overlap_window() {
     let (moto, creds) = moto().await;
     let extra = format!(
