@@ -268,3 +268,43 @@ async fn a_bad_config_is_refused_with_file_line_and_column() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_relative_data_dir_is_relative_to_its_config_file_and_reasons_end_quietly_on_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, api_port) = (free_port().await, free_port().await);
+    let conf_dir = dir.path().join("conf");
+    std::fs::create_dir(&conf_dir).unwrap();
+    let config_path = conf_dir.join("pinpoint.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nproxy_listen = \"127.0.0.1:{proxy_port}\"\napi_listen = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\n"
+        ),
+    )
+    .unwrap();
+    // Started from another directory than the config file's.
+    let server = ServeProcess::start(&config_path, dir.path(), "relative");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = format!("http://127.0.0.1:{api_port}/healthz");
+    poll_until("binary ready", || async { http.get(&health).send().await.is_ok() }).await;
+    assert!(
+        conf_dir.join("data/bootstrap-admin.key").exists(),
+        "{}",
+        server.stderr()
+    );
+    assert!(!dir.path().join("data").exists());
+    drop(server);
+
+    // `pinpoint reasons | head -1`: the reader goes away after one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .arg("reasons")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
