@@ -267,6 +267,72 @@ impl Store {
         Ok(Some(issued))
     }
 
+    /// The id of the key in the bootstrap key file, if the file holds one.
+    pub fn bootstrap_key_id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data_dir.join(BOOTSTRAP_KEY_FILE)).ok()?;
+        pinpoint_core::keys::parse(text.trim()).map(|k| k.id.to_owned())
+    }
+
+    /// Replaces the bootstrap key file's key (after a rotation or a recovery): written to a
+    /// new private file, synced, then renamed over the old one, so a reader sees one whole key.
+    pub fn replace_bootstrap_key_file(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.data_dir.join(BOOTSTRAP_KEY_FILE);
+        let fresh = self.data_dir.join(format!("{BOOTSTRAP_KEY_FILE}.new"));
+        let _ = std::fs::remove_file(&fresh);
+        write_private_file(&fresh, format!("{key}\n").as_bytes())?;
+        std::fs::rename(&fresh, &path).map_err(|source| StoreError::Io { path, source })
+    }
+
+    /// Issues a new key for the bootstrap admin (recreating it, and its platform-admin
+    /// role, if they were deleted) and puts it in the key file: for an operator with access
+    /// to the data directory who has lost every administrator key.
+    pub async fn recover_bootstrap_key(&self) -> Result<IssuedKey, StoreError> {
+        let org = match self.org_by_name(OPERATORS_ORG).await? {
+            Some(org) => org,
+            None => self.create_org(OPERATORS_ORG).await?,
+        };
+        let existing = self
+            .principals(Some(&org.id), PrincipalKind::ServiceAccount)
+            .await?
+            .into_iter()
+            .find(|p| p.name == "bootstrap-admin");
+        let admin = match existing {
+            Some(admin) => admin,
+            None => {
+                self.create_principal(&org.id, PrincipalKind::ServiceAccount, "bootstrap-admin", None)
+                    .await?
+            }
+        };
+        if self.set_principal_suspended(&admin.id, false).await.is_err() {
+            tracing::warn!("could not lift a suspension of the bootstrap admin");
+        }
+        let role = match self
+            .roles(Some(&org.id))
+            .await?
+            .into_iter()
+            .find(|r| r.name == PLATFORM_ADMIN_ROLE)
+        {
+            Some(role) => role,
+            None => {
+                self.create_role(&org.id, PLATFORM_ADMIN_ROLE, &[ALL_PERMISSIONS.to_owned()])
+                    .await?
+            }
+        };
+        let _ = self.assign_role(&admin.id, &role.id).await;
+        let issued = self
+            .create_key(NewKey {
+                name: "bootstrap-admin (recovered)".into(),
+                kind: KeyKind::Application,
+                org_id: org.id,
+                principal_id: Some(admin.id),
+                scopes: None,
+                expires_at_ms: None,
+            })
+            .await?;
+        self.replace_bootstrap_key_file(&issued.key)?;
+        Ok(issued)
+    }
+
     /// The pepper keys are hashed with (for verification in the directory).
     pub fn pepper(&self) -> std::sync::Arc<[u8]> {
         self.pepper.clone()

@@ -36,6 +36,9 @@ pub enum Keys {
     /// Revoke a key by id.
     Revoke {
         id: String,
+        /// Revoke even the last key of a platform administrator.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -208,9 +211,10 @@ pub async fn keys(cmd: Keys) -> Result<()> {
                 .await?,
             key_line,
         ),
-        Keys::Revoke { id, client } => {
+        Keys::Revoke { id, force, client } => {
+            let force = if force { "?force=true" } else { "" };
             ApiClient::new(&client)?
-                .call(Method::DELETE, &format!("/api/v2/api_keys/{id}"), None)
+                .call(Method::DELETE, &format!("/api/v2/api_keys/{id}{force}"), None)
                 .await?;
             println!("revoked {id}");
         }

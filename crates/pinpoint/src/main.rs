@@ -85,6 +85,11 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Host-side administration (needs the data directory, not the API).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Print the reason catalogue.
     Reasons {
         /// As the Markdown page docs/reasons.md.
@@ -116,6 +121,16 @@ enum LoginCommand {
         /// Print JSON with the token's expiry.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Issue a new bootstrap admin key into the data directory, for when every
+    /// administrator key is lost or revoked.
+    Recover {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -162,6 +177,34 @@ fn run(cli: Cli) -> Result<()> {
                 cloud::agent_key(&target, fallback_key, out, once).await
             }
             Command::Keys(cmd) => admin::keys(cmd).await,
+            Command::Admin {
+                command: AdminCommand::Recover { config },
+            } => {
+                // Straight to the store: for when no administrator key is left to call the API with.
+                let (config, origin) = resolve_config(config.as_deref())?;
+                let store = Store::open(&config.server.data_dir).await.with_context(|| {
+                    format!(
+                        "cannot open the store of {origin} in {}",
+                        config.server.data_dir.display()
+                    )
+                })?;
+                let issued = store
+                    .recover_bootstrap_key()
+                    .await
+                    .context("cannot issue a new bootstrap key")?;
+                store.close().await;
+                println!("{}", issued.key);
+                eprintln!(
+                    "A new bootstrap admin key ({}) is in {}. A running pinpoint accepts it after its next start.",
+                    issued.info.id,
+                    config
+                        .server
+                        .data_dir
+                        .join(pinpoint_store::keys::BOOTSTRAP_KEY_FILE)
+                        .display()
+                );
+                Ok(())
+            }
             Command::CloudAuth(cmd) => admin::cloud_auth(cmd).await,
             Command::Users(cmd) => admin::principals("users", cmd).await,
             Command::ServiceAccounts(cmd) => admin::principals("service_accounts", cmd).await,

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use pinpoint_core::identity::{ApiKey, KeyKind};
+use pinpoint_core::identity::{ApiKey, KeyKind, ALL_PERMISSIONS, PLATFORM_ADMIN};
 use pinpoint_core::Reason;
 use pinpoint_store::{IssuedKey, NewKey};
 use serde::Deserialize;
@@ -158,16 +158,53 @@ async fn get_key(
     Ok(envelope(resource("api_keys", &key.id, key_attributes(&key))))
 }
 
+/// `?force=true` on a revocation.
+#[derive(Deserialize, Default)]
+struct RevokeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn revoke_key(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RevokeQuery>,
 ) -> ApiResult<StatusCode> {
-    load_key(&shared, &caller, &id).await?;
+    let key = load_key(&shared, &caller, &id).await?;
+    if !query.force && is_last_platform_admin_key(&shared, &key).await? {
+        return Err(deny(
+            Reason::ApiConflict,
+            "This is the last usable key of a platform administrator: revoking it would leave nobody able to administer the gateway. Create another first, or revoke with force (`pinpoint keys revoke --force`); `pinpoint admin recover` issues a new one on the host.",
+        ));
+    }
     shared.store.revoke_key(&id).await?;
     shared.services.directory.refresh_key(&shared.store, &id).await?;
     tracing::info!(key = %id, by = %caller.0.label(), "api key revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether `key` is usable, belongs to a platform administrator, and is the only such key.
+async fn is_last_platform_admin_key(shared: &Shared, key: &ApiKey) -> ApiResult<bool> {
+    let now = pinpoint_store::now_ms();
+    let directory = &shared.services.directory;
+    let is_admin_key = |k: &ApiKey| {
+        !k.revoked
+            && k.expires_at_ms.is_none_or(|exp| exp > now)
+            && k.scopes.is_none()
+            && k.principal_id
+                .as_deref()
+                .and_then(|p| directory.principal(p))
+                .is_some_and(|p| {
+                    !p.principal.suspended
+                        && (p.permissions.contains(PLATFORM_ADMIN) || p.permissions.contains(ALL_PERMISSIONS))
+                })
+    };
+    if !is_admin_key(key) {
+        return Ok(false);
+    }
+    let others = shared.store.keys(None, None).await?;
+    Ok(!others.iter().any(|k| k.id != key.id && is_admin_key(k)))
 }
 
 async fn rotate_key(
@@ -187,6 +224,10 @@ async fn rotate_key(
         .directory
         .refresh_key(&shared.store, &issued.info.id)
         .await?;
+    // Rotating the bootstrap key moves its file on to the successor.
+    if shared.store.bootstrap_key_id().as_deref() == Some(id.as_str()) {
+        shared.store.replace_bootstrap_key_file(&issued.key)?;
+    }
     tracing::info!(old = %id, new = %issued.info.id, by = %caller.0.label(), "api key rotated");
     let mut body = issued_resource(&issued);
     body["attributes"]["replaces"] = serde_json::Value::String(id);

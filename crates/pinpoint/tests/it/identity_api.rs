@@ -692,3 +692,64 @@ async fn every_endpoint_answers_a_foreign_id_exactly_like_a_missing_one() {
     assert!(store.principal(&g_user.id).await.unwrap().is_some_and(|p| !p.suspended));
     assert!(store.role(&g_role.id).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn the_bootstrap_key_is_rotated_in_its_file_kept_from_lockout_and_recoverable() {
+    use reqwest::Method as M;
+    let gw = start(&echo_config()).await;
+    let key_file = gw.config_path.parent().unwrap().join("data/bootstrap-admin.key");
+    let id = pinpoint_core::keys::parse(&gw.admin_key).unwrap().id.to_owned();
+    // The only platform administrator key: not revoked without force.
+    let resp = call(&gw, M::DELETE, &format!("/api/v2/api_keys/{id}"), &gw.admin_key, None).await;
+    let body = problem(resp, 409, "api.conflict").await;
+    assert!(body["detail"].as_str().unwrap().contains("force"), "{body}");
+    // Rotation moves the key file on to the successor.
+    let resp = call(
+        &gw,
+        M::POST,
+        &format!("/api/v2/api_keys/{id}/rotate"),
+        &gw.admin_key,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let created: serde_json::Value = resp.json().await.unwrap();
+    let successor = created["data"]["attributes"]["key"].as_str().unwrap().to_owned();
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), successor);
+    // With two admin keys, the old one may go; the last one only with force.
+    let resp = call(&gw, M::DELETE, &format!("/api/v2/api_keys/{id}"), &successor, None).await;
+    assert_eq!(resp.status(), 204);
+    let successor_id = pinpoint_core::keys::parse(&successor).unwrap().id.to_owned();
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/api_keys/{successor_id}?force=true"),
+        &successor,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    // Locked out: the host recovers a key from the data directory.
+    let config_path = gw.config_path.clone();
+    let (dir, store, _) = gw.stop_and_keep().await;
+    store.close().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .args(["admin", "recover", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recovered = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), recovered);
+    let store = pinpoint_store::Store::open(&dir.path().join("data")).await.unwrap();
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let gw = start_in(dir, store, recovered.clone(), &config).await;
+    let me = gw.api_json("/api/v2/current_user", Some(&recovered)).await;
+    assert!(
+        me["data"]["attributes"]["name"]
+            .as_str()
+            .unwrap()
+            .contains("bootstrap-admin"),
+        "{me}"
+    );
+}
