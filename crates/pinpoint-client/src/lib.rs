@@ -82,7 +82,25 @@ impl Exchanger {
         })
     }
 
+    /// Signs a proof and posts it. Agents sharing one role's credentials (one instance
+    /// profile) can sign identical proofs within the same second, and the server takes each
+    /// proof once: a replay refusal is a collision, not a failure, so it is signed again
+    /// after a random delay that moves into another second (at most 3 times).
     async fn post(&self, path: &str, credentials: &Credentials) -> Result<serde_json::Value, ClientError> {
+        let mut collisions = 0;
+        loop {
+            match self.post_once(path, credentials).await {
+                Err(ClientError::Refused { reason, .. }) if reason == "cloudauth.proof_replayed" && collisions < 3 => {
+                    collisions += 1;
+                    let wait_ms = 1_000 + rand::random::<u64>() % 1_000;
+                    tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn post_once(&self, path: &str, credentials: &Credentials) -> Result<serde_json::Value, ClientError> {
         let proof = proof::sign(
             credentials,
             &self.org_id,

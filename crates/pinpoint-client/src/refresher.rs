@@ -43,11 +43,14 @@ impl Schedule {
         Duration::from_secs_f64((until_rotation - early).max(1.0))
     }
 
-    /// Records a failed exchange; returns the backoff delay (1 s, 2 s, 4 s ... 1 h).
-    pub fn on_failure(&mut self) -> Duration {
+    /// Records a failed exchange; returns the backoff delay (1 s, 2 s, 4 s ... 1 h), less
+    /// up to a quarter by `jitter` (0 to 1), so agents that failed together do not retry
+    /// together.
+    pub fn on_failure(&mut self, jitter: f64) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let factor = 1u64 << (self.failures - 1).min(12);
-        (MIN_BACKOFF * factor as u32).min(MAX_BACKOFF)
+        let backoff = (MIN_BACKOFF * factor as u32).min(MAX_BACKOFF);
+        backoff.mul_f64(1.0 - 0.25 * jitter.clamp(0.0, 1.0))
     }
 
     /// The server refused the current key (401/403): drop it and re-exchange at once.
@@ -98,13 +101,13 @@ pub async fn run<C, F>(
             Ok(creds) => match exchanger.intake_key(&creds).await {
                 Ok(key) => schedule.on_success(key, now, rand::random::<f64>()),
                 Err(e) => {
-                    let delay = schedule.on_failure();
+                    let delay = schedule.on_failure(rand::random::<f64>());
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), refusal = e.is_refusal(), "intake key exchange failed; keeping the previous key");
                     delay
                 }
             },
             Err(e) => {
-                let delay = schedule.on_failure();
+                let delay = schedule.on_failure(rand::random::<f64>());
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "no AWS credentials; keeping the previous key");
                 delay
             }
@@ -167,7 +170,7 @@ mod tests {
     fn backs_off_exponentially_up_to_an_hour_and_keeps_the_previous_key() {
         let mut s = Schedule::new(None);
         s.on_success(key(2000, 1000), 0, 0.0);
-        let delays: Vec<u64> = (0..15).map(|_| s.on_failure().as_secs()).collect();
+        let delays: Vec<u64> = (0..15).map(|_| s.on_failure(0.0).as_secs()).collect();
         assert_eq!(&delays[..5], &[1, 2, 4, 8, 16]);
         assert_eq!(*delays.last().unwrap(), 3600);
         assert_eq!(
@@ -177,17 +180,21 @@ mod tests {
         );
         s.on_success(key(3000, 2000), 1500, 0.0);
         assert_eq!(
-            s.on_failure(),
+            s.on_failure(0.0),
             Duration::from_secs(1),
             "backoff restarts after a success"
         );
+        // Jitter takes up to a quarter off, so agents that failed together spread out.
+        s.on_success(key(3000, 2000), 1500, 0.0);
+        let jittered = s.on_failure(1.0);
+        assert_eq!(jittered, Duration::from_millis(750));
     }
 
     #[test]
     fn fallback_only_after_a_failed_exchange() {
         let mut s = Schedule::new(Some(String::from("pp_static")));
         assert_eq!(s.key(0), None, "no fallback before any exchange failed");
-        s.on_failure();
+        s.on_failure(0.5);
         assert_eq!(s.key(0), Some("pp_static"));
         assert!(s.using_fallback(0));
         s.on_success(key(2000, 1000), 0, 0.0);

@@ -67,7 +67,11 @@ pub async fn agent_key(target: &Target, fallback_key: Option<String>, out: Optio
             .intake_key(&creds)
             .await
             .context("intake key exchange failed")?;
-        println!("{}", key.api_key);
+        match &out {
+            Some(path) => write_private(path, &key.api_key)
+                .with_context(|| format!("cannot write the intake key to {}", path.display()))?,
+            None => println!("{}", key.api_key),
+        }
         return Ok(());
     }
     let rejected = Arc::new(tokio::sync::Notify::new());
@@ -93,18 +97,39 @@ pub async fn agent_key(target: &Target, fallback_key: Option<String>, out: Optio
     Ok(())
 }
 
+/// Writes the key where readers only ever see a whole one: a new temp file beside `path`,
+/// created exclusively (never through an existing file or link planted there), mode 0600
+/// from creation, synced, then renamed over `path`, and the directory synced.
 fn write_private(path: &std::path::Path, key: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let mut file = options.open(&tmp)?;
-    file.write_all(format!("{key}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(tmp, path)
+    let written = file
+        .write_all(format!("{key}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
 }

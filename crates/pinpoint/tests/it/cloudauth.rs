@@ -582,6 +582,79 @@ async fn login_aws_uses_the_standard_credential_chain() {
 }
 
 #[tokio::test]
+async fn agents_sharing_one_role_all_get_keys_and_the_key_file_is_written_safely() {
+    let (moto, creds) = moto().await;
+    let extra = format!(
+        "\n[cloudauth]\nsts_endpoint = \"{}\"\n\n[[routes]]\nid = \"intake\"\npath_prefix = \"/intake\"\nupstream = \"main\"\npermissions = {{ \"*\" = \"intake:write\" }}\n",
+        moto.url
+    );
+    let w = world(&extra).await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    w.gw.store
+        .create_mapping(
+            &w.acme.id,
+            "intake",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            None,
+        )
+        .await
+        .unwrap();
+    // Three agents on one instance profile exchange at the same moment: identical proofs
+    // within a second collide, and each is signed again after a short random delay.
+    let exchanger = pinpoint_client::Exchanger::new(&format!("http://{}", w.gw.api), &w.acme.id, None).unwrap();
+    let role = credentials_of(&creds, "role");
+    let (a, b, c) = tokio::join!(
+        exchanger.intake_key(&role),
+        exchanger.intake_key(&role),
+        exchanger.intake_key(&role)
+    );
+    for key in [a, b, c] {
+        assert!(key.unwrap().api_key.starts_with("pp_"));
+    }
+    // `agent-key --once --out` writes the file (mode 0600), replacing what was there.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("api-key");
+    std::fs::write(&out_path, "old").unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    let role = parsed["role"].clone();
+    let (server, org, path) = (format!("http://{}", w.gw.api), w.acme.id.clone(), out_path.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["agent-key", "--org", &org, "--server", &server, "--once", "--out"])
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", role["key"].as_str().unwrap())
+            .env("AWS_SECRET_ACCESS_KEY", role["secret"].as_str().unwrap())
+            .env("AWS_SESSION_TOKEN", role["token"].as_str().unwrap())
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("pp_"),
+        "the key goes to the file, not stdout"
+    );
+    let key = std::fs::read_to_string(&out_path).unwrap();
+    assert!(key.trim().starts_with("pp_"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&out_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file left behind"
+    );
+    assert_eq!(w.get("/intake/x", key.trim()).await.status(), 200);
+}
+
+#[tokio::test]
 async fn a_recreated_role_does_not_inherit_the_mapping_and_exchanges_are_rate_limited() {
     let (moto, creds) = moto().await;
     let w = world(&format!(
