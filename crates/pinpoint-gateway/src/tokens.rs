@@ -28,7 +28,8 @@ pub struct Claims {
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenRefusal {
-    Expired,
+    /// The signature verified, so the claims are the issuer's: the trace can name them.
+    Expired(Box<Claims>),
     /// With an operator-side reason.
     Invalid(String),
 }
@@ -178,9 +179,13 @@ impl TokenService {
         validation.validate_aud = false;
         validation.leeway = config.leeway_seconds;
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        // Expiry is checked after the signature, so an expired token's claims can be named.
+        validation.validate_exp = false;
         match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
+            Ok(data) if data.claims.exp.saturating_add(config.leeway_seconds as i64) < now_ms() / 1000 => {
+                Err(TokenRefusal::Expired(Box::new(data.claims)))
+            }
             Ok(data) => Ok(data.claims),
-            Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenRefusal::Expired),
             Err(e) => Err(TokenRefusal::Invalid(format!("verification failed: {e}"))),
         }
     }

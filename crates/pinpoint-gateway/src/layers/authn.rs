@@ -140,7 +140,7 @@ impl AuthnLayer {
         })
     }
 
-    fn authenticate(&self, presented: Presented<'_>, route_org: Option<&str>, now: i64) -> Result<Identity, Refused> {
+    fn authenticate(&self, presented: Presented<'_>, now: i64) -> Result<Identity, Refused> {
         match presented {
             Presented::Key(k) => {
                 let entry = self.key(k, now)?;
@@ -176,7 +176,15 @@ impl AuthnLayer {
             }
             Presented::Token(token) => {
                 let claims = self.tokens.verify(&self.jwt, token).map_err(|refusal| match refusal {
-                    TokenRefusal::Expired => Denial::new(Reason::AuthnTokenExpired, "The token has expired."),
+                    TokenRefusal::Expired(claims) => Denial::new(Reason::AuthnTokenExpired, "The token has expired.")
+                        .rule(format!("token {}", claims.jti))
+                        .note(format!(
+                            "token {} of {} (org {}) expired at {}",
+                            claims.jti,
+                            claims.sub,
+                            claims.aud,
+                            pinpoint_core::time::rfc3339(claims.exp.saturating_mul(1000))
+                        )),
                     TokenRefusal::Invalid(why) => {
                         Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.").note(why)
                     }
@@ -185,12 +193,16 @@ impl AuthnLayer {
                     Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.")
                         .note(format!("subject {} no longer exists", claims.sub))
                 })?;
-                if claims.aud != principal.principal.org_id || route_org.is_some_and(|o| o != claims.aud) {
+                // A token whose audience is not its subject's organization is not valid
+                // anywhere. One used on another organization's route is that route's
+                // business, as a key there is: authz refuses it with `tenant_mismatch`.
+                if claims.aud != principal.principal.org_id {
                     return Err(
                         Denial::new(Reason::AuthnTokenAudience, "The token was issued for another audience.")
+                            .rule(format!("token {}", claims.jti))
                             .note(format!(
-                                "aud {} (subject's org {})",
-                                claims.aud, principal.principal.org_id
+                                "token {} of {}: aud {}, subject's org {}",
+                                claims.jti, claims.sub, claims.aud, principal.principal.org_id
                             ))
                             .into(),
                     );
@@ -247,8 +259,7 @@ impl Layer for AuthnLayer {
                 _ => Outcome::NotApplicable,
             });
         };
-        let route_org = ctx.access.as_ref().and_then(|a| a.org.as_deref());
-        let outcome = match self.authenticate(presented, route_org, ctx.at_ms) {
+        let outcome = match self.authenticate(presented, ctx.at_ms) {
             Ok(identity) => match self.check_standing(&identity) {
                 Ok(()) => {
                     // The trace names the credential; the decision's `principal` names who.

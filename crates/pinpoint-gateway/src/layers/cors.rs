@@ -55,10 +55,20 @@ impl Layer for CorsLayer {
         let allowed = origin.to_str().is_ok_and(|o| self.allows(o));
         if !allowed {
             return Check::Ready(if preflight {
-                Outcome::Deny(Denial::new(
-                    Reason::CorsOriginNotAllowed,
-                    "Cross-origin requests from this origin are not accepted.",
-                ))
+                Outcome::Deny(
+                    Denial::new(
+                        Reason::CorsOriginNotAllowed,
+                        "Cross-origin requests from this origin are not accepted.",
+                    )
+                    // The operator sees exactly which origin was refused.
+                    .note(format!(
+                        "Origin {:?}",
+                        String::from_utf8_lossy(origin.as_bytes())
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    )),
+                )
             } else {
                 // The browser enforces the missing Allow-Origin header; the request itself is not refused.
                 Outcome::NotApplicable

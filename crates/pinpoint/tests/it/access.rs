@@ -46,7 +46,7 @@ pub async fn world(extra: &str) -> World {
     let reader = role(acme.id.clone(), "orders-reader", &["orders:read"]).await;
     let writer = role(acme.id.clone(), "orders-writer", &["orders:read", "orders:write"]).await;
     let contractor = role(acme.id.clone(), "contractor", &[]).await;
-    let globex_writer = role(globex.id.clone(), "orders-writer", &["orders:*"]).await;
+    let globex_writer = role(globex.id.clone(), "orders-writer", &["orders:*", "tokens:create"]).await;
     let principal = |org: String, kind: PrincipalKind, name: &'static str, roles: Vec<String>| {
         let store = store.clone();
         async move {
@@ -426,9 +426,17 @@ async fn jwt_codes_and_an_independent_verifier() {
     w.refused(w.get("/orders", &forged).await, 401, "authn.token_invalid")
         .await;
 
-    // Audience: the acme-only route belongs to acme; the admin's token is for the operators' org.
-    w.refused(w.get("/acme/x", &admin_token).await, 401, "authn.token_audience")
+    // Another organization's route: a token gets the same answer as a key of its owner.
+    let globex_token = token_for(&w, &w.globex_key, None).await;
+    let (_, by_token) = w
+        .refused(w.get("/acme/x", &globex_token).await, 403, "authz.tenant_mismatch")
         .await;
+    w.refused(w.get("/acme/x", &w.globex_key).await, 403, "authz.tenant_mismatch")
+        .await;
+    assert!(by_token
+        .trace
+        .iter()
+        .any(|t| t.layer == "authn" && t.rule_id.as_deref().is_some_and(|r| r.starts_with("token "))));
 
     // Expiry: a 1-second token, no leeway in this config.
     let short = token_for(&w, &w.gw.admin_key, Some(1)).await;
@@ -436,8 +444,13 @@ async fn jwt_codes_and_an_independent_verifier() {
         w.get("/orders", &short).await.status() == 401
     })
     .await;
-    w.refused(w.get("/orders", &short).await, 401, "authn.token_expired")
+    let (_, d) = w
+        .refused(w.get("/orders", &short).await, 401, "authn.token_expired")
         .await;
+    // The signature was verified first, so the trace names the token and its subject.
+    let entry = d.deciding_layer().unwrap();
+    assert!(entry.rule_id.as_deref().unwrap().starts_with("token "), "{entry:?}");
+    assert!(entry.note.as_deref().unwrap().contains("expired at"), "{entry:?}");
 
     // PyJWT verifies Pinpoint's token with the published JWKS.
     let jwks =
