@@ -669,7 +669,7 @@ impl Config {
         let d = &raw.decision_log;
         if d.queue_capacity == 0 || d.batch_size == 0 {
             return Err(at(
-                0..0,
+                find_span(source, &["[decision_log]"]),
                 "decision_log.queue_capacity and batch_size must be at least 1".into(),
             ));
         }
@@ -680,7 +680,7 @@ impl Config {
             || !(1..=1000).contains(&server.max_headers)
         {
             return Err(at(
-                0..0,
+                find_span(source, &["[server]"]),
                 "server: max_head_bytes must be 1024 to 1048576, max_header_bytes 64 to max_head_bytes, max_headers 1 to 1000".into(),
             ));
         }
@@ -967,13 +967,13 @@ impl Config {
         for limit in &raw.rate.limits {
             if !is_identifier(&limit.id) || !limit_ids.insert(limit.id.clone()) {
                 return Err(at(
-                    0..0,
+                    rule_span(source, "[[rate.limits]]", &limit.id),
                     format!("rate limit id `{}` must be a unique identifier", limit.id),
                 ));
             }
             if limit.requests == 0 || limit.per_seconds == 0 || limit.burst == Some(0) {
                 return Err(at(
-                    0..0,
+                    rule_span(source, "[[rate.limits]]", &limit.id),
                     format!(
                         "rate limit `{}`: requests, per_seconds and burst must be at least 1",
                         limit.id
@@ -985,8 +985,15 @@ impl Config {
         for (id, refs) in rate_routes.chain(raw.rate.quotas.iter().map(|q| (&q.id, &q.routes))) {
             for route_ref in refs.iter().flatten() {
                 if !route_ids.contains(route_ref) {
+                    let rule = rule_span(source, "[[rate.", id);
+                    let span = find_span(&source[rule.start..], &[&format!("\"{route_ref}\"")]);
+                    let span = if span.is_empty() {
+                        rule
+                    } else {
+                        rule.start + span.start..rule.start + span.end
+                    };
                     return Err(at(
-                        0..0,
+                        span,
                         format!("rate limit or quota `{id}` names route `{route_ref}`, which is not defined"),
                     ));
                 }
@@ -994,20 +1001,23 @@ impl Config {
         }
         for quota in &raw.rate.quotas {
             if !is_identifier(&quota.id) || !limit_ids.insert(quota.id.clone()) {
-                return Err(at(0..0, format!("quota id `{}` must be a unique identifier", quota.id)));
+                return Err(at(
+                    rule_span(source, "[[rate.quotas]]", &quota.id),
+                    format!("quota id `{}` must be a unique identifier", quota.id),
+                ));
             }
         }
         for origin in &raw.cors.allowed_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(at(
-                    0..0,
+                    find_span(source, &["[cors]", &format!("\"{origin}\"")]),
                     format!("cors origin `{origin}` must be `*` or start with http:// or https://"),
                 ));
             }
         }
         if raw.jwt.ttl_seconds == 0 || raw.jwt.rotate_after_hours == 0 {
             return Err(at(
-                0..0,
+                find_span(source, &["[jwt]"]),
                 "jwt.ttl_seconds and jwt.rotate_after_hours must be at least 1".into(),
             ));
         }
@@ -1098,6 +1108,43 @@ pub fn revision_of(source: &str) -> String {
         out.push_str(&format!("{b:02x}"));
     }
     out
+}
+
+/// Where a value without a span of its own stands in the source: each needle is looked
+/// for after the one before, and the last one's place is the span (`0..0`, the file's
+/// start, when one is missing). For errors in sections read without spans.
+fn find_span(source: &str, needles: &[&str]) -> Range<usize> {
+    let mut from = 0;
+    let mut span = 0..0;
+    for needle in needles {
+        match source.get(from..).and_then(|rest| rest.find(needle)) {
+            Some(at) => {
+                span = from + at..from + at + needle.len();
+                from = span.end;
+            }
+            None => return span,
+        }
+    }
+    span
+}
+
+/// The `id = "..."` line of an array-of-tables entry (`[[rate.limits]]`, say).
+fn rule_span(source: &str, table: &str, id: &str) -> Range<usize> {
+    let mut from = 0;
+    while let Some(at) = source.get(from..).and_then(|rest| rest.find(table)) {
+        let start = from + at;
+        let id_span = find_span(&source[start..], &["id", &format!("\"{id}\"")]);
+        if !id_span.is_empty() {
+            let entry_end = source[start + table.len()..]
+                .find("[[")
+                .map_or(source.len(), |n| start + table.len() + n);
+            if start + id_span.start < entry_end {
+                return start + id_span.start..start + id_span.end;
+            }
+        }
+        from = start + table.len();
+    }
+    find_span(source, &[table])
 }
 
 fn locate(source: &str, origin: &str, offset: usize, message: String) -> ConfigError {
@@ -1257,6 +1304,28 @@ mod tests {
         for prefix in ["/x//y", "/x/../y", "/%78", "/a%2fb", "/a\\\\b"] {
             let bad = src.replace("\"/x/\"", &format!("\"{prefix}\""));
             assert!(Config::parse(&bad, "t").is_err(), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn errors_in_sections_read_without_spans_still_name_their_line() {
+        let base = "[upstreams.a]\ntargets = [\"localhost:9\"]\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"a\"\n";
+        let cases = [
+            ("[jwt]\nttl_seconds = 0\n", 7),
+            ("[cors]\nallowed_origins = [\"ftp://a\"]\n", 8),
+            ("[decision_log]\nbatch_size = 0\n", 7),
+            (
+                "[[rate.limits]]\nid = \"l1\"\nby = \"key\"\nrequests = 0\nper_seconds = 1\n",
+                8,
+            ),
+            (
+                "[[rate.limits]]\nid = \"l1\"\nby = \"key\"\nrequests = 1\nper_seconds = 1\nroutes = [\"nope\"]\n",
+                12,
+            ),
+        ];
+        for (extra, line) in cases {
+            let e = Config::parse(&format!("{base}{extra}"), "t.toml").unwrap_err();
+            assert_eq!(e.line, line, "{extra}: {e}");
         }
     }
 
