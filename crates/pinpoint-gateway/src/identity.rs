@@ -41,6 +41,12 @@ impl KnownCaller {
         }
     }
 
+    /// Whom a decision names: the authenticated caller, else the owner of a refused
+    /// credential, if known.
+    pub fn recorded(identity: Option<&Identity>, refused: Option<KnownCaller>) -> Option<KnownCaller> {
+        identity.map(KnownCaller::of).or(refused)
+    }
+
     /// An authenticated caller whose standing refused it.
     pub fn of(identity: &Identity) -> KnownCaller {
         KnownCaller {

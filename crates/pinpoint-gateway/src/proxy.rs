@@ -279,6 +279,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     let raw_path = (raw_path != path).then(|| raw_path.to_owned());
     let path = path.to_owned();
     let host = canonical.and_then(|c| c.host);
+    let caller = KnownCaller::recorded(identity.as_ref(), known_caller);
     telemetry::finish_request(
         &shared.decisions,
         &route_label,
@@ -296,14 +297,8 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 format!("{client_ip} (via {peer})")
             },
             route: route_name,
-            principal: identity
-                .as_ref()
-                .map(|i| i.who())
-                .or_else(|| known_caller.as_ref().map(|c| c.who.clone())),
-            org_id: identity
-                .as_ref()
-                .map(|i| i.org.id.clone())
-                .or_else(|| known_caller.map(|c| c.org_id)),
+            principal: caller.as_ref().map(|c| c.who.clone()),
+            org_id: caller.map(|c| c.org_id),
             status: status.as_u16(),
             reason,
             upstream_target,

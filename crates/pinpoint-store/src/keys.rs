@@ -239,32 +239,7 @@ impl Store {
         if self.key_count().await? > 0 {
             return Ok(None);
         }
-        let org = match self.org_by_name(OPERATORS_ORG).await? {
-            Some(org) => org,
-            None => self.create_org(OPERATORS_ORG).await?,
-        };
-        let admin = self
-            .create_principal(&org.id, PrincipalKind::ServiceAccount, "bootstrap-admin", None)
-            .await?;
-        let role = self
-            .create_role(&org.id, PLATFORM_ADMIN_ROLE, &[ALL_PERMISSIONS.to_owned()])
-            .await?;
-        self.assign_role(&admin.id, &role.id).await?;
-        let issued = self
-            .create_key(NewKey {
-                name: "bootstrap-admin".into(),
-                kind: KeyKind::Application,
-                org_id: org.id,
-                principal_id: Some(admin.id),
-                scopes: None,
-                expires_at_ms: None,
-            })
-            .await?;
-        write_private_file(
-            &self.data_dir.join(BOOTSTRAP_KEY_FILE),
-            format!("{}\n", issued.key).as_bytes(),
-        )?;
-        Ok(Some(issued))
+        self.issue_bootstrap_key("bootstrap-admin").await.map(Some)
     }
 
     /// The id of the key in the bootstrap key file, if the file holds one.
@@ -287,6 +262,12 @@ impl Store {
     /// role, if they were deleted) and puts it in the key file: for an operator with access
     /// to the data directory who has lost every administrator key.
     pub async fn recover_bootstrap_key(&self) -> Result<IssuedKey, StoreError> {
+        self.issue_bootstrap_key("bootstrap-admin (recovered)").await
+    }
+
+    /// The operators' organization, its `bootstrap-admin` service account (active) holding
+    /// the platform-admin role, each made if missing, and a new key for it in the key file.
+    async fn issue_bootstrap_key(&self, key_name: &str) -> Result<IssuedKey, StoreError> {
         let org = match self.org_by_name(OPERATORS_ORG).await? {
             Some(org) => org,
             None => self.create_org(OPERATORS_ORG).await?,
@@ -297,15 +278,13 @@ impl Store {
             .into_iter()
             .find(|p| p.name == "bootstrap-admin");
         let admin = match existing {
+            Some(admin) if admin.suspended => self.set_principal_suspended(&admin.id, false).await?,
             Some(admin) => admin,
             None => {
                 self.create_principal(&org.id, PrincipalKind::ServiceAccount, "bootstrap-admin", None)
                     .await?
             }
         };
-        if self.set_principal_suspended(&admin.id, false).await.is_err() {
-            tracing::warn!("could not lift a suspension of the bootstrap admin");
-        }
         let role = match self
             .roles(Some(&org.id))
             .await?
@@ -318,10 +297,12 @@ impl Store {
                     .await?
             }
         };
-        let _ = self.assign_role(&admin.id, &role.id).await;
+        if !self.roles_of(&admin.id).await?.iter().any(|r| r.id == role.id) {
+            self.assign_role(&admin.id, &role.id).await?;
+        }
         let issued = self
             .create_key(NewKey {
-                name: "bootstrap-admin (recovered)".into(),
+                name: key_name.into(),
                 kind: KeyKind::Application,
                 org_id: org.id,
                 principal_id: Some(admin.id),

@@ -484,6 +484,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     let elapsed = started.elapsed();
     if path.starts_with("/api/") {
         let reason = trace.iter().find(|t| t.mark == Mark::Deny).and_then(|t| t.reason);
+        let caller = crate::identity::KnownCaller::recorded(identity.as_deref(), known_caller);
         crate::telemetry::finish_request(
             &shared.decisions,
             &route_id,
@@ -497,14 +498,8 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 host: None,
                 client_addr: peer.to_string(),
                 route: Some(API_ROUTE.to_owned()),
-                principal: identity
-                    .as_ref()
-                    .map(|i| i.who())
-                    .or_else(|| known_caller.as_ref().map(|c| c.who.clone())),
-                org_id: identity
-                    .as_ref()
-                    .map(|i| i.org.id.clone())
-                    .or_else(|| known_caller.map(|c| c.org_id)),
+                principal: caller.as_ref().map(|c| c.who.clone()),
+                org_id: caller.map(|c| c.org_id),
                 status: status.as_u16(),
                 reason,
                 upstream_target: None,
