@@ -126,6 +126,9 @@ pub struct ApiKey {
     pub revoked: bool,
     pub created_at_ms: i64,
     pub last_used_at_ms: Option<i64>,
+    /// The successor a rotation issued (the key works until its overlap ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
 }
 
 impl ApiKey {

@@ -113,7 +113,7 @@ reasons! {
     RequestPathConfusable => {
         code: "request.path_confusable", status: 400, title: "Ambiguous character in path",
         hint: "Write the path in plain ASCII where it means ASCII; `detail` names the kind of character that was refused.",
-        description: "The path has a character outside ASCII that some servers read as ASCII: its Unicode compatibility form is ASCII (fullwidth letters, ligatures, `／`), or its case mapping is (`ı`, `ſ`, the Kelvin sign). An upstream that normalises or folds case could serve a route the path did not match.",
+        description: "The path has a character outside ASCII that servers normalising paths read as ASCII: its Unicode compatibility form is ASCII (fullwidth letters, ligatures, `ſ`, the Kelvin sign, `／`), or it vanishes (zero-width characters). On a `case_insensitive` route, also what a case-folding (often Windows) server misreads: `ı`, `İ`, `ß`, a combining mark after an ASCII letter, a segment ending in a dot or a space. An upstream could serve a route the path did not match.",
     },
     /// The request target is longer than Pinpoint forwards.
     RequestTargetTooLong => {
@@ -276,6 +276,12 @@ reasons! {
         code: "authn.key_expired", status: 401, title: "API key expired",
         hint: "Create or rotate to a new key; expired keys cannot be renewed.",
         description: "The key exists and its secret matches, but its `expires_at` (or the end of its rotation overlap) has passed.",
+    },
+    /// The key was rotated and its overlap window has passed.
+    AuthnKeyRotated => {
+        code: "authn.key_rotated", status: 401, title: "API key rotated",
+        hint: "Use the key that replaced this one (ask whoever rotated it); rotated keys stop working when their overlap ends.",
+        description: "The key exists and its secret matches, but it was rotated and `[keys] rotation_overlap_seconds` has passed. The trace names its successor.",
     },
     /// The key was revoked.
     AuthnKeyRevoked => {

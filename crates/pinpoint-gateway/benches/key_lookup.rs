@@ -45,6 +45,7 @@ fn fill(directory: &Directory, pepper: &[u8], from: usize, to: usize) {
                 revoked: false,
                 created_at_ms: 0,
                 last_used_at_ms: None,
+                replaced_by: None,
             },
             hash.clone(),
         );

@@ -29,6 +29,8 @@ pub struct KeyEntry {
     /// principal itself is gone.
     pub principal_id: Option<Box<str>>,
     pub expires_at_ms: Option<i64>,
+    /// The successor, when the key was rotated (its expiry is the end of the overlap).
+    pub replaced_by: Option<Box<str>>,
     pub revoked: bool,
     /// Shared with every other key and principal of the organization.
     pub org: Arc<OrgLabels>,
@@ -191,6 +193,7 @@ impl Directory {
             trace_label: RecordedText::new(&key_trace_label(&info.id)),
             kind: info.kind,
             expires_at_ms: info.expires_at_ms,
+            replaced_by: info.replaced_by.map(String::into_boxed_str),
             revoked: info.revoked,
             rate_key: limiter_key(LimitKind::Key, &info.id),
             org: self.org_labels(&info.org_id),
@@ -437,6 +440,7 @@ mod tests {
             revoked,
             created_at_ms: 0,
             last_used_at_ms: None,
+            replaced_by: None,
         }
     }
 

@@ -41,7 +41,7 @@ pub fn canonical_request<'a>(
     uri: &'a Uri,
     headers: &HeaderMap,
     limits: &ServerConfig,
-    is_pinpoint_kid: &dyn Fn(&str) -> bool,
+    ours: crate::headers::OwnCredentials<'_>,
 ) -> Result<CanonicalRequest<'a>, Denial> {
     check_head_size(method, uri, headers, limits)?;
     check_singletons(headers)?;
@@ -53,7 +53,7 @@ pub fn canonical_request<'a>(
     // logged everywhere: refused.
     if uri
         .query()
-        .is_some_and(|q| crate::headers::carries_pinpoint_credential(&canonical::percent_decode(q), is_pinpoint_kid))
+        .is_some_and(|q| crate::headers::carries_pinpoint_credential(&canonical::percent_decode(q), ours))
     {
         return Err(Denial::new(
             Reason::RequestCredentialInUrl,
@@ -343,7 +343,11 @@ mod tests {
     }
 
     fn decide(p: &http::request::Parts) -> Result<CanonicalRequest<'_>, Denial> {
-        canonical_request(p.version, &p.method, &p.uri, &p.headers, &limits(), &|_| false)
+        let ours = crate::headers::OwnCredentials {
+            key_id: &|id| id == "0123456789abcdef",
+            kid: &|_| false,
+        };
+        canonical_request(p.version, &p.method, &p.uri, &p.headers, &limits(), ours)
     }
 
     fn refusal(p: &http::request::Parts) -> Option<Reason> {

@@ -65,20 +65,59 @@ const FORWARDING: [&str; 27] = [
 /// Headers that assert who the caller is, as auth proxies set them for upstreams: only
 /// Pinpoint states identity (`X-Pinpoint-*`), so these never pass, from anyone. So does
 /// `Forwarded`: the client address chain the decision used is restated in `X-Forwarded-For`.
-const IDENTITY_ASSERTIONS: [&str; 12] = [
+const IDENTITY_ASSERTIONS: [&str; 48] = [
     "forwarded",
     "remote-user",
     "x-remote-user",
     "x-user",
+    "x-username",
+    "x-user-id",
+    "x-user-email",
+    "x-email",
+    "x-auth-user",
+    "x-authenticated-user",
+    "x-authenticated-userid",
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-groups",
     "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
     "x-auth-request-user",
     "x-auth-request-email",
     "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
     "x-webauth-user",
+    "x-roles",
+    "x-groups",
+    "x-userinfo",
+    "x-jwt-payload",
+    "x-endpoint-api-userinfo",
+    "impersonate-user",
+    "x-consumer-id",
+    "x-consumer-username",
+    "x-consumer-custom-id",
+    "x-credential-identifier",
+    "x-anonymous-consumer",
+    "x-amzn-oidc-identity",
+    "x-amzn-oidc-data",
+    "x-amzn-oidc-accesstoken",
+    "x-goog-authenticated-user-email",
+    "x-goog-authenticated-user-id",
+    "x-goog-iap-jwt-assertion",
+    "x-ms-client-principal",
+    "x-ms-client-principal-name",
+    "x-ms-client-principal-id",
+    "cf-access-jwt-assertion",
+    "cf-access-authenticated-user-email",
+    "x-forwarded-client-cert",
+    "x-ssl-client-verify",
+    "x-ssl-client-s-dn",
+    "x-client-verify",
 ];
+
+/// Client-certificate header families a TLS-terminating proxy sets, matched by prefix.
+const CLIENT_CERT_PREFIXES: [&str; 4] = ["x-ssl-client-", "ssl-client-", "x-client-cert", "x-arr-clientcert"];
 
 /// Headers Pinpoint sets on the upstream request itself (besides `X-Pinpoint-*`).
 const SET_BY_GATEWAY: [&str; 4] = [
@@ -139,9 +178,18 @@ pub struct UpstreamHeaderRules<'a> {
     pub override_headers: OverrideHeaders,
     /// The peer is a trusted proxy: its forwarding headers pass.
     pub peer_is_trusted_proxy: bool,
-    /// Recognises the `kid` of a Pinpoint signing key (for routes that do not
-    /// authenticate, where other credentials pass to upstreams with their own auth).
-    pub is_pinpoint_kid: &'a dyn Fn(&str) -> bool,
+    /// Recognises Pinpoint's own credentials (on routes that do not authenticate, other
+    /// credentials pass to upstreams with their own auth).
+    pub ours: OwnCredentials<'a>,
+}
+
+/// What Pinpoint recognises as its own: the id of a key in its directory, the `kid` of
+/// one of its signing keys. Only these are removed: a value merely shaped like a key is
+/// the client's (`app_5f3a9c1e2b4d6e8f` in a cookie name, say).
+#[derive(Clone, Copy)]
+pub struct OwnCredentials<'a> {
+    pub key_id: &'a (dyn Fn(&str) -> bool + Sync),
+    pub kid: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 /// Removes from a request bound upstream every header that is the gateway's to set, or
@@ -149,6 +197,7 @@ pub struct UpstreamHeaderRules<'a> {
 /// allocates only when something is removed.
 pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRules<'_>) {
     let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut restored: Vec<(HeaderName, HeaderValue)> = Vec::new();
     for (name, value) in headers.iter() {
         let plain = name.as_str();
         let underscored = plain.contains('_');
@@ -161,16 +210,35 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
             || (OVERRIDE_HEADERS.contains(&read_as) && rules.override_headers != OverrideHeaders::Allow)
             || (FORWARDING.contains(&read_as) && (underscored || !rules.peer_is_trusted_proxy))
             || IDENTITY_ASSERTIONS.contains(&read_as)
+            || CLIENT_CERT_PREFIXES.iter().any(|p| read_as.starts_with(p))
             || (CREDENTIAL_HEADERS.contains(&read_as) && (rules.route_authenticates || underscored))
             // A Pinpoint credential in any header (cookies included), in any wrapping.
-            || carries_pinpoint_credential(value.as_bytes(), rules.is_pinpoint_kid);
+            || carries_pinpoint_credential(value.as_bytes(), rules.ours);
         if remove && !doomed.contains(name) {
             doomed.push(name.clone());
+            // A cookie header loses only the cookies that carry the credential.
+            if read_as == "cookie" && !underscored {
+                let kept: Vec<&str> = value
+                    .to_str()
+                    .unwrap_or_default()
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|pair| !pair.is_empty() && !carries_pinpoint_credential(pair.as_bytes(), rules.ours))
+                    .collect();
+                if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+                    if !kept.is_empty() {
+                        restored.push((name.clone(), value));
+                    }
+                }
+            }
         }
     }
     doomed.extend(named_by_connection(headers));
     for name in doomed {
         headers.remove(name);
+    }
+    for (name, value) in restored {
+        headers.append(name, value);
     }
 }
 
@@ -178,15 +246,15 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
 /// unwrap: a key (`pp_<16 hex>`, with any separator and in any case), or a JWT whose header
 /// names a Pinpoint signing key, raw, quoted, after any scheme or separator, in a list,
 /// or inside base64 (a `Basic` pair).
-pub fn carries_pinpoint_credential(bytes: &[u8], is_pinpoint_kid: &dyn Fn(&str) -> bool) -> bool {
+pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
     use base64::Engine;
-    let direct = |bytes: &[u8]| holds_key_id(bytes) || jwt_kids(bytes).any(|kid| is_pinpoint_kid(&kid));
+    let direct = |bytes: &[u8]| holds_key_id(bytes, ours.key_id) || jwt_kids(bytes).any(|kid| (ours.kid)(&kid));
     direct(bytes)
         || bytes
-            .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')))
+            .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')))
             .filter(|word| word.len() >= 8)
             .filter_map(|word| {
-                base64::engine::general_purpose::STANDARD
+                base64::engine::general_purpose::STANDARD_NO_PAD
                     .decode(word)
                     .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(word))
                     .ok()
@@ -194,10 +262,13 @@ pub fn carries_pinpoint_credential(bytes: &[u8], is_pinpoint_kid: &dyn Fn(&str) 
             .any(|decoded| direct(&decoded))
 }
 
-/// Whether `bytes` hold `pp`, one separator and 16 hex digits: a Pinpoint key's id.
-fn holds_key_id(bytes: &[u8]) -> bool {
+/// Whether `bytes` hold `pp`, one separator and the 16 hex digits of a key Pinpoint knows.
+fn holds_key_id(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
     bytes.windows(3 + pinpoint_core::keys::ID_LEN).any(|w| {
-        w[..2].eq_ignore_ascii_case(b"pp") && !w[2].is_ascii_alphanumeric() && w[3..].iter().all(u8::is_ascii_hexdigit)
+        w[..2].eq_ignore_ascii_case(b"pp")
+            && !w[2].is_ascii_alphanumeric()
+            && w[3..].iter().all(u8::is_ascii_hexdigit)
+            && is_key_id(&String::from_utf8_lossy(&w[3..]).to_ascii_lowercase())
     })
 }
 
@@ -236,19 +307,60 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
     if query.is_some_and(|q| names_method(q.as_bytes())) {
         return true;
     }
-    let content_type = content_type.unwrap_or_default().to_ascii_lowercase();
+    let content_type = content_type.unwrap_or_default();
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     if body.is_empty() {
         false
-    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+    } else if media == "application/x-www-form-urlencoded" {
         names_method(body)
+    } else if media == "multipart/form-data" {
+        multipart_field_names(content_type, body).any(|name| name.eq_ignore_ascii_case("_method"))
+    } else if media == "application/json" || media.ends_with("+json") {
+        // Top-level keys only: a value or a nested key is the application's data.
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .is_ok_and(|object| object.keys().any(|k| k.eq_ignore_ascii_case("_method")))
     } else {
-        // Multipart parts and JSON keys: the name appears quoted.
-        contains_ignoring_case(body, b"\"_method\"")
+        false
     }
 }
 
-fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+/// The `name` of every part of a multipart body (from each part's `Content-Disposition`,
+/// never from the parts' contents).
+fn multipart_field_names<'b>(content_type: &str, body: &'b [u8]) -> impl Iterator<Item = String> + 'b {
+    let boundary = content_type
+        .split(';')
+        .filter_map(|param| param.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| format!("--{}", v.trim().trim_matches('"')))
+        .unwrap_or_default();
+    let delimiter = boundary.into_bytes();
+    let mut parts = Vec::new();
+    if !delimiter.is_empty() {
+        let mut rest = body;
+        while let Some(at) = rest.windows(delimiter.len()).position(|w| w == delimiter.as_slice()) {
+            rest = &rest[at + delimiter.len()..];
+            parts.push(rest);
+        }
+    }
+    parts.into_iter().filter_map(|part| {
+        let head_end = part.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&part[..head_end]);
+        head.lines()
+            .find(|line| line.to_ascii_lowercase().starts_with("content-disposition:"))
+            .and_then(|line| {
+                line.split(';').skip(1).find_map(|param| {
+                    let (k, v) = param.trim().split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("name")
+                        .then(|| v.trim().trim_matches('"').to_owned())
+                })
+            })
+    })
 }
 
 /// Cleans a response from an upstream: hop-by-hop headers and those `Connection` names go,
@@ -306,9 +418,18 @@ mod tests {
         names
     }
 
-    fn ours(kid: &str) -> bool {
+    fn our_kid(kid: &str) -> bool {
         kid == "k1"
     }
+
+    fn our_key(id: &str) -> bool {
+        id == "0123456789abcdef"
+    }
+
+    const OURS: OwnCredentials<'static> = OwnCredentials {
+        key_id: &our_key,
+        kid: &our_kid,
+    };
 
     #[test]
     fn gateway_headers_are_removed_in_every_spelling() {
@@ -334,7 +455,7 @@ mod tests {
             route_authenticates: false,
             override_headers: OverrideHeaders::Strip,
             peer_is_trusted_proxy: false,
-            is_pinpoint_kid: &ours,
+            ours: OURS,
         };
         clean_upstream_request(&mut h, &rules);
         assert_eq!(left(&h), ["accept", "x-kept", "x_kept_too"]);
@@ -352,7 +473,7 @@ mod tests {
             route_authenticates: true,
             override_headers: OverrideHeaders::Strip,
             peer_is_trusted_proxy: false,
-            is_pinpoint_kid: &ours,
+            ours: OURS,
         };
         clean_upstream_request(&mut h, &rules);
         assert!(h.is_empty());
@@ -369,7 +490,16 @@ mod tests {
             ("x-auth-token", "pp-0123456789abcdef-z"),
         ]);
         clean_upstream_request(&mut h, &rules);
-        assert!(h.is_empty(), "{h:?}");
+        // The cookie header keeps the cookies that carry no credential.
+        assert_eq!(left(&h), ["cookie"], "{h:?}");
+        assert_eq!(h["cookie"], "session=1");
+        // Values merely shaped like a key are the client's.
+        let mut h = headers(&[
+            ("cookie", "session=abc; last_app_5f3a9c1e2b4d6e8f=seen"),
+            ("if-none-match", "\"pp_5f3a9c1e2b4d6e8f\""),
+        ]);
+        clean_upstream_request(&mut h, &rules);
+        assert_eq!(left(&h), ["cookie", "if-none-match"]);
     }
 
     #[test]
@@ -398,6 +528,18 @@ mod tests {
             Some("application/json"),
             br#"{"method":"x"}"#
         ));
+        // Data that only mentions it is the application's.
+        assert!(!method_override_parameter(
+            None,
+            Some("application/json"),
+            br#"{"x":"_method","y":{"_method":1}}"#
+        ));
+        let upload = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"_method\"\r\n\r\n<input name=\"_method\" value=\"PUT\">\r\n--b--";
+        assert!(!method_override_parameter(
+            None,
+            Some("multipart/form-data; boundary=b"),
+            upload
+        ));
     }
 
     #[test]
@@ -407,7 +549,7 @@ mod tests {
             route_authenticates: false,
             override_headers: OverrideHeaders::Allow,
             peer_is_trusted_proxy: false,
-            is_pinpoint_kid: &ours,
+            ours: OURS,
         };
         clean_upstream_request(&mut h, &rules);
         assert_eq!(h.len(), 2);
@@ -454,7 +596,7 @@ mod tests {
             format!("api_key={key}"),
         ];
         for value in &wrapped {
-            assert!(carries_pinpoint_credential(value.as_bytes(), &ours), "{value}");
+            assert!(carries_pinpoint_credential(value.as_bytes(), OURS), "{value}");
         }
         for other in [
             "Bearer upstream-own-token",
@@ -462,7 +604,7 @@ mod tests {
             "eyJhbGciOiJIUzI1NiJ9.e30.x",
             "eyJhbGciOiJFZERTQSIsImtpZCI6ImsyIn0.e30.x",
         ] {
-            assert!(!carries_pinpoint_credential(other.as_bytes(), &ours), "{other}");
+            assert!(!carries_pinpoint_credential(other.as_bytes(), OURS), "{other}");
         }
     }
 
@@ -481,7 +623,7 @@ mod tests {
             route_authenticates: false,
             override_headers: OverrideHeaders::Strip,
             peer_is_trusted_proxy: false,
-            is_pinpoint_kid: &ours,
+            ours: OURS,
         };
         let mut h = headers(&sent);
         clean_upstream_request(&mut h, &rules);

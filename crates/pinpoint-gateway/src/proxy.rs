@@ -27,7 +27,6 @@ use crate::identity::{Identity, KnownCaller};
 use crate::pipeline::{RequestCtx, ResponseHeaders, Verdict, NO_ROUTE};
 use crate::routes::CompiledRoute;
 use crate::runtime::Shared;
-use crate::tokens::TokenService;
 use crate::upstream::UpstreamFailure;
 use crate::{edge, headers, respond, telemetry};
 
@@ -116,14 +115,19 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     // The edge: one canonical request that every layer, the record and the upstream share,
     // or a refusal that says what was wrong with the request as sent.
     let edge_started = Instant::now();
-    let is_pinpoint_kid = |kid: &str| shared.services.tokens.is_our_kid(kid);
+    let is_key_id = |id: &str| shared.services.directory.key_by_id(id).is_some();
+    let is_kid = |kid: &str| shared.services.tokens.is_our_kid(kid);
+    let ours = headers::OwnCredentials {
+        key_id: &is_key_id,
+        kid: &is_kid,
+    };
     let edge = edge::canonical_request(
         parts.version,
         &parts.method,
         &parts.uri,
         &parts.headers,
         &runtime.config.server,
-        &is_pinpoint_kid,
+        ours,
     );
     let decided = match edge {
         Err(denial) => {
@@ -221,7 +225,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                         identity: identity.as_ref(),
                         format,
                         reasons_url,
-                        tokens: &shared.services.tokens,
+                        ours,
                     };
                     let headers = std::mem::take(&mut parts.headers);
                     let request = ForwardRequest {
@@ -357,7 +361,8 @@ struct ForwardCtx<'a> {
     identity: Option<&'a Identity>,
     format: pinpoint_core::problem::ProblemFormat,
     reasons_url: &'a str,
-    tokens: &'a TokenService,
+    /// Recognises Pinpoint's own credentials (keys in the directory, its signing keys).
+    ours: headers::OwnCredentials<'a>,
 }
 
 /// Whether a failed attempt may be tried once more on another target: always when nothing
@@ -490,14 +495,14 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
         .peer_is_trusted_proxy
         .then(|| crate::layers::net::forwarded_hops(&out).join(", "))
         .filter(|chain| !chain.is_empty());
-    let is_pinpoint_kid = |kid: &str| fwd.tokens.is_our_kid(kid);
+
     headers::clean_upstream_request(
         &mut out,
         &headers::UpstreamHeaderRules {
             route_authenticates: route.access.auth != pinpoint_core::config::AuthRequirement::None,
             override_headers: route.override_headers,
             peer_is_trusted_proxy: fwd.peer_is_trusted_proxy,
-            is_pinpoint_kid: &is_pinpoint_kid,
+            ours: fwd.ours,
         },
     );
     // Room for the headers added below at once: one resize, not several.

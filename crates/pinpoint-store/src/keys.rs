@@ -70,6 +70,7 @@ fn key_from(row: &SqliteRow) -> Result<StoredKey, StoreError> {
             revoked: row.try_get::<i64, _>("revoked")? != 0,
             created_at_ms: row.try_get("created_at_ms")?,
             last_used_at_ms: row.try_get("last_used_at_ms")?,
+            replaced_by: row.try_get("replaced_by")?,
         },
         secret_hash: row.try_get("secret_hash")?,
     })
@@ -100,6 +101,7 @@ impl Store {
             revoked: false,
             created_at_ms: now_ms(),
             last_used_at_ms: None,
+            replaced_by: None,
         };
         sqlx::query(
             "INSERT INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
@@ -202,8 +204,9 @@ impl Store {
             .await?;
         let overlap_end = now_ms().saturating_add(overlap_ms);
         let old_expiry = old.expires_at_ms.map_or(overlap_end, |e| e.min(overlap_end));
-        sqlx::query("UPDATE api_keys SET expires_at_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE api_keys SET expires_at_ms = ?, replaced_by = ? WHERE id = ?")
             .bind(old_expiry)
+            .bind(&issued.info.id)
             .bind(id)
             .execute(self.pool())
             .await?;

@@ -49,7 +49,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -72,6 +72,9 @@ const SCHEMA: &[&str] = &[
         revoked INTEGER NOT NULL DEFAULT 0
     )",
 ];
+
+/// Version 8: a rotated key names its successor, so its refusal after the overlap can.
+const SCHEMA_V8: &[&str] = &["ALTER TABLE api_keys ADD COLUMN replaced_by TEXT"];
 
 /// Version 6: the client's own request id, a second way to find a decision. Its index is
 /// partial: requests without a client id (most) add nothing to it.
@@ -144,10 +147,17 @@ const SCHEMA_V2: &[&str] = &[
 ];
 
 /// Applies one schema version's statements and records the version, in one transaction.
+/// A column that is already there (an older binary's version number over a newer table)
+/// is taken as added: `ALTER TABLE ... ADD COLUMN` has no `IF NOT EXISTS` in SQLite.
 async fn migrate_to(pool: &SqlitePool, version: i64, statements: &[&str]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     for statement in statements {
-        sqlx::query(statement).execute(&mut *tx).await?;
+        match sqlx::query(statement).execute(&mut *tx).await {
+            Err(sqlx::Error::Database(e)) if e.message().starts_with("duplicate column name") => {}
+            other => {
+                other?;
+            }
+        }
     }
     sqlx::query(&format!("PRAGMA user_version = {version}"))
         .execute(&mut *tx)
@@ -210,7 +220,12 @@ impl Store {
                 sqlx::query(statement).execute(&pool).await?;
             }
         }
-        for (to, statements) in [(5, SCHEMA_V5), (6, SCHEMA_V6), (7, cloudauth::SCHEMA_V7)] {
+        for (to, statements) in [
+            (5, SCHEMA_V5),
+            (6, SCHEMA_V6),
+            (7, cloudauth::SCHEMA_V7),
+            (8, SCHEMA_V8),
+        ] {
             if version < to {
                 migrate_to(&pool, to, statements).await?;
             }

@@ -2,7 +2,7 @@
 //! Bearer` with an API key or a JWT, `X-API-Key`, or Datadog's `DD-API-KEY` +
 //! `DD-APPLICATION-KEY`), verifies it against the directory or the token service, and
 //! records the [`Identity`] for the layers after it. Codes: `authn.credentials_missing`,
-//! `.key_malformed`, `.key_unknown`, `.key_expired`, `.key_revoked`, `.token_expired`,
+//! `.key_malformed`, `.key_unknown`, `.key_expired`, `.key_rotated`, `.key_revoked`, `.token_expired`,
 //! `.token_invalid`, `.token_audience` (401), `.principal_suspended`,
 //! `.organization_suspended` (403).
 
@@ -104,20 +104,28 @@ impl AuthnLayer {
     fn key(&self, presented: &str, now: i64) -> Result<Arc<KeyEntry>, Refused> {
         self.directory.verify_key(presented, now).map_err(|refusal| {
             // Revoked and expired keys matched their secret: their owner is known.
-            let caller = matches!(refusal, KeyRefusal::Expired | KeyRefusal::Revoked)
+            let entry = matches!(refusal, KeyRefusal::Expired | KeyRefusal::Revoked)
                 .then(|| pinpoint_core::keys::parse(presented))
                 .flatten()
-                .and_then(|p| self.directory.key_by_id(p.id))
-                .map(|entry| KnownCaller::of_key(&entry));
+                .and_then(|p| self.directory.key_by_id(p.id));
+            let caller = entry.as_deref().map(KnownCaller::of_key);
+            let successor = entry.as_deref().and_then(|e| e.replaced_by.as_deref());
             let (reason, detail) = match refusal {
                 KeyRefusal::Malformed => (Reason::AuthnKeyMalformed, "The credential is not a Pinpoint API key."),
                 KeyRefusal::Unknown => (Reason::AuthnKeyUnknown, "The API key is not valid."),
+                KeyRefusal::Expired if successor.is_some() => (
+                    Reason::AuthnKeyRotated,
+                    "The API key was rotated and its overlap has ended; use its successor.",
+                ),
                 KeyRefusal::Expired => (Reason::AuthnKeyExpired, "The API key has expired."),
                 KeyRefusal::Revoked => (Reason::AuthnKeyRevoked, "The API key has been revoked."),
             };
             let mut denial = Denial::new(reason, detail);
             if let Some(p) = pinpoint_core::keys::parse(presented) {
                 denial = denial.rule(key_trace_label(p.id));
+            }
+            if let Some(successor) = successor {
+                denial = denial.note(format!("rotated; its successor is {}", key_trace_label(successor)));
             }
             Refused { denial, caller }
         })

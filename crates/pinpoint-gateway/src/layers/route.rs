@@ -35,6 +35,11 @@ fn refused_by_route(route: &CompiledRoute, ctx: &RequestCtx<'_>) -> Option<Denia
             .rule(route.id.to_string()),
         );
     }
+    if route.case_insensitive {
+        if let Some(detail) = canonical::folding_confusable(ctx.path) {
+            return Some(Denial::new(Reason::RequestPathConfusable, detail).rule(route.id.to_string()));
+        }
+    }
     if route.override_headers == OverrideHeaders::Refuse {
         if let Some(name) = find_override_header(ctx.headers) {
             return Some(

@@ -375,8 +375,20 @@ async fn expired_key_is_401_key_expired_and_rotation_never_401s() {
         w.get("/orders", &w.alice_key).await.status() == 401
     })
     .await;
-    w.refused(w.get("/orders", &w.alice_key).await, 401, "authn.key_expired")
+    // It says it was rotated, not merely expired, and the trace names its successor.
+    let (_, d) = w
+        .refused(w.get("/orders", &w.alice_key).await, 401, "authn.key_rotated")
         .await;
+    let successor = pinpoint_core::keys::parse(&new_key).unwrap().id.to_owned();
+    assert!(
+        d.deciding_layer()
+            .unwrap()
+            .note
+            .as_deref()
+            .unwrap()
+            .contains(&successor),
+        "{d:?}"
+    );
     assert_eq!(w.get("/orders", &new_key).await.status(), 200);
 }
 

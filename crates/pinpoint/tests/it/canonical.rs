@@ -758,7 +758,6 @@ async fn what_the_attacks_on_the_first_version_found_is_refused_or_removed() {
     }
     // Characters that fold or normalise to ASCII.
     for raw in [
-        "/adm%C4%B1n/users",
         "/%C5%BFhop/x",
         "/%EF%BD%81dmin/users",
         "/admin%EF%BC%8Fusers",
@@ -860,8 +859,8 @@ async fn what_the_second_attack_found_is_refused_or_removed() {
         "/legacy/PA%E1%BA%9E",
         "/legacy/I%CC%87",
         "/ad%C2%ADmin",
-        "/admin./x",
-        "/admin%20/x",
+        "/legacy/admin./x",
+        "/legacy/x%20/y",
     ] {
         let resp = request(&gw, "GET", raw, &[]).await;
         assert_eq!(
@@ -951,6 +950,76 @@ async fn what_the_second_attack_found_is_refused_or_removed() {
         ("X-Forwarded-Protocol", "https"),
     ] {
         let resp = request(&gw, "GET", "/probe", &[(name, value)]).await;
+        assert!(
+            resp.json()["headers"].get(name.to_ascii_lowercase()).is_none(),
+            "{name} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn legitimate_requests_pass_and_only_what_is_pinpoints_is_removed() {
+    let (gw, reader_key, _) = hardened().await;
+    // Ordinary paths: a trailing dot, German and Turkish words, on a route that does not fold case.
+    for path in [
+        "/wiki/Washington,_D.C.",
+        "/de/stra%C3%9Fe",
+        "/tr/%C4%B0stanbul",
+        "/v1/projects/x:batchGet",
+        "/~user/a+b@c",
+    ] {
+        let resp = request(&gw, "GET", path, &[]).await;
+        assert_eq!(resp.status, 200, "{path}: {}", resp.body);
+    }
+    // A JSON body that mentions `_method` as data.
+    let body = br#"{"x":"_method","nested":{"_method":"PUT"}}"#;
+    let resp = send(
+        &gw,
+        &format!(
+            "POST /orders/1 HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}",
+            body.len()
+        ),
+        body,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    // Cookies: ones merely shaped like a key stay; a real key is cut out, the rest kept.
+    let resp = request(
+        &gw,
+        "GET",
+        "/probe",
+        &[("cookie", "session=abc; last_app_5f3a9c1e2b4d6e8f=seen")],
+    )
+    .await;
+    assert_eq!(
+        resp.json()["headers"]["cookie"],
+        "session=abc; last_app_5f3a9c1e2b4d6e8f=seen"
+    );
+    let resp = request(
+        &gw,
+        "GET",
+        "/probe",
+        &[("cookie", &format!("session=abc; api={reader_key}"))],
+    )
+    .await;
+    assert_eq!(resp.json()["headers"]["cookie"], "session=abc");
+    // A key wrapped in base64 in the query is refused like a plain one.
+    use base64::Engine;
+    let wrapped = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&reader_key);
+    let resp = request(&gw, "GET", &format!("/probe?k={wrapped}"), &[]).await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.credential_in_url"))
+    );
+    // Identity a TLS or auth proxy would assert never comes from a client.
+    for name in [
+        "X-Forwarded-Client-Cert",
+        "X-SSL-Client-S-DN",
+        "X-Consumer-Username",
+        "X-Goog-Authenticated-User-Email",
+        "X-MS-Client-Principal-Name",
+    ] {
+        let resp = request(&gw, "GET", "/probe", &[(name, "admin")]).await;
         assert!(
             resp.json()["headers"].get(name.to_ascii_lowercase()).is_none(),
             "{name} reached the upstream"
