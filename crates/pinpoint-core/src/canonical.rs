@@ -144,8 +144,22 @@ pub fn canonical_host(host: &str) -> Option<String> {
         .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'x' || b == b'X');
     let last_label = host.rsplit('.').next().unwrap_or(host);
     if numeric && last_label.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
-        let ip: std::net::Ipv4Addr = host.parse().ok()?;
-        return (ip.to_string() == host).then(|| host.to_owned());
+        // Four decimals, 0 to 255, no leading zeros: checked in place, not by formatting
+        // the parsed address to compare (see `check_singletons` in the gateway's edge for
+        // what the two cost).
+        let mut octets = 0;
+        for octet in host.split('.') {
+            let plain = !octet.is_empty()
+                && octet.len() <= 3
+                && octet.bytes().all(|b| b.is_ascii_digit())
+                && (octet == "0" || !octet.starts_with('0'))
+                && octet.parse::<u16>().is_ok_and(|n| n <= 255);
+            if !plain {
+                return None;
+            }
+            octets += 1;
+        }
+        return (octets == 4).then(|| host.to_owned());
     }
     Some(host.to_ascii_lowercase())
 }
