@@ -193,8 +193,8 @@ pub struct OwnCredentials<'a> {
 }
 
 /// Removes from a request bound upstream every header that is the gateway's to set, or
-/// that would make the upstream read another request than the one decided on. One scan;
-/// allocates only when something is removed.
+/// that would make the upstream read another request than the one decided on. One scan
+/// of the headers; each value is also searched for a Pinpoint credential.
 pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRules<'_>) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     let mut restored: Vec<(HeaderName, HeaderValue)> = Vec::new();
@@ -252,7 +252,9 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
     direct(bytes)
         || bytes
             .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')))
-            .filter(|word| word.len() >= 8)
+            // Shorter words decode to at most 14 bytes: too few for a key id (`pp_` and 16
+            // hex digits) or a JWT header naming a `kid`, so they are not decoded at all.
+            .filter(|word| word.len() >= MIN_WRAPPED_CREDENTIAL)
             .filter_map(|word| {
                 base64::engine::general_purpose::STANDARD_NO_PAD
                     .decode(word)
@@ -261,6 +263,10 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
             })
             .any(|decoded| direct(&decoded))
 }
+
+/// The shortest base64 word that can decode to a credential: 15 bytes or more take at
+/// least 20 characters.
+const MIN_WRAPPED_CREDENTIAL: usize = 20;
 
 /// Whether `bytes` hold `pp`, one separator and the 16 hex digits of a key Pinpoint knows.
 fn holds_key_id(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
