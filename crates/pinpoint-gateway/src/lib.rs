@@ -51,6 +51,28 @@ pub struct Gateway {
     /// The config file, if any: reloaded on SIGHUP and on change.
     pub config_path: Option<PathBuf>,
     pub store: Store,
+    /// Listen addresses given on the command line: they replace the config's, also in
+    /// every reloaded revision.
+    pub listen_override: ListenOverride,
+}
+
+/// `serve --proxy-listen/--api-listen`: addresses that win over the config file's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListenOverride {
+    pub proxy: Option<std::net::SocketAddr>,
+    pub api: Option<std::net::SocketAddr>,
+}
+
+impl ListenOverride {
+    /// Puts the overriding addresses into `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(proxy) = self.proxy {
+            config.server.proxy_listen = proxy;
+        }
+        if let Some(api) = self.api {
+            config.server.api_listen = api;
+        }
+    }
 }
 
 /// Why the gateway could not start.
@@ -101,6 +123,7 @@ pub async fn run(
         prometheus,
         started: Instant::now(),
         config_path: gateway.config_path,
+        listen_override: gateway.listen_override,
         config_rejected: arc_swap::ArcSwapOption::empty(),
     });
 

@@ -60,6 +60,8 @@ pub struct Shared {
     pub started: Instant,
     /// Where the config came from, if a file (reloadable).
     pub config_path: Option<PathBuf>,
+    /// Command-line listen addresses, applied to every reloaded revision.
+    pub listen_override: crate::ListenOverride,
     /// Why the file on disk was last refused, while it still is (`/healthz` reports it).
     pub config_rejected: arc_swap::ArcSwapOption<String>,
 }
@@ -179,7 +181,7 @@ impl Shared {
         if !path.exists() && self.runtime.load().config.origin == pinpoint_core::config::DEMO_ORIGIN {
             return Ok(None);
         }
-        let config = match load_file(path) {
+        let mut config = match load_file(path) {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "rejected").increment(1);
@@ -189,6 +191,7 @@ impl Shared {
             }
         };
         self.config_rejected.store(None);
+        self.listen_override.apply(&mut config);
         let current = self.runtime.load();
         if config.revision == current.config.revision {
             return Ok(None);

@@ -193,7 +193,7 @@ impl Upstream {
                 .store(now + self.fail_timeout_ms, Ordering::Relaxed);
             tracing::warn!(
                 upstream = %self.name,
-                target = %target.authority,
+                upstream_target = %target.authority,
                 fail_timeout_ms = self.fail_timeout_ms,
                 "upstream target ejected after {fails} faults within fail_timeout_ms"
             );

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pinpoint_core::config::Config;
-use pinpoint_gateway::{Gateway, Listeners};
+use pinpoint_gateway::{Gateway, ListenOverride, Listeners};
 use pinpoint_store::Store;
 use tokio::net::TcpListener;
 
@@ -39,6 +39,12 @@ enum Command {
         /// Log format.
         #[arg(long, default_value = "json", value_parser = ["json", "text"])]
         log_format: String,
+        /// Proxy listen address; wins over `server.proxy_listen` in every config revision.
+        #[arg(long, value_name = "ADDR")]
+        proxy_listen: Option<SocketAddr>,
+        /// API listen address; wins over `server.api_listen` in every config revision.
+        #[arg(long, value_name = "ADDR")]
+        api_listen: Option<SocketAddr>,
     },
     /// Print the decision trace of a request.
     Explain {
@@ -159,7 +165,18 @@ fn run(cli: Cli) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config, log_format } => serve(config, &log_format).await,
+            Command::Serve {
+                config,
+                log_format,
+                proxy_listen,
+                api_listen,
+            } => {
+                let listen = ListenOverride {
+                    proxy: proxy_listen,
+                    api: api_listen,
+                };
+                serve(config, &log_format, listen).await
+            }
             Command::Explain {
                 request_id,
                 client,
@@ -269,11 +286,12 @@ pub(crate) fn resolve_config(explicit: Option<&Path>) -> Result<(Config, String)
 /// The config file used when `--config` is not given, if it exists.
 const DEFAULT_CONFIG_FILE: &str = "pinpoint.toml";
 
-async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
+async fn serve(config_flag: Option<PathBuf>, log_format: &str, listen_override: ListenOverride) -> Result<()> {
     // Log lines gather in a buffer a writer thread empties (log_sink), so the proxy never
     // waits on stdout; the guard writes what is left when `serve` returns.
     let _log_flush = init_tracing(log_format, LogTo::Stdout);
-    let (config, origin) = resolve_config(config_flag.as_deref())?;
+    let (mut config, origin) = resolve_config(config_flag.as_deref())?;
+    listen_override.apply(&mut config);
     tracing::info!(config = %origin, revision = %config.revision, "config loaded");
     let data_dir = config.server.data_dir.clone();
     let store = Store::open(&data_dir)
@@ -299,6 +317,7 @@ async fn serve(config_flag: Option<PathBuf>, log_format: &str) -> Result<()> {
         // so creating it is picked up like any later change.
         config_path: Some(config_flag.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE))),
         store: store.clone(),
+        listen_override,
     };
     pinpoint_gateway::run(gateway, Listeners { proxy, api }, shutdown_signal()).await?;
     store.close().await;

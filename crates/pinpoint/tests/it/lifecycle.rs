@@ -116,10 +116,15 @@ impl Drop for ServeProcess {
 
 impl ServeProcess {
     fn start(config: &Path, dir: &Path, name: &str) -> ServeProcess {
+        let config = config.to_str().expect("utf-8 temp path");
+        ServeProcess::start_with(&["serve", "--config", config], dir, name)
+    }
+
+    /// `pinpoint <args>` in `dir`, its output in `<name>.stdout` and `<name>.stderr` there.
+    fn start_with(args: &[&str], dir: &Path, name: &str) -> ServeProcess {
         let stderr_path = dir.join(format!("{name}.stderr"));
         let child = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
-            .args(["serve", "--config"])
-            .arg(config)
+            .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join(format!("{name}.stdout"))).unwrap())
@@ -137,6 +142,10 @@ impl ServeProcess {
         assert!(status.success());
     }
 
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -152,6 +161,37 @@ impl ServeProcess {
     }
 }
 
+/// Every log line is one JSON object with each key once, and nothing carries colour codes
+/// (the output is a file, not a terminal). Lines that are not JSON (the bootstrap-key
+/// banner on stderr) are only checked for colour codes.
+fn assert_log_lines_are_clean(output: &str) {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+    struct UniqueKeys;
+    impl<'de> Visitor<'de> for UniqueKeys {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    assert!(!output.contains('\u{1b}'), "colour codes in a log file:\n{output}");
+    for line in output.lines().filter(|l| l.starts_with('{')) {
+        let mut de = serde_json::Deserializer::from_str(line);
+        if let Err(e) = de.deserialize_map(UniqueKeys) {
+            panic!("log line {line}: {e}");
+        }
+    }
+}
+
 async fn free_port() -> u16 {
     dead_addr().await.port()
 }
@@ -161,7 +201,8 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy_port, api_port) = (free_port().await, free_port().await);
     let config = format!(
-        "[server]\nproxy_listen = \"127.0.0.1:{proxy_port}\"\napi_listen = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\nreload_poll_ms = 0\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\n"
+        "[server]\nproxy_listen = \"127.0.0.1:{proxy_port}\"\napi_listen = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\nreload_poll_ms = 0\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\n\n[upstreams.gone]\ntargets = [\"{gone}\"]\n\n[[routes]]\nid = \"gone\"\npath_prefix = \"/gone\"\nupstream = \"gone\"\n",
+        gone = dead_addr().await
     );
     let config_path = dir.path().join("pinpoint.toml");
     std::fs::write(&config_path, &config).unwrap();
@@ -193,6 +234,15 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // Three connection failures eject the dead target: a warning with its own fields.
+    for _ in 0..3 {
+        let resp = http
+            .get(format!("http://127.0.0.1:{proxy_port}/gone"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502);
+    }
 
     let first = revision().await.unwrap();
     std::fs::write(&config_path, config.clone() + INVENTORY_ROUTE).unwrap();
@@ -236,6 +286,9 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
         assert_eq!(line["target"], "pinpoint::access");
         assert_eq!(line["status"], 200);
     }
+    assert!(access_log.contains("ejected"), "{access_log}");
+    assert_log_lines_are_clean(&access_log);
+    assert_log_lines_are_clean(&server.stderr());
 
     // A second start finds keys and prints none.
     let mut again = ServeProcess::start(&config_path, dir.path(), "second");
@@ -307,4 +360,64 @@ async fn a_relative_data_dir_is_relative_to_its_config_file_and_reasons_end_quie
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[tokio::test]
+async fn sighup_never_stops_the_demo_and_a_pinpoint_toml_created_later_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, api_port) = (free_port().await, free_port().await);
+    let (proxy, api) = (format!("127.0.0.1:{proxy_port}"), format!("127.0.0.1:{api_port}"));
+    // No --config and no ./pinpoint.toml: the built-in demo, on this test's own ports.
+    let mut server = ServeProcess::start_with(
+        &["serve", "--proxy-listen", &proxy, "--api-listen", &api],
+        dir.path(),
+        "demo",
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = format!("http://{api}/healthz");
+    let healthz = || async {
+        let r = http.get(&health).send().await.ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    };
+    poll_until("demo ready", || async { healthz().await.is_some() }).await;
+    let demo_revision = healthz().await.unwrap()["config_revision"].clone();
+    let status = |path: &'static str| {
+        let http = http.clone();
+        let url = format!("http://{proxy}{path}");
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/orders").await, 200);
+    assert_eq!(status("/inventory").await, 404);
+
+    // SIGHUP with nothing to reload: still serving the demo.
+    for _ in 0..3 {
+        server.signal("-HUP");
+    }
+    // A process SIGHUP killed would be gone by the time it answers a new connection.
+    assert_eq!(status("/orders").await, 200);
+    assert!(server.is_running(), "{}", server.stderr());
+    assert_eq!(healthz().await.unwrap()["config_revision"], demo_revision);
+
+    // pinpoint.toml appears (its listen addresses are the demo's; the flags still win).
+    let file = pinpoint_core::config::DEMO_CONFIG.to_owned()
+        + "\n[[routes]]\nid = \"inventory\"\npath_prefix = \"/inventory\"\nupstream = \"echo\"\n";
+    std::fs::write(dir.path().join("pinpoint.toml"), &file).unwrap();
+    server.signal("-HUP");
+    poll_until("pinpoint.toml picked up", || async {
+        healthz().await.is_some_and(|h| h["config_revision"] != demo_revision)
+    })
+    .await;
+    assert_eq!(status("/inventory").await, 200);
+
+    // A broken file on SIGHUP: refused, reported, and the server keeps serving.
+    std::fs::write(dir.path().join("pinpoint.toml"), "[[routes]\n").unwrap();
+    server.signal("-HUP");
+    poll_until("broken file reported", || async {
+        healthz().await.is_some_and(|h| h["status"] == "degraded")
+    })
+    .await;
+    assert!(server.is_running());
+    assert_eq!(status("/inventory").await, 200);
+    server.signal("-TERM");
+    assert!(server.wait_exit().await.success(), "{}", server.stderr());
 }

@@ -73,6 +73,7 @@ pub async fn start_in(dir: tempfile::TempDir, store: Store, admin_key: String, c
         config,
         config_path: Some(config_path.clone()),
         store: store.clone(),
+        listen_override: Default::default(),
     };
     let task = tokio::spawn(async move {
         pinpoint_gateway::run(gateway, Listeners { proxy, api }, async {
