@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use pinpoint_core::config::{Config, ConfigError};
+use pinpoint_core::config::{Config, ConfigErrors};
 use pinpoint_core::Mode;
 use pinpoint_store::{DecisionLog, Store};
 use tokio::sync::watch;
@@ -150,7 +150,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Invalid(#[from] ConfigError),
+    Invalid(#[from] ConfigErrors),
 }
 
 /// Reads and validates a config file.

@@ -276,10 +276,20 @@ pub(crate) fn resolve_config(explicit: Option<&Path>) -> Result<(Config, String)
     match path {
         Some(path) => {
             let config =
-                pinpoint_gateway::runtime::load_file(&path).map_err(|e| anyhow::anyhow!("config refused: {e}"))?;
+                pinpoint_gateway::runtime::load_file(&path).map_err(|e| anyhow::anyhow!("{}", config_refusal(&e)))?;
             Ok((config, path.display().to_string()))
         }
         None => Ok((Config::demo(), String::from("<built-in demo>"))),
+    }
+}
+
+/// How a refused config file is told: one mistake on the line, several one per line.
+fn config_refusal(e: &pinpoint_gateway::runtime::LoadError) -> String {
+    match e {
+        pinpoint_gateway::runtime::LoadError::Invalid(errors) if errors.errors().len() > 1 => {
+            format!("config refused, {} mistakes:\n{errors}", errors.errors().len())
+        }
+        other => format!("config refused: {other}"),
     }
 }
 

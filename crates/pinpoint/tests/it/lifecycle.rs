@@ -299,14 +299,15 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
 }
 
 #[tokio::test]
-async fn a_bad_config_is_refused_with_file_line_and_column() {
+async fn a_bad_config_is_refused_with_every_mistake_and_its_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n",
+        "[server]\nmax_headers = 0\n\n[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n\n[jwt]\nttl_seconds = 0\n",
     )
     .unwrap();
+    let file = path.display();
     for args in [vec!["config", "check"], vec!["serve", "--config"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
             .args(&args)
@@ -315,10 +316,17 @@ async fn a_bad_config_is_refused_with_file_line_and_column() {
             .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8(out.stderr).unwrap();
-        assert!(
-            err.contains(&format!("{}:7:12: route `x` names upstream `nope`", path.display())),
-            "{args:?}: {err}"
-        );
+        let expected = [
+            "error: config refused, 3 mistakes:".to_owned(),
+            format!("{file}:2:15: server.max_headers must be 1 to 1000"),
+            format!("{file}:10:12: route `x` names upstream `nope`"),
+            format!("{file}:13:15: jwt.ttl_seconds must be at least 1"),
+        ];
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), expected.len(), "{args:?}: {err}");
+        for (line, want) in lines.iter().zip(&expected) {
+            assert!(line.starts_with(want.as_str()), "{args:?}: {line} is not {want}");
+        }
     }
 }
 

@@ -1,0 +1,162 @@
+//! Owns how config mistakes are found and reported: the parsed document whose items know
+//! their place in the file, the list of errors a parse gathers (every mistake in a file,
+//! not the first), and turning byte offsets into `file:line:column`.
+
+use std::ops::Range;
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml_edit::Item;
+
+/// A refused config value: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The file (or `<built-in demo>`).
+    pub origin: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every mistake found in one config file, in the order they appear in it. Displayed one
+/// per line, each as `file:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// The mistakes, first in the file first. Never empty.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.errors
+    }
+
+    /// The mistake that comes first in the file.
+    pub fn first(&self) -> &ConfigError {
+        // `Diagnostics::finish` builds a `ConfigErrors` only from a non-empty list.
+        &self.errors[0]
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Gathers the errors of one parse. Section readers report into it and go on, so one
+/// parse reports every mistake.
+pub(crate) struct Diagnostics<'s> {
+    source: &'s str,
+    origin: &'s str,
+    errors: Vec<(usize, ConfigError)>,
+}
+
+impl<'s> Diagnostics<'s> {
+    pub fn new(source: &'s str, origin: &'s str) -> Self {
+        Diagnostics {
+            source,
+            origin,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a mistake at `span` (the file's start when the value has no place, such as
+    /// a missing section).
+    pub fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let offset = span.map_or(0, |s| s.start);
+        let error = locate(self.source, self.origin, offset, message.into());
+        self.errors.push((offset, error));
+    }
+
+    /// Reads `item` as a `T`, or records why it cannot be read (at the value at fault).
+    pub fn read<T: DeserializeOwned>(&mut self, item: &Item) -> Option<T> {
+        match deserialize::<T>(item) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.error(e.span().or_else(|| item.span()), e.message().trim());
+                None
+            }
+        }
+    }
+
+    /// Reads a section that may be left out: its defaults when absent.
+    pub fn read_or_default<T: DeserializeOwned + Default>(&mut self, item: &Item) -> Option<T> {
+        if item.is_none() {
+            Some(T::default())
+        } else {
+            self.read(item)
+        }
+    }
+
+    /// How many mistakes were recorded so far (a reader compares before and after a part).
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// `Ok(value)` if nothing was wrong, else every error in file order.
+    pub fn finish<T>(mut self, value: T) -> Result<T, ConfigErrors> {
+        if self.errors.is_empty() {
+            return Ok(value);
+        }
+        self.errors.sort_by_key(|(offset, _)| *offset);
+        self.errors.dedup();
+        Err(ConfigErrors {
+            errors: self.errors.into_iter().map(|(_, e)| e).collect(),
+        })
+    }
+
+    /// A refusal that ends the parse (the text is not TOML at all).
+    pub fn fatal(source: &str, origin: &str, span: Option<Range<usize>>, message: &str) -> ConfigErrors {
+        let offset = span.map_or(0, |s| s.start);
+        ConfigErrors {
+            errors: vec![locate(source, origin, offset, message.trim().to_owned())],
+        }
+    }
+}
+
+/// Reads one part of the document as a `T`; errors keep the place of the value at fault.
+fn deserialize<T: DeserializeOwned>(item: &Item) -> Result<T, toml_edit::de::Error> {
+    match item {
+        Item::Value(value) => T::deserialize(value.clone().into_deserializer()),
+        Item::Table(table) => T::deserialize(toml_edit::DocumentMut::from(table.clone()).into_deserializer()),
+        Item::ArrayOfTables(tables) => {
+            T::deserialize(toml_edit::Value::Array(tables.clone().into_array()).into_deserializer())
+        }
+        Item::None => T::deserialize(toml_edit::DocumentMut::new().into_deserializer()),
+    }
+}
+
+/// The place of the first of `items` that has one: the value at fault, else its table.
+pub(crate) fn place(items: &[Option<&Item>]) -> Option<Range<usize>> {
+    items.iter().flatten().find_map(|item| item.span())
+}
+
+/// The `index`th entry of an array (of tables or inline), for error places.
+pub(crate) fn entry(item: &Item, index: usize) -> Option<&Item> {
+    item.get(index)
+}
+
+fn locate(source: &str, origin: &str, offset: usize, message: String) -> ConfigError {
+    let offset = offset.min(source.len());
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    ConfigError {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message,
+    }
+}

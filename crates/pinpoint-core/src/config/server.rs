@@ -1,0 +1,72 @@
+//! `[server]`: listeners, the data directory, caller-facing links and request-head limits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use toml_edit::Item;
+
+use super::diagnostics::{place, Diagnostics};
+
+/// `[server]`: listeners, data directory and caller-facing links.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listener for proxied routes.
+    pub proxy_listen: SocketAddr,
+    /// Listener for Pinpoint's own API, `/metrics` and `/healthz`.
+    pub api_listen: SocketAddr,
+    /// Where the embedded store and the bootstrap admin key live.
+    pub data_dir: PathBuf,
+    /// Where docs/reasons.md is published; problem `type` links point into it. The default
+    /// is served by the proxy listener itself.
+    pub reasons_url: String,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub drain_timeout_ms: u64,
+    /// How often the config file is checked for changes (0 disables; SIGHUP still works).
+    pub reload_poll_ms: u64,
+    /// Largest request head (request line and every header) the proxy accepts; larger
+    /// ones are refused with `request.headers_too_large` (431).
+    pub max_head_bytes: usize,
+    /// Largest single header line (`name: value`).
+    pub max_header_bytes: usize,
+    /// Most header lines one request may carry.
+    pub max_headers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            proxy_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            data_dir: PathBuf::from("./pinpoint-data"),
+            reasons_url: String::from(REASONS_PATH),
+            drain_timeout_ms: 10_000,
+            reload_poll_ms: 1_000,
+            max_head_bytes: 32 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 90,
+        }
+    }
+}
+
+/// Path on the proxy listener that serves the reason catalogue.
+pub const REASONS_PATH: &str = "/_pinpoint/reasons";
+
+pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<ServerConfig> {
+    let server: ServerConfig = d.read_or_default(item)?;
+    let at = |field: &str| place(&[item.get(field), Some(item)]);
+    if !(1024..=1 << 20).contains(&server.max_head_bytes) {
+        d.error(at("max_head_bytes"), "server.max_head_bytes must be 1024 to 1048576");
+    }
+    if !(64..=server.max_head_bytes).contains(&server.max_header_bytes) {
+        d.error(
+            at("max_header_bytes"),
+            "server.max_header_bytes must be 64 to max_head_bytes",
+        );
+    }
+    if !(1..=1000).contains(&server.max_headers) {
+        d.error(at("max_headers"), "server.max_headers must be 1 to 1000");
+    }
+    Some(server)
+}
