@@ -42,10 +42,15 @@ pub struct Denial {
     /// Caller-safe detail (RFC 9457 `detail`). Must never hold a secret, another tenant's
     /// name or an internal address.
     pub detail: String,
-    /// The rule that decided, for the operator (trace only).
-    pub rule_id: Option<String>,
-    /// Operator-only context (trace only).
+    /// The rule that decided, for the operator (trace only). Boxed, as `platform_note`.
+    pub rule_id: Option<Box<str>>,
+    /// Operator-only context (trace only), readable by the caller's organization.
     pub note: Option<String>,
+    /// Context for platform admins only: what names another tenant (the route's
+    /// organization when a caller used another's route). Removed from the decision before
+    /// anyone else reads it. (Boxed, as `rule_id`: a `Denial` is an error type, and a
+    /// small one keeps every `Result` that carries it small.)
+    pub platform_note: Option<Box<str>>,
     /// Extra response headers (e.g. `Allow` on a 405).
     pub headers: Vec<(&'static str, String)>,
 }
@@ -58,19 +63,26 @@ impl Denial {
             detail: detail.into(),
             rule_id: None,
             note: None,
+            platform_note: None,
             headers: Vec::new(),
         }
     }
 
     /// Names the deciding rule (operator side).
     pub fn rule(mut self, rule_id: impl Into<String>) -> Self {
-        self.rule_id = Some(rule_id.into());
+        self.rule_id = Some(rule_id.into().into_boxed_str());
         self
     }
 
     /// Adds an operator-only note.
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
+        self
+    }
+
+    /// Adds a note only platform admins read (see [`Denial::platform_note`]).
+    pub fn platform_note(mut self, note: impl Into<String>) -> Self {
+        self.platform_note = Some(note.into().into_boxed_str());
         self
     }
 
@@ -143,6 +155,9 @@ pub struct LayerTrace {
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// For platform admins only; the API removes it for everyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_note: Option<String>,
     /// Time spent in the layer, microseconds (omitted when 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub micros: u64,

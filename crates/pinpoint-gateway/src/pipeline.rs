@@ -209,6 +209,7 @@ impl Pipeline {
                     } else {
                         "not reached"
                     })),
+                    platform_note: None,
                     micros: 0,
                 });
                 continue;
@@ -228,6 +229,7 @@ impl Pipeline {
                 rule_id: None,
                 detail: None,
                 note: None,
+                platform_note: None,
                 micros,
             };
             match outcome {
@@ -242,6 +244,7 @@ impl Pipeline {
                     entry.rule_id = d.rule_id.as_deref().map(pinpoint_core::RecordedText::from);
                     entry.detail = Some(d.detail.clone());
                     entry.note = d.note.clone();
+                    entry.platform_note = d.platform_note.as_deref().map(String::from);
                     crate::telemetry::count_denial(d.reason, &ctx.route_label(), stage.mode);
                     match stage.mode {
                         Mode::Enforce => {

@@ -338,6 +338,7 @@ fn edge_entry(mark: Mark, denial: &Denial, started: Instant) -> LayerTrace {
         rule_id: denial.rule_id.as_deref().map(pinpoint_core::RecordedText::from),
         detail: Some(denial.detail.clone()),
         note: denial.note.clone(),
+        platform_note: denial.platform_note.as_deref().map(String::from),
         micros: started.elapsed().as_micros() as u64,
     }
 }
@@ -480,6 +481,7 @@ fn upstream_entry(mark: Mark, reason: Option<Reason>, note: String, started: Ins
         rule_id: None,
         detail: None,
         note: Some(note),
+        platform_note: None,
         micros: started.elapsed().as_micros() as u64,
     }
 }

@@ -260,6 +260,7 @@ mod tests {
                 rule_id: Some("r1".into()),
                 detail: None,
                 note: None,
+                platform_note: None,
                 micros: 3,
             }],
         }

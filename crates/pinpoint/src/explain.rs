@@ -111,6 +111,9 @@ pub fn render(d: &Decision) -> String {
         if let Some(note) = &t.note {
             line.push_str(&format!("  ({note})"));
         }
+        if let Some(note) = &t.platform_note {
+            line.push_str(&format!("  (platform admins only: {note})"));
+        }
         out.push_str(line.trim_end());
         out.push('\n');
     }

@@ -411,6 +411,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 rule_id: None,
                 detail: Some(denial.detail.clone()),
                 note: denial.note.clone(),
+                platform_note: denial.platform_note.as_deref().map(String::from),
                 micros: 0,
             };
             let verdict = crate::pipeline::Verdict {
@@ -462,6 +463,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             rule_id: matched.as_deref().map(pinpoint_core::RecordedText::from),
             detail: None,
             note: None,
+            platform_note: None,
             micros: handler_started.elapsed().as_micros() as u64,
         };
         if let Some(denial) = handler_denial {
@@ -584,6 +586,14 @@ async fn decision(
             )
             .header("retry-after", "1"),
         ));
+    }
+    // What names another tenant is for platform admins only.
+    if !caller.0.is_platform_admin() {
+        for decision in &mut found {
+            for entry in &mut decision.trace {
+                entry.platform_note = None;
+            }
+        }
     }
     // Pinpoint's ids are unique: a client that sends one as its own id cannot crowd it.
     if let Some(exact) = found.iter().position(|d| d.request_id == request_id) {

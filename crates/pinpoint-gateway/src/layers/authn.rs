@@ -29,13 +29,17 @@ pub struct AuthnLayer {
 
 /// A refused credential, and whom it belongs to when that is known.
 struct Refused {
-    denial: Denial,
+    /// Boxed: refusals are the rare path, and a small `Err` keeps the `Ok` path lean.
+    denial: Box<Denial>,
     caller: Option<KnownCaller>,
 }
 
 impl From<Denial> for Refused {
     fn from(denial: Denial) -> Self {
-        Refused { denial, caller: None }
+        Refused {
+            denial: Box::new(denial),
+            caller: None,
+        }
     }
 }
 
@@ -127,7 +131,10 @@ impl AuthnLayer {
             if let Some(successor) = successor {
                 denial = denial.note(format!("rotated; its successor is {}", key_trace_label(successor)));
             }
-            Refused { denial, caller }
+            Refused {
+                denial: Box::new(denial),
+                caller,
+            }
         })
     }
 
@@ -281,6 +288,7 @@ impl Layer for AuthnLayer {
                 }
             },
             Err(Refused { denial, caller }) => {
+                let denial = *denial;
                 ctx.known_caller = caller;
                 Outcome::Deny(denial)
             }

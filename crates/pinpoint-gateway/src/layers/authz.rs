@@ -83,12 +83,13 @@ impl AuthzLayer {
                         Reason::AuthzTenantMismatch,
                         "This route is not available to your organization.",
                     )
-                    // The decision is readable by the caller's organization: the note
-                    // names nothing of the route's (the config revision in the trace does).
+                    // The decision is readable by the caller's organization: its note
+                    // names nothing of the route's; platform admins also read whose it is.
                     .note(format!(
                         "the route belongs to another organization than the caller's ({})",
                         identity.org_id()
-                    )),
+                    ))
+                    .platform_note(format!("the route belongs to organization {org}")),
                 );
             }
         }

@@ -46,7 +46,12 @@ pub async fn world(extra: &str) -> World {
     let reader = role(acme.id.clone(), "orders-reader", &["orders:read"]).await;
     let writer = role(acme.id.clone(), "orders-writer", &["orders:read", "orders:write"]).await;
     let contractor = role(acme.id.clone(), "contractor", &[]).await;
-    let globex_writer = role(globex.id.clone(), "orders-writer", &["orders:*", "tokens:create"]).await;
+    let globex_writer = role(
+        globex.id.clone(),
+        "orders-writer",
+        &["orders:*", "tokens:create", "decisions:read"],
+    )
+    .await;
     let principal = |org: String, kind: PrincipalKind, name: &'static str, roles: Vec<String>| {
         let store = store.clone();
         async move {
@@ -620,9 +625,20 @@ async fn authz_codes() {
     let (_, d) = w
         .refused(w.get("/acme/report", &w.globex_key).await, 403, "authz.tenant_mismatch")
         .await;
-    // globex can read this decision: it holds nothing of acme.
+    // globex can read this decision, and what it reads holds nothing of acme; a platform
+    // admin also reads whose route it was.
     assert_eq!(d.org_id.as_deref(), Some(w.globex.id.as_str()));
-    assert!(!serde_json::to_string(&d).unwrap().contains(&w.acme.id), "{d:?}");
+    let platform_note = d.deciding_layer().unwrap().platform_note.clone().unwrap_or_default();
+    assert!(platform_note.contains(&w.acme.id), "{d:?}");
+    let as_platform =
+        w.gw.api_json(&format!("/api/v2/decisions/{}", d.request_id), Some(&w.gw.admin_key))
+            .await;
+    assert!(as_platform.to_string().contains(&w.acme.id), "{as_platform}");
+    let as_globex =
+        w.gw.api_json(&format!("/api/v2/decisions/{}", d.request_id), Some(&w.globex_key))
+            .await;
+    assert_eq!(as_globex["data"]["id"], d.request_id.as_str(), "{as_globex}");
+    assert!(!as_globex.to_string().contains(&w.acme.id), "{as_globex}");
     assert_eq!(w.get("/acme/report", &w.bob_key).await.status(), 200);
 
     w.refused(
