@@ -1,6 +1,8 @@
 //! The identity directory: an in-memory index of keys, principals (with their effective
-//! permissions precomputed) and organizations, loaded from the store at start and
-//! refreshed entry by entry after every API change. The hot path never touches the
+//! permissions precomputed) and organizations, loaded from the store at start and kept
+//! current by following the store's change feed ([`Directory::follow`], every
+//! [`FOLLOW_EVERY`]; [`Directory::catch_up`] at once after this process's own writes), so
+//! a change made by any process on the same store reaches every directory, entry by entry. The hot path never touches the
 //! database: a key check is one concurrent-map lookup and one HMAC, and a permission check
 //! is a hash-set lookup. Last-use times are written behind, at most once a minute per key.
 
@@ -11,8 +13,8 @@ use std::sync::Arc;
 use pinpoint_core::identity::{grants, ApiKey, KeyKind, Organization, Principal, Role};
 use pinpoint_core::keys;
 use pinpoint_core::RecordedText;
-use pinpoint_store::{Store, StoreError, StoredKey};
-use tokio::sync::mpsc;
+use pinpoint_store::{ChangeKind, Store, StoreError, StoredKey};
+use tokio::sync::{mpsc, watch};
 
 use crate::layers::rate::{limiter_key, LimitKind};
 
@@ -144,7 +146,18 @@ pub struct Directory {
     orgs: IdMap<Arc<Organization>>,
     org_labels: IdMap<Arc<OrgLabels>>,
     touches: mpsc::Sender<(String, i64)>,
+    /// The last change-feed `seq` applied.
+    applied: AtomicI64,
+    /// One catch-up at a time (the follower's and a handler's may meet).
+    catching_up: tokio::sync::Mutex<()>,
 }
+
+/// How often [`Directory::follow`] reads the change feed: a change made elsewhere is
+/// enforced here within this much (plus one feed read).
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Changes read per feed query.
+const CHANGES_PER_READ: i64 = 1_000;
 
 /// A header value for an id. Ids are UUIDs or hex, always valid header values.
 fn id_header(id: &str) -> http::HeaderValue {
@@ -225,14 +238,34 @@ impl Directory {
     /// Loads everything from the store and starts the last-use writer.
     pub async fn load(store: &Store) -> Result<Arc<Directory>, StoreError> {
         let (touches, rx) = mpsc::channel(4096);
-        let directory = Directory {
-            hasher: keys::SecretHasher::new(&store.pepper()),
+        let directory = Directory::empty(&store.pepper(), touches);
+        // The feed's head is read before the tables: a change written meanwhile is then
+        // applied again by the first catch-up, which is harmless (re-reads are idempotent).
+        directory
+            .applied
+            .store(store.directory_change_head().await?, Ordering::Release);
+        directory.load_everything(store).await?;
+        tokio::spawn(write_touches(store.clone(), rx));
+        Ok(Arc::new(directory))
+    }
+
+    fn empty(pepper: &[u8], touches: mpsc::Sender<(String, i64)>) -> Directory {
+        Directory {
+            hasher: keys::SecretHasher::new(pepper),
             keys: IdMap::default(),
             principals: IdMap::default(),
             orgs: IdMap::default(),
             org_labels: IdMap::default(),
             touches,
-        };
+            applied: AtomicI64::new(0),
+            catching_up: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads every organization, principal and key into the maps (existing entries are
+    /// replaced; none are removed).
+    async fn load_everything(&self, store: &Store) -> Result<(), StoreError> {
+        let directory = self;
         for org in store.orgs().await? {
             directory.orgs.pin().insert(org.id.clone(), Arc::new(org));
         }
@@ -248,22 +281,100 @@ impl Directory {
         for k in store.all_keys().await? {
             directory.keys.pin().insert(k.info.id.clone(), directory.key_entry(k));
         }
-        tokio::spawn(write_touches(store.clone(), rx));
-        Ok(Arc::new(directory))
+        Ok(())
+    }
+
+    /// Applies every change the store's feed holds after the last one applied. Handlers
+    /// call it after their own writes, so the next request sees them.
+    pub async fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
+        let _one_at_a_time = self.catching_up.lock().await;
+        loop {
+            let applied = self.applied.load(Ordering::Acquire);
+            if applied > 0
+                && store
+                    .directory_change_tail()
+                    .await?
+                    .is_some_and(|tail| tail > applied + 1)
+            {
+                // Behind what the feed still holds (pruned while this process could not
+                // read it): read everything again, and drop what no longer exists.
+                let head = store.directory_change_head().await?;
+                self.reload_everything(store).await?;
+                self.applied.store(head, Ordering::Release);
+                continue;
+            }
+            let changes = store.directory_changes_after(applied, CHANGES_PER_READ).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                return Ok(());
+            };
+            for change in &changes {
+                match change.kind {
+                    ChangeKind::Key => self.refresh_key(store, &change.id).await?,
+                    ChangeKind::Principal => self.refresh_principal(store, &change.id).await?,
+                    ChangeKind::Org => self.refresh_org(store, &change.id).await?,
+                    ChangeKind::Role => {
+                        for holder in store.role_holders(&change.id).await? {
+                            self.refresh_principal(store, &holder).await?;
+                        }
+                    }
+                }
+            }
+            self.applied.store(last, Ordering::Release);
+            if (changes.len() as i64) < CHANGES_PER_READ {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Everything again, and entries the store no longer has removed.
+    async fn reload_everything(&self, store: &Store) -> Result<(), StoreError> {
+        self.load_everything(store).await?;
+        let keys: Vec<String> = self.keys.pin().keys().cloned().collect();
+        for id in keys {
+            self.refresh_key(store, &id).await?;
+        }
+        let principals: Vec<String> = self.principals.pin().keys().cloned().collect();
+        for id in principals {
+            self.refresh_principal(store, &id).await?;
+        }
+        let orgs: Vec<String> = self.orgs.pin().keys().cloned().collect();
+        for id in orgs {
+            self.refresh_org(store, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the store's change feed until `stop` turns true. A failed read is logged
+    /// and tried again on the next tick.
+    pub async fn follow(self: Arc<Self>, store: Store, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match self.catch_up(&store).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("directory change feed readable again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the directory change feed; serving what is loaded");
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// An empty directory with no store behind it (benchmarks, tests); last-use times are
     /// not recorded.
     pub fn in_memory(pepper: Arc<[u8]>) -> Directory {
         let (touches, _) = mpsc::channel(1);
-        Directory {
-            hasher: keys::SecretHasher::new(&pepper),
-            keys: IdMap::default(),
-            principals: IdMap::default(),
-            orgs: IdMap::default(),
-            org_labels: IdMap::default(),
-            touches,
-        }
+        Directory::empty(&pepper, touches)
     }
 
     /// Checks a presented key: shape, id, secret (constant time), revocation, expiry.
@@ -312,7 +423,7 @@ impl Directory {
     }
 
     /// Re-reads one key.
-    pub async fn refresh_key(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+    async fn refresh_key(&self, store: &Store, id: &str) -> Result<(), StoreError> {
         match store.stored_key(id).await? {
             Some(k) => {
                 self.keys.pin().insert(id.to_owned(), self.key_entry(k));
@@ -324,23 +435,8 @@ impl Directory {
         Ok(())
     }
 
-    /// Re-reads every key of a principal (after it was deleted or had keys revoked).
-    pub async fn refresh_keys_of(&self, store: &Store, principal_id: &str) -> Result<(), StoreError> {
-        let ids: Vec<String> = self
-            .keys
-            .pin()
-            .iter()
-            .filter(|(_, key)| key.principal_id.as_deref() == Some(principal_id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
-            self.refresh_key(store, &id).await?;
-        }
-        Ok(())
-    }
-
     /// Re-reads one principal and recomputes its permissions.
-    pub async fn refresh_principal(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+    async fn refresh_principal(&self, store: &Store, id: &str) -> Result<(), StoreError> {
         match store.principal(id).await? {
             Some(p) => {
                 let roles = store.roles_of(id).await?;
@@ -357,7 +453,7 @@ impl Directory {
     }
 
     /// Re-reads one organization.
-    pub async fn refresh_org(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+    async fn refresh_org(&self, store: &Store, id: &str) -> Result<(), StoreError> {
         match store.org(id).await? {
             Some(o) => {
                 self.orgs.pin().insert(id.to_owned(), Arc::new(o));

@@ -130,6 +130,13 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));
+    let follower = tokio::spawn(
+        shared
+            .services
+            .directory
+            .clone()
+            .follow(shared.store.clone(), stopped.clone()),
+    );
     let address = |l: &tokio::net::TcpListener| {
         l.local_addr()
             .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
@@ -150,6 +157,7 @@ pub async fn run(
     let _ = api.await;
     let _ = reloader.await;
     let _ = housekeeping.await;
+    let _ = follower.await;
     if let Err(e) = shared.services.rate.save_quotas(&shared.store).await {
         tracing::warn!(error = %e, "could not save quota counters at shutdown");
     }
@@ -161,8 +169,12 @@ pub async fn run(
     Ok(())
 }
 
+/// How long directory changes stay in the feed: a process that could not read it for longer
+/// reloads its whole directory.
+const CHANGE_FEED_KEPT_MS: i64 = 24 * 3600 * 1000;
+
 /// Periodic upkeep: quota counters saved every 10 s; every minute signing-key rotation and
-/// expiry and rate-limiter memory.
+/// expiry, rate-limiter memory, used proofs and the directory change feed.
 async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     tick.tick().await;
@@ -186,6 +198,10 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                     shared.services.cloudauth.housekeeping(pinpoint_store::now_ms() / 1000);
                     if let Err(e) = shared.store.prune_proofs(pinpoint_store::now_ms() / 1000).await {
                         tracing::warn!(error = %e, "could not prune used proof signatures");
+                    }
+                    let day_ago = pinpoint_store::now_ms() - CHANGE_FEED_KEPT_MS;
+                    if let Err(e) = shared.store.prune_directory_changes(day_ago).await {
+                        tracing::warn!(error = %e, "could not prune the directory change feed");
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! writer; [`keys`] owns API keys (issued once, stored hashed) and the bootstrap admin key.
 #![forbid(unsafe_code)]
 
+pub mod changes;
 pub mod cloudauth;
 pub mod decisions;
 pub mod identities;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use changes::{ChangeKind, DirectoryChange};
 pub use decisions::{DecisionLog, DecisionLogWriter};
 pub use keys::{IssuedKey, NewKey, StoredKey};
 pub use signing::SigningKeyRecord;
@@ -49,7 +51,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -229,6 +231,11 @@ impl Store {
             if version < to {
                 migrate_to(&pool, to, statements).await?;
             }
+        }
+        if version < 9 {
+            let statements = changes::schema_v9();
+            let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+            migrate_to(&pool, 9, &statements).await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)

@@ -159,7 +159,7 @@ async fn intake_key(
         .await?;
     if created {
         shared.store.record_intake_key(&mapping.id, &identity, &id).await?;
-        shared.services.directory.refresh_key(&shared.store, &id).await?;
+        shared.services.directory.catch_up(&shared.store).await?;
     }
     let stored = shared
         .store
@@ -244,9 +244,8 @@ async fn remove_mapping(shared: &Shared, caller: &Caller, id: &str, kind: &str) 
     if mapping.kind != kind {
         return Err(deny(Reason::ApiNotFound, "No such mapping."));
     }
-    for key in shared.store.delete_mapping(id).await? {
-        shared.services.directory.refresh_key(&shared.store, &key).await?;
-    }
+    shared.store.delete_mapping(id).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -445,8 +444,7 @@ async fn remove_account(
     Extension(caller): Extension<Caller>,
     Path(account): Path<String>,
 ) -> ApiResult<StatusCode> {
-    for key in shared.store.remove_aws_account(caller.0.org_id(), &account).await? {
-        shared.services.directory.refresh_key(&shared.store, &key).await?;
-    }
+    shared.store.remove_aws_account(caller.0.org_id(), &account).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -145,7 +145,7 @@ async fn create_org(
     let attrs: OrgAttrs = attributes(&body)?;
     valid_name(&attrs.name, "name")?;
     let org = shared.store.create_org(attrs.name.trim()).await?;
-    shared.services.directory.refresh_org(&shared.store, &org.id).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok((StatusCode::CREATED, envelope(org_resource(&org))))
 }
 
@@ -191,7 +191,7 @@ async fn patch_org(
             .await?
             .ok_or_else(|| deny(Reason::ApiNotFound, "No such organization."))?,
     };
-    shared.services.directory.refresh_org(&shared.store, &id).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(envelope(org_resource(&org)))
 }
 
@@ -205,7 +205,7 @@ async fn delete_org(
         return Err(deny(Reason::ApiConflict, "You cannot delete your own organization."));
     }
     shared.store.delete_org(&id).await?;
-    shared.services.directory.refresh_org(&shared.store, &id).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -246,11 +246,7 @@ async fn create_principal(
         .store
         .create_principal(&org_id, kind, attrs.name.trim(), attrs.email.as_deref())
         .await?;
-    shared
-        .services
-        .directory
-        .refresh_principal(&shared.store, &p.id)
-        .await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok((StatusCode::CREATED, envelope(principal_resource(&p))))
 }
 
@@ -285,7 +281,7 @@ async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, 
     if let Some(s) = patch.suspended {
         p = shared.store.set_principal_suspended(id, s).await?;
     }
-    shared.services.directory.refresh_principal(&shared.store, id).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(envelope(principal_resource(&p)))
 }
 
@@ -295,8 +291,7 @@ async fn delete_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind,
         return Err(deny(Reason::ApiConflict, "You cannot delete yourself."));
     }
     shared.store.delete_principal(id).await?;
-    shared.services.directory.refresh_principal(&shared.store, id).await?;
-    shared.services.directory.refresh_keys_of(&shared.store, id).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -429,13 +424,6 @@ async fn get_role(
     Ok(envelope(role_resource(&load_role(&shared, &caller, &id).await?)))
 }
 
-async fn refresh_holders(shared: &Shared, holders: &[String]) -> ApiResult<()> {
-    for h in holders {
-        shared.services.directory.refresh_principal(&shared.store, h).await?;
-    }
-    Ok(())
-}
-
 async fn patch_role(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -446,7 +434,7 @@ async fn patch_role(
     load_role(&shared, &caller, &id).await?;
     check_grantable(&caller, &patch.permissions)?;
     let role = shared.store.set_role_permissions(&id, &patch.permissions).await?;
-    refresh_holders(&shared, &shared.store.role_holders(&id).await?).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(envelope(role_resource(&role)))
 }
 
@@ -456,8 +444,8 @@ async fn delete_role(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     load_role(&shared, &caller, &id).await?;
-    let holders = shared.store.delete_role(&id).await?;
-    refresh_holders(&shared, &holders).await?;
+    shared.store.delete_role(&id).await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -497,11 +485,7 @@ async fn assign_role(
         ));
     }
     shared.store.assign_role(&principal.id, &role.id).await?;
-    shared
-        .services
-        .directory
-        .refresh_principal(&shared.store, &principal.id)
-        .await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -512,10 +496,6 @@ async fn unassign_role(
 ) -> ApiResult<StatusCode> {
     load_role(&shared, &caller, &id).await?;
     shared.store.unassign_role(&principal_id, &id).await?;
-    shared
-        .services
-        .directory
-        .refresh_principal(&shared.store, &principal_id)
-        .await?;
+    shared.services.directory.catch_up(&shared.store).await?;
     Ok(StatusCode::NO_CONTENT)
 }

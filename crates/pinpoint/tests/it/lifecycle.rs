@@ -429,3 +429,102 @@ async fn sighup_never_stops_the_demo_and_a_pinpoint_toml_created_later_is_picked
     server.signal("-TERM");
     assert!(server.wait_exit().await.success(), "{}", server.stderr());
 }
+
+#[tokio::test]
+async fn two_processes_on_one_store_enforce_each_others_key_changes_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("pinpoint.toml");
+    std::fs::write(
+        &config_path,
+        "[server]\ndata_dir = \"data\"\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\nauth = \"required\"\n",
+    )
+    .unwrap();
+    let config = config_path.to_str().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut processes = Vec::new();
+    let mut addrs = Vec::new();
+    for name in ["first", "second"] {
+        let (proxy, api) = (
+            format!("127.0.0.1:{}", free_port().await),
+            format!("127.0.0.1:{}", free_port().await),
+        );
+        let process = ServeProcess::start_with(
+            &[
+                "serve",
+                "--config",
+                config,
+                "--proxy-listen",
+                &proxy,
+                "--api-listen",
+                &api,
+            ],
+            dir.path(),
+            name,
+        );
+        let health = format!("http://{api}/healthz");
+        poll_until("process ready", || async { http.get(&health).send().await.is_ok() }).await;
+        processes.push(process);
+        addrs.push((proxy, api));
+    }
+    let admin = std::fs::read_to_string(dir.path().join("data/bootstrap-admin.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let ((_, first_api), (second_proxy, _)) = (&addrs[0], &addrs[1]);
+
+    // A key made through the first process's API ...
+    let created: serde_json::Value = http
+        .post(format!("http://{first_api}/api/v2/api_keys"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "shared"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["data"]["attributes"]["key"].as_str().unwrap().to_owned();
+    let key_id = created["data"]["id"].as_str().unwrap().to_owned();
+    let status_at_second = || async {
+        http.get(format!("http://{second_proxy}/orders"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // ... works at the second within a second,
+    let made = std::time::Instant::now();
+    poll_until("new key known to the second process", || async {
+        status_at_second().await == 200
+    })
+    .await;
+    assert!(made.elapsed() < Duration::from_secs(1), "{:?}", made.elapsed());
+
+    // ... and once revoked there, is refused by the second within a second.
+    let resp = http
+        .delete(format!("http://{first_api}/api/v2/api_keys/{key_id}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let revoked = std::time::Instant::now();
+    poll_until("revocation reaches the second process", || async {
+        status_at_second().await == 401
+    })
+    .await;
+    assert!(revoked.elapsed() < Duration::from_secs(1), "{:?}", revoked.elapsed());
+    let refused = http
+        .get(format!("http://{second_proxy}/orders"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    problem(refused, 401, "authn.key_revoked").await;
+    for mut process in processes {
+        process.signal("-TERM");
+        assert!(process.wait_exit().await.success(), "{}", process.stderr());
+    }
+}
