@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use pinpoint_core::config::Config;
 use pinpoint_core::identity::{KeyKind, PrincipalKind};
 use pinpoint_gateway::directory::Directory;
-use pinpoint_gateway::layers::rate::RateRegistry;
+use pinpoint_gateway::filters::rate::RateRegistry;
 use pinpoint_gateway::pipeline::RequestCtx;
 use pinpoint_gateway::runtime::{Runtime, Services};
 use pinpoint_gateway::tokens::TokenService;

@@ -16,7 +16,7 @@ use pinpoint_core::RecordedText;
 use pinpoint_store::{ChangeKind, Store, StoreError, StoredKey};
 use tokio::sync::{mpsc, watch};
 
-use crate::layers::rate::{limiter_key, LimitKind};
+use crate::filters::rate::{limiter_key, LimitKind};
 
 /// A key as the directory holds it: only what checking it and the requests it
 /// authenticates need (built once at load), not the whole stored row (names, creation

@@ -1,4 +1,4 @@
-//! The policy pipeline: one ordered list of [`Layer`]s, each answering Allow, Deny or
+//! The policy pipeline: one ordered list of [`Filter`]s, each answering Allow, Deny or
 //! NotApplicable for a request. This module is the one place that turns those answers into
 //! the request's fate and its trace: an enforced deny stops the pipeline (later layers are
 //! traced as not reached), a deny in report mode is traced as `would_deny`, counted, and
@@ -13,8 +13,8 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pinpoint_core::{Denial, LayerTrace, Mark, Mode, Outcome};
 
+use crate::filters::rate::RateHeaders;
 use crate::identity::Identity;
-use crate::layers::rate::RateHeaders;
 use crate::routes::{CompiledRoute, RouteAccess};
 
 /// What a layer sees of a request. Layers may fill in what they establish (the route,
@@ -149,7 +149,7 @@ pub enum Check<'a> {
 }
 
 /// One policy layer.
-pub trait Layer: Send + Sync {
+pub trait Filter: Send + Sync {
     /// Stable name, used in traces and metrics (and as the layer part of its reason codes).
     fn name(&self) -> &'static str;
     /// Decides about one request.
@@ -157,7 +157,7 @@ pub trait Layer: Send + Sync {
 }
 
 struct Stage {
-    layer: Box<dyn Layer>,
+    layer: Box<dyn Filter>,
     mode: Mode,
 }
 
@@ -176,14 +176,14 @@ pub struct Verdict {
 
 impl Pipeline {
     /// Appends a layer running in `mode`.
-    pub fn push(&mut self, layer: impl Layer + 'static, mode: Mode) {
+    pub fn push(&mut self, layer: impl Filter + 'static, mode: Mode) {
         self.stages.push(Stage {
             layer: Box::new(layer),
             mode,
         });
     }
 
-    /// Layer names and modes, in order.
+    /// Filter names and modes, in order.
     pub fn describe(&self) -> Vec<(&'static str, Mode)> {
         self.stages.iter().map(|s| (s.layer.name(), s.mode)).collect()
     }
@@ -267,7 +267,7 @@ mod tests {
     use pinpoint_core::Reason;
 
     struct Fixed(&'static str, Outcome);
-    impl Layer for Fixed {
+    impl Filter for Fixed {
         fn name(&self) -> &'static str {
             self.0
         }

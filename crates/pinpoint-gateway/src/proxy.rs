@@ -110,7 +110,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
 
     let (mut parts, body) = req.into_parts();
     let trusted_proxies = &runtime.config.net.trusted_proxies;
-    let client_ip = crate::layers::net::client_ip(peer.ip(), &parts.headers, trusted_proxies);
+    let client_ip = crate::filters::net::client_ip(peer.ip(), &parts.headers, trusted_proxies);
     let raw_path = parts.uri.path();
     // The edge: one canonical request that every layer, the record and the upstream share,
     // or a refusal that says what was wrong with the request as sent.
@@ -219,7 +219,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
-                        peer_is_trusted_proxy: crate::layers::net::is_trusted_proxy(peer.ip(), trusted_proxies),
+                        peer_is_trusted_proxy: crate::filters::net::is_trusted_proxy(peer.ip(), trusted_proxies),
                         request_id: &request_id,
                         client_request_id: client_request_id.as_deref(),
                         identity: identity.as_ref(),
@@ -495,7 +495,7 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
     // From a trusted proxy, the chain the decision read (every line, or `Forwarded`).
     let prior_forwarded_for = fwd
         .peer_is_trusted_proxy
-        .then(|| crate::layers::net::forwarded_hops(&out).join(", "))
+        .then(|| crate::filters::net::forwarded_hops(&out).join(", "))
         .filter(|chain| !chain.is_empty());
 
     headers::clean_upstream_request(

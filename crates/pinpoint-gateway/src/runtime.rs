@@ -17,12 +17,12 @@ use pinpoint_store::{DecisionLog, Store};
 use tokio::sync::watch;
 
 use crate::directory::Directory;
-use crate::layers::authn::AuthnLayer;
-use crate::layers::authz::AuthzLayer;
-use crate::layers::cors::CorsLayer;
-use crate::layers::net::NetLayer;
-use crate::layers::rate::{RateLayer, RateRegistry};
-use crate::layers::{policy::PolicyLayer, route::RouteLayer};
+use crate::filters::authn::AuthnFilter;
+use crate::filters::authz::AuthzFilter;
+use crate::filters::cors::CorsFilter;
+use crate::filters::net::NetFilter;
+use crate::filters::rate::{RateFilter, RateRegistry};
+use crate::filters::{policy::PolicyFilter, route::RouteFilter};
 use crate::pipeline::Pipeline;
 use crate::routes::{CompiledRoute, RouteTable};
 use crate::telemetry;
@@ -75,7 +75,7 @@ pub struct Shared {
 /// the caller's budget).
 pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>, services: &Services) -> Pipeline {
     let mut pipeline = Pipeline::default();
-    pipeline.push(RouteLayer::new(routes), Mode::Enforce);
+    pipeline.push(RouteFilter::new(routes), Mode::Enforce);
     push_access_layers(&mut pipeline, config, services, false);
     pipeline
 }
@@ -91,10 +91,10 @@ pub fn build_api_pipeline(config: &Config, services: &Services) -> Pipeline {
 
 fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Services, api: bool) {
     let access_mode = |mode: Mode| if api { Mode::Enforce } else { mode };
-    pipeline.push(CorsLayer::new(config.cors.clone()), config.cors.mode);
-    pipeline.push(NetLayer::new(&config.net), config.net.mode);
+    pipeline.push(CorsFilter::new(config.cors.clone()), config.cors.mode);
+    pipeline.push(NetFilter::new(&config.net), config.net.mode);
     pipeline.push(
-        AuthnLayer::new(
+        AuthnFilter::new(
             services.directory.clone(),
             services.tokens.clone(),
             config.jwt.clone(),
@@ -103,12 +103,12 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Servi
         access_mode(config.authn.mode),
     );
     pipeline.push(
-        AuthzLayer::new(config.authz.deny.clone()),
+        AuthzFilter::new(config.authz.deny.clone()),
         access_mode(config.authz.mode),
     );
-    pipeline.push(PolicyLayer::new(config.policy.rules.clone()), config.policy.mode);
+    pipeline.push(PolicyFilter::new(config.policy.rules.clone()), config.policy.mode);
     pipeline.push(
-        RateLayer::new(&config.rate.limits, &config.rate.quotas, services.rate.clone()),
+        RateFilter::new(&config.rate.limits, &config.rate.quotas, services.rate.clone()),
         config.rate.mode,
     );
 }

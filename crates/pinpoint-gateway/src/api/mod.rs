@@ -393,7 +393,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0)
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let client_ip = crate::layers::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
+    let client_ip = crate::filters::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());

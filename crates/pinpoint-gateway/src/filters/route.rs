@@ -11,16 +11,16 @@ use pinpoint_core::config::OverrideHeaders;
 use pinpoint_core::{canonical, Denial, Outcome, Reason};
 
 use crate::headers::find_override_header;
-use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::pipeline::{Check, Filter, RequestCtx};
 use crate::routes::{CompiledRoute, RouteMatch, RouteTable};
 
-pub struct RouteLayer {
+pub struct RouteFilter {
     table: Arc<RouteTable>,
 }
 
-impl RouteLayer {
+impl RouteFilter {
     pub fn new(table: Arc<RouteTable>) -> Self {
-        RouteLayer { table }
+        RouteFilter { table }
     }
 }
 
@@ -54,7 +54,7 @@ fn refused_by_route(route: &CompiledRoute, ctx: &RequestCtx<'_>) -> Option<Denia
     None
 }
 
-impl Layer for RouteLayer {
+impl Filter for RouteFilter {
     fn name(&self) -> &'static str {
         "route"
     }

@@ -7,9 +7,9 @@ use http::{HeaderName, HeaderValue, Method};
 use pinpoint_core::config::CorsConfig;
 use pinpoint_core::{Denial, Outcome, Reason};
 
-use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::pipeline::{Check, Filter, RequestCtx};
 
-pub struct CorsLayer {
+pub struct CorsFilter {
     config: CorsConfig,
     allow_methods: HeaderValue,
     allow_headers: HeaderValue,
@@ -19,10 +19,10 @@ pub struct CorsLayer {
 /// Response headers a browser may read on any Pinpoint response.
 pub const EXPOSED_HEADERS: &str = "x-request-id, x-pinpoint-reason, retry-after, ratelimit, ratelimit-policy, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, www-authenticate";
 
-impl CorsLayer {
+impl CorsFilter {
     pub fn new(config: CorsConfig) -> Self {
         let value = |s: String| HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""));
-        CorsLayer {
+        CorsFilter {
             allow_methods: value(config.allowed_methods.join(", ")),
             allow_headers: value(config.allowed_headers.join(", ")),
             max_age: value(config.max_age_seconds.to_string()),
@@ -38,7 +38,7 @@ impl CorsLayer {
     }
 }
 
-impl Layer for CorsLayer {
+impl Filter for CorsFilter {
     fn name(&self) -> &'static str {
         "cors"
     }

@@ -10,16 +10,16 @@ use pinpoint_core::config::{method_listed, DenyRule};
 use pinpoint_core::{Denial, Outcome, Reason};
 
 use crate::identity::{Identity, PermissionCheck};
-use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::pipeline::{Check, Filter, RequestCtx};
 use crate::routes::{MethodRequirement, RouteAccess};
 
-pub struct AuthzLayer {
+pub struct AuthzFilter {
     deny: Vec<DenyRule>,
 }
 
-impl AuthzLayer {
+impl AuthzFilter {
     pub fn new(deny: Vec<DenyRule>) -> Self {
-        AuthzLayer { deny }
+        AuthzFilter { deny }
     }
 
     fn explicit_deny(&self, ctx: &RequestCtx<'_>, identity: &Identity) -> Option<&DenyRule> {
@@ -170,7 +170,7 @@ fn method_not_permitted(ctx: &RequestCtx<'_>, access: &RouteAccess) -> Outcome {
     )
 }
 
-impl Layer for AuthzLayer {
+impl Filter for AuthzFilter {
     fn name(&self) -> &'static str {
         "authz"
     }

@@ -7,15 +7,15 @@ use pinpoint_core::{Denial, Outcome, Reason};
 
 use pinpoint_core::config::method_listed;
 
-use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::pipeline::{Check, Filter, RequestCtx};
 
-pub struct PolicyLayer {
+pub struct PolicyFilter {
     rules: Vec<PolicyRule>,
 }
 
-impl PolicyLayer {
+impl PolicyFilter {
     pub fn new(rules: Vec<PolicyRule>) -> Self {
-        PolicyLayer { rules }
+        PolicyFilter { rules }
     }
 
     fn matching_rule(&self, ctx: &RequestCtx<'_>) -> Option<&PolicyRule> {
@@ -30,7 +30,7 @@ impl PolicyLayer {
     }
 }
 
-impl Layer for PolicyLayer {
+impl Filter for PolicyFilter {
     fn name(&self) -> &'static str {
         "policy"
     }

@@ -13,14 +13,14 @@ use pinpoint_core::{Denial, Outcome, Reason};
 
 use crate::directory::{key_trace_label, Directory, KeyEntry, KeyRefusal, OrgStanding};
 use crate::identity::{Credential, Identity, KnownCaller};
-use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::pipeline::{Check, Filter, RequestCtx};
 use crate::tokens::{TokenRefusal, TokenService};
 
 static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 static DD_API_KEY: http::HeaderName = http::HeaderName::from_static("dd-api-key");
 static DD_APPLICATION_KEY: http::HeaderName = http::HeaderName::from_static("dd-application-key");
 
-pub struct AuthnLayer {
+pub struct AuthnFilter {
     directory: Arc<Directory>,
     tokens: Arc<TokenService>,
     jwt: JwtConfig,
@@ -51,14 +51,14 @@ enum Presented<'h> {
     DdAppOnly,
 }
 
-impl AuthnLayer {
+impl AuthnFilter {
     pub fn new(
         directory: Arc<Directory>,
         tokens: Arc<TokenService>,
         jwt: JwtConfig,
         sources: Vec<CredentialSource>,
     ) -> Self {
-        AuthnLayer {
+        AuthnFilter {
             directory,
             tokens,
             jwt,
@@ -255,7 +255,7 @@ impl AuthnLayer {
     }
 }
 
-impl Layer for AuthnLayer {
+impl Filter for AuthnFilter {
     fn name(&self) -> &'static str {
         "authn"
     }

@@ -23,7 +23,7 @@ use pinpoint_core::config::{LimitKey, QuotaPeriod, QuotaRule, RateLimitRule};
 use pinpoint_core::{Denial, Outcome, Reason};
 
 use crate::identity::Credential;
-use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::pipeline::{Check, Filter, RequestCtx};
 
 /// Limiter keys are 64-bit hashes of `(what, id)` under a secret seed ([`hashed`]): no
 /// allocation per request, and a collision (two callers sharing a budget) has odds of about
@@ -176,16 +176,16 @@ struct Limit {
     ratelimit_prefix: &'static str,
 }
 
-pub struct RateLayer {
+pub struct RateFilter {
     limits: Vec<Limit>,
     quotas: Vec<QuotaRule>,
     registry: Arc<RateRegistry>,
     clock: DefaultClock,
 }
 
-impl RateLayer {
+impl RateFilter {
     pub fn new(limits: &[RateLimitRule], quotas: &[QuotaRule], registry: Arc<RateRegistry>) -> Self {
-        RateLayer {
+        RateFilter {
             limits: limits
                 .iter()
                 .map(|rule| Limit {
@@ -318,7 +318,7 @@ fn hashed(kind: LimitKind, part: &KeyPart<'_>) -> u64 {
     h.finish()
 }
 
-impl Layer for RateLayer {
+impl Filter for RateFilter {
     fn name(&self) -> &'static str {
         "rate"
     }
@@ -594,7 +594,7 @@ mod tests {
             burst: None,
             routes: None,
         };
-        let layer = RateLayer::new(&[rule], &[], Arc::new(RateRegistry::default()));
+        let layer = RateFilter::new(&[rule], &[], Arc::new(RateRegistry::default()));
         let limit = &layer.limits[0];
         let headers = http::HeaderMap::new();
         let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));

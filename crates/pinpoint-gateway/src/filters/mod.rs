@@ -1,4 +1,4 @@
-//! The policy layers. Each owns one concern and its reason codes; the order they run in
+//! The policy filters. Each owns one concern and its reason codes; the order they run in
 //! is defined in [`crate::runtime::build_pipeline`].
 
 pub mod authn;

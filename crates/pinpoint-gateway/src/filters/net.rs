@@ -10,16 +10,16 @@ use ipnet::IpNet;
 use pinpoint_core::config::NetConfig;
 use pinpoint_core::{Denial, Outcome, Reason};
 
-use crate::pipeline::{Check, Layer, RequestCtx};
+use crate::pipeline::{Check, Filter, RequestCtx};
 
-pub struct NetLayer {
+pub struct NetFilter {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
 }
 
-impl NetLayer {
+impl NetFilter {
     pub fn new(config: &NetConfig) -> Self {
-        NetLayer {
+        NetFilter {
             allow: config.allow.clone(),
             deny: config.deny.clone(),
         }
@@ -39,7 +39,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-impl Layer for NetLayer {
+impl Filter for NetFilter {
     fn name(&self) -> &'static str {
         "net"
     }
