@@ -15,11 +15,11 @@ use http::{HeaderMap, HeaderValue, Method};
 use pinpoint_core::config::Config;
 use pinpoint_core::identity::{KeyKind, PrincipalKind};
 use pinpoint_gateway::directory::Directory;
-use pinpoint_gateway::filters::rate::RateRegistry;
-use pinpoint_gateway::pipeline::RequestCtx;
 use pinpoint_gateway::runtime::{Runtime, Services};
 use pinpoint_gateway::tokens::TokenService;
 use pinpoint_gateway::upstream::HealthRegistry;
+use pinpoint_policy::pipeline::RequestCtx;
+use pinpoint_policy::rate_state::MemoryRateState;
 use pinpoint_store::{NewKey, Store};
 
 /// The same routes as the throughput benchmark's, with an upstream that is never called.
@@ -60,7 +60,7 @@ fn pipeline(c: &mut Criterion) {
             cloudauth: Arc::new(pinpoint_gateway::cloudauth::CloudAuth::new(&config.cloudauth).unwrap()),
             directory: Directory::load(&store).await.unwrap(),
             tokens: TokenService::start(&store, &config.jwt).await.unwrap(),
-            rate: Arc::new(RateRegistry::default()),
+            rate: Arc::new(MemoryRateState::default()),
         };
         (
             Runtime::build(config, &HealthRegistry::default(), "127.0.0.1:9", &services),
@@ -78,7 +78,7 @@ fn pipeline(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    let mut ctx = RequestCtx::new(&Method::GET, path, None, &with_key, peer, peer.ip(), "bench");
+                    let mut ctx = RequestCtx::new(&Method::GET, path, None, &with_key, peer, peer.ip(), "bench", 0);
                     let verdict = runtime.pipeline.run(&mut ctx).await;
                     assert!(verdict.denial.is_none());
                     black_box((verdict, ctx.identity.take(), std::mem::take(&mut ctx.response_headers)))
@@ -107,6 +107,7 @@ fn pipeline(c: &mut Criterion) {
                                             peer,
                                             peer.ip(),
                                             "bench",
+                                            0,
                                         );
                                         let verdict = runtime.pipeline.run(&mut ctx).await;
                                         black_box((

@@ -6,131 +6,22 @@
 //! database: a key check is one concurrent-map lookup and one HMAC, and a permission check
 //! is a hash-set lookup. Last-use times are written behind, at most once a minute per key.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use pinpoint_core::identity::{grants, ApiKey, KeyKind, Organization, Principal, Role};
+use pinpoint_core::config::JwtConfig;
+use pinpoint_core::identity::{ApiKey, Organization, Principal, Role};
 use pinpoint_core::keys;
 use pinpoint_core::RecordedText;
+use pinpoint_policy::identity::{
+    id_header, key_trace_label, Claims, KeyEntry, KeyRefusal, OrgLabels, OrgStanding, PrincipalEntry, PrincipalSlot,
+    TokenRefusal,
+};
+use pinpoint_policy::world::Identities;
 use pinpoint_store::{ChangeKind, Store, StoreError, StoredKey};
 use tokio::sync::{mpsc, watch};
 
-use crate::filters::rate::{limiter_key, LimitKind};
-
-/// A key as the directory holds it: only what checking it and the requests it
-/// authenticates need (built once at load), not the whole stored row (names, creation
-/// times and the like are the API's, read from the store). With a million keys loaded,
-/// each takes about 380 bytes, index included (the `key_lookup` benchmark prints it).
-pub struct KeyEntry {
-    /// How the authn trace entry names the key: `key <id>`; also where [`KeyEntry::id`]
-    /// reads the id from, so it is held once.
-    pub trace_label: RecordedText,
-    pub kind: KeyKind,
-    /// The owning principal's id (`None` for an organization key), kept for when the
-    /// principal itself is gone.
-    pub principal_id: Option<Box<str>>,
-    pub expires_at_ms: Option<i64>,
-    /// The successor, when the key was rotated (its expiry is the end of the overlap).
-    pub replaced_by: Option<Box<str>>,
-    pub revoked: bool,
-    /// Shared with every other key and principal of the organization.
-    pub org: Arc<OrgLabels>,
-    /// The owner's slot in the directory (`None` for an organization key): the key reaches
-    /// its principal's current entry without a map lookup.
-    pub principal: Option<Arc<PrincipalSlot>>,
-    pub scopes: Option<Arc<HashSet<String>>>,
-    /// The rate layer's key for limits counted per API key, hashed once.
-    pub rate_key: u64,
-    hash: [u8; 32],
-    /// Unix minute of the last recorded use.
-    last_used_minute: AtomicI64,
-}
-
-/// A principal with its roles and effective permissions.
-pub struct PrincipalEntry {
-    pub principal: Principal,
-    /// How decisions name this principal: `kind:name (id)`, built once.
-    pub label: RecordedText,
-    /// The principal id as the `X-Pinpoint-Principal` header value, built once.
-    pub id_header: http::HeaderValue,
-    /// The rate layer's key for limits counted per principal, hashed once.
-    pub rate_key: u64,
-    /// Shared with every other key and principal of the organization.
-    pub org: Arc<OrgLabels>,
-    pub roles: Vec<String>,
-    pub permissions: HashSet<String>,
-}
-
-/// Where a principal's current entry lives: the directory replaces the entry inside the
-/// slot when the principal changes and empties it when the principal is deleted, so the
-/// keys that point at the slot always see the current principal.
-pub type PrincipalSlot = arc_swap::ArcSwapOption<PrincipalEntry>;
-
-/// What requests name about an organization, built once per organization (not per key:
-/// a million keys of one organization share one of these), and its current standing.
-pub struct OrgLabels {
-    pub id: RecordedText,
-    /// The id as the `X-Pinpoint-Org` header value.
-    pub header: http::HeaderValue,
-    /// How decisions name a caller using an organization key: `org-key (<org id>)`.
-    pub owner_label: RecordedText,
-    /// The rate layer's key for limits counted per organization, hashed once.
-    pub rate_key: u64,
-    /// [`OrgStanding`] as a byte, kept current by the directory: requests read it here
-    /// instead of looking the organization up.
-    pub standing: AtomicU8,
-}
-
-/// Whether an organization may act.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum OrgStanding {
-    /// Deleted, or never known.
-    Gone = 0,
-    Active = 1,
-    Suspended = 2,
-}
-
-impl OrgStanding {
-    fn of(org: Option<&Organization>) -> OrgStanding {
-        match org {
-            None => OrgStanding::Gone,
-            Some(o) if o.suspended => OrgStanding::Suspended,
-            Some(_) => OrgStanding::Active,
-        }
-    }
-}
-
-impl OrgLabels {
-    /// Labels for an organization id, in the given standing.
-    pub fn new(org_id: &str, standing: OrgStanding) -> OrgLabels {
-        OrgLabels {
-            id: RecordedText::new(org_id),
-            header: id_header(org_id),
-            owner_label: RecordedText::new(&format!("org-key ({org_id})")),
-            rate_key: limiter_key(LimitKind::Org, org_id),
-            standing: AtomicU8::new(standing as u8),
-        }
-    }
-
-    pub fn standing(&self) -> OrgStanding {
-        match self.standing.load(Ordering::Acquire) {
-            1 => OrgStanding::Active,
-            2 => OrgStanding::Suspended,
-            _ => OrgStanding::Gone,
-        }
-    }
-}
-
-/// Why a presented key was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRefusal {
-    Malformed,
-    Unknown,
-    Expired,
-    Revoked,
-}
+use crate::tokens::TokenService;
 
 /// The directory's maps hash with foldhash (seeded per map), several times faster than
 /// SipHash on the short ids looked up per request. Only Pinpoint inserts entries (ids it
@@ -159,11 +50,6 @@ pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// Changes read per feed query.
 const CHANGES_PER_READ: i64 = 1_000;
 
-/// A header value for an id. Ids are UUIDs or hex, always valid header values.
-fn id_header(id: &str) -> http::HeaderValue {
-    http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
-}
-
 impl Directory {
     /// The organization's shared labels, made on first use.
     fn org_labels(&self, org_id: &str) -> Arc<OrgLabels> {
@@ -177,15 +63,14 @@ impl Directory {
             .clone();
         // Read the standing again now that the labels are in the map: a `refresh_org`
         // that ran between the first reading and the insert found no labels to update.
-        made.standing.store(standing() as u8, Ordering::Release);
+        made.set_standing(standing());
         made
     }
 
     /// Brings an organization's labels (if any exist yet) to its current standing.
     fn update_standing(&self, org_id: &str) {
         if let Some(labels) = self.org_labels.pin().get(org_id) {
-            let standing = OrgStanding::of(self.orgs.pin().get(org_id).map(|o| o.as_ref()));
-            labels.standing.store(standing as u8, Ordering::Release);
+            labels.set_standing(OrgStanding::of(self.orgs.pin().get(org_id).map(|o| o.as_ref())));
         }
     }
 
@@ -204,11 +89,11 @@ impl Directory {
         let info = stored.info;
         Arc::new(KeyEntry {
             trace_label: RecordedText::new(&key_trace_label(&info.id)),
+            id: info.id.clone().into_boxed_str(),
             kind: info.kind,
             expires_at_ms: info.expires_at_ms,
             replaced_by: info.replaced_by.map(String::into_boxed_str),
             revoked: info.revoked,
-            rate_key: limiter_key(LimitKind::Key, &info.id),
             org: self.org_labels(&info.org_id),
             principal: info.principal_id.as_deref().map(|id| self.principal_slot(id)),
             principal_id: info.principal_id.map(String::into_boxed_str),
@@ -227,7 +112,6 @@ impl Directory {
                 principal.id
             )),
             id_header: id_header(&principal.id),
-            rate_key: limiter_key(LimitKind::Principal, &principal.id),
             org: self.org_labels(&principal.org_id),
             principal,
             roles: roles.iter().map(|r| r.name.clone()).collect(),
@@ -394,6 +278,12 @@ impl Directory {
         if entry.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
             return Err(KeyRefusal::Expired);
         }
+        Ok(entry)
+    }
+
+    /// Records that `entry` authenticated a request: its last-use time is written behind,
+    /// at most once a minute.
+    pub fn touch(&self, entry: &KeyEntry, now_ms: i64) {
         let minute = now_ms / 60_000;
         // Read first: a write on every request would bounce the entry's cache line between
         // the cores serving the same key; this writes once a minute.
@@ -402,7 +292,6 @@ impl Directory {
         {
             let _ = self.touches.try_send((entry.id().to_owned(), now_ms));
         }
-        Ok(entry)
     }
 
     /// A key's entry by id, whatever its state (for naming the owner of a refused key).
@@ -474,35 +363,32 @@ impl Directory {
     }
 }
 
-impl PrincipalEntry {
-    pub fn grants(&self, permission: &str) -> bool {
-        grants(&self.permissions, permission)
-    }
+/// The live identity source of the engine: this process's directory for keys and
+/// principals, its token service for tokens.
+pub struct LiveIdentities {
+    pub directory: Arc<Directory>,
+    pub tokens: Arc<TokenService>,
 }
 
-/// What [`KeyEntry::trace_label`] puts before the key id.
-const TRACE_LABEL_PREFIX: &str = "key ";
-
-/// How decisions name a key: `key <id>` (a loaded key's [`KeyEntry::trace_label`], and
-/// refusals of ids the directory does not hold).
-pub fn key_trace_label(id: &str) -> String {
-    format!("{TRACE_LABEL_PREFIX}{id}")
-}
-
-impl KeyEntry {
-    pub fn is_org_key(&self) -> bool {
-        self.kind == KeyKind::Api
+impl Identities for LiveIdentities {
+    fn verify_key(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, KeyRefusal> {
+        self.directory.verify_key(presented, now_ms)
     }
 
-    /// The key's public id.
-    pub fn id(&self) -> &str {
-        let label: &str = &self.trace_label;
-        label.strip_prefix(TRACE_LABEL_PREFIX).unwrap_or(label)
+    fn key_by_id(&self, id: &str) -> Option<Arc<KeyEntry>> {
+        self.directory.key_by_id(id)
     }
 
-    /// The key's organization id.
-    pub fn org_id(&self) -> &str {
-        &self.org.id
+    fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>> {
+        self.directory.principal(id)
+    }
+
+    fn verify_token(&self, jwt: &JwtConfig, token: &str) -> Result<Claims, TokenRefusal> {
+        self.tokens.verify(jwt, token)
+    }
+
+    fn key_used(&self, key: &KeyEntry, now_ms: i64) {
+        self.directory.touch(key, now_ms);
     }
 }
 
@@ -519,6 +405,7 @@ async fn write_touches(store: Store, mut rx: mpsc::Receiver<(String, i64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pinpoint_core::identity::KeyKind;
 
     const ID: &str = "0123456789abcdef";
     const SECRET: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ";

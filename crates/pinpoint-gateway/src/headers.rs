@@ -11,6 +11,7 @@
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use pinpoint_core::config::OverrideHeaders;
+use pinpoint_policy::overrides::{dashed, OVERRIDE_HEADERS};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones).
 /// (`Transfer-Encoding` and `Content-Length` are set from the body Pinpoint forwards.)
@@ -130,46 +131,8 @@ const SET_BY_GATEWAY: [&str; 4] = [
 /// Headers that carry a credential Pinpoint may check.
 pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "dd-api-key", "dd-application-key"];
 
-/// Headers that ask a server to use another method or URL than the request line's.
-const OVERRIDE_HEADERS: [&str; 15] = [
-    "x-script-name",
-    "script-name",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-method",
-    "x-forwarded-method",
-    "x-original-url",
-    "x-original-uri",
-    "x-original-path",
-    "x-rewrite-url",
-    "x-forwarded-uri",
-    "x-forwarded-path",
-    "x-forwarded-prefix",
-    "x-envoy-original-path",
-];
-
 /// Framing headers: Pinpoint forwards the body it read and frames it itself.
 const FRAMING: [&str; 3] = ["transfer-encoding", "content-length", "expect"];
-
-/// `name` as a CGI-style server reads it: `_` as `-` (names are already lower-case).
-fn dashed(name: &str) -> std::borrow::Cow<'_, str> {
-    if name.contains('_') {
-        std::borrow::Cow::Owned(name.replace('_', "-"))
-    } else {
-        std::borrow::Cow::Borrowed(name)
-    }
-}
-
-/// Whether `name` asks the upstream to use another method or URL (any spelling).
-pub fn is_override_header(name: &HeaderName) -> bool {
-    OVERRIDE_HEADERS.contains(&dashed(name.as_str()).as_ref())
-}
-
-/// The first override header of a request, if any.
-pub fn find_override_header(headers: &HeaderMap) -> Option<&HeaderName> {
-    headers.keys().find(|name| is_override_header(name))
-}
 
 /// How the upstream request's headers are to be cleaned.
 pub struct UpstreamHeaderRules<'a> {
@@ -410,6 +373,7 @@ pub fn frame_body(headers: &mut HeaderMap, had_framing: bool, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pinpoint_policy::overrides::is_override_header;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs

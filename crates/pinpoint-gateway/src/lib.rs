@@ -10,13 +10,9 @@ pub mod cloudauth;
 pub mod directory;
 pub mod echo;
 pub mod edge;
-pub mod filters;
 pub mod headers;
-pub mod identity;
-pub mod pipeline;
 pub mod proxy;
 pub mod respond;
-pub mod routes;
 pub mod runtime;
 pub mod telemetry;
 pub mod tokens;
@@ -34,10 +30,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::directory::Directory;
-use crate::filters::rate::RateRegistry;
 use crate::runtime::{Runtime, Services, Shared};
 use crate::tokens::TokenService;
 use crate::upstream::HealthRegistry;
+use pinpoint_policy::rate_state::{MemoryRateState, QUOTA_HORIZON_MS};
 
 /// The two bound listeners.
 pub struct Listeners {
@@ -106,9 +102,9 @@ pub async fn run(
         cloudauth: Arc::new(cloudauth::CloudAuth::new(&gateway.config.cloudauth).map_err(GatewayError::Client)?),
         directory: Directory::load(&gateway.store).await?,
         tokens: TokenService::start(&gateway.store, &gateway.config.jwt).await?,
-        rate: Arc::new(RateRegistry::default()),
+        rate: Arc::new(MemoryRateState::default()),
     };
-    services.rate.load_quotas(&gateway.store).await?;
+    load_quotas(&services.rate, &gateway.store).await?;
     let (decisions, writer) = DecisionLog::spawn(gateway.store.clone(), gateway.config.decision_log);
     let health = HealthRegistry::default();
     let runtime = Runtime::build(gateway.config, &health, &echo_addr, &services);
@@ -158,7 +154,7 @@ pub async fn run(
     let _ = reloader.await;
     let _ = housekeeping.await;
     let _ = follower.await;
-    if let Err(e) = shared.services.rate.save_quotas(&shared.store).await {
+    if let Err(e) = save_quotas(&shared.services.rate, &shared.store).await {
         tracing::warn!(error = %e, "could not save quota counters at shutdown");
     }
     let _ = stop_echo.send(true);
@@ -167,6 +163,19 @@ pub async fn run(
     writer.finish().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Puts the saved quota counters back, so a restart does not reset quotas.
+async fn load_quotas(rate: &MemoryRateState, store: &Store) -> Result<(), pinpoint_store::StoreError> {
+    rate.restore_quotas(store.quota_usage(pinpoint_store::now_ms() - QUOTA_HORIZON_MS).await?);
+    Ok(())
+}
+
+/// Saves the quota counters; run periodically and at shutdown.
+async fn save_quotas(rate: &MemoryRateState, store: &Store) -> Result<(), pinpoint_store::StoreError> {
+    store
+        .save_quota_usage(&rate.quota_counters(), pinpoint_store::now_ms() - QUOTA_HORIZON_MS)
+        .await
 }
 
 /// How long directory changes stay in the feed: a process that could not read it for longer
@@ -186,7 +195,7 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             _ = &mut stopped => return,
             _ = tick.tick() => {
                 rounds += 1;
-                if let Err(e) = shared.services.rate.save_quotas(&shared.store).await {
+                if let Err(e) = save_quotas(&shared.services.rate, &shared.store).await {
                     tracing::warn!(error = %e, "could not save quota counters");
                 }
                 if rounds % 6 == 0 {

@@ -23,12 +23,12 @@ use pinpoint_core::config::{OverrideHeaders, REASONS_PATH};
 use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
 use tokio::net::TcpListener;
 
-use crate::identity::{Identity, KnownCaller};
-use crate::pipeline::{RequestCtx, ResponseHeaders, Verdict, NO_ROUTE};
-use crate::routes::CompiledRoute;
 use crate::runtime::Shared;
 use crate::upstream::UpstreamFailure;
 use crate::{edge, headers, respond, telemetry};
+use pinpoint_policy::identity::{Identity, KnownCaller};
+use pinpoint_policy::pipeline::{RequestCtx, Verdict, NO_ROUTE};
+use pinpoint_policy::routes::CompiledRoute;
 
 /// Body of a proxy response: streamed from upstream, or generated here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -110,7 +110,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
 
     let (mut parts, body) = req.into_parts();
     let trusted_proxies = &runtime.config.net.trusted_proxies;
-    let client_ip = crate::filters::net::client_ip(peer.ip(), &parts.headers, trusted_proxies);
+    let client_ip = pinpoint_policy::filters::net::client_ip(peer.ip(), &parts.headers, trusted_proxies);
     let raw_path = parts.uri.path();
     // The edge: one canonical request that every layer, the record and the upstream share,
     // or a refusal that says what was wrong with the request as sent.
@@ -143,7 +143,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 identity: None,
                 known_caller: None,
                 answered: false,
-                response_headers: ResponseHeaders::default(),
+                response_headers: http::HeaderMap::new(),
                 at_ms: pinpoint_store::now_ms(),
             }
         }
@@ -157,8 +157,10 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 peer,
                 client_ip,
                 &request_id,
+                pinpoint_store::now_ms(),
             );
             let verdict = runtime.pipeline.run(&mut ctx).await;
+            telemetry::count_trace_denials(&verdict.trace, &ctx.route_label());
             let (route, identity, known_caller) = (ctx.route.take(), ctx.identity.take(), ctx.known_caller.take());
             let (answered, at_ms) = (ctx.answered, ctx.at_ms);
             let response_headers = std::mem::take(&mut ctx.response_headers);
@@ -219,13 +221,17 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
-                        peer_is_trusted_proxy: crate::filters::net::is_trusted_proxy(peer.ip(), trusted_proxies),
+                        peer_is_trusted_proxy: pinpoint_policy::filters::net::is_trusted_proxy(
+                            peer.ip(),
+                            trusted_proxies,
+                        ),
                         request_id: &request_id,
                         client_request_id: client_request_id.as_deref(),
                         identity: identity.as_ref(),
                         format,
                         reasons_url,
                         ours,
+                        upstreams: &runtime.upstreams,
                     };
                     let headers = std::mem::take(&mut parts.headers);
                     let request = ForwardRequest {
@@ -275,7 +281,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     // Room for everything added below at once: one resize of the map, not one per header.
     response.headers_mut().reserve(2 + extra_headers.len());
     respond::set_request_ids(response.headers_mut(), &request_id, client_request_id.as_deref());
-    extra_headers.append_to(response.headers_mut());
+    respond::append_headers(response.headers_mut(), extra_headers);
 
     let status = response.status();
     let elapsed = started.elapsed();
@@ -324,7 +330,7 @@ struct Decided<'a> {
     /// Whom a refused credential belongs to (for the record only).
     known_caller: Option<KnownCaller>,
     answered: bool,
-    response_headers: ResponseHeaders,
+    response_headers: http::HeaderMap,
     at_ms: i64,
 }
 
@@ -364,6 +370,8 @@ struct ForwardCtx<'a> {
     reasons_url: &'a str,
     /// Recognises Pinpoint's own credentials (keys in the directory, its signing keys).
     ours: headers::OwnCredentials<'a>,
+    /// The revision's upstream pools, by name.
+    upstreams: &'a std::collections::BTreeMap<Arc<str>, Arc<crate::upstream::Upstream>>,
 }
 
 /// Whether a failed attempt may be tried once more on another target: always when nothing
@@ -392,7 +400,18 @@ async fn forward(
 ) -> (Response<ProxyBody>, Option<Reason>, Option<String>) {
     let (request_id, format, reasons_url) = (fwd.request_id, fwd.format, fwd.reasons_url);
     let started = Instant::now();
-    let upstream = &route.upstream;
+    let Some(upstream) = fwd.upstreams.get(&route.upstream) else {
+        // Validation guarantees every route's upstream exists in its revision.
+        let denial = Denial::new(
+            Reason::UpstreamUnavailable,
+            "The service behind this route is unavailable.",
+        );
+        return (
+            deny(&denial, request_id, format, reasons_url),
+            Some(denial.reason),
+            None,
+        );
+    };
     let fail = |reason: Reason, note: String, target: Option<String>, trace: &mut Vec<LayerTrace>| {
         let detail = match reason {
             Reason::UpstreamUnavailable => "The service behind this route is unavailable.",
@@ -495,7 +514,7 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
     // From a trusted proxy, the chain the decision read (every line, or `Forwarded`).
     let prior_forwarded_for = fwd
         .peer_is_trusted_proxy
-        .then(|| crate::filters::net::forwarded_hops(&out).join(", "))
+        .then(|| pinpoint_policy::filters::net::forwarded_hops(&out).join(", "))
         .filter(|chain| !chain.is_empty());
 
     headers::clean_upstream_request(

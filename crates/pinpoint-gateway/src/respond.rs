@@ -64,3 +64,18 @@ pub fn set_request_ids(headers: &mut HeaderMap, id: &str, client_id: Option<&str
 pub fn format_of(headers: &HeaderMap) -> ProblemFormat {
     ProblemFormat::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
+
+/// Appends every header of `from` (the filters' response headers) to `to`, keeping what
+/// `to` already has (an upstream's own `Vary`, say).
+pub fn append_headers(to: &mut http::HeaderMap, from: http::HeaderMap) {
+    to.reserve(from.len());
+    let mut name = None;
+    for (next, value) in from {
+        if next.is_some() {
+            name = next;
+        }
+        if let Some(name) = &name {
+            to.append(name.clone(), value);
+        }
+    }
+}

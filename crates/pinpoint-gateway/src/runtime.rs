@@ -16,18 +16,20 @@ use pinpoint_core::Mode;
 use pinpoint_store::{DecisionLog, Store};
 use tokio::sync::watch;
 
-use crate::directory::Directory;
-use crate::filters::authn::AuthnFilter;
-use crate::filters::authz::AuthzFilter;
-use crate::filters::cors::CorsFilter;
-use crate::filters::net::NetFilter;
-use crate::filters::rate::{RateFilter, RateRegistry};
-use crate::filters::{policy::PolicyFilter, route::RouteFilter};
-use crate::pipeline::Pipeline;
-use crate::routes::{CompiledRoute, RouteTable};
+use crate::directory::{Directory, LiveIdentities};
 use crate::telemetry;
 use crate::tokens::TokenService;
 use crate::upstream::{HealthRegistry, Upstream};
+use pinpoint_policy::filters::authn::AuthnFilter;
+use pinpoint_policy::filters::authz::AuthzFilter;
+use pinpoint_policy::filters::cors::CorsFilter;
+use pinpoint_policy::filters::net::NetFilter;
+use pinpoint_policy::filters::rate::RateFilter;
+use pinpoint_policy::filters::{policy::PolicyFilter, route::RouteFilter};
+use pinpoint_policy::pipeline::Pipeline;
+use pinpoint_policy::rate_state::MemoryRateState;
+use pinpoint_policy::routes::{CompiledRoute, RouteTable};
+use pinpoint_policy::world::{Identities, RateState};
 
 /// Everything one config revision needs to serve requests.
 pub struct Runtime {
@@ -36,6 +38,8 @@ pub struct Runtime {
     pub pipeline: Pipeline,
     /// The api listener's pipeline (the same layer types, minus routing and upstreams).
     pub api_pipeline: Pipeline,
+    /// The upstream pools, by name (routes name theirs).
+    pub upstreams: BTreeMap<Arc<str>, Arc<Upstream>>,
 }
 
 /// State that outlives config revisions and that layers are built from.
@@ -44,7 +48,17 @@ pub struct Services {
     pub cloudauth: Arc<crate::cloudauth::CloudAuth>,
     pub directory: Arc<Directory>,
     pub tokens: Arc<TokenService>,
-    pub rate: Arc<RateRegistry>,
+    pub rate: Arc<MemoryRateState>,
+}
+
+impl Services {
+    /// The engine's view of identities: the directory and the token service.
+    pub fn identities(&self) -> Arc<dyn Identities> {
+        Arc::new(LiveIdentities {
+            directory: self.directory.clone(),
+            tokens: self.tokens.clone(),
+        })
+    }
 }
 
 /// Process-wide state shared by the servers.
@@ -94,12 +108,7 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Servi
     pipeline.push(CorsFilter::new(config.cors.clone()), config.cors.mode);
     pipeline.push(NetFilter::new(&config.net), config.net.mode);
     pipeline.push(
-        AuthnFilter::new(
-            services.directory.clone(),
-            services.tokens.clone(),
-            config.jwt.clone(),
-            config.authn.sources.clone(),
-        ),
+        AuthnFilter::new(services.identities(), config.jwt.clone(), config.authn.sources.clone()),
         access_mode(config.authn.mode),
     );
     pipeline.push(
@@ -108,7 +117,11 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Servi
     );
     pipeline.push(PolicyFilter::new(config.policy.rules.clone()), config.policy.mode);
     pipeline.push(
-        RateFilter::new(&config.rate.limits, &config.rate.quotas, services.rate.clone()),
+        RateFilter::new(
+            &config.rate.limits,
+            &config.rate.quotas,
+            services.rate.clone() as Arc<dyn RateState>,
+        ),
         config.rate.mode,
     );
 }
@@ -116,26 +129,25 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Servi
 impl Runtime {
     /// Compiles a validated config.
     pub fn build(config: Config, health: &HealthRegistry, echo_addr: &str, services: &Services) -> Runtime {
-        let upstreams: BTreeMap<&str, Arc<Upstream>> = config
+        let upstreams: BTreeMap<Arc<str>, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|(name, up)| (name.as_str(), Arc::new(Upstream::new(name, up, health, echo_addr))))
-            .collect();
-        let routes = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                // Validation guarantees the upstream exists.
-                let upstream = upstreams.get(r.upstream.as_str())?.clone();
-                Some(Arc::new(CompiledRoute::new(r, upstream)))
+            .map(|(name, up)| {
+                (
+                    Arc::from(name.as_str()),
+                    Arc::new(Upstream::new(name, up, health, echo_addr)),
+                )
             })
             .collect();
+        // Validation guarantees every route's upstream exists.
+        let routes = config.routes.iter().map(|r| Arc::new(CompiledRoute::new(r))).collect();
         let pipeline = build_pipeline(&config, Arc::new(RouteTable::new(routes)), services);
         let api_pipeline = build_api_pipeline(&config, services);
         Runtime {
             config,
             pipeline,
             api_pipeline,
+            upstreams,
         }
     }
 }

@@ -66,6 +66,15 @@ pub fn count_denial(reason: Reason, route: &Arc<str>, mode: Mode) {
     .increment(1);
 }
 
+/// Counts the denials (enforced and shadow) a pipeline run traced.
+pub fn count_trace_denials(trace: &[pinpoint_core::LayerTrace], route: &Arc<str>) {
+    for entry in trace {
+        if let (Some(reason), pinpoint_core::Mark::Deny | pinpoint_core::Mark::WouldDeny) = (entry.reason, entry.mark) {
+            count_denial(reason, route, entry.mode);
+        }
+    }
+}
+
 /// Counts a connection the HTTP library ended with an error, by kind: `head_too_large`
 /// and `malformed` (the parser answered 431 or 400 itself, without a problem body, since
 /// no request reached Pinpoint), `header_timeout`, `closed_early`, `io`, `other`.

@@ -9,30 +9,8 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use pinpoint_core::config::JwtConfig;
+use pinpoint_policy::identity::{Claims, TokenRefusal};
 use pinpoint_store::{now_ms, SigningKeyRecord, Store, StoreError};
-use serde::{Deserialize, Serialize};
-
-/// The claims of a Pinpoint token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    /// The organization the token is for.
-    pub aud: String,
-    /// The principal id.
-    pub sub: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub jti: String,
-}
-
-/// Why a token was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenRefusal {
-    /// The signature verified, so the claims are the issuer's: the trace can name them.
-    Expired(Box<Claims>),
-    /// With an operator-side reason.
-    Invalid(String),
-}
 
 struct LoadedKey {
     kid: String,

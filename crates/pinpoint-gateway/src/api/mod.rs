@@ -27,11 +27,11 @@ use pinpoint_store::StoreError;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
-use crate::identity::Identity;
-use crate::pipeline::RequestCtx;
 use crate::respond;
-use crate::routes::RouteAccess;
 use crate::runtime::Shared;
+use pinpoint_policy::identity::Identity;
+use pinpoint_policy::pipeline::RequestCtx;
+use pinpoint_policy::routes::RouteAccess;
 
 /// Every API endpoint: method, path (axum syntax) and the permission it needs.
 /// `None` = authenticated caller, no permission; endpoints not listed are public.
@@ -227,7 +227,7 @@ impl Caller {
     /// `what` completes "You cannot ...".
     pub fn require_holds<'p>(&self, permissions: impl IntoIterator<Item = &'p String>, what: &str) -> ApiResult<()> {
         for p in permissions {
-            if self.0.check(p) != crate::identity::PermissionCheck::Granted {
+            if self.0.check(p) != pinpoint_policy::identity::PermissionCheck::Granted {
                 return Err(deny(
                     Reason::AuthzPermissionMissing,
                     format!("You cannot {what} `{p}`: you do not hold it."),
@@ -393,7 +393,8 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0)
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let client_ip = crate::filters::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
+    let client_ip =
+        pinpoint_policy::filters::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
@@ -414,25 +415,28 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 platform_note: denial.platform_note.as_deref().map(String::from),
                 micros: 0,
             };
-            let verdict = crate::pipeline::Verdict {
+            let verdict = pinpoint_policy::pipeline::Verdict {
                 trace: vec![entry],
                 denial: Some(denial),
             };
             let now = pinpoint_store::now_ms();
-            (
-                verdict,
-                None,
-                None,
-                false,
-                crate::pipeline::ResponseHeaders::default(),
-                now,
-            )
+            (verdict, None, None, false, http::HeaderMap::new(), now)
         }
         Ok(access) => {
-            let mut ctx = RequestCtx::new(&method, &path, None, req.headers(), peer, client_ip, &request_id);
+            let mut ctx = RequestCtx::new(
+                &method,
+                &path,
+                None,
+                req.headers(),
+                peer,
+                client_ip,
+                &request_id,
+                pinpoint_store::now_ms(),
+            );
             ctx.route_id = Some(route_id.clone());
             ctx.access = access;
             let verdict = runtime.api_pipeline.run(&mut ctx).await;
+            crate::telemetry::count_trace_denials(&verdict.trace, &route_id);
             (
                 verdict,
                 ctx.identity.take().map(Arc::new),
@@ -481,12 +485,12 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         response
     };
     respond::set_request_ids(response.headers_mut(), &request_id, client_request_id.as_deref());
-    extra_headers.append_to(response.headers_mut());
+    respond::append_headers(response.headers_mut(), extra_headers);
     let status = response.status();
     let elapsed = started.elapsed();
     if path.starts_with("/api/") {
         let reason = trace.iter().find(|t| t.mark == Mark::Deny).and_then(|t| t.reason);
-        let caller = crate::identity::KnownCaller::recorded(identity.as_deref(), known_caller);
+        let caller = pinpoint_policy::identity::KnownCaller::recorded(identity.as_deref(), known_caller);
         crate::telemetry::finish_request(
             &shared.decisions,
             &route_id,

@@ -353,7 +353,7 @@ async fn authn_codes_for_api_keys() {
     let directory = pinpoint_gateway::directory::Directory::load(&w.gw.store).await.unwrap();
     assert_eq!(
         directory.verify_key(&expired.key, pinpoint_store::now_ms()).err(),
-        Some(pinpoint_gateway::directory::KeyRefusal::Expired)
+        Some(pinpoint_policy::identity::KeyRefusal::Expired)
     );
 }
 

@@ -1,5 +1,6 @@
 //! The policy filters. Each owns one concern and its reason codes; the order they run in
-//! is defined in [`crate::runtime::build_pipeline`].
+//! is defined by the host that builds the pipeline (the gateway's `runtime::build_pipeline`).
+//! No filter imports another.
 
 pub mod authn;
 pub mod authz;

@@ -1,12 +1,188 @@
-//! Who the caller is, once the authentication layer has established it.
+//! Who the caller is, once the authentication filter has established it ([`Identity`]),
+//! and the shapes in which an [`crate::world::Identities`] source hands keys, principals,
+//! organizations and tokens to the engine ([`KeyEntry`], [`PrincipalEntry`], [`OrgLabels`],
+//! [`Claims`]). Entries are built once by the source (at load, on change) and shared by
+//! every request they authenticate.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use pinpoint_core::identity::grants;
+use pinpoint_core::identity::{grants, KeyKind, Organization, Principal};
 use pinpoint_core::RecordedText;
+use serde::{Deserialize, Serialize};
 
-use crate::directory::{KeyEntry, OrgLabels, PrincipalEntry};
+/// A key as an identity source holds it: only what checking it and the requests it
+/// authenticates need (built once at load), not the whole stored row (names, creation
+/// times and the like are the API's, read from the store). With a million keys loaded,
+/// each takes about 400 bytes, index included (the gateway's `key_lookup` benchmark
+/// prints it).
+pub struct KeyEntry {
+    /// The key's public id.
+    pub id: Box<str>,
+    /// How the authn trace entry names the key: `key <id>`.
+    pub trace_label: RecordedText,
+    pub kind: KeyKind,
+    /// The owning principal's id (`None` for an organization key), kept for when the
+    /// principal itself is gone.
+    pub principal_id: Option<Box<str>>,
+    pub expires_at_ms: Option<i64>,
+    /// The successor, when the key was rotated (its expiry is the end of the overlap).
+    pub replaced_by: Option<Box<str>>,
+    pub revoked: bool,
+    /// Shared with every other key and principal of the organization.
+    pub org: Arc<OrgLabels>,
+    /// The owner's slot (`None` for an organization key): the key reaches its principal's
+    /// current entry without a map lookup.
+    pub principal: Option<Arc<PrincipalSlot>>,
+    pub scopes: Option<Arc<HashSet<String>>>,
+    /// The secret's HMAC, for the identity source's constant-time check.
+    pub hash: [u8; 32],
+    /// Unix minute of the last recorded use (the identity source's, for writing last-use
+    /// times behind at most once a minute).
+    pub last_used_minute: AtomicI64,
+}
+
+/// A principal with its roles and effective permissions.
+pub struct PrincipalEntry {
+    pub principal: Principal,
+    /// How decisions name this principal: `kind:name (id)`, built once.
+    pub label: RecordedText,
+    /// The principal id as the `X-Pinpoint-Principal` header value, built once.
+    pub id_header: http::HeaderValue,
+    /// Shared with every other key and principal of the organization.
+    pub org: Arc<OrgLabels>,
+    pub roles: Vec<String>,
+    pub permissions: HashSet<String>,
+}
+
+/// Where a principal's current entry lives: the source replaces the entry inside the slot
+/// when the principal changes and empties it when the principal is deleted, so the keys
+/// that point at the slot always see the current principal.
+pub type PrincipalSlot = arc_swap::ArcSwapOption<PrincipalEntry>;
+
+/// What requests name about an organization, built once per organization (not per key:
+/// a million keys of one organization share one of these), and its current standing.
+pub struct OrgLabels {
+    pub id: RecordedText,
+    /// The id as the `X-Pinpoint-Org` header value.
+    pub header: http::HeaderValue,
+    /// How decisions name a caller using an organization key: `org-key (<org id>)`.
+    pub owner_label: RecordedText,
+    /// [`OrgStanding`] as a byte, kept current by the source: requests read it here
+    /// instead of looking the organization up.
+    pub standing: AtomicU8,
+}
+
+/// Whether an organization may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OrgStanding {
+    /// Deleted, or never known.
+    Gone = 0,
+    Active = 1,
+    Suspended = 2,
+}
+
+impl OrgStanding {
+    /// The standing of an organization as stored (`None`: not there).
+    pub fn of(org: Option<&Organization>) -> OrgStanding {
+        match org {
+            None => OrgStanding::Gone,
+            Some(o) if o.suspended => OrgStanding::Suspended,
+            Some(_) => OrgStanding::Active,
+        }
+    }
+}
+
+/// A header value for an id. Ids are UUIDs or hex, always valid header values.
+pub fn id_header(id: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+}
+
+impl OrgLabels {
+    /// Labels for an organization id, in the given standing.
+    pub fn new(org_id: &str, standing: OrgStanding) -> OrgLabels {
+        OrgLabels {
+            id: RecordedText::new(org_id),
+            header: id_header(org_id),
+            owner_label: RecordedText::new(&format!("org-key ({org_id})")),
+            standing: AtomicU8::new(standing as u8),
+        }
+    }
+
+    pub fn standing(&self) -> OrgStanding {
+        match self.standing.load(Ordering::Acquire) {
+            1 => OrgStanding::Active,
+            2 => OrgStanding::Suspended,
+            _ => OrgStanding::Gone,
+        }
+    }
+
+    /// Sets the standing (the identity source, when the organization changes).
+    pub fn set_standing(&self, standing: OrgStanding) {
+        self.standing.store(standing as u8, Ordering::Release);
+    }
+}
+
+/// Why a presented key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Malformed,
+    Unknown,
+    Expired,
+    Revoked,
+}
+
+impl PrincipalEntry {
+    pub fn grants(&self, permission: &str) -> bool {
+        grants(&self.permissions, permission)
+    }
+}
+
+/// How decisions name a key: `key <id>` (a loaded key's [`KeyEntry::trace_label`], and
+/// refusals of ids the source does not hold).
+pub fn key_trace_label(id: &str) -> String {
+    format!("key {id}")
+}
+
+impl KeyEntry {
+    pub fn is_org_key(&self) -> bool {
+        self.kind == KeyKind::Api
+    }
+
+    /// The key's public id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The key's organization id.
+    pub fn org_id(&self) -> &str {
+        &self.org.id
+    }
+}
+
+/// The claims of a Pinpoint token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    /// The organization the token is for.
+    pub aud: String,
+    /// The principal id.
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// The signature verified, so the claims are the issuer's: the trace can name them.
+    Expired(Box<Claims>),
+    /// With an operator-side reason.
+    Invalid(String),
+}
 
 /// How the caller authenticated.
 #[derive(Clone)]
@@ -138,7 +314,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::directory::OrgStanding;
 
     fn permission() -> impl Strategy<Value = String> {
         (
@@ -153,7 +328,6 @@ mod tests {
             Arc::new(PrincipalEntry {
                 label: RecordedText::new("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
-                rate_key: 0,
                 org: Arc::new(OrgLabels::new("o", OrgStanding::Active)),
                 principal: Principal {
                     id: "p".into(),

@@ -11,18 +11,18 @@ use std::sync::Arc;
 use pinpoint_core::config::{AuthRequirement, CredentialSource, JwtConfig};
 use pinpoint_core::{Denial, Outcome, Reason};
 
-use crate::directory::{key_trace_label, Directory, KeyEntry, KeyRefusal, OrgStanding};
-use crate::identity::{Credential, Identity, KnownCaller};
+use crate::identity::{
+    key_trace_label, Credential, Identity, KeyEntry, KeyRefusal, KnownCaller, OrgStanding, TokenRefusal,
+};
 use crate::pipeline::{Check, Filter, RequestCtx};
-use crate::tokens::{TokenRefusal, TokenService};
+use crate::world::Identities;
 
 static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 static DD_API_KEY: http::HeaderName = http::HeaderName::from_static("dd-api-key");
 static DD_APPLICATION_KEY: http::HeaderName = http::HeaderName::from_static("dd-application-key");
 
 pub struct AuthnFilter {
-    directory: Arc<Directory>,
-    tokens: Arc<TokenService>,
+    identities: Arc<dyn Identities>,
     jwt: JwtConfig,
     sources: Vec<CredentialSource>,
 }
@@ -52,15 +52,9 @@ enum Presented<'h> {
 }
 
 impl AuthnFilter {
-    pub fn new(
-        directory: Arc<Directory>,
-        tokens: Arc<TokenService>,
-        jwt: JwtConfig,
-        sources: Vec<CredentialSource>,
-    ) -> Self {
+    pub fn new(identities: Arc<dyn Identities>, jwt: JwtConfig, sources: Vec<CredentialSource>) -> Self {
         AuthnFilter {
-            directory,
-            tokens,
+            identities,
             jwt,
             sources,
         }
@@ -106,12 +100,16 @@ impl AuthnFilter {
     }
 
     fn key(&self, presented: &str, now: i64) -> Result<Arc<KeyEntry>, Refused> {
-        self.directory.verify_key(presented, now).map_err(|refusal| {
+        let verified = self.identities.verify_key(presented, now);
+        if let Ok(entry) = &verified {
+            self.identities.key_used(entry, now);
+        }
+        verified.map_err(|refusal| {
             // Revoked and expired keys matched their secret: their owner is known.
             let entry = matches!(refusal, KeyRefusal::Expired | KeyRefusal::Revoked)
                 .then(|| pinpoint_core::keys::parse(presented))
                 .flatten()
-                .and_then(|p| self.directory.key_by_id(p.id));
+                .and_then(|p| self.identities.key_by_id(p.id));
             let caller = entry.as_deref().map(KnownCaller::of_key);
             let successor = entry.as_deref().and_then(|e| e.replaced_by.as_deref());
             let (reason, detail) = match refusal {
@@ -190,21 +188,26 @@ impl AuthnFilter {
                 Ok(self.identity_for_key(app_key)?)
             }
             Presented::Token(token) => {
-                let claims = self.tokens.verify(&self.jwt, token).map_err(|refusal| match refusal {
-                    TokenRefusal::Expired(claims) => Denial::new(Reason::AuthnTokenExpired, "The token has expired.")
-                        .rule(format!("token {}", claims.jti))
-                        .note(format!(
-                            "token {} of {} (org {}) expired at {}",
-                            claims.jti,
-                            claims.sub,
-                            claims.aud,
-                            pinpoint_core::time::rfc3339(claims.exp.saturating_mul(1000))
-                        )),
-                    TokenRefusal::Invalid(why) => {
-                        Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.").note(why)
-                    }
-                })?;
-                let principal = self.directory.principal(&claims.sub).ok_or_else(|| {
+                let claims = self
+                    .identities
+                    .verify_token(&self.jwt, token)
+                    .map_err(|refusal| match refusal {
+                        TokenRefusal::Expired(claims) => {
+                            Denial::new(Reason::AuthnTokenExpired, "The token has expired.")
+                                .rule(format!("token {}", claims.jti))
+                                .note(format!(
+                                    "token {} of {} (org {}) expired at {}",
+                                    claims.jti,
+                                    claims.sub,
+                                    claims.aud,
+                                    pinpoint_core::time::rfc3339(claims.exp.saturating_mul(1000))
+                                ))
+                        }
+                        TokenRefusal::Invalid(why) => {
+                            Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.").note(why)
+                        }
+                    })?;
+                let principal = self.identities.principal(&claims.sub).ok_or_else(|| {
                     Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.")
                         .note(format!("subject {} no longer exists", claims.sub))
                 })?;

@@ -11,8 +11,6 @@ use http::Method;
 use pinpoint_core::config::{method_listed, AuthRequirement, OverrideHeaders, RouteConfig};
 use pinpoint_core::RecordedText;
 
-use crate::upstream::Upstream;
-
 /// A route ready for matching.
 pub struct CompiledRoute {
     pub id: Arc<str>,
@@ -22,7 +20,8 @@ pub struct CompiledRoute {
     prefix: String,
     /// `None`: every method.
     methods: Option<Vec<Method>>,
-    pub upstream: Arc<Upstream>,
+    /// The upstream pool's name (the host keeps the pools).
+    pub upstream: Arc<str>,
     pub strip_prefix: bool,
     pub access: Arc<RouteAccess>,
     /// The route's paths match (and its rules match them) ignoring ASCII case.
@@ -122,14 +121,14 @@ pub struct RouteTable {
 }
 
 impl CompiledRoute {
-    pub fn new(config: &RouteConfig, upstream: Arc<Upstream>) -> Self {
+    pub fn new(config: &RouteConfig) -> Self {
         CompiledRoute {
             id: Arc::from(config.id.as_str()),
             trace_id: RecordedText::new(&config.id),
             host: config.host.clone(),
             prefix: config.path_prefix.clone(),
             methods: config.methods.clone(),
-            upstream,
+            upstream: Arc::from(config.upstream.as_str()),
             strip_prefix: config.strip_prefix,
             access: Arc::new(RouteAccess {
                 auth: config.auth,

@@ -3,7 +3,7 @@
 //! every response, denials included, carries `Access-Control-Allow-Origin` and a browser
 //! can read the problem body. Code: `cors.origin_not_allowed` (403, preflight only).
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderValue, Method};
 use pinpoint_core::config::CorsConfig;
 use pinpoint_core::{Denial, Outcome, Reason};
 
@@ -74,27 +74,25 @@ impl Filter for CorsFilter {
                 Outcome::NotApplicable
             });
         }
-        let headers = &mut ctx.response_headers.other;
-        headers.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
-        headers.push((http::header::VARY, HeaderValue::from_static("origin")));
-        headers.push((
+        let headers = &mut ctx.response_headers;
+        headers.append(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.append(http::header::VARY, HeaderValue::from_static("origin"));
+        headers.append(
             http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSED_HEADERS),
-        ));
+        );
         if self.config.allow_credentials {
-            headers.push((
+            headers.append(
                 http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
-            ));
+            );
         }
         ctx.cors_origin = Some(origin);
         if preflight {
-            let h: [(HeaderName, HeaderValue); 3] = [
-                (http::header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone()),
-                (http::header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone()),
-                (http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone()),
-            ];
-            ctx.response_headers.other.extend(h);
+            let headers = &mut ctx.response_headers;
+            headers.append(http::header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone());
+            headers.append(http::header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone());
+            headers.append(http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
             ctx.answered = true;
             return Check::Ready(Outcome::Allow {
                 rule_id: Some(pinpoint_core::RecordedText::new("preflight")),

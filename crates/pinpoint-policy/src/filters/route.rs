@@ -10,7 +10,7 @@ use std::sync::Arc;
 use pinpoint_core::config::OverrideHeaders;
 use pinpoint_core::{canonical, Denial, Outcome, Reason};
 
-use crate::headers::find_override_header;
+use crate::overrides::find_override_header;
 use crate::pipeline::{Check, Filter, RequestCtx};
 use crate::routes::{CompiledRoute, RouteMatch, RouteTable};
 

@@ -2,7 +2,15 @@
 //! NotApplicable for a request. This module is the one place that turns those answers into
 //! the request's fate and its trace: an enforced deny stops the pipeline (later layers are
 //! traced as not reached), a deny in report mode is traced as `would_deny`, counted, and
-//! the request goes on. The order itself is defined in [`crate::runtime`].
+//! the request goes on. The order itself is defined by whoever builds the pipeline (the
+//! gateway's `runtime::build_pipeline`).
+//!
+//! Phases: a filter's header phase ([`Filter::check`]) decides on the request head; a
+//! filter that must see the body says so ([`Filter::needs_body`]) and gets its body phase
+//! ([`Filter::check_body`]) once the proxy has read it (only then does the proxy buffer a
+//! body for inspection); headers a filter wants on the response, whatever answers the
+//! request, go into [`RequestCtx::response_headers`] (the response phase), so the pipeline
+//! knows no filter's header types.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -10,10 +18,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method};
 use pinpoint_core::{Denial, LayerTrace, Mark, Mode, Outcome};
 
-use crate::filters::rate::RateHeaders;
 use crate::identity::Identity;
 use crate::routes::{CompiledRoute, RouteAccess};
 
@@ -51,45 +58,15 @@ pub struct RequestCtx<'a> {
     pub cors_origin: Option<HeaderValue>,
     /// Set by a layer that answered the request itself (a CORS preflight).
     pub answered: bool,
-    /// Headers every response to this request carries (rate-limit state, CORS).
-    pub response_headers: ResponseHeaders,
-}
-
-/// Headers the layers want on every response to a request, whatever answers it.
-#[derive(Default)]
-pub struct ResponseHeaders {
-    /// CORS headers and the like.
-    pub other: Vec<(HeaderName, HeaderValue)>,
-    /// The rate-limit headers, held inline: most limited requests add nothing else, so
-    /// they need no allocation.
-    pub rate: Option<RateHeaders>,
-}
-
-impl ResponseHeaders {
-    /// How many headers there are.
-    pub fn len(&self) -> usize {
-        self.other.len() + if self.rate.is_some() { RateHeaders::COUNT } else { 0 }
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Appends every header to `headers`, reserving room for them all at once.
-    pub fn append_to(self, headers: &mut HeaderMap) {
-        headers.reserve(self.len());
-        for (name, value) in self.other {
-            headers.append(name, value);
-        }
-        if let Some(rate) = self.rate {
-            rate.append_to(headers);
-        }
-    }
+    /// Headers every response to this request carries, whatever answers it (rate-limit
+    /// state, CORS): the filters' response phase.
+    pub response_headers: HeaderMap,
 }
 
 impl<'a> RequestCtx<'a> {
-    /// A context with nothing established yet.
+    /// A context with nothing established yet; `at_ms` is the one wall-clock reading of
+    /// the request (from the caller's [`crate::world::Clock`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         method: &'a Method,
         path: &'a str,
@@ -98,6 +75,7 @@ impl<'a> RequestCtx<'a> {
         client_addr: SocketAddr,
         client_ip: IpAddr,
         request_id: &'a str,
+        at_ms: i64,
     ) -> Self {
         RequestCtx {
             method,
@@ -108,7 +86,7 @@ impl<'a> RequestCtx<'a> {
             client_addr,
             client_ip,
             request_id,
-            at_ms: pinpoint_store::now_ms(),
+            at_ms,
             route: None,
             route_id: None,
             access: None,
@@ -116,7 +94,7 @@ impl<'a> RequestCtx<'a> {
             known_caller: None,
             cors_origin: None,
             answered: false,
-            response_headers: ResponseHeaders::default(),
+            response_headers: HeaderMap::new(),
         }
     }
 
@@ -148,12 +126,23 @@ pub enum Check<'a> {
     Pending(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
 }
 
-/// One policy layer.
+/// One policy filter.
 pub trait Filter: Send + Sync {
     /// Stable name, used in traces and metrics (and as the layer part of its reason codes).
     fn name(&self) -> &'static str;
-    /// Decides about one request.
+    /// The header phase: decides about one request from its head.
     fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a>;
+    /// The most body bytes this filter must see for this request (after the header phase
+    /// passed), or `None` when it needs no body (the default). The proxy buffers a body
+    /// for inspection only when some filter asks.
+    fn needs_body(&self, _ctx: &RequestCtx<'_>) -> Option<u64> {
+        None
+    }
+    /// The body phase: decides about the request's body, when [`Filter::needs_body`]
+    /// asked for it.
+    fn check_body(&self, _ctx: &mut RequestCtx<'_>, _body: &[u8]) -> Outcome {
+        Outcome::NotApplicable
+    }
 }
 
 struct Stage {
@@ -245,7 +234,6 @@ impl Pipeline {
                     entry.detail = Some(d.detail.clone());
                     entry.note = d.note.clone();
                     entry.platform_note = d.platform_note.as_deref().map(String::from);
-                    crate::telemetry::count_denial(d.reason, &ctx.route_label(), stage.mode);
                     match stage.mode {
                         Mode::Enforce => {
                             entry.mark = Mark::Deny;
@@ -258,6 +246,59 @@ impl Pipeline {
             trace.push(entry);
         }
         Verdict { trace, denial }
+    }
+
+    /// How many body bytes the filters need to see for this request, when any filter asks
+    /// (after a header phase that let the request through); `None`: no body inspection.
+    pub fn body_wanted(&self, ctx: &RequestCtx<'_>) -> Option<u64> {
+        self.stages.iter().filter_map(|s| s.layer.needs_body(ctx)).max()
+    }
+
+    /// The body phase: every filter that asked for the body decides on it, in order, with
+    /// the header phase's rules (an enforced deny stops, a report-mode deny is traced as
+    /// `would_deny`). Its entries follow the header phase's in the trace.
+    pub fn run_body(&self, ctx: &mut RequestCtx<'_>, body: &[u8], verdict: &mut Verdict) {
+        for stage in &self.stages {
+            if verdict.denial.is_some() {
+                return;
+            }
+            if stage.layer.needs_body(ctx).is_none() {
+                continue;
+            }
+            let started = Instant::now();
+            let outcome = stage.layer.check_body(ctx, body);
+            let mut entry = LayerTrace {
+                layer: stage.layer.name().into(),
+                mark: Mark::Pass,
+                mode: stage.mode,
+                reason: None,
+                rule_id: None,
+                detail: None,
+                note: Some(String::from("body")),
+                platform_note: None,
+                micros: started.elapsed().as_micros() as u64,
+            };
+            match outcome {
+                Outcome::Allow { rule_id } => entry.rule_id = rule_id,
+                Outcome::NotApplicable => entry.mark = Mark::Skip,
+                Outcome::Deny(d) => {
+                    entry.layer = d.reason.layer().into();
+                    entry.reason = Some(d.reason);
+                    entry.rule_id = d.rule_id.as_deref().map(pinpoint_core::RecordedText::from);
+                    entry.detail = Some(d.detail.clone());
+                    entry.note = d.note.clone();
+                    entry.platform_note = d.platform_note.as_deref().map(String::from);
+                    match stage.mode {
+                        Mode::Enforce => {
+                            entry.mark = Mark::Deny;
+                            verdict.denial = Some(d);
+                        }
+                        Mode::Report => entry.mark = Mark::WouldDeny,
+                    }
+                }
+            }
+            verdict.trace.push(entry);
+        }
     }
 }
 
@@ -284,29 +325,69 @@ mod tests {
     async fn run(p: &Pipeline) -> Verdict {
         let headers = HeaderMap::new();
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        let mut ctx = RequestCtx::new(&Method::POST, "/x", None, &headers, peer, peer.ip(), "t");
+        let mut ctx = RequestCtx::new(&Method::POST, "/x", None, &headers, peer, peer.ip(), "t", 0);
         p.run(&mut ctx).await
     }
 
-    #[tokio::test]
-    async fn enforced_deny_stops_and_later_layers_are_not_reached() {
+    #[test]
+    fn enforced_deny_stops_and_later_layers_are_not_reached() {
         let mut p = Pipeline::default();
         p.push(Fixed("a", Outcome::NotApplicable), Mode::Enforce);
         p.push(Fixed("b", deny()), Mode::Enforce);
         p.push(Fixed("c", Outcome::allow()), Mode::Enforce);
-        let v = run(&p).await;
+        let v = crate::block_on(run(&p));
         let marks: Vec<_> = v.trace.iter().map(|t| (&*t.layer, t.mark)).collect();
         // A denial is named after its reason's layer (here `policy`), as the caller sees it.
         assert_eq!(marks, [("a", Mark::Skip), ("policy", Mark::Deny), ("c", Mark::Skip)]);
         assert_eq!(v.denial.unwrap().rule_id.as_deref(), Some("r1"));
     }
 
-    #[tokio::test]
-    async fn report_mode_records_would_deny_and_passes() {
+    /// Asks for up to 10 body bytes and refuses bodies that say `no`.
+    struct BodyFilter;
+    impl Filter for BodyFilter {
+        fn name(&self) -> &'static str {
+            "waf"
+        }
+        fn check<'a>(&'a self, _: &'a mut RequestCtx<'_>) -> Check<'a> {
+            Check::Ready(Outcome::allow())
+        }
+        fn needs_body(&self, _: &RequestCtx<'_>) -> Option<u64> {
+            Some(10)
+        }
+        fn check_body(&self, _: &mut RequestCtx<'_>, body: &[u8]) -> Outcome {
+            if body == b"no" {
+                deny()
+            } else {
+                Outcome::allow()
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_filter_that_asks_gets_the_body_and_its_deny_stops_the_request() {
+        let mut p = Pipeline::default();
+        p.push(Fixed("a", Outcome::allow()), Mode::Enforce);
+        let headers = HeaderMap::new();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let ctx = RequestCtx::new(&Method::POST, "/x", None, &headers, peer, peer.ip(), "t", 0);
+        assert_eq!(p.body_wanted(&ctx), None, "nobody asked: the proxy streams the body");
+        p.push(BodyFilter, Mode::Enforce);
+        for (body, denied) in [(&b"yes"[..], false), (&b"no"[..], true)] {
+            let mut ctx = RequestCtx::new(&Method::POST, "/x", None, &headers, peer, peer.ip(), "t", 0);
+            assert_eq!(p.body_wanted(&ctx), Some(10));
+            let mut verdict = crate::block_on(p.run(&mut ctx));
+            p.run_body(&mut ctx, body, &mut verdict);
+            assert_eq!(verdict.denial.is_some(), denied);
+            assert_eq!(verdict.trace.len(), 3, "two header entries and one body entry");
+        }
+    }
+
+    #[test]
+    fn report_mode_records_would_deny_and_passes() {
         let mut p = Pipeline::default();
         p.push(Fixed("b", deny()), Mode::Report);
         p.push(Fixed("c", Outcome::allow()), Mode::Enforce);
-        let v = run(&p).await;
+        let v = crate::block_on(run(&p));
         assert!(v.denial.is_none());
         assert_eq!(v.trace[0].mark, Mark::WouldDeny);
         assert_eq!(v.trace[0].reason, Some(Reason::PolicyExplicitDeny));

@@ -1,0 +1,94 @@
+//! The engine's seams: everything the filters need from the world, as traits the engine
+//! declares and its host implements. The gateway implements them over its in-memory
+//! directory, token service and store; an evaluation (replaying traffic against a
+//! proposed config) implements them with a fixed clock, read-only identities and scratch
+//! rate state, so the same filters decide the same way with no side effects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinpoint_core::config::{JwtConfig, RateLimitRule};
+use pinpoint_core::Decision;
+
+use crate::identity::{Claims, KeyEntry, KeyRefusal, PrincipalEntry, TokenRefusal};
+
+/// Where a request's one wall-clock reading comes from.
+pub trait Clock: Send + Sync {
+    /// Unix time in milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that always reads the same time (evaluations, tests).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub i64);
+
+impl Clock for FixedClock {
+    fn now_ms(&self) -> i64 {
+        self.0
+    }
+}
+
+/// Keys, principals, organizations and tokens, as the authentication filter asks for them.
+pub trait Identities: Send + Sync {
+    /// Checks a presented API key: shape, id, secret (in constant time), revocation, expiry.
+    fn verify_key(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, KeyRefusal>;
+    /// A key by id, whatever its state (to name the owner of a refused key).
+    fn key_by_id(&self, id: &str) -> Option<Arc<KeyEntry>>;
+    /// A principal by id.
+    fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>>;
+    /// Verifies a bearer token Pinpoint signed.
+    fn verify_token(&self, jwt: &JwtConfig, token: &str) -> Result<Claims, TokenRefusal>;
+    /// A key authenticated a request at `now_ms` (the live source writes last-use times
+    /// behind; an evaluation writes nothing).
+    fn key_used(&self, key: &KeyEntry, now_ms: i64);
+}
+
+/// What one limiter says about one more request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAnswer {
+    /// Allowed, with this much burst left.
+    Allowed { remaining: u32 },
+    /// Over the limit until `wait` from now.
+    Limited { wait: Duration },
+}
+
+/// One configured limit's state across callers.
+pub trait Limiter: Send + Sync {
+    /// Counts one request against `key`'s budget.
+    fn take(&self, key: u64) -> LimitAnswer;
+}
+
+/// Rate-limit and quota state, which outlives config revisions.
+pub trait RateState: Send + Sync {
+    /// The limiter of `rule`: the same one for as long as the rule is unchanged, so a
+    /// reload does not reset budgets.
+    fn limiter(&self, rule: &RateLimitRule) -> Arc<dyn Limiter>;
+    /// Counts one request against an organization's quota window; the count, this one
+    /// included.
+    fn spend_quota(&self, quota_id: &str, org_id: &str, window_start_ms: i64) -> u64;
+}
+
+/// Proofs already used (cloud identity exchange): a proof works once.
+pub trait ReplayCache: Send + Sync {
+    /// Records `signature` as used until `until_s` (Unix seconds); `false` when it was
+    /// already used.
+    fn first_use(&self, signature: &str, until_s: i64) -> bool;
+}
+
+/// Where finished decisions go.
+pub trait DecisionSink: Send + Sync {
+    fn record(&self, decision: Decision);
+}
