@@ -16,7 +16,7 @@
 # path that must be rewritten (`/bare/a/./b//../x%2Dy`).
 #
 # Usage: bench/instructions.sh [seconds-per-route] (default 10). Needs valgrind (apt-get
-# install valgrind) and wrk.
+# install valgrind) and wrk. BENCH_KEEP=DIR keeps the callgrind dumps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -64,6 +64,8 @@ for route in bare chain dirty; do
   callgrind_control -i off "$VALGRIND" >/dev/null 2>&1
   callgrind_control -d "$route" "$VALGRIND" >/dev/null 2>&1
   dump=$(ls -t "$WORK"/callgrind.out.* | head -1)
+  # BENCH_KEEP=DIR keeps each route's callgrind dump there (for callgrind_annotate).
+  [ -n "${BENCH_KEEP:-}" ] && mkdir -p "$BENCH_KEEP" && cp "$dump" "$BENCH_KEEP/callgrind.$route"
   annotated=$(callgrind_annotate "$dump" 2>/dev/null)
   total=$(echo "$annotated" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   sha=$(echo "$annotated" | awk '/sha2::sha256::soft::compress/ {gsub(",", "", $1); print $1; exit}')

@@ -143,7 +143,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 identity: None,
                 known_caller: None,
                 answered: false,
-                response_headers: http::HeaderMap::new(),
+                response_headers: Vec::new(),
                 at_ms: pinpoint_store::now_ms(),
             }
         }
@@ -330,7 +330,7 @@ struct Decided<'a> {
     /// Whom a refused credential belongs to (for the record only).
     known_caller: Option<KnownCaller>,
     answered: bool,
-    response_headers: http::HeaderMap,
+    response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     at_ms: i64,
 }
 

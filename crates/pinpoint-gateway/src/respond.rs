@@ -65,17 +65,11 @@ pub fn format_of(headers: &HeaderMap) -> ProblemFormat {
     ProblemFormat::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
 
-/// Appends every header of `from` (the filters' response headers) to `to`, keeping what
-/// `to` already has (an upstream's own `Vary`, say).
-pub fn append_headers(to: &mut http::HeaderMap, from: http::HeaderMap) {
+/// Appends the filters' response headers to a response's, keeping what it already has
+/// (an upstream's own `Vary`, say).
+pub fn append_headers(to: &mut http::HeaderMap, from: Vec<(http::HeaderName, http::HeaderValue)>) {
     to.reserve(from.len());
-    let mut name = None;
-    for (next, value) in from {
-        if next.is_some() {
-            name = next;
-        }
-        if let Some(name) = &name {
-            to.append(name.clone(), value);
-        }
+    for (name, value) in from {
+        to.append(name, value);
     }
 }

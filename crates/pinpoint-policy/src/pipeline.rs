@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pinpoint_core::{Denial, LayerTrace, Mark, Mode, Outcome};
 
 use crate::identity::Identity;
@@ -59,8 +59,9 @@ pub struct RequestCtx<'a> {
     /// Set by a layer that answered the request itself (a CORS preflight).
     pub answered: bool,
     /// Headers every response to this request carries, whatever answers it (rate-limit
-    /// state, CORS): the filters' response phase.
-    pub response_headers: HeaderMap,
+    /// state, CORS): the filters' response phase. A list, appended to the response's map
+    /// once: a map here would hash every name twice (bench/README.md has the figure).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -94,7 +95,7 @@ impl<'a> RequestCtx<'a> {
             known_caller: None,
             cors_origin: None,
             answered: false,
-            response_headers: HeaderMap::new(),
+            response_headers: Vec::new(),
         }
     }
 

@@ -420,7 +420,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 denial: Some(denial),
             };
             let now = pinpoint_store::now_ms();
-            (verdict, None, None, false, http::HeaderMap::new(), now)
+            (verdict, None, None, false, Vec::new(), now)
         }
         Ok(access) => {
             let mut ctx = RequestCtx::new(

@@ -75,24 +75,25 @@ impl Filter for CorsFilter {
             });
         }
         let headers = &mut ctx.response_headers;
-        headers.append(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        headers.append(http::header::VARY, HeaderValue::from_static("origin"));
-        headers.append(
+        headers.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
+        headers.push((http::header::VARY, HeaderValue::from_static("origin")));
+        headers.push((
             http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSED_HEADERS),
-        );
+        ));
         if self.config.allow_credentials {
-            headers.append(
+            headers.push((
                 http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
-            );
+            ));
         }
         ctx.cors_origin = Some(origin);
         if preflight {
-            let headers = &mut ctx.response_headers;
-            headers.append(http::header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone());
-            headers.append(http::header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone());
-            headers.append(http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+            ctx.response_headers.extend([
+                (http::header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone()),
+                (http::header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone()),
+                (http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone()),
+            ]);
             ctx.answered = true;
             return Check::Ready(Outcome::Allow {
                 rule_id: Some(pinpoint_core::RecordedText::new("preflight")),
