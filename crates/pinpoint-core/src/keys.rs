@@ -145,6 +145,9 @@ mod tests {
                 assert!(!verify_secret(b"pepper", SECRET, &other), "byte {byte} bit {bit}");
             }
         }
-        assert!(!verify_secret(b"pepper", SECRET, &h[..31]), "a short hash never matches");
+        assert!(
+            !verify_secret(b"pepper", SECRET, &h[..31]),
+            "a short hash never matches"
+        );
     }
 }

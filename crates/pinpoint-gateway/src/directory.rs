@@ -387,6 +387,10 @@ impl Identities for LiveIdentities {
         self.tokens.verify(jwt, token)
     }
 
+    fn token_kid_known(&self, kid: &str) -> bool {
+        self.tokens.is_our_kid(kid)
+    }
+
     fn key_used(&self, key: &KeyEntry, now_ms: i64) {
         self.directory.touch(key, now_ms);
     }

@@ -10,6 +10,7 @@ pub mod cloudauth;
 pub mod directory;
 pub mod echo;
 pub mod edge;
+pub mod evaluate;
 pub mod headers;
 pub mod proxy;
 pub mod respond;

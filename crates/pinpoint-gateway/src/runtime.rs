@@ -59,6 +59,23 @@ impl Services {
             tokens: self.tokens.clone(),
         })
     }
+
+    /// What the live pipelines are built on.
+    pub fn world(&self) -> World {
+        World {
+            identities: self.identities(),
+            rate: self.rate.clone(),
+        }
+    }
+}
+
+/// What filters are built on: where identities come from and where rate state lives.
+/// The live proxy's are the directory and the process's rate state; an evaluation's are
+/// read-only identities and scratch rate state ([`crate::evaluate`]).
+#[derive(Clone)]
+pub struct World {
+    pub identities: Arc<dyn Identities>,
+    pub rate: Arc<dyn RateState>,
 }
 
 /// Process-wide state shared by the servers.
@@ -87,28 +104,40 @@ pub struct Shared {
 /// preflight (answered before authentication), IP lists, authentication, authorization,
 /// static policy rules, rate limits and quotas (last, so refused requests do not spend
 /// the caller's budget).
-pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>, services: &Services) -> Pipeline {
+pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>, world: &World) -> Pipeline {
     let mut pipeline = Pipeline::default();
     pipeline.push(RouteFilter::new(routes), Mode::Enforce);
-    push_access_layers(&mut pipeline, config, services, false);
+    push_access_layers(&mut pipeline, config, world, false);
     pipeline
+}
+
+/// The compiled route table of a config.
+pub fn route_table(config: &Config) -> Arc<RouteTable> {
+    // Validation guarantees every route's upstream exists.
+    Arc::new(RouteTable::new(
+        config.routes.iter().map(|r| Arc::new(CompiledRoute::new(r))).collect(),
+    ))
 }
 
 /// The api listener's layers: the proxy's, without routing (axum routes the API).
 /// Authentication and authorization always enforce here: report mode is for trying rules
 /// on proxied routes, never for opening Pinpoint's own API.
-pub fn build_api_pipeline(config: &Config, services: &Services) -> Pipeline {
+pub fn build_api_pipeline(config: &Config, world: &World) -> Pipeline {
     let mut pipeline = Pipeline::default();
-    push_access_layers(&mut pipeline, config, services, true);
+    push_access_layers(&mut pipeline, config, world, true);
     pipeline
 }
 
-fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Services, api: bool) {
+fn push_access_layers(pipeline: &mut Pipeline, config: &Config, world: &World, api: bool) {
     let access_mode = |mode: Mode| if api { Mode::Enforce } else { mode };
     pipeline.push(CorsFilter::new(config.cors.clone()), config.cors.mode);
     pipeline.push(NetFilter::new(&config.net), config.net.mode);
     pipeline.push(
-        AuthnFilter::new(services.identities(), config.jwt.clone(), config.authn.sources.clone()),
+        AuthnFilter::new(
+            world.identities.clone(),
+            config.jwt.clone(),
+            config.authn.sources.clone(),
+        ),
         access_mode(config.authn.mode),
     );
     pipeline.push(
@@ -117,11 +146,7 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, services: &Servi
     );
     pipeline.push(PolicyFilter::new(config.policy.rules.clone()), config.policy.mode);
     pipeline.push(
-        RateFilter::new(
-            &config.rate.limits,
-            &config.rate.quotas,
-            services.rate.clone() as Arc<dyn RateState>,
-        ),
+        RateFilter::new(&config.rate.limits, &config.rate.quotas, world.rate.clone()),
         config.rate.mode,
     );
 }
@@ -139,10 +164,9 @@ impl Runtime {
                 )
             })
             .collect();
-        // Validation guarantees every route's upstream exists.
-        let routes = config.routes.iter().map(|r| Arc::new(CompiledRoute::new(r))).collect();
-        let pipeline = build_pipeline(&config, Arc::new(RouteTable::new(routes)), services);
-        let api_pipeline = build_api_pipeline(&config, services);
+        let world = services.world();
+        let pipeline = build_pipeline(&config, route_table(&config), &world);
+        let api_pipeline = build_api_pipeline(&config, &world);
         Runtime {
             config,
             pipeline,

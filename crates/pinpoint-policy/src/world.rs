@@ -51,6 +51,8 @@ pub trait Identities: Send + Sync {
     fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>>;
     /// Verifies a bearer token Pinpoint signed.
     fn verify_token(&self, jwt: &JwtConfig, token: &str) -> Result<Claims, TokenRefusal>;
+    /// Whether `kid` names one of Pinpoint's signing keys (a token of its own).
+    fn token_kid_known(&self, kid: &str) -> bool;
     /// A key authenticated a request at `now_ms` (the live source writes last-use times
     /// behind; an evaluation writes nothing).
     fn key_used(&self, key: &KeyEntry, now_ms: i64);
@@ -91,4 +93,32 @@ pub trait ReplayCache: Send + Sync {
 /// Where finished decisions go.
 pub trait DecisionSink: Send + Sync {
     fn record(&self, decision: Decision);
+}
+
+/// An evaluation's view of a live identity source: every lookup, and no writes (a key
+/// used in an evaluation does not get a last-use time).
+pub struct ReadOnlyIdentities(pub Arc<dyn Identities>);
+
+impl Identities for ReadOnlyIdentities {
+    fn verify_key(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, KeyRefusal> {
+        self.0.verify_key(presented, now_ms)
+    }
+
+    fn key_by_id(&self, id: &str) -> Option<Arc<KeyEntry>> {
+        self.0.key_by_id(id)
+    }
+
+    fn principal(&self, id: &str) -> Option<Arc<PrincipalEntry>> {
+        self.0.principal(id)
+    }
+
+    fn verify_token(&self, jwt: &JwtConfig, token: &str) -> Result<Claims, TokenRefusal> {
+        self.0.verify_token(jwt, token)
+    }
+
+    fn token_kid_known(&self, kid: &str) -> bool {
+        self.0.token_kid_known(kid)
+    }
+
+    fn key_used(&self, _key: &KeyEntry, _now_ms: i64) {}
 }

@@ -235,7 +235,12 @@ fn add_headers(ctx: &mut RequestCtx<'_>, limit: &Limit, remaining: u32, reset: u
         (RATELIMIT_POLICY.clone(), limit.policy_header.clone()),
         (
             RATELIMIT.clone(),
-            value(&[limit.ratelimit_prefix.as_bytes(), remaining.as_bytes(), b";t=", reset.as_bytes()]),
+            value(&[
+                limit.ratelimit_prefix.as_bytes(),
+                remaining.as_bytes(),
+                b";t=",
+                reset.as_bytes(),
+            ]),
         ),
         (X_RATELIMIT_LIMIT.clone(), limit.limit_header.clone()),
         (X_RATELIMIT_REMAINING.clone(), value(&[remaining.as_bytes()])),

@@ -5,6 +5,7 @@ mod access;
 mod api;
 mod canonical;
 mod cloudauth;
+mod evaluation;
 mod identity_api;
 mod lifecycle;
 mod proxy;

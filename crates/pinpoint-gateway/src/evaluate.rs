@@ -1,0 +1,103 @@
+//! Side-effect-free evaluation: what the live proxy would decide about a request, under a
+//! given config, without touching the world. The same edge (canonical request) and the
+//! same pipeline run, built on read-only identities (no last-use times), scratch rate
+//! state (no budget spent) and a fixed clock; nothing is recorded, counted or forwarded.
+//! Replaying recorded traffic against a proposed config builds on this.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Uri, Version};
+use pinpoint_core::config::{Config, REASONS_PATH};
+use pinpoint_core::{LayerTrace, Reason};
+use pinpoint_policy::pipeline::{Pipeline, RequestCtx};
+use pinpoint_policy::rate_state::MemoryRateState;
+use pinpoint_policy::world::{Clock, Identities, ReadOnlyIdentities};
+
+use crate::edge;
+use crate::headers::OwnCredentials;
+use crate::runtime::{build_pipeline, route_table, World};
+
+/// A config's pipeline, built for evaluation.
+pub struct Evaluator {
+    config: Config,
+    pipeline: Pipeline,
+    identities: Arc<dyn Identities>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What the proxy would do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The enforced refusal's reason, or `None` when the request would be forwarded (or
+    /// answered by a filter, as a CORS preflight is).
+    pub reason: Option<Reason>,
+    /// The trace the live proxy would record (layer timings aside).
+    pub trace: Vec<LayerTrace>,
+}
+
+impl Evaluator {
+    /// An evaluator of `config` over `identities` (read, never written), at `clock`'s time.
+    pub fn new(config: Config, identities: Arc<dyn Identities>, clock: Arc<dyn Clock>) -> Evaluator {
+        let identities: Arc<dyn Identities> = Arc::new(ReadOnlyIdentities(identities));
+        let world = World {
+            identities: identities.clone(),
+            rate: Arc::new(MemoryRateState::default()),
+        };
+        let pipeline = build_pipeline(&config, route_table(&config), &world);
+        Evaluator {
+            config,
+            pipeline,
+            identities,
+            clock,
+        }
+    }
+
+    /// Decides about one request head from `peer`, as the proxy would.
+    pub fn evaluate(
+        &self,
+        version: Version,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Evaluation {
+        if uri.path() == REASONS_PATH {
+            return Evaluation {
+                reason: None,
+                trace: Vec::new(),
+            };
+        }
+        let client_ip = pinpoint_policy::filters::net::client_ip(peer.ip(), headers, &self.config.net.trusted_proxies);
+        let is_key_id = |id: &str| self.identities.key_by_id(id).is_some();
+        let is_kid = |kid: &str| self.identities.token_kid_known(kid);
+        let ours = OwnCredentials {
+            key_id: &is_key_id,
+            kid: &is_kid,
+        };
+        let canonical = match edge::canonical_request(version, method, uri, headers, &self.config.server, ours) {
+            Ok(canonical) => canonical,
+            Err(denial) => {
+                return Evaluation {
+                    reason: Some(denial.reason),
+                    trace: Vec::new(),
+                }
+            }
+        };
+        let mut ctx = RequestCtx::new(
+            method,
+            &canonical.path,
+            canonical.host.as_deref(),
+            headers,
+            peer,
+            client_ip,
+            "evaluation",
+            self.clock.now_ms(),
+        );
+        let verdict = pinpoint_policy::block_on(self.pipeline.run(&mut ctx));
+        Evaluation {
+            reason: verdict.denial.map(|d| d.reason),
+            trace: verdict.trace,
+        }
+    }
+}
