@@ -248,6 +248,35 @@ impl<'de> Deserialize<'de> for RecordedText {
     }
 }
 
+/// How a caller authenticated, as a decision records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// An application key of a principal.
+    ApiKey,
+    /// An organization key (`DD-API-KEY` alone).
+    OrgKey,
+    /// A bearer token Pinpoint signed.
+    Token,
+}
+
+/// Who made a request, as fields: what tools filter and join on (the decision's
+/// `principal` label says the same for people).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerRecord {
+    /// The user or service account; absent for an organization key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<RecordedText>,
+    pub org_id: RecordedText,
+    pub credential: CredentialKind,
+    /// The key's id, when a key was presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<RecordedText>,
+    /// The token's `jti`, when a token was presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<RecordedText>,
+}
+
 /// The stored record of one request's decision. Never holds a request body or a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -280,6 +309,9 @@ pub struct Decision {
     /// The caller's organization, when authenticated (decisions are visible to its admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<RecordedText>,
+    /// The caller as fields, when known (authenticated, or the owner of a refused key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerRecord>,
     /// Final status sent to the caller.
     pub status: u16,
     /// Set when Pinpoint itself answered (a denial or an upstream failure).

@@ -89,7 +89,7 @@ impl Directory {
         let info = stored.info;
         Arc::new(KeyEntry {
             trace_label: RecordedText::new(&key_trace_label(&info.id)),
-            id: info.id.clone().into_boxed_str(),
+            id: RecordedText::new(&info.id),
             kind: info.kind,
             expires_at_ms: info.expires_at_ms,
             replaced_by: info.replaced_by.map(String::into_boxed_str),
@@ -112,6 +112,7 @@ impl Directory {
                 principal.id
             )),
             id_header: id_header(&principal.id),
+            id: RecordedText::new(&principal.id),
             org: self.org_labels(&principal.org_id),
             principal,
             roles: roles.iter().map(|r| r.name.clone()).collect(),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use pinpoint_core::identity::{grants, KeyKind, Organization, Principal};
-use pinpoint_core::RecordedText;
+use pinpoint_core::{CallerRecord, CredentialKind, RecordedText};
 use serde::{Deserialize, Serialize};
 
 /// A key as an identity source holds it: only what checking it and the requests it
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// prints it).
 pub struct KeyEntry {
     /// The key's public id.
-    pub id: Box<str>,
+    pub id: RecordedText,
     /// How the authn trace entry names the key: `key <id>`.
     pub trace_label: RecordedText,
     pub kind: KeyKind,
@@ -46,6 +46,8 @@ pub struct KeyEntry {
 /// A principal with its roles and effective permissions.
 pub struct PrincipalEntry {
     pub principal: Principal,
+    /// The principal's id, as decisions record it.
+    pub id: RecordedText,
     /// How decisions name this principal: `kind:name (id)`, built once.
     pub label: RecordedText,
     /// The principal id as the `X-Pinpoint-Principal` header value, built once.
@@ -201,7 +203,8 @@ pub enum Credential {
 pub struct KnownCaller {
     /// As a decision names a caller (`kind:name (id)`).
     pub who: RecordedText,
-    pub org_id: RecordedText,
+    /// The same, as fields.
+    pub record: CallerRecord,
 }
 
 impl KnownCaller {
@@ -213,8 +216,19 @@ impl KnownCaller {
         };
         KnownCaller {
             who,
-            org_id: entry.org.id.clone(),
+            record: CallerRecord {
+                principal_id: entry.principal_id.as_deref().map(RecordedText::new),
+                org_id: entry.org.id.clone(),
+                credential: key_kind(entry),
+                key_id: Some(entry.id.clone()),
+                token_id: None,
+            },
         }
+    }
+
+    /// The caller's organization id.
+    pub fn org_id(&self) -> &RecordedText {
+        &self.record.org_id
     }
 
     /// Whom a decision names: the authenticated caller, else the owner of a refused
@@ -223,12 +237,30 @@ impl KnownCaller {
         identity.map(KnownCaller::of).or(refused)
     }
 
-    /// An authenticated caller whose standing refused it.
+    /// An authenticated caller (whose standing may have refused it).
     pub fn of(identity: &Identity) -> KnownCaller {
+        let (credential, key_id, token_id) = match &identity.credential {
+            Credential::Key(key) => (key_kind(key), Some(key.id.clone()), None),
+            Credential::Token(jti) => (CredentialKind::Token, None, Some(RecordedText::new(jti))),
+        };
         KnownCaller {
             who: identity.who(),
-            org_id: identity.org.id.clone(),
+            record: CallerRecord {
+                principal_id: identity.principal.as_ref().map(|p| p.id.clone()),
+                org_id: identity.org.id.clone(),
+                credential,
+                key_id,
+                token_id,
+            },
         }
+    }
+}
+
+fn key_kind(key: &KeyEntry) -> CredentialKind {
+    if key.is_org_key() {
+        CredentialKind::OrgKey
+    } else {
+        CredentialKind::ApiKey
     }
 }
 
@@ -328,6 +360,7 @@ mod tests {
             Arc::new(PrincipalEntry {
                 label: RecordedText::new("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
+                id: RecordedText::new("p"),
                 org: Arc::new(OrgLabels::new("o", OrgStanding::Active)),
                 principal: Principal {
                     id: "p".into(),

@@ -247,6 +247,7 @@ mod tests {
             route: Some("admin".into()),
             principal: Some("user:ada (u-1)".into()),
             org_id: Some("o-1".into()),
+            caller: None,
             status: 403,
             reason: Some(Reason::PolicyExplicitDeny),
             upstream_target: None,

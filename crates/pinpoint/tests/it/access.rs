@@ -923,3 +923,52 @@ async fn quotas_survive_a_restart() {
         .unwrap();
     problem(resp, 429, "quota.exhausted").await;
 }
+
+#[tokio::test]
+async fn every_decision_names_its_caller_as_fields() {
+    use pinpoint_core::CredentialKind;
+    let w = world("").await;
+    let gw = &w.gw;
+    let decision_of = |resp: reqwest::Response| {
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        async move { gw.decision(&id).await }
+    };
+    let key_id = |key: &str| pinpoint_core::keys::parse(key).unwrap().id.to_owned();
+
+    // An application key: its principal, organization and id.
+    let d = decision_of(w.get("/orders", &w.alice_key).await).await;
+    let caller = d.caller.expect("a key's caller");
+    assert_eq!(caller.principal_id.as_deref(), Some(w.alice_id.as_str()));
+    assert_eq!(&*caller.org_id, w.acme.id.as_str());
+    assert_eq!(caller.credential, CredentialKind::ApiKey);
+    assert_eq!(caller.key_id.as_deref(), Some(key_id(&w.alice_key).as_str()));
+    assert_eq!(caller.token_id, None);
+
+    // A token: its principal and its id, no key.
+    let token = token_for(&w, &w.globex_key, None).await;
+    let d = decision_of(w.get("/orders", &token).await).await;
+    let caller = d.caller.expect("a token's caller");
+    assert_eq!(caller.credential, CredentialKind::Token);
+    assert!(caller.principal_id.is_some(), "{caller:?}");
+    assert_eq!(&*caller.org_id, w.globex.id.as_str());
+    assert!(caller.token_id.is_some() && caller.key_id.is_none(), "{caller:?}");
+
+    // An organization key, refused for a scope it lacks: still named, without a principal.
+    let resp =
+        w.gw.http
+            .get(w.gw.url("/orders"))
+            .header("dd-api-key", &w.globex_org_key)
+            .send()
+            .await
+            .unwrap();
+    let d = decision_of(resp).await;
+    assert!(d.reason.is_some());
+    let caller = d.caller.expect("an organization key's caller");
+    assert_eq!(caller.credential, CredentialKind::OrgKey);
+    assert_eq!(caller.principal_id, None);
+    assert_eq!(&*caller.org_id, w.globex.id.as_str());
+
+    // Nobody: no caller.
+    let resp = w.gw.http.get(w.gw.url("/public/x")).send().await.unwrap();
+    assert_eq!(decision_of(resp).await.caller, None);
+}
