@@ -71,7 +71,7 @@ impl Services {
 
 /// What filters are built on: where identities come from and where rate state lives.
 /// The live proxy's are the directory and the process's rate state; an evaluation's are
-/// read-only identities and scratch rate state ([`crate::evaluate`]).
+/// read-only identities and scratch rate state (the `evaluate` module).
 #[derive(Clone)]
 pub struct World {
     pub identities: Arc<dyn Identities>,

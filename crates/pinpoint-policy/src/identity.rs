@@ -1,5 +1,5 @@
 //! Who the caller is, once the authentication filter has established it ([`Identity`]),
-//! and the shapes in which an [`crate::world::Identities`] source hands keys, principals,
+//! and the shapes in which an identity source (`world::Identities`) hands keys, principals,
 //! organizations and tokens to the engine ([`KeyEntry`], [`PrincipalEntry`], [`OrgLabels`],
 //! [`Claims`]). Entries are built once by the source (at load, on change) and shared by
 //! every request they authenticate.

@@ -3,6 +3,7 @@
 
 mod access;
 mod api;
+mod architecture;
 mod canonical;
 mod cloudauth;
 mod evaluation;
