@@ -14,4 +14,4 @@ pub mod time;
 pub mod verdict;
 
 pub use reason::Reason;
-pub use verdict::{CallerRecord, CredentialKind, Decision, Denial, LayerTrace, Mark, Mode, Outcome, RecordedText};
+pub use verdict::{CallerRecord, CredentialKind, Decision, Denial, LayerTrace, Mark, Mode, Outcome};

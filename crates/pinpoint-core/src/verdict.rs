@@ -98,7 +98,7 @@ impl Denial {
 pub enum Outcome {
     /// The layer let the request through, optionally naming the rule that allowed it
     /// (shared, so naming a rule costs no allocation on the hot path).
-    Allow { rule_id: Option<RecordedText> },
+    Allow { rule_id: Option<Arc<str>> },
     /// The layer refuses the request.
     Deny(Denial),
     /// "Not mine": the layer has nothing to say about this request (distinct from failing).
@@ -150,7 +150,7 @@ pub struct LayerTrace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule_id: Option<RecordedText>,
+    pub rule_id: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,87 +165,6 @@ pub struct LayerTrace {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-/// Text that recurs in many stored decisions (who the caller was, its organization, the
-/// credential, route and permission rule ids), held with its JSON form, escaped once when
-/// the directory or the config built it: writing a decision then copies the text instead of
-/// escaping it again, byte by byte, for every request. Reads as `&str`.
-#[derive(Clone)]
-pub struct RecordedText(Arc<TextWithJson>);
-
-struct TextWithJson {
-    json: Box<serde_json::value::RawValue>,
-    /// The text itself, kept only when escaping changed it; otherwise it is `json` without
-    /// its quotes (one allocation fewer per directory entry).
-    escaped_from: Option<Box<str>>,
-}
-
-impl RecordedText {
-    pub fn new(text: &str) -> Self {
-        let json = match serde_json::value::to_raw_value(text) {
-            Ok(json) => json,
-            Err(_) => unreachable!("a string always serializes to JSON"),
-        };
-        let escaped_from = (json.get().len() != text.len() + 2).then(|| text.into());
-        RecordedText(Arc::new(TextWithJson { json, escaped_from }))
-    }
-
-    pub fn as_str(&self) -> &str {
-        match &self.0.escaped_from {
-            Some(text) => text,
-            None => {
-                let quoted = self.0.json.get();
-                quoted.get(1..quoted.len() - 1).unwrap_or_default()
-            }
-        }
-    }
-}
-
-impl From<&str> for RecordedText {
-    fn from(text: &str) -> Self {
-        RecordedText::new(text)
-    }
-}
-
-impl std::ops::Deref for RecordedText {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for RecordedText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for RecordedText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl PartialEq for RecordedText {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for RecordedText {}
-
-impl Serialize for RecordedText {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.json.serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for RecordedText {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-        Ok(RecordedText::new(&text))
-    }
 }
 
 /// How a caller authenticated, as a decision records it.
@@ -266,15 +185,15 @@ pub enum CredentialKind {
 pub struct CallerRecord {
     /// The user or service account; absent for an organization key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principal_id: Option<RecordedText>,
-    pub org_id: RecordedText,
+    pub principal_id: Option<Arc<str>>,
+    pub org_id: Arc<str>,
     pub credential: CredentialKind,
     /// The key's id, when a key was presented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<RecordedText>,
+    pub key_id: Option<Arc<str>>,
     /// The token's `jti`, when a token was presented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<RecordedText>,
+    pub token_id: Option<Arc<str>>,
 }
 
 /// The stored record of one request's decision. Never holds a request body or a secret.
@@ -305,10 +224,10 @@ pub struct Decision {
     /// Who the caller was (`kind:name (id)`), when authenticated; the credential used is
     /// the authn entry's `rule_id` in the trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principal: Option<RecordedText>,
+    pub principal: Option<Arc<str>>,
     /// The caller's organization, when authenticated (decisions are visible to its admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub org_id: Option<RecordedText>,
+    pub org_id: Option<Arc<str>>,
     /// The caller as fields, when known (authenticated, or the owner of a refused key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerRecord>,
@@ -330,31 +249,5 @@ impl Decision {
     /// The entry of the layer that decided the outcome (an enforced deny), if any.
     pub fn deciding_layer(&self) -> Option<&LayerTrace> {
         self.trace.iter().find(|t| t.mark == Mark::Deny)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recorded_text_is_stored_as_the_json_string_it_stands_for() {
-        let awkward = "user:O\"Brien \\ \u{1}\n日本 (u-1)";
-        let recorded = RecordedText::new(awkward);
-        assert_eq!(
-            serde_json::to_string(&recorded).unwrap(),
-            serde_json::to_string(awkward).unwrap()
-        );
-        let back: RecordedText = serde_json::from_str(&serde_json::to_string(&recorded).unwrap()).unwrap();
-        assert_eq!(&*back, awkward);
-        assert_eq!(
-            serde_json::to_value(&recorded).unwrap(),
-            serde_json::Value::from(awkward)
-        );
-        // Text that needs no escaping is kept once, as its JSON form.
-        let plain = RecordedText::new("key 0123456789abcdef");
-        assert_eq!(&*plain, "key 0123456789abcdef");
-        assert_eq!(serde_json::to_string(&plain).unwrap(), "\"key 0123456789abcdef\"");
-        assert_eq!(&*RecordedText::new(""), "");
     }
 }

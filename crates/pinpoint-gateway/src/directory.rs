@@ -12,7 +12,6 @@ use std::sync::Arc;
 use pinpoint_core::config::JwtConfig;
 use pinpoint_core::identity::{ApiKey, Organization, Principal, Role};
 use pinpoint_core::keys;
-use pinpoint_core::RecordedText;
 use pinpoint_policy::identity::{
     id_header, key_trace_label, Claims, KeyEntry, KeyRefusal, OrgLabels, OrgStanding, PrincipalEntry, PrincipalSlot,
     TokenRefusal,
@@ -88,8 +87,8 @@ impl Directory {
         let hash = <[u8; 32]>::try_from(stored.secret_hash.as_slice()).unwrap_or([0; 32]);
         let info = stored.info;
         Arc::new(KeyEntry {
-            trace_label: RecordedText::new(&key_trace_label(&info.id)),
-            id: RecordedText::new(&info.id),
+            trace_label: Arc::<str>::from(key_trace_label(&info.id)),
+            id: Arc::<str>::from(info.id.as_str()),
             kind: info.kind,
             expires_at_ms: info.expires_at_ms,
             replaced_by: info.replaced_by.map(String::into_boxed_str),
@@ -105,14 +104,14 @@ impl Directory {
 
     fn principal_entry(&self, principal: Principal, roles: &[Role]) -> Arc<PrincipalEntry> {
         Arc::new(PrincipalEntry {
-            label: RecordedText::new(&format!(
+            label: Arc::<str>::from(format!(
                 "{}:{} ({})",
                 principal.kind.as_str(),
                 principal.name,
                 principal.id
             )),
             id_header: id_header(&principal.id),
-            id: RecordedText::new(&principal.id),
+            id: Arc::<str>::from(principal.id.as_str()),
             org: self.org_labels(&principal.org_id),
             principal,
             roles: roles.iter().map(|r| r.name.clone()).collect(),

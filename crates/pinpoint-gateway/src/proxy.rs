@@ -342,7 +342,7 @@ fn edge_entry(mark: Mark, denial: &Denial, started: Instant) -> LayerTrace {
         mark,
         mode: Mode::Enforce,
         reason: Some(denial.reason),
-        rule_id: denial.rule_id.as_deref().map(pinpoint_core::RecordedText::from),
+        rule_id: denial.rule_id.as_deref().map(Arc::<str>::from),
         detail: Some(denial.detail.clone()),
         note: denial.note.clone(),
         platform_note: denial.platform_note.as_deref().map(String::from),
@@ -482,7 +482,7 @@ async fn forward(
                     format!("{}; retried on {}", failure.note, next.authority),
                     started,
                 );
-                entry.rule_id = Some(pinpoint_core::RecordedText::from(target.authority.as_str()));
+                entry.rule_id = Some(Arc::<str>::from(target.authority.as_str()));
                 trace.push(entry);
                 telemetry::count_upstream_retry(&route.id);
                 target = next;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use pinpoint_core::identity::{grants, KeyKind, Organization, Principal};
-use pinpoint_core::{CallerRecord, CredentialKind, RecordedText};
+use pinpoint_core::{CallerRecord, CredentialKind};
 use serde::{Deserialize, Serialize};
 
 /// A key as an identity source holds it: only what checking it and the requests it
@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 /// prints it).
 pub struct KeyEntry {
     /// The key's public id.
-    pub id: RecordedText,
+    pub id: Arc<str>,
     /// How the authn trace entry names the key: `key <id>`.
-    pub trace_label: RecordedText,
+    pub trace_label: Arc<str>,
     pub kind: KeyKind,
     /// The owning principal's id (`None` for an organization key), kept for when the
     /// principal itself is gone.
@@ -47,9 +47,9 @@ pub struct KeyEntry {
 pub struct PrincipalEntry {
     pub principal: Principal,
     /// The principal's id, as decisions record it.
-    pub id: RecordedText,
+    pub id: Arc<str>,
     /// How decisions name this principal: `kind:name (id)`, built once.
-    pub label: RecordedText,
+    pub label: Arc<str>,
     /// The principal id as the `X-Pinpoint-Principal` header value, built once.
     pub id_header: http::HeaderValue,
     /// Shared with every other key and principal of the organization.
@@ -66,11 +66,11 @@ pub type PrincipalSlot = arc_swap::ArcSwapOption<PrincipalEntry>;
 /// What requests name about an organization, built once per organization (not per key:
 /// a million keys of one organization share one of these), and its current standing.
 pub struct OrgLabels {
-    pub id: RecordedText,
+    pub id: Arc<str>,
     /// The id as the `X-Pinpoint-Org` header value.
     pub header: http::HeaderValue,
     /// How decisions name a caller using an organization key: `org-key (<org id>)`.
-    pub owner_label: RecordedText,
+    pub owner_label: Arc<str>,
     /// [`OrgStanding`] as a byte, kept current by the source: requests read it here
     /// instead of looking the organization up.
     pub standing: AtomicU8,
@@ -106,9 +106,9 @@ impl OrgLabels {
     /// Labels for an organization id, in the given standing.
     pub fn new(org_id: &str, standing: OrgStanding) -> OrgLabels {
         OrgLabels {
-            id: RecordedText::new(org_id),
+            id: Arc::<str>::from(org_id),
             header: id_header(org_id),
-            owner_label: RecordedText::new(&format!("org-key ({org_id})")),
+            owner_label: Arc::<str>::from(format!("org-key ({org_id})")),
             standing: AtomicU8::new(standing as u8),
         }
     }
@@ -202,7 +202,7 @@ pub enum Credential {
 #[derive(Clone)]
 pub struct KnownCaller {
     /// As a decision names a caller (`kind:name (id)`).
-    pub who: RecordedText,
+    pub who: Arc<str>,
     /// The same, as fields.
     pub record: CallerRecord,
 }
@@ -217,7 +217,7 @@ impl KnownCaller {
         KnownCaller {
             who,
             record: CallerRecord {
-                principal_id: entry.principal_id.as_deref().map(RecordedText::new),
+                principal_id: entry.principal_id.as_deref().map(Arc::<str>::from),
                 org_id: entry.org.id.clone(),
                 credential: key_kind(entry),
                 key_id: Some(entry.id.clone()),
@@ -227,7 +227,7 @@ impl KnownCaller {
     }
 
     /// The caller's organization id.
-    pub fn org_id(&self) -> &RecordedText {
+    pub fn org_id(&self) -> &Arc<str> {
         &self.record.org_id
     }
 
@@ -241,7 +241,7 @@ impl KnownCaller {
     pub fn of(identity: &Identity) -> KnownCaller {
         let (credential, key_id, token_id) = match &identity.credential {
             Credential::Key(key) => (key_kind(key), Some(key.id.clone()), None),
-            Credential::Token(jti) => (CredentialKind::Token, None, Some(RecordedText::new(jti))),
+            Credential::Token(jti) => (CredentialKind::Token, None, Some(Arc::<str>::from(jti.as_str()))),
         };
         KnownCaller {
             who: identity.who(),
@@ -311,7 +311,7 @@ impl Identity {
     }
 
     /// Who the caller is, as decisions name it: `kind:name (id)`, or `org-key (org)`.
-    pub fn who(&self) -> RecordedText {
+    pub fn who(&self) -> Arc<str> {
         match &self.principal {
             Some(p) => p.label.clone(),
             None => self.org.owner_label.clone(),
@@ -319,10 +319,10 @@ impl Identity {
     }
 
     /// The credential, as the authn trace entry names it: `key <id>` or `token <jti>`.
-    pub fn credential_label(&self) -> RecordedText {
+    pub fn credential_label(&self) -> Arc<str> {
         match &self.credential {
             Credential::Key(key) => key.trace_label.clone(),
-            Credential::Token(jti) => RecordedText::new(&format!("token {jti}")),
+            Credential::Token(jti) => Arc::<str>::from(format!("token {jti}")),
         }
     }
 
@@ -358,9 +358,9 @@ mod tests {
     fn identity(perms: HashSet<String>, scopes: Option<HashSet<String>>, with_principal: bool) -> Identity {
         let principal = with_principal.then(|| {
             Arc::new(PrincipalEntry {
-                label: RecordedText::new("user:u (p)"),
+                label: Arc::<str>::from("user:u (p)"),
                 id_header: http::HeaderValue::from_static("p"),
-                id: RecordedText::new("p"),
+                id: Arc::<str>::from("p"),
                 org: Arc::new(OrgLabels::new("o", OrgStanding::Active)),
                 principal: Principal {
                     id: "p".into(),

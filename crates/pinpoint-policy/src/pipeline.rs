@@ -231,7 +231,7 @@ impl Pipeline {
                     // name the same layer.
                     entry.layer = d.reason.layer().into();
                     entry.reason = Some(d.reason);
-                    entry.rule_id = d.rule_id.as_deref().map(pinpoint_core::RecordedText::from);
+                    entry.rule_id = d.rule_id.as_deref().map(Arc::<str>::from);
                     entry.detail = Some(d.detail.clone());
                     entry.note = d.note.clone();
                     entry.platform_note = d.platform_note.as_deref().map(String::from);
@@ -285,7 +285,7 @@ impl Pipeline {
                 Outcome::Deny(d) => {
                     entry.layer = d.reason.layer().into();
                     entry.reason = Some(d.reason);
-                    entry.rule_id = d.rule_id.as_deref().map(pinpoint_core::RecordedText::from);
+                    entry.rule_id = d.rule_id.as_deref().map(Arc::<str>::from);
                     entry.detail = Some(d.detail.clone());
                     entry.note = d.note.clone();
                     entry.platform_note = d.platform_note.as_deref().map(String::from);

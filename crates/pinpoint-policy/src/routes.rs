@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use http::Method;
 use pinpoint_core::config::{method_listed, AuthRequirement, OverrideHeaders, RouteConfig};
-use pinpoint_core::RecordedText;
 
 /// A route ready for matching.
 pub struct CompiledRoute {
     pub id: Arc<str>,
     /// The id as the route layer's trace entry names it (JSON form built once).
-    pub trace_id: RecordedText,
+    pub trace_id: Arc<str>,
     host: Option<String>,
     prefix: String,
     /// `None`: every method.
@@ -38,7 +37,7 @@ pub struct RouteAccess {
     pub auth: AuthRequirement,
     /// Permission per method; `None` as method means every method.
     /// Shared, so an allow can name the permission without allocating or escaping it.
-    pub permissions: Vec<(Option<Method>, RecordedText)>,
+    pub permissions: Vec<(Option<Method>, Arc<str>)>,
     /// The organization the route belongs to.
     pub org: Option<String>,
     /// 1-based path segment after `prefix` that must equal the caller's principal id.
@@ -54,7 +53,7 @@ pub enum MethodRequirement<'a> {
     /// The route has no permission map: no permission is needed.
     Nothing,
     /// This permission is needed.
-    Permission(&'a RecordedText),
+    Permission(&'a Arc<str>),
     /// The map names neither the method nor `*`: the method is refused (fail closed).
     NotPermitted,
 }
@@ -124,7 +123,7 @@ impl CompiledRoute {
     pub fn new(config: &RouteConfig) -> Self {
         CompiledRoute {
             id: Arc::from(config.id.as_str()),
-            trace_id: RecordedText::new(&config.id),
+            trace_id: Arc::<str>::from(config.id.as_str()),
             host: config.host.clone(),
             prefix: config.path_prefix.clone(),
             methods: config.methods.clone(),
@@ -135,7 +134,7 @@ impl CompiledRoute {
                 permissions: config
                     .permissions
                     .iter()
-                    .map(|(m, p)| (m.clone(), RecordedText::new(p)))
+                    .map(|(m, p)| (m.clone(), Arc::<str>::from(p.as_str())))
                     .collect(),
                 org: config.org.clone(),
                 owner_segment: config.owner_segment,
@@ -304,8 +303,8 @@ mod tests {
     fn a_permission_map_fails_closed_and_head_follows_get() {
         let access = RouteAccess {
             permissions: vec![
-                (Some(Method::GET), RecordedText::new("shop:read")),
-                (Some(Method::POST), RecordedText::new("shop:write")),
+                (Some(Method::GET), Arc::<str>::from("shop:read")),
+                (Some(Method::POST), Arc::<str>::from("shop:write")),
             ],
             ..RouteAccess::default()
         };

@@ -327,7 +327,7 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
                 let access = RouteAccess {
                     auth: AuthRequirement::Required,
                     permissions: permission
-                        .map(|p| vec![(None, pinpoint_core::RecordedText::new(p))])
+                        .map(|p| vec![(None, Arc::<str>::from(p))])
                         .unwrap_or_default(),
                     prefix: String::from("/"),
                     ..RouteAccess::default()
@@ -464,7 +464,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             mark: Mark::Pass,
             mode: Mode::Enforce,
             reason: None,
-            rule_id: matched.as_deref().map(pinpoint_core::RecordedText::from),
+            rule_id: matched.as_deref().map(Arc::<str>::from),
             detail: None,
             note: None,
             platform_note: None,

@@ -6,6 +6,7 @@
 use http::{HeaderValue, Method};
 use pinpoint_core::config::CorsConfig;
 use pinpoint_core::{Denial, Outcome, Reason};
+use std::sync::Arc;
 
 use crate::pipeline::{Check, Filter, RequestCtx};
 
@@ -96,7 +97,7 @@ impl Filter for CorsFilter {
             ]);
             ctx.answered = true;
             return Check::Ready(Outcome::Allow {
-                rule_id: Some(pinpoint_core::RecordedText::new("preflight")),
+                rule_id: Some(Arc::<str>::from("preflight")),
             });
         }
         Check::Ready(Outcome::allow())
