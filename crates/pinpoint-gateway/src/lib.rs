@@ -116,7 +116,7 @@ pub async fn run(
         health,
         echo_addr,
         store: gateway.store,
-        decisions,
+        decisions: Arc::new(telemetry::QueuedDecisions(decisions)),
         prometheus,
         started: Instant::now(),
         config_path: gateway.config_path,

@@ -291,7 +291,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     let host = canonical.and_then(|c| c.host);
     let caller = KnownCaller::recorded(identity.as_ref(), known_caller);
     telemetry::finish_request(
-        &shared.decisions,
+        shared.decisions.as_ref(),
         &route_label,
         Decision {
             request_id,

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use pinpoint_core::config::{Config, ConfigErrors};
 use pinpoint_core::Mode;
-use pinpoint_store::{DecisionLog, Store};
+use pinpoint_store::Store;
 use tokio::sync::watch;
 
 use crate::directory::{Directory, LiveIdentities};
@@ -86,7 +86,8 @@ pub struct Shared {
     /// Address of the built-in echo service (`builtin:echo`).
     pub echo_addr: String,
     pub store: Store,
-    pub decisions: DecisionLog,
+    /// Where finished decisions go (the store's decision log, through its queue).
+    pub decisions: Arc<dyn pinpoint_policy::world::DecisionSink>,
     pub prometheus: PrometheusHandle,
     pub started: Instant,
     /// Where the config came from, if a file (reloadable).

@@ -116,7 +116,11 @@ pub fn count_request(route: &Arc<str>, status: http::StatusCode, elapsed: Durati
 
 /// Ends every request the same way, proxy or API: counts it, writes its access-log line
 /// (from the decision's caller-independent fields) and queues the decision for the store.
-pub fn finish_request(decisions: &pinpoint_store::DecisionLog, route: &Arc<str>, decision: pinpoint_core::Decision) {
+pub fn finish_request(
+    decisions: &dyn pinpoint_policy::world::DecisionSink,
+    route: &Arc<str>,
+    decision: pinpoint_core::Decision,
+) {
     let status = http::StatusCode::from_u16(decision.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     count_request(route, status, Duration::from_micros(decision.duration_micros));
     tracing::info!(
@@ -135,4 +139,14 @@ pub fn finish_request(decisions: &pinpoint_store::DecisionLog, route: &Arc<str>,
         "request"
     );
     decisions.record(decision);
+}
+
+/// The store's decision log (a bounded queue to its writer) as the engine's
+/// `DecisionSink`: recording never waits; a full queue drops and counts.
+pub struct QueuedDecisions(pub pinpoint_store::DecisionLog);
+
+impl pinpoint_policy::world::DecisionSink for QueuedDecisions {
+    fn record(&self, decision: pinpoint_core::Decision) {
+        self.0.record(decision);
+    }
 }

@@ -492,7 +492,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         let reason = trace.iter().find(|t| t.mark == Mark::Deny).and_then(|t| t.reason);
         let caller = pinpoint_policy::identity::KnownCaller::recorded(identity.as_deref(), known_caller);
         crate::telemetry::finish_request(
-            &shared.decisions,
+            shared.decisions.as_ref(),
             &route_id,
             Decision {
                 request_id,
