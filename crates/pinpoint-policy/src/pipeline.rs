@@ -222,27 +222,8 @@ impl Pipeline {
                 platform_note: None,
                 micros,
             };
-            match outcome {
-                Outcome::Allow { rule_id } => entry.rule_id = rule_id,
-                Outcome::NotApplicable => entry.mark = Mark::Skip,
-                Outcome::Deny(d) => {
-                    // Named after the reason's layer (`quota` from the rate layer, `request`
-                    // from the route layer), so the trace and the caller's problem body
-                    // name the same layer.
-                    entry.layer = d.reason.layer().into();
-                    entry.reason = Some(d.reason);
-                    entry.rule_id = d.rule_id.as_deref().map(Arc::<str>::from);
-                    entry.detail = Some(d.detail.clone());
-                    entry.note = d.note.clone();
-                    entry.platform_note = d.platform_note.as_deref().map(String::from);
-                    match stage.mode {
-                        Mode::Enforce => {
-                            entry.mark = Mark::Deny;
-                            denial = Some(d);
-                        }
-                        Mode::Report => entry.mark = Mark::WouldDeny,
-                    }
-                }
+            if let Some(enforced) = trace_outcome(outcome, stage.mode, &mut entry) {
+                denial = Some(enforced);
             }
             trace.push(entry);
         }
@@ -279,28 +260,39 @@ impl Pipeline {
                 platform_note: None,
                 micros: started.elapsed().as_micros() as u64,
             };
-            match outcome {
-                Outcome::Allow { rule_id } => entry.rule_id = rule_id,
-                Outcome::NotApplicable => entry.mark = Mark::Skip,
-                Outcome::Deny(d) => {
-                    entry.layer = d.reason.layer().into();
-                    entry.reason = Some(d.reason);
-                    entry.rule_id = d.rule_id.as_deref().map(Arc::<str>::from);
-                    entry.detail = Some(d.detail.clone());
-                    entry.note = d.note.clone();
-                    entry.platform_note = d.platform_note.as_deref().map(String::from);
-                    match stage.mode {
-                        Mode::Enforce => {
-                            entry.mark = Mark::Deny;
-                            verdict.denial = Some(d);
-                        }
-                        Mode::Report => entry.mark = Mark::WouldDeny,
-                    }
-                }
+            if let Some(enforced) = trace_outcome(outcome, stage.mode, &mut entry) {
+                verdict.denial = Some(enforced);
             }
             verdict.trace.push(entry);
         }
     }
+}
+
+/// Writes a filter's outcome into its trace entry (in either phase), and returns the
+/// denial when it is enforced. A denial's entry is named after its reason's layer (`quota`
+/// from the rate filter, `request` from the route filter), so the trace and the caller's
+/// problem body name the same layer.
+fn trace_outcome(outcome: Outcome, mode: Mode, entry: &mut LayerTrace) -> Option<Denial> {
+    match outcome {
+        Outcome::Allow { rule_id } => entry.rule_id = rule_id,
+        Outcome::NotApplicable => entry.mark = Mark::Skip,
+        Outcome::Deny(d) => {
+            entry.layer = d.reason.layer().into();
+            entry.reason = Some(d.reason);
+            entry.rule_id = d.rule_id.as_deref().map(Arc::<str>::from);
+            entry.detail = Some(d.detail.clone());
+            entry.note = d.note.clone();
+            entry.platform_note = d.platform_note.as_deref().map(String::from);
+            match mode {
+                Mode::Enforce => {
+                    entry.mark = Mark::Deny;
+                    return Some(d);
+                }
+                Mode::Report => entry.mark = Mark::WouldDeny,
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

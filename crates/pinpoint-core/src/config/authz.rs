@@ -43,12 +43,7 @@ struct RawAuthz {
 }
 
 pub(super) fn read(item: &Item, d: &mut Diagnostics, route_ids: &HashSet<String>) -> AuthzConfig {
-    // The rules are read one by one below, so one bad rule does not hide the others.
-    let mut head = item.clone();
-    if let Some(table) = head.as_table_like_mut() {
-        table.remove("deny");
-    }
-    let mode = d.read_or_default::<RawAuthz>(&head).unwrap_or_default().mode;
+    let mode = d.read_head::<RawAuthz>(item, "deny").mode;
     let mut deny = Vec::new();
     let mut ids = HashSet::new();
     let list = item.get("deny");

@@ -104,6 +104,16 @@ impl<'s> Diagnostics<'s> {
         self.errors.len()
     }
 
+    /// Reads a section's own settings, leaving out its list `list_key` (whose entries the
+    /// section reads one by one, so one bad entry does not hide the others).
+    pub fn read_head<T: DeserializeOwned + Default>(&mut self, item: &Item, list_key: &str) -> T {
+        let mut head = item.clone();
+        if let Some(table) = head.as_table_like_mut() {
+            table.remove(list_key);
+        }
+        self.read_or_default(&head).unwrap_or_default()
+    }
+
     /// `Ok(value)` if nothing was wrong, else every error in file order.
     pub fn finish<T>(mut self, value: T) -> Result<T, ConfigErrors> {
         if self.errors.is_empty() {

@@ -47,12 +47,7 @@ struct RawRule {
 }
 
 pub(super) fn read(item: &Item, d: &mut Diagnostics, route_ids: &HashSet<String>) -> PolicyConfig {
-    // The rules are read one by one below, so one bad rule does not hide the others.
-    let mut head = item.clone();
-    if let Some(table) = head.as_table_like_mut() {
-        table.remove("rules");
-    }
-    let mode = d.read_or_default::<RawPolicy>(&head).unwrap_or_default().mode;
+    let mode = d.read_head::<RawPolicy>(item, "rules").mode;
     let mut rules = Vec::new();
     let mut ids = HashSet::new();
     let list = item.get("rules");
