@@ -163,6 +163,23 @@ pub struct LayerTrace {
     pub micros: u64,
 }
 
+impl LayerTrace {
+    /// An entry for `layer` with `mark` and `mode`, and nothing else said yet.
+    pub fn new(layer: impl Into<std::borrow::Cow<'static, str>>, mark: Mark, mode: Mode) -> LayerTrace {
+        LayerTrace {
+            layer: layer.into(),
+            mark,
+            mode,
+            reason: None,
+            rule_id: None,
+            detail: None,
+            note: None,
+            platform_note: None,
+            micros: 0,
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -187,21 +187,13 @@ impl Pipeline {
         let mut boundary = Instant::now();
         for stage in &self.stages {
             if denial.is_some() || ctx.answered {
-                trace.push(LayerTrace {
-                    layer: stage.layer.name().into(),
-                    mark: Mark::Skip,
-                    mode: stage.mode,
-                    reason: None,
-                    rule_id: None,
-                    detail: None,
-                    note: Some(String::from(if ctx.answered {
-                        "not reached: answered by an earlier layer"
-                    } else {
-                        "not reached"
-                    })),
-                    platform_note: None,
-                    micros: 0,
-                });
+                let mut entry = LayerTrace::new(stage.layer.name(), Mark::Skip, stage.mode);
+                entry.note = Some(String::from(if ctx.answered {
+                    "not reached: answered by an earlier layer"
+                } else {
+                    "not reached"
+                }));
+                trace.push(entry);
                 continue;
             }
             let outcome = match stage.layer.check(ctx) {
@@ -211,17 +203,8 @@ impl Pipeline {
             let finished = Instant::now();
             let micros = finished.duration_since(boundary).as_micros() as u64;
             boundary = finished;
-            let mut entry = LayerTrace {
-                layer: stage.layer.name().into(),
-                mark: Mark::Pass,
-                mode: stage.mode,
-                reason: None,
-                rule_id: None,
-                detail: None,
-                note: None,
-                platform_note: None,
-                micros,
-            };
+            let mut entry = LayerTrace::new(stage.layer.name(), Mark::Pass, stage.mode);
+            entry.micros = micros;
             if let Some(enforced) = trace_outcome(outcome, stage.mode, &mut entry) {
                 denial = Some(enforced);
             }
@@ -249,17 +232,9 @@ impl Pipeline {
             }
             let started = Instant::now();
             let outcome = stage.layer.check_body(ctx, body);
-            let mut entry = LayerTrace {
-                layer: stage.layer.name().into(),
-                mark: Mark::Pass,
-                mode: stage.mode,
-                reason: None,
-                rule_id: None,
-                detail: None,
-                note: Some(String::from("body")),
-                platform_note: None,
-                micros: started.elapsed().as_micros() as u64,
-            };
+            let mut entry = LayerTrace::new(stage.layer.name(), Mark::Pass, stage.mode);
+            entry.note = Some(String::from("body"));
+            entry.micros = started.elapsed().as_micros() as u64;
             if let Some(enforced) = trace_outcome(outcome, stage.mode, &mut entry) {
                 verdict.denial = Some(enforced);
             }
