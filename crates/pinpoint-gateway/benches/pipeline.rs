@@ -20,6 +20,7 @@ use pinpoint_gateway::tokens::TokenService;
 use pinpoint_gateway::upstream::HealthRegistry;
 use pinpoint_policy::pipeline::RequestCtx;
 use pinpoint_policy::rate_state::MemoryRateState;
+use pinpoint_store::prelude::*;
 use pinpoint_store::{NewKey, Store};
 
 /// The same routes as the throughput benchmark's, with an upstream that is never called.

@@ -18,6 +18,7 @@ use pinpoint_core::config::CloudAuthConfig;
 use pinpoint_core::identity::Organization;
 use pinpoint_core::{Denial, Reason};
 use pinpoint_store::cloudauth::Mapping;
+use pinpoint_store::prelude::*;
 use pinpoint_store::{Store, StoreError};
 
 use crate::directory::Directory;

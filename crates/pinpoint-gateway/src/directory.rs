@@ -17,6 +17,7 @@ use pinpoint_policy::identity::{
     TokenRefusal,
 };
 use pinpoint_policy::world::Identities;
+use pinpoint_store::prelude::*;
 use pinpoint_store::{ChangeKind, Store, StoreError, StoredKey};
 use tokio::sync::{mpsc, watch};
 

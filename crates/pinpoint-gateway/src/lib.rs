@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use pinpoint_core::config::Config;
+use pinpoint_store::prelude::*;
 use pinpoint_store::{DecisionLog, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;

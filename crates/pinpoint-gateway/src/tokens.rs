@@ -10,6 +10,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use pinpoint_core::config::JwtConfig;
 use pinpoint_policy::identity::{Claims, TokenRefusal};
+use pinpoint_store::prelude::*;
 use pinpoint_store::{now_ms, SigningKeyRecord, Store, StoreError};
 
 struct LoadedKey {

@@ -76,17 +76,39 @@ pub(crate) fn schema_v9() -> Vec<String> {
     statements
 }
 
-impl Store {
+/// The directory change feed: what changed in identities, keys and roles, in order.
+pub trait ChangeFeed {
     /// The newest `seq` in the feed (0 when empty): where a directory loaded now starts.
-    pub async fn directory_change_head(&self) -> Result<i64, StoreError> {
+    fn directory_change_head(&self) -> impl std::future::Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Up to `limit` changes after `seq`, oldest first.
+    fn directory_changes_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> impl std::future::Future<Output = Result<Vec<DirectoryChange>, StoreError>> + Send;
+
+    /// The oldest `seq` still in the feed, if any (a reader that is further behind has
+    /// missed pruned changes and must reload everything).
+    fn directory_change_tail(&self) -> impl std::future::Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Drops feed entries older than `before_ms`, keeping the newest one (so the head, and
+    /// with it every reader's place, survives).
+    fn prune_directory_changes(
+        &self,
+        before_ms: i64,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send;
+}
+
+impl ChangeFeed for Store {
+    async fn directory_change_head(&self) -> Result<i64, StoreError> {
         let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM directory_changes")
             .fetch_one(self.pool())
             .await?;
         Ok(head.unwrap_or(0))
     }
 
-    /// Up to `limit` changes after `seq`, oldest first.
-    pub async fn directory_changes_after(&self, seq: i64, limit: i64) -> Result<Vec<DirectoryChange>, StoreError> {
+    async fn directory_changes_after(&self, seq: i64, limit: i64) -> Result<Vec<DirectoryChange>, StoreError> {
         let rows = sqlx::query("SELECT seq, kind, id FROM directory_changes WHERE seq > ? ORDER BY seq LIMIT ?")
             .bind(seq)
             .bind(limit)
@@ -111,17 +133,13 @@ impl Store {
         Ok(changes)
     }
 
-    /// The oldest `seq` still in the feed, if any (a reader that is further behind has
-    /// missed pruned changes and must reload everything).
-    pub async fn directory_change_tail(&self) -> Result<Option<i64>, StoreError> {
+    async fn directory_change_tail(&self) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT MIN(seq) FROM directory_changes")
             .fetch_one(self.pool())
             .await?)
     }
 
-    /// Drops feed entries older than `before_ms`, keeping the newest one (so the head, and
-    /// with it every reader's place, survives).
-    pub async fn prune_directory_changes(&self, before_ms: i64) -> Result<u64, StoreError> {
+    async fn prune_directory_changes(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM directory_changes WHERE at_ms < ? AND seq < (SELECT MAX(seq) FROM directory_changes)",
         )

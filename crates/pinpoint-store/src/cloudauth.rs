@@ -68,10 +68,81 @@ pub(crate) const SCHEMA_V7: &[&str] = &["CREATE TABLE IF NOT EXISTS proof_replay
         until_s INTEGER NOT NULL
     )"];
 
-impl Store {
+/// Cloud-identity exchange state: registered AWS accounts, persona and intake mappings, managed intake keys and used proofs.
+pub trait CloudAuthStore {
     /// Records a used proof's signature until `until_s`. False when it was recorded
     /// before and is still remembered: the proof is a replay.
-    pub async fn burn_proof(&self, signature: &str, until_s: i64, now_s: i64) -> Result<bool, StoreError> {
+    fn burn_proof(
+        &self,
+        signature: &str,
+        until_s: i64,
+        now_s: i64,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Forgets the signatures no proof could be fresh with any more.
+    fn prune_proofs(&self, now_s: i64) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    fn register_aws_account(
+        &self,
+        org_id: &str,
+        account: &str,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    fn aws_accounts(&self, org_id: &str) -> impl std::future::Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Removes a registered account together with the organization's mappings for it
+    /// (a mapping for an unregistered account cannot be created, so none may outlive it),
+    /// revoking every intake key issued through them. Returns the revoked key ids.
+    fn remove_aws_account(
+        &self,
+        org_id: &str,
+        account: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    fn create_mapping(
+        &self,
+        org_id: &str,
+        kind: &str,
+        arn_pattern: &str,
+        principal_id: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Mapping, StoreError>> + Send;
+
+    /// Mappings of one kind in an organization, oldest first.
+    fn mappings(
+        &self,
+        org_id: &str,
+        kind: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<Mapping>, StoreError>> + Send;
+
+    fn mapping(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Mapping>, StoreError>> + Send;
+
+    /// Deletes a mapping and revokes every intake key issued through it; returns their ids.
+    fn delete_mapping(&self, id: &str) -> impl std::future::Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Binds a mapping to a unique id if it has none yet; returns the id it is bound to.
+    fn bind_mapping(
+        &self,
+        id: &str,
+        unique_id: &str,
+    ) -> impl std::future::Future<Output = Result<String, StoreError>> + Send;
+
+    /// Intake keys issued for one identity under a mapping, newest first.
+    fn intake_keys(
+        &self,
+        mapping_id: &str,
+        identity: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
+
+    fn record_intake_key(
+        &self,
+        mapping_id: &str,
+        identity: &str,
+        key_id: &str,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl CloudAuthStore for Store {
+    async fn burn_proof(&self, signature: &str, until_s: i64, now_s: i64) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM proof_replay WHERE signature = ? AND until_s < ?")
             .bind(signature)
@@ -89,8 +160,7 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Forgets the signatures no proof could be fresh with any more.
-    pub async fn prune_proofs(&self, now_s: i64) -> Result<(), StoreError> {
+    async fn prune_proofs(&self, now_s: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM proof_replay WHERE until_s < ?")
             .bind(now_s)
             .execute(self.pool())
@@ -98,7 +168,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn register_aws_account(&self, org_id: &str, account: &str) -> Result<(), StoreError> {
+    async fn register_aws_account(&self, org_id: &str, account: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO aws_accounts (org_id, account_id, created_at_ms) VALUES (?, ?, ?)")
             .bind(org_id)
             .bind(account)
@@ -109,7 +179,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn aws_accounts(&self, org_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn aws_accounts(&self, org_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT account_id FROM aws_accounts WHERE org_id = ? ORDER BY account_id")
                 .bind(org_id)
@@ -118,10 +188,7 @@ impl Store {
         )
     }
 
-    /// Removes a registered account together with the organization's mappings for it
-    /// (a mapping for an unregistered account cannot be created, so none may outlive it),
-    /// revoking every intake key issued through them. Returns the revoked key ids.
-    pub async fn remove_aws_account(&self, org_id: &str, account: &str) -> Result<Vec<String>, StoreError> {
+    async fn remove_aws_account(&self, org_id: &str, account: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM aws_accounts WHERE org_id = ? AND account_id = ?")
             .bind(org_id)
@@ -145,7 +212,7 @@ impl Store {
         Ok(revoked)
     }
 
-    pub async fn create_mapping(
+    async fn create_mapping(
         &self,
         org_id: &str,
         kind: &str,
@@ -176,8 +243,7 @@ impl Store {
         Ok(m)
     }
 
-    /// Mappings of one kind in an organization, oldest first.
-    pub async fn mappings(&self, org_id: &str, kind: &str) -> Result<Vec<Mapping>, StoreError> {
+    async fn mappings(&self, org_id: &str, kind: &str) -> Result<Vec<Mapping>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM cloud_auth_mappings WHERE org_id = ? AND kind = ? ORDER BY created_at_ms, id")
                 .bind(org_id)
@@ -187,7 +253,7 @@ impl Store {
         Ok(rows.iter().map(mapping_from).collect::<Result<_, _>>()?)
     }
 
-    pub async fn mapping(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
+    async fn mapping(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
         let row = sqlx::query("SELECT * FROM cloud_auth_mappings WHERE id = ?")
             .bind(id)
             .fetch_optional(self.pool())
@@ -195,16 +261,14 @@ impl Store {
         Ok(row.as_ref().map(mapping_from).transpose()?)
     }
 
-    /// Deletes a mapping and revokes every intake key issued through it; returns their ids.
-    pub async fn delete_mapping(&self, id: &str) -> Result<Vec<String>, StoreError> {
+    async fn delete_mapping(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.write_tx().await?;
         let keys = delete_mapping_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(keys)
     }
 
-    /// Binds a mapping to a unique id if it has none yet; returns the id it is bound to.
-    pub async fn bind_mapping(&self, id: &str, unique_id: &str) -> Result<String, StoreError> {
+    async fn bind_mapping(&self, id: &str, unique_id: &str) -> Result<String, StoreError> {
         sqlx::query("UPDATE cloud_auth_mappings SET bound_unique_id = ? WHERE id = ? AND bound_unique_id IS NULL")
             .bind(unique_id)
             .bind(id)
@@ -218,8 +282,7 @@ impl Store {
         bound.ok_or(StoreError::NotFound("mapping"))
     }
 
-    /// Intake keys issued for one identity under a mapping, newest first.
-    pub async fn intake_keys(&self, mapping_id: &str, identity: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn intake_keys(&self, mapping_id: &str, identity: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT key_id, created_at_ms FROM intake_keys WHERE mapping_id = ? AND identity = ? ORDER BY created_at_ms DESC",
         )
@@ -230,7 +293,7 @@ impl Store {
         Ok(rows)
     }
 
-    pub async fn record_intake_key(&self, mapping_id: &str, identity: &str, key_id: &str) -> Result<(), StoreError> {
+    async fn record_intake_key(&self, mapping_id: &str, identity: &str, key_id: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO intake_keys (mapping_id, identity, key_id, created_at_ms) VALUES (?, ?, ?, ?)")
             .bind(mapping_id)
             .bind(identity)

@@ -204,10 +204,22 @@ async fn prune_old(store: &Store, retention_hours: u64) {
     }
 }
 
-impl Store {
+/// Stored decisions, found by request id (the writer appends them in batches).
+pub trait DecisionStore {
     /// The decisions recorded under `id`, as Pinpoint's request id or as the client's own,
     /// newest first, at most `limit`.
-    pub async fn decisions_by_id(&self, id: &str, limit: u32) -> Result<Vec<Decision>, StoreError> {
+    fn decisions_by_id(
+        &self,
+        id: &str,
+        limit: u32,
+    ) -> impl std::future::Future<Output = Result<Vec<Decision>, StoreError>> + Send;
+
+    /// The most recent decision recorded under `id` (Pinpoint's request id or the client's).
+    fn decision(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Decision>, StoreError>> + Send;
+}
+
+impl DecisionStore for Store {
+    async fn decisions_by_id(&self, id: &str, limit: u32) -> Result<Vec<Decision>, StoreError> {
         let rows = sqlx::query(
             "SELECT record FROM decisions WHERE request_id = ?1 OR client_request_id = ?1 ORDER BY seq DESC LIMIT ?2",
         )
@@ -223,8 +235,7 @@ impl Store {
         Ok(out)
     }
 
-    /// The most recent decision recorded under `id` (Pinpoint's request id or the client's).
-    pub async fn decision(&self, id: &str) -> Result<Option<Decision>, StoreError> {
+    async fn decision(&self, id: &str) -> Result<Option<Decision>, StoreError> {
         Ok(self.decisions_by_id(id, 1).await?.into_iter().next())
     }
 }

@@ -57,10 +57,103 @@ fn role_from(row: &SqliteRow) -> Result<Role, StoreError> {
     })
 }
 
-impl Store {
+/// Organizations, principals (users and service accounts), roles and role assignments.
+pub trait IdentityStore {
     // ---- organizations ----------------------------------------------------------------
+    fn create_org(&self, name: &str) -> impl std::future::Future<Output = Result<Organization, StoreError>> + Send;
 
-    pub async fn create_org(&self, name: &str) -> Result<Organization, StoreError> {
+    fn org(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Organization>, StoreError>> + Send;
+
+    fn org_by_name(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Organization>, StoreError>> + Send;
+
+    fn orgs(&self) -> impl std::future::Future<Output = Result<Vec<Organization>, StoreError>> + Send;
+
+    fn set_org_suspended(
+        &self,
+        id: &str,
+        suspended: bool,
+    ) -> impl std::future::Future<Output = Result<Organization, StoreError>> + Send;
+
+    /// Deletes an organization with no principals and no keys left (and its roles).
+    fn delete_org(&self, id: &str) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    // ---- principals -------------------------------------------------------------------
+    fn create_principal(
+        &self,
+        org_id: &str,
+        kind: PrincipalKind,
+        name: &str,
+        email: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Principal, StoreError>> + Send;
+
+    fn principal(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Principal>, StoreError>> + Send;
+
+    /// Principals of one kind, in one organization or all.
+    fn principals(
+        &self,
+        org_id: Option<&str>,
+        kind: PrincipalKind,
+    ) -> impl std::future::Future<Output = Result<Vec<Principal>, StoreError>> + Send;
+
+    fn all_principals(&self) -> impl std::future::Future<Output = Result<Vec<Principal>, StoreError>> + Send;
+
+    fn set_principal_suspended(
+        &self,
+        id: &str,
+        suspended: bool,
+    ) -> impl std::future::Future<Output = Result<Principal, StoreError>> + Send;
+
+    /// Deletes a principal, its role assignments, and revokes its keys.
+    fn delete_principal(&self, id: &str) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    // ---- roles ------------------------------------------------------------------------
+    fn create_role(
+        &self,
+        org_id: &str,
+        name: &str,
+        permissions: &[String],
+    ) -> impl std::future::Future<Output = Result<Role, StoreError>> + Send;
+
+    fn role(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Role>, StoreError>> + Send;
+
+    fn roles(&self, org_id: Option<&str>) -> impl std::future::Future<Output = Result<Vec<Role>, StoreError>> + Send;
+
+    fn set_role_permissions(
+        &self,
+        id: &str,
+        permissions: &[String],
+    ) -> impl std::future::Future<Output = Result<Role, StoreError>> + Send;
+
+    /// Deletes a role and its assignments; returns the principals that held it.
+    fn delete_role(&self, id: &str) -> impl std::future::Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    fn assign_role(
+        &self,
+        principal_id: &str,
+        role_id: &str,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    fn unassign_role(
+        &self,
+        principal_id: &str,
+        role_id: &str,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    /// The roles a principal holds.
+    fn roles_of(&self, principal_id: &str) -> impl std::future::Future<Output = Result<Vec<Role>, StoreError>> + Send;
+
+    /// Every (principal id, role) pair, for loading the directory.
+    fn all_assignments(&self) -> impl std::future::Future<Output = Result<Vec<(String, Role)>, StoreError>> + Send;
+
+    /// Ids of the principals holding a role.
+    fn role_holders(&self, role_id: &str) -> impl std::future::Future<Output = Result<Vec<String>, StoreError>> + Send;
+}
+
+impl IdentityStore for Store {
+    async fn create_org(&self, name: &str) -> Result<Organization, StoreError> {
         let org = Organization {
             id: new_id(),
             name: name.to_owned(),
@@ -77,7 +170,7 @@ impl Store {
         Ok(org)
     }
 
-    pub async fn org(&self, id: &str) -> Result<Option<Organization>, StoreError> {
+    async fn org(&self, id: &str) -> Result<Option<Organization>, StoreError> {
         let row = sqlx::query("SELECT * FROM organizations WHERE id = ?")
             .bind(id)
             .fetch_optional(self.pool())
@@ -85,7 +178,7 @@ impl Store {
         Ok(row.as_ref().map(org_from).transpose()?)
     }
 
-    pub async fn org_by_name(&self, name: &str) -> Result<Option<Organization>, StoreError> {
+    async fn org_by_name(&self, name: &str) -> Result<Option<Organization>, StoreError> {
         let row = sqlx::query("SELECT * FROM organizations WHERE name = ?")
             .bind(name)
             .fetch_optional(self.pool())
@@ -93,14 +186,14 @@ impl Store {
         Ok(row.as_ref().map(org_from).transpose()?)
     }
 
-    pub async fn orgs(&self) -> Result<Vec<Organization>, StoreError> {
+    async fn orgs(&self) -> Result<Vec<Organization>, StoreError> {
         let rows = sqlx::query("SELECT * FROM organizations ORDER BY created_at_ms, id")
             .fetch_all(self.pool())
             .await?;
         Ok(rows.iter().map(org_from).collect::<Result<_, _>>()?)
     }
 
-    pub async fn set_org_suspended(&self, id: &str, suspended: bool) -> Result<Organization, StoreError> {
+    async fn set_org_suspended(&self, id: &str, suspended: bool) -> Result<Organization, StoreError> {
         sqlx::query("UPDATE organizations SET suspended = ? WHERE id = ?")
             .bind(i64::from(suspended))
             .bind(id)
@@ -109,8 +202,7 @@ impl Store {
         self.org(id).await?.ok_or(StoreError::NotFound("organization"))
     }
 
-    /// Deletes an organization with no principals and no keys left (and its roles).
-    pub async fn delete_org(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_org(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         let members: i64 = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM principals WHERE org_id = ?) + (SELECT COUNT(*) FROM api_keys WHERE org_id = ? AND revoked = 0)",
@@ -139,9 +231,7 @@ impl Store {
         Ok(())
     }
 
-    // ---- principals -------------------------------------------------------------------
-
-    pub async fn create_principal(
+    async fn create_principal(
         &self,
         org_id: &str,
         kind: PrincipalKind,
@@ -173,7 +263,7 @@ impl Store {
         Ok(p)
     }
 
-    pub async fn principal(&self, id: &str) -> Result<Option<Principal>, StoreError> {
+    async fn principal(&self, id: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query("SELECT * FROM principals WHERE id = ?")
             .bind(id)
             .fetch_optional(self.pool())
@@ -181,8 +271,7 @@ impl Store {
         row.as_ref().map(principal_from).transpose()
     }
 
-    /// Principals of one kind, in one organization or all.
-    pub async fn principals(&self, org_id: Option<&str>, kind: PrincipalKind) -> Result<Vec<Principal>, StoreError> {
+    async fn principals(&self, org_id: Option<&str>, kind: PrincipalKind) -> Result<Vec<Principal>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM principals WHERE kind = ? AND (? IS NULL OR org_id = ?) ORDER BY created_at_ms, id",
         )
@@ -194,12 +283,12 @@ impl Store {
         rows.iter().map(principal_from).collect()
     }
 
-    pub async fn all_principals(&self) -> Result<Vec<Principal>, StoreError> {
+    async fn all_principals(&self) -> Result<Vec<Principal>, StoreError> {
         let rows = sqlx::query("SELECT * FROM principals").fetch_all(self.pool()).await?;
         rows.iter().map(principal_from).collect()
     }
 
-    pub async fn set_principal_suspended(&self, id: &str, suspended: bool) -> Result<Principal, StoreError> {
+    async fn set_principal_suspended(&self, id: &str, suspended: bool) -> Result<Principal, StoreError> {
         sqlx::query("UPDATE principals SET suspended = ? WHERE id = ?")
             .bind(i64::from(suspended))
             .bind(id)
@@ -208,8 +297,7 @@ impl Store {
         self.principal(id).await?.ok_or(StoreError::NotFound("principal"))
     }
 
-    /// Deletes a principal, its role assignments, and revokes its keys.
-    pub async fn delete_principal(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_principal(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM role_assignments WHERE principal_id = ?")
             .bind(id)
@@ -230,9 +318,7 @@ impl Store {
         Ok(())
     }
 
-    // ---- roles ------------------------------------------------------------------------
-
-    pub async fn create_role(&self, org_id: &str, name: &str, permissions: &[String]) -> Result<Role, StoreError> {
+    async fn create_role(&self, org_id: &str, name: &str, permissions: &[String]) -> Result<Role, StoreError> {
         let role = Role {
             id: new_id(),
             org_id: org_id.to_owned(),
@@ -254,7 +340,7 @@ impl Store {
         Ok(role)
     }
 
-    pub async fn role(&self, id: &str) -> Result<Option<Role>, StoreError> {
+    async fn role(&self, id: &str) -> Result<Option<Role>, StoreError> {
         let row = sqlx::query("SELECT * FROM roles WHERE id = ?")
             .bind(id)
             .fetch_optional(self.pool())
@@ -262,7 +348,7 @@ impl Store {
         row.as_ref().map(role_from).transpose()
     }
 
-    pub async fn roles(&self, org_id: Option<&str>) -> Result<Vec<Role>, StoreError> {
+    async fn roles(&self, org_id: Option<&str>) -> Result<Vec<Role>, StoreError> {
         let rows = sqlx::query("SELECT * FROM roles WHERE (? IS NULL OR org_id = ?) ORDER BY created_at_ms, id")
             .bind(org_id)
             .bind(org_id)
@@ -271,7 +357,7 @@ impl Store {
         rows.iter().map(role_from).collect()
     }
 
-    pub async fn set_role_permissions(&self, id: &str, permissions: &[String]) -> Result<Role, StoreError> {
+    async fn set_role_permissions(&self, id: &str, permissions: &[String]) -> Result<Role, StoreError> {
         sqlx::query("UPDATE roles SET permissions = ? WHERE id = ?")
             .bind(serde_json::to_string(permissions)?)
             .bind(id)
@@ -280,8 +366,7 @@ impl Store {
         self.role(id).await?.ok_or(StoreError::NotFound("role"))
     }
 
-    /// Deletes a role and its assignments; returns the principals that held it.
-    pub async fn delete_role(&self, id: &str) -> Result<Vec<String>, StoreError> {
+    async fn delete_role(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let holders = self.role_holders(id).await?;
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM role_assignments WHERE role_id = ?")
@@ -299,7 +384,7 @@ impl Store {
         Ok(holders)
     }
 
-    pub async fn assign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
+    async fn assign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT OR IGNORE INTO role_assignments (principal_id, role_id) VALUES (?, ?)")
             .bind(principal_id)
             .bind(role_id)
@@ -309,7 +394,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn unassign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
+    async fn unassign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM role_assignments WHERE principal_id = ? AND role_id = ?")
             .bind(principal_id)
             .bind(role_id)
@@ -318,8 +403,7 @@ impl Store {
         Ok(())
     }
 
-    /// The roles a principal holds.
-    pub async fn roles_of(&self, principal_id: &str) -> Result<Vec<Role>, StoreError> {
+    async fn roles_of(&self, principal_id: &str) -> Result<Vec<Role>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.* FROM roles r JOIN role_assignments a ON a.role_id = r.id WHERE a.principal_id = ? ORDER BY r.name",
         )
@@ -329,8 +413,7 @@ impl Store {
         rows.iter().map(role_from).collect()
     }
 
-    /// Every (principal id, role) pair, for loading the directory.
-    pub async fn all_assignments(&self) -> Result<Vec<(String, Role)>, StoreError> {
+    async fn all_assignments(&self) -> Result<Vec<(String, Role)>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.principal_id AS holder, r.* FROM roles r JOIN role_assignments a ON a.role_id = r.id",
         )
@@ -341,8 +424,7 @@ impl Store {
             .collect()
     }
 
-    /// Ids of the principals holding a role.
-    pub async fn role_holders(&self, role_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn role_holders(&self, role_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT principal_id FROM role_assignments WHERE role_id = ?")
                 .bind(role_id)

@@ -2,6 +2,7 @@
 //! `HMAC-SHA256(pepper, secret)`, looked up by their public id and verified in constant
 //! time. Also the bootstrap admin key a fresh store creates on first start.
 
+use crate::prelude::*;
 use std::io::Write;
 use std::path::Path;
 
@@ -77,174 +78,6 @@ fn key_from(row: &SqliteRow) -> Result<StoredKey, StoreError> {
 }
 
 impl Store {
-    /// Issues a new key: 64-bit public id, 256-bit secret, stored as a keyed hash.
-    pub async fn create_key(&self, new: NewKey) -> Result<IssuedKey, StoreError> {
-        let mut id_bytes = [0u8; keys::ID_LEN / 2];
-        let mut secret_bytes = [0u8; 32];
-        {
-            // The thread-local generator is not `Send`: keep it out of the awaits below.
-            let mut rng = rand::rng();
-            rng.fill_bytes(&mut id_bytes);
-            rng.fill_bytes(&mut secret_bytes);
-        }
-        let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
-        let hash = keys::hash_secret(&self.pepper, &secret);
-        let info = ApiKey {
-            id: id.clone(),
-            name: new.name,
-            kind: new.kind,
-            org_id: new.org_id,
-            principal_id: new.principal_id,
-            scopes: new.scopes,
-            expires_at_ms: new.expires_at_ms,
-            revoked: false,
-            created_at_ms: now_ms(),
-            last_used_at_ms: None,
-            replaced_by: None,
-        };
-        sqlx::query(
-            "INSERT INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
-             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&info.id)
-        .bind(&info.name)
-        .bind(info.kind.as_str())
-        .bind(&info.org_id)
-        .bind(&info.principal_id)
-        .bind(info.scopes.as_ref().map(serde_json::to_string).transpose()?)
-        .bind(info.expires_at_ms)
-        .bind(&hash[..])
-        .bind(info.created_at_ms)
-        .execute(self.pool())
-        .await?;
-        let key = keys::format(&id, &secret);
-        Ok(IssuedKey { info, key })
-    }
-
-    /// Stores a key whose id and secret were derived by the caller (managed intake keys),
-    /// unless a key with that id exists. Returns whether it was created now.
-    pub async fn insert_derived_key(&self, new: NewKey, id: &str, secret: &str) -> Result<bool, StoreError> {
-        let hash = keys::hash_secret(&self.pepper, secret);
-        let done = sqlx::query(
-            "INSERT OR IGNORE INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
-             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(&new.name)
-        .bind(new.kind.as_str())
-        .bind(&new.org_id)
-        .bind(&new.principal_id)
-        .bind(new.scopes.as_ref().map(serde_json::to_string).transpose()?)
-        .bind(new.expires_at_ms)
-        .bind(&hash[..])
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// One key with its hash.
-    pub async fn stored_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(key_from).transpose()
-    }
-
-    /// Every key with its hash, for loading the directory.
-    pub async fn all_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM api_keys").fetch_all(self.pool()).await?;
-        rows.iter().map(key_from).collect()
-    }
-
-    /// Keys of an organization (and optionally one principal), newest first.
-    pub async fn keys(&self, org_id: Option<&str>, principal_id: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM api_keys WHERE (? IS NULL OR org_id = ?) AND (? IS NULL OR principal_id = ?)
-             ORDER BY created_at_ms DESC, id",
-        )
-        .bind(org_id)
-        .bind(org_id)
-        .bind(principal_id)
-        .bind(principal_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(|r| key_from(r).map(|k| k.info)).collect()
-    }
-
-    pub async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("key"));
-        }
-        Ok(())
-    }
-
-    /// Issues a successor with the same owner, kind and scopes; the old key keeps working
-    /// for `overlap_ms` (or until its own expiry, if sooner).
-    pub async fn rotate_key(&self, id: &str, overlap_ms: i64) -> Result<IssuedKey, StoreError> {
-        let old = self.stored_key(id).await?.ok_or(StoreError::NotFound("key"))?.info;
-        if old.revoked {
-            return Err(StoreError::Conflict("a revoked key cannot be rotated".into()));
-        }
-        let issued = self
-            .create_key(NewKey {
-                name: old.name.clone(),
-                kind: old.kind,
-                org_id: old.org_id.clone(),
-                principal_id: old.principal_id.clone(),
-                scopes: old.scopes.clone(),
-                expires_at_ms: old.expires_at_ms,
-            })
-            .await?;
-        let overlap_end = now_ms().saturating_add(overlap_ms);
-        let old_expiry = old.expires_at_ms.map_or(overlap_end, |e| e.min(overlap_end));
-        sqlx::query("UPDATE api_keys SET expires_at_ms = ?, replaced_by = ? WHERE id = ?")
-            .bind(old_expiry)
-            .bind(&issued.info.id)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(issued)
-    }
-
-    /// Records last-use times (written behind the hot path, in one transaction).
-    pub async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        for (id, at) in used {
-            sqlx::query("UPDATE api_keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) WHERE id = ?")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Number of stored keys (revoked ones included).
-    pub async fn key_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
-            .fetch_one(self.pool())
-            .await?)
-    }
-
-    /// On a store with no keys at all: creates the operators' organization, a
-    /// `bootstrap-admin` service account holding the `platform-admin` role (`*`), and an
-    /// application key for it, written to `<data-dir>/bootstrap-admin.key` (mode 0600).
-    /// Returns the key only when it was created now, so the caller can print it once.
-    pub async fn bootstrap_admin_key(&self) -> Result<Option<IssuedKey>, StoreError> {
-        if self.key_count().await? > 0 {
-            return Ok(None);
-        }
-        self.issue_bootstrap_key("bootstrap-admin").await.map(Some)
-    }
-
     /// The id of the key in the bootstrap key file, if the file holds one.
     pub fn bootstrap_key_id(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.data_dir.join(BOOTSTRAP_KEY_FILE)).ok()?;
@@ -259,13 +92,6 @@ impl Store {
         let _ = std::fs::remove_file(&fresh);
         write_private_file(&fresh, format!("{key}\n").as_bytes())?;
         std::fs::rename(&fresh, &path).map_err(|source| StoreError::Io { path, source })
-    }
-
-    /// Issues a new key for the bootstrap admin (recreating it, and its platform-admin
-    /// role, if they were deleted) and puts it in the key file: for an operator with access
-    /// to the data directory who has lost every administrator key.
-    pub async fn recover_bootstrap_key(&self) -> Result<IssuedKey, StoreError> {
-        self.issue_bootstrap_key("bootstrap-admin (recovered)").await
     }
 
     /// The operators' organization, its `bootstrap-admin` service account (active) holding
@@ -320,6 +146,221 @@ impl Store {
     /// The pepper keys are hashed with (for verification in the directory).
     pub fn pepper(&self) -> std::sync::Arc<[u8]> {
         self.pepper.clone()
+    }
+}
+
+/// API keys: issued once, stored hashed; rotation, revocation, last use, the bootstrap key.
+pub trait KeyStore {
+    /// Issues a new key: 64-bit public id, 256-bit secret, stored as a keyed hash.
+    fn create_key(&self, new: NewKey) -> impl std::future::Future<Output = Result<IssuedKey, StoreError>> + Send;
+
+    /// Stores a key whose id and secret were derived by the caller (managed intake keys),
+    /// unless a key with that id exists. Returns whether it was created now.
+    fn insert_derived_key(
+        &self,
+        new: NewKey,
+        id: &str,
+        secret: &str,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One key with its hash.
+    fn stored_key(&self, id: &str) -> impl std::future::Future<Output = Result<Option<StoredKey>, StoreError>> + Send;
+
+    /// Every key with its hash, for loading the directory.
+    fn all_keys(&self) -> impl std::future::Future<Output = Result<Vec<StoredKey>, StoreError>> + Send;
+
+    /// Keys of an organization (and optionally one principal), newest first.
+    fn keys(
+        &self,
+        org_id: Option<&str>,
+        principal_id: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Vec<ApiKey>, StoreError>> + Send;
+
+    fn revoke_key(&self, id: &str) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    /// Issues a successor with the same owner, kind and scopes; the old key keeps working
+    /// for `overlap_ms` (or until its own expiry, if sooner).
+    fn rotate_key(
+        &self,
+        id: &str,
+        overlap_ms: i64,
+    ) -> impl std::future::Future<Output = Result<IssuedKey, StoreError>> + Send;
+
+    /// Records last-use times (written behind the hot path, in one transaction).
+    fn touch_keys(&self, used: &[(String, i64)]) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    /// Number of stored keys (revoked ones included).
+    fn key_count(&self) -> impl std::future::Future<Output = Result<i64, StoreError>> + Send;
+
+    /// On a store with no keys at all: creates the operators' organization, a
+    /// `bootstrap-admin` service account holding the `platform-admin` role (`*`), and an
+    /// application key for it, written to `<data-dir>/bootstrap-admin.key` (mode 0600).
+    /// Returns the key only when it was created now, so the caller can print it once.
+    fn bootstrap_admin_key(&self) -> impl std::future::Future<Output = Result<Option<IssuedKey>, StoreError>> + Send;
+
+    /// Issues a new key for the bootstrap admin (recreating it, and its platform-admin
+    /// role, if they were deleted) and puts it in the key file: for an operator with access
+    /// to the data directory who has lost every administrator key.
+    fn recover_bootstrap_key(&self) -> impl std::future::Future<Output = Result<IssuedKey, StoreError>> + Send;
+}
+
+impl KeyStore for Store {
+    async fn create_key(&self, new: NewKey) -> Result<IssuedKey, StoreError> {
+        let mut id_bytes = [0u8; keys::ID_LEN / 2];
+        let mut secret_bytes = [0u8; 32];
+        {
+            // The thread-local generator is not `Send`: keep it out of the awaits below.
+            let mut rng = rand::rng();
+            rng.fill_bytes(&mut id_bytes);
+            rng.fill_bytes(&mut secret_bytes);
+        }
+        let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
+        let hash = keys::hash_secret(&self.pepper, &secret);
+        let info = ApiKey {
+            id: id.clone(),
+            name: new.name,
+            kind: new.kind,
+            org_id: new.org_id,
+            principal_id: new.principal_id,
+            scopes: new.scopes,
+            expires_at_ms: new.expires_at_ms,
+            revoked: false,
+            created_at_ms: now_ms(),
+            last_used_at_ms: None,
+            replaced_by: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
+             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&info.id)
+        .bind(&info.name)
+        .bind(info.kind.as_str())
+        .bind(&info.org_id)
+        .bind(&info.principal_id)
+        .bind(info.scopes.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(info.expires_at_ms)
+        .bind(&hash[..])
+        .bind(info.created_at_ms)
+        .execute(self.pool())
+        .await?;
+        let key = keys::format(&id, &secret);
+        Ok(IssuedKey { info, key })
+    }
+
+    async fn insert_derived_key(&self, new: NewKey, id: &str, secret: &str) -> Result<bool, StoreError> {
+        let hash = keys::hash_secret(&self.pepper, secret);
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
+             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&new.name)
+        .bind(new.kind.as_str())
+        .bind(&new.org_id)
+        .bind(&new.principal_id)
+        .bind(new.scopes.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(new.expires_at_ms)
+        .bind(&hash[..])
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn stored_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn all_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM api_keys").fetch_all(self.pool()).await?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn keys(&self, org_id: Option<&str>, principal_id: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM api_keys WHERE (? IS NULL OR org_id = ?) AND (? IS NULL OR principal_id = ?)
+             ORDER BY created_at_ms DESC, id",
+        )
+        .bind(org_id)
+        .bind(org_id)
+        .bind(principal_id)
+        .bind(principal_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| key_from(r).map(|k| k.info)).collect()
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        Ok(())
+    }
+
+    async fn rotate_key(&self, id: &str, overlap_ms: i64) -> Result<IssuedKey, StoreError> {
+        let old = self.stored_key(id).await?.ok_or(StoreError::NotFound("key"))?.info;
+        if old.revoked {
+            return Err(StoreError::Conflict("a revoked key cannot be rotated".into()));
+        }
+        let issued = self
+            .create_key(NewKey {
+                name: old.name.clone(),
+                kind: old.kind,
+                org_id: old.org_id.clone(),
+                principal_id: old.principal_id.clone(),
+                scopes: old.scopes.clone(),
+                expires_at_ms: old.expires_at_ms,
+            })
+            .await?;
+        let overlap_end = now_ms().saturating_add(overlap_ms);
+        let old_expiry = old.expires_at_ms.map_or(overlap_end, |e| e.min(overlap_end));
+        sqlx::query("UPDATE api_keys SET expires_at_ms = ?, replaced_by = ? WHERE id = ?")
+            .bind(old_expiry)
+            .bind(&issued.info.id)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(issued)
+    }
+
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for (id, at) in used {
+            sqlx::query("UPDATE api_keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) WHERE id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn key_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    async fn bootstrap_admin_key(&self) -> Result<Option<IssuedKey>, StoreError> {
+        if self.key_count().await? > 0 {
+            return Ok(None);
+        }
+        self.issue_bootstrap_key("bootstrap-admin").await.map(Some)
+    }
+
+    async fn recover_bootstrap_key(&self) -> Result<IssuedKey, StoreError> {
+        self.issue_bootstrap_key("bootstrap-admin (recovered)").await
     }
 }
 

@@ -1,6 +1,9 @@
 //! Pinpoint's persistence. [`Store`] owns the database (SQLite in WAL mode under the data
 //! directory) and the server pepper; [`decisions`] owns the off-hot-path decision log
 //! writer; [`keys`] owns API keys (issued once, stored hashed) and the bootstrap admin key.
+//! Each aggregate is a trait ([`IdentityStore`], [`KeyStore`], [`CloudAuthStore`],
+//! [`DecisionStore`], [`QuotaStore`], [`SigningKeyStore`], [`ChangeFeed`]) that [`Store`]
+//! implements over SQLite; another backend implements the same traits.
 #![forbid(unsafe_code)]
 
 pub mod changes;
@@ -16,7 +19,18 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use changes::{ChangeKind, DirectoryChange};
+pub use changes::{ChangeFeed, ChangeKind, DirectoryChange};
+pub use cloudauth::CloudAuthStore;
+pub use decisions::DecisionStore;
+pub use identities::IdentityStore;
+pub use keys::KeyStore;
+pub use signing::SigningKeyStore;
+
+/// The store's traits, one per aggregate: `use pinpoint_store::prelude::*;` to call their
+/// methods on a [`Store`].
+pub mod prelude {
+    pub use crate::{ChangeFeed, CloudAuthStore, DecisionStore, IdentityStore, KeyStore, QuotaStore, SigningKeyStore};
+}
 pub use decisions::{DecisionLog, DecisionLogWriter};
 pub use keys::{IssuedKey, NewKey, StoredKey};
 pub use signing::SigningKeyRecord;
@@ -247,18 +261,47 @@ impl Store {
         })
     }
 
-    /// The data directory this store lives in.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     /// Closes every connection; later queries fail with [`StoreError::Db`].
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
+    /// The data directory this store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`): in WAL
+    /// mode a transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT
+    /// when another writer (the decision log) committed in between; waiting for the lock
+    /// at the start is covered by the busy timeout instead.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Quota counters, saved so a restart does not reset quotas.
+pub trait QuotaStore {
     /// Quota counters of windows that started after `since_ms`.
-    pub async fn quota_usage(&self, since_ms: i64) -> Result<Vec<(String, String, i64, u64)>, StoreError> {
+    fn quota_usage(
+        &self,
+        since_ms: i64,
+    ) -> impl std::future::Future<Output = Result<Vec<(String, String, i64, u64)>, StoreError>> + Send;
+
+    /// Saves quota counters (a counter never goes down) and forgets windows older than `before_ms`.
+    fn save_quota_usage(
+        &self,
+        counters: &[(String, String, i64, u64)],
+        before_ms: i64,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl QuotaStore for Store {
+    async fn quota_usage(&self, since_ms: i64) -> Result<Vec<(String, String, i64, u64)>, StoreError> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT quota_id, org_id, window_start_ms, used FROM quota_usage WHERE window_start_ms >= ?",
         )
@@ -271,8 +314,7 @@ impl Store {
             .collect())
     }
 
-    /// Saves quota counters (a counter never goes down) and forgets windows older than `before_ms`.
-    pub async fn save_quota_usage(
+    async fn save_quota_usage(
         &self,
         counters: &[(String, String, i64, u64)],
         before_ms: i64,
@@ -296,18 +338,6 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`): in WAL
-    /// mode a transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT
-    /// when another writer (the decision log) committed in between; waiting for the lock
-    /// at the start is covered by the busy timeout instead.
-    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
     }
 }
 

@@ -29,9 +29,29 @@ impl std::fmt::Debug for SigningKeyRecord {
     }
 }
 
-impl Store {
+/// The keys that sign Pinpoint's tokens, with their retire and expiry times.
+pub trait SigningKeyStore {
     /// Keys not yet expired, newest first.
-    pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+    fn signing_keys(&self) -> impl std::future::Future<Output = Result<Vec<SigningKeyRecord>, StoreError>> + Send;
+
+    fn insert_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    /// Ends signing with a key now (it stays published until it expires).
+    fn retire_signing_key(
+        &self,
+        kid: &str,
+        at_ms: i64,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes keys whose tokens have all expired.
+    fn delete_expired_signing_keys(&self) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send;
+}
+
+impl SigningKeyStore for Store {
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM signing_keys WHERE expires_at_ms > ? ORDER BY created_at_ms DESC")
             .bind(now_ms())
             .fetch_all(self.pool())
@@ -51,7 +71,7 @@ impl Store {
             .collect()
     }
 
-    pub async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, private_pkcs8, public_raw, created_at_ms, retire_at_ms, expires_at_ms)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -68,8 +88,7 @@ impl Store {
         Ok(())
     }
 
-    /// Ends signing with a key now (it stays published until it expires).
-    pub async fn retire_signing_key(&self, kid: &str, at_ms: i64) -> Result<(), StoreError> {
+    async fn retire_signing_key(&self, kid: &str, at_ms: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE signing_keys SET retire_at_ms = MIN(retire_at_ms, ?) WHERE kid = ?")
             .bind(at_ms)
             .bind(kid)
@@ -78,8 +97,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes keys whose tokens have all expired.
-    pub async fn delete_expired_signing_keys(&self) -> Result<u64, StoreError> {
+    async fn delete_expired_signing_keys(&self) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM signing_keys WHERE expires_at_ms <= ?")
             .bind(now_ms())
             .execute(self.pool())

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pinpoint_core::config::Config;
 use pinpoint_gateway::{Gateway, ListenOverride, Listeners};
+use pinpoint_store::prelude::*;
 use pinpoint_store::Store;
 use tokio::net::TcpListener;
 

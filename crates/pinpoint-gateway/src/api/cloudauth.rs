@@ -13,6 +13,7 @@ use pinpoint_cloudauth::arn::Pattern;
 use pinpoint_core::identity::PrincipalKind;
 use pinpoint_core::Reason;
 use pinpoint_store::cloudauth::Mapping;
+use pinpoint_store::prelude::*;
 use serde::Deserialize;
 
 use super::{attributes, deny, envelope, resource, ApiError, ApiResult, Caller};

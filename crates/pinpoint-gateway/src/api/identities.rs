@@ -1,6 +1,7 @@
 //! API handlers for organizations, users, service accounts, roles and role assignments.
 //! After every change the directory entry is refreshed, so the proxy sees it at once.
 
+use pinpoint_store::prelude::*;
 use std::sync::Arc;
 
 use axum::body::Bytes;

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use pinpoint_core::identity::{ApiKey, KeyKind, ALL_PERMISSIONS, PLATFORM_ADMIN};
 use pinpoint_core::Reason;
+use pinpoint_store::prelude::*;
 use pinpoint_store::{IssuedKey, NewKey};
 use serde::Deserialize;
 

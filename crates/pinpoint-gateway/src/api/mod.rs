@@ -23,6 +23,7 @@ use axum::{Extension, Json, Router};
 use pinpoint_core::config::AuthRequirement;
 use pinpoint_core::identity::permissions as perm;
 use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
+use pinpoint_store::prelude::*;
 use pinpoint_store::StoreError;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use pinpoint_core::config::Config;
 use pinpoint_core::Decision;
 use pinpoint_gateway::{Gateway, Listeners};
+pub use pinpoint_store::prelude::*;
 use pinpoint_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
