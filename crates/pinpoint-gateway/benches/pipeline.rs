@@ -57,11 +57,15 @@ fn pipeline(c: &mut Criterion) {
             .unwrap()
             .key;
         let config = Config::parse(&ROUTES.replace("@ECHO_ADDR@", "127.0.0.1:9"), "bench").unwrap();
+        let replay = Arc::new(pinpoint_gateway::cloudauth::ProofReplay::new(store.clone()));
         let services = Services {
-            cloudauth: Arc::new(pinpoint_gateway::cloudauth::CloudAuth::new(&config.cloudauth).unwrap()),
+            cloudauth: Arc::new(
+                pinpoint_gateway::cloudauth::CloudAuth::new(&config.cloudauth, replay.clone()).unwrap(),
+            ),
             directory: Directory::load(&store).await.unwrap(),
             tokens: TokenService::start(&store, &config.jwt).await.unwrap(),
             rate: Arc::new(MemoryRateState::default()),
+            replay,
         };
         (
             Runtime::build(config, &HealthRegistry::default(), "127.0.0.1:9", &services),

@@ -17,6 +17,7 @@ use pinpoint_cloudauth::sts::{self, CallerIdentity, StsError};
 use pinpoint_core::config::CloudAuthConfig;
 use pinpoint_core::identity::Organization;
 use pinpoint_core::{Denial, Reason};
+use pinpoint_policy::world::{FirstUse, Pending, ReplayCache};
 use pinpoint_store::cloudauth::Mapping;
 use pinpoint_store::prelude::*;
 use pinpoint_store::{Store, StoreError};
@@ -35,8 +36,8 @@ pub struct Verified {
 
 pub struct CloudAuth {
     http: reqwest::Client,
-    /// Signature -> Unix second until which it is remembered.
-    replay: Mutex<HashMap<String, i64>>,
+    /// Proof signatures already used.
+    replay: Arc<dyn ReplayCache>,
     /// The exchange budgets, rebuilt when a reloaded config changes them.
     limits: ArcSwap<ExchangeLimits>,
 }
@@ -75,7 +76,7 @@ fn store_denial(e: StoreError) -> Denial {
 }
 
 impl CloudAuth {
-    pub fn new(config: &CloudAuthConfig) -> Result<CloudAuth, reqwest::Error> {
+    pub fn new(config: &CloudAuthConfig, replay: Arc<dyn ReplayCache>) -> Result<CloudAuth, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -84,7 +85,7 @@ impl CloudAuth {
             .build()?;
         Ok(CloudAuth {
             http,
-            replay: Mutex::new(HashMap::new()),
+            replay,
             limits: ArcSwap::from_pointee(ExchangeLimits::new(config)),
         })
     }
@@ -153,17 +154,15 @@ impl CloudAuth {
             .note(format!("org header {:?}", proof.org_id))
         })?;
         let remember_until = proof.signed_at + config.proof_window_seconds + 61;
-        self.burn(&proof.signature, remember_until, now)?;
-        // The store remembers it too, so a restart does not make the proof new again.
-        if !store
-            .burn_proof(&proof.signature, remember_until, now)
-            .await
-            .map_err(store_denial)?
-        {
-            return Err(
-                Denial::new(Reason::CloudauthProofReplayed, "This proof was already used.")
-                    .note("remembered by the store (used before the last restart)"),
-            );
+        match self.replay.first_use(&proof.signature, remember_until, now).await {
+            Ok(FirstUse::Yes) => {}
+            Ok(FirstUse::No { note }) => {
+                return Err(Denial::new(Reason::CloudauthProofReplayed, "This proof was already used.").note(note))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the proof replay cache could not be read");
+                return Err(Denial::new(Reason::ApiStoreUnavailable, "The store could not be read."));
+            }
         }
         let caller = self.call_sts(config, &proof).await?;
         // The organization's budget is charged only for identities STS confirmed, so forged
@@ -199,34 +198,11 @@ impl CloudAuth {
         Ok(Verified { org, caller, proof })
     }
 
-    /// Forgets expired replay entries and idle limiter keys; run periodically.
-    pub fn housekeeping(&self, now_s: i64) {
-        self.replay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, exp| *exp >= now_s);
+    /// Forgets idle limiter keys; run periodically.
+    pub fn housekeeping(&self) {
         let limits = self.limits.load();
         limits.per_org.retain_recent();
         limits.per_ip.retain_recent();
-    }
-
-    /// Remembers a signature (until no proof signed with it can be fresh any more);
-    /// refuses one seen before.
-    fn burn(&self, signature: &str, until: i64, now: i64) -> Result<(), Denial> {
-        let mut seen = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 100_000 {
-            seen.retain(|_, exp| *exp >= now);
-        }
-        match seen.get(signature) {
-            Some(exp) if *exp >= now => Err(Denial::new(
-                Reason::CloudauthProofReplayed,
-                "This proof was already used.",
-            )),
-            _ => {
-                seen.insert(signature.to_owned(), until);
-                Ok(())
-            }
-        }
     }
 
     async fn call_sts(&self, config: &CloudAuthConfig, proof: &Proof) -> Result<CallerIdentity, Denial> {
@@ -392,6 +368,61 @@ pub mod intake {
             assert_ne!(a, super::derive(b"other", "m", "arn:aws:sts::1:assumed-role/R", 7));
             assert!(pinpoint_core::keys::parse(&pinpoint_core::keys::format(&a.0, &a.1)).is_some());
         }
+    }
+}
+
+/// The replay cache of one process: signatures in memory (the hot answer), and in the
+/// store, so a restart does not make a used proof new again.
+pub struct ProofReplay {
+    /// Signature -> Unix second until which it is remembered.
+    seen: Mutex<HashMap<String, i64>>,
+    store: Store,
+}
+
+impl ProofReplay {
+    pub fn new(store: Store) -> ProofReplay {
+        ProofReplay {
+            seen: Mutex::new(HashMap::new()),
+            store,
+        }
+    }
+
+    /// Forgets signatures whose proofs can no longer be fresh; run periodically.
+    pub fn housekeeping(&self, now_s: i64) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until >= now_s);
+    }
+}
+
+impl ReplayCache for ProofReplay {
+    fn first_use<'a>(&'a self, signature: &'a str, until_s: i64, now_s: i64) -> Pending<'a, Result<FirstUse, String>> {
+        Box::pin(async move {
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.len() > 100_000 {
+                    seen.retain(|_, until| *until >= now_s);
+                }
+                match seen.get(signature) {
+                    Some(until) if *until >= now_s => {
+                        return Ok(FirstUse::No {
+                            note: "remembered in memory",
+                        })
+                    }
+                    _ => {
+                        seen.insert(signature.to_owned(), until_s);
+                    }
+                }
+            }
+            match self.store.burn_proof(signature, until_s, now_s).await {
+                Ok(true) => Ok(FirstUse::Yes),
+                Ok(false) => Ok(FirstUse::No {
+                    note: "remembered by the store (used before the last restart, or by another process)",
+                }),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 }
 

@@ -100,11 +100,15 @@ pub async fn run(
     let (stop_echo, echo_stopped) = watch::channel(false);
     let echo = tokio::spawn(echo::serve(echo_listener, wait_for(echo_stopped)));
 
+    let replay = Arc::new(cloudauth::ProofReplay::new(gateway.store.clone()));
     let services = Services {
-        cloudauth: Arc::new(cloudauth::CloudAuth::new(&gateway.config.cloudauth).map_err(GatewayError::Client)?),
+        cloudauth: Arc::new(
+            cloudauth::CloudAuth::new(&gateway.config.cloudauth, replay.clone()).map_err(GatewayError::Client)?,
+        ),
         directory: Directory::load(&gateway.store).await?,
         tokens: TokenService::start(&gateway.store, &gateway.config.jwt).await?,
         rate: Arc::new(MemoryRateState::default()),
+        replay,
     };
     load_quotas(&services.rate, &gateway.store).await?;
     let (decisions, writer) = DecisionLog::spawn(gateway.store.clone(), gateway.config.decision_log);
@@ -206,7 +210,8 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                         tracing::warn!(error = %e, "signing-key maintenance failed");
                     }
                     shared.services.rate.housekeeping(pinpoint_store::now_ms());
-                    shared.services.cloudauth.housekeeping(pinpoint_store::now_ms() / 1000);
+                    shared.services.cloudauth.housekeeping();
+                    shared.services.replay.housekeeping(pinpoint_store::now_ms() / 1000);
                     if let Err(e) = shared.store.prune_proofs(pinpoint_store::now_ms() / 1000).await {
                         tracing::warn!(error = %e, "could not prune used proof signatures");
                     }

@@ -49,6 +49,8 @@ pub struct Services {
     pub directory: Arc<Directory>,
     pub tokens: Arc<TokenService>,
     pub rate: Arc<MemoryRateState>,
+    /// Used cloud-auth proofs (memory and store).
+    pub replay: Arc<crate::cloudauth::ProofReplay>,
 }
 
 impl Services {

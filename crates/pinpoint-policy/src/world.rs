@@ -83,11 +83,25 @@ pub trait RateState: Send + Sync {
     fn spend_quota(&self, quota_id: &str, org_id: &str, window_start_ms: i64) -> u64;
 }
 
-/// Proofs already used (cloud identity exchange): a proof works once.
+/// A result that may need I/O to arrive (a shared cache's round trip).
+pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Whether a proof is used for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstUse {
+    Yes,
+    /// Seen before; the note says where it was remembered (for the operator's trace).
+    No {
+        note: &'static str,
+    },
+}
+
+/// Proofs already used (cloud identity exchange): a proof works once, across restarts and
+/// replicas as far as the cache reaches.
 pub trait ReplayCache: Send + Sync {
-    /// Records `signature` as used until `until_s` (Unix seconds); `false` when it was
-    /// already used.
-    fn first_use(&self, signature: &str, until_s: i64) -> bool;
+    /// Records `signature` as used until `until_s` (Unix seconds; it is now `now_s`), or
+    /// says it was used before; `Err` says why the cache could not tell.
+    fn first_use<'a>(&'a self, signature: &'a str, until_s: i64, now_s: i64) -> Pending<'a, Result<FirstUse, String>>;
 }
 
 /// Where finished decisions go.
