@@ -1,6 +1,6 @@
 //! The identity directory: an in-memory index of keys, principals (with their effective
 //! permissions precomputed) and organizations, loaded from the store at start and kept
-//! current by following the store's change feed ([`Directory::follow`], every
+//! current by following the store's change feed (`Services::follow`, every
 //! [`FOLLOW_EVERY`]; [`Directory::catch_up`] at once after this process's own writes), so
 //! a change made by any process on the same store reaches every directory, entry by entry. The hot path never touches the
 //! database: a key check is one concurrent-map lookup and one HMAC, and a permission check
@@ -19,7 +19,7 @@ use pinpoint_policy::identity::{
 use pinpoint_policy::world::Identities;
 use pinpoint_store::prelude::*;
 use pinpoint_store::{ChangeKind, Store, StoreError, StoredKey};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::tokens::TokenService;
 
@@ -43,7 +43,7 @@ pub struct Directory {
     catching_up: tokio::sync::Mutex<()>,
 }
 
-/// How often [`Directory::follow`] reads the change feed: a change made elsewhere is
+/// How often `Services::follow` reads the change feed: a change made elsewhere is
 /// enforced here within this much (plus one feed read).
 pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -169,10 +169,12 @@ impl Directory {
         Ok(())
     }
 
-    /// Applies every change the store's feed holds after the last one applied. Handlers
-    /// call it after their own writes, so the next request sees them.
-    pub async fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
+    /// Applies every change the store's feed holds after the last one applied (handlers
+    /// call it, through `Services::catch_up`, after their own writes, so the next request
+    /// sees them). True when signing keys changed too: the token service reloads them.
+    pub async fn catch_up(&self, store: &Store) -> Result<bool, StoreError> {
         let _one_at_a_time = self.catching_up.lock().await;
+        let mut signing_keys_changed = false;
         loop {
             let applied = self.applied.load(Ordering::Acquire);
             if applied > 0
@@ -186,11 +188,12 @@ impl Directory {
                 let head = store.directory_change_head().await?;
                 self.reload_everything(store).await?;
                 self.applied.store(head, Ordering::Release);
+                signing_keys_changed = true;
                 continue;
             }
             let changes = store.directory_changes_after(applied, CHANGES_PER_READ).await?;
             let Some(last) = changes.last().map(|c| c.seq) else {
-                return Ok(());
+                return Ok(signing_keys_changed);
             };
             for change in &changes {
                 match change.kind {
@@ -202,11 +205,12 @@ impl Directory {
                             self.refresh_principal(store, &holder).await?;
                         }
                     }
+                    ChangeKind::SigningKey => signing_keys_changed = true,
                 }
             }
             self.applied.store(last, Ordering::Release);
             if (changes.len() as i64) < CHANGES_PER_READ {
-                return Ok(());
+                return Ok(signing_keys_changed);
             }
         }
     }
@@ -227,32 +231,6 @@ impl Directory {
             self.refresh_org(store, &id).await?;
         }
         Ok(())
-    }
-
-    /// Follows the store's change feed until `stop` turns true. A failed read is logged
-    /// and tried again on the next tick.
-    pub async fn follow(self: Arc<Self>, store: Store, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(FOLLOW_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            match self.catch_up(&store).await {
-                Ok(()) if failing => {
-                    failing = false;
-                    tracing::info!("directory change feed readable again");
-                }
-                Ok(()) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "cannot read the directory change feed; serving what is loaded");
-                }
-                Err(_) => {}
-            }
-        }
     }
 
     /// An empty directory with no store behind it (benchmarks, tests); last-use times are

@@ -132,13 +132,7 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));
-    let follower = tokio::spawn(
-        shared
-            .services
-            .directory
-            .clone()
-            .follow(shared.store.clone(), stopped.clone()),
-    );
+    let follower = tokio::spawn(shared.services.clone().follow(shared.store.clone(), stopped.clone()));
     let address = |l: &tokio::net::TcpListener| {
         l.local_addr()
             .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())

@@ -62,6 +62,41 @@ impl Services {
         })
     }
 
+    /// Applies the store's change feed: identities to the directory, signing keys to the
+    /// token service. API handlers call it after their own writes.
+    pub async fn catch_up(&self, store: &Store) -> Result<(), pinpoint_store::StoreError> {
+        if self.directory.catch_up(store).await? {
+            self.tokens.reload(store).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the store's change feed until `stop` turns true, every
+    /// [`crate::directory::FOLLOW_EVERY`]. A failed read is logged and tried again.
+    pub async fn follow(self, store: Store, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(crate::directory::FOLLOW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match self.catch_up(&store).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("directory change feed readable again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the directory change feed; serving what is loaded");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// What the live pipelines are built on.
     pub fn world(&self) -> World {
         World {
@@ -196,9 +231,20 @@ pub enum LoadError {
 /// Reads and validates a config file. A relative `data_dir` is taken relative to the
 /// file's own directory, wherever Pinpoint was started from.
 pub fn load_file(path: &Path) -> Result<Config, LoadError> {
-    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
+    })?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        // Where the text stops being UTF-8, as a line and column of what came before.
+        let valid = e.utf8_error().valid_up_to();
+        let before = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+        ConfigErrors::whole_file(
+            &before,
+            &path.display().to_string(),
+            valid,
+            "the file is not UTF-8 text",
+        )
     })?;
     let mut config = Config::parse(&source, &path.display().to_string())?;
     if config.server.data_dir.is_relative() {

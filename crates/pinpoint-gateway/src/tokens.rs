@@ -87,7 +87,8 @@ impl TokenService {
         Ok(key.kid)
     }
 
-    async fn reload(&self, store: &Store) -> Result<(), StoreError> {
+    /// Reads the published keys again (another process rotated them).
+    pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let keys: Vec<_> = store.signing_keys().await?.iter().filter_map(load).collect();
         self.keys.store(Arc::new(keys));
         Ok(())

@@ -17,6 +17,8 @@ pub enum ChangeKind {
     Org,
     /// A role's permissions changed or it was deleted: every holder's permissions follow.
     Role,
+    /// A token signing key was added, retired or removed.
+    SigningKey,
 }
 
 /// One entry of the feed.
@@ -76,6 +78,24 @@ pub(crate) fn schema_v9() -> Vec<String> {
     statements
 }
 
+/// Version 11: signing keys join the feed, so every process knows a new token key (and
+/// strips tokens it signed) as soon as one process rotates.
+pub(crate) fn schema_v11() -> Vec<String> {
+    [
+        ("signing_keys_inserted", "INSERT ON signing_keys", "NEW.kid"),
+        ("signing_keys_updated", "UPDATE ON signing_keys", "NEW.kid"),
+        ("signing_keys_deleted", "DELETE ON signing_keys", "OLD.kid"),
+    ]
+    .into_iter()
+    .map(|(name, event, id)| {
+        format!(
+            "CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} BEGIN \
+             INSERT INTO directory_changes (kind, id, at_ms) VALUES ('signing_key', {id}, {NOW_MS}); END"
+        )
+    })
+    .collect()
+}
+
 /// The directory change feed: what changed in identities, keys and roles, in order.
 pub trait ChangeFeed {
     /// The newest `seq` in the feed (0 when empty): where a directory loaded now starts.
@@ -121,6 +141,7 @@ impl ChangeFeed for Store {
                 "principal" => ChangeKind::Principal,
                 "org" => ChangeKind::Org,
                 "role" => ChangeKind::Role,
+                "signing_key" => ChangeKind::SigningKey,
                 // Written only by this schema's triggers; an unknown kind is skipped.
                 _ => continue,
             };

@@ -154,7 +154,7 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
         let (chunk, after) = rest.split_at(chunk_len(rest.len()));
         rest = after;
         let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO decisions (request_id, client_request_id, at_ms, status, reason, route, record) ",
+            "INSERT INTO decisions (request_id, client_request_id, at_ms, status, reason, route, org_id, record) ",
         );
         insert.push_values(chunk, |mut row, (d, record)| {
             row.push_bind(&d.request_id)
@@ -163,6 +163,7 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
                 .push_bind(i64::from(d.status))
                 .push_bind(d.reason.map(|r| r.code()))
                 .push_bind(d.route.as_deref())
+                .push_bind(d.org_id.as_deref())
                 .push_bind(record);
         });
         insert.build().execute(&mut *tx).await?;
@@ -207,10 +208,12 @@ async fn prune_old(store: &Store, retention_hours: u64) {
 /// Stored decisions, found by request id (the writer appends them in batches).
 pub trait DecisionStore {
     /// The decisions recorded under `id`, as Pinpoint's request id or as the client's own,
-    /// newest first, at most `limit`.
+    /// newest first, at most `limit`; only those of organization `org` when given (so
+    /// other tenants' requests under the same client id cannot crowd them out).
     fn decisions_by_id(
         &self,
         id: &str,
+        org: Option<&str>,
         limit: u32,
     ) -> impl std::future::Future<Output = Result<Vec<Decision>, StoreError>> + Send;
 
@@ -219,11 +222,15 @@ pub trait DecisionStore {
 }
 
 impl DecisionStore for Store {
-    async fn decisions_by_id(&self, id: &str, limit: u32) -> Result<Vec<Decision>, StoreError> {
+    async fn decisions_by_id(&self, id: &str, org: Option<&str>, limit: u32) -> Result<Vec<Decision>, StoreError> {
+        // Rows written before schema v10 have no `org_id` column value: their record says.
         let rows = sqlx::query(
-            "SELECT record FROM decisions WHERE request_id = ?1 OR client_request_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            "SELECT record FROM decisions WHERE (request_id = ?1 OR client_request_id = ?1) \
+             AND (?2 IS NULL OR org_id = ?2 OR (org_id IS NULL AND json_extract(record, '$.org_id') = ?2)) \
+             ORDER BY seq DESC LIMIT ?3",
         )
         .bind(id)
+        .bind(org)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
@@ -236,7 +243,7 @@ impl DecisionStore for Store {
     }
 
     async fn decision(&self, id: &str) -> Result<Option<Decision>, StoreError> {
-        Ok(self.decisions_by_id(id, 1).await?.into_iter().next())
+        Ok(self.decisions_by_id(id, None, 1).await?.into_iter().next())
     }
 }
 
@@ -353,9 +360,19 @@ mod tests {
                 .fetch_all(store.pool())
                 .await
                 .unwrap();
-        assert_eq!(indexes, ["decisions_request_id", "decisions_client_request_id"]);
+        assert_eq!(
+            indexes,
+            [
+                "decisions_request_id",
+                "decisions_client_request_id",
+                "decisions_client_request_org"
+            ]
+        );
+        // An old row has no organization column value: its record says whose it is.
+        assert_eq!(store.decisions_by_id("old", Some("o-1"), 5).await.unwrap().len(), 1);
+        assert!(store.decisions_by_id("old", Some("o-2"), 5).await.unwrap().is_empty());
         // Found by either id.
-        let by_client = store.decisions_by_id("client-new", 5).await.unwrap();
+        let by_client = store.decisions_by_id("client-new", None, 5).await.unwrap();
         assert_eq!(by_client.len(), 1);
         assert_eq!(by_client[0].request_id, "new");
     }

@@ -65,7 +65,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 11;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -87,6 +87,13 @@ const SCHEMA: &[&str] = &[
         last_used_at_ms INTEGER,
         revoked INTEGER NOT NULL DEFAULT 0
     )",
+];
+
+/// Version 10: a decision's organization as a column, so lookups by a client's request id
+/// select the caller's organization's decisions before limiting how many.
+const SCHEMA_V10: &[&str] = &[
+    "ALTER TABLE decisions ADD COLUMN org_id TEXT",
+    "CREATE INDEX IF NOT EXISTS decisions_client_request_org ON decisions(client_request_id, org_id) WHERE client_request_id IS NOT NULL",
 ];
 
 /// Version 8: a rotated key names its successor, so its refusal after the overlap can.
@@ -250,6 +257,14 @@ impl Store {
             let statements = changes::schema_v9();
             let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
             migrate_to(&pool, 9, &statements).await?;
+        }
+        if version < 10 {
+            migrate_to(&pool, 10, SCHEMA_V10).await?;
+        }
+        if version < 11 {
+            let statements = changes::schema_v11();
+            let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+            migrate_to(&pool, 11, &statements).await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)

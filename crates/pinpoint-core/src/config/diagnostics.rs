@@ -40,6 +40,15 @@ impl ConfigErrors {
     }
 }
 
+impl ConfigErrors {
+    /// A file refused as a whole at byte `offset` of `source` (text that is not UTF-8, say).
+    pub fn whole_file(source: &str, origin: &str, offset: usize, message: &str) -> ConfigErrors {
+        ConfigErrors {
+            errors: vec![locate(source, origin, offset, one_line(message))],
+        }
+    }
+}
+
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, error) in self.errors.iter().enumerate() {
@@ -75,19 +84,36 @@ impl<'s> Diagnostics<'s> {
     /// a missing section).
     pub fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         let offset = span.map_or(0, |s| s.start);
-        let error = locate(self.source, self.origin, offset, message.into());
+        let error = locate(self.source, self.origin, offset, one_line(&message.into()));
         self.errors.push((offset, error));
     }
 
-    /// Reads `item` as a `T`, or records why it cannot be read (at the value at fault).
+    /// Reads `item` as a `T`, recording every value that cannot be read, each at its place:
+    /// after a mistake the value at fault is set aside (a field, or one entry of a list)
+    /// and the rest read again, so one mistake does not hide the next. Returns what could
+    /// be read when only set-aside values were wrong (its checks still run, and find their
+    /// own mistakes), or `None` when the item could not be read at all.
     pub fn read<T: DeserializeOwned>(&mut self, item: &Item) -> Option<T> {
-        match deserialize::<T>(item) {
-            Ok(value) => Some(value),
-            Err(e) => {
-                self.error(e.span().or_else(|| item.span()), e.message().trim());
-                None
+        let mut current = item.clone();
+        let mut last_error = None;
+        // Each round sets one value aside; a table has far fewer than this.
+        for _ in 0..256 {
+            let e = match deserialize::<T>(&current) {
+                Ok(value) => return Some(value),
+                Err(e) => e,
+            };
+            let span = e.span().or_else(|| current.span());
+            let message = e.message().trim().to_owned();
+            if last_error.as_ref() == Some(&(span.clone(), message.clone())) {
+                return None;
+            }
+            self.error(span.clone(), message.clone());
+            last_error = Some((span.clone(), message));
+            if !span.is_some_and(|at| set_aside(&mut current, at.start)) {
+                return None;
             }
         }
+        None
     }
 
     /// Reads a section that may be left out: its defaults when absent.
@@ -128,10 +154,7 @@ impl<'s> Diagnostics<'s> {
 
     /// A refusal that ends the parse (the text is not TOML at all).
     pub fn fatal(source: &str, origin: &str, span: Option<Range<usize>>, message: &str) -> ConfigErrors {
-        let offset = span.map_or(0, |s| s.start);
-        ConfigErrors {
-            errors: vec![locate(source, origin, offset, message.trim().to_owned())],
-        }
+        ConfigErrors::whole_file(source, origin, span.map_or(0, |s| s.start), message)
     }
 }
 
@@ -147,6 +170,31 @@ fn deserialize<T: DeserializeOwned>(item: &Item) -> Result<T, toml_edit::de::Err
     }
 }
 
+/// Removes from `item` (a table) the field whose key or value holds byte `at`, or, when
+/// that value is a list, the one entry that holds it. False when nothing there holds it
+/// (a missing field, a mistake in the table as a whole).
+fn set_aside(item: &mut Item, at: usize) -> bool {
+    let holds = |span: Option<std::ops::Range<usize>>| span.is_some_and(|s| s.contains(&at) || s.start == at);
+    let Some(table) = item.as_table_like_mut() else {
+        return false;
+    };
+    let key = table
+        .iter()
+        .find(|(key, value)| holds(value.span()) || holds(table.key(key).and_then(|k| k.span())))
+        .map(|(key, _)| key.to_owned());
+    let Some(key) = key else {
+        return false;
+    };
+    if let Some(list) = table.get_mut(&key).and_then(|v| v.as_array_mut()) {
+        if let Some(index) = (0..list.len()).find(|i| holds(list.get(*i).and_then(|v| v.span()))) {
+            list.remove(index);
+            return true;
+        }
+    }
+    table.remove(&key);
+    true
+}
+
 /// The place of the first of `items` that has one: the value at fault, else its table.
 pub(crate) fn place(items: &[Option<&Item>]) -> Option<Range<usize>> {
     items.iter().flatten().find_map(|item| item.span())
@@ -155,6 +203,16 @@ pub(crate) fn place(items: &[Option<&Item>]) -> Option<Range<usize>> {
 /// The `index`th entry of an array (of tables or inline), for error places.
 pub(crate) fn entry(item: &Item, index: usize) -> Option<&Item> {
     item.get(index)
+}
+
+/// A message on one line: parsers' multi-line messages joined with `; `.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn locate(source: &str, origin: &str, offset: usize, message: String) -> ConfigError {

@@ -372,6 +372,38 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_cannot_be_read_does_not_hide_the_next_one() {
+        let base = "[upstreams.a]\ntargets = [\"localhost:9\"]\n";
+        let route = "[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"a\"\n";
+        let cases = [
+            (
+                format!("{base}{route}[server]\nmax_headers = 0\nmax_head_bytes = 10\ndrain_timeout_ms = -5\n"),
+                vec![(8, 15), (9, 18), (10, 20)],
+            ),
+            (
+                format!("{base}{route}[net]\nallow = [\"10.0.0.0/33\", \"notacidr\"]\n"),
+                vec![(8, 10), (8, 25)],
+            ),
+            (
+                format!("{base}[[routes]]\nid = \"z\"\npath_prefix = \"/z\"\nupstream = \"zz\"\nauth = \"maybe\"\n"),
+                vec![(6, 12), (7, 8)],
+            ),
+            (
+                format!("{base}{route}[server]\ndrain_timeout_ms = -5\nreload_poll_ms = \"x\"\ntypo_field = 1\n"),
+                vec![(8, 20), (9, 18), (10, 1)],
+            ),
+        ];
+        for (src, expected) in cases {
+            let errors = Config::parse(&src, "t.toml").unwrap_err();
+            let found: Vec<(usize, usize)> = errors.errors().iter().map(|e| (e.line, e.column)).collect();
+            assert_eq!(found, expected, "{src}\n{errors}");
+        }
+        // A parser's message on several lines is one line here.
+        let errors = Config::parse("x = [1,\n", "t.toml").unwrap_err();
+        assert_eq!(errors.to_string().lines().count(), 1, "{errors}");
+    }
+
+    #[test]
     fn revision_depends_on_content_only() {
         assert_eq!(revision_of("a"), revision_of("a"));
         assert_ne!(revision_of("a"), revision_of("b"));

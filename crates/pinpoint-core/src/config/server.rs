@@ -58,8 +58,7 @@ pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<ServerConfig> {
     let at = |field: &str| place(&[item.get(field), Some(item)]);
     if !(1024..=1 << 20).contains(&server.max_head_bytes) {
         d.error(at("max_head_bytes"), "server.max_head_bytes must be 1024 to 1048576");
-    }
-    if !(64..=server.max_head_bytes).contains(&server.max_header_bytes) {
+    } else if !(64..=server.max_head_bytes).contains(&server.max_header_bytes) {
         d.error(
             at("max_header_bytes"),
             "server.max_header_bytes must be 64 to max_head_bytes",

@@ -198,14 +198,16 @@ impl Caller {
     /// A resource looked up by id, as this caller may see it. Another organization's
     /// resource gets exactly the answer an absent one gets (`absent`: same status, reason
     /// and detail), so an id reveals nothing across tenants; only the operator's trace
-    /// note says which it was, and it names no organization.
+    /// platform note (which only platform admins read) says which it was.
     pub fn own<T>(&self, found: Option<T>, org_of: impl Fn(&T) -> &str, absent: impl Fn() -> ApiError) -> ApiResult<T> {
         match found {
             None => Err(absent()),
             Some(resource) if self.sees_org(org_of(&resource)) => Ok(resource),
             Some(_) => {
                 let ApiError(denial) = absent();
-                Err(ApiError(denial.note("the resource exists in another organization")))
+                Err(ApiError(
+                    denial.platform_note("the resource exists in another organization"),
+                ))
             }
         }
     }
@@ -478,6 +480,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             entry.reason = Some(denial.reason);
             entry.detail = Some(denial.detail.clone());
             entry.note = denial.note.clone();
+            entry.platform_note = denial.platform_note.as_deref().map(String::from);
             crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
             response =
                 respond::problem(&denial, &request_id, format, &runtime.config.server.reasons_url).map(Body::new);
@@ -574,7 +577,11 @@ async fn decision(
     let mut found = loop {
         let mut found = shared
             .store
-            .decisions_by_id(&request_id, DECISION_MATCHES_LISTED)
+            .decisions_by_id(
+                &request_id,
+                (!caller.0.is_platform_admin()).then(|| caller.0.org_id()),
+                DECISION_MATCHES_LISTED,
+            )
             .await?;
         found.retain(|d| caller.0.is_platform_admin() || d.org_id.as_deref() == Some(caller.0.org_id()));
         if !found.is_empty() || tokio::time::Instant::now() >= deadline {

@@ -972,3 +972,28 @@ async fn every_decision_names_its_caller_as_fields() {
     let resp = w.gw.http.get(w.gw.url("/public/x")).send().await.unwrap();
     assert_eq!(decision_of(resp).await.caller, None);
 }
+
+#[tokio::test]
+async fn other_callers_reusing_a_client_request_id_cannot_hide_a_tenants_decision() {
+    let w = world("").await;
+    let send = |key: Option<&str>, path: &str| {
+        let mut request = w.gw.http.get(w.gw.url(path)).header("x-request-id", "shared-id");
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    assert_eq!(send(Some(&w.globex_key), "/orders").await.unwrap().status(), 200);
+    // More requests under the same id than a lookup lists, anonymous and from acme.
+    for i in 0..30 {
+        let key = (i % 2 == 0).then_some(w.alice_key.as_str());
+        send(key, "/nope").await.unwrap();
+    }
+    let read = w.gw.api_json("/api/v2/decisions/shared-id", Some(&w.globex_key)).await;
+    let found = match &read["data"] {
+        serde_json::Value::Array(list) => list.clone(),
+        one => vec![one.clone()],
+    };
+    assert_eq!(found.len(), 1, "globex reads its own decision, and only it: {read}");
+    assert_eq!(found[0]["attributes"]["route"], "orders", "{read}");
+}

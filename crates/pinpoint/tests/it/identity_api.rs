@@ -382,10 +382,23 @@ async fn cli_manages_keys_users_and_roles() {
 }
 
 /// What a caller learns from an answer: status, reason and detail.
-async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value, serde_json::Value) {
+/// What a caller can learn from an answer: its status, reason and detail, and the
+/// decision's trace as the same caller reads it back (timings aside).
+async fn answer(
+    gw: &TestGateway,
+    reader: &str,
+    resp: reqwest::Response,
+) -> (u16, serde_json::Value, serde_json::Value, serde_json::Value) {
     let status = resp.status().as_u16();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    (status, body["reason"].clone(), body["detail"].clone())
+    let decision = gw.api_json(&format!("/api/v2/decisions/{id}"), Some(reader)).await;
+    let mut trace = decision["data"]["attributes"]["trace"].clone();
+    for entry in trace.as_array_mut().into_iter().flatten() {
+        entry.as_object_mut().map(|e| e.remove("micros"));
+    }
+    assert!(trace.is_array(), "the caller reads its own decision: {decision}");
+    (status, body["reason"].clone(), body["detail"].clone(), trace)
 }
 
 #[tokio::test]
@@ -642,6 +655,8 @@ async fn every_endpoint_answers_a_foreign_id_exactly_like_a_missing_one() {
     );
     for (method, path, body, foreign, missing) in cases {
         let foreign_answer = answer(
+            &w.gw,
+            &w.alice_key,
             call(
                 &w.gw,
                 method.clone(),
@@ -652,8 +667,12 @@ async fn every_endpoint_answers_a_foreign_id_exactly_like_a_missing_one() {
             .await,
         )
         .await;
-        let missing_answer =
-            answer(call(&w.gw, method.clone(), &path.replace("{}", &missing), &w.alice_key, body).await).await;
+        let missing_answer = answer(
+            &w.gw,
+            &w.alice_key,
+            call(&w.gw, method.clone(), &path.replace("{}", &missing), &w.alice_key, body).await,
+        )
+        .await;
         assert_eq!(foreign_answer, missing_answer, "{method} {path}");
         // Refused, or (removing an assignment that does not exist) an idempotent 204.
         assert!(
@@ -683,8 +702,18 @@ async fn every_endpoint_answers_a_foreign_id_exactly_like_a_missing_one() {
         ),
     ];
     for (method, path, foreign, missing) in body_cases {
-        let foreign_answer = answer(call(&w.gw, method.clone(), &path, &w.alice_key, Some(foreign)).await).await;
-        let missing_answer = answer(call(&w.gw, method.clone(), &path, &w.alice_key, Some(missing)).await).await;
+        let foreign_answer = answer(
+            &w.gw,
+            &w.alice_key,
+            call(&w.gw, method.clone(), &path, &w.alice_key, Some(foreign)).await,
+        )
+        .await;
+        let missing_answer = answer(
+            &w.gw,
+            &w.alice_key,
+            call(&w.gw, method.clone(), &path, &w.alice_key, Some(missing)).await,
+        )
+        .await;
         assert_eq!(foreign_answer, missing_answer, "{method} {path}");
         assert!(foreign_answer.0 >= 400, "{method} {path}: {foreign_answer:?}");
     }

@@ -436,7 +436,7 @@ async fn two_processes_on_one_store_enforce_each_others_key_changes_within_a_sec
     let config_path = dir.path().join("pinpoint.toml");
     std::fs::write(
         &config_path,
-        "[server]\ndata_dir = \"data\"\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\nauth = \"required\"\n",
+        "[server]\ndata_dir = \"data\"\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\nauth = \"required\"\n\n[[routes]]\nid = \"open\"\npath_prefix = \"/open\"\nupstream = \"main\"\n",
     )
     .unwrap();
     let config = config_path.to_str().unwrap();
@@ -523,6 +523,43 @@ async fn two_processes_on_one_store_enforce_each_others_key_changes_within_a_sec
         .await
         .unwrap();
     problem(refused, 401, "authn.key_revoked").await;
+
+    // A signing key rotated through the first process: the second accepts its tokens, and
+    // never passes one to an upstream, within a second.
+    let (first_api, second_proxy) = (&addrs[0].1, &addrs[1].0);
+    let resp = http
+        .post(format!("http://{first_api}/api/v2/signing_keys/rotate"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let rotated = std::time::Instant::now();
+    let issued: serde_json::Value = http
+        .post(format!("http://{first_api}/api/v2/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = issued["data"]["attributes"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    poll_until("new signing key known to the second process", || async {
+        let at_second = |path: &'static str| {
+            http.get(format!("http://{second_proxy}{path}"))
+                .bearer_auth(&token)
+                .send()
+        };
+        let accepted = at_second("/orders").await.unwrap().status() == 200;
+        let echoed = at_second("/open/x").await.unwrap().text().await.unwrap();
+        accepted && !echoed.contains(&token)
+    })
+    .await;
+    assert!(rotated.elapsed() < Duration::from_secs(1), "{:?}", rotated.elapsed());
     for mut process in processes {
         process.signal("-TERM");
         assert!(process.wait_exit().await.success(), "{}", process.stderr());
