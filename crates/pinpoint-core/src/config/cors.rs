@@ -47,12 +47,26 @@ pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<CorsConfig> {
     let cors: CorsConfig = d.read_or_default(item)?;
     let origins = item.get("allowed_origins");
     for (i, origin) in cors.allowed_origins.iter().enumerate() {
-        if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+        if origin != "*" && !is_origin(origin) {
             d.error(
                 place(&[origins.and_then(|o| entry(o, i)), origins, Some(item)]),
-                format!("cors origin `{origin}` must be `*` or start with http:// or https://"),
+                format!(
+                    "cors origin `{origin}` must be `*` or an origin as browsers send it: http:// or https://, a host and an optional port, no path"
+                ),
             );
         }
     }
     Some(cors)
+}
+
+/// Whether `origin` is written as browsers send `Origin`: `scheme://host[:port]`, nothing
+/// after (an origin with a path or a trailing slash would never match).
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@'])
 }

@@ -303,6 +303,7 @@ mod tests {
         let cases = [
             ("[jwt]\nttl_seconds = 0\n", 8),
             ("[cors]\nallowed_origins = [\"ftp://a\"]\n", 8),
+            ("[cors]\nallowed_origins = [\"https://app.example/\"]\n", 8),
             ("[decision_log]\nbatch_size = 0\n", 8),
             (
                 "[[rate.limits]]\nid = \"l1\"\nby = \"key\"\nrequests = 0\nper_seconds = 1\n",
