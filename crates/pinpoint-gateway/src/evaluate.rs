@@ -68,7 +68,7 @@ impl Evaluator {
                 trace: Vec::new(),
             };
         }
-        let client_ip = pinpoint_policy::filters::net::client_ip(peer.ip(), headers, &self.config.net.trusted_proxies);
+        let client_ip = pinpoint_policy::forwarded::client_ip(peer.ip(), headers, &self.config.net.trusted_proxies);
         let is_key_id = |id: &str| self.identities.key_by_id(id).is_some();
         let is_kid = |kid: &str| self.identities.token_kid_known(kid);
         let ours = OwnCredentials {

@@ -110,7 +110,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
 
     let (mut parts, body) = req.into_parts();
     let trusted_proxies = &runtime.config.net.trusted_proxies;
-    let client_ip = pinpoint_policy::filters::net::client_ip(peer.ip(), &parts.headers, trusted_proxies);
+    let client_ip = pinpoint_policy::forwarded::client_ip(peer.ip(), &parts.headers, trusted_proxies);
     let raw_path = parts.uri.path();
     // The edge: one canonical request that every layer, the record and the upstream share,
     // or a refusal that says what was wrong with the request as sent.
@@ -221,7 +221,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
-                        peer_is_trusted_proxy: pinpoint_policy::filters::net::is_trusted_proxy(
+                        peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(
                             peer.ip(),
                             trusted_proxies,
                         ),
@@ -515,7 +515,7 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
     // From a trusted proxy, the chain the decision read (every line, or `Forwarded`).
     let prior_forwarded_for = fwd
         .peer_is_trusted_proxy
-        .then(|| pinpoint_policy::filters::net::forwarded_hops(&out).join(", "))
+        .then(|| pinpoint_policy::forwarded::forwarded_hops(&out).join(", "))
         .filter(|chain| !chain.is_empty());
 
     headers::clean_upstream_request(

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod filters;
+pub mod forwarded;
 pub mod identity;
 pub mod overrides;
 pub mod pipeline;

@@ -58,7 +58,7 @@ async fn exchange(
 ) -> ApiResult<(Arc<crate::runtime::Runtime>, crate::cloudauth::Verified, Mapping)> {
     let runtime = shared.runtime.load_full();
     let config = &runtime.config.cloudauth;
-    let client_ip = pinpoint_policy::filters::net::client_ip(peer.ip(), headers, &runtime.config.net.trusted_proxies);
+    let client_ip = pinpoint_policy::forwarded::client_ip(peer.ip(), headers, &runtime.config.net.trusted_proxies);
     let authorization = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());

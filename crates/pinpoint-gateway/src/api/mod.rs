@@ -397,7 +397,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         .map(|c| c.0)
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let client_ip =
-        pinpoint_policy::filters::net::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
+        pinpoint_policy::forwarded::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
