@@ -421,6 +421,30 @@ reasons! {
         hint: "Call this API from an allowed origin, or ask its operators to add your page's origin to the allowed origins.",
         description: "A preflight (`OPTIONS` with `Access-Control-Request-Method`) named an `Origin` not in `[cors] allowed_origins`.",
     },
+    /// A state-changing request came from another site (`Sec-Fetch-Site: cross-site` or `same-site`).
+    CsrfCrossSite => {
+        code: "csrf.cross_site", status: 403, source: Policy, title: "Cross-site request refused",
+        hint: "Send this request from a page of the site itself, or ask the API's operators to add your site's origin to the trusted origins.",
+        description: "The browser said the request came from another site (`Sec-Fetch-Site` was `cross-site` or `same-site`) and its `Origin` is not trusted (`[csrf] trusted_origins`, `[cors] allowed_origins`). The trace shows both headers and the origin Pinpoint compared them with.",
+    },
+    /// `Origin` names another origin than the request's own.
+    CsrfOriginMismatch => {
+        code: "csrf.origin_mismatch", status: 403, source: Policy, title: "Request origin does not match",
+        hint: "Send the request from a page on this site's own origin; behind a proxy, ask its operator to forward the original host and scheme (X-Forwarded-Host, X-Forwarded-Proto).",
+        description: "The `Origin` header differs from the request's own origin (scheme and host as the client addressed them: from a trusted proxy's `X-Forwarded-Proto`/`-Host` or `Forwarded`, else this connection and its `Host`) and is not trusted. The trace shows the origin Pinpoint compared with and where it came from, which diagnoses a proxy that does not forward the original host.",
+    },
+    /// Neither `Origin` nor `Sec-Fetch-Site`, on a route that refuses that.
+    CsrfOriginMissing => {
+        code: "csrf.origin_missing", status: 403, source: Policy, title: "Request origin unknown",
+        hint: "Send the Origin header (browsers do), or use an API credential in the Authorization header instead of a cookie.",
+        description: "A state-changing request authenticated by cookie carried neither `Origin` nor `Sec-Fetch-Site`, and `[csrf] refuse_without_origin` is on.",
+    },
+    /// The double-submit token is missing or does not match its cookie.
+    CsrfTokenMismatch => {
+        code: "csrf.token_mismatch", status: 403, source: Policy, title: "CSRF token missing or wrong",
+        hint: "Send the value of the CSRF token cookie in the CSRF token header (X-CSRF-Token by default); reload the page to get a fresh one.",
+        description: "On a route with `csrf = \"token\"`, the header named by `[csrf] token_header` was missing or differed from the cookie named by `token_cookie` (compared in constant time).",
+    },
     /// A GCRA rate limit is exceeded.
     RateLimited => {
         code: "rate.limited", status: 429, source: Policy, title: "Too many requests",

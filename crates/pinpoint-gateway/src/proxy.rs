@@ -221,10 +221,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
-                        peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(
-                            peer.ip(),
-                            trusted_proxies,
-                        ),
+                        peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(peer.ip(), trusted_proxies),
                         request_id: &request_id,
                         client_request_id: client_request_id.as_deref(),
                         identity: identity.as_ref(),

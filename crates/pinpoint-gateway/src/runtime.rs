@@ -23,6 +23,7 @@ use crate::upstream::{HealthRegistry, Upstream};
 use pinpoint_policy::filters::authn::AuthnFilter;
 use pinpoint_policy::filters::authz::AuthzFilter;
 use pinpoint_policy::filters::cors::CorsFilter;
+use pinpoint_policy::filters::csrf::CsrfFilter;
 use pinpoint_policy::filters::net::NetFilter;
 use pinpoint_policy::filters::rate::RateFilter;
 use pinpoint_policy::filters::{policy::PolicyFilter, route::RouteFilter};
@@ -140,8 +141,8 @@ pub struct Shared {
 /// Routing comes first because every later layer may depend on the route (its CORS,
 /// IP lists, auth requirement, permissions, limits); it cannot be shadowed. Then: CORS
 /// preflight (answered before authentication), IP lists, authentication, authorization,
-/// static policy rules, rate limits and quotas (last, so refused requests do not spend
-/// the caller's budget).
+/// cross-site request checks, static policy rules, rate limits and quotas (last, so
+/// refused requests do not spend the caller's budget).
 pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>, world: &World) -> Pipeline {
     let mut pipeline = Pipeline::default();
     pipeline.push(RouteFilter::new(routes), Mode::Enforce);
@@ -181,6 +182,10 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, world: &World, a
     pipeline.push(
         AuthzFilter::new(config.authz.deny.clone()),
         access_mode(config.authz.mode),
+    );
+    pipeline.push(
+        CsrfFilter::new(&config.csrf, &config.cors.allowed_origins, &config.net.trusted_proxies),
+        config.csrf.mode,
     );
     pipeline.push(PolicyFilter::new(config.policy.rules.clone()), config.policy.mode);
     pipeline.push(

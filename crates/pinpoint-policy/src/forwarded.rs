@@ -99,7 +99,12 @@ pub struct RequestOrigin {
 }
 
 /// The request's own origin, as a browser on the client's side would write it in `Origin`.
-pub fn request_origin(peer: IpAddr, headers: &HeaderMap, host: Option<&str>, trusted: &[IpNet]) -> Option<RequestOrigin> {
+pub fn request_origin(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    host: Option<&str>,
+    trusted: &[IpNet],
+) -> Option<RequestOrigin> {
     let from_proxy = !trusted.is_empty() && listed(trusted, peer).is_some();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let forwarded_pair = |key: &str| {
@@ -165,10 +170,21 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("x-forwarded-host", "Shop.Example:443".parse().unwrap());
-        let origin = |peer: &str| request_origin(peer.parse().unwrap(), &h, Some("internal:8080"), &trusted).unwrap().origin;
+        let origin = |peer: &str| {
+            request_origin(peer.parse().unwrap(), &h, Some("internal:8080"), &trusted)
+                .unwrap()
+                .origin
+        };
         assert_eq!(origin("10.0.0.2"), "https://shop.example");
-        assert_eq!(origin("192.0.2.1"), "http://internal:8080", "an untrusted peer's headers are ignored");
-        assert_eq!(normalise_origin("HTTP://A.example:80").as_deref(), Some("http://a.example"));
+        assert_eq!(
+            origin("192.0.2.1"),
+            "http://internal:8080",
+            "an untrusted peer's headers are ignored"
+        );
+        assert_eq!(
+            normalise_origin("HTTP://A.example:80").as_deref(),
+            Some("http://a.example")
+        );
         assert_eq!(normalise_origin("https://a.example/"), None);
     }
 

@@ -26,6 +26,8 @@ pub struct CompiledRoute {
     /// The route's paths match (and its rules match them) ignoring ASCII case.
     pub case_insensitive: bool,
     pub allow_path_parameters: bool,
+    /// How the route guards against cross-site requests.
+    pub csrf: pinpoint_core::config::CsrfGuard,
     pub override_headers: OverrideHeaders,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
@@ -144,6 +146,7 @@ impl CompiledRoute {
             }),
             case_insensitive: config.case_insensitive,
             allow_path_parameters: config.allow_path_parameters,
+            csrf: config.csrf,
             override_headers: config.override_headers,
             max_body_bytes: config.max_body_bytes,
             body_timeout: Duration::from_millis(config.body_timeout_ms),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use toml_edit::Item;
 
 use super::diagnostics::{entry, place, Diagnostics};
+use super::names::is_origin;
 use crate::verdict::Mode;
 
 /// `[cors]`.
@@ -57,16 +58,4 @@ pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<CorsConfig> {
         }
     }
     Some(cors)
-}
-
-/// Whether `origin` is written as browsers send `Origin`: `scheme://host[:port]`, nothing
-/// after (an origin with a path or a trailing slash would never match).
-fn is_origin(origin: &str) -> bool {
-    let Some(rest) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@'])
 }

@@ -13,6 +13,7 @@ mod authn;
 mod authz;
 mod cloudauth;
 mod cors;
+mod csrf;
 mod decision_log;
 mod diagnostics;
 mod jwt;
@@ -33,6 +34,7 @@ pub use authn::{AuthnConfig, CredentialSource};
 pub use authz::{AuthzConfig, DenyRule};
 pub use cloudauth::CloudAuthConfig;
 pub use cors::CorsConfig;
+pub use csrf::{CsrfConfig, CsrfGuard};
 pub use decision_log::DecisionLogConfig;
 pub use diagnostics::{ConfigError, ConfigErrors};
 pub use jwt::JwtConfig;
@@ -55,7 +57,7 @@ pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 pub const DEMO_ORIGIN: &str = "<built-in demo>";
 
 /// The top-level sections a config may have.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "decision_log",
     "upstreams",
@@ -65,6 +67,7 @@ const SECTIONS: [&str; 13] = [
     "authz",
     "net",
     "cors",
+    "csrf",
     "rate",
     "jwt",
     "keys",
@@ -88,6 +91,7 @@ pub struct Config {
     pub authz: AuthzConfig,
     pub net: NetConfig,
     pub cors: CorsConfig,
+    pub csrf: CsrfConfig,
     pub rate: RateConfig,
     pub jwt: JwtConfig,
     pub keys: KeysConfig,
@@ -127,6 +131,7 @@ impl Config {
         let authz = authz::read(section("authz"), &mut d, &route_ids);
         let net = net::read(section("net"), &mut d);
         let cors = cors::read(section("cors"), &mut d);
+        let csrf = csrf::read(section("csrf"), &mut d);
         let rate = rate::read(section("rate"), &mut d, &route_ids);
         let jwt = jwt::read(section("jwt"), &mut d);
         let keys = keys::read(section("keys"), &mut d);
@@ -146,6 +151,7 @@ impl Config {
                 authz,
                 net: net?,
                 cors: cors?,
+                csrf: csrf?,
                 rate: rate?,
                 jwt: jwt?,
                 keys: keys?,

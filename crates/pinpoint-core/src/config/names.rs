@@ -104,3 +104,15 @@ pub(crate) fn validate_prefix(p: &str) -> Result<String, String> {
         trimmed.to_owned()
     })
 }
+
+/// Whether `origin` is written as browsers send `Origin`: `scheme://host[:port]`, nothing
+/// after (an origin with a path or a trailing slash would never match).
+pub(crate) fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@'])
+}

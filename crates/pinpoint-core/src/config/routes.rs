@@ -48,6 +48,8 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// Time allowed for the whole request body to arrive.
     pub body_timeout_ms: u64,
+    /// How the route guards against cross-site requests (`[csrf]`).
+    pub csrf: super::CsrfGuard,
 }
 
 /// The methods a route without a `methods` list allows.
@@ -121,6 +123,8 @@ struct RawRoute {
     override_headers: OverrideHeaders,
     max_body_bytes: Option<Spanned<u64>>,
     body_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    csrf: super::CsrfGuard,
 }
 
 /// The route ids the file declares, whether or not each route is valid (so a rule naming
@@ -311,5 +315,6 @@ fn read_route(
         override_headers: r.override_headers,
         max_body_bytes,
         body_timeout_ms,
+        csrf: r.csrf,
     })
 }

@@ -5,6 +5,7 @@
 pub mod authn;
 pub mod authz;
 pub mod cors;
+pub mod csrf;
 pub mod net;
 pub mod policy;
 pub mod rate;

@@ -3,7 +3,6 @@
 //! Codes: `net.ip_denied`, `net.ip_not_allowed` (403); the caller is told the address
 //! Pinpoint saw.
 
-
 use ipnet::IpNet;
 use pinpoint_core::config::NetConfig;
 use pinpoint_core::{Denial, Outcome, Reason};

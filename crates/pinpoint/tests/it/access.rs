@@ -997,3 +997,222 @@ async fn other_callers_reusing_a_client_request_id_cannot_hide_a_tenants_decisio
     assert_eq!(found.len(), 1, "globex reads its own decision, and only it: {read}");
     assert_eq!(found[0]["attributes"]["route"], "orders", "{read}");
 }
+
+const CSRF_ROUTES: &str = r#"
+[upstreams.main]
+targets = ["builtin:echo"]
+
+[[routes]]
+id = "app"
+path_prefix = "/app"
+upstream = "main"
+
+[[routes]]
+id = "strict"
+path_prefix = "/strict"
+upstream = "main"
+csrf = "origin"
+
+[[routes]]
+id = "forms"
+path_prefix = "/forms"
+upstream = "main"
+csrf = "token"
+
+[[routes]]
+id = "open"
+path_prefix = "/open"
+upstream = "main"
+csrf = "off"
+"#;
+
+/// A request with the given headers.
+async fn send_with(
+    gw: &TestGateway,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = gw.http.request(method, gw.url(path)).body("{}");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn csrf_refuses_cross_site_cookie_posts_and_says_what_it_compared() {
+    use reqwest::Method as M;
+    let config = format!(
+        "[server]\ndata_dir = \"DATA_DIR\"\n[cors]\nallowed_origins = [\"https://partner.example\"]\n[csrf]\ntrusted_origins = [\"https://admin.example\"]\n{CSRF_ROUTES}"
+    );
+    let gw = start(&config).await;
+    let own = format!("http://{}", gw.proxy);
+    let own_upper = own.to_ascii_uppercase();
+    let cookie = ("cookie", "session=s1");
+
+    // A browser on another site: refused, and the trace says what was compared.
+    let resp = send_with(
+        &gw,
+        M::POST,
+        "/app/x",
+        &[
+            cookie,
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example"),
+        ],
+    )
+    .await;
+    let body = problem(resp, 403, "csrf.cross_site").await;
+    let d = gw.decision(body["request_id"].as_str().unwrap()).await;
+    let note = d.deciding_layer().unwrap().note.clone().unwrap();
+    assert!(
+        note.contains("\"cross-site\"") && note.contains("\"https://evil.example\""),
+        "{note}"
+    );
+    assert!(
+        note.contains(&format!("compared with {own} (from this connection and its Host)")),
+        "{note}"
+    );
+    assert!(
+        !body.to_string().contains("evil.example"),
+        "the caller is told no header values: {body}"
+    );
+
+    let resp = send_with(&gw, M::POST, "/app/x", &[cookie, ("origin", "https://evil.example")]).await;
+    problem(resp, 403, "csrf.origin_mismatch").await;
+    let resp = send_with(&gw, M::PUT, "/strict/x", &[("origin", "https://evil.example")]).await;
+    problem(resp, 403, "csrf.origin_mismatch").await;
+
+    // What passes: same origin, same-origin fetches, trusted origins (CSRF's and CORS's),
+    // non-browsers, safe methods, header credentials on auto routes, unguarded routes.
+    type Case<'a> = (M, &'a str, Vec<(&'a str, &'a str)>);
+    let passing: Vec<Case> = vec![
+        (M::POST, "/app/x", vec![cookie, ("origin", own.as_str())]),
+        (M::POST, "/app/x", vec![cookie, ("origin", own_upper.as_str())]),
+        (
+            M::POST,
+            "/app/x",
+            vec![
+                cookie,
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "https://evil.example"),
+            ],
+        ),
+        (M::DELETE, "/app/x", vec![cookie, ("sec-fetch-site", "none")]),
+        (
+            M::POST,
+            "/app/x",
+            vec![
+                cookie,
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://partner.example"),
+            ],
+        ),
+        (M::POST, "/app/x", vec![cookie, ("origin", "https://admin.example:443")]),
+        (M::POST, "/app/x", vec![cookie]),
+        (
+            M::GET,
+            "/app/x",
+            vec![
+                cookie,
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://evil.example"),
+            ],
+        ),
+        (
+            M::POST,
+            "/app/x",
+            vec![
+                cookie,
+                ("authorization", "Bearer abc"),
+                ("origin", "https://evil.example"),
+            ],
+        ),
+        (
+            M::POST,
+            "/open/x",
+            vec![
+                cookie,
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://evil.example"),
+            ],
+        ),
+        (
+            M::POST,
+            "/forms/x",
+            vec![("cookie", "a=1; csrf_token=t0k3n"), ("x-csrf-token", "t0k3n")],
+        ),
+    ];
+    for (method, path, headers) in passing {
+        let resp = send_with(&gw, method.clone(), path, &headers).await;
+        assert_eq!(resp.status(), 200, "{method} {path} {headers:?}");
+    }
+    for headers in [
+        vec![("cookie", "csrf_token=t0k3n"), ("x-csrf-token", "other")],
+        vec![("cookie", "csrf_token=t0k3n")],
+        vec![("x-csrf-token", "t0k3n")],
+    ] {
+        let resp = send_with(&gw, M::POST, "/forms/x", &headers).await;
+        problem(resp, 403, "csrf.token_mismatch").await;
+    }
+    // Forwarded host and scheme count only from trusted proxies (none here).
+    let resp = send_with(
+        &gw,
+        M::POST,
+        "/app/x",
+        &[
+            cookie,
+            ("origin", "https://shop.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+        ],
+    )
+    .await;
+    problem(resp, 403, "csrf.origin_mismatch").await;
+}
+
+#[tokio::test]
+async fn csrf_behind_a_trusted_proxy_compares_the_forwarded_origin_and_has_a_report_mode() {
+    use reqwest::Method as M;
+    let config = format!(
+        "[server]\ndata_dir = \"DATA_DIR\"\n[net]\ntrusted_proxies = [\"127.0.0.1/32\", \"::1/128\"]\n[csrf]\nmode = \"report\"\nrefuse_without_origin = true\n{CSRF_ROUTES}"
+    );
+    let gw = start(&config).await;
+    let cookie = ("cookie", "session=s1");
+    let forwarded = [("x-forwarded-proto", "https"), ("x-forwarded-host", "shop.example")];
+    // The page's origin is what the client addressed, as the proxy reports it.
+    let resp = send_with(
+        &gw,
+        M::POST,
+        "/app/x",
+        &[cookie, ("origin", "https://shop.example"), forwarded[0], forwarded[1]],
+    )
+    .await;
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(resp.status(), 200);
+    let csrf = |d: &pinpoint_core::Decision| d.trace.iter().find(|t| t.layer == "csrf").cloned().unwrap();
+    assert_eq!(csrf(&gw.decision(&id).await).mark, Mark::Pass);
+    // Report mode: the proxy forgot the host; the request passes, the trace says it would not
+    // have, and which origin was compared.
+    let resp = send_with(&gw, M::POST, "/app/x", &[cookie, ("origin", "https://shop.example")]).await;
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(resp.status(), 200);
+    let entry = csrf(&gw.decision(&id).await);
+    assert_eq!(
+        (entry.mark, entry.reason),
+        (Mark::WouldDeny, Some(Reason::CsrfOriginMismatch))
+    );
+    assert!(entry
+        .note
+        .unwrap()
+        .contains(&format!("compared with http://{}", gw.proxy)));
+    // Neither header, with refuse_without_origin: would deny as origin_missing.
+    let resp = send_with(&gw, M::POST, "/app/x", &[cookie]).await;
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let entry = csrf(&gw.decision(&id).await);
+    assert_eq!(
+        (entry.mark, entry.reason),
+        (Mark::WouldDeny, Some(Reason::CsrfOriginMissing))
+    );
+}

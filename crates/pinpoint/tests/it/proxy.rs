@@ -49,6 +49,7 @@ async fn allowed_request_is_proxied_with_request_id_and_trace() {
             ("net", Mark::Skip),
             ("authn", Mark::Skip),
             ("authz", Mark::Skip),
+            ("csrf", Mark::Skip),
             ("policy", Mark::Skip),
             ("rate", Mark::Skip),
             ("upstream", Mark::Pass)
