@@ -209,7 +209,7 @@ reasons! {
     RequestHeaderRepeated => {
         code: "request.header_repeated", status: 400, source: Caller, title: "Header sent twice",
         hint: "Send the header named in `detail` once.",
-        description: "A header that may appear only once (`Authorization`, `X-API-Key`, `DD-API-KEY`, `DD-APPLICATION-KEY`, `X-Request-Id`, `Origin`, `Content-Type`, `Access-Control-Request-Method`) appears more than once; the gateway and the upstream could each read a different one.",
+        description: "A header that may appear only once (`Authorization`, `X-API-Key`, `DD-API-KEY`, `DD-APPLICATION-KEY`, `X-Request-Id`, `Origin`, `Content-Type`, `Access-Control-Request-Method`, `Sec-Fetch-Site`) appears more than once; the gateway and the upstream could each read a different one.",
     },
     /// The URL carries a Pinpoint credential.
     RequestCredentialInUrl => {

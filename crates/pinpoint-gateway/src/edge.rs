@@ -73,7 +73,7 @@ pub fn canonical_request<'a>(
 }
 
 /// Headers a request may carry once: with two, layers and upstreams could each read another.
-static SINGLETONS: [HeaderName; 8] = [
+static SINGLETONS: [HeaderName; 9] = [
     http::header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("dd-api-key"),
@@ -82,6 +82,7 @@ static SINGLETONS: [HeaderName; 8] = [
     http::header::ORIGIN,
     http::header::CONTENT_TYPE,
     http::header::ACCESS_CONTROL_REQUEST_METHOD,
+    HeaderName::from_static("sec-fetch-site"),
 ];
 
 /// One scan of the header lines. Measured with bench/instructions.sh: a lookup per

@@ -106,7 +106,14 @@ pub fn request_origin(
     trusted: &[IpNet],
 ) -> Option<RequestOrigin> {
     let from_proxy = !trusted.is_empty() && listed(trusted, peer).is_some();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    // An empty value says nothing: the connection's own scheme and `Host` stand.
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
     let forwarded_pair = |key: &str| {
         headers
             .get_all(http::header::FORWARDED)
@@ -116,6 +123,7 @@ pub fn request_origin(
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.trim_matches('"'))
+            .filter(|v| !v.is_empty())
     };
     let first = |v: &str| v.split(',').next().unwrap_or("").trim().to_ascii_lowercase();
     let (scheme, scheme_source) = match (from_proxy, header("x-forwarded-proto"), forwarded_pair("proto")) {

@@ -57,5 +57,11 @@ pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<CorsConfig> {
             );
         }
     }
+    if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
+        d.error(
+            place(&[item.get("allow_credentials"), Some(item)]),
+            "cors: allowed_origins `*` with allow_credentials = true would let every site read cookie-authenticated responses; list the origins instead",
+        );
+    }
     Some(cors)
 }

@@ -42,8 +42,9 @@ impl Default for CsrfConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CsrfGuard {
-    /// Checked when the request's only credential is a cookie (no `Authorization`,
-    /// `X-API-Key` or `DD-*` key), as a browser sends it on its own (the default).
+    /// Checked when the request carries a credential a browser attaches on its own (a
+    /// cookie, or Basic/Digest/Negotiate/NTLM `Authorization`) and Pinpoint did not
+    /// authenticate the caller with a key or token (the default).
     #[default]
     Auto,
     /// Always checked: `Sec-Fetch-Site`, then `Origin` against the request's own origin.

@@ -310,6 +310,8 @@ mod tests {
             ("[jwt]\nttl_seconds = 0\n", 8),
             ("[cors]\nallowed_origins = [\"ftp://a\"]\n", 8),
             ("[cors]\nallowed_origins = [\"https://app.example/\"]\n", 8),
+            ("[cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n", 9),
+            ("[csrf]\ntrusted_origins = [\"https://a.example/x\"]\n", 8),
             ("[decision_log]\nbatch_size = 0\n", 8),
             (
                 "[[rate.limits]]\nid = \"l1\"\nby = \"key\"\nrequests = 0\nper_seconds = 1\n",

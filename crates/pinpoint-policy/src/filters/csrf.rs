@@ -1,6 +1,8 @@
 //! The CSRF filter: refuses state-changing requests that a browser sent on another site's
 //! behalf, the protection modern frameworks use. On a guarded route (`csrf = "origin"`, or
-//! the default `"auto"` when the request's only credential is a cookie): safe methods pass;
+//! the default `"auto"` when the request carries a credential a browser attaches on its
+//! own, a cookie or Basic/Negotiate-style `Authorization`, and Pinpoint did not
+//! authenticate it with a key or token it verified): safe methods pass;
 //! `Sec-Fetch-Site: same-origin` or `none` passes; otherwise `Origin` must be the request's
 //! own origin (scheme and host as the client addressed them, from trusted proxies only) or
 //! a trusted one (`[csrf] trusted_origins`, `[cors] allowed_origins`); a request with
@@ -48,7 +50,7 @@ impl CsrfFilter {
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         let cookie = cookie(headers, &self.config.token_cookie).unwrap_or_default();
-        if !header.is_empty() && bool::from(header.ct_eq(cookie.as_bytes())) {
+        if !header.is_empty() && bool::from(header.ct_eq(cookie)) {
             return Outcome::Allow {
                 rule_id: Some("token".into()),
             };
@@ -70,7 +72,13 @@ impl CsrfFilter {
     }
 
     fn origin_check(&self, ctx: &RequestCtx<'_>) -> Outcome {
-        let header = |name: &str| ctx.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        // A header that is present but not text still counts as present (and matches
+        // nothing): only a missing header means "not a browser".
+        let header = |name: &str| {
+            ctx.headers
+                .get(name)
+                .map(|v| v.to_str().map(str::trim).unwrap_or("\u{fffd}"))
+        };
         let (fetch_site, origin) = (header("sec-fetch-site"), header("origin"));
         let host = header("host");
         let own = request_origin(ctx.client_addr.ip(), ctx.headers, host, &self.trusted_proxies);
@@ -129,25 +137,32 @@ fn shown(value: Option<&str>) -> String {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The value of cookie `name` in the request's `Cookie` headers, as bytes (other cookies
+/// may hold any bytes a site set).
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let at = pair.iter().position(|b| *b == b'=')?;
+            Some((&pair[..at], pair[at + 1..].trim_ascii()))
+        })
+        .find(|(k, _)| *k == name.as_bytes())
+        .map(|(_, v)| v)
 }
 
-/// Whether a browser would have sent this request's credential on its own: it carries a
-/// cookie and no credential a page must set explicitly.
-fn cookie_only(headers: &HeaderMap) -> bool {
+/// Whether the request carries a credential a browser attaches on its own (a cookie, or
+/// `Authorization` of a scheme browsers remember: Basic, Digest, Negotiate, NTLM).
+fn ambient_credential(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::COOKIE)
-        && !["authorization", "x-api-key", "dd-api-key", "dd-application-key"]
-            .iter()
-            .any(|h| headers.contains_key(*h))
+        || headers.get_all(http::header::AUTHORIZATION).iter().any(|v| {
+            let scheme = v.as_bytes().split(|b| *b == b' ').next().unwrap_or_default();
+            ["basic", "digest", "negotiate", "ntlm"]
+                .iter()
+                .any(|s| scheme.eq_ignore_ascii_case(s.as_bytes()))
+        })
 }
 
 impl Filter for CsrfFilter {
@@ -164,7 +179,9 @@ impl Filter for CsrfFilter {
         let outcome = match guard {
             _ if safe => Outcome::NotApplicable,
             CsrfGuard::Off => Outcome::NotApplicable,
-            CsrfGuard::Auto if !cookie_only(ctx.headers) => Outcome::NotApplicable,
+            // Auto: what a browser could send on its own, and Pinpoint did not authenticate
+            // with a credential a page must set itself (a key or a token it verified).
+            CsrfGuard::Auto if ctx.identity.is_some() || !ambient_credential(ctx.headers) => Outcome::NotApplicable,
             CsrfGuard::Token => self.token_check(ctx.headers),
             CsrfGuard::Auto | CsrfGuard::Origin => self.origin_check(ctx),
         };

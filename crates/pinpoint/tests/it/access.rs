@@ -1024,6 +1024,12 @@ id = "open"
 path_prefix = "/open"
 upstream = "main"
 csrf = "off"
+
+[[routes]]
+id = "keyed"
+path_prefix = "/keyed"
+upstream = "main"
+auth = "required"
 "#;
 
 /// A request with the given headers.
@@ -1049,6 +1055,7 @@ async fn csrf_refuses_cross_site_cookie_posts_and_says_what_it_compared() {
     let gw = start(&config).await;
     let own = format!("http://{}", gw.proxy);
     let own_upper = own.to_ascii_uppercase();
+    let bearer = format!("Bearer {}", gw.admin_key);
     let cookie = ("cookie", "session=s1");
 
     // A browser on another site: refused, and the trace says what was compared.
@@ -1122,10 +1129,10 @@ async fn csrf_refuses_cross_site_cookie_posts_and_says_what_it_compared() {
         ),
         (
             M::POST,
-            "/app/x",
+            "/keyed/x",
             vec![
                 cookie,
-                ("authorization", "Bearer abc"),
+                ("authorization", bearer.as_str()),
                 ("origin", "https://evil.example"),
             ],
         ),
@@ -1148,6 +1155,43 @@ async fn csrf_refuses_cross_site_cookie_posts_and_says_what_it_compared() {
         let resp = send_with(&gw, method.clone(), path, &headers).await;
         assert_eq!(resp.status(), 200, "{method} {path} {headers:?}");
     }
+    // A credential header Pinpoint did not verify does not switch the check off, and what
+    // a browser attaches on its own (Basic, Negotiate) counts like a cookie.
+    for headers in [
+        vec![
+            cookie,
+            ("authorization", "Bearer junk"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        vec![
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        vec![cookie, ("x-api-key", ""), ("sec-fetch-site", "cross-site")],
+    ] {
+        let resp = send_with(&gw, M::POST, "/app/x", &headers).await;
+        problem(resp, 403, "csrf.cross_site").await;
+    }
+    // Sec-Fetch-Site is read once: a second one is refused, not ignored.
+    let resp = send_with(
+        &gw,
+        M::POST,
+        "/app/x",
+        &[
+            cookie,
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+    )
+    .await;
+    problem(resp, 400, "request.header_repeated").await;
+    // Cookies of any bytes beside the token do not hide it.
+    let mut request = gw.http.post(gw.url("/forms/x")).header("x-csrf-token", "t0k3n");
+    request = request.header(
+        "cookie",
+        reqwest::header::HeaderValue::from_bytes(b"theme=caf\xc3\xa9; csrf_token=t0k3n").unwrap(),
+    );
+    assert_eq!(request.send().await.unwrap().status(), 200);
     for headers in [
         vec![("cookie", "csrf_token=t0k3n"), ("x-csrf-token", "other")],
         vec![("cookie", "csrf_token=t0k3n")],
