@@ -109,6 +109,10 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     }
 
     let (mut parts, body) = req.into_parts();
+    // The body is read once: early, when a filter's body phase asks for it (only then is
+    // it inspected), else after the header phase allowed the request.
+    let mut unread = Some(body);
+    let mut read_early: Option<Result<Bytes, edge::BodyRefusal>> = None;
     let trusted_proxies = &runtime.config.net.trusted_proxies;
     let client_ip = pinpoint_policy::forwarded::client_ip(peer.ip(), &parts.headers, trusted_proxies);
     let raw_path = parts.uri.path();
@@ -159,7 +163,16 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 &request_id,
                 pinpoint_store::now_ms(),
             );
-            let verdict = runtime.pipeline.run(&mut ctx).await;
+            let mut verdict = runtime.pipeline.run(&mut ctx).await;
+            if verdict.denial.is_none() && !ctx.answered && runtime.pipeline.body_wanted(&ctx).is_some() {
+                if let (Some(route), Some(incoming)) = (ctx.route.clone(), unread.take()) {
+                    let read = edge::read_body(incoming, route.max_body_bytes, route.body_timeout).await;
+                    if let Ok(bytes) = &read {
+                        runtime.pipeline.run_body(&mut ctx, bytes, &mut verdict);
+                    }
+                    read_early = Some(read);
+                }
+            }
             telemetry::count_trace_denials(&verdict.trace, &ctx.route_label());
             let (route, identity, known_caller) = (ctx.route.take(), ctx.identity.take(), ctx.known_caller.take());
             let (answered, at_ms) = (ctx.answered, ctx.at_ms);
@@ -195,7 +208,15 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
 
     let (mut response, reason, upstream_target) = match (verdict.denial, route) {
         (None, Some(route)) if !answered => {
-            let read = edge::read_body(body, route.max_body_bytes, route.body_timeout).await;
+            let read = match (read_early, unread) {
+                (Some(read), _) => read,
+                (None, Some(incoming)) => edge::read_body(incoming, route.max_body_bytes, route.body_timeout).await,
+                // Read early, or not at all: never both unread and missing.
+                (None, None) => Err(edge::BodyRefusal {
+                    denial: Denial::new(Reason::RequestBodyIncomplete, "The request body could not be read."),
+                    close: true,
+                }),
+            };
             // A `_method` parameter says what an override header says: it goes no further
             // than the route's override rule lets it.
             let read = read.and_then(|bytes| {
@@ -271,7 +292,9 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                     (deny(&denial, &request_id, format, reasons_url), Some(denial.reason))
                 }
             };
-            edge::settle_unread_body(body, &parts.headers, &mut response).await;
+            if let Some(incoming) = unread {
+                edge::settle_unread_body(incoming, &parts.headers, &mut response).await;
+            }
             (response, reason, None)
         }
     };
