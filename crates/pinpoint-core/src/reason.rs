@@ -445,6 +445,60 @@ reasons! {
         hint: "Send the value of the CSRF token cookie in the CSRF token header (X-CSRF-Token by default); reload the page to get a fresh one.",
         description: "On a route with `csrf = \"token\"`, the header named by `[csrf] token_header` was missing or differed from the cookie named by `token_cookie` (compared in constant time).",
     },
+    /// The WAF found SQL injection.
+    WafSqli => {
+        code: "waf.sqli", status: 403, source: Policy, title: "Refused as SQL injection",
+        hint: "Remove or encode the content of the part named in `detail`; if it is legitimate, give the API's operators the request id so they can exclude it.",
+        description: "The built-in WAF's SQL injection rule (libinjection) matched a part of the request; the trace lists every rule that contributed with its part, score and a masked fragment.",
+    },
+    /// The WAF found cross-site scripting.
+    WafXss => {
+        code: "waf.xss", status: 403, source: Policy, title: "Refused as cross-site scripting",
+        hint: "Remove or encode the content of the part named in `detail`; if it is legitimate, give the API's operators the request id so they can exclude it.",
+        description: "The built-in WAF's XSS rule (libinjection, also after HTML entity decoding) matched a part of the request.",
+    },
+    /// The WAF found a path traversal.
+    WafTraversal => {
+        code: "waf.traversal", status: 403, source: Policy, title: "Refused as path traversal",
+        hint: "Remove `../` sequences from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
+        description: "A decoded value holds a `../` or `..\\` sequence.",
+    },
+    /// The WAF found a JNDI lookup (Log4Shell).
+    WafJndi => {
+        code: "waf.jndi", status: 403, source: Policy, title: "Refused as a JNDI lookup",
+        hint: "Remove `${...}` lookups from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
+        description: "A decoded value holds a `${jndi:` lookup, also when spelled with nested `${lower:}`, `${upper:}`, `${::-}` or `${env:...:-}` lookups.",
+    },
+    /// The WAF found OS command injection.
+    WafRce => {
+        code: "waf.rce", status: 403, source: Policy, title: "Refused as command injection",
+        hint: "Remove shell syntax (`;`, `|`, `$(...)`, backquotes before a command) from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
+        description: "A decoded value chains a shell command (paranoia level 2).",
+    },
+    /// The WAF found a NoSQL operator in JSON.
+    WafNosql => {
+        code: "waf.nosql", status: 403, source: Policy, title: "Refused as NoSQL operator injection",
+        hint: "Send plain values instead of objects with `$` operators in the part named in `detail`.",
+        description: "A JSON body holds an object key that is a MongoDB-style query operator (`$ne`, `$gt`, `$where`, `$regex`, ...).",
+    },
+    /// A body the WAF must inspect does not parse as its declared type.
+    WafBodyUnparsable => {
+        code: "waf.body_unparsable", status: 400, source: Caller, title: "Body does not parse as its type",
+        hint: "Send a body that is valid for its Content-Type (JSON or form data).",
+        description: "The route's WAF inspects bodies; this one did not parse as the JSON or form data its `Content-Type` declared, so it could not be inspected.",
+    },
+    /// A JSON body nests deeper than the WAF inspects.
+    WafBodyTooDeep => {
+        code: "waf.body_too_deep", status: 400, source: Caller, title: "Body nested too deeply",
+        hint: "Send a JSON body nested less deeply (see `[waf] max_json_depth`).",
+        description: "The JSON body nests deeper than `[waf] max_json_depth`.",
+    },
+    /// A body holds more values than the WAF inspects.
+    WafTooManyValues => {
+        code: "waf.too_many_values", status: 400, source: Caller, title: "Too many values in the request",
+        hint: "Send fewer fields or array entries in one request (see `[waf] max_values`).",
+        description: "The body holds more values than `[waf] max_values`.",
+    },
     /// A GCRA rate limit is exceeded.
     RateLimited => {
         code: "rate.limited", status: 429, source: Policy, title: "Too many requests",

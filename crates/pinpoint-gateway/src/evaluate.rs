@@ -94,6 +94,7 @@ impl Evaluator {
             "evaluation",
             self.clock.now_ms(),
         );
+        ctx.query = uri.query();
         let verdict = pinpoint_policy::block_on(self.pipeline.run(&mut ctx));
         Evaluation {
             reason: verdict.denial.map(|d| d.reason),

@@ -163,6 +163,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 &request_id,
                 pinpoint_store::now_ms(),
             );
+            ctx.query = parts.uri.query();
             let mut verdict = runtime.pipeline.run(&mut ctx).await;
             if verdict.denial.is_none() && !ctx.answered && runtime.pipeline.body_wanted(&ctx).is_some() {
                 if let (Some(route), Some(incoming)) = (ctx.route.clone(), unread.take()) {

@@ -26,6 +26,7 @@ use pinpoint_policy::filters::cors::CorsFilter;
 use pinpoint_policy::filters::csrf::CsrfFilter;
 use pinpoint_policy::filters::net::NetFilter;
 use pinpoint_policy::filters::rate::RateFilter;
+use pinpoint_policy::filters::waf::WafFilter;
 use pinpoint_policy::filters::{policy::PolicyFilter, route::RouteFilter};
 use pinpoint_policy::pipeline::Pipeline;
 use pinpoint_policy::rate_state::MemoryRateState;
@@ -141,7 +142,7 @@ pub struct Shared {
 /// Routing comes first because every later layer may depend on the route (its CORS,
 /// IP lists, auth requirement, permissions, limits); it cannot be shadowed. Then: CORS
 /// preflight (answered before authentication), IP lists, authentication, authorization,
-/// cross-site request checks, static policy rules, rate limits and quotas (last, so
+/// cross-site request checks, the WAF, static policy rules, rate limits and quotas (last, so
 /// refused requests do not spend the caller's budget).
 pub fn build_pipeline(config: &Config, routes: Arc<RouteTable>, world: &World) -> Pipeline {
     let mut pipeline = Pipeline::default();
@@ -187,6 +188,7 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, world: &World, a
         CsrfFilter::new(&config.csrf, &config.cors.allowed_origins, &config.net.trusted_proxies),
         config.csrf.mode,
     );
+    pipeline.push(WafFilter::new(&config.waf), config.waf.mode);
     pipeline.push(PolicyFilter::new(config.policy.rules.clone()), config.policy.mode);
     pipeline.push(
         RateFilter::new(&config.rate.limits, &config.rate.quotas, world.rate.clone()),

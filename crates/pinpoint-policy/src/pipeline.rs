@@ -31,6 +31,8 @@ pub struct RequestCtx<'a> {
     pub method: &'a Method,
     /// The canonical path: the one the upstream receives (before `strip_prefix`).
     pub path: &'a str,
+    /// The query string as sent (set by the host when it has one).
+    pub query: Option<&'a str>,
     /// The matched route folds case: rules compare paths ignoring ASCII case.
     pub fold_case: bool,
     /// Host without port, lower-case.
@@ -81,6 +83,7 @@ impl<'a> RequestCtx<'a> {
         RequestCtx {
             method,
             path,
+            query: None,
             fold_case: false,
             host,
             headers,

@@ -28,6 +28,8 @@ pub struct CompiledRoute {
     pub allow_path_parameters: bool,
     /// How the route guards against cross-site requests.
     pub csrf: pinpoint_core::config::CsrfGuard,
+    /// The built-in WAF inspects this route's requests.
+    pub waf: bool,
     pub override_headers: OverrideHeaders,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
@@ -147,6 +149,7 @@ impl CompiledRoute {
             case_insensitive: config.case_insensitive,
             allow_path_parameters: config.allow_path_parameters,
             csrf: config.csrf,
+            waf: config.waf,
             override_headers: config.override_headers,
             max_body_bytes: config.max_body_bytes,
             body_timeout: Duration::from_millis(config.body_timeout_ms),

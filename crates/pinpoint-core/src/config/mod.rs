@@ -25,6 +25,7 @@ mod rate;
 mod routes;
 mod server;
 mod upstreams;
+mod waf;
 
 use std::collections::BTreeMap;
 
@@ -48,6 +49,7 @@ pub use routes::{
 };
 pub use server::{ServerConfig, REASONS_PATH};
 pub use upstreams::{Target, UpstreamConfig};
+pub use waf::WafConfig;
 
 use diagnostics::Diagnostics;
 
@@ -57,7 +59,7 @@ pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 pub const DEMO_ORIGIN: &str = "<built-in demo>";
 
 /// The top-level sections a config may have.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "server",
     "decision_log",
     "upstreams",
@@ -68,6 +70,7 @@ const SECTIONS: [&str; 14] = [
     "net",
     "cors",
     "csrf",
+    "waf",
     "rate",
     "jwt",
     "keys",
@@ -92,6 +95,7 @@ pub struct Config {
     pub net: NetConfig,
     pub cors: CorsConfig,
     pub csrf: CsrfConfig,
+    pub waf: WafConfig,
     pub rate: RateConfig,
     pub jwt: JwtConfig,
     pub keys: KeysConfig,
@@ -132,6 +136,7 @@ impl Config {
         let net = net::read(section("net"), &mut d);
         let cors = cors::read(section("cors"), &mut d);
         let csrf = csrf::read(section("csrf"), &mut d);
+        let waf = waf::read(section("waf"), &mut d);
         let rate = rate::read(section("rate"), &mut d, &route_ids);
         let jwt = jwt::read(section("jwt"), &mut d);
         let keys = keys::read(section("keys"), &mut d);
@@ -152,6 +157,7 @@ impl Config {
                 net: net?,
                 cors: cors?,
                 csrf: csrf?,
+                waf: waf?,
                 rate: rate?,
                 jwt: jwt?,
                 keys: keys?,

@@ -50,6 +50,8 @@ pub struct RouteConfig {
     pub body_timeout_ms: u64,
     /// How the route guards against cross-site requests (`[csrf]`).
     pub csrf: super::CsrfGuard,
+    /// The built-in WAF inspects this route's requests (`[waf]`).
+    pub waf: bool,
 }
 
 /// The methods a route without a `methods` list allows.
@@ -125,6 +127,8 @@ struct RawRoute {
     body_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     csrf: super::CsrfGuard,
+    #[serde(default)]
+    waf: bool,
 }
 
 /// The route ids the file declares, whether or not each route is valid (so a rule naming
@@ -316,5 +320,6 @@ fn read_route(
         max_body_bytes,
         body_timeout_ms,
         csrf: r.csrf,
+        waf: r.waf,
     })
 }

@@ -10,3 +10,4 @@ pub mod net;
 pub mod policy;
 pub mod rate;
 pub mod route;
+pub mod waf;

@@ -10,6 +10,7 @@ mod evaluation;
 mod identity_api;
 mod lifecycle;
 mod proxy;
+mod waf;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

