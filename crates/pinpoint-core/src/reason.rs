@@ -481,6 +481,18 @@ reasons! {
         hint: "Send plain values instead of objects with `$` operators in the part named in `detail`.",
         description: "A JSON body holds an object key that is a MongoDB-style query operator (`$ne`, `$gt`, `$where`, `$regex`, ...).",
     },
+    /// The WAF found an XML external entity.
+    WafXxe => {
+        code: "waf.xxe", status: 403, source: Policy, title: "Refused as an XML external entity",
+        hint: "Send XML without a DOCTYPE that declares external entities (`<!ENTITY ... SYSTEM`).",
+        description: "An XML body declares an external entity (`<!ENTITY name SYSTEM \"...\">` or `PUBLIC`), which XML parsers may resolve to local files or internal URLs.",
+    },
+    /// The WAF found a server-side template expression.
+    WafTemplate => {
+        code: "waf.template", status: 403, source: Policy, title: "Refused as template injection",
+        hint: "Remove template expressions (`{{...}}`, `${...}`, `<%= ... %>`) from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
+        description: "A decoded value holds a server-side template expression that computes or reaches into objects (`{{7*7}}`, `${7*7}`, `<%= ... %>`, `{{self.__class__}}`).",
+    },
     /// A body the WAF must inspect does not parse as its declared type.
     WafBodyUnparsable => {
         code: "waf.body_unparsable", status: 400, source: Caller, title: "Body does not parse as its type",

@@ -1,15 +1,17 @@
 //! The built-in WAF filter, on routes with `waf = true`. It inspects the path, query
-//! arguments, cookies and chosen headers in the header phase, and JSON and form bodies in
-//! the body phase (asking for the body only on its routes). Each value is decoded the way
+//! arguments, cookies and chosen headers in the header phase, and JSON, form, multipart
+//! (field values and file names, not file contents) and XML (text and attribute values,
+//! external entities) bodies in the body phase (asking for the body only on its routes). Each value is decoded the way
 //! servers read it (percent and `+` decoding; JSON strings unescaped by the parser; HTML
 //! entities too for XSS) and located precisely: `query:q`, `header:user-agent`,
-//! `cookie:session`, `form:comment`, `body:/items/0/note` (a JSON pointer). Rules have a
+//! `cookie:session`, `form:comment`, `file:upload`, `xml:/order/note`,
+//! `body:/items/0/note` (a JSON pointer). Rules have a
 //! stable id, a family, a paranoia level and a score; a phase whose matches reach
 //! `[waf] threshold` is refused with the family of its highest-scoring match (anomaly
 //! scoring, as the OWASP Core Rule Set does). The trace lists every contributing rule with
 //! its part, score and a masked fragment (a short prefix and a hash, never the value).
-//! Not inspected yet: multipart and XML bodies.
-//! Codes: `waf.sqli`, `waf.xss`, `waf.traversal`, `waf.jndi`, `waf.rce`, `waf.nosql` (403),
+//! Codes: `waf.sqli`, `waf.xss`, `waf.traversal`, `waf.jndi`, `waf.rce`, `waf.nosql`,
+//! `waf.xxe`, `waf.template` (403),
 //! `waf.body_unparsable`, `waf.body_too_deep`, `waf.too_many_values` (400).
 
 use http::HeaderMap;
@@ -31,15 +33,18 @@ enum Rule {
     JndiLookup,
     RceShellChain,
     NosqlOperator,
+    XxeEntity,
+    TemplateExpression,
 }
 
 impl Rule {
-    const VALUE_RULES: [Rule; 5] = [
+    const VALUE_RULES: [Rule; 6] = [
         Rule::SqliLibinjection,
         Rule::XssLibinjection,
         Rule::TraversalDotDot,
         Rule::JndiLookup,
         Rule::RceShellChain,
+        Rule::TemplateExpression,
     ];
 
     fn id(self) -> &'static str {
@@ -50,6 +55,8 @@ impl Rule {
             Rule::JndiLookup => "jndi-lookup",
             Rule::RceShellChain => "rce-shell-chain",
             Rule::NosqlOperator => "nosql-operator",
+            Rule::XxeEntity => "xxe-external-entity",
+            Rule::TemplateExpression => "template-expression",
         }
     }
 
@@ -61,6 +68,8 @@ impl Rule {
             Rule::JndiLookup => Reason::WafJndi,
             Rule::RceShellChain => Reason::WafRce,
             Rule::NosqlOperator => Reason::WafNosql,
+            Rule::XxeEntity => Reason::WafXxe,
+            Rule::TemplateExpression => Reason::WafTemplate,
         }
     }
 
@@ -88,7 +97,9 @@ impl Rule {
             }
             Rule::JndiLookup => jndi(value),
             Rule::RceShellChain => shell_chain(value),
-            Rule::NosqlOperator => false,
+            Rule::TemplateExpression => template_expression(value),
+            // Found by the body walkers, not in single values.
+            Rule::NosqlOperator | Rule::XxeEntity => false,
         }
     }
 }
@@ -210,6 +221,11 @@ impl WafFilter {
                 values: 0,
             };
             walk.value(&value, &mut String::new(), 0)?;
+        } else if content_type == "multipart/form-data" {
+            self.multipart(headers, body, &mut hits)?;
+        } else if content_type == "application/xml" || content_type == "text/xml" || content_type.ends_with("+xml") {
+            let text = String::from_utf8_lossy(body);
+            self.xml(&text, &mut hits)?;
         } else if content_type == "application/x-www-form-urlencoded" {
             let text = std::str::from_utf8(body)
                 .map_err(|_| Denial::new(Reason::WafBodyUnparsable, "The form body is not UTF-8 text."))?;
@@ -223,6 +239,137 @@ impl WafFilter {
         }
         Ok(hits)
     }
+}
+
+impl WafFilter {
+    /// `multipart/form-data`: each field's value as `form:<name>`, each file's name as
+    /// `file:<name>` (file contents are not inspected).
+    fn multipart(&self, headers: &HeaderMap, body: &[u8], hits: &mut Vec<Hit>) -> Result<(), Denial> {
+        let unparsable = || Denial::new(Reason::WafBodyUnparsable, "The multipart body does not parse.");
+        let boundary = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("boundary=")))
+            .map(|b| b.trim_matches('"'))
+            .filter(|b| !b.is_empty())
+            .ok_or_else(unparsable)?;
+        let delimiter = format!("--{boundary}");
+        let text = String::from_utf8_lossy(body);
+        let mut sections = text.split(delimiter.as_str());
+        sections.next(); // the preamble
+        let mut fields = 0;
+        let mut closed = false;
+        for section in sections {
+            if section.starts_with("--") {
+                closed = true;
+                break;
+            }
+            fields += 1;
+            if fields > self.config.max_values {
+                return Err(too_many(self.config.max_values));
+            }
+            let section = section.strip_prefix("\r\n").unwrap_or(section);
+            let (head, value) = section.split_once("\r\n\r\n").ok_or_else(unparsable)?;
+            let value = value.strip_suffix("\r\n").unwrap_or(value);
+            let disposition = head
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
+                .ok_or_else(unparsable)?;
+            let param = |key: &str| {
+                disposition
+                    .split(';')
+                    .filter_map(|p| p.trim().split_once('='))
+                    .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    .map(|(_, v)| v.trim_matches('"').to_owned())
+            };
+            let name = param("name").unwrap_or_default();
+            match param("filename") {
+                Some(file) => self.inspect(format!("file:{name}"), &file, hits),
+                None => self.inspect(format!("form:{name}"), value, hits),
+            }
+        }
+        if !closed {
+            return Err(unparsable());
+        }
+        Ok(())
+    }
+
+    /// XML: a DOCTYPE declaring an external entity is refused; text and attribute values
+    /// are inspected as `xml:/a/b` (by element path).
+    fn xml(&self, text: &str, hits: &mut Vec<Hit>) -> Result<(), Denial> {
+        let upper = text.to_ascii_uppercase();
+        if upper.contains("<!DOCTYPE")
+            && upper.contains("<!ENTITY")
+            && (upper.contains("SYSTEM") || upper.contains("PUBLIC"))
+        {
+            hits.push(Hit {
+                rule: Rule::XxeEntity,
+                part: String::from("xml:doctype"),
+                fragment: masked(text),
+            });
+        }
+        let mut path: Vec<&str> = Vec::new();
+        let mut rest = text;
+        let mut values = 0;
+        while let Some(open) = rest.find('<') {
+            let content = html_decode(rest[..open].trim());
+            if !content.is_empty() {
+                values += 1;
+                self.inspect(format!("xml:/{}", path.join("/")), &content, hits);
+            }
+            let Some(close) = rest[open..].find('>') else {
+                return Err(Denial::new(Reason::WafBodyUnparsable, "The XML body does not parse."));
+            };
+            let tag = &rest[open + 1..open + close];
+            rest = &rest[open + close + 1..];
+            if let Some(name) = tag.strip_prefix('/') {
+                if path.last().is_some_and(|last| *last == name.trim()) {
+                    path.pop();
+                }
+                continue;
+            }
+            if tag.starts_with(['?', '!']) {
+                continue;
+            }
+            let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("");
+            for (i, quoted) in tag.split('"').enumerate() {
+                if i % 2 == 1 {
+                    values += 1;
+                    self.inspect(format!("xml:/{}/{name}@", path.join("/")), &html_decode(quoted), hits);
+                }
+            }
+            if !tag.ends_with('/') {
+                path.push(name);
+            }
+            if values > self.config.max_values {
+                return Err(too_many(self.config.max_values));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A server-side template expression that computes or reaches into objects.
+fn template_expression(value: &str) -> bool {
+    let computes = |inner: &str| {
+        let inner: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
+        inner.contains("__")
+            || inner.contains(".class")
+            || inner.contains("getruntime")
+            || inner
+                .as_bytes()
+                .windows(3)
+                .any(|w| w[0].is_ascii_digit() && b"*+-/%".contains(&w[1]) && w[2].is_ascii_digit())
+    };
+    let lower = value.to_ascii_lowercase();
+    [("{{", "}}"), ("${", "}"), ("#{", "}"), ("<%=", "%>"), ("{%", "%}")]
+        .iter()
+        .any(|(open, close)| {
+            lower.match_indices(open).any(|(at, _)| {
+                let after = &lower[at + open.len()..];
+                after.find(close).is_some_and(|end| computes(&after[..end]))
+            })
+        })
 }
 
 fn too_many(max: usize) -> Denial {
@@ -491,6 +638,9 @@ mod tests {
         assert!(!jndi("${price} is jndi-free"));
         assert!(shell_chain("x; cat /etc/passwd") && shell_chain("$(id)"));
         assert!(!shell_chain("Tom & Jerry; a catalogue"));
+        assert!(template_expression("{{7*7}}") && template_expression("${7*7}") && template_expression("<%= 7 * 7 %>"));
+        assert!(template_expression("{{self.__class__}}"));
+        assert!(!template_expression("Hello {{name}}, it costs ${price}") && !template_expression("5*5 = 25"));
     }
 
     #[test]

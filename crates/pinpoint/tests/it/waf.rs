@@ -122,11 +122,65 @@ async fn attacks_in_every_part_are_refused_with_the_part_named_and_look_alikes_p
         );
     }
 
+    // Multipart field values and file names; XML text, attributes and external entities;
+    // template expressions.
+    let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nHello\r\n--XyZ\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"../../etc/passwd\"\r\nContent-Type: text/plain\r\n\r\n' OR 1=1 -- file contents are not inspected\r\n--XyZ--\r\n";
+    let resp = post(&gw, "/guarded/x", "multipart/form-data; boundary=XyZ", multipart).await;
+    let body = problem(resp, 403, "waf.traversal").await;
+    assert!(body["detail"].as_str().unwrap().contains("`file:upload`"), "{body}");
+    let benign_multipart = multipart.replace("../../etc/passwd", "notes.txt");
+    assert_eq!(
+        post(
+            &gw,
+            "/guarded/x",
+            "multipart/form-data; boundary=XyZ",
+            &benign_multipart
+        )
+        .await
+        .status(),
+        200
+    );
+    let xxe = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]><r>&e;</r>"#;
+    problem(post(&gw, "/guarded/x", "application/xml", xxe).await, 403, "waf.xxe").await;
+    let xml_sqli = r#"<order><note>1' UNION SELECT password FROM users--</note></order>"#;
+    let body = problem(
+        post(&gw, "/guarded/x", "application/xml", xml_sqli).await,
+        403,
+        "waf.sqli",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("`xml:/order/note`"), "{body}");
+    assert_eq!(
+        post(
+            &gw,
+            "/guarded/x",
+            "application/xml",
+            "<order><note>O'Brien's order, select from menu</note></order>"
+        )
+        .await
+        .status(),
+        200
+    );
+    let resp = post(&gw, "/guarded/x", "application/json", r#"{"greeting":"{{7*7}}"}"#).await;
+    problem(resp, 403, "waf.template").await;
+    problem(
+        post(
+            &gw,
+            "/guarded/x",
+            "multipart/form-data; boundary=XyZ",
+            "--XyZ\r\nno end",
+        )
+        .await,
+        400,
+        "waf.body_unparsable",
+    )
+    .await;
+
     // Look-alikes that naive rules refuse.
     let benign = [
         r#"{"name":"O'Brien","bio":"Please select a size from the list; drop by the shop"}"#,
         r#"{"snippet":"```rust\nfn main() { println!(\"hi\"); }\n```","path":"/usr/local/bin/tool"}"#,
-        r#"{"token":"eyJhbGciOiJIUzI1NiJ9.e30.x","rule":"if x < 10 then show the banner","heart":"Fish & chips <3","ellipsis":"wait... what"}"#,
+        r#"{"template":"Hello {{name}}, it costs ${price}","token":"eyJhbGciOiJIUzI1NiJ9.e30.x","rule":"if x < 10 then show the banner","heart":"Fish & chips <3","ellipsis":"wait... what"}"#,
     ];
     for body in benign {
         assert_eq!(
