@@ -9,31 +9,7 @@ use pinpoint_core::{Decision, Mark};
 use crate::client::{ApiClient, ApiRefusal, ClientArgs};
 
 pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()> {
-    if !pinpoint_core::request_id::is_well_formed(request_id) {
-        bail!("`{request_id}` is not a request id (1 to 128 of A-Z a-z 0-9 - _ . : @)");
-    }
-    let api = ApiClient::new(client)?;
-    let path = format!("/api/v2/decisions/{request_id}");
-    // A request made a moment ago may not be written yet: the API says so; ask again.
-    let mut attempts = 0;
-    let body = loop {
-        match api.call(reqwest::Method::GET, &path, None).await {
-            Err(e)
-                if attempts < 5
-                    && e.downcast_ref::<ApiRefusal>()
-                        .is_some_and(|r| r.reason == "api.decision_pending") =>
-            {
-                attempts += 1;
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            other => break other?,
-        }
-    };
-    // One decision, or several when a client's id named more than one request.
-    let resources = match &body["data"] {
-        serde_json::Value::Array(list) => list.clone(),
-        one => vec![one.clone()],
-    };
+    let resources = fetch_resources(request_id, client).await?;
     if json {
         let attributes: Vec<&serde_json::Value> = resources.iter().map(|r| &r["attributes"]).collect();
         match attributes.as_slice() {
@@ -57,6 +33,47 @@ pub async fn run(request_id: &str, client: &ClientArgs, json: bool) -> Result<()
         print!("{}", render(&decision));
     }
     Ok(())
+}
+
+/// The decision resources stored under `request_id`, newest first, waiting for a decision
+/// not written yet.
+async fn fetch_resources(request_id: &str, client: &ClientArgs) -> Result<Vec<serde_json::Value>> {
+    if !pinpoint_core::request_id::is_well_formed(request_id) {
+        bail!("`{request_id}` is not a request id (1 to 128 of A-Z a-z 0-9 - _ . : @)");
+    }
+    let api = ApiClient::new(client)?;
+    let path = format!("/api/v2/decisions/{request_id}");
+    // A request made a moment ago may not be written yet: the API says so; ask again.
+    let mut attempts = 0;
+    let body = loop {
+        match api.call(reqwest::Method::GET, &path, None).await {
+            Err(e)
+                if attempts < 5
+                    && e.downcast_ref::<ApiRefusal>()
+                        .is_some_and(|r| r.reason == "api.decision_pending") =>
+            {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
+    // One decision, or several when a client's id named more than one request.
+    Ok(match &body["data"] {
+        serde_json::Value::Array(list) => list.clone(),
+        one => vec![one.clone()],
+    })
+}
+
+/// The decisions stored under `request_id`, newest first.
+pub async fn fetch(request_id: &str, client: &ClientArgs) -> Result<Vec<Decision>> {
+    fetch_resources(request_id, client)
+        .await?
+        .into_iter()
+        .map(|r| {
+            serde_json::from_value(r["attributes"].clone()).context("the API returned a decision this CLI cannot read")
+        })
+        .collect()
 }
 
 /// The human-readable explanation of a decision.

@@ -7,6 +7,7 @@ mod client;
 mod cloud;
 mod explain;
 mod log_sink;
+mod waf;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The built-in WAF.
+    #[command(subcommand)]
+    Waf(WafCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::Keys),
@@ -183,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
                 client,
                 json,
             } => explain::run(&request_id, &client, json).await,
+            Command::Waf(WafCommand::Exclude { request_id, client }) => waf::exclude(&request_id, &client).await,
             Command::Login(LoginCommand::Aws { target, json }) => cloud::login(&target, json).await,
             Command::AgentKey {
                 target,
@@ -292,6 +297,17 @@ fn config_refusal(e: &pinpoint_gateway::runtime::LoadError) -> String {
         }
         other => format!("config refused: {other}"),
     }
+}
+
+#[derive(Subcommand)]
+enum WafCommand {
+    /// Print the narrowest `[[waf.exclusions]]` that would let a refused request through.
+    Exclude {
+        /// The request id of the refused request.
+        request_id: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
 }
 
 /// The config file used when `--config` is not given, if it exists.

@@ -49,7 +49,7 @@ pub use routes::{
 };
 pub use server::{ServerConfig, REASONS_PATH};
 pub use upstreams::{Target, UpstreamConfig};
-pub use waf::WafConfig;
+pub use waf::{WafConfig, WafExclusion};
 
 use diagnostics::Diagnostics;
 
@@ -136,7 +136,7 @@ impl Config {
         let net = net::read(section("net"), &mut d);
         let cors = cors::read(section("cors"), &mut d);
         let csrf = csrf::read(section("csrf"), &mut d);
-        let waf = waf::read(section("waf"), &mut d);
+        let waf = waf::read(section("waf"), &mut d, &route_ids);
         let rate = rate::read(section("rate"), &mut d, &route_ids);
         let jwt = jwt::read(section("jwt"), &mut d);
         let keys = keys::read(section("keys"), &mut d);

@@ -24,6 +24,40 @@ pub struct WafConfig {
     pub max_json_depth: usize,
     /// Bodies with more values are refused (`waf.too_many_values`).
     pub max_values: usize,
+    /// `[[waf.exclusions]]`: matches these rules may make in these parts are ignored.
+    pub exclusions: Vec<WafExclusion>,
+}
+
+/// `[[waf.exclusions]]`: rules (by id or family) that do not count in some parts of some
+/// routes' requests, such as the HTML field of a CMS. `pinpoint waf exclude <request-id>`
+/// prints the narrowest one that lets a refused request through.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafExclusion {
+    pub id: String,
+    /// Route ids; every route when absent.
+    pub routes: Option<Vec<String>>,
+    /// Rule ids (`sqli-libinjection`) or families (`sqli`); every rule when absent.
+    pub rules: Option<Vec<String>>,
+    /// Parts (`body:/article/html`, `query:q`); a trailing `*` matches any ending.
+    pub parts: Vec<String>,
+}
+
+impl WafExclusion {
+    /// Whether this exclusion covers a match of `rule` (of `family`) in `part` on `route`.
+    pub fn covers(&self, route: Option<&str>, rule: &str, family: &str, part: &str) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|routes| route.is_some_and(|r| routes.iter().any(|x| x == r)))
+            && self
+                .rules
+                .as_ref()
+                .is_none_or(|rules| rules.iter().any(|x| x == rule || x == family))
+            && self.parts.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => part.starts_with(prefix),
+                None => p == part,
+            })
+    }
 }
 
 impl Default for WafConfig {
@@ -35,11 +69,16 @@ impl Default for WafConfig {
             headers: vec![String::from("user-agent"), String::from("referer")],
             max_json_depth: 32,
             max_values: 1_000,
+            exclusions: Vec::new(),
         }
     }
 }
 
-pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<WafConfig> {
+pub(super) fn read(
+    item: &Item,
+    d: &mut Diagnostics,
+    route_ids: &std::collections::HashSet<String>,
+) -> Option<WafConfig> {
     let mut waf: WafConfig = d.read_or_default(item)?;
     let at = |field: &str| place(&[item.get(field), Some(item)]);
     if !(1..=2).contains(&waf.paranoia) {
@@ -52,6 +91,38 @@ pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<WafConfig> {
     ] {
         if value == 0 {
             d.error(at(field), format!("waf.{field} must be at least 1"));
+        }
+    }
+    let list = item.get("exclusions");
+    let mut ids = std::collections::HashSet::new();
+    for (i, exclusion) in waf.exclusions.iter().enumerate() {
+        let entry = list.and_then(|l| super::diagnostics::entry(l, i));
+        let at = |field: &str| place(&[entry.and_then(|e| e.get(field)), entry, Some(item)]);
+        if !super::names::is_identifier(&exclusion.id) || !ids.insert(exclusion.id.clone()) {
+            d.error(
+                at("id"),
+                format!("waf exclusion id `{}` must be a unique identifier", exclusion.id),
+            );
+        }
+        for route in exclusion.routes.iter().flatten() {
+            if !route_ids.contains(route) {
+                d.error(
+                    at("routes"),
+                    format!(
+                        "waf exclusion `{}` names route `{route}`, which is not defined",
+                        exclusion.id
+                    ),
+                );
+            }
+        }
+        if exclusion.parts.is_empty() || exclusion.parts.iter().any(|p| p.is_empty()) {
+            d.error(
+                at("parts"),
+                format!(
+                    "waf exclusion `{}` needs parts (`query:q`, `body:/a/b`, a trailing `*` for any ending)",
+                    exclusion.id
+                ),
+            );
         }
     }
     for header in &mut waf.headers {

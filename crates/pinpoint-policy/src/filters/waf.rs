@@ -73,6 +73,12 @@ impl Rule {
         }
     }
 
+    /// The family: the part of the reason code after `waf.`.
+    fn family(self) -> &'static str {
+        let code = self.reason().code();
+        code.strip_prefix("waf.").unwrap_or(code)
+    }
+
     fn paranoia(self) -> u8 {
         match self {
             Rule::RceShellChain => 2,
@@ -128,11 +134,43 @@ impl WafFilter {
         }
     }
 
-    /// The verdict on a phase's hits: refused when their scores reach the threshold.
-    fn verdict(&self, hits: Vec<Hit>) -> Outcome {
+    /// The hits no exclusion covers on `route`, and the ids of the exclusions that applied.
+    fn unexcluded(&self, route: Option<&str>, hits: Vec<Hit>) -> (Vec<Hit>, Vec<&str>) {
+        let mut used = Vec::new();
+        let kept = hits
+            .into_iter()
+            .filter(|h| {
+                match self
+                    .config
+                    .exclusions
+                    .iter()
+                    .find(|e| e.covers(route, h.rule.id(), h.rule.family(), &h.part))
+                {
+                    Some(exclusion) => {
+                        if !used.contains(&exclusion.id.as_str()) {
+                            used.push(exclusion.id.as_str());
+                        }
+                        false
+                    }
+                    None => true,
+                }
+            })
+            .collect();
+        (kept, used)
+    }
+
+    /// The verdict on a phase's hits: refused when what no exclusion covers scores the
+    /// threshold.
+    fn verdict(&self, route: Option<&str>, hits: Vec<Hit>) -> Outcome {
+        let (hits, excluded_by) = self.unexcluded(route, hits);
         let score: u32 = hits.iter().map(|h| h.rule.score()).sum();
         if hits.is_empty() {
-            return Outcome::allow();
+            return match excluded_by.is_empty() {
+                true => Outcome::allow(),
+                false => Outcome::Allow {
+                    rule_id: Some(format!("excluded by {}", excluded_by.join(", ")).into()),
+                },
+            };
         }
         let summary = hits
             .iter()
@@ -594,6 +632,34 @@ fn masked(value: &str) -> String {
     format!("{prefix:?}… #{hash:08x}")
 }
 
+/// The rule ids, as traces and exclusions name them.
+pub const RULE_IDS: [&str; 8] = [
+    "sqli-libinjection",
+    "xss-libinjection",
+    "traversal-dotdot",
+    "jndi-lookup",
+    "rce-shell-chain",
+    "nosql-operator",
+    "xxe-external-entity",
+    "template-expression",
+];
+
+/// The (rule id, part) pairs a WAF trace note lists, as `pinpoint waf exclude` reads them
+/// back (the note's form is `<rule> (<code>, pl<n>, +<score>) at <part>: <fragment>`).
+pub fn hits_in_note(note: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for id in RULE_IDS {
+        for (at, _) in note.match_indices(&format!("{id} (waf.")) {
+            let rest = &note[at..];
+            let Some(part_at) = rest.find(") at ") else { continue };
+            let part = &rest[part_at + 5..];
+            let part = part.split(": ").next().unwrap_or(part);
+            found.push((id.to_owned(), part.to_owned()));
+        }
+    }
+    found
+}
+
 impl Filter for WafFilter {
     fn name(&self) -> &'static str {
         "waf"
@@ -603,7 +669,8 @@ impl Filter for WafFilter {
         if !ctx.route.as_ref().is_some_and(|r| r.waf) {
             return Check::Ready(Outcome::NotApplicable);
         }
-        Check::Ready(self.verdict(self.header_phase(ctx)))
+        let hits = self.header_phase(ctx);
+        Check::Ready(self.verdict(ctx.route_id.as_deref(), hits))
     }
 
     fn needs_body(&self, ctx: &RequestCtx<'_>) -> Option<u64> {
@@ -618,7 +685,7 @@ impl Filter for WafFilter {
 
     fn check_body(&self, ctx: &mut RequestCtx<'_>, body: &[u8]) -> Outcome {
         match self.body_phase(ctx.headers, body) {
-            Ok(hits) => self.verdict(hits),
+            Ok(hits) => self.verdict(ctx.route_id.as_deref(), hits),
             Err(denial) => Outcome::Deny(denial),
         }
     }
@@ -641,6 +708,21 @@ mod tests {
         assert!(template_expression("{{7*7}}") && template_expression("${7*7}") && template_expression("<%= 7 * 7 %>"));
         assert!(template_expression("{{self.__class__}}"));
         assert!(!template_expression("Hello {{name}}, it costs ${price}") && !template_expression("5*5 = 25"));
+    }
+
+    #[test]
+    fn notes_name_their_rules_and_parts_for_exclusions() {
+        let note = "score 10 (threshold 5): sqli-libinjection (waf.sqli, pl1, +5) at body:/a/0: \"1' OR 1\"… #0a0b0c0d; xss-libinjection (waf.xss, pl1, +5) at query:q: \"<b>\"… #01020304";
+        assert_eq!(
+            hits_in_note(note),
+            [
+                ("sqli-libinjection".to_owned(), "body:/a/0".to_owned()),
+                ("xss-libinjection".to_owned(), "query:q".to_owned())
+            ]
+        );
+        for (rule, id) in Rule::VALUE_RULES.iter().map(|r| (*r, r.id())) {
+            assert!(RULE_IDS.contains(&id), "{rule:?}");
+        }
     }
 
     #[test]

@@ -240,3 +240,48 @@ async fn report_mode_passes_and_traces_what_would_be_refused() {
     assert_eq!(entry.mark, pinpoint_core::Mark::WouldDeny);
     assert!(entry.note.as_deref().unwrap().contains("body:/q"));
 }
+
+#[tokio::test]
+async fn waf_exclude_prints_the_exclusion_that_lets_a_refused_request_through() {
+    let gw = start(&format!(
+        "[server]\ndata_dir = \"DATA_DIR\"\nreload_poll_ms = 50\n{ROUTES}"
+    ))
+    .await;
+    let article = r#"{"article":{"html":"<p>Hi</p><script>track()</script>"},"title":"ok"}"#;
+    let resp = post(&gw, "/guarded/cms", "application/json", article).await;
+    let body = problem(resp, 403, "waf.xss").await;
+    let id = body["request_id"].as_str().unwrap().to_owned();
+    // The CLI calls this test's gateway: it runs off the runtime's thread.
+    let (api, key) = (gw.api_url(""), gw.admin_key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["waf", "exclude", &id, "--api", &api, "--key", &key])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("parts = [\"body:/article/html\"]"), "{printed}");
+    assert!(
+        printed.contains("rules = [\"xss-libinjection\"]") && printed.contains("routes = [\"guarded\"]"),
+        "{printed}"
+    );
+    // Pasted into the config, it lets this request through, and nothing else.
+    let config = std::fs::read_to_string(&gw.config_path).unwrap() + &printed;
+    let before = gw.revision().await;
+    std::fs::write(&gw.config_path, config).unwrap();
+    poll_until("exclusion applied", || async { gw.revision().await != before }).await;
+    assert_eq!(
+        post(&gw, "/guarded/cms", "application/json", article).await.status(),
+        200
+    );
+    let elsewhere = article.replace("\"title\":\"ok\"", "\"title\":\"<script>x()</script>\"");
+    problem(
+        post(&gw, "/guarded/cms", "application/json", &elsewhere).await,
+        403,
+        "waf.xss",
+    )
+    .await;
+}
