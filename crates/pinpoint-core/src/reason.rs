@@ -473,7 +473,7 @@ reasons! {
     WafRce => {
         code: "waf.rce", status: 403, source: Policy, title: "Refused as command injection",
         hint: "Remove shell syntax (`;`, `|`, `$(...)`, backquotes before a command) from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
-        description: "A decoded value chains a shell command (paranoia level 2).",
+        description: "A decoded value chains a shell command: after `;`, `|`, `&`, a newline, `$(` or a backquote, a known command (also by full path), then the end, a closing `)` or an argument starting with `-` or `/`.",
     },
     /// The WAF found a NoSQL operator in JSON.
     WafNosql => {

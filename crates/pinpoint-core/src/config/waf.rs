@@ -67,8 +67,8 @@ impl Default for WafConfig {
             paranoia: 1,
             threshold: 5,
             headers: vec![String::from("user-agent"), String::from("referer")],
-            max_json_depth: 32,
-            max_values: 1_000,
+            max_json_depth: 64,
+            max_values: 10_000,
             exclusions: Vec::new(),
         }
     }

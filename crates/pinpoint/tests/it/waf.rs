@@ -122,6 +122,20 @@ async fn attacks_in_every_part_are_refused_with_the_part_named_and_look_alikes_p
         );
     }
 
+    // A name the attacker chose is never echoed: the part is named by a hash.
+    let key = "1' OR '1'='1 <script>x</script>";
+    let resp = post(&gw, "/guarded/x", "application/json", &format!("{{\"{key}\":1}}")).await;
+    let body = problem(resp, 403, "waf.sqli").await;
+    assert!(
+        !body.to_string().contains("OR '1'") && body["detail"].as_str().unwrap().contains("`key:#"),
+        "{body}"
+    );
+    // Commands chained into a value, at the default paranoia level.
+    let resp = get("/guarded/ping?host=127.0.0.1%3B%20cat%20%2Fetc%2Fpasswd".into(), None)
+        .await
+        .unwrap();
+    problem(resp, 403, "waf.rce").await;
+
     // Multipart field values and file names; XML text, attributes and external entities;
     // template expressions.
     let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nHello\r\n--XyZ\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"../../etc/passwd\"\r\nContent-Type: text/plain\r\n\r\n' OR 1=1 -- file contents are not inspected\r\n--XyZ--\r\n";
@@ -204,7 +218,7 @@ async fn attacks_in_every_part_are_refused_with_the_part_named_and_look_alikes_p
         "waf.body_unparsable",
     )
     .await;
-    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
     problem(
         post(&gw, "/guarded/x", "application/json", &deep).await,
         400,
