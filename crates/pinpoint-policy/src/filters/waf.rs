@@ -122,11 +122,26 @@ impl WafFilter {
     }
 
     fn inspect(&self, part: String, value: &str, hits: &mut Vec<Hit>) {
+        // Still percent-encoded after the decoding servers do: a server that decodes
+        // again would read the second form, so both are inspected.
+        if value.contains('%') {
+            let again = form_decode(value, false);
+            if again != value {
+                self.inspect_one(&part, &again, hits);
+            }
+        }
+        self.inspect_one(&part, value, hits);
+    }
+
+    fn inspect_one(&self, part: &str, value: &str, hits: &mut Vec<Hit>) {
+        if hits.iter().any(|h| h.part == part && h.fragment == masked(value)) {
+            return;
+        }
         for rule in Rule::VALUE_RULES {
             if rule.paranoia() <= self.config.paranoia && rule.matches(value) {
                 hits.push(Hit {
                     rule,
-                    part: part.clone(),
+                    part: part.to_owned(),
                     fragment: masked(value),
                 });
             }
@@ -252,6 +267,12 @@ impl WafFilter {
             .unwrap_or_default();
         let mut hits = Vec::new();
         if content_type.contains("json") {
+            if has_duplicate_keys(body) {
+                return Err(Denial::new(
+                    Reason::WafBodyUnparsable,
+                    "The JSON body names a key twice in one object; send each key once.",
+                ));
+            }
             let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
                 Denial::new(Reason::WafBodyUnparsable, "The body is not valid JSON.").note(format!(
                     "JSON error at line {} column {}",
@@ -418,6 +439,59 @@ fn template_expression(value: &str) -> bool {
                 after.find(close).is_some_and(|end| computes(&after[..end]))
             })
         })
+}
+
+/// Whether a JSON document names a key twice in one object: parsers keep the first or
+/// the last, so the WAF and the upstream could read different values.
+fn has_duplicate_keys(body: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Check;
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Check)
+        }
+    }
+    impl<'de> Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key) {
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(Check)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Check)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    matches!(Check.deserialize(&mut de), Err(e) if e.to_string().starts_with("duplicate key"))
 }
 
 fn too_many(max: usize) -> Denial {
@@ -832,6 +906,14 @@ mod tests {
         assert!(template_expression("{{7*7}}") && template_expression("${7*7}") && template_expression("<%= 7 * 7 %>"));
         assert!(template_expression("{{self.__class__}}"));
         assert!(!template_expression("Hello {{name}}, it costs ${price}") && !template_expression("5*5 = 25"));
+    }
+
+    #[test]
+    fn duplicate_json_keys_are_found_at_any_depth() {
+        assert!(has_duplicate_keys(br#"{"q":"1","q":"2"}"#));
+        assert!(has_duplicate_keys(br#"{"a":[{"x":1,"y":{"z":1,"z":2}}]}"#));
+        assert!(!has_duplicate_keys(br#"{"a":[{"x":1},{"x":2}],"b":{"x":3}}"#));
+        assert!(!has_duplicate_keys(b"{not json"));
     }
 
     #[test]

@@ -211,6 +211,22 @@ async fn attacks_in_every_part_are_refused_with_the_part_named_and_look_alikes_p
         200
     );
 
+    // Double encoding is read both ways; a key named twice is refused, not guessed at.
+    let resp = get(
+        "/guarded/s?q=%253Cscript%253Ealert(1)%253C%252Fscript%253E".into(),
+        None,
+    )
+    .await
+    .unwrap();
+    problem(resp, 403, "waf.xss").await;
+    let twice = r#"{"q":"1' OR '1'='1","q":"ok"}"#;
+    problem(
+        post(&gw, "/guarded/x", "application/json", twice).await,
+        400,
+        "waf.body_unparsable",
+    )
+    .await;
+
     // Bodies that cannot be inspected are refused as such.
     problem(
         post(&gw, "/guarded/x", "application/json", "{not json").await,
