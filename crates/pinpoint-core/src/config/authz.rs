@@ -35,15 +35,8 @@ pub struct DenyRule {
     pub description: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAuthz {
-    #[serde(default)]
-    mode: Mode,
-}
-
 pub(super) fn read(item: &Item, d: &mut Diagnostics, route_ids: &HashSet<String>) -> AuthzConfig {
-    let mode = d.read_head::<RawAuthz>(item, "deny").mode;
+    let mode = d.read_mode(item, "deny");
     let mut deny = Vec::new();
     let mut ids = HashSet::new();
     let list = item.get("deny");

@@ -130,14 +130,20 @@ impl<'s> Diagnostics<'s> {
         self.errors.len()
     }
 
-    /// Reads a section's own settings, leaving out its list `list_key` (whose entries the
-    /// section reads one by one, so one bad entry does not hide the others).
-    pub fn read_head<T: DeserializeOwned + Default>(&mut self, item: &Item, list_key: &str) -> T {
+    /// Reads the `mode` of a section whose only other setting is its list `list_key` (whose
+    /// entries the section reads one by one, so one bad entry does not hide the others).
+    pub fn read_mode(&mut self, item: &Item, list_key: &str) -> crate::verdict::Mode {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct Head {
+            #[serde(default)]
+            mode: crate::verdict::Mode,
+        }
         let mut head = item.clone();
         if let Some(table) = head.as_table_like_mut() {
             table.remove(list_key);
         }
-        self.read_or_default(&head).unwrap_or_default()
+        self.read_or_default::<Head>(&head).unwrap_or_default().mode
     }
 
     /// `Ok(value)` if nothing was wrong, else every error in file order.

@@ -29,13 +29,6 @@ pub struct PolicyRule {
     pub description: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    #[serde(default)]
-    mode: Mode,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
@@ -47,7 +40,7 @@ struct RawRule {
 }
 
 pub(super) fn read(item: &Item, d: &mut Diagnostics, route_ids: &HashSet<String>) -> PolicyConfig {
-    let mode = d.read_head::<RawPolicy>(item, "rules").mode;
+    let mode = d.read_mode(item, "rules");
     let mut rules = Vec::new();
     let mut ids = HashSet::new();
     let list = item.get("rules");

@@ -134,17 +134,24 @@ impl WafFilter {
     }
 
     fn inspect_one(&self, part: &str, value: &str, hits: &mut Vec<Hit>) {
-        if hits.iter().any(|h| h.part == part && h.fragment == masked(value)) {
+        let mut matched = Rule::VALUE_RULES
+            .into_iter()
+            .filter(|rule| rule.paranoia() <= self.config.paranoia && rule.matches(value))
+            .peekable();
+        if matched.peek().is_none() {
             return;
         }
-        for rule in Rule::VALUE_RULES {
-            if rule.paranoia() <= self.config.paranoia && rule.matches(value) {
-                hits.push(Hit {
-                    rule,
-                    part: part.to_owned(),
-                    fragment: masked(value),
-                });
-            }
+        // The same value in the same part (a value decoded twice to itself) counts once.
+        let fragment = masked(value);
+        if hits.iter().any(|h| h.part == part && h.fragment == fragment) {
+            return;
+        }
+        for rule in matched {
+            hits.push(Hit {
+                rule,
+                part: part.to_owned(),
+                fragment: fragment.clone(),
+            });
         }
     }
 
@@ -777,7 +784,7 @@ fn shown_part(part: &str) -> String {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@$".contains(&b));
     match (plain, part.split_once(':')) {
         (true, _) => part.to_owned(),
-        (false, Some((kind, name))) => format!("{kind}:#{}", &masked(name)[masked(name).len() - 8..]),
+        (false, Some((kind, name))) => format!("{kind}:#{:08x}", fingerprint(name)),
         (false, None) => String::from("#"),
     }
 }
@@ -785,10 +792,14 @@ fn shown_part(part: &str) -> String {
 /// A value as the trace shows it: its first characters and a hash, never the whole.
 fn masked(value: &str) -> String {
     let prefix: String = value.chars().take(8).collect();
-    let hash = value
+    format!("{prefix:?}… #{:08x}", fingerprint(value))
+}
+
+/// A short hash (FNV-1a) that names a value without showing it.
+fn fingerprint(value: &str) -> u32 {
+    value
         .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    format!("{prefix:?}… #{hash:08x}")
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// The rule ids, as traces and exclusions name them.
