@@ -493,6 +493,25 @@ reasons! {
         hint: "Remove template expressions (`{{...}}`, `${...}`, `<%= ... %>`) from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
         description: "A decoded value holds a server-side template expression that computes or reaches into objects (`{{7*7}}`, `${7*7}`, `<%= ... %>`, `{{self.__class__}}`).",
     },
+    /// The CRS engine's protocol rules matched (request anomalies, scanners, multipart
+    /// and session-fixation attacks).
+    WafProtocol => {
+        code: "waf.protocol", status: 403, source: Policy, title: "Refused as a protocol attack",
+        hint: "Send a well-formed request (standard headers, no smuggling or splitting sequences); if it is legitimate, give the API's operators the request id.",
+        description: "With `[waf] engine = \"crs\"`: a Core Rule Set protocol rule (enforcement 920, attack 921, multipart 922, method 911, scanner 913, session fixation 943) contributed the highest score.",
+    },
+    /// A body's declared type is not one the WAF accepts on this route.
+    WafContentType => {
+        code: "waf.content_type", status: 415, source: Caller, title: "Body type not accepted",
+        hint: "Send the body as one of the accepted types (JSON, form data, multipart, XML or plain text unless the operator changed `[waf] content_types`).",
+        description: "The request declares a body type not in `[waf] content_types`; a WAF can inspect only what it can parse.",
+    },
+    /// The configured WAF engine is not running.
+    WafEngineUnavailable => {
+        code: "waf.engine_unavailable", status: 503, source: Pinpoint, title: "Request inspection unavailable",
+        hint: "Retry later; if it persists, tell the API's operators (their log says why the WAF engine did not start).",
+        description: "The route's WAF must inspect the request, and the engine `[waf] engine` names did not start (its rule files went missing after the config was checked); the request is refused rather than passed uninspected.",
+    },
     /// A body the WAF must inspect does not parse as its declared type.
     WafBodyUnparsable => {
         code: "waf.body_unparsable", status: 400, source: Caller, title: "Body does not parse as its type",

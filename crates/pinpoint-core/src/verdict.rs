@@ -53,6 +53,9 @@ pub struct Denial {
     pub platform_note: Option<Box<str>>,
     /// Extra response headers (e.g. `Allow` on a 405).
     pub headers: Vec<(&'static str, String)>,
+    /// The filter itself says this denial is only reported (a rule family or route in
+    /// report mode), whatever the filter's mode: traced as would-deny, not enforced.
+    pub report_only: bool,
 }
 
 impl Denial {
@@ -65,7 +68,14 @@ impl Denial {
             note: None,
             platform_note: None,
             headers: Vec::new(),
+            report_only: false,
         }
+    }
+
+    /// Marks the denial as only reported (see [`Denial::report_only`]).
+    pub fn report_only(mut self) -> Self {
+        self.report_only = true;
+        self
     }
 
     /// Names the deciding rule (operator side).

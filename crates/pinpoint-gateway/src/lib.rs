@@ -3,7 +3,10 @@
 //! ones to [`upstream`] pools; the api listener ([`api`]) serves the admin API, metrics and
 //! health; [`runtime`] owns config revisions and hot reload; decisions go to the store's
 //! decision log off the hot path.
-#![forbid(unsafe_code)]
+// No unsafe code, except the CRS engine's FFI to libmodsecurity (the `modsecurity`
+// feature), which is confined to `waf_crs`.
+#![cfg_attr(not(feature = "modsecurity"), forbid(unsafe_code))]
+#![cfg_attr(feature = "modsecurity", deny(unsafe_code))]
 
 pub mod api;
 pub mod cloudauth;
@@ -18,6 +21,9 @@ pub mod runtime;
 pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
+#[cfg(feature = "modsecurity")]
+#[allow(unsafe_code)]
+pub mod waf_crs;
 
 use std::future::Future;
 use std::path::PathBuf;

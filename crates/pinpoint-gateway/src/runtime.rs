@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use pinpoint_core::config::{Config, ConfigErrors};
+use pinpoint_core::config::{Config, ConfigErrors, WafEngineKind};
 use pinpoint_core::Mode;
 use pinpoint_store::Store;
 use tokio::sync::watch;
@@ -188,12 +188,52 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, world: &World, a
         CsrfFilter::new(&config.csrf, &config.cors.allowed_origins, &config.net.trusted_proxies),
         config.csrf.mode,
     );
-    pipeline.push(WafFilter::new(&config.waf), config.waf.mode);
+    pipeline.push(waf_filter(config), config.waf.mode);
     pipeline.push(PolicyFilter::new(config.policy.rules.clone()), config.policy.mode);
     pipeline.push(
         RateFilter::new(&config.rate.limits, &config.rate.quotas, world.rate.clone()),
         config.rate.mode,
     );
+}
+
+/// The WAF filter with the engine `[waf] engine` names. The CRS engine was loaded when the
+/// config was (see [`check_waf_engine`]); should its files have gone since, the filter
+/// refuses what it cannot inspect (fail closed).
+fn waf_filter(config: &Config) -> WafFilter {
+    match config.waf.engine {
+        WafEngineKind::Builtin => WafFilter::new(&config.waf),
+        WafEngineKind::Crs => match crs_engine(config) {
+            Ok(engine) => WafFilter::with_engine(&config.waf, engine),
+            Err(error) => {
+                tracing::error!(%error, "the CRS engine did not load; WAF routes are refused");
+                WafFilter::with_engine(&config.waf, Arc::new(pinpoint_policy::filters::waf::Unavailable))
+            }
+        },
+    }
+}
+
+#[cfg(feature = "modsecurity")]
+fn crs_engine(config: &Config) -> Result<Arc<dyn pinpoint_policy::filters::waf::WafEngine>, String> {
+    let body_limit = config.routes.iter().map(|r| r.max_body_bytes).max().unwrap_or(1 << 20);
+    crate::waf_crs::engine(&config.waf, body_limit)
+        .map(|e| e as Arc<dyn pinpoint_policy::filters::waf::WafEngine>)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "modsecurity"))]
+fn crs_engine(_: &Config) -> Result<Arc<dyn pinpoint_policy::filters::waf::WafEngine>, String> {
+    Err(String::from(
+        "[waf] engine = \"crs\": this build has no CRS engine (build with `--features modsecurity`, which needs libmodsecurity3)",
+    ))
+}
+
+/// Loads the WAF engine a config names, so a CRS engine that cannot start (no such build,
+/// missing rule files, a rule that does not parse) is a config error.
+pub fn check_waf_engine(config: &Config) -> Result<(), String> {
+    match config.waf.engine {
+        WafEngineKind::Builtin => Ok(()),
+        WafEngineKind::Crs => crs_engine(config).map(|_| ()),
+    }
 }
 
 impl Runtime {
@@ -232,6 +272,8 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Invalid(#[from] ConfigErrors),
+    #[error("{path}: {message}")]
+    WafEngine { path: PathBuf, message: String },
 }
 
 /// Reads and validates a config file.
@@ -259,6 +301,10 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
             config.server.data_dir = dir.join(&config.server.data_dir);
         }
     }
+    check_waf_engine(&config).map_err(|message| LoadError::WafEngine {
+        path: path.to_owned(),
+        message,
+    })?;
     Ok(config)
 }
 

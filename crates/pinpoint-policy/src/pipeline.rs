@@ -261,12 +261,12 @@ fn trace_outcome(outcome: Outcome, mode: Mode, entry: &mut LayerTrace) -> Option
             entry.detail = Some(d.detail.clone());
             entry.note = d.note.clone();
             entry.platform_note = d.platform_note.as_deref().map(String::from);
-            match mode {
-                Mode::Enforce => {
+            match (mode, d.report_only) {
+                (Mode::Enforce, false) => {
                     entry.mark = Mark::Deny;
                     return Some(d);
                 }
-                Mode::Report => entry.mark = Mark::WouldDeny,
+                (Mode::Report, _) | (_, true) => entry.mark = Mark::WouldDeny,
             }
         }
     }

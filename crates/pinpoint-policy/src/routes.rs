@@ -28,8 +28,8 @@ pub struct CompiledRoute {
     pub allow_path_parameters: bool,
     /// How the route guards against cross-site requests.
     pub csrf: pinpoint_core::config::CsrfGuard,
-    /// The built-in WAF inspects this route's requests.
-    pub waf: bool,
+    /// Whether the WAF inspects this route's requests, and enforces or reports.
+    pub waf: pinpoint_core::config::RouteWaf,
     pub override_headers: OverrideHeaders,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,

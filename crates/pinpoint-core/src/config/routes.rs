@@ -50,8 +50,9 @@ pub struct RouteConfig {
     pub body_timeout_ms: u64,
     /// How the route guards against cross-site requests (`[csrf]`).
     pub csrf: super::CsrfGuard,
-    /// The built-in WAF inspects this route's requests (`[waf]`).
-    pub waf: bool,
+    /// The WAF inspects this route's requests (`[waf]`): `true`, `false` or `"report"`
+    /// (matches are traced as would-deny, never refused).
+    pub waf: super::RouteWaf,
 }
 
 /// The methods a route without a `methods` list allows.
@@ -128,7 +129,7 @@ struct RawRoute {
     #[serde(default)]
     csrf: super::CsrfGuard,
     #[serde(default)]
-    waf: bool,
+    waf: super::RouteWaf,
 }
 
 /// The route ids the file declares, whether or not each route is valid (so a rule naming

@@ -1,7 +1,8 @@
-//! `[waf]`: the built-in web application firewall: its mode, the paranoia level (1 = few
-//! false positives, 2 = stricter), the anomaly score at which a request is refused, the
-//! headers it inspects besides the path, query and cookies, and its bounds on bodies.
-//! Which routes it guards is each route's `waf`.
+//! `[waf]`: the web application firewall: its engine (built-in, or the OWASP Core Rule Set
+//! on libmodsecurity), its mode (and families in report mode), the paranoia level (1 =
+//! few false positives, 2 = stricter), the anomaly score at which a request is refused, the
+//! headers it inspects besides the path, query and cookies, the body types it accepts and
+//! its bounds on bodies. Which routes it guards is each route's `waf` ([`RouteWaf`]).
 
 use serde::{Deserialize, Serialize};
 use toml_edit::Item;
@@ -13,13 +14,28 @@ use crate::verdict::Mode;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WafConfig {
+    /// What finds matches: `builtin`, or `crs` (the OWASP Core Rule Set on libmodsecurity;
+    /// needs a build with the `modsecurity` feature).
+    pub engine: WafEngineKind,
     pub mode: Mode,
+    /// Rule families whose matches are only reported (traced as would-deny, never
+    /// refused), to watch a family before enforcing it: `sqli`, `xss`, `traversal`,
+    /// `jndi`, `rce`, `nosql`, `xxe`, `template`, `protocol`.
+    pub report_families: Vec<String>,
     /// Rules up to this level run: 1 (few false positives) or 2 (stricter).
     pub paranoia: u8,
     /// A request whose matches score this much is refused (each rule scores 5).
     pub threshold: u32,
     /// Headers inspected (lower-case names) besides the path, the query and cookies.
     pub headers: Vec<String>,
+    /// Body types accepted (without parameters; `+json`/`+xml` types count as
+    /// `application/json`/`application/xml`): another declared type is refused
+    /// (`waf.content_type`). Empty: any type.
+    pub content_types: Vec<String>,
+    /// The CRS engine's setup file (`crs-setup.conf`).
+    pub crs_setup: String,
+    /// The CRS engine's rules directory (its `REQUEST-*.conf` files are loaded).
+    pub crs_rules: String,
     /// JSON bodies nested deeper are refused (`waf.body_too_deep`).
     pub max_json_depth: usize,
     /// Bodies with more values are refused (`waf.too_many_values`).
@@ -60,10 +76,90 @@ impl WafExclusion {
     }
 }
 
+/// The rule families, as `report_families` and reason codes (`waf.<family>`) name them.
+pub const WAF_FAMILIES: [&str; 9] = [
+    "sqli",
+    "xss",
+    "traversal",
+    "jndi",
+    "rce",
+    "nosql",
+    "xxe",
+    "template",
+    "protocol",
+];
+
+/// `[waf] engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WafEngineKind {
+    /// libinjection and Pinpoint's own rule families.
+    #[default]
+    Builtin,
+    /// The OWASP Core Rule Set on libmodsecurity.
+    Crs,
+}
+
+/// A route's `waf`: `false` (the default), `true`, or `"report"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteWaf {
+    #[default]
+    Off,
+    On,
+    /// Inspected, and what would be refused is traced as would-deny.
+    Report,
+}
+
+impl<'de> Deserialize<'de> for RouteWaf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Flag(true) => Ok(RouteWaf::On),
+            Raw::Flag(false) => Ok(RouteWaf::Off),
+            Raw::Word(word) if word == "report" => Ok(RouteWaf::Report),
+            Raw::Word(word) => Err(serde::de::Error::custom(format!(
+                "waf must be true, false or \"report\", not `{word}`"
+            ))),
+        }
+    }
+}
+
+impl Serialize for RouteWaf {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RouteWaf::Off => serializer.serialize_bool(false),
+            RouteWaf::On => serializer.serialize_bool(true),
+            RouteWaf::Report => serializer.serialize_str("report"),
+        }
+    }
+}
+
 impl Default for WafConfig {
     fn default() -> Self {
         WafConfig {
+            engine: WafEngineKind::Builtin,
             mode: Mode::Enforce,
+            report_families: Vec::new(),
+            content_types: [
+                "application/json",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+                "multipart/related",
+                "application/xml",
+                "text/xml",
+                "application/soap+xml",
+                "text/plain",
+                "application/octet-stream",
+            ]
+            .map(String::from)
+            .to_vec(),
+            crs_setup: String::from("/etc/modsecurity/crs/crs-setup.conf"),
+            crs_rules: String::from("/usr/share/modsecurity-crs/rules"),
             paranoia: 1,
             threshold: 5,
             headers: vec![String::from("user-agent"), String::from("referer")],
@@ -121,6 +217,31 @@ pub(super) fn read(
                 format!(
                     "waf exclusion `{}` needs parts (`query:q`, `body:/a/b`, a trailing `*` for any ending)",
                     exclusion.id
+                ),
+            );
+        }
+    }
+    for family in &waf.report_families {
+        if !WAF_FAMILIES.contains(&family.as_str()) {
+            d.error(
+                at("report_families"),
+                format!(
+                    "waf.report_families: `{family}` is not a family (one of {})",
+                    WAF_FAMILIES.join(", ")
+                ),
+            );
+        }
+    }
+    for content_type in &mut waf.content_types {
+        *content_type = content_type.trim().to_ascii_lowercase();
+        if content_type
+            .split_once('/')
+            .is_none_or(|(k, s)| k.is_empty() || s.is_empty() || s.contains(';'))
+        {
+            d.error(
+                at("content_types"),
+                format!(
+                    "waf.content_types: `{content_type}` must be a media type without parameters (`application/json`)"
                 ),
             );
         }

@@ -1,94 +1,103 @@
-//! The built-in WAF filter, on routes with `waf = true`. It inspects the path, query
-//! arguments, cookies and chosen headers in the header phase, and JSON, form, multipart
-//! (field values and file names, not file contents) and XML (text and attribute values,
-//! external entities) bodies in the body phase (asking for the body only on its routes). Each value is decoded the way
-//! servers read it (percent and `+` decoding; JSON strings unescaped by the parser; HTML
-//! entities too for XSS) and located precisely: `query:q`, `header:user-agent`,
-//! `cookie:session`, `form:comment`, `file:upload`, `xml:/order/note`,
-//! `body:/items/0/note` (a JSON pointer). Rules have a
-//! stable id, a family, a paranoia level and a score; a phase whose matches reach
-//! `[waf] threshold` is refused with the family of its highest-scoring match (anomaly
-//! scoring, as the OWASP Core Rule Set does). The trace lists every contributing rule with
-//! its part, score and a masked fragment (a short prefix and a hash, never the value).
-//! Codes: `waf.sqli`, `waf.xss`, `waf.traversal`, `waf.jndi`, `waf.rce`, `waf.nosql`,
-//! `waf.xxe`, `waf.template` (403),
-//! `waf.body_unparsable`, `waf.body_too_deep`, `waf.too_many_values` (400).
+//! The built-in WAF engine: libinjection for SQL injection and XSS, plus rule families
+//! written for Pinpoint (path traversal, OS command injection, JNDI lookups, template
+//! injection, NoSQL operators, XXE). It inspects the path (whole and by segment), query
+//! arguments (names and values), cookies and the headers `[waf] headers` names in the head
+//! phase (JNDI lookups in every header), and JSON, form, multipart (field values and file
+//! names, not file contents) and XML (text, attribute values, external entities) bodies in
+//! the body phase. Each value is decoded the way servers read it (percent and `+`
+//! decoding, and again when still percent-encoded; JSON strings unescaped by the parser;
+//! HTML entities too for XSS) before matching.
+
+use std::borrow::Cow;
 
 use http::HeaderMap;
 use pinpoint_core::config::WafConfig;
-use pinpoint_core::{Denial, Outcome, Reason};
+use pinpoint_core::{Denial, Reason};
 
-use crate::pipeline::{Check, Filter, RequestCtx};
-
-pub struct WafFilter {
-    config: WafConfig,
-}
+use super::{masked, Hit, WafEngine};
+use crate::pipeline::RequestCtx;
 
 /// One rule: what it looks for is in [`Rule::matches`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
+pub enum Rule {
     SqliLibinjection,
     XssLibinjection,
+    XssScriptUri,
+    XssScriptUriAnywhere,
     TraversalDotDot,
+    TraversalSystemFile,
     JndiLookup,
     RceShellChain,
     NosqlOperator,
+    NosqlAnyOperator,
     XxeEntity,
     TemplateExpression,
 }
 
 impl Rule {
-    const VALUE_RULES: [Rule; 6] = [
+    /// Every rule, in the order they run.
+    pub const ALL: [Rule; 12] = [
         Rule::SqliLibinjection,
         Rule::XssLibinjection,
+        Rule::XssScriptUri,
+        Rule::XssScriptUriAnywhere,
         Rule::TraversalDotDot,
         Rule::JndiLookup,
         Rule::RceShellChain,
         Rule::TemplateExpression,
+        // After the command rule: `; cat /etc/passwd` is named as the command it is.
+        Rule::TraversalSystemFile,
+        Rule::NosqlOperator,
+        Rule::NosqlAnyOperator,
+        Rule::XxeEntity,
     ];
 
-    fn id(self) -> &'static str {
+    /// The stable id, as traces and exclusions name it.
+    pub fn id(self) -> &'static str {
         match self {
             Rule::SqliLibinjection => "sqli-libinjection",
             Rule::XssLibinjection => "xss-libinjection",
+            Rule::XssScriptUri => "xss-script-uri",
+            Rule::XssScriptUriAnywhere => "xss-script-uri-anywhere",
             Rule::TraversalDotDot => "traversal-dotdot",
+            Rule::TraversalSystemFile => "traversal-system-file",
             Rule::JndiLookup => "jndi-lookup",
             Rule::RceShellChain => "rce-shell-chain",
             Rule::NosqlOperator => "nosql-operator",
+            Rule::NosqlAnyOperator => "nosql-any-operator",
             Rule::XxeEntity => "xxe-external-entity",
             Rule::TemplateExpression => "template-expression",
         }
     }
 
-    fn reason(self) -> Reason {
+    pub fn reason(self) -> Reason {
         match self {
             Rule::SqliLibinjection => Reason::WafSqli,
-            Rule::XssLibinjection => Reason::WafXss,
-            Rule::TraversalDotDot => Reason::WafTraversal,
+            Rule::XssLibinjection | Rule::XssScriptUri | Rule::XssScriptUriAnywhere => Reason::WafXss,
+            Rule::TraversalDotDot | Rule::TraversalSystemFile => Reason::WafTraversal,
             Rule::JndiLookup => Reason::WafJndi,
             Rule::RceShellChain => Reason::WafRce,
-            Rule::NosqlOperator => Reason::WafNosql,
+            Rule::NosqlOperator | Rule::NosqlAnyOperator => Reason::WafNosql,
             Rule::XxeEntity => Reason::WafXxe,
             Rule::TemplateExpression => Reason::WafTemplate,
         }
     }
 
-    /// The family: the part of the reason code after `waf.`.
-    fn family(self) -> &'static str {
-        let code = self.reason().code();
-        code.strip_prefix("waf.").unwrap_or(code)
+    /// 1: few false positives; 2: stricter (a `javascript:` anywhere in prose, any
+    /// `$`-word as a JSON key or bracketed name).
+    pub fn paranoia(self) -> u8 {
+        match self {
+            Rule::XssScriptUriAnywhere | Rule::NosqlAnyOperator => 2,
+            _ => 1,
+        }
     }
 
-    /// Every rule runs from paranoia level 1 in this version; level 2 is for stricter
-    /// rules to come.
-    fn paranoia(self) -> u8 {
-        1
-    }
-
-    fn score(self) -> u32 {
+    pub fn score(self) -> u32 {
         5
     }
 
+    /// Whether the rule matches one decoded value. The NoSQL and XXE rules look at
+    /// structure (keys, names, DOCTYPEs) and are applied by the walkers instead.
     fn matches(self, value: &str) -> bool {
         match self {
             Rule::SqliLibinjection => libinjectionrs::detect_sqli(value.as_bytes()).is_injection(),
@@ -96,29 +105,41 @@ impl Rule {
                 libinjectionrs::detect_xss(value.as_bytes()).is_injection()
                     || (value.contains('&') && libinjectionrs::detect_xss(html_decode(value).as_bytes()).is_injection())
             }
-            Rule::TraversalDotDot => {
-                let v = value.replace('\\', "/");
-                v.contains("../") || v.ends_with("/..") || v == ".."
-            }
+            Rule::XssScriptUri => script_uri(value, false),
+            Rule::XssScriptUriAnywhere => script_uri(value, true),
+            Rule::TraversalDotDot => dot_dot(value),
+            Rule::TraversalSystemFile => system_file(value),
             Rule::JndiLookup => jndi(value),
             Rule::RceShellChain => shell_chain(value),
             Rule::TemplateExpression => template_expression(value),
-            // Found by the body walkers, not in single values.
-            Rule::NosqlOperator | Rule::XxeEntity => false,
+            Rule::NosqlOperator | Rule::NosqlAnyOperator | Rule::XxeEntity => false,
+        }
+    }
+
+    fn hit(self, part: &str, fragment: &str) -> Hit {
+        Hit {
+            rule: Cow::Borrowed(self.id()),
+            reason: self.reason(),
+            paranoia: self.paranoia(),
+            score: self.score(),
+            part: part.to_owned(),
+            fragment: fragment.to_owned(),
         }
     }
 }
 
-/// One rule's match in one part.
-struct Hit {
-    rule: Rule,
-    part: String,
-    fragment: String,
+/// The built-in engine, configured by `[waf]` (paranoia, headers, body bounds).
+pub struct BuiltinEngine {
+    config: WafConfig,
 }
 
-impl WafFilter {
+impl BuiltinEngine {
     pub fn new(config: &WafConfig) -> Self {
-        WafFilter { config: config.clone() }
+        BuiltinEngine { config: config.clone() }
+    }
+
+    fn runs(&self, rule: Rule) -> bool {
+        rule.paranoia() <= self.config.paranoia
     }
 
     fn inspect(&self, part: String, value: &str, hits: &mut Vec<Hit>) {
@@ -134,9 +155,9 @@ impl WafFilter {
     }
 
     fn inspect_one(&self, part: &str, value: &str, hits: &mut Vec<Hit>) {
-        let mut matched = Rule::VALUE_RULES
+        let mut matched = Rule::ALL
             .into_iter()
-            .filter(|rule| rule.paranoia() <= self.config.paranoia && rule.matches(value))
+            .filter(|rule| self.runs(*rule) && rule.matches(value))
             .peekable();
         if matched.peek().is_none() {
             return;
@@ -147,92 +168,45 @@ impl WafFilter {
             return;
         }
         for rule in matched {
-            hits.push(Hit {
-                rule,
-                part: part.to_owned(),
-                fragment: fragment.clone(),
-            });
+            hits.push(rule.hit(part, &fragment));
         }
     }
 
-    /// The hits no exclusion covers on `route`, and the ids of the exclusions that applied.
-    fn unexcluded(&self, route: Option<&str>, hits: Vec<Hit>) -> (Vec<Hit>, Vec<&str>) {
-        let mut used = Vec::new();
-        let kept = hits
-            .into_iter()
-            .filter(|h| {
-                match self
-                    .config
-                    .exclusions
-                    .iter()
-                    .find(|e| e.covers(route, h.rule.id(), h.rule.family(), &h.part))
-                {
-                    Some(exclusion) => {
-                        if !used.contains(&exclusion.id.as_str()) {
-                            used.push(exclusion.id.as_str());
-                        }
-                        false
-                    }
-                    None => true,
-                }
-            })
-            .collect();
-        (kept, used)
+    /// A query or form field's name and value. A name in bracket syntax (`user[$ne]`),
+    /// which PHP, Express's `qs` and Rails read as a nested object, is checked for NoSQL
+    /// operators like a JSON key.
+    fn field(&self, kind: &str, name: &str, value: &str, hits: &mut Vec<Hit>) {
+        let part = format!("{kind}:{name}");
+        for key in name.split('[').skip(1).map(|k| k.trim_end_matches(']')) {
+            self.operator_key(&part, key, hits);
+        }
+        self.inspect(part.clone(), name, hits);
+        self.inspect(part, value, hits);
     }
 
-    /// The verdict on a phase's hits: refused when what no exclusion covers scores the
-    /// threshold.
-    fn verdict(&self, route: Option<&str>, hits: Vec<Hit>) -> Outcome {
-        let (hits, excluded_by) = self.unexcluded(route, hits);
-        let score: u32 = hits.iter().map(|h| h.rule.score()).sum();
-        if hits.is_empty() {
-            return match excluded_by.is_empty() {
-                true => Outcome::allow(),
-                false => Outcome::Allow {
-                    rule_id: Some(format!("excluded by {}", excluded_by.join(", ")).into()),
-                },
-            };
+    /// A key that is a NoSQL query operator: the known ones from paranoia 1, any `$word`
+    /// from paranoia 2.
+    fn operator_key(&self, part: &str, key: &str, hits: &mut Vec<Hit>) -> bool {
+        let rule = if NOSQL_OPERATORS.iter().any(|op| op.eq_ignore_ascii_case(key)) {
+            Rule::NosqlOperator
+        } else if key.len() > 1 && key.starts_with('$') && key[1..].bytes().all(|b| b.is_ascii_alphabetic()) {
+            Rule::NosqlAnyOperator
+        } else {
+            return false;
+        };
+        if self.runs(rule) {
+            hits.push(rule.hit(part, &masked(key)));
         }
-        let summary = hits
-            .iter()
-            .map(|h| {
-                format!(
-                    "{} ({}, pl{}, +{}) at {}: {}",
-                    h.rule.id(),
-                    h.rule.reason().code(),
-                    h.rule.paranoia(),
-                    h.rule.score(),
-                    h.part,
-                    h.fragment
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        if score < self.config.threshold {
-            return Outcome::Allow {
-                rule_id: Some(format!("score {score} below {}: {summary}", self.config.threshold).into()),
-            };
-        }
-        let mut parts: Vec<String> = hits.iter().map(|h| shown_part(&h.part)).collect();
-        parts.dedup();
-        let named = parts
-            .iter()
-            .take(3)
-            .map(|p| format!("`{p}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let first = hits[0].rule;
-        Outcome::Deny(
-            Denial::new(first.reason(), format!("The content of {named} was refused."))
-                .rule(first.id())
-                .note(format!(
-                    "score {score} (threshold {}): {summary}",
-                    self.config.threshold
-                )),
-        )
+        true
+    }
+}
+
+impl WafEngine for BuiltinEngine {
+    fn name(&self) -> &'static str {
+        "builtin"
     }
 
-    fn header_phase(&self, ctx: &RequestCtx<'_>) -> Vec<Hit> {
+    fn head(&self, ctx: &RequestCtx<'_>, _body_follows: bool) -> Result<Vec<Hit>, Denial> {
         let mut hits = Vec::new();
         self.inspect(String::from("path"), &form_decode(ctx.path, false), &mut hits);
         for (i, segment) in ctx.path.split('/').filter(|s| !s.is_empty()).enumerate() {
@@ -243,17 +217,17 @@ impl WafFilter {
         }
         if let Some(query) = ctx.query {
             for (name, value) in pairs(query) {
-                self.inspect(format!("query:{name}"), &name, &mut hits);
-                self.inspect(format!("query:{name}"), &value, &mut hits);
+                self.field("query", &name, &value, &mut hits);
             }
         }
-        for name in &self.config.headers {
-            for value in ctx.headers.get_all(name.as_str()) {
-                self.inspect(
-                    format!("header:{name}"),
-                    &String::from_utf8_lossy(value.as_bytes()),
-                    &mut hits,
-                );
+        for (name, value) in ctx.headers {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            if self.config.headers.iter().any(|h| h == name.as_str()) {
+                self.inspect(format!("header:{name}"), &text, &mut hits);
+            } else if name != http::header::COOKIE && text.contains("${") && jndi(&text) {
+                // Log4Shell arrived in any header a server logs: lookups are looked for in
+                // every one (a cheap test first: no `${`, no lookup).
+                hits.push(Rule::JndiLookup.hit(&format!("header:{name}"), &masked(&text)));
             }
         }
         for value in ctx.headers.get_all(http::header::COOKIE) {
@@ -263,10 +237,11 @@ impl WafFilter {
                 }
             }
         }
-        hits
+        Ok(hits)
     }
 
-    fn body_phase(&self, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Hit>, Denial> {
+    fn body(&self, ctx: &RequestCtx<'_>, body: &[u8]) -> Result<Vec<Hit>, Denial> {
+        let headers = ctx.headers;
         let content_type = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -306,8 +281,7 @@ impl WafFilter {
                 return Err(too_many(self.config.max_values));
             }
             for (name, value) in fields {
-                self.inspect(format!("form:{name}"), &name, &mut hits);
-                self.inspect(format!("form:{name}"), &value, &mut hits);
+                self.field("form", &name, &value, &mut hits);
             }
         } else if let Ok(text) = std::str::from_utf8(body) {
             // Another or no declared type: the body as one value, as a server might read it.
@@ -317,7 +291,63 @@ impl WafFilter {
     }
 }
 
-impl WafFilter {
+/// A `javascript:`, `vbscript:` or `data:text/html` URI, as browsers read one: case,
+/// whitespace and control characters inside the scheme ignored. At the start of the value
+/// (where an `href` or `src` takes it) from paranoia 1; `anywhere` (in prose too) is
+/// paranoia 2.
+fn script_uri(value: &str, anywhere: bool) -> bool {
+    let decoded = match value.contains('&') {
+        true => Cow::Owned(html_decode(value)),
+        false => Cow::Borrowed(value),
+    };
+    let squeezed: String = decoded
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .take(if anywhere { usize::MAX } else { 32 })
+        .flat_map(char::to_lowercase)
+        .collect();
+    const SCHEMES: [&str; 3] = ["javascript:", "vbscript:", "data:text/html"];
+    match anywhere {
+        false => SCHEMES.iter().any(|s| squeezed.starts_with(s)),
+        true => SCHEMES.iter().any(|s| squeezed.contains(s)),
+    }
+}
+
+/// A `..` segment: `../`, `..\`, `..;/` (read as `..` by Tomcat and Jetty), or a value
+/// that ends in or is `..`.
+fn dot_dot(value: &str) -> bool {
+    let v = value.replace('\\', "/").replace("..;/", "../");
+    v.contains("../") || v.ends_with("/..") || v == ".."
+}
+
+/// A well-known system file or a `file:` URL: what a traversal or inclusion aims at.
+fn system_file(value: &str) -> bool {
+    const TARGETS: [&str; 12] = [
+        "/etc/passwd",
+        "/etc/shadow",
+        "/etc/group",
+        "/etc/hosts",
+        "/proc/self/",
+        "/windows/win.ini",
+        "/windows/system32",
+        "/boot.ini",
+        "/.ssh/id_",
+        "/.aws/credentials",
+        "/.env",
+        "/web-inf/web.xml",
+    ];
+    let lower = value.to_ascii_lowercase().replace('\\', "/");
+    lower.trim_start().starts_with("file:")
+        || TARGETS.iter().any(|t| {
+            lower.match_indices(t).any(|(at, _)| {
+                // A whole path name: `/etc/passwd` but not `/etc/passwdless`.
+                let end = at + t.len();
+                t.ends_with(['/', '_']) || !lower[end..].starts_with(|c: char| c.is_ascii_alphanumeric())
+            })
+        })
+}
+
+impl BuiltinEngine {
     /// `multipart/form-data`: each field's value as `form:<name>`, each file's name as
     /// `file:<name>` (file contents are not inspected).
     fn multipart(&self, headers: &HeaderMap, body: &[u8], hits: &mut Vec<Hit>) -> Result<(), Denial> {
@@ -374,15 +404,12 @@ impl WafFilter {
     /// are inspected as `xml:/a/b` (by element path).
     fn xml(&self, text: &str, hits: &mut Vec<Hit>) -> Result<(), Denial> {
         let upper = text.to_ascii_uppercase();
-        if upper.contains("<!DOCTYPE")
+        if self.runs(Rule::XxeEntity)
+            && upper.contains("<!DOCTYPE")
             && upper.contains("<!ENTITY")
             && (upper.contains("SYSTEM") || upper.contains("PUBLIC"))
         {
-            hits.push(Hit {
-                rule: Rule::XxeEntity,
-                part: String::from("xml:doctype"),
-                fragment: masked(text),
-            });
+            hits.push(Rule::XxeEntity.hit("xml:doctype", &masked(text)));
         }
         let mut path: Vec<&str> = Vec::new();
         let mut rest = text;
@@ -510,7 +537,7 @@ fn too_many(max: usize) -> Denial {
 
 /// Walks a JSON document: every string (and key) with its JSON pointer.
 struct JsonWalk<'w> {
-    waf: &'w WafFilter,
+    waf: &'w BuiltinEngine,
     hits: &'w mut Vec<Hit>,
     values: usize,
 }
@@ -545,13 +572,8 @@ impl JsonWalk<'_> {
                     let len = pointer.len();
                     pointer.push('/');
                     pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                    if NOSQL_OPERATORS.contains(&key.as_str()) {
-                        self.hits.push(Hit {
-                            rule: Rule::NosqlOperator,
-                            part: format!("body:{pointer}"),
-                            fragment: masked(key),
-                        });
-                    } else {
+                    let part = format!("body:{pointer}");
+                    if !self.waf.operator_key(&part, key, self.hits) {
                         self.waf.inspect(format!("key:{pointer}"), key, self.hits);
                     }
                     self.value(item, pointer, depth + 1)?;
@@ -564,9 +586,12 @@ impl JsonWalk<'_> {
     }
 }
 
-const NOSQL_OPERATORS: [&str; 16] = [
+/// MongoDB query operators that change what a query matches or run code, refused from
+/// paranoia 1 (compared ignoring case).
+const NOSQL_OPERATORS: [&str; 27] = [
     "$where",
     "$ne",
+    "$eq",
     "$gt",
     "$gte",
     "$lt",
@@ -581,6 +606,16 @@ const NOSQL_OPERATORS: [&str; 16] = [
     "$not",
     "$nor",
     "$elemMatch",
+    "$function",
+    "$accumulator",
+    "$text",
+    "$mod",
+    "$all",
+    "$size",
+    "$type",
+    "$jsonSchema",
+    "$lookup",
+    "$merge",
 ];
 
 /// `name=value` pairs of a query or form, percent- and `+`-decoded.
@@ -774,93 +809,6 @@ fn shell_chain(value: &str) -> bool {
     false
 }
 
-/// A part as the caller is told it: names the caller chose are shown only when they are
-/// plain (letters, digits, `_-.:/@`, at most 64 bytes), else as a hash, so a refusal never
-/// echoes attack text back.
-fn shown_part(part: &str) -> String {
-    let plain = part.len() <= 64
-        && part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@$".contains(&b));
-    match (plain, part.split_once(':')) {
-        (true, _) => part.to_owned(),
-        (false, Some((kind, name))) => format!("{kind}:#{:08x}", fingerprint(name)),
-        (false, None) => String::from("#"),
-    }
-}
-
-/// A value as the trace shows it: its first characters and a hash, never the whole.
-fn masked(value: &str) -> String {
-    let prefix: String = value.chars().take(8).collect();
-    format!("{prefix:?}… #{:08x}", fingerprint(value))
-}
-
-/// A short hash (FNV-1a) that names a value without showing it.
-fn fingerprint(value: &str) -> u32 {
-    value
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
-}
-
-/// The rule ids, as traces and exclusions name them.
-pub const RULE_IDS: [&str; 8] = [
-    "sqli-libinjection",
-    "xss-libinjection",
-    "traversal-dotdot",
-    "jndi-lookup",
-    "rce-shell-chain",
-    "nosql-operator",
-    "xxe-external-entity",
-    "template-expression",
-];
-
-/// The (rule id, part) pairs a WAF trace note lists, as `pinpoint waf exclude` reads them
-/// back (the note's form is `<rule> (<code>, pl<n>, +<score>) at <part>: <fragment>`).
-pub fn hits_in_note(note: &str) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    for id in RULE_IDS {
-        for (at, _) in note.match_indices(&format!("{id} (waf.")) {
-            let rest = &note[at..];
-            let Some(part_at) = rest.find(") at ") else { continue };
-            let part = &rest[part_at + 5..];
-            let part = part.split(": ").next().unwrap_or(part);
-            found.push((id.to_owned(), part.to_owned()));
-        }
-    }
-    found
-}
-
-impl Filter for WafFilter {
-    fn name(&self) -> &'static str {
-        "waf"
-    }
-
-    fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
-        if !ctx.route.as_ref().is_some_and(|r| r.waf) {
-            return Check::Ready(Outcome::NotApplicable);
-        }
-        let hits = self.header_phase(ctx);
-        Check::Ready(self.verdict(ctx.route_id.as_deref(), hits))
-    }
-
-    fn needs_body(&self, ctx: &RequestCtx<'_>) -> Option<u64> {
-        let route = ctx.route.as_ref().filter(|r| r.waf)?;
-        let has_body = ctx.headers.contains_key(http::header::TRANSFER_ENCODING)
-            || ctx
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
-        has_body.then_some(route.max_body_bytes)
-    }
-
-    fn check_body(&self, ctx: &mut RequestCtx<'_>, body: &[u8]) -> Outcome {
-        match self.body_phase(ctx.headers, body) {
-            Ok(hits) => self.verdict(ctx.route_id.as_deref(), hits),
-            Err(denial) => Outcome::Deny(denial),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,21 +876,6 @@ mod tests {
     }
 
     #[test]
-    fn notes_name_their_rules_and_parts_for_exclusions() {
-        let note = "score 10 (threshold 5): sqli-libinjection (waf.sqli, pl1, +5) at body:/a/0: \"1' OR 1\"… #0a0b0c0d; xss-libinjection (waf.xss, pl1, +5) at query:q: \"<b>\"… #01020304";
-        assert_eq!(
-            hits_in_note(note),
-            [
-                ("sqli-libinjection".to_owned(), "body:/a/0".to_owned()),
-                ("xss-libinjection".to_owned(), "query:q".to_owned())
-            ]
-        );
-        for (rule, id) in Rule::VALUE_RULES.iter().map(|r| (*r, r.id())) {
-            assert!(RULE_IDS.contains(&id), "{rule:?}");
-        }
-    }
-
-    #[test]
     fn rules_find_attacks_and_pass_look_alikes() {
         let hit = |rule: Rule, v: &str| rule.matches(v);
         assert!(hit(Rule::SqliLibinjection, "1' OR '1'='1"));
@@ -955,6 +888,28 @@ mod tests {
         // Shaped like a boolean-based injection: refused, as the CRS refuses it.
         assert!(hit(Rule::SqliLibinjection, "5 < 6 and 7 > 3"));
         assert!(hit(Rule::TraversalDotDot, "../../etc/passwd"));
+        assert!(hit(Rule::TraversalDotDot, "/app/..;/admin"));
         assert!(!hit(Rule::TraversalDotDot, "wait... what"));
+        for target in [
+            "/etc/passwd",
+            "file:///etc/hosts",
+            "C:\\Windows\\win.ini",
+            "/proc/self/environ",
+        ] {
+            assert!(hit(Rule::TraversalSystemFile, target), "{target}");
+        }
+        for benign in ["/etc/passwdless", "see the etc. folder", "profile: a .envelope"] {
+            assert!(!hit(Rule::TraversalSystemFile, benign), "{benign}");
+        }
+        for uri in [
+            "javascript:alert(1)",
+            " JaVa\tScRiPt:alert(1)",
+            "java&#x09;script:x",
+            "data:text/html;base64,PHM=",
+        ] {
+            assert!(hit(Rule::XssScriptUri, uri), "{uri}");
+        }
+        assert!(!hit(Rule::XssScriptUri, "I write javascript: it is fun"));
+        assert!(hit(Rule::XssScriptUriAnywhere, "I write javascript: it is fun"));
     }
 }
