@@ -219,6 +219,15 @@ pub trait DecisionStore {
 
     /// The most recent decision recorded under `id` (Pinpoint's request id or the client's).
     fn decision(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Decision>, StoreError>> + Send;
+
+    /// The decisions whose record holds `text` anywhere, newest first, at most `limit`
+    /// (an operator's scan of the whole log, such as `config check` looking for the WAF
+    /// exclusions traces name; not for the hot path).
+    fn decisions_containing(
+        &self,
+        text: &str,
+        limit: u32,
+    ) -> impl std::future::Future<Output = Result<Vec<Decision>, StoreError>> + Send;
 }
 
 impl DecisionStore for Store {
@@ -244,6 +253,20 @@ impl DecisionStore for Store {
 
     async fn decision(&self, id: &str) -> Result<Option<Decision>, StoreError> {
         Ok(self.decisions_by_id(id, None, 1).await?.into_iter().next())
+    }
+
+    async fn decisions_containing(&self, text: &str, limit: u32) -> Result<Vec<Decision>, StoreError> {
+        let rows = sqlx::query("SELECT record FROM decisions WHERE instr(record, ?1) > 0 ORDER BY seq DESC LIMIT ?2")
+            .bind(text)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let record: String = row.try_get("record")?;
+            out.push(serde_json::from_str(&record)?);
+        }
+        Ok(out)
     }
 }
 

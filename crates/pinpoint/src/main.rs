@@ -247,6 +247,9 @@ fn run(cli: Cli) -> Result<()> {
                 for warning in config.warnings() {
                     println!("warning: {warning}");
                 }
+                for warning in waf::unused_exclusions(&config).await? {
+                    println!("warning: {warning}");
+                }
                 Ok(())
             }
             Command::Config {

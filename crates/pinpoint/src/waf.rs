@@ -46,3 +46,45 @@ pub async fn exclude(request_id: &str, client: &ClientArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// How many recent decisions that name WAF exclusions `config check` reads.
+const EXCLUSION_SCAN_LIMIT: u32 = 100_000;
+
+/// `config check`'s warnings about `[[waf.exclusions]]` that never applied to a request
+/// in the decision log of the config's data directory (none when it has no log yet).
+pub async fn unused_exclusions(config: &pinpoint_core::config::Config) -> Result<Vec<String>> {
+    use pinpoint_store::DecisionStore;
+    let exclusions = &config.waf.exclusions;
+    let data_dir = &config.server.data_dir;
+    if exclusions.is_empty() || !data_dir.join("pinpoint.db").exists() {
+        return Ok(Vec::new());
+    }
+    let store = pinpoint_store::Store::open(data_dir).await?;
+    let marker = pinpoint_policy::filters::waf::EXCLUDED_BY;
+    let decisions = store.decisions_containing(marker, EXCLUSION_SCAN_LIMIT).await?;
+    let mut applied = std::collections::HashSet::new();
+    for entry in decisions
+        .iter()
+        .flat_map(|d| &d.trace)
+        .filter(|e| e.layer.as_ref() == "waf")
+    {
+        for text in [entry.rule_id.as_deref(), entry.note.as_deref()].into_iter().flatten() {
+            applied.extend(
+                pinpoint_policy::filters::waf::exclusions_in_trace(text)
+                    .into_iter()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    Ok(exclusions
+        .iter()
+        .filter(|e| !applied.contains(&e.id))
+        .map(|e| {
+            format!(
+                "waf exclusion `{}` never applied to a request in the decision log ({} decisions with exclusions read)",
+                e.id,
+                decisions.len()
+            )
+        })
+        .collect())
+}

@@ -49,7 +49,7 @@ pub use routes::{
 };
 pub use server::{ServerConfig, REASONS_PATH};
 pub use upstreams::{Target, UpstreamConfig};
-pub use waf::{RouteWaf, WafConfig, WafEngineKind, WafExclusion, WAF_FAMILIES};
+pub use waf::{RouteWaf, WafConfig, WafEngineKind, WafExclusion, STRUCTURED_HEADERS, WAF_FAMILIES};
 
 use diagnostics::Diagnostics;
 

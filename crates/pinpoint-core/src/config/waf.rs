@@ -26,7 +26,10 @@ pub struct WafConfig {
     pub paranoia: u8,
     /// A request whose matches score this much is refused (each rule scores 5).
     pub threshold: u32,
-    /// Headers inspected (lower-case names) besides the path, the query and cookies.
+    /// Headers inspected (lower-case names) besides the path, the query and cookies. `*`
+    /// (the default) stands for every header but those with a fixed structure, which
+    /// [`STRUCTURED_HEADERS`] lists (credentials, content negotiation, caching, framing,
+    /// tracing). JNDI lookups are looked for in every header whatever this says.
     pub headers: Vec<String>,
     /// Body types accepted (without parameters; `+json`/`+xml` types count as
     /// `application/json`/`application/xml`): another declared type is refused
@@ -75,6 +78,49 @@ impl WafExclusion {
             })
     }
 }
+
+/// The headers `headers = ["*"]` leaves out: their values have a fixed structure that the
+/// HTTP stack or Pinpoint itself reads (a stray quote in an `Accept` is no injection), or
+/// they carry credentials and tokens that look like noise.
+pub const STRUCTURED_HEADERS: [&str; 37] = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "cookie",
+    "date",
+    "dnt",
+    "forwarded",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "origin",
+    "pragma",
+    "priority",
+    "proxy-authorization",
+    "range",
+    "te",
+    "traceparent",
+    "tracestate",
+    "transfer-encoding",
+    "upgrade",
+    "upgrade-insecure-requests",
+    "x-api-key",
+    "x-csrf-token",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
+];
 
 /// The rule families, as `report_families` and reason codes (`waf.<family>`) name them.
 pub const WAF_FAMILIES: [&str; 9] = [
@@ -162,7 +208,7 @@ impl Default for WafConfig {
             crs_rules: String::from("/usr/share/modsecurity-crs/rules"),
             paranoia: 1,
             threshold: 5,
-            headers: vec![String::from("user-agent"), String::from("referer")],
+            headers: vec![String::from("*")],
             max_json_depth: 64,
             max_values: 10_000,
             exclusions: Vec::new(),

@@ -11,6 +11,7 @@ mod identity_api;
 mod lifecycle;
 mod proxy;
 mod waf;
+mod waf_corpus;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

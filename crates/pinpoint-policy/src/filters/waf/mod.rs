@@ -210,13 +210,13 @@ impl WafFilter {
 pub const EXCLUDED_BY: &str = "excluded by ";
 
 /// A part as the caller is told it: names the caller chose are shown only when they are
-/// plain (letters, digits, `_-.:/@`, at most 64 bytes), else as a hash, so a refusal never
+/// plain (letters, digits, `_-.:/@$[]`, at most 64 bytes), else as a hash, so a refusal never
 /// echoes attack text back.
 pub fn shown_part(part: &str) -> String {
     let plain = part.len() <= 64
         && part
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@$".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@$[]".contains(&b));
     match (plain, part.split_once(':')) {
         (true, _) => part.to_owned(),
         (false, Some((kind, name))) => format!("{kind}:#{:08x}", fingerprint(name)),
