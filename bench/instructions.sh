@@ -15,6 +15,9 @@
 # (canonical paths, the common case) and for `dirty`: the bare route asked for through a
 # path that must be rewritten (`/bare/a/./b//../x%2Dy`).
 #
+# And for a 1 KiB JSON POST (bench_post_script) through a route without the WAF (`waf-off`)
+# and with the built-in WAF (`waf-on`): what the WAF costs.
+#
 # Usage: bench/instructions.sh [seconds-per-route] (default 10). Needs valgrind (apt-get
 # install valgrind) and wrk. BENCH_KEEP=DIR keeps the callgrind dumps.
 set -euo pipefail
@@ -49,10 +52,13 @@ wait_port $API_PORT
 KEY=$(bench_key "$BIN" "$WORK/pinpoint.toml")
 
 declare -A PER_REQUEST SHA EDGE
-printf '%-6s %9s %14s %12s %12s\n' route requests "instr/request" "of which sha2" "of which edge"
-for route in bare chain dirty; do
+bench_post_script "$WORK/post.lua"
+printf '%-8s %9s %14s %12s %12s\n' route requests "instr/request" "of which sha2" "of which edge"
+for route in bare chain dirty waf-off waf-on; do
   header=()
   [ "$route" = chain ] && header=(-H "Authorization: Bearer $KEY")
+  # waf-off and waf-on: the 1 KiB JSON POST through a route without and with the WAF.
+  [[ $route == waf-* ]] && header=(-s "$WORK/post.lua")
   url="http://127.0.0.1:$PROXY_PORT/$route/x"
   [ "$route" = dirty ] && url="http://127.0.0.1:$PROXY_PORT/bare/a/./b//../x%2Dy"
   wrk -t1 -c4 -d2s "${header[@]}" "$url" >/dev/null # warm up: connections, caches
@@ -75,7 +81,7 @@ for route in bare chain dirty; do
   PER_REQUEST[$route]=$((total / requests))
   SHA[$route]=$(( ${sha:-0} / requests ))
   EDGE[$route]=$(( ${edge:-0} / requests ))
-  printf '%-6s %9d %14d %12d %12d\n' "$route" "$requests" $((total / requests)) $(( ${sha:-0} / requests )) \
+  printf '%-8s %9d %14d %12d %12d\n' "$route" "$requests" $((total / requests)) $(( ${sha:-0} / requests )) \
     "${EDGE[$route]}"
 done
 python3 -c "
@@ -89,3 +95,8 @@ import sys
 b, c, d, eb, ec, ed = (int(v) for v in sys.argv[1:])
 print('edge (canonical request): %.2f%% of a bare request, %.2f%% of a chain request, %.2f%% of a request whose path is rewritten' % (eb * 100 / b, ec * 100 / c, ed * 100 / d))" \
   "${PER_REQUEST[bare]}" "${PER_REQUEST[chain]}" "${PER_REQUEST[dirty]}" "${EDGE[bare]}" "${EDGE[chain]}" "${EDGE[dirty]}"
+python3 -c "
+import sys
+off, on = (int(v) for v in sys.argv[1:])
+print('waf-on/waf-off instructions %.3f: the WAF costs %.1f%% of a 1 KiB JSON POST' % (on / off, (on - off) * 100 / off))" \
+  "${PER_REQUEST[waf-off]}" "${PER_REQUEST[waf-on]}"

@@ -36,3 +36,19 @@ bench_key() {
   [ -n "$KEY" ] || { echo "could not create the bench key" >&2; exit 1; }
   echo "$KEY"
 }
+
+# bench_post_script FILE: writes a wrk script that sends the benchmarks' POST: a 1 KiB JSON
+# body (an order's items and a note), valid JSON so the WAF inspects all of it.
+bench_post_script() {
+  python3 - "$1" <<'PY'
+import json, sys
+items = []
+while len(json.dumps({"items": items + [{"sku": "x" * 40, "qty": 0}], "note": ""})) < 1024:
+    items.append({"sku": "x" * 40, "qty": len(items)})
+body = json.dumps({"items": items, "note": ""})
+body = json.dumps({"items": items, "note": "n" * (1024 - len(body))})
+assert len(body) == 1024, len(body)
+open(sys.argv[1], "w").write(
+    'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' % json.dumps(body))
+PY
+}

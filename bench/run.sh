@@ -94,12 +94,7 @@ wait_port $API_PORT
 
 KEY=$(bench_key "$BIN" "$WORK/pinpoint.toml")
 
-python3 - "$WORK/post.lua" <<'PY'
-import json, sys
-body = json.dumps({"items": [{"sku": "x" * 40, "qty": i} for i in range(18)]})[:1024].ljust(1024)
-open(sys.argv[1], "w").write(
-    'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' % json.dumps(body))
-PY
+bench_post_script "$WORK/post.lua"
 
 declare -A RPS P99 CPU
 TICKS_PER_SECOND=$(getconf CLK_TCK)

@@ -290,12 +290,48 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
     } else if media == "multipart/form-data" {
         multipart_field_names(content_type, body).any(|name| name.eq_ignore_ascii_case("_method"))
     } else if media == "application/json" || media.ends_with("+json") {
-        // Top-level keys only: a value or a nested key is the application's data.
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-            .is_ok_and(|object| object.keys().any(|k| k.eq_ignore_ascii_case("_method")))
+        // Without the letters of `method` (in any case) or a `\u` escape, no key can be
+        // `_method`: most bodies are settled by one scan (parsing a 1 KiB body to read its
+        // keys cost 40,000 instructions, bench/instructions.sh's `waf-off`).
+        may_spell_method(body) && json_top_level_key_is_method(body)
     } else {
         false
     }
+}
+
+/// Whether a JSON text could spell `method` in a key: it holds those letters (in any case)
+/// or a `\u` escape. One pass that looks further only at an `m` or a backslash (comparing
+/// six bytes at every offset cost 19,000 instructions on a 1 KiB body).
+fn may_spell_method(body: &[u8]) -> bool {
+    body.iter().enumerate().any(|(i, b)| match b | 0x20 {
+        b'm' => body.get(i..i + 6).is_some_and(|w| w.eq_ignore_ascii_case(b"method")),
+        b'|' => *b == b'\\' && body.get(i + 1) == Some(&b'u'),
+        _ => false,
+    })
+}
+
+/// Whether a JSON object names `_method` (in any case) among its top-level keys: a value
+/// or a nested key is the application's data. Values are skipped, not built.
+fn json_top_level_key_is_method(body: &[u8]) -> bool {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct TopLevel;
+    impl<'de> Visitor<'de> for TopLevel {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut found = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                found |= key.eq_ignore_ascii_case("_method");
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(TopLevel)
+        .is_ok_and(|found| found && de.end().is_ok())
 }
 
 /// The `name` of every part of a multipart body (from each part's `Content-Disposition`,
@@ -497,6 +533,17 @@ mod tests {
             None,
             Some("application/json"),
             br#"{"method":"x"}"#
+        ));
+        // Spelled with escapes, or in another case, it is still the key.
+        assert!(method_override_parameter(
+            None,
+            Some("application/json"),
+            br#"{"a":[1,{"b":2}],"\u005f\u006dethod":"DELETE"}"#
+        ));
+        assert!(method_override_parameter(
+            None,
+            Some("application/json"),
+            br#"{"_METHOD":"PUT"}"#
         ));
         // Data that only mentions it is the application's.
         assert!(!method_override_parameter(

@@ -14,6 +14,7 @@ use http::HeaderMap;
 use pinpoint_core::config::{WafConfig, STRUCTURED_HEADERS};
 use pinpoint_core::{Denial, Reason};
 
+use super::json::{JsonError, JsonPath};
 use super::{masked, Hit, WafEngine};
 use crate::pipeline::RequestCtx;
 
@@ -116,6 +117,27 @@ impl Rule {
         }
     }
 
+    /// Whether a value of this shape could match: each rule needs some character (XSS a
+    /// tag, quote or `=`, traversal a dot or slash, ...), and a single word matches none.
+    fn may_match(self, shape: Shape) -> bool {
+        if shape.any(Shape::WORD) {
+            return false;
+        }
+        match self {
+            Rule::SqliLibinjection => true,
+            Rule::XssLibinjection => shape.any(Shape::MARKUP | Shape::COLON | Shape::AMP),
+            Rule::XssScriptUri | Rule::XssScriptUriAnywhere => shape.any(Shape::COLON | Shape::AMP),
+            Rule::TraversalDotDot => shape.any(Shape::DOT),
+            Rule::TraversalSystemFile => shape.any(Shape::SLASH | Shape::COLON),
+            Rule::JndiLookup => shape.any(Shape::DOLLAR) && shape.any(Shape::BRACE),
+            Rule::RceShellChain => shape.any(Shape::SEPARATOR | Shape::DOLLAR),
+            Rule::TemplateExpression => {
+                shape.any(Shape::BRACE) || (shape.any(Shape::MARKUP) && shape.any(Shape::PERCENT))
+            }
+            Rule::NosqlOperator | Rule::NosqlAnyOperator | Rule::XxeEntity => false,
+        }
+    }
+
     fn hit(self, part: &str, fragment: &str) -> Hit {
         Hit {
             rule: Cow::Borrowed(self.id()),
@@ -125,6 +147,84 @@ impl Rule {
             part: part.to_owned(),
             fragment: fragment.to_owned(),
         }
+    }
+}
+
+/// A part's name, made only when a rule matches: naming every value (a JSON pointer, a
+/// field) would cost more than inspecting most of them.
+pub trait PartName {
+    fn name(&self) -> String;
+}
+
+impl<F: Fn() -> String> PartName for F {
+    fn name(&self) -> String {
+        self()
+    }
+}
+
+/// Which kinds of characters a value holds, found in one pass, so each rule runs only on
+/// values that could match it. Measured on bench/instructions.sh's 1 KiB JSON POST (about
+/// 50 short values): the WAF's cost fell from 1.33 M to TODO instructions per request.
+#[derive(Debug, Clone, Copy)]
+struct Shape(u16);
+
+impl Shape {
+    /// Only `[A-Za-z0-9_]`: one word, which no rule can match (libinjection finds no
+    /// injection in a single word: checked over 400,000 words built from SQL keywords,
+    /// numbers and letters).
+    const WORD: u16 = 1;
+    const MARKUP: u16 = 1 << 1; // < > " ' ` = (what libinjection's XSS needs one of)
+    const COLON: u16 = 1 << 2;
+    const AMP: u16 = 1 << 3;
+    const SLASH: u16 = 1 << 4; // / \
+    const DOT: u16 = 1 << 5;
+    const SEPARATOR: u16 = 1 << 6; // ; | newline `
+    const DOLLAR: u16 = 1 << 7;
+    const BRACE: u16 = 1 << 8; // { (and #{ ${ {{ {%)
+    const PERCENT: u16 = 1 << 9;
+    /// Any other character that is not a word character (a space, `-`, `(`, ...).
+    const OTHER: u16 = 1 << 10;
+
+    /// Each byte's class bits (0 for word characters, which `WORD` tracks apart).
+    const TABLE: [u16; 256] = {
+        let mut table = [0u16; 256];
+        let mut b = 0;
+        while b < 256 {
+            let byte = b as u8;
+            table[b] = match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => 0,
+                b'<' | b'>' | b'"' | b'\'' | b'=' => Self::MARKUP,
+                b'`' => Self::MARKUP | Self::SEPARATOR,
+                b':' => Self::COLON,
+                b'&' => Self::AMP | Self::SEPARATOR,
+                b'/' | b'\\' => Self::SLASH,
+                b'.' => Self::DOT,
+                b';' | b'|' | b'\n' => Self::SEPARATOR,
+                b'$' => Self::DOLLAR,
+                b'{' => Self::BRACE,
+                b'%' => Self::PERCENT,
+                _ => Self::OTHER,
+            };
+            b += 1;
+        }
+        table
+    };
+
+    fn of(value: &str) -> Shape {
+        // Most values are words: a plain check first (about 2 instructions a byte, against
+        // 5 for the table's fold), the classes only for the others.
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Shape(Self::WORD);
+        }
+        let bits = value.bytes().fold(0u16, |bits, b| bits | Self::TABLE[usize::from(b)]);
+        match bits == 0 && !value.is_empty() {
+            true => Shape(Self::WORD),
+            false => Shape(bits),
+        }
+    }
+
+    fn any(self, bits: u16) -> bool {
+        self.0 & bits != 0
     }
 }
 
@@ -150,40 +250,48 @@ impl BuiltinEngine {
         rule.paranoia() <= self.config.paranoia
     }
 
-    fn inspect(&self, part: String, value: &str, hits: &mut Vec<Hit>) {
+    fn inspect(&self, part: impl PartName, value: &str, hits: &mut Vec<Hit>) {
+        // One scan tells which rules could match, and whether there is anything to decode.
+        let shape = Shape::of(value);
+        if shape.any(Shape::WORD) {
+            return;
+        }
         // Still percent-encoded after the decoding servers do: a server (or a framework
         // behind it) that decodes again reads another form, so each is inspected, up to
         // three more rounds.
-        let mut decoded = Cow::Borrowed(value);
-        for _ in 0..3 {
-            if !decoded.contains('%') {
-                break;
+        if shape.any(Shape::PERCENT) {
+            let mut decoded = Cow::Borrowed(value);
+            for _ in 0..3 {
+                if !decoded.contains('%') {
+                    break;
+                }
+                let again = form_decode(&decoded, false);
+                if again == decoded {
+                    break;
+                }
+                self.inspect_one(&part, &again, Shape::of(&again), hits);
+                decoded = Cow::Owned(again);
             }
-            let again = form_decode(&decoded, false);
-            if again == decoded {
-                break;
-            }
-            self.inspect_one(&part, &again, hits);
-            decoded = Cow::Owned(again);
         }
-        self.inspect_one(&part, value, hits);
+        self.inspect_one(&part, value, shape, hits);
     }
 
-    fn inspect_one(&self, part: &str, value: &str, hits: &mut Vec<Hit>) {
+    fn inspect_one(&self, part: &impl PartName, value: &str, shape: Shape, hits: &mut Vec<Hit>) {
         let mut matched = Rule::ALL
             .into_iter()
-            .filter(|rule| self.runs(*rule) && rule.matches(value))
+            .filter(|rule| self.runs(*rule) && rule.may_match(shape) && rule.matches(value))
             .peekable();
         if matched.peek().is_none() {
             return;
         }
         // The same value in the same part (a value decoded twice to itself) counts once.
         let fragment = masked(value);
+        let part = part.name();
         if hits.iter().any(|h| h.part == part && h.fragment == fragment) {
             return;
         }
         for rule in matched {
-            hits.push(rule.hit(part, &fragment));
+            hits.push(rule.hit(&part, &fragment));
         }
     }
 
@@ -191,17 +299,20 @@ impl BuiltinEngine {
     /// which PHP, Express's `qs` and Rails read as a nested object, is checked for NoSQL
     /// operators like a JSON key.
     fn field(&self, kind: &str, name: &str, value: &str, hits: &mut Vec<Hit>) {
-        let part = format!("{kind}:{name}");
+        let part = || format!("{kind}:{name}");
         for key in name.split('[').skip(1).map(|k| k.trim_end_matches(']')) {
-            self.operator_key(&part, key, hits);
+            self.operator_key(part, key, hits);
         }
-        self.inspect(part.clone(), name, hits);
+        self.inspect(part, name, hits);
         self.inspect(part, value, hits);
     }
 
     /// A key that is a NoSQL query operator: the known ones from paranoia 1, any `$word`
     /// from paranoia 2.
-    fn operator_key(&self, part: &str, key: &str, hits: &mut Vec<Hit>) -> bool {
+    fn operator_key(&self, part: impl PartName, key: &str, hits: &mut Vec<Hit>) -> bool {
+        if !key.starts_with('$') {
+            return false;
+        }
         let rule = if NOSQL_OPERATORS.iter().any(|op| op.eq_ignore_ascii_case(key)) {
             Rule::NosqlOperator
         } else if key.len() > 1 && key.starts_with('$') && key[1..].bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -210,7 +321,7 @@ impl BuiltinEngine {
             return false;
         };
         if self.runs(rule) {
-            hits.push(rule.hit(part, &masked(key)));
+            hits.push(rule.hit(&part.name(), &masked(key)));
         }
         true
     }
@@ -223,11 +334,26 @@ impl WafEngine for BuiltinEngine {
 
     fn head(&self, ctx: &RequestCtx<'_>, _body_follows: bool) -> Result<Vec<Hit>, Denial> {
         let mut hits = Vec::new();
-        self.inspect(String::from("path"), &form_decode(ctx.path, false), &mut hits);
-        for (i, segment) in ctx.path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        // The path after the route's prefix: the prefix is the operator's own text, which
+        // the route matched; what follows is the caller's. Segments keep their index in
+        // the whole path (`path:1` is the second segment).
+        let prefix = ctx
+            .route
+            .as_ref()
+            .map(|r| r.access.prefix.trim_end_matches('/'))
+            .filter(|p| ctx.path_under(p) && ctx.path.is_char_boundary(p.len()))
+            .unwrap_or("");
+        // Whole, for what spans segments, when it has several (one segment is inspected
+        // as itself below).
+        let remainder = &ctx.path[prefix.len()..];
+        if remainder.trim_matches('/').contains('/') {
+            self.inspect(|| String::from("path"), &form_decode(remainder, false), &mut hits);
+        }
+        let skipped = prefix.split('/').filter(|s| !s.is_empty()).count();
+        for (i, segment) in ctx.path.split('/').filter(|s| !s.is_empty()).enumerate().skip(skipped) {
             let decoded = form_decode(segment, false);
             if decoded.len() > 2 {
-                self.inspect(format!("path:{i}"), &decoded, &mut hits);
+                self.inspect(|| format!("path:{i}"), &decoded, &mut hits);
             }
         }
         if let Some(query) = ctx.query {
@@ -238,7 +364,7 @@ impl WafEngine for BuiltinEngine {
         for (name, value) in ctx.headers {
             let text = String::from_utf8_lossy(value.as_bytes());
             if self.inspects_header(name.as_str()) {
-                self.inspect(format!("header:{name}"), &text, &mut hits);
+                self.inspect(|| format!("header:{name}"), &text, &mut hits);
             } else if name != http::header::COOKIE && text.contains("${") && jndi(&text) {
                 // Log4Shell arrived in any header a server logs: lookups are looked for in
                 // every one (a cheap test first: no `${`, no lookup).
@@ -248,7 +374,7 @@ impl WafEngine for BuiltinEngine {
         for value in ctx.headers.get_all(http::header::COOKIE) {
             for pair in String::from_utf8_lossy(value.as_bytes()).split(';') {
                 if let Some((name, value)) = pair.trim().split_once('=') {
-                    self.inspect(format!("cookie:{name}"), &form_decode(value, false), &mut hits);
+                    self.inspect(|| format!("cookie:{name}"), &form_decode(value, false), &mut hits);
                 }
             }
         }
@@ -264,25 +390,7 @@ impl WafEngine for BuiltinEngine {
             .unwrap_or_default();
         let mut hits = Vec::new();
         if content_type.contains("json") {
-            if has_duplicate_keys(body) {
-                return Err(Denial::new(
-                    Reason::WafBodyUnparsable,
-                    "The JSON body names a key twice in one object; send each key once.",
-                ));
-            }
-            let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-                Denial::new(Reason::WafBodyUnparsable, "The body is not valid JSON.").note(format!(
-                    "JSON error at line {} column {}",
-                    e.line(),
-                    e.column()
-                ))
-            })?;
-            let mut walk = JsonWalk {
-                waf: self,
-                hits: &mut hits,
-                values: 0,
-            };
-            walk.value(&value, &mut String::new(), 0)?;
+            self.json(body, &mut hits)?;
         } else if content_type.starts_with("multipart/") {
             self.multipart(headers, body, &mut hits)?;
         } else if content_type.contains("xml") {
@@ -300,7 +408,7 @@ impl WafEngine for BuiltinEngine {
             }
         } else if let Ok(text) = std::str::from_utf8(body) {
             // Another or no declared type: the body as one value, as a server might read it.
-            self.inspect(String::from("body"), text, &mut hits);
+            self.inspect(|| String::from("body"), text, &mut hits);
         }
         Ok(hits)
     }
@@ -366,6 +474,10 @@ fn system_file(value: &str) -> bool {
         "/.env",
         "/web-inf/web.xml",
     ];
+    // The shortest target (`/.env`, `file:`) has five bytes.
+    if value.len() < 5 {
+        return false;
+    }
     let lower = value.to_ascii_lowercase().replace('\\', "/");
     lower.trim_start().starts_with("file:")
         || TARGETS.iter().any(|t| {
@@ -420,8 +532,8 @@ impl BuiltinEngine {
             };
             let name = param("name").unwrap_or_default();
             match param("filename") {
-                Some(file) => self.inspect(format!("file:{name}"), &file, hits),
-                None => self.inspect(format!("form:{name}"), value, hits),
+                Some(file) => self.inspect(|| format!("file:{name}"), &file, hits),
+                None => self.inspect(|| format!("form:{name}"), value, hits),
             }
         }
         if !closed {
@@ -448,7 +560,7 @@ impl BuiltinEngine {
             let content = html_decode(rest[..open].trim());
             if !content.is_empty() {
                 values += 1;
-                self.inspect(format!("xml:/{}", path.join("/")), &content, hits);
+                self.inspect(|| format!("xml:/{}", path.join("/")), &content, hits);
             }
             let Some(close) = rest[open..].find('>') else {
                 return Err(Denial::new(Reason::WafBodyUnparsable, "The XML body does not parse."));
@@ -468,7 +580,11 @@ impl BuiltinEngine {
             for (i, quoted) in tag.split('"').enumerate() {
                 if i % 2 == 1 {
                     values += 1;
-                    self.inspect(format!("xml:/{}/{name}@", path.join("/")), &html_decode(quoted), hits);
+                    self.inspect(
+                        || format!("xml:/{}/{name}@", path.join("/")),
+                        &html_decode(quoted),
+                        hits,
+                    );
                 }
             }
             if !tag.ends_with('/') {
@@ -505,59 +621,6 @@ fn template_expression(value: &str) -> bool {
         })
 }
 
-/// Whether a JSON document names a key twice in one object: parsers keep the first or
-/// the last, so the WAF and the upstream could read different values.
-fn has_duplicate_keys(body: &[u8]) -> bool {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-    struct Check;
-    impl<'de> DeserializeSeed<'de> for Check {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(Check)
-        }
-    }
-    impl<'de> Visitor<'de> for Check {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            while let Some(key) = map.next_key::<String>()? {
-                if !seen.insert(key) {
-                    return Err(serde::de::Error::custom("duplicate key"));
-                }
-                map.next_value_seed(Check)?;
-            }
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Check)?.is_some() {}
-            Ok(())
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    matches!(Check.deserialize(&mut de), Err(e) if e.to_string().starts_with("duplicate key"))
-}
-
 fn too_many(max: usize) -> Denial {
     Denial::new(
         Reason::WafTooManyValues,
@@ -565,54 +628,46 @@ fn too_many(max: usize) -> Denial {
     )
 }
 
-/// Walks a JSON document: every string (and key) with its JSON pointer.
-struct JsonWalk<'w> {
-    waf: &'w BuiltinEngine,
-    hits: &'w mut Vec<Hit>,
-    values: usize,
-}
-
-impl JsonWalk<'_> {
-    fn value(&mut self, value: &serde_json::Value, pointer: &mut String, depth: usize) -> Result<(), Denial> {
-        if depth > self.waf.config.max_json_depth {
-            return Err(Denial::new(
+impl BuiltinEngine {
+    /// A JSON body, read in one pass by [`super::json`]: every string value is inspected as
+    /// `body:<pointer>`, every key as `key:<pointer>` (or as a NoSQL operator, named by its
+    /// pointer), with nesting, the number of values and keys named twice refused.
+    fn json(&self, body: &[u8], hits: &mut Vec<Hit>) -> Result<(), Denial> {
+        struct Inspect<'a> {
+            waf: &'a BuiltinEngine,
+            hits: &'a mut Vec<Hit>,
+        }
+        impl super::json::JsonVisitor for Inspect<'_> {
+            // A word matches no rule (see `Shape`): the reader found it one on the way.
+            fn key(&mut self, at: &JsonPath<'_, '_>, key: &str, word: bool) {
+                if !word
+                    && !self
+                        .waf
+                        .operator_key(|| format!("body:{}", at.pointer()), key, self.hits)
+                {
+                    self.waf.inspect(|| format!("key:{}", at.pointer()), key, self.hits);
+                }
+            }
+            fn string(&mut self, at: &JsonPath<'_, '_>, value: &str, word: bool) {
+                if !word {
+                    self.waf.inspect(|| format!("body:{}", at.pointer()), value, self.hits);
+                }
+            }
+        }
+        let (max_depth, max_values) = (self.config.max_json_depth, self.config.max_values);
+        super::json::read(body, max_depth, max_values, &mut Inspect { waf: self, hits }).map_err(|e| match e {
+            JsonError::Syntax { at, expected } => Denial::new(Reason::WafBodyUnparsable, "The body is not valid JSON.")
+                .note(format!("JSON error at byte {at}: expected {expected}")),
+            JsonError::TooDeep => Denial::new(
                 Reason::WafBodyTooDeep,
-                format!(
-                    "The JSON body nests deeper than {} levels.",
-                    self.waf.config.max_json_depth
-                ),
-            ));
-        }
-        self.values += 1;
-        if self.values > self.waf.config.max_values {
-            return Err(too_many(self.waf.config.max_values));
-        }
-        match value {
-            serde_json::Value::String(s) => self.waf.inspect(format!("body:{pointer}"), s, self.hits),
-            serde_json::Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let len = pointer.len();
-                    pointer.push_str(&format!("/{i}"));
-                    self.value(item, pointer, depth + 1)?;
-                    pointer.truncate(len);
-                }
-            }
-            serde_json::Value::Object(fields) => {
-                for (key, item) in fields {
-                    let len = pointer.len();
-                    pointer.push('/');
-                    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                    let part = format!("body:{pointer}");
-                    if !self.waf.operator_key(&part, key, self.hits) {
-                        self.waf.inspect(format!("key:{pointer}"), key, self.hits);
-                    }
-                    self.value(item, pointer, depth + 1)?;
-                    pointer.truncate(len);
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+                format!("The JSON body nests deeper than {max_depth} levels."),
+            ),
+            JsonError::TooMany => too_many(max_values),
+            JsonError::DuplicateKey => Denial::new(
+                Reason::WafBodyUnparsable,
+                "The JSON body names a key twice in one object; send each key once.",
+            ),
+        })
     }
 }
 
@@ -900,10 +955,53 @@ mod tests {
 
     #[test]
     fn duplicate_json_keys_are_found_at_any_depth() {
-        assert!(has_duplicate_keys(br#"{"q":"1","q":"2"}"#));
-        assert!(has_duplicate_keys(br#"{"a":[{"x":1,"y":{"z":1,"z":2}}]}"#));
-        assert!(!has_duplicate_keys(br#"{"a":[{"x":1},{"x":2}],"b":{"x":3}}"#));
-        assert!(!has_duplicate_keys(b"{not json"));
+        let engine = BuiltinEngine::new(&WafConfig::default());
+        let refused = |body: &[u8]| {
+            let mut hits = Vec::new();
+            engine.json(body, &mut hits).err().map(|d| d.reason)
+        };
+        assert_eq!(refused(br#"{"q":"1","q":"2"}"#), Some(Reason::WafBodyUnparsable));
+        assert_eq!(
+            refused(br#"{"a":[{"x":1,"y":{"z":1,"z":2}}]}"#),
+            Some(Reason::WafBodyUnparsable)
+        );
+        assert_eq!(refused(br#"{"a":[{"x":1},{"x":2}],"b":{"x":3}}"#), None);
+        assert_eq!(refused(b"{not json"), Some(Reason::WafBodyUnparsable));
+        assert_eq!(refused(b"{} trailing"), Some(Reason::WafBodyUnparsable));
+        let many: String = (0..40).map(|i| format!("\"k{i}\":1,")).collect::<String>() + "\"k7\":2";
+        assert_eq!(
+            refused(format!("{{{many}}}").as_bytes()),
+            Some(Reason::WafBodyUnparsable)
+        );
+        let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+        assert_eq!(refused(deep.as_bytes()), Some(Reason::WafBodyTooDeep));
+        let ok = format!("{}1{}", "[".repeat(64), "]".repeat(64));
+        assert_eq!(refused(ok.as_bytes()), None);
+    }
+
+    #[test]
+    fn a_single_word_matches_no_rule_and_shapes_gate_rules() {
+        for word in ["select", "union", "1or1", "sleep", "SKU_123", "x"] {
+            let shape = Shape::of(word);
+            assert!(Rule::ALL.iter().all(|r| !r.may_match(shape)), "{word}");
+        }
+        // Every rule still runs on the values its own tests match.
+        for (rule, value) in [
+            (Rule::SqliLibinjection, "1 UNION SELECT password FROM users--"),
+            (Rule::XssLibinjection, "<script>alert(1)</script>"),
+            (Rule::XssScriptUri, "javascript:alert(1)"),
+            (Rule::TraversalDotDot, "../../etc/passwd"),
+            (Rule::TraversalSystemFile, "file:///etc/hosts"),
+            (Rule::JndiLookup, "${jndi:ldap://x/a}"),
+            (Rule::RceShellChain, "$(id)"),
+            (Rule::RceShellChain, "`id`"),
+            (Rule::TemplateExpression, "<%= 7*7 %>"),
+        ] {
+            assert!(
+                rule.may_match(Shape::of(value)) && rule.matches(value),
+                "{rule:?} {value}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! `waf.engine_unavailable` (503), refused at once.
 
 pub mod builtin;
+pub mod json;
 
 use std::borrow::Cow;
 use std::sync::Arc;
