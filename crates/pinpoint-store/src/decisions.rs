@@ -243,12 +243,7 @@ impl DecisionStore for Store {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let record: String = row.try_get("record")?;
-            out.push(serde_json::from_str(&record)?);
-        }
-        Ok(out)
+        records(rows)
     }
 
     async fn decision(&self, id: &str) -> Result<Option<Decision>, StoreError> {
@@ -261,13 +256,18 @@ impl DecisionStore for Store {
             .bind(i64::from(limit))
             .fetch_all(self.pool())
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let record: String = row.try_get("record")?;
-            out.push(serde_json::from_str(&record)?);
-        }
-        Ok(out)
+        records(rows)
     }
+}
+
+/// The decisions in rows of a `record` column.
+fn records(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Decision>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let record: String = row.try_get("record")?;
+            Ok(serde_json::from_str(&record)?)
+        })
+        .collect()
 }
 
 #[cfg(test)]
