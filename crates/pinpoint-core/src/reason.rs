@@ -449,19 +449,19 @@ reasons! {
     WafSqli => {
         code: "waf.sqli", status: 403, source: Policy, title: "Refused as SQL injection",
         hint: "Remove or encode the content of the part named in `detail`; if it is legitimate, give the API's operators the request id so they can exclude it.",
-        description: "The built-in WAF's SQL injection rule (libinjection) matched a part of the request; the trace lists every rule that contributed with its part, score and a masked fragment.",
+        description: "A SQL injection rule matched a part of the request (libinjection in the built-in engine; the CRS's 942 rules with `[waf] engine = \"crs\"`); the trace lists every rule that contributed with its part, paranoia level, score and a masked fragment.",
     },
     /// The WAF found cross-site scripting.
     WafXss => {
         code: "waf.xss", status: 403, source: Policy, title: "Refused as cross-site scripting",
         hint: "Remove or encode the content of the part named in `detail`; if it is legitimate, give the API's operators the request id so they can exclude it.",
-        description: "The built-in WAF's XSS rule (libinjection, also after HTML entity decoding) matched a part of the request.",
+        description: "A cross-site scripting rule matched a part of the request: libinjection (also after HTML entity decoding), a `javascript:`/`vbscript:`/`data:text/html` URI, or an XML element or attribute a browser would run (built-in engine); the CRS's 941 rules.",
     },
     /// The WAF found a path traversal.
     WafTraversal => {
         code: "waf.traversal", status: 403, source: Policy, title: "Refused as path traversal",
         hint: "Remove `../` sequences from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
-        description: "A decoded value holds a `../` or `..\\` sequence.",
+        description: "A decoded value holds a `../`, `..\\` or `..;/` sequence, a well-known system file (`/etc/passwd`, `win.ini`, `/proc/self/`) or a `file:` URL (built-in engine); the CRS's 930 and 931 rules.",
     },
     /// The WAF found a JNDI lookup (Log4Shell).
     WafJndi => {
@@ -473,19 +473,19 @@ reasons! {
     WafRce => {
         code: "waf.rce", status: 403, source: Policy, title: "Refused as command injection",
         hint: "Remove shell syntax (`;`, `|`, `$(...)`, backquotes before a command) from the part named in `detail`; if it is legitimate, give the API's operators the request id.",
-        description: "A decoded value chains a shell command: after `;`, `|`, `&`, a newline, `$(` or a backquote, a known command (also by full path), then the end, a closing `)` or an argument starting with `-` or `/`.",
+        description: "A decoded value runs a shell command: a known command (also by full path, and as a shell reads it through quotes, backslashes and `${IFS}`) inside `$(...)`, `<(...)` or backquotes, or after `;`, `|`, `&` or a newline followed by the end or an argument's shape (an option, a path, a URL, a host name) (built-in engine); the CRS's 932-934 rules.",
     },
     /// The WAF found a NoSQL operator in JSON.
     WafNosql => {
         code: "waf.nosql", status: 403, source: Policy, title: "Refused as NoSQL operator injection",
         hint: "Send plain values instead of objects with `$` operators in the part named in `detail`.",
-        description: "A JSON body holds an object key that is a MongoDB-style query operator (`$ne`, `$gt`, `$where`, `$regex`, ...).",
+        description: "A MongoDB-style query operator (`$ne`, `$gt`, `$where`, `$regex`, ...) is a JSON key, or a query, form, cookie or multipart name (`pass[$ne]`, `pass.$gt`, `$where`).",
     },
     /// The WAF found an XML external entity.
     WafXxe => {
         code: "waf.xxe", status: 403, source: Policy, title: "Refused as an XML external entity",
         hint: "Send XML without a DOCTYPE that declares external entities (`<!ENTITY ... SYSTEM`).",
-        description: "An XML body declares an external entity (`<!ENTITY name SYSTEM \"...\">` or `PUBLIC`), which XML parsers may resolve to local files or internal URLs.",
+        description: "An XML body has a DOCTYPE with an internal subset (entities, default attributes) or an external DTD, refers to an entity it declared, or uses XInclude: declarations parsers may resolve to local files, internal URLs or an expansion bomb.",
     },
     /// The WAF found a server-side template expression.
     WafTemplate => {
@@ -516,7 +516,7 @@ reasons! {
     WafBodyUnparsable => {
         code: "waf.body_unparsable", status: 400, source: Caller, title: "Body does not parse as its type",
         hint: "Send a body that is valid for its Content-Type (JSON or form data).",
-        description: "The route's WAF inspects bodies; this one did not parse as the JSON or form data its `Content-Type` declared, so it could not be inspected.",
+        description: "The route's WAF inspects bodies; this one did not parse unambiguously as the type its `Content-Type` declared (JSON with a key named twice, XML that is not one well-formed UTF-8 document, multipart with two boundaries, doubled or folded part headers or a part after the end), so it could not be inspected.",
     },
     /// A JSON body nests deeper than the WAF inspects.
     WafBodyTooDeep => {
