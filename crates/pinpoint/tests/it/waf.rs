@@ -5,7 +5,8 @@
 
 use crate::*;
 
-const ROUTES: &str = r#"
+/// The WAF tests' routes: `guarded` has the WAF on, `plain` does not.
+pub(crate) const ROUTES: &str = r#"
 [upstreams.main]
 targets = ["builtin:echo"]
 

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::waf::ROUTES;
 use crate::*;
 
 #[derive(serde::Deserialize)]
@@ -42,18 +43,6 @@ struct Probe {
     placement: &'static str,
     value: String,
 }
-
-const ROUTES: &str = r#"
-[upstreams.main]
-targets = ["builtin:echo"]
-
-[[routes]]
-id = "guarded"
-path_prefix = "/guarded"
-methods = ["GET", "POST"]
-upstream = "main"
-waf = true
-"#;
 
 fn percent(text: &str) -> String {
     text.bytes()
