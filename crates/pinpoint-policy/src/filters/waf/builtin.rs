@@ -399,11 +399,7 @@ impl WafEngine for BuiltinEngine {
 
     fn body(&self, ctx: &RequestCtx<'_>, body: &[u8]) -> Result<Vec<Hit>, Denial> {
         let headers = ctx.headers;
-        let content_type = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-            .unwrap_or_default();
+        let content_type = super::media_type(headers);
         let mut hits = Vec::new();
         if content_type.contains("json") {
             self.json(body, &mut hits)?;
@@ -549,32 +545,38 @@ impl BuiltinEngine {
             let (head, value) = section.split_once("\r\n\r\n").ok_or_else(unparsable)?;
             let value = value.strip_suffix("\r\n").unwrap_or(value);
             // Folded header lines (obsolete; PHP unfolds them, others do not) are refused.
-            if head.split("\r\n").any(|line| line.starts_with([' ', '\t'])) {
+            if head.lines().any(|line| line.starts_with([' ', '\t'])) {
                 return Err(unparsable());
             }
+            let part_headers: Vec<(&str, &str)> = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .collect();
+            let part_header = |name: &'static str| {
+                part_headers
+                    .iter()
+                    .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.to_ascii_lowercase())
+            };
             // A field is read as UTF-8 text: a transfer encoding or another charset would
             // be decoded by some servers and not others.
-            let part_header = |name: &str| {
-                head.split("\r\n")
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_ascii_lowercase())
-            };
-            let encoded = part_header("content-transfer-encoding")
-                .is_some_and(|e| !matches!(e.as_str(), "7bit" | "8bit" | "binary"));
+            let encoded =
+                part_header("content-transfer-encoding").any(|e| !matches!(e.as_str(), "7bit" | "8bit" | "binary"));
             let charset = part_header("content-type")
-                .and_then(|t| {
+                .filter_map(|t| {
                     t.split(';').find_map(|p| {
                         p.trim()
                             .strip_prefix("charset=")
                             .map(|c| c.trim_matches('"').to_owned())
                     })
                 })
-                .is_some_and(|c| !matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii"));
+                .any(|c| !matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii"));
             // One Content-Disposition: with two, parsers read different names.
-            let mut dispositions = head
-                .lines()
-                .filter(|l| l.to_ascii_lowercase().starts_with("content-disposition:"));
+            let mut dispositions = part_headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-disposition"))
+                .map(|(_, v)| *v);
             let (Some(disposition), None) = (dispositions.next(), dispositions.next()) else {
                 return Err(unparsable());
             };
@@ -874,12 +876,11 @@ impl BuiltinEngine {
     }
 }
 
-/// The parameters of a `Content-Disposition` line, with quoted strings read as RFC 7578
+/// The parameters of a `Content-Disposition` value, with quoted strings read as RFC 7578
 /// and browsers write them (backslash escapes); `None` when a quote is not closed.
-fn disposition_params(line: &str) -> Option<Vec<(String, String)>> {
-    let rest = line.split_once(':')?.1;
+fn disposition_params(value: &str) -> Option<Vec<(String, String)>> {
     let mut params = Vec::new();
-    let mut chars = rest.chars().peekable();
+    let mut chars = value.chars().peekable();
     // Skip the disposition type.
     while chars.peek().is_some_and(|c| *c != ';') {
         chars.next();

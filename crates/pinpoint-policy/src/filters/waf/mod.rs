@@ -271,6 +271,20 @@ pub fn exclusions_in_trace(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The declared body type without parameters, lower case (`application/json`); empty when
+/// none is declared. The filter's type check and the engines read the same one.
+pub fn media_type(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Whether a request to this route declares a body.
 fn has_body(ctx: &RequestCtx<'_>) -> bool {
     ctx.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -319,12 +333,7 @@ impl WafFilter {
         if !has_body(ctx) || self.config.content_types.is_empty() {
             return None;
         }
-        let declared = ctx
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        let essence = declared.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = media_type(ctx.headers);
         let base = match essence.split_once('/') {
             Some((kind, sub)) if sub.ends_with("+json") => format!("{kind}/json"),
             Some((kind, sub)) if sub.ends_with("+xml") => format!("{kind}/xml"),
