@@ -248,14 +248,13 @@ pub struct Decision {
     pub client_addr: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
-    /// Who the caller was (`kind:name (id)`), when authenticated; the credential used is
-    /// the authn entry's `rule_id` in the trace.
+    /// Who the caller was, for people (`kind:name (id)`): never stored (a record names
+    /// its caller by id, in `caller`), but filled in when a decision is read, from the
+    /// directory as it is then. The credential used is the authn entry's `rule_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<Arc<str>>,
-    /// The caller's organization, when authenticated (decisions are visible to its admins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub org_id: Option<Arc<str>>,
-    /// The caller as fields, when known (authenticated, or the owner of a refused key).
+    /// The caller as ids, when known (authenticated, or the owner of a refused key); its
+    /// organization's admins can read the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerRecord>,
     /// Final status sent to the caller.
@@ -273,6 +272,11 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The caller's organization, when known: whose admins can read this decision.
+    pub fn org_id(&self) -> Option<&str> {
+        self.caller.as_ref().map(|c| c.org_id.as_ref())
+    }
+
     /// The entry of the layer that decided the outcome (an enforced deny), if any.
     pub fn deciding_layer(&self) -> Option<&LayerTrace> {
         self.trace.iter().find(|t| t.mark == Mark::Deny)

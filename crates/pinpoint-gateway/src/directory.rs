@@ -282,6 +282,19 @@ impl Directory {
         self.principals.pin().get(id).and_then(|slot| slot.load_full())
     }
 
+    /// How people read a recorded caller (`kind:name (id)`, or `org-key (org)`), from the
+    /// directory as it is now: decisions store ids only. A principal no longer in the
+    /// directory is named by its id.
+    pub fn caller_label(&self, caller: &pinpoint_core::CallerRecord) -> Arc<str> {
+        match &caller.principal_id {
+            Some(id) => match self.principal(id) {
+                Some(entry) => entry.label.clone(),
+                None => Arc::from(format!("{id} (no longer in the directory)")),
+            },
+            None => Arc::from(format!("org-key ({})", caller.org_id)),
+        }
+    }
+
     pub fn org(&self, id: &str) -> Option<Arc<Organization>> {
         self.orgs.pin().get(id).cloned()
     }

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use crate::runtime::Shared;
 use crate::upstream::UpstreamFailure;
 use crate::{edge, headers, respond, telemetry};
-use pinpoint_policy::identity::{Identity, KnownCaller};
+use pinpoint_policy::identity::{recorded_caller, Identity};
 use pinpoint_policy::pipeline::{RequestCtx, Verdict, NO_ROUTE};
 use pinpoint_policy::routes::CompiledRoute;
 
@@ -310,7 +310,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     let raw_path = (raw_path != path).then(|| raw_path.to_owned());
     let path = path.to_owned();
     let host = canonical.and_then(|c| c.host);
-    let caller = KnownCaller::recorded(identity.as_ref(), known_caller);
+    let caller = recorded_caller(identity.as_ref(), known_caller);
     telemetry::finish_request(
         shared.decisions.as_ref(),
         &route_label,
@@ -328,9 +328,8 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 format!("{client_ip} (via {peer})")
             },
             route: route_name,
-            principal: caller.as_ref().map(|c| c.who.clone()),
-            org_id: caller.as_ref().map(|c| c.org_id().clone()),
-            caller: caller.map(|c| c.record),
+            principal: None,
+            caller,
             status: status.as_u16(),
             reason,
             upstream_target,
@@ -350,7 +349,7 @@ struct Decided<'a> {
     route: Option<Arc<CompiledRoute>>,
     identity: Option<Identity>,
     /// Whom a refused credential belongs to (for the record only).
-    known_caller: Option<KnownCaller>,
+    known_caller: Option<pinpoint_core::CallerRecord>,
     answered: bool,
     response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     at_ms: i64,

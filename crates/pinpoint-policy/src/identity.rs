@@ -195,65 +195,23 @@ pub enum Credential {
     Token(String),
 }
 
-/// Whom a refused credential belongs to, when Pinpoint knows it (a key whose secret
-/// matched but which is revoked or expired; a principal or organization that is
-/// suspended). Recorded with the decision, so the caller's organization can read why its
-/// own sign-in failed; never an identity anything acts as.
-#[derive(Clone)]
-pub struct KnownCaller {
-    /// As a decision names a caller (`kind:name (id)`).
-    pub who: Arc<str>,
-    /// The same, as fields.
-    pub record: CallerRecord,
+/// Whom a key belongs to, as a decision records it: recorded for a refused key whose
+/// secret matched (revoked or expired), so the owner's organization can read why its own
+/// sign-in failed; never an identity anything acts as.
+pub fn key_owner(entry: &KeyEntry) -> CallerRecord {
+    CallerRecord {
+        principal_id: entry.principal_id.as_deref().map(Arc::<str>::from),
+        org_id: entry.org.id.clone(),
+        credential: key_kind(entry),
+        key_id: Some(entry.id.clone()),
+        token_id: None,
+    }
 }
 
-impl KnownCaller {
-    /// The owner of a key: its principal, or its organization for an organization key.
-    pub fn of_key(entry: &KeyEntry) -> KnownCaller {
-        let who = match entry.principal.as_ref().and_then(|slot| slot.load_full()) {
-            Some(principal) => principal.label.clone(),
-            None => entry.org.owner_label.clone(),
-        };
-        KnownCaller {
-            who,
-            record: CallerRecord {
-                principal_id: entry.principal_id.as_deref().map(Arc::<str>::from),
-                org_id: entry.org.id.clone(),
-                credential: key_kind(entry),
-                key_id: Some(entry.id.clone()),
-                token_id: None,
-            },
-        }
-    }
-
-    /// The caller's organization id.
-    pub fn org_id(&self) -> &Arc<str> {
-        &self.record.org_id
-    }
-
-    /// Whom a decision names: the authenticated caller, else the owner of a refused
-    /// credential, if known.
-    pub fn recorded(identity: Option<&Identity>, refused: Option<KnownCaller>) -> Option<KnownCaller> {
-        identity.map(KnownCaller::of).or(refused)
-    }
-
-    /// An authenticated caller (whose standing may have refused it).
-    pub fn of(identity: &Identity) -> KnownCaller {
-        let (credential, key_id, token_id) = match &identity.credential {
-            Credential::Key(key) => (key_kind(key), Some(key.id.clone()), None),
-            Credential::Token(jti) => (CredentialKind::Token, None, Some(Arc::<str>::from(jti.as_str()))),
-        };
-        KnownCaller {
-            who: identity.who(),
-            record: CallerRecord {
-                principal_id: identity.principal.as_ref().map(|p| p.id.clone()),
-                org_id: identity.org.id.clone(),
-                credential,
-                key_id,
-                token_id,
-            },
-        }
-    }
+/// The caller a decision records: the authenticated one, else the owner of a refused
+/// credential, if known.
+pub fn recorded_caller(identity: Option<&Identity>, refused: Option<CallerRecord>) -> Option<CallerRecord> {
+    identity.map(Identity::caller_record).or(refused)
 }
 
 fn key_kind(key: &KeyEntry) -> CredentialKind {
@@ -310,11 +268,26 @@ impl Identity {
         self.principal.as_ref().map(|p| p.principal.id.as_str())
     }
 
-    /// Who the caller is, as decisions name it: `kind:name (id)`, or `org-key (org)`.
+    /// Who the caller is, for people: `kind:name (id)`, or `org-key (org)`.
     pub fn who(&self) -> Arc<str> {
         match &self.principal {
             Some(p) => p.label.clone(),
             None => self.org.owner_label.clone(),
+        }
+    }
+
+    /// The caller as a decision records it: ids, no labels.
+    pub fn caller_record(&self) -> CallerRecord {
+        let (credential, key_id, token_id) = match &self.credential {
+            Credential::Key(key) => (key_kind(key), Some(key.id.clone()), None),
+            Credential::Token(jti) => (CredentialKind::Token, None, Some(Arc::<str>::from(jti.as_str()))),
+        };
+        CallerRecord {
+            principal_id: self.principal.as_ref().map(|p| p.id.clone()),
+            org_id: self.org.id.clone(),
+            credential,
+            key_id,
+            token_id,
         }
     }
 

@@ -55,7 +55,7 @@ pub struct RequestCtx<'a> {
     /// Set by the authentication layer (held inline: no allocation per request).
     pub identity: Option<Identity>,
     /// Set by the authentication layer when it refused a credential whose owner it knows.
-    pub known_caller: Option<crate::identity::KnownCaller>,
+    pub known_caller: Option<pinpoint_core::CallerRecord>,
     /// The request's `Origin`, when the CORS layer allows it (reflected in every response).
     pub cors_origin: Option<HeaderValue>,
     /// Set by a layer that answered the request itself (a CORS preflight).

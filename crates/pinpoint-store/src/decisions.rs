@@ -163,7 +163,7 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
                 .push_bind(i64::from(d.status))
                 .push_bind(d.reason.map(|r| r.code()))
                 .push_bind(d.route.as_deref())
-                .push_bind(d.org_id.as_deref())
+                .push_bind(d.org_id())
                 .push_bind(record);
         });
         insert.build().execute(&mut *tx).await?;
@@ -232,10 +232,11 @@ pub trait DecisionStore {
 
 impl DecisionStore for Store {
     async fn decisions_by_id(&self, id: &str, org: Option<&str>, limit: u32) -> Result<Vec<Decision>, StoreError> {
-        // Rows written before schema v10 have no `org_id` column value: their record says.
+        // Rows written before schema v10 have no `org_id` column value: their record says
+        // (in `caller`, or at its top level before records named callers by id only).
         let rows = sqlx::query(
             "SELECT record FROM decisions WHERE (request_id = ?1 OR client_request_id = ?1) \
-             AND (?2 IS NULL OR org_id = ?2 OR (org_id IS NULL AND json_extract(record, '$.org_id') = ?2)) \
+             AND (?2 IS NULL OR org_id = ?2 OR (org_id IS NULL AND COALESCE(json_extract(record, '$.caller.org_id'), json_extract(record, '$.org_id')) = ?2)) \
              ORDER BY seq DESC LIMIT ?3",
         )
         .bind(id)
@@ -286,9 +287,14 @@ mod tests {
             host: None,
             client_addr: "127.0.0.1:1".into(),
             route: Some("admin".into()),
-            principal: Some("user:ada (u-1)".into()),
-            org_id: Some("o-1".into()),
-            caller: None,
+            principal: None,
+            caller: Some(pinpoint_core::CallerRecord {
+                principal_id: Some("u-1".into()),
+                org_id: "o-1".into(),
+                credential: pinpoint_core::CredentialKind::ApiKey,
+                key_id: Some("k-1".into()),
+                token_id: None,
+            }),
             status: 403,
             reason: Some(Reason::PolicyExplicitDeny),
             upstream_target: None,

@@ -494,7 +494,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     let elapsed = started.elapsed();
     if path.starts_with("/api/") {
         let reason = trace.iter().find(|t| t.mark == Mark::Deny).and_then(|t| t.reason);
-        let caller = pinpoint_policy::identity::KnownCaller::recorded(identity.as_deref(), known_caller);
+        let caller = pinpoint_policy::identity::recorded_caller(identity.as_deref(), known_caller);
         crate::telemetry::finish_request(
             shared.decisions.as_ref(),
             &route_id,
@@ -508,9 +508,8 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 host: None,
                 client_addr: peer.to_string(),
                 route: Some(API_ROUTE.to_owned()),
-                principal: caller.as_ref().map(|c| c.who.clone()),
-                org_id: caller.as_ref().map(|c| c.org_id().clone()),
-                caller: caller.map(|c| c.record),
+                principal: None,
+                caller,
                 status: status.as_u16(),
                 reason,
                 upstream_target: None,
@@ -583,7 +582,7 @@ async fn decision(
                 DECISION_MATCHES_LISTED,
             )
             .await?;
-        found.retain(|d| caller.0.is_platform_admin() || d.org_id.as_deref() == Some(caller.0.org_id()));
+        found.retain(|d| caller.0.is_platform_admin() || d.org_id() == Some(caller.0.org_id()));
         if !found.is_empty() || tokio::time::Instant::now() >= deadline {
             break found;
         }
@@ -599,6 +598,13 @@ async fn decision(
             )
             .header("retry-after", "1"),
         ));
+    }
+    // Records name their caller by id; people read a name.
+    let directory = &shared.services.directory;
+    for decision in &mut found {
+        if let Some(recorded) = &decision.caller {
+            decision.principal = Some(directory.caller_label(recorded));
+        }
     }
     // What names another tenant is for platform admins only.
     if !caller.0.is_platform_admin() {

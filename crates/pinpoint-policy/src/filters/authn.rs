@@ -11,9 +11,7 @@ use std::sync::Arc;
 use pinpoint_core::config::{AuthRequirement, CredentialSource, JwtConfig};
 use pinpoint_core::{Denial, Outcome, Reason};
 
-use crate::identity::{
-    key_trace_label, Credential, Identity, KeyEntry, KeyRefusal, KnownCaller, OrgStanding, TokenRefusal,
-};
+use crate::identity::{key_trace_label, Credential, Identity, KeyEntry, KeyRefusal, OrgStanding, TokenRefusal};
 use crate::pipeline::{Check, Filter, RequestCtx};
 use crate::world::Identities;
 
@@ -31,7 +29,7 @@ pub struct AuthnFilter {
 struct Refused {
     /// Boxed: refusals are the rare path, and a small `Err` keeps the `Ok` path lean.
     denial: Box<Denial>,
-    caller: Option<KnownCaller>,
+    caller: Option<pinpoint_core::CallerRecord>,
 }
 
 impl From<Denial> for Refused {
@@ -110,7 +108,7 @@ impl AuthnFilter {
                 .then(|| pinpoint_core::keys::parse(presented))
                 .flatten()
                 .and_then(|p| self.identities.key_by_id(p.id));
-            let caller = entry.as_deref().map(KnownCaller::of_key);
+            let caller = entry.as_deref().map(crate::identity::key_owner);
             let successor = entry.as_deref().and_then(|e| e.replaced_by.as_deref());
             let (reason, detail) = match refusal {
                 KeyRefusal::Malformed => (Reason::AuthnKeyMalformed, "The credential is not a Pinpoint API key."),
@@ -286,7 +284,7 @@ impl Filter for AuthnFilter {
                     Outcome::Allow { rule_id }
                 }
                 Err(denial) => {
-                    ctx.known_caller = Some(KnownCaller::of(&identity));
+                    ctx.known_caller = Some(identity.caller_record());
                     Outcome::Deny(denial)
                 }
             },
