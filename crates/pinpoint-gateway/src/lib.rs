@@ -15,10 +15,12 @@ pub mod echo;
 pub mod edge;
 pub mod evaluate;
 pub mod headers;
+pub mod listener;
 pub mod proxy;
 pub mod respond;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
 #[cfg(feature = "modsecurity")]
@@ -88,6 +90,8 @@ pub enum GatewayError {
     Client(#[source] reqwest::Error),
     #[error("cannot load identities and signing keys from the store: {0}")]
     Store(#[from] pinpoint_store::StoreError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs the gateway until `shutdown` resolves, then stops accepting, drains in-flight
@@ -119,6 +123,9 @@ pub async fn run(
     load_quotas(&services.rate, &gateway.store).await?;
     let (decisions, writer) = DecisionLog::spawn(gateway.store.clone(), gateway.config.decision_log);
     let health = HealthRegistry::default();
+    let (proxy_tls, api_tls) = (Arc::new(tls::TlsState::default()), Arc::new(tls::TlsState::default()));
+    proxy_tls.update(gateway.config.server.proxy_tls.as_ref())?;
+    api_tls.update(gateway.config.server.api_tls.as_ref())?;
     let runtime = Runtime::build(gateway.config, &health, &echo_addr, &services);
     let revision = runtime.config.revision.clone();
     let shared = Arc::new(Shared {
@@ -133,6 +140,8 @@ pub async fn run(
         config_path: gateway.config_path,
         listen_override: gateway.listen_override,
         config_rejected: arc_swap::ArcSwapOption::empty(),
+        proxy_tls,
+        api_tls,
     });
 
     let (stop, stopped) = watch::channel(false);

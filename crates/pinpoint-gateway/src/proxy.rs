@@ -15,17 +15,16 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 use pinpoint_core::config::{OverrideHeaders, REASONS_PATH};
 use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
 use tokio::net::TcpListener;
 
 use crate::runtime::Shared;
 use crate::upstream::UpstreamFailure;
-use crate::{edge, headers, respond, telemetry};
+use crate::{edge, headers, listener, respond, telemetry};
 use pinpoint_policy::identity::{recorded_caller, Identity};
 use pinpoint_policy::pipeline::{RequestCtx, Verdict, NO_ROUTE};
 use pinpoint_policy::routes::CompiledRoute;
@@ -33,63 +32,53 @@ use pinpoint_policy::routes::CompiledRoute;
 /// Body of a proxy response: streamed from upstream, or generated here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// Serves the proxy on `listener` until `shutdown` resolves, then drains in-flight
-/// requests for at most the configured drain timeout.
+/// Serves the proxy on `listener` (HTTP/1.1, and HTTP/2 over TLS or as h2c where enabled)
+/// until `shutdown` resolves, then drains in-flight requests for at most the configured
+/// drain timeout.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     // The parser's own limits sit above the configured ones, so a head over those is
     // refused by the edge with a problem body; only heads far beyond them meet the
     // parser's bare 431 (counted in `pinpoint_connection_errors_total`). Read at start.
-    let limits = shared.runtime.load().config.server.clone();
+    let server = shared.runtime.load().config.server.clone();
     builder
+        .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size((limits.max_head_bytes * 2).max(16 * 1024))
-        .max_headers(limits.max_headers.max(64) + 36);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+        .max_buf_size((server.max_head_bytes * 2).max(16 * 1024))
+        .max_headers(server.max_headers.max(64) + 36);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_head_bytes * 2).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .enable_connect_protocol();
+    let make = |conn: listener::Connection| {
         let shared = shared.clone();
-        let service = service_fn(move |req| {
+        service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                telemetry::count_connection_error(&e);
-                tracing::debug!(error = %e, "proxy connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let drain = Duration::from_millis(shared.runtime.load().config.server.drain_timeout_ms);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(
-            drain_ms = drain.as_millis() as u64,
-            "proxy drain timed out; closing remaining connections"
-        );
-    }
+            async move { Ok::<_, Infallible>(handle(&shared, req, conn).await) }
+        })
+    };
+    let drain = Duration::from_millis(server.drain_timeout_ms);
+    listener::serve(
+        "proxy",
+        listener,
+        shared.proxy_tls.clone(),
+        server.h2c,
+        builder,
+        make,
+        shutdown,
+        drain,
+    )
+    .await;
 }
 
 /// Handles one request end to end.
-pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(shared: &Shared, req: Request<Incoming>, conn: listener::Connection) -> Response<ProxyBody> {
     let started = Instant::now();
+    let peer = conn.peer;
     let runtime = shared.runtime.load_full();
     let request_id = respond::new_request_id();
     let client_request_id = respond::client_request_id(req.headers());
@@ -109,6 +98,17 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
     }
 
     let (mut parts, body) = req.into_parts();
+    // HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1), where HTTP/1.1 has `Host`:
+    // read as that `Host`, so routing, the record and the upstream see one host either way.
+    if parts.version >= http::Version::HTTP_2 && !parts.headers.contains_key(http::header::HOST) {
+        if let Some(authority) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(http::header::HOST, authority);
+        }
+    }
     // The body is read once: early, when a filter's body phase asks for it (only then is
     // it inspected), else after the header phase allowed the request.
     let mut unread = Some(body);
@@ -243,6 +243,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
+                        secure: conn.secure,
                         peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(peer.ip(), trusted_proxies),
                         request_id: &request_id,
                         client_request_id: client_request_id.as_deref(),
@@ -382,6 +383,8 @@ fn deny(
 /// What forwarding needs to know about the request beyond the request itself.
 struct ForwardCtx<'a> {
     peer: SocketAddr,
+    /// The client's connection is TLS (`X-Forwarded-Proto: https`).
+    secure: bool,
     /// The peer is a trusted proxy: the `X-Forwarded-For` it sent is passed on, extended.
     peer_is_trusted_proxy: bool,
     request_id: &'a str,
@@ -564,7 +567,10 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         out.insert(X_FORWARDED_FOR.clone(), v);
     }
-    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    out.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if fwd.secure { "https" } else { "http" }),
+    );
     respond::set_request_ids(&mut out, fwd.request_id, fwd.client_request_id);
     out
 }

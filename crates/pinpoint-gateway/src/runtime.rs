@@ -135,6 +135,9 @@ pub struct Shared {
     pub listen_override: crate::ListenOverride,
     /// Why the file on disk was last refused, while it still is (`/healthz` reports it).
     pub config_rejected: arc_swap::ArcSwapOption<String>,
+    /// Each listener's TLS, following the config and the certificate files.
+    pub proxy_tls: Arc<crate::tls::TlsState>,
+    pub api_tls: Arc<crate::tls::TlsState>,
 }
 
 /// The proxy's layers, in the order they run. This is the one place the order is defined.
@@ -274,6 +277,8 @@ pub enum LoadError {
     Invalid(#[from] ConfigErrors),
     #[error("{path}: {message}")]
     WafEngine { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Tls { path: PathBuf, message: String },
 }
 
 /// Reads and validates a config file.
@@ -296,10 +301,23 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
         )
     })?;
     let mut config = Config::parse(&source, &path.display().to_string())?;
-    if config.server.data_dir.is_relative() {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if config.server.data_dir.is_relative() {
             config.server.data_dir = dir.join(&config.server.data_dir);
         }
+        for tls in [&mut config.server.proxy_tls, &mut config.server.api_tls]
+            .into_iter()
+            .flatten()
+        {
+            tls.resolve_relative_to(dir);
+        }
+    }
+    // Certificates that do not load are the config's error, naming the file.
+    for tls in [&config.server.proxy_tls, &config.server.api_tls].into_iter().flatten() {
+        crate::tls::server_config(tls).map_err(|e| LoadError::Tls {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     }
     check_waf_engine(&config).map_err(|message| LoadError::WafEngine {
         path: path.to_owned(),
@@ -353,7 +371,37 @@ impl Shared {
         )));
         metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "applied").increment(1);
         tracing::info!(revision = %revision, previous = %previous, trigger, "config reloaded");
+        self.refresh_tls(trigger);
         Ok(Some(revision))
+    }
+
+    /// Rebuilds a listener's TLS when its section or its files changed since it was
+    /// built. A certificate that does not load is logged with its path and the one
+    /// serving keeps serving (`load_file` refuses such a config before it gets here; a
+    /// file replaced on disk meets this check).
+    pub fn refresh_tls(&self, trigger: &str) {
+        let runtime = self.runtime.load();
+        let server = &runtime.config.server;
+        for (listener, state, config) in [
+            ("proxy", &self.proxy_tls, &server.proxy_tls),
+            ("api", &self.api_tls, &server.api_tls),
+        ] {
+            match state.update(config.as_ref()) {
+                Ok(true) => {
+                    metrics::counter!(telemetry::TLS_RELOADS, "listener" => listener, "result" => "applied")
+                        .increment(1);
+                    tracing::info!(listener, trigger, "TLS certificates loaded");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    if state.note_failure(&e) {
+                        metrics::counter!(telemetry::TLS_RELOADS, "listener" => listener, "result" => "rejected")
+                            .increment(1);
+                        tracing::error!(listener, trigger, error = %e, "TLS certificates rejected; the old ones keep serving");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -390,6 +438,7 @@ pub async fn watch_config(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
                     last_seen = now;
                     let _ = shared.reload("file change");
                 }
+                shared.refresh_tls("certificate file change");
             }
         }
     }

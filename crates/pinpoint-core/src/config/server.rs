@@ -32,6 +32,73 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most header lines one request may carry.
     pub max_headers: usize,
+    /// TLS on the proxy listener (absent: plaintext). Certificates are re-read when the
+    /// config reloads and when their files change.
+    pub proxy_tls: Option<TlsConfig>,
+    /// TLS on the api listener (absent: plaintext).
+    pub api_tls: Option<TlsConfig>,
+    /// HTTP/2 with prior knowledge (h2c) on a plaintext proxy listener. Over TLS, HTTP/2
+    /// is offered by ALPN whatever this says.
+    pub h2c: bool,
+}
+
+/// `[server.proxy_tls]` / `[server.api_tls]`: TLS 1.2 and 1.3 with rustls, ALPN `h2` and
+/// `http/1.1`. Relative paths are taken from the config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// One or more certificate chains with their keys (PEM). A client's SNI name picks the
+    /// first certificate valid for it; the first one serves clients that send no name or
+    /// a name no certificate covers.
+    pub certificates: Vec<CertificateFiles>,
+    /// Client certificates (mTLS): CA certificates (PEM) that client certificates must
+    /// chain to. Absent: no client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether a client without a certificate is refused in the
+    /// handshake (`true`), or admitted and decided on by the pipeline (`false`).
+    #[serde(default = "yes")]
+    pub client_cert_required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// Every file the TLS setup reads.
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        self.certificates
+            .iter()
+            .flat_map(|c| [&c.cert, &c.key])
+            .chain(self.client_ca.iter())
+    }
+
+    /// Makes relative paths relative to `dir`.
+    pub fn resolve_relative_to(&mut self, dir: &std::path::Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for c in &mut self.certificates {
+            resolve(&mut c.cert);
+            resolve(&mut c.key);
+        }
+        if let Some(ca) = &mut self.client_ca {
+            resolve(ca);
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -46,6 +113,9 @@ impl Default for ServerConfig {
             max_head_bytes: 32 * 1024,
             max_header_bytes: 16 * 1024,
             max_headers: 90,
+            proxy_tls: None,
+            api_tls: None,
+            h2c: false,
         }
     }
 }
@@ -66,6 +136,11 @@ pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<ServerConfig> {
     }
     if !(1..=1000).contains(&server.max_headers) {
         d.error(at("max_headers"), "server.max_headers must be 1 to 1000");
+    }
+    for (name, tls) in [("proxy_tls", &server.proxy_tls), ("api_tls", &server.api_tls)] {
+        if tls.as_ref().is_some_and(|t| t.certificates.is_empty()) {
+            d.error(at(name), format!("server.{name} needs at least one certificate"));
+        }
     }
     Some(server)
 }

@@ -297,26 +297,24 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// Serves the API until `shutdown` resolves, then drains for at most the drain timeout.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let drain = Duration::from_millis(shared.runtime.load().config.server.drain_timeout_ms);
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        router(shared).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = drained_tx.send(());
-    });
-    let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    let deadline = async {
-        let _ = drained_rx.await;
-        tokio::time::sleep(drain).await;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let tls = shared.api_tls.clone();
+    let router = router(shared);
+    let make = move |conn: crate::listener::Connection| {
+        let router = router.clone();
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(conn.peer));
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, req).await }
+        })
     };
-    tokio::select! {
-        result = server => if let Err(e) = result {
-            tracing::error!(error = %e, "api server failed");
-        },
-        _ = deadline => tracing::warn!("api drain timed out"),
-    }
+    crate::listener::serve("api", listener, tls, false, builder, make, shutdown, drain).await;
 }
 
 /// Endpoint access rules, built once.

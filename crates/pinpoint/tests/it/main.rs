@@ -10,6 +10,7 @@ mod evaluation;
 mod identity_api;
 mod lifecycle;
 mod proxy;
+mod tls;
 mod waf;
 mod waf_corpus;
 

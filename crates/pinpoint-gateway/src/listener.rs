@@ -1,0 +1,170 @@
+//! The accept loop both listeners share: TCP accept, the TLS handshake when the listener
+//! has TLS (in the connection's own task, bounded in time), then HTTP/1.1 or HTTP/2 on the
+//! connection (ALPN over TLS; prior knowledge on plaintext where `h2c` allows it), with
+//! upgrades (WebSockets) kept, and a graceful drain on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::telemetry;
+use crate::tls::TlsState;
+
+/// What a request knows of the connection it came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (the request came as `https`).
+    pub secure: bool,
+}
+
+/// How long a plaintext client may stay silent before its first bytes (as long as
+/// hyper's header read timeout allows for a request head).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves connections from `listener` with the services `make` builds, until `shutdown`
+/// resolves; then drains in-flight requests for at most `drain`.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<M, S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Arc<TlsState>,
+    h2c: bool,
+    builder: auto::Builder<TokioExecutor>,
+    make: M,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    M: Fn(Connection) -> S,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: auto::HttpServerConnExec<S::Future, B>,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        match tls.current() {
+            None => {
+                let service = make(Connection { peer, secure: false });
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    // hyper serves HTTP/2 to whoever opens with its preface; on a plaintext
+                    // listener that is only wanted where `h2c` says so.
+                    if !h2c {
+                        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, opens_with_h2_preface(&stream)).await {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                metrics::counter!(telemetry::CONNECTION_ERRORS, "kind" => "h2c_disabled").increment(1);
+                                tracing::debug!(listener = name, %peer, "HTTP/2 prior knowledge refused: h2c is off");
+                                return;
+                            }
+                            // Silent as long as a request head may take (hyper's header timeout).
+                            Err(_) => return,
+                        }
+                    }
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        connection_ended(name, &*e);
+                    }
+                });
+            }
+            Some(config) => {
+                let service = make(Connection { peer, secure: true });
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            telemetry::count_tls_handshake_failure();
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            telemetry::count_tls_handshake_failure();
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    // hyper picks HTTP/2 by its preface, which an ALPN `h2` client sends.
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        connection_ended(name, &*e);
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            listener = name,
+            drain_ms = drain.as_millis() as u64,
+            "drain timed out; closing remaining connections"
+        );
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client's first bytes are the HTTP/2 preface, looked at without reading
+/// them. An HTTP/1 request differs from its first byte on; `PRI ` is taken as the preface.
+async fn opens_with_h2_preface(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 4];
+    for _ in 0..200 {
+        let seen = match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if first[..seen] != H2_PREFACE[..seen] {
+            return false;
+        }
+        if seen == first.len() {
+            return true;
+        }
+        // A prefix of the preface so far: wait for the rest of the 4 bytes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+fn connection_ended(name: &'static str, e: &(dyn std::error::Error + Send + Sync + 'static)) {
+    if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
+        telemetry::count_connection_error(hyper_error);
+    }
+    tracing::debug!(listener = name, error = %e, "connection ended with an error");
+}

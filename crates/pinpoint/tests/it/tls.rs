@@ -1,0 +1,299 @@
+//! TLS termination and HTTP/2 on the proxy listener, with a real client (reqwest over
+//! rustls): SNI picks between two certificates, a certificate replaced on disk serves the
+//! next connection while open ones go on, a broken file keeps the old one serving, and
+//! HTTP/2 (ALPN and h2c) is refused and allowed with the same reasons as HTTP/1.1.
+
+use std::path::PathBuf;
+
+use crate::*;
+
+/// A test CA and the leaf certificates it signs, written as PEM files.
+struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Pinpoint test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        Pki {
+            ca,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Issues a certificate for `names` into `<file>.pem` / `<file>.key`; returns its DER.
+    fn issue(&self, file: &str, names: &[&str]) -> Vec<u8> {
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A client that trusts only this CA, resolving `names` to `addr`.
+    fn client(&self, names: &[&str], addr: std::net::SocketAddr) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem().as_bytes()).unwrap())
+            .tls_info(true);
+        for name in names {
+            builder = builder.resolve(name, addr);
+        }
+        builder.build().unwrap()
+    }
+}
+
+fn tls_section(pki: &Pki, files: &[&str]) -> String {
+    let certificates: Vec<String> = files
+        .iter()
+        .map(|f| {
+            format!(
+                "{{ cert = {:?}, key = {:?} }}",
+                pki.path(&format!("{f}.pem")).display().to_string(),
+                pki.path(&format!("{f}.key")).display().to_string()
+            )
+        })
+        .collect();
+    format!("certificates = [{}]", certificates.join(", "))
+}
+
+/// The echo config with TLS on the proxy listener (its `[server]` section extended).
+fn tls_config(pki: &Pki, files: &[&str], server_extra: &str) -> String {
+    let config = config_with("\"builtin:echo\"", "", "");
+    let tls = tls_section(pki, files);
+    config.replace(
+        "drain_timeout_ms = 5000\n",
+        &format!("drain_timeout_ms = 5000\n{server_extra}\nproxy_tls = {{ {tls} }}\n"),
+    )
+}
+
+fn served_certificate(resp: &reqwest::Response) -> Vec<u8> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .expect("a TLS response names its certificate")
+        .to_vec()
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_http2_is_negotiated() {
+    let pki = Pki::new();
+    let alpha = pki.issue("alpha", &["alpha.test"]);
+    let beta = pki.issue("beta", &["beta.test", "*.beta.test"]);
+    let gw = start(&tls_config(&pki, &["alpha", "beta"], "")).await;
+    let port = gw.proxy.port();
+    let client = pki.client(&["alpha.test", "beta.test", "api.beta.test"], gw.proxy);
+
+    for (name, expected) in [("alpha.test", &alpha), ("beta.test", &beta), ("api.beta.test", &beta)] {
+        let resp = client
+            .get(format!("https://{name}:{port}/orders/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        assert_eq!(
+            &served_certificate(&resp),
+            expected,
+            "{name} is served its own certificate"
+        );
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "ALPN offers h2");
+        let echoed: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(echoed["headers"]["x-forwarded-proto"], "https", "{echoed}");
+        assert_eq!(echoed["headers"]["host"], format!("{name}:{port}"), "{echoed}");
+    }
+
+    // HTTP/1.1 over TLS too, when that is all the client offers.
+    let h1 = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
+        .http1_only()
+        .resolve("alpha.test", gw.proxy)
+        .build()
+        .unwrap();
+    let resp = h1
+        .get(format!("https://alpha.test:{port}/orders/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, reqwest::Version::HTTP_11)
+    );
+
+    // Plain HTTP on a TLS listener is not served.
+    assert!(gw.http.get(gw.url("/orders/1")).send().await.is_err());
+}
+
+#[tokio::test]
+async fn http2_refusals_carry_the_same_reasons_and_records_as_http1() {
+    let pki = Pki::new();
+    pki.issue("alpha", &["alpha.test"]);
+    let gw = start(&tls_config(&pki, &["alpha"], "")).await;
+    let port = gw.proxy.port();
+    let h2 = pki.client(&["alpha.test"], gw.proxy);
+    let h1 = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
+        .http1_only()
+        .resolve("alpha.test", gw.proxy)
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("https://alpha.test:{port}{path}");
+    for (method, path, status, reason) in [
+        ("GET", "/nowhere", 404, "route.not_found"),
+        ("POST", "/admin/users", 403, "policy.explicit_deny"),
+        ("DELETE", "/orders/1", 405, "route.method_not_allowed"),
+        ("GET", "/orders/../admin/x", 200, ""),
+    ] {
+        let mut seen = Vec::new();
+        for (client, version) in [(&h1, reqwest::Version::HTTP_11), (&h2, reqwest::Version::HTTP_2)] {
+            let resp = client.request(method.parse().unwrap(), url(path)).send().await.unwrap();
+            assert_eq!(resp.version(), version);
+            assert_eq!(resp.status(), status, "{method} {path} over {version:?}");
+            let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            if !reason.is_empty() {
+                assert_eq!(body["reason"], reason, "{method} {path} over {version:?}: {body}");
+            }
+            let d = gw.decision(&request_id).await;
+            seen.push((d.status, d.reason, d.path.clone(), d.route.clone(), d.host.clone()));
+        }
+        assert_eq!(seen[0], seen[1], "{method} {path}: the same decision either way");
+    }
+}
+
+#[tokio::test]
+async fn h2c_only_where_enabled() {
+    let gw = start(&config_with("\"builtin:echo\"", "", "")).await;
+    let prior_knowledge = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    assert!(
+        prior_knowledge.get(gw.url("/orders/1")).send().await.is_err(),
+        "h2c is off by default"
+    );
+    assert_eq!(gw.http.get(gw.url("/orders/1")).send().await.unwrap().status(), 200);
+
+    let text = config_with("\"builtin:echo\"", "", "")
+        .replace("drain_timeout_ms = 5000\n", "drain_timeout_ms = 5000\nh2c = true\n");
+    let gw = start(&text).await;
+    let resp = prior_knowledge.get(gw.url("/orders/1")).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
+    let resp = prior_knowledge.get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "route.not_found");
+    // HTTP/1.1 still works on the same listener.
+    assert_eq!(gw.http.get(gw.url("/orders/1")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_certificate_replaced_on_disk_serves_the_next_connection() {
+    let pki = Pki::new();
+    let first = pki.issue("alpha", &["alpha.test"]);
+    let gw = start(&tls_config(&pki, &["alpha"], "")).await;
+    let port = gw.proxy.port();
+    let url = format!("https://alpha.test:{port}/orders/1");
+    // One client keeps its connection open across the rotation.
+    let kept = pki.client(&["alpha.test"], gw.proxy);
+    assert_eq!(served_certificate(&kept.get(&url).send().await.unwrap()), first);
+
+    let second = pki.issue("alpha", &["alpha.test"]);
+    assert_ne!(first, second);
+    poll_until("the new certificate is served", || async {
+        let fresh = pki.client(&["alpha.test"], gw.proxy);
+        fresh
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| served_certificate(&r) == second)
+    })
+    .await;
+    // The connection opened before still works, on the certificate it began with.
+    let resp = kept.get(&url).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), served_certificate(&resp)),
+        (200, first.clone())
+    );
+
+    // A broken file is refused; the certificate serving keeps serving.
+    std::fs::write(pki.path("alpha.pem"), "not a certificate").unwrap();
+    let metrics = || async {
+        gw.http
+            .get(gw.api_url("/metrics"))
+            .bearer_auth(&gw.admin_key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    poll_until("the broken certificate is rejected", || async {
+        metrics().await.lines().any(|l| {
+            l.starts_with("pinpoint_tls_reloads_total") && l.contains("result=\"rejected\"") && l.contains("proxy")
+        })
+    })
+    .await;
+    let fresh = pki.client(&["alpha.test"], gw.proxy);
+    let resp = fresh.get(&url).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), served_certificate(&resp)), (200, second));
+}
+
+#[tokio::test]
+async fn a_config_with_an_unreadable_certificate_is_an_error_naming_the_file() {
+    let pki = Pki::new();
+    pki.issue("alpha", &["alpha.test"]);
+    std::fs::write(
+        pki.path("alpha.key"),
+        "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let config_path = pki.path("pinpoint.toml");
+    let text = tls_config(&pki, &["alpha"], "").replace("DATA_DIR", &pki.path("data").display().to_string());
+    std::fs::write(&config_path, text).unwrap();
+    let error = pinpoint_gateway::runtime::load_file(&config_path)
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains(&pki.path("alpha.key").display().to_string()), "{error}");
+
+    // And a missing file, relative to the config's directory.
+    let text = String::from(
+        "[server]\ndata_dir = \"data\"\nproxy_tls = { certificates = [{ cert = \"missing.pem\", key = \"alpha.key\" }] }\n\n\
+         [upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"all\"\npath_prefix = \"/\"\nupstream = \"main\"\n"
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let error = pinpoint_gateway::runtime::load_file(&config_path)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains(&pki.path("missing.pem").display().to_string()),
+        "{error}"
+    );
+}
