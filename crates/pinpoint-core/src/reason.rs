@@ -271,6 +271,12 @@ reasons! {
         hint: "Paths are case-sensitive here; send the path with the letter case the API documents.",
         description: "No route matches the path exactly, or only a less specific one does, but a route's prefix matches when case is ignored (the trace names it). Refused because an upstream that folds case would serve that route without its rules. Set `case_insensitive = true` on the route if its upstream folds case.",
     },
+    /// The request asks for a WebSocket where its route does not allow one.
+    RouteUpgradeNotAllowed => {
+        code: "route.upgrade_not_allowed", status: 400, source: Caller, title: "WebSocket not allowed on this route",
+        hint: "Send this request without `Upgrade`, or open the WebSocket on a route meant for it.",
+        description: "The request's `Upgrade` header names `websocket` and its route does not set `websocket = true`. Nothing was sent upstream. Other upgrades (`h2c`) are ignored: the request is served as plain HTTP.",
+    },
     /// A policy rule explicitly denies the request.
     PolicyExplicitDeny => {
         code: "policy.explicit_deny", status: 403, source: Policy, title: "Denied by policy",

@@ -16,7 +16,7 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pinpoint_core::config::{OverrideHeaders, REASONS_PATH};
 use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::runtime::Shared;
 use crate::upstream::UpstreamFailure;
 use crate::{edge, headers, listener, respond, telemetry};
+use pinpoint_policy::filters::route::is_websocket_upgrade;
 use pinpoint_policy::identity::{recorded_caller, Identity};
 use pinpoint_policy::pipeline::{RequestCtx, Verdict, NO_ROUTE};
 use pinpoint_policy::routes::CompiledRoute;
@@ -52,8 +53,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.max_head_bytes * 2).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .enable_connect_protocol();
+        .max_concurrent_streams(256);
     let make = |conn: listener::Connection| {
         let shared = shared.clone();
         service_fn(move |req| {
@@ -76,9 +76,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 }
 
 /// Handles one request end to end.
-pub async fn handle(shared: &Shared, req: Request<Incoming>, conn: listener::Connection) -> Response<ProxyBody> {
+pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener::Connection) -> Response<ProxyBody> {
     let started = Instant::now();
     let peer = conn.peer;
+    // A WebSocket handshake keeps hold of its connection's upgrade, for a route that
+    // allows the tunnel (the route layer refuses it everywhere else).
+    let client_upgrade = is_websocket_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
     let runtime = shared.runtime.load_full();
     let request_id = respond::new_request_id();
     let client_request_id = respond::client_request_id(req.headers());
@@ -260,6 +263,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, conn: listener::Con
                         query: parts.uri.query(),
                         headers,
                         body: bytes,
+                        upgrade: client_upgrade.filter(|_| route.websocket),
                     };
                     forward(&route, request, &fwd, &mut trace).await
                 }
@@ -412,6 +416,8 @@ struct ForwardRequest<'a> {
     query: Option<&'a str>,
     headers: HeaderMap,
     body: Bytes,
+    /// A WebSocket handshake on a route that allows it: the client connection's upgrade.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// Sends the canonical request to one of the route's targets, retrying once on another
@@ -457,8 +463,13 @@ async fn forward(
         Some(q) => format!("{upstream_path}?{q}"),
         None => upstream_path.to_owned(),
     };
-    let (method, body) = (req.method, req.body);
+    let (method, body, client_upgrade) = (req.method, req.body, req.upgrade);
     let mut headers = upstream_headers(req.headers, route, fwd, body.len());
+    if client_upgrade.is_some() {
+        // The handshake's own hop-by-hop headers, which cleaning removed, go to the target.
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     // A copy for the one retry, only where there is another target to retry on.
     let mut spare_headers = (upstream.target_count() > 1).then(|| headers.clone());
     loop {
@@ -485,8 +496,29 @@ async fn forward(
         *request.headers_mut() = headers;
         match upstream.send(&target, request).await {
             Ok(mut response) => {
+                let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                let tunnel = match (switching, client_upgrade) {
+                    (true, Some(client)) => Some((client, hyper::upgrade::on(&mut response))),
+                    _ => None,
+                };
                 headers::clean_upstream_response(response.headers_mut());
-                trace.push(upstream_entry(Mark::Pass, None, target.authority.clone(), started));
+                let mut note = target.authority.clone();
+                if let Some((client, upstream_side)) = tunnel {
+                    let headers = response.headers_mut();
+                    headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+                    note.push_str("; upgraded to websocket");
+                    tokio::spawn(tunnel_websocket(
+                        client,
+                        upstream_side,
+                        TunnelLog {
+                            request_id: request_id.to_owned(),
+                            route: route.id.clone(),
+                            upstream: target.authority.clone(),
+                        },
+                    ));
+                }
+                trace.push(upstream_entry(Mark::Pass, None, note, started));
                 return (response.map(Either::Left), None, Some(target.authority.clone()));
             }
             Err(failure) => {
@@ -513,6 +545,43 @@ async fn forward(
             }
         }
     }
+}
+
+/// What the access log says of a WebSocket tunnel when it closes.
+struct TunnelLog {
+    request_id: String,
+    route: Arc<str>,
+    upstream: String,
+}
+
+/// Joins the client's upgraded connection to the target's, both ways, until either side
+/// closes; then writes an access-log line with the bytes each way and the duration.
+async fn tunnel_websocket(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, log: TunnelLog) {
+    let opened = Instant::now();
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(request_id = %log.request_id, error = %e, "websocket upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let (from_client, from_upstream, outcome) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((a, b)) => (a, b, "closed"),
+        Err(_) => (0, 0, "broken"),
+    };
+    telemetry::count_websocket_closed(&log.route);
+    tracing::info!(
+        target: "pinpoint::access",
+        request_id = %log.request_id,
+        route = %log.route,
+        upstream = %log.upstream,
+        bytes_from_client = from_client,
+        bytes_from_upstream = from_upstream,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        outcome,
+        "websocket closed"
+    );
 }
 
 fn upstream_entry(mark: Mark, reason: Option<Reason>, note: String, started: Instant) -> LayerTrace {

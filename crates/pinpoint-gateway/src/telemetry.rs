@@ -13,6 +13,8 @@ pub const DURATION: &str = "pinpoint_request_duration_seconds";
 pub const CONFIG_RELOADS: &str = "pinpoint_config_reloads_total";
 /// Connections the HTTP parser ended before a request reached the pipeline, by kind.
 pub const CONNECTION_ERRORS: &str = "pinpoint_connection_errors_total";
+/// WebSocket tunnels that closed, per route.
+pub const WEBSOCKETS_CLOSED: &str = "pinpoint_websockets_closed_total";
 /// Certificate (re)loads per listener and result (`applied`, `rejected`).
 pub const TLS_RELOADS: &str = "pinpoint_tls_reloads_total";
 /// Upstream attempts retried on another target.
@@ -100,6 +102,11 @@ pub fn count_connection_error(error: &hyper::Error) {
 /// Counts a TLS handshake that failed or timed out (`kind="tls_handshake"`).
 pub fn count_tls_handshake_failure() {
     metrics::counter!(CONNECTION_ERRORS, "kind" => "tls_handshake").increment(1);
+}
+
+/// Counts a WebSocket tunnel that closed, per route.
+pub fn count_websocket_closed(route: &Arc<str>) {
+    metrics::counter!(WEBSOCKETS_CLOSED, "route" => route.clone()).increment(1);
 }
 
 /// Counts a retry of an upstream request on another target.

@@ -26,6 +26,8 @@ pub struct CompiledRoute {
     /// The route's paths match (and its rules match them) ignoring ASCII case.
     pub case_insensitive: bool,
     pub allow_path_parameters: bool,
+    /// Whether WebSocket upgrades are accepted.
+    pub websocket: bool,
     /// How the route guards against cross-site requests.
     pub csrf: pinpoint_core::config::CsrfGuard,
     /// Whether the WAF inspects this route's requests, and enforces or reports.
@@ -148,6 +150,7 @@ impl CompiledRoute {
             }),
             case_insensitive: config.case_insensitive,
             allow_path_parameters: config.allow_path_parameters,
+            websocket: config.websocket,
             csrf: config.csrf,
             waf: config.waf,
             override_headers: config.override_headers,

@@ -42,6 +42,9 @@ pub struct RouteConfig {
     pub case_insensitive: bool,
     /// Accept `;` path parameters (refused by default: `request.path_parameters`).
     pub allow_path_parameters: bool,
+    /// Accept WebSocket upgrades (`Upgrade: websocket`): authorized like any request, then
+    /// tunnelled both ways. Refused by default (`route.upgrade_not_allowed`).
+    pub websocket: bool,
     /// What to do with method- and URL-override headers.
     pub override_headers: OverrideHeaders,
     /// Largest request body accepted (bytes).
@@ -122,6 +125,8 @@ struct RawRoute {
     case_insensitive: bool,
     #[serde(default)]
     allow_path_parameters: bool,
+    #[serde(default)]
+    websocket: bool,
     #[serde(default)]
     override_headers: OverrideHeaders,
     max_body_bytes: Option<Spanned<u64>>,
@@ -317,6 +322,7 @@ fn read_route(
         ip_deny: r.ip_deny,
         case_insensitive: r.case_insensitive,
         allow_path_parameters: r.allow_path_parameters,
+        websocket: r.websocket,
         override_headers: r.override_headers,
         max_body_bytes,
         body_timeout_ms,

@@ -40,6 +40,17 @@ fn refused_by_route(route: &CompiledRoute, ctx: &RequestCtx<'_>) -> Option<Denia
             return Some(Denial::new(Reason::RequestPathConfusable, detail).rule(route.id.to_string()));
         }
     }
+    // Other upgrades (`h2c`, `TLS/1.0`) may be ignored (RFC 9110 §7.8): they are stripped
+    // as hop-by-hop headers and the request goes on as plain HTTP.
+    if !route.websocket && asks_for_websocket(ctx.headers) {
+        return Some(
+            Denial::new(
+                Reason::RouteUpgradeNotAllowed,
+                "This route does not accept WebSocket upgrades.",
+            )
+            .rule(route.id.to_string()),
+        );
+    }
     if route.override_headers == OverrideHeaders::Refuse {
         if let Some(name) = find_override_header(ctx.headers) {
             return Some(
@@ -52,6 +63,31 @@ fn refused_by_route(route: &CompiledRoute, ctx: &RequestCtx<'_>) -> Option<Denia
         }
     }
     None
+}
+
+/// Whether any `Upgrade` header names `websocket` (in any case, among other protocols).
+fn asks_for_websocket(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::UPGRADE).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    })
+}
+
+/// Whether the request is a WebSocket handshake (RFC 6455 §4.1): an HTTP/1.1 GET with
+/// `Upgrade: websocket` alone and `upgrade` among the `Connection` tokens.
+pub fn is_websocket_upgrade(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(http::header::UPGRADE).iter();
+    let websocket = matches!(
+        (upgrades.next(), upgrades.next()),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"websocket")
+    );
+    let connection_says_upgrade = headers.get_all(http::header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    *method == http::Method::GET && websocket && connection_says_upgrade
 }
 
 impl Filter for RouteFilter {

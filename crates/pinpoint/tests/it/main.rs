@@ -13,6 +13,7 @@ mod proxy;
 mod tls;
 mod waf;
 mod waf_corpus;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
