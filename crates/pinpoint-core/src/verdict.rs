@@ -235,6 +235,10 @@ pub struct Decision {
     pub client_request_id: Option<String>,
     /// Unix time in milliseconds when the request arrived.
     pub at_ms: i64,
+    /// The W3C trace the request belongs to (the caller's `traceparent`, or one Pinpoint
+    /// started), as the upstream saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub method: String,
     /// The canonical path, the one routed, decided on and forwarded (before
     /// `strip_prefix`). Path only; the query string is not stored (it may carry secrets).

@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod trace_context;
 pub mod upstream;
 #[cfg(feature = "modsecurity")]
 #[allow(unsafe_code)]

@@ -23,6 +23,7 @@ use pinpoint_core::{Decision, Denial, LayerTrace, Mark, Mode, Reason};
 use tokio::net::TcpListener;
 
 use crate::runtime::Shared;
+use crate::trace_context::TraceContext;
 use crate::upstream::UpstreamFailure;
 use crate::{edge, headers, listener, respond, telemetry};
 use pinpoint_policy::filters::route::is_websocket_upgrade;
@@ -82,6 +83,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     // A WebSocket handshake keeps hold of its connection's upgrade, for a route that
     // allows the tunnel (the route layer refuses it everywhere else).
     let client_upgrade = is_websocket_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let trace_context = TraceContext::of(req.headers());
     let runtime = shared.runtime.load_full();
     let request_id = respond::new_request_id();
     let client_request_id = respond::client_request_id(req.headers());
@@ -246,6 +248,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
+                        trace: &trace_context,
                         secure: conn.secure,
                         peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(peer.ip(), trusted_proxies),
                         request_id: &request_id,
@@ -323,6 +326,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
             request_id,
             client_request_id,
             at_ms,
+            trace_id: Some(trace_context.trace_id),
             method: parts.method.to_string(),
             path,
             raw_path,
@@ -387,6 +391,8 @@ fn deny(
 /// What forwarding needs to know about the request beyond the request itself.
 struct ForwardCtx<'a> {
     peer: SocketAddr,
+    /// The request's W3C trace, propagated to the upstream.
+    trace: &'a TraceContext,
     /// The client's connection is TLS (`X-Forwarded-Proto: https`).
     secure: bool,
     /// The peer is a trusted proxy: the `X-Forwarded-For` it sent is passed on, extended.
@@ -641,13 +647,14 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
         HeaderValue::from_static(if fwd.secure { "https" } else { "http" }),
     );
     respond::set_request_ids(&mut out, fwd.request_id, fwd.client_request_id);
+    fwd.trace.propagate(&mut out);
     out
 }
 
 /// Headers Pinpoint adds to an upstream request: `Content-Length`, `X-Forwarded-For`,
 /// `X-Forwarded-Proto`, `X-Request-Id`, `X-Client-Request-Id`, `X-Pinpoint-Principal`,
-/// `X-Pinpoint-Org`.
-const UPSTREAM_HEADERS_ADDED: usize = 7;
+/// `X-Pinpoint-Org`, `traceparent`, `tracestate`.
+const UPSTREAM_HEADERS_ADDED: usize = 9;
 
 static X_PINPOINT_PRINCIPAL: HeaderName = HeaderName::from_static("x-pinpoint-principal");
 static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");

@@ -141,6 +141,7 @@ pub fn finish_request(
         target: "pinpoint::access",
         request_id = %decision.request_id,
         client_request_id = decision.client_request_id.as_deref().unwrap_or("-"),
+        trace_id = decision.trace_id.as_deref().unwrap_or("-"),
         client = %decision.client_addr,
         method = %decision.method,
         path = %decision.path,

@@ -281,6 +281,7 @@ mod tests {
             request_id: id.into(),
             client_request_id: Some(format!("client-{id}")),
             at_ms: now_ms(),
+            trace_id: None,
             method: "POST".into(),
             path: "/admin/x".into(),
             raw_path: Some("/admin//x".into()),

@@ -500,6 +500,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 request_id,
                 client_request_id,
                 at_ms,
+                trace_id: None,
                 method: method.to_string(),
                 path,
                 raw_path: None,

@@ -366,3 +366,48 @@ async fn the_fixed_echo_answers_the_same_body_and_keeps_the_connection() {
         assert_eq!(resp.text().await.unwrap(), pinpoint_gateway::echo::FIXED_BODY);
     }
 }
+
+#[tokio::test]
+async fn traceparent_is_propagated_or_started_and_recorded() {
+    let gw = start(&echo_config()).await;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = gw
+        .http
+        .get(gw.url("/orders/1"))
+        .header("traceparent", format!("00-{caller_trace}-00f067aa0ba902b7-01"))
+        .header("tracestate", "vendor=opaque")
+        .send()
+        .await
+        .unwrap();
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    let sent = echoed["headers"]["traceparent"].as_str().unwrap().to_owned();
+    let fields: Vec<&str> = sent.split('-').collect();
+    assert_eq!(
+        fields[..2],
+        ["00", caller_trace],
+        "the upstream joins the caller's trace: {sent}"
+    );
+    assert_ne!(fields[2], "00f067aa0ba902b7", "with Pinpoint's span as its parent");
+    assert_eq!(echoed["headers"]["tracestate"], "vendor=opaque");
+    assert_eq!(gw.decision(&request_id).await.trace_id.as_deref(), Some(caller_trace));
+
+    // Without one (or with a malformed one), Pinpoint starts a trace and records it.
+    for header in [None, Some("00-zz-00f067aa0ba902b7-01")] {
+        let mut request = gw.http.get(gw.url("/orders/1")).header("tracestate", "vendor=opaque");
+        if let Some(h) = header {
+            request = request.header("traceparent", h);
+        }
+        let resp = request.send().await.unwrap();
+        let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let echoed: serde_json::Value = resp.json().await.unwrap();
+        let sent = echoed["headers"]["traceparent"].as_str().unwrap().to_owned();
+        let trace_id = sent.split('-').nth(1).unwrap().to_owned();
+        assert_eq!(trace_id.len(), 32, "{sent}");
+        assert!(
+            echoed["headers"].get("tracestate").is_none(),
+            "state without a parent is dropped"
+        );
+        assert_eq!(gw.decision(&request_id).await.trace_id, Some(trace_id));
+    }
+}
