@@ -287,7 +287,7 @@ reasons! {
     UpstreamUnavailable => {
         code: "upstream.unavailable", status: 503, source: Upstream, title: "Service temporarily unavailable",
         hint: "The service behind this route is down; retry later with backoff.",
-        description: "Every target of the route's upstream is ejected by passive health checks (recent failures). Targets come back after `fail_timeout_ms`.",
+        description: "No target of the route's upstream is available: each is ejected by passive health checks (recent failures; back after `fail_timeout_ms`) or fails its active health checks (back after `healthy_threshold` passes). The response's `Retry-After` says when one may be back.",
     },
     /// Connecting to the chosen upstream target failed.
     UpstreamConnectFailed => {

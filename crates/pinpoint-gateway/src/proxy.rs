@@ -462,7 +462,14 @@ async fn forward(
     };
 
     let Some(mut target) = upstream.pick() else {
-        return fail(Reason::UpstreamUnavailable, upstream.unavailable_note(), None, trace);
+        let (mut response, reason, target) =
+            fail(Reason::UpstreamUnavailable, upstream.unavailable_note(), None, trace);
+        // When a target may be back: the nearest end of an ejection, or what checks need.
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(upstream.retry_after_secs()),
+        );
+        return (response, reason, target);
     };
     let upstream_path = route.upstream_path(req.path);
     let path_and_query = match req.query {
@@ -480,20 +487,15 @@ async fn forward(
     let mut spare_headers = (upstream.target_count() > 1).then(|| headers.clone());
     loop {
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(target.scheme())
             .authority(target.authority.as_str())
             .path_and_query(path_and_query.as_str())
             .build();
         let uri = match uri {
             Ok(uri) => uri,
             Err(e) => {
-                let note = format!("cannot build upstream URI for {}: {e}", target.authority);
-                return fail(
-                    Reason::UpstreamConnectFailed,
-                    note,
-                    Some(target.authority.clone()),
-                    trace,
-                );
+                let note = format!("cannot build upstream URI for {}: {e}", target.label);
+                return fail(Reason::UpstreamConnectFailed, note, Some(target.label.clone()), trace);
             }
         };
         let mut request = Request::new(Full::new(body.clone()));
@@ -508,7 +510,7 @@ async fn forward(
                     _ => None,
                 };
                 headers::clean_upstream_response(response.headers_mut());
-                let mut note = target.authority.clone();
+                let mut note = target.label.clone();
                 if let Some((client, upstream_side)) = tunnel {
                     let headers = response.headers_mut();
                     headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -520,12 +522,12 @@ async fn forward(
                         TunnelLog {
                             request_id: request_id.to_owned(),
                             route: route.id.clone(),
-                            upstream: target.authority.clone(),
+                            upstream: target.label.clone(),
                         },
                     ));
                 }
                 trace.push(upstream_entry(Mark::Pass, None, note, started));
-                return (response.map(Either::Left), None, Some(target.authority.clone()));
+                return (response.map(Either::Left), None, Some(target.label.clone()));
             }
             Err(failure) => {
                 let retry = match spare_headers.take() {
@@ -535,15 +537,15 @@ async fn forward(
                     _ => None,
                 };
                 let Some((next, spare)) = retry else {
-                    return fail(failure.reason, failure.note, Some(target.authority.clone()), trace);
+                    return fail(failure.reason, failure.note, Some(target.label.clone()), trace);
                 };
                 let mut entry = upstream_entry(
                     Mark::Skip,
                     Some(failure.reason),
-                    format!("{}; retried on {}", failure.note, next.authority),
+                    format!("{}; retried on {}", failure.note, next.label),
                     started,
                 );
-                entry.rule_id = Some(Arc::<str>::from(target.authority.as_str()));
+                entry.rule_id = Some(Arc::<str>::from(target.label.as_str()));
                 trace.push(entry);
                 telemetry::count_upstream_retry(&route.id);
                 target = next;

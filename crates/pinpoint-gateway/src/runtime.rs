@@ -245,12 +245,7 @@ impl Runtime {
         let upstreams: BTreeMap<Arc<str>, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|(name, up)| {
-                (
-                    Arc::from(name.as_str()),
-                    Arc::new(Upstream::new(name, up, health, echo_addr)),
-                )
-            })
+            .map(|(name, up)| (Arc::from(name.as_str()), Upstream::new(name, up, health, echo_addr)))
             .collect();
         let world = services.world();
         let pipeline = build_pipeline(&config, route_table(&config), &world);
@@ -312,12 +307,30 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
             tls.resolve_relative_to(dir);
         }
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        for upstream in config.upstreams.values_mut() {
+            upstream.tls.resolve_relative_to(dir);
+        }
+    }
     // Certificates that do not load are the config's error, naming the file.
+    let tls_error = |e: crate::tls::TlsError| LoadError::Tls {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
     for tls in [&config.server.proxy_tls, &config.server.api_tls].into_iter().flatten() {
-        crate::tls::server_config(tls).map_err(|e| LoadError::Tls {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        crate::tls::server_config(tls).map_err(tls_error)?;
+    }
+    for (name, upstream) in &config.upstreams {
+        let uses_tls = upstream
+            .targets
+            .iter()
+            .any(|t| matches!(t.target, pinpoint_core::config::Target::Https(_)));
+        if uses_tls || upstream.tls != Default::default() {
+            crate::upstream::client_tls(&upstream.tls).map_err(|e| LoadError::Tls {
+                path: path.to_owned(),
+                message: format!("upstream `{name}`: {e}"),
+            })?;
+        }
     }
     check_waf_engine(&config).map_err(|message| LoadError::WafEngine {
         path: path.to_owned(),

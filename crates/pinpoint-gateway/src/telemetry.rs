@@ -13,6 +13,10 @@ pub const DURATION: &str = "pinpoint_request_duration_seconds";
 pub const CONFIG_RELOADS: &str = "pinpoint_config_reloads_total";
 /// Connections the HTTP parser ended before a request reached the pipeline, by kind.
 pub const CONNECTION_ERRORS: &str = "pinpoint_connection_errors_total";
+/// Upstream targets' changes of state, by upstream, target and new state.
+pub const TARGET_TRANSITIONS: &str = "pinpoint_upstream_target_transitions_total";
+/// Whether each actively checked target passes (1) or not (0).
+pub const TARGET_UP: &str = "pinpoint_upstream_target_up";
 /// WebSocket tunnels that closed, per route.
 pub const WEBSOCKETS_CLOSED: &str = "pinpoint_websockets_closed_total";
 /// Certificate (re)loads per listener and result (`applied`, `rejected`).
@@ -107,6 +111,26 @@ pub fn count_tls_handshake_failure() {
 /// Counts a WebSocket tunnel that closed, per route.
 pub fn count_websocket_closed(route: &Arc<str>) {
     metrics::counter!(WEBSOCKETS_CLOSED, "route" => route.clone()).increment(1);
+}
+
+/// Counts a target's change of state (`ejected`, `down`, `up`).
+pub fn count_target_transition(upstream: &str, target: &str, to: &'static str) {
+    metrics::counter!(
+        TARGET_TRANSITIONS,
+        "upstream" => upstream.to_owned(),
+        "target" => target.to_owned(),
+        "to" => to
+    )
+    .increment(1);
+}
+
+/// Whether a target passes its active checks (1) or not (0).
+pub fn set_target_up(upstream: &str, target: &str, up: bool) {
+    metrics::gauge!(TARGET_UP, "upstream" => upstream.to_owned(), "target" => target.to_owned()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// Counts a retry of an upstream request on another target.

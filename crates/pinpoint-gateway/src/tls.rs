@@ -42,9 +42,7 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tl
     let provider = provider();
     let mut certificates = Vec::with_capacity(config.certificates.len());
     for files in &config.certificates {
-        let chain = read_chain(&files.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&files.key)
-            .map_err(|e| file_error(&files.key, format!("no private key read: {e}")))?;
+        let (chain, key) = read_cert_and_key(&files.cert, &files.key)?;
         let signing_key = provider
             .key_provider
             .load_private_key(key)
@@ -86,7 +84,7 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tl
     Ok(Arc::new(server))
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_error(path, format!("cannot read certificates: {e}")))?
         .collect::<Result<Vec<_>, _>>()
@@ -95,6 +93,16 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         return Err(file_error(path, "holds no certificate"));
     }
     Ok(chain)
+}
+
+/// A certificate chain and its private key from PEM files.
+pub fn read_cert_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = read_chain(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, format!("no private key read: {e}")))?;
+    Ok((chain, key))
 }
 
 /// Picks the first certificate valid for the client's SNI name; the first certificate

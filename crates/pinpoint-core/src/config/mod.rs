@@ -48,7 +48,7 @@ pub use routes::{
     AuthRequirement, OverrideHeaders, RouteConfig, DEFAULT_BODY_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_METHODS,
 };
 pub use server::{CertificateFiles, ServerConfig, TlsConfig, REASONS_PATH};
-pub use upstreams::{Target, UpstreamConfig};
+pub use upstreams::{Balance, HealthCheck, Target, UpstreamConfig, UpstreamTls, WeightedTarget};
 pub use waf::{RouteWaf, WafConfig, WafEngineKind, WafExclusion, STRUCTURED_HEADERS, WAF_FAMILIES};
 
 use diagnostics::Diagnostics;
@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("bogus"), "{e}");
 
-        let e = first_error("[upstreams.a]\ntargets = [\"http://x:1\"]\n");
+        let e = first_error("[upstreams.a]\ntargets = [\"ftp://x:1\"]\n");
         assert_eq!((e.line, e.column), (2, 12), "{e}");
 
         let e = first_error("[[routes]\n");
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn every_mistake_in_a_file_is_reported_at_once_in_file_order() {
-        let src = "[server]\nmax_headers = 0\n\n[upstreams.a]\ntargets = [\"http://x:1\"]\n\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n\n[[routes]]\nid = \"y\"\npath_prefix = \"/y\"\nupstream = \"a\"\nauth = \"maybe\"\n\n[[policy.rules]]\nid = \"r\"\nroutes = [\"gone\"]\n\n[jwt]\nttl_seconds = 0\n\n[cors]\nallowed_origins = [\"https://ok\", \"ftp://a\"]\n";
+        let src = "[server]\nmax_headers = 0\n\n[upstreams.a]\ntargets = [\"ftp://x:1\"]\n\n[[routes]]\nid = \"x\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n\n[[routes]]\nid = \"y\"\npath_prefix = \"/y\"\nupstream = \"a\"\nauth = \"maybe\"\n\n[[policy.rules]]\nid = \"r\"\nroutes = [\"gone\"]\n\n[jwt]\nttl_seconds = 0\n\n[cors]\nallowed_origins = [\"https://ok\", \"ftp://a\"]\n";
         let errors = Config::parse(src, "t.toml").unwrap_err();
         let found: Vec<(usize, usize, &str)> = errors
             .errors()
@@ -360,7 +360,7 @@ mod tests {
             .collect();
         let expected = [
             (2, 15, "server.max_headers"),
-            (5, 12, "target `http://x:1`"),
+            (5, 12, "target `ftp://x:1`"),
             (10, 12, "names upstream `nope`"),
             (16, 8, "unknown variant `maybe`"),
             (20, 11, "names route `gone`"),

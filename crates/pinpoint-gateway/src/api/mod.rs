@@ -532,6 +532,11 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "config_revision": runtime.config.revision,
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "keys_loaded": shared.services.directory.key_count(),
+        "upstreams": runtime
+            .upstreams
+            .iter()
+            .map(|(name, pool)| (name.to_string(), serde_json::Value::Array(pool.report())))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 

@@ -11,6 +11,7 @@ mod identity_api;
 mod lifecycle;
 mod proxy;
 mod tls;
+mod upstreams;
 mod waf;
 mod waf_corpus;
 mod websocket;

@@ -1,0 +1,256 @@
+//! Upstream pools with real servers: active health checks take a killed target out and
+//! bring it back with no failed request while another target is healthy; weighted round
+//! robin and least connections; a pool with every target down answers 503 with
+//! `Retry-After`; an HTTPS upstream verified against its own CA, spoken to over HTTP/2.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::*;
+
+/// A small HTTP server (HTTP/1.1 and HTTP/2; TLS when given a config): answers
+/// `{"server": name, "version": ...}`, `/slow` after 700 ms. Aborting its task closes
+/// every connection it holds.
+fn serve_named(listener: TcpListener, name: &'static str, tls: Option<Arc<rustls::ServerConfig>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tls = tls.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
+                    if req.uri().path().ends_with("/slow") {
+                        tokio::time::sleep(Duration::from_millis(700)).await;
+                    }
+                    let body = serde_json::json!({"server": name, "version": format!("{:?}", req.version())});
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body.to_string()))))
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(config) => {
+                        if let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+async fn named_server(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (listener.local_addr().unwrap(), serve_named(listener, name, None))
+}
+
+async fn served_by(gw: &TestGateway, path: &str) -> (u16, String) {
+    let resp = gw.http.get(gw.url(path)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    (status, body["server"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn target_state(gw: &TestGateway, target: SocketAddr) -> String {
+    let health: serde_json::Value = gw
+        .http
+        .get(gw.api_url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["upstreams"]["main"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target.to_string())
+        .map(|t| t["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_killed_target_is_taken_out_and_brought_back_without_a_failed_request() {
+    let (a, a_server) = named_server("a").await;
+    let (b, _b_server) = named_server("b").await;
+    let gw = start(&config_with(
+        &format!("\"{a}\", \"{b}\""),
+        "health_check = { path = \"/health\", interval_ms = 100, timeout_ms = 100, healthy_threshold = 2, unhealthy_threshold = 2 }",
+        "",
+    ))
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (status, server) = served_by(&gw, "/orders/1").await;
+        assert_eq!(status, 200);
+        seen.insert(server);
+    }
+    assert_eq!(seen.len(), 2, "both targets serve");
+
+    a_server.abort();
+    let mut failed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while target_state(&gw, a).await != "down" {
+        assert!(tokio::time::Instant::now() < deadline, "a was never taken out");
+        let (status, server) = served_by(&gw, "/orders/1").await;
+        failed += usize::from(status != 200);
+        assert!(status != 200 || server == "b");
+    }
+    for _ in 0..10 {
+        assert_eq!(served_by(&gw, "/orders/1").await, (200, String::from("b")));
+    }
+    assert_eq!(failed, 0, "no caller sees the dead target");
+
+    // Revived on the same port: checks bring it back.
+    let listener = TcpListener::bind(a).await.unwrap();
+    let _a_again = serve_named(listener, "a", None);
+    poll_until("a is back", || async { target_state(&gw, a).await == "up" }).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(served_by(&gw, "/orders/1").await.1);
+    }
+    assert!(seen.contains("a"), "{seen:?}");
+    let metrics = gw
+        .http
+        .get(gw.api_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for to in ["down", "up"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("pinpoint_upstream_target_transitions_total")
+                    && l.contains(&format!("to=\"{to}\""))),
+            "{to} is counted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pool_with_every_target_down_answers_503_with_retry_after() {
+    let (a, a_server) = named_server("a").await;
+    let gw = start(&config_with(
+        &format!("\"{a}\""),
+        "health_check = { path = \"/\", interval_ms = 100, timeout_ms = 100, healthy_threshold = 1, unhealthy_threshold = 1 }",
+        "",
+    ))
+    .await;
+    assert_eq!(served_by(&gw, "/orders/1").await.0, 200);
+    a_server.abort();
+    poll_until("a is down", || async { target_state(&gw, a).await == "down" }).await;
+    let resp = gw.http.get(gw.url("/orders/1")).send().await.unwrap();
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    problem(resp, 503, "upstream.unavailable").await;
+}
+
+#[tokio::test]
+async fn weighted_round_robin_and_least_connections() {
+    let (a, _a) = named_server("a").await;
+    let (b, _b) = named_server("b").await;
+    let gw = start(&config_with(
+        &format!("{{ target = \"{a}\", weight = 3 }}, \"{b}\""),
+        "",
+        "",
+    ))
+    .await;
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        *counts.entry(served_by(&gw, "/orders/1").await.1).or_insert(0) += 1;
+    }
+    assert_eq!(counts, [(String::from("a"), 30), (String::from("b"), 10)].into());
+
+    let gw = start(&config_with(
+        &format!("\"{a}\", \"{b}\""),
+        "balance = \"least_connections\"",
+        "",
+    ))
+    .await;
+    let slow = {
+        let (http, url) = (gw.http.clone(), gw.url("/orders/slow"));
+        tokio::spawn(async move {
+            let body: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            body["server"].as_str().unwrap().to_owned()
+        })
+    };
+    // While one target holds the slow request, the other takes every new one.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut fast = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        fast.insert(served_by(&gw, "/orders/1").await.1);
+    }
+    let busy = slow.await.unwrap();
+    assert_eq!(fast.len(), 1, "{fast:?}");
+    assert!(!fast.contains(&busy), "the busy target ({busy}) got none of {fast:?}");
+}
+
+#[tokio::test]
+async fn an_https_upstream_with_its_own_ca_over_http2() {
+    // A CA, and a certificate for the name the upstream is reached by.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![String::from("backend.internal")])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = serve_named(listener, "tls-backend", Some(Arc::new(server)));
+
+    let gw = start(&config_with(
+        &format!("\"https://{addr}\""),
+        &format!(
+            "tls = {{ ca = {:?}, server_name = \"backend.internal\" }}",
+            ca_path.display().to_string()
+        ),
+        "",
+    ))
+    .await;
+    let resp = gw.http.get(gw.url("/orders/1")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["server"], "tls-backend");
+    assert_eq!(body["version"], "HTTP/2.0", "HTTP/2 by ALPN: {body}");
+
+    // Without that CA (the system's roots), the upstream's certificate is not trusted.
+    let gw = start(&config_with(
+        &format!("\"https://{addr}\""),
+        "tls = { server_name = \"backend.internal\" }",
+        "",
+    ))
+    .await;
+    let resp = gw.http.get(gw.url("/orders/1")).send().await.unwrap();
+    let body = problem(resp, 502, "upstream.connect_failed").await;
+    assert!(
+        !body.to_string().contains(&addr.to_string()),
+        "the address stays operator-side"
+    );
+}
