@@ -25,6 +25,9 @@ pub enum ProblemFormat {
     Json,
     Html,
     Text,
+    /// A gRPC request (`Content-Type: application/grpc...`): the facts go in `grpc-status`
+    /// and `grpc-message` of a trailers-only response, beside `x-pinpoint-reason`.
+    Grpc,
 }
 
 impl ProblemFormat {
@@ -72,8 +75,48 @@ impl ProblemFormat {
             ProblemFormat::Json => "application/problem+json",
             ProblemFormat::Html => "text/html; charset=utf-8",
             ProblemFormat::Text => "text/plain; charset=utf-8",
+            ProblemFormat::Grpc => "application/grpc",
         }
     }
+
+    /// Whether a request with this `Content-Type` is a gRPC call.
+    pub fn is_grpc(content_type: Option<&str>) -> bool {
+        content_type.is_some_and(|t| {
+            let t = t.trim_start().as_bytes();
+            t.len() >= 16
+                && t[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(t.get(16), None | Some(b'+' | b';' | b' '))
+        })
+    }
+}
+
+/// The gRPC status code (`grpc-status`) for a refusal's HTTP status: what each status
+/// means, in gRPC's terms.
+pub fn grpc_status(http_status: u16) -> u8 {
+    match http_status {
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 | 405 | 501 => 12, // UNIMPLEMENTED
+        408 | 504 => 4,        // DEADLINE_EXCEEDED
+        413 | 429 => 8,        // RESOURCE_EXHAUSTED
+        502 | 503 => 14,       // UNAVAILABLE
+        400..=499 => 3,        // INVALID_ARGUMENT
+        _ => 13,               // INTERNAL
+    }
+}
+
+/// `grpc-message` text: percent-encoded outside printable ASCII (and `%` itself), as the
+/// gRPC HTTP/2 protocol asks.
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl Problem {
@@ -107,6 +150,8 @@ impl Problem {
                 hint = self.hint,
                 ty = self.type_url,
             ),
+            // The facts travel in headers (see `grpc_status`); a gRPC body is framed.
+            ProblemFormat::Grpc => String::new(),
             ProblemFormat::Html => format!(
                 "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{status} {title}</title></head>\n<body>\n<h1>{status} {title}</h1>\n<p>{detail}</p>\n<dl>\n<dt>Reason</dt><dd><a href=\"{ty}\"><code>{reason}</code></a></dd>\n<dt>Request id</dt><dd><code>{rid}</code></dd>\n<dt>Hint</dt><dd>{hint}</dd>\n</dl>\n</body></html>\n",
                 status = self.status,

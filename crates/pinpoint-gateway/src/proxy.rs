@@ -477,7 +477,16 @@ async fn forward(
         None => upstream_path.to_owned(),
     };
     let (method, body, client_upgrade) = (req.method, req.body, req.upgrade);
+    // `TE: trailers` is the one hop-by-hop header meant end to end: gRPC servers ask for it.
+    let wants_trailers = req
+        .headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let mut headers = upstream_headers(req.headers, route, fwd, body.len());
+    if wants_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     if client_upgrade.is_some() {
         // The handshake's own hop-by-hop headers, which cleaning removed, go to the target.
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));

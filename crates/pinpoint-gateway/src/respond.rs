@@ -19,6 +19,21 @@ pub fn problem(denial: &Denial, request_id: &str, format: ProblemFormat, reasons
     );
     headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-pinpoint-reason", HeaderValue::from_static(denial.reason.code()));
+    if format == ProblemFormat::Grpc {
+        // Trailers-only: HTTP 200, the outcome in grpc-status; the reason code leads the
+        // message so gRPC clients, which show only these, see it too.
+        *response.status_mut() = StatusCode::OK;
+        let headers = response.headers_mut();
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(pinpoint_core::problem::grpc_status(denial.reason.status()))),
+        );
+        let message = pinpoint_core::problem::grpc_message(&format!("{}: {}", denial.reason.code(), denial.detail));
+        if let Ok(value) = HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+    }
+    let headers = response.headers_mut();
     for (name, value) in &denial.headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(*name, value);
@@ -62,6 +77,10 @@ pub fn set_request_ids(headers: &mut HeaderMap, id: &str, client_id: Option<&str
 
 /// The format the request's `Accept` header asks for.
 pub fn format_of(headers: &HeaderMap) -> ProblemFormat {
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if ProblemFormat::is_grpc(content_type) {
+        return ProblemFormat::Grpc;
+    }
     ProblemFormat::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
 

@@ -7,6 +7,7 @@ mod architecture;
 mod canonical;
 mod cloudauth;
 mod evaluation;
+mod grpc;
 mod identity_api;
 mod lifecycle;
 mod proxy;
