@@ -91,6 +91,8 @@ pub enum GatewayError {
     Client(#[source] reqwest::Error),
     #[error("cannot load identities and signing keys from the store: {0}")]
     Store(#[from] pinpoint_store::StoreError),
+    #[error("cannot listen for metrics: {0}")]
+    MetricsListen(#[source] std::io::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -158,6 +160,12 @@ pub async fn run(
         let runtime = shared.runtime.load();
         (runtime.config.routes.len(), runtime.config.upstreams.len())
     };
+    let metrics_listener = match shared.runtime.load().config.server.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(GatewayError::MetricsListen)?),
+        None => None,
+    };
+    let metrics =
+        metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, shared.clone(), wait_for(stopped.clone()))));
     let proxy = tokio::spawn(proxy::serve(listeners.proxy, shared.clone(), wait_for(stopped.clone())));
     let api = tokio::spawn(api::serve(listeners.api, shared.clone(), wait_for(stopped)));
     tracing::info!(proxy = %proxy_addr, api = %api_addr, revision = %revision, routes, upstreams, "pinpoint is serving");
@@ -167,6 +175,9 @@ pub async fn run(
     let _ = stop.send(true);
     let _ = proxy.await;
     let _ = api.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let _ = reloader.await;
     let _ = housekeeping.await;
     let _ = follower.await;

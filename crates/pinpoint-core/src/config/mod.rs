@@ -47,7 +47,7 @@ pub use rate::{LimitKey, QuotaPeriod, QuotaRule, RateConfig, RateLimitRule};
 pub use routes::{
     AuthRequirement, OverrideHeaders, RouteConfig, DEFAULT_BODY_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_METHODS,
 };
-pub use server::{CertificateFiles, ServerConfig, TlsConfig, REASONS_PATH};
+pub use server::{CertificateFiles, MetricsAccess, ServerConfig, TlsConfig, REASONS_PATH};
 pub use upstreams::{Balance, HealthCheck, Target, UpstreamConfig, UpstreamTls, WeightedTarget};
 pub use waf::{RouteWaf, WafConfig, WafEngineKind, WafExclusion, STRUCTURED_HEADERS, WAF_FAMILIES};
 

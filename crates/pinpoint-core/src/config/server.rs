@@ -40,6 +40,23 @@ pub struct ServerConfig {
     /// HTTP/2 with prior knowledge (h2c) on a plaintext proxy listener. Over TLS, HTTP/2
     /// is offered by ALPN whatever this says.
     pub h2c: bool,
+    /// Who may read `/metrics` on the api listener: `"public"` (anyone who reaches the
+    /// listener), `"key"` (a platform administrator's API key), or `"off"` (not served there;
+    /// see `metrics_listen`).
+    pub metrics: MetricsAccess,
+    /// A listener of its own for `/metrics` (plain HTTP, nothing else served), for a
+    /// scraper on a separate network. Read at start.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[server] metrics`: who may read `/metrics` on the api listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsAccess {
+    #[default]
+    Public,
+    Key,
+    Off,
 }
 
 /// `[server.proxy_tls]` / `[server.api_tls]`: TLS 1.2 and 1.3 with rustls, ALPN `h2` and
@@ -116,6 +133,8 @@ impl Default for ServerConfig {
             proxy_tls: None,
             api_tls: None,
             h2c: false,
+            metrics: MetricsAccess::Public,
+            metrics_listen: None,
         }
     }
 }

@@ -317,6 +317,42 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     crate::listener::serve("api", listener, tls, false, builder, make, shutdown, drain).await;
 }
 
+/// Serves `/metrics` alone on its own listener (`[server] metrics_listen`): plain HTTP,
+/// every other path 404.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let make = |_: crate::listener::Connection| {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let shared = shared.clone();
+            async move {
+                let response = if req.uri().path() == "/metrics" {
+                    metrics_response(&shared.prometheus).into_response()
+                } else {
+                    StatusCode::NOT_FOUND.into_response()
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let tls = Arc::new(crate::tls::TlsState::default());
+    crate::listener::serve(
+        "metrics",
+        listener,
+        tls,
+        false,
+        builder,
+        make,
+        shutdown,
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
 /// Endpoint access rules, built once.
 fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess>> {
     static TABLE: std::sync::OnceLock<HashMap<(Method, &'static str), Arc<RouteAccess>>> = std::sync::OnceLock::new();
@@ -343,11 +379,27 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
 /// rule, or nothing for a public endpoint. The API denies by default: a route the router
 /// serves that neither table declares is refused (405 with the declared methods, or 404),
 /// so an endpoint without a declared requirement cannot be reached. HEAD follows GET.
-fn declared(method: &Method, matched: Option<&str>) -> Result<Option<Arc<RouteAccess>>, Denial> {
+fn declared(
+    method: &Method,
+    matched: Option<&str>,
+    metrics_need_key: bool,
+) -> Result<Option<Arc<RouteAccess>>, Denial> {
     let Some(matched) = matched else {
         // No route matched: the fallback answers 404 itself.
         return Ok(None);
     };
+    if metrics_need_key && matched == "/metrics" {
+        // Authenticated like any endpoint; the handler admits platform administrators only.
+        static AUTHENTICATED: std::sync::OnceLock<Arc<RouteAccess>> = std::sync::OnceLock::new();
+        let access = AUTHENTICATED.get_or_init(|| {
+            Arc::new(RouteAccess {
+                auth: AuthRequirement::Required,
+                prefix: String::from("/"),
+                ..RouteAccess::default()
+            })
+        });
+        return Ok(Some(access.clone()));
+    }
     let as_declared = if *method == Method::HEAD {
         Method::GET
     } else {
@@ -401,8 +453,11 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let route_id: Arc<str> = Arc::from(API_ROUTE);
 
-    let (verdict, identity, known_caller, answered, extra_headers, at_ms) = match declared(&method, matched.as_deref())
-    {
+    let (verdict, identity, known_caller, answered, extra_headers, at_ms) = match declared(
+        &method,
+        matched.as_deref(),
+        runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Key,
+    ) {
         Err(denial) => {
             crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
             let entry = LayerTrace {
@@ -540,13 +595,37 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(shared): State<Arc<Shared>>, caller: Option<Extension<Caller>>) -> Response {
+    // Metrics span every organization's routes: with `metrics = "key"`, only platform
+    // administrators read them.
+    match shared.runtime.load().config.server.metrics {
+        pinpoint_core::config::MetricsAccess::Public => {}
+        pinpoint_core::config::MetricsAccess::Off => {
+            return deny(Reason::ApiNotFound, "Metrics are not served on this listener.").into_response()
+        }
+        pinpoint_core::config::MetricsAccess::Key => match caller {
+            Some(Extension(caller)) if caller.0.is_platform_admin() => {}
+            Some(_) => {
+                return deny(
+                    Reason::AuthzPermissionMissing,
+                    "Reading metrics needs a platform administrator's key (they span every organization).",
+                )
+                .into_response()
+            }
+            None => return deny(Reason::AuthnCredentialsMissing, "Reading metrics needs an API key.").into_response(),
+        },
+    }
+    metrics_response(&shared.prometheus).into_response()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn metrics_response(prometheus: &metrics_exporter_prometheus::PrometheusHandle) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.prometheus.render(),
+        prometheus.render(),
     )
 }
 
@@ -703,13 +782,19 @@ mod tests {
 
     #[test]
     fn the_api_denies_what_no_table_declares() {
-        let refused = |m: Method, p: &str| declared(&m, Some(p)).err().map(|d| (d.reason, d.headers));
-        assert!(matches!(declared(&Method::GET, Some("/api/v2/users")), Ok(Some(_))));
+        let refused = |m: Method, p: &str| declared(&m, Some(p), false).err().map(|d| (d.reason, d.headers));
+        assert!(matches!(
+            declared(&Method::GET, Some("/api/v2/users"), false),
+            Ok(Some(_))
+        ));
         assert!(
-            matches!(declared(&Method::HEAD, Some("/api/v2/users")), Ok(Some(_))),
+            matches!(declared(&Method::HEAD, Some("/api/v2/users"), false), Ok(Some(_))),
             "HEAD follows GET"
         );
-        assert!(matches!(declared(&Method::GET, Some("/healthz")), Ok(None)), "public");
+        assert!(
+            matches!(declared(&Method::GET, Some("/healthz"), false), Ok(None)),
+            "public"
+        );
         assert_eq!(
             refused(Method::GET, "/api/v2/undeclared"),
             Some((Reason::ApiNotFound, vec![]))

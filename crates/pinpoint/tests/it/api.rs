@@ -1,5 +1,8 @@
 //! The api listener: admin authentication codes, the decisions endpoint, `pinpoint explain`.
 
+use pinpoint_core::identity::{KeyKind, PrincipalKind};
+use pinpoint_store::NewKey;
+
 use crate::*;
 
 #[tokio::test]
@@ -198,4 +201,75 @@ async fn a_decision_is_found_right_after_its_request_or_said_to_be_pending() {
         .unwrap();
     assert_eq!(resp.headers()["allow"], "POST, GET");
     problem(resp, 405, "route.method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_platform_key_or_move_to_their_own_listener() {
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let text = echo_config().replace(
+        "drain_timeout_ms = 5000\n",
+        &format!("drain_timeout_ms = 5000\nmetrics = \"key\"\nmetrics_listen = \"{free}\"\n"),
+    );
+    // An organization's administrator (`*` would be a platform administrator).
+    let (dir, store, admin_key) = fresh_store().await;
+    let org = store.create_org("tenant").await.unwrap();
+    let permissions = ["users:*", "service_accounts:*", "roles:*", "keys:*", "decisions:read"].map(String::from);
+    let role = store.create_role(&org.id, "admin", &permissions).await.unwrap();
+    let admin = store
+        .create_principal(&org.id, PrincipalKind::User, "tenant-admin", None)
+        .await
+        .unwrap();
+    store.assign_role(&admin.id, &role.id).await.unwrap();
+    let org_admin_key = store
+        .create_key(NewKey {
+            name: "test".into(),
+            kind: KeyKind::Application,
+            org_id: org.id.clone(),
+            principal_id: Some(admin.id.clone()),
+            scopes: None,
+            expires_at_ms: None,
+        })
+        .await
+        .unwrap()
+        .key;
+    let gw = start_in(dir, store, admin_key, &text).await;
+    let url = gw.api_url("/metrics");
+    problem(
+        gw.http.get(&url).send().await.unwrap(),
+        401,
+        "authn.credentials_missing",
+    )
+    .await;
+    let resp = gw.http.get(&url).bearer_auth(&gw.admin_key).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("pinpoint_"));
+    // The organization administrator is refused: metrics span every organization.
+    let resp = gw.http.get(&url).bearer_auth(&org_admin_key).send().await.unwrap();
+    problem(resp, 403, "authz.permission_missing").await;
+
+    // The listener of its own serves them to anyone who reaches it, and nothing else.
+    let resp = gw.http.get(format!("http://{free}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("pinpoint_"));
+    assert_eq!(
+        gw.http
+            .get(format!("http://{free}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let gw = start(&echo_config().replace(
+        "drain_timeout_ms = 5000\n",
+        "drain_timeout_ms = 5000\nmetrics = \"off\"\n",
+    ))
+    .await;
+    problem(
+        gw.http.get(gw.api_url("/metrics")).send().await.unwrap(),
+        404,
+        "api.not_found",
+    )
+    .await;
 }
