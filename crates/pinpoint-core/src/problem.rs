@@ -105,9 +105,10 @@ pub fn grpc_status(http_status: u16) -> u8 {
     }
 }
 
-/// `grpc-message` text: percent-encoded outside printable ASCII (and `%` itself), as the
-/// gRPC HTTP/2 protocol asks.
-pub fn grpc_message(text: &str) -> String {
+/// `text` with every byte outside printable ASCII (and `%` itself) percent-encoded: safe
+/// as a header value and readable back. It is how `grpc-message` is written (the gRPC
+/// HTTP/2 protocol), and how Pinpoint writes other text into headers.
+pub fn visible_ascii(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {

@@ -313,6 +313,18 @@ reasons! {
         hint: "Send an API key or token as `Authorization: Bearer <credential>`, an API key as `X-API-Key`, or the `DD-API-KEY` + `DD-APPLICATION-KEY` pair.",
         description: "The request carried none of the accepted credential headers.",
     },
+    /// The route needs a client certificate and the connection presented none.
+    AuthnClientCertMissing => {
+        code: "authn.client_cert_missing", status: 401, source: Caller, title: "Client certificate required",
+        hint: "Send a client certificate issued by the CA this gateway trusts (connect over TLS with it).",
+        description: "The route sets `client_cert_required` (or `client_cert_allow`) and the TLS connection carried no verified client certificate (the listener's `client_ca` verifies them; with `client_cert_required = false` there, clients may connect without one).",
+    },
+    /// The client certificate is valid, but the route does not accept it.
+    AuthnClientCertNotAllowed => {
+        code: "authn.client_cert_not_allowed", status: 403, source: Policy, title: "Client certificate not accepted here",
+        hint: "Use the client certificate issued for this service, or ask its operators to accept yours.",
+        description: "The client certificate verified, but neither its subject, nor a subjectAltName, nor its SHA-256 fingerprint is in the route's `client_cert_allow`. The trace names the subject presented.",
+    },
     /// The presented key is not known.
     AuthnKeyUnknown => {
         code: "authn.key_unknown", status: 401, source: Caller, title: "Unknown API key",

@@ -239,6 +239,9 @@ pub struct Decision {
     /// started), as the upstream saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The subject of the client certificate the TLS handshake verified (mTLS), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
     pub method: String,
     /// The canonical path, the one routed, decided on and forwarded (before
     /// `strip_prefix`). Path only; the query string is not stored (it may carry secrets).

@@ -16,6 +16,7 @@ pub mod edge;
 pub mod evaluate;
 pub mod headers;
 pub mod listener;
+pub mod otlp;
 pub mod proxy;
 pub mod respond;
 pub mod runtime;
@@ -93,6 +94,8 @@ pub enum GatewayError {
     Store(#[from] pinpoint_store::StoreError),
     #[error("cannot listen for metrics: {0}")]
     MetricsListen(#[source] std::io::Error),
+    #[error("cannot export spans: {0}")]
+    Otlp(String),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -129,6 +132,10 @@ pub async fn run(
     let (proxy_tls, api_tls) = (Arc::new(tls::TlsState::default()), Arc::new(tls::TlsState::default()));
     proxy_tls.update(gateway.config.server.proxy_tls.as_ref())?;
     api_tls.update(gateway.config.server.api_tls.as_ref())?;
+    let otlp = match &gateway.config.server.otlp_traces_endpoint {
+        Some(endpoint) => Some(Arc::new(otlp::Exporter::start(endpoint).map_err(GatewayError::Otlp)?)),
+        None => None,
+    };
     let runtime = Runtime::build(gateway.config, &health, &echo_addr, &services);
     let revision = runtime.config.revision.clone();
     let shared = Arc::new(Shared {
@@ -145,6 +152,7 @@ pub async fn run(
         config_rejected: arc_swap::ArcSwapOption::empty(),
         proxy_tls,
         api_tls,
+        otlp,
     });
 
     let (stop, stopped) = watch::channel(false);
@@ -186,6 +194,10 @@ pub async fn run(
     }
     let _ = stop_echo.send(true);
     let _ = echo.await;
+    if let Some(otlp) = shared.otlp.clone() {
+        // The SDK's shutdown blocks while it sends the last batch.
+        let _ = tokio::task::spawn_blocking(move || otlp.shutdown()).await;
+    }
     // Every connection is closed, so no more decisions arrive; write what is queued.
     writer.finish().await;
     tracing::info!("shutdown complete");

@@ -18,11 +18,42 @@ use crate::telemetry;
 use crate::tls::TlsState;
 
 /// What a request knows of the connection it came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
     /// Whether the connection is TLS (the request came as `https`).
     pub secure: bool,
+    /// The client certificate the handshake verified (mTLS), if any.
+    pub client_cert: Option<Arc<pinpoint_policy::identity::ClientCertificate>>,
+}
+
+/// What a verified client certificate says: subject, subjectAltNames (DNS and URI),
+/// fingerprint. `None` when it does not parse (rustls verified it, so that is unexpected).
+pub fn client_certificate(der: &[u8]) -> Option<pinpoint_policy::identity::ClientCertificate> {
+    use sha2::Digest;
+    use x509_parser::extensions::GeneralName;
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let names = certificate
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(n) | GeneralName::URI(n) => Some((*n).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let sha256 = sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect();
+    Some(pinpoint_policy::identity::ClientCertificate {
+        subject: certificate.subject().to_string(),
+        names,
+        sha256,
+    })
 }
 
 /// How long a plaintext client may stay silent before its first bytes (as long as
@@ -45,7 +76,7 @@ pub async fn serve<M, S, B>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) where
-    M: Fn(Connection) -> S,
+    M: Fn(Connection) -> S + Clone + Send + 'static,
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -74,7 +105,11 @@ pub async fn serve<M, S, B>(
         let builder = builder.clone();
         match tls.current() {
             None => {
-                let service = make(Connection { peer, secure: false });
+                let service = make(Connection {
+                    peer,
+                    secure: false,
+                    client_cert: None,
+                });
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // hyper serves HTTP/2 to whoever opens with its preface; on a plaintext
@@ -100,7 +135,7 @@ pub async fn serve<M, S, B>(
                 });
             }
             Some(config) => {
-                let service = make(Connection { peer, secure: true });
+                let make = make.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -117,6 +152,18 @@ pub async fn serve<M, S, B>(
                             return;
                         }
                     };
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| client_certificate(leaf))
+                        .map(Arc::new);
+                    let service = make(Connection {
+                        peer,
+                        secure: true,
+                        client_cert,
+                    });
                     // hyper picks HTTP/2 by its preface, which an ALPN `h2` client sends.
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)

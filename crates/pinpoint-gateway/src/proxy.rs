@@ -55,10 +55,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.max_head_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
-    let make = |conn: listener::Connection| {
-        let shared = shared.clone();
+    let for_connections = shared.clone();
+    let make = move |conn: listener::Connection| {
+        let shared = for_connections.clone();
         service_fn(move |req| {
-            let shared = shared.clone();
+            let (shared, conn) = (shared.clone(), conn.clone());
             async move { Ok::<_, Infallible>(handle(&shared, req, conn).await) }
         })
     };
@@ -169,6 +170,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                 pinpoint_store::now_ms(),
             );
             ctx.query = parts.uri.query();
+            ctx.client_cert = conn.client_cert.as_deref();
             let mut verdict = runtime.pipeline.run(&mut ctx).await;
             if verdict.denial.is_none() && !ctx.answered && runtime.pipeline.body_wanted(&ctx).is_some() {
                 if let (Some(route), Some(incoming)) = (ctx.route.clone(), unread.take()) {
@@ -248,6 +250,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                 Ok(bytes) => {
                     let fwd = ForwardCtx {
                         peer,
+                        client_cert: conn.client_cert.as_deref(),
                         trace: &trace_context,
                         secure: conn.secure,
                         peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(peer.ip(), trusted_proxies),
@@ -319,34 +322,35 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     let path = path.to_owned();
     let host = canonical.and_then(|c| c.host);
     let caller = recorded_caller(identity.as_ref(), known_caller);
-    telemetry::finish_request(
-        shared.decisions.as_ref(),
-        &route_label,
-        Decision {
-            request_id,
-            client_request_id,
-            at_ms,
-            trace_id: Some(trace_context.trace_id),
-            method: parts.method.to_string(),
-            path,
-            raw_path,
-            host,
-            client_addr: if client_ip == peer.ip() {
-                peer.to_string()
-            } else {
-                format!("{client_ip} (via {peer})")
-            },
-            route: route_name,
-            principal: None,
-            caller,
-            status: status.as_u16(),
-            reason,
-            upstream_target,
-            config_revision: runtime.config.revision.clone(),
-            duration_micros: elapsed.as_micros() as u64,
-            trace,
+    let decision = Decision {
+        request_id,
+        client_request_id,
+        at_ms,
+        trace_id: Some(trace_context.trace_id.clone()),
+        client_cert: conn.client_cert.as_ref().map(|c| c.subject.clone()),
+        method: parts.method.to_string(),
+        path,
+        raw_path,
+        host,
+        client_addr: if client_ip == peer.ip() {
+            peer.to_string()
+        } else {
+            format!("{client_ip} (via {peer})")
         },
-    );
+        route: route_name,
+        principal: None,
+        caller,
+        status: status.as_u16(),
+        reason,
+        upstream_target,
+        config_revision: runtime.config.revision.clone(),
+        duration_micros: elapsed.as_micros() as u64,
+        trace,
+    };
+    if let Some(otlp) = &shared.otlp {
+        otlp.record(&trace_context, &decision);
+    }
+    telemetry::finish_request(shared.decisions.as_ref(), &route_label, decision);
     response
 }
 
@@ -391,6 +395,8 @@ fn deny(
 /// What forwarding needs to know about the request beyond the request itself.
 struct ForwardCtx<'a> {
     peer: SocketAddr,
+    /// The verified client certificate (mTLS), told to the upstream.
+    client_cert: Option<&'a pinpoint_policy::identity::ClientCertificate>,
     /// The request's W3C trace, propagated to the upstream.
     trace: &'a TraceContext,
     /// The client's connection is TLS (`X-Forwarded-Proto: https`).
@@ -659,8 +665,21 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
     );
     respond::set_request_ids(&mut out, fwd.request_id, fwd.client_request_id);
     fwd.trace.propagate(&mut out);
+    if let Some(certificate) = fwd.client_cert {
+        // Clients cannot send these (`x-pinpoint-*` is stripped): the upstream can trust them.
+        let subject = pinpoint_core::problem::visible_ascii(&certificate.subject);
+        if let Ok(value) = HeaderValue::from_str(&subject) {
+            out.insert(X_PINPOINT_CLIENT_CERT_SUBJECT.clone(), value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&certificate.sha256) {
+            out.insert(X_PINPOINT_CLIENT_CERT_SHA256.clone(), value);
+        }
+    }
     out
 }
+
+static X_PINPOINT_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-pinpoint-client-cert-subject");
+static X_PINPOINT_CLIENT_CERT_SHA256: HeaderName = HeaderName::from_static("x-pinpoint-client-cert-sha256");
 
 /// Headers Pinpoint adds to an upstream request: `Content-Length`, `X-Forwarded-For`,
 /// `X-Forwarded-Proto`, `X-Request-Id`, `X-Client-Request-Id`, `X-Pinpoint-Principal`,

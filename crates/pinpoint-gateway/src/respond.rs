@@ -28,7 +28,7 @@ pub fn problem(denial: &Denial, request_id: &str, format: ProblemFormat, reasons
             "grpc-status",
             HeaderValue::from(u16::from(pinpoint_core::problem::grpc_status(denial.reason.status()))),
         );
-        let message = pinpoint_core::problem::grpc_message(&format!("{}: {}", denial.reason.code(), denial.detail));
+        let message = pinpoint_core::problem::visible_ascii(&format!("{}: {}", denial.reason.code(), denial.detail));
         if let Ok(value) = HeaderValue::from_str(&message) {
             headers.insert("grpc-message", value);
         }

@@ -138,6 +138,8 @@ pub struct Shared {
     /// Each listener's TLS, following the config and the certificate files.
     pub proxy_tls: Arc<crate::tls::TlsState>,
     pub api_tls: Arc<crate::tls::TlsState>,
+    /// The OTLP span exporter, when `otlp_traces_endpoint` is set.
+    pub otlp: Option<Arc<crate::otlp::Exporter>>,
 }
 
 /// The proxy's layers, in the order they run. This is the one place the order is defined.
@@ -274,6 +276,8 @@ pub enum LoadError {
     WafEngine { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Tls { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Otlp { path: PathBuf, message: String },
 }
 
 /// Reads and validates a config file.
@@ -311,6 +315,12 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
         for upstream in config.upstreams.values_mut() {
             upstream.tls.resolve_relative_to(dir);
         }
+    }
+    if let Some(endpoint) = &config.server.otlp_traces_endpoint {
+        crate::otlp::Exporter::check(endpoint).map_err(|message| LoadError::Otlp {
+            path: path.to_owned(),
+            message,
+        })?;
     }
     // Certificates that do not load are the config's error, naming the file.
     let tls_error = |e: crate::tls::TlsError| LoadError::Tls {

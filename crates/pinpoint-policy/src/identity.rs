@@ -177,6 +177,31 @@ pub struct Claims {
     pub jti: String,
 }
 
+/// A client certificate the TLS handshake verified against the listener's `client_ca`
+/// (mTLS): an identity source beside keys and tokens, for routes that ask for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The subject's distinguished name as RFC 4514 writes it (`CN=billing,O=acme`).
+    pub subject: String,
+    /// The DNS and URI names of its subjectAltName (`spiffe://acme/billing`).
+    pub names: Vec<String>,
+    /// SHA-256 of the certificate (DER), lower-case hex.
+    pub sha256: String,
+}
+
+impl ClientCertificate {
+    /// Whether the certificate is one `allowed` names: by subject, by a subjectAltName, or
+    /// by `sha256:<fingerprint>`.
+    pub fn is_named_by(&self, allowed: &[String]) -> bool {
+        allowed.iter().any(|a| {
+            *a == self.subject
+                || self.names.iter().any(|n| n == a)
+                || a.strip_prefix("sha256:")
+                    .is_some_and(|f| f.eq_ignore_ascii_case(&self.sha256))
+        })
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenRefusal {

@@ -40,6 +40,8 @@ pub struct RequestCtx<'a> {
     pub headers: &'a HeaderMap,
     /// The TCP peer.
     pub client_addr: SocketAddr,
+    /// The client certificate the TLS handshake verified, if any (set by the host).
+    pub client_cert: Option<&'a crate::identity::ClientCertificate>,
     /// The client's address after trusted-proxy resolution.
     pub client_ip: IpAddr,
     pub request_id: &'a str,
@@ -88,6 +90,7 @@ impl<'a> RequestCtx<'a> {
             host,
             headers,
             client_addr,
+            client_cert: None,
             client_ip,
             request_id,
             at_ms,

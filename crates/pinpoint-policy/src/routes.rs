@@ -51,6 +51,11 @@ pub struct RouteAccess {
     pub prefix: String,
     pub ip_allow: Vec<ipnet::IpNet>,
     pub ip_deny: Vec<ipnet::IpNet>,
+    /// A verified client certificate is required (mTLS).
+    pub client_cert_required: bool,
+    /// When not empty: only these certificates (subject, subjectAltName or
+    /// `sha256:<fingerprint>`).
+    pub client_cert_allow: Vec<String>,
 }
 
 /// What a route's permission map asks of a method.
@@ -147,6 +152,8 @@ impl CompiledRoute {
                 prefix: config.path_prefix.clone(),
                 ip_allow: config.ip_allow.clone(),
                 ip_deny: config.ip_deny.clone(),
+                client_cert_required: config.client_cert_required || !config.client_cert_allow.is_empty(),
+                client_cert_allow: config.client_cert_allow.clone(),
             }),
             case_insensitive: config.case_insensitive,
             allow_path_parameters: config.allow_path_parameters,

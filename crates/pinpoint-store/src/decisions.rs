@@ -282,6 +282,7 @@ mod tests {
             client_request_id: Some(format!("client-{id}")),
             at_ms: now_ms(),
             trace_id: None,
+            client_cert: None,
             method: "POST".into(),
             path: "/admin/x".into(),
             raw_path: Some("/admin//x".into()),

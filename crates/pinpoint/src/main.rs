@@ -151,6 +151,7 @@ enum ConfigCommand {
     Check { file: Option<PathBuf> },
     /// Print the built-in demo config.
     Demo,
+
 }
 
 fn main() -> std::process::ExitCode {
@@ -258,6 +259,7 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", pinpoint_core::config::DEMO_CONFIG);
                 Ok(())
             }
+
             Command::Echo { listen, fixed } => {
                 let listener = TcpListener::bind(listen)
                     .await

@@ -45,6 +45,12 @@ pub struct RouteConfig {
     /// Accept WebSocket upgrades (`Upgrade: websocket`): authorized like any request, then
     /// tunnelled both ways. Refused by default (`route.upgrade_not_allowed`).
     pub websocket: bool,
+    /// Require a client certificate verified by the listener's `client_ca` (mTLS).
+    pub client_cert_required: bool,
+    /// Only these client certificates (implies `client_cert_required`): subjects
+    /// (`CN=billing,O=acme`), subjectAltNames (`spiffe://acme/billing`) or
+    /// `sha256:<fingerprint>`.
+    pub client_cert_allow: Vec<String>,
     /// What to do with method- and URL-override headers.
     pub override_headers: OverrideHeaders,
     /// Largest request body accepted (bytes).
@@ -127,6 +133,10 @@ struct RawRoute {
     allow_path_parameters: bool,
     #[serde(default)]
     websocket: bool,
+    #[serde(default)]
+    client_cert_required: bool,
+    #[serde(default)]
+    client_cert_allow: Vec<String>,
     #[serde(default)]
     override_headers: OverrideHeaders,
     max_body_bytes: Option<Spanned<u64>>,
@@ -323,6 +333,8 @@ fn read_route(
         case_insensitive: r.case_insensitive,
         allow_path_parameters: r.allow_path_parameters,
         websocket: r.websocket,
+        client_cert_required: r.client_cert_required,
+        client_cert_allow: r.client_cert_allow,
         override_headers: r.override_headers,
         max_body_bytes,
         body_timeout_ms,

@@ -47,6 +47,10 @@ pub struct ServerConfig {
     /// A listener of its own for `/metrics` (plain HTTP, nothing else served), for a
     /// scraper on a separate network. Read at start.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to export one span per proxied request, OTLP over HTTP (JSON), e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. Needs a build with the `otlp` feature. Read at
+    /// start.
+    pub otlp_traces_endpoint: Option<String>,
 }
 
 /// `[server] metrics`: who may read `/metrics` on the api listener.
@@ -135,6 +139,7 @@ impl Default for ServerConfig {
             h2c: false,
             metrics: MetricsAccess::Public,
             metrics_listen: None,
+            otlp_traces_endpoint: None,
         }
     }
 }

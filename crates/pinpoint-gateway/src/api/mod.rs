@@ -325,7 +325,7 @@ pub async fn serve_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    let make = |_: crate::listener::Connection| {
+    let make = move |_: crate::listener::Connection| {
         let shared = shared.clone();
         hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let shared = shared.clone();
@@ -556,6 +556,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 client_request_id,
                 at_ms,
                 trace_id: None,
+                client_cert: None,
                 method: method.to_string(),
                 path,
                 raw_path: None,

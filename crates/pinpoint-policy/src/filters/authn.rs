@@ -256,6 +256,28 @@ impl AuthnFilter {
     }
 }
 
+/// A route's client-certificate rule: `Ok(Some(label))` naming the certificate that met
+/// it, `Ok(None)` when the route has none, or the refusal.
+fn check_client_cert(ctx: &RequestCtx<'_>) -> Result<Option<Arc<str>>, Denial> {
+    let Some(access) = ctx.access.as_ref().filter(|a| a.client_cert_required) else {
+        return Ok(None);
+    };
+    let Some(certificate) = ctx.client_cert else {
+        return Err(Denial::new(
+            Reason::AuthnClientCertMissing,
+            "This route needs a client certificate.",
+        ));
+    };
+    if !access.client_cert_allow.is_empty() && !certificate.is_named_by(&access.client_cert_allow) {
+        return Err(Denial::new(
+            Reason::AuthnClientCertNotAllowed,
+            "This route does not accept your client certificate.",
+        )
+        .rule(format!("client-cert {}", certificate.subject)));
+    }
+    Ok(Some(Arc::from(format!("client-cert {}", certificate.subject))))
+}
+
 impl Filter for AuthnFilter {
     fn name(&self) -> &'static str {
         "authn"
@@ -263,8 +285,15 @@ impl Filter for AuthnFilter {
 
     fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
         let requirement = ctx.access.as_ref().map(|a| a.auth).unwrap_or_default();
+        let certificate = match check_client_cert(ctx) {
+            Err(denial) => return Check::Ready(Outcome::Deny(denial)),
+            Ok(certificate) => certificate,
+        };
         if requirement == AuthRequirement::None {
-            return Check::Ready(Outcome::NotApplicable);
+            return Check::Ready(match certificate {
+                Some(subject) => Outcome::Allow { rule_id: Some(subject) },
+                None => Outcome::NotApplicable,
+            });
         }
         let Some(presented) = self.find(ctx.headers) else {
             return Check::Ready(match requirement {

@@ -10,6 +10,8 @@ mod evaluation;
 mod grpc;
 mod identity_api;
 mod lifecycle;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod proxy;
 mod tls;
 mod upstreams;

@@ -297,3 +297,131 @@ async fn a_config_with_an_unreadable_certificate_is_an_error_naming_the_file() {
         "{error}"
     );
 }
+
+impl Pki {
+    /// A client certificate for `cn` with `uri` as subjectAltName; returns PEM (chain, key).
+    fn client_identity(&self, cn: &str, uri: &str) -> reqwest::Identity {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes()).unwrap()
+    }
+
+    fn client_with(&self, identity: Option<reqwest::Identity>, addr: std::net::SocketAddr) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem().as_bytes()).unwrap())
+            .resolve("alpha.test", addr);
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder.build().unwrap()
+    }
+}
+
+fn mtls_config(pki: &Pki, required_at_handshake: bool) -> String {
+    let tls = tls_section(pki, &["alpha"]);
+    let ca = pki.path("ca.pem").display().to_string();
+    config_with(
+        "\"builtin:echo\"",
+        "",
+        r#"
+[[routes]]
+id = "secure"
+path_prefix = "/secure"
+upstream = "main"
+client_cert_required = true
+
+[[routes]]
+id = "billing"
+path_prefix = "/billing"
+upstream = "main"
+client_cert_allow = ["spiffe://acme/billing"]
+"#,
+    )
+    .replace(
+        "drain_timeout_ms = 5000\n",
+        &format!(
+            "drain_timeout_ms = 5000\nproxy_tls = {{ {tls}, client_ca = {ca:?}, client_cert_required = {required_at_handshake} }}\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn client_certificates_identify_callers_on_routes_that_ask_for_them() {
+    let pki = Pki::new();
+    pki.issue("alpha", &["alpha.test"]);
+    std::fs::write(pki.path("ca.pem"), pki.ca_pem()).unwrap();
+    let gw = start(&mtls_config(&pki, false)).await;
+    let url = |path: &str| format!("https://alpha.test:{}{path}", gw.proxy.port());
+    let anonymous = pki.client_with(None, gw.proxy);
+    let billing = pki.client_with(Some(pki.client_identity("billing", "spiffe://acme/billing")), gw.proxy);
+    let other = pki.client_with(Some(pki.client_identity("other", "spiffe://acme/other")), gw.proxy);
+
+    // Routes that do not ask serve clients without a certificate.
+    assert_eq!(anonymous.get(url("/orders/1")).send().await.unwrap().status(), 200);
+    problem(
+        anonymous.get(url("/secure/x")).send().await.unwrap(),
+        401,
+        "authn.client_cert_missing",
+    )
+    .await;
+
+    let resp = billing
+        .get(url("/secure/x"))
+        .header("x-pinpoint-client-cert-subject", "CN=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        echoed["headers"]["x-pinpoint-client-cert-subject"], "CN=billing",
+        "{echoed}"
+    );
+    assert_eq!(
+        echoed["headers"]["x-pinpoint-client-cert-sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    let d = gw.decision(&request_id).await;
+    assert_eq!(d.client_cert.as_deref(), Some("CN=billing"));
+    let authn = d.trace.iter().find(|t| t.layer == "authn").unwrap();
+    assert_eq!(authn.rule_id.as_deref(), Some("client-cert CN=billing"), "{d:?}");
+
+    // An allow list names certificates by subjectAltName.
+    assert_eq!(billing.get(url("/billing/x")).send().await.unwrap().status(), 200);
+    problem(
+        other.get(url("/billing/x")).send().await.unwrap(),
+        403,
+        "authn.client_cert_not_allowed",
+    )
+    .await;
+    // A forged header without a certificate is no certificate.
+    problem(
+        anonymous
+            .get(url("/secure/x"))
+            .header("x-pinpoint-client-cert-subject", "CN=billing")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "authn.client_cert_missing",
+    )
+    .await;
+
+    // Required at the handshake: no certificate, no connection.
+    let gw = start(&mtls_config(&pki, true)).await;
+    let anonymous = pki.client_with(None, gw.proxy);
+    let url = |path: &str| format!("https://alpha.test:{}{path}", gw.proxy.port());
+    assert!(anonymous.get(url("/orders/1")).send().await.is_err());
+    let billing = pki.client_with(Some(pki.client_identity("billing", "spiffe://acme/billing")), gw.proxy);
+    assert_eq!(billing.get(url("/orders/1")).send().await.unwrap().status(), 200);
+}
