@@ -45,8 +45,8 @@ impl Pki {
         self.ca.pem()
     }
 
-    /// A client that trusts only this CA, resolving `names` to `addr`.
-    fn client(&self, names: &[&str], addr: std::net::SocketAddr) -> reqwest::Client {
+    /// A client builder that trusts only this CA, resolving `names` to `addr`.
+    fn builder(&self, names: &[&str], addr: std::net::SocketAddr) -> reqwest::ClientBuilder {
         let mut builder = reqwest::Client::builder()
             .no_proxy()
             .use_rustls_tls()
@@ -56,7 +56,17 @@ impl Pki {
         for name in names {
             builder = builder.resolve(name, addr);
         }
-        builder.build().unwrap()
+        builder
+    }
+
+    /// A client that trusts only this CA, resolving `names` to `addr`.
+    fn client(&self, names: &[&str], addr: std::net::SocketAddr) -> reqwest::Client {
+        self.builder(names, addr).build().unwrap()
+    }
+
+    /// The same, offering HTTP/1.1 only.
+    fn client_http1(&self, names: &[&str], addr: std::net::SocketAddr) -> reqwest::Client {
+        self.builder(names, addr).http1_only().build().unwrap()
     }
 }
 
@@ -120,15 +130,7 @@ async fn sni_picks_the_certificate_and_http2_is_negotiated() {
     }
 
     // HTTP/1.1 over TLS too, when that is all the client offers.
-    let h1 = reqwest::Client::builder()
-        .no_proxy()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
-        .http1_only()
-        .resolve("alpha.test", gw.proxy)
-        .build()
-        .unwrap();
+    let h1 = pki.client_http1(&["alpha.test"], gw.proxy);
     let resp = h1
         .get(format!("https://alpha.test:{port}/orders/1"))
         .send()
@@ -150,15 +152,7 @@ async fn http2_refusals_carry_the_same_reasons_and_records_as_http1() {
     let gw = start(&tls_config(&pki, &["alpha"], "")).await;
     let port = gw.proxy.port();
     let h2 = pki.client(&["alpha.test"], gw.proxy);
-    let h1 = reqwest::Client::builder()
-        .no_proxy()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
-        .http1_only()
-        .resolve("alpha.test", gw.proxy)
-        .build()
-        .unwrap();
+    let h1 = pki.client_http1(&["alpha.test"], gw.proxy);
     let url = |path: &str| format!("https://alpha.test:{port}{path}");
     for (method, path, status, reason) in [
         ("GET", "/nowhere", 404, "route.not_found"),
@@ -244,19 +238,8 @@ async fn a_certificate_replaced_on_disk_serves_the_next_connection() {
 
     // A broken file is refused; the certificate serving keeps serving.
     std::fs::write(pki.path("alpha.pem"), "not a certificate").unwrap();
-    let metrics = || async {
-        gw.http
-            .get(gw.api_url("/metrics"))
-            .bearer_auth(&gw.admin_key)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     poll_until("the broken certificate is rejected", || async {
-        metrics().await.lines().any(|l| {
+        gw.metrics().await.lines().any(|l| {
             l.starts_with("pinpoint_tls_reloads_total") && l.contains("result=\"rejected\"") && l.contains("proxy")
         })
     })
@@ -310,16 +293,13 @@ impl Pki {
     }
 
     fn client_with(&self, identity: Option<reqwest::Identity>, addr: std::net::SocketAddr) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem().as_bytes()).unwrap())
-            .resolve("alpha.test", addr);
-        if let Some(identity) = identity {
-            builder = builder.identity(identity);
+        let builder = self.builder(&["alpha.test"], addr);
+        match identity {
+            Some(identity) => builder.identity(identity),
+            None => builder,
         }
-        builder.build().unwrap()
+        .build()
+        .unwrap()
     }
 }
 

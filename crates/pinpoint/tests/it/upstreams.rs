@@ -119,15 +119,7 @@ async fn a_killed_target_is_taken_out_and_brought_back_without_a_failed_request(
         seen.insert(served_by(&gw, "/orders/1").await.1);
     }
     assert!(seen.contains("a"), "{seen:?}");
-    let metrics = gw
-        .http
-        .get(gw.api_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for to in ["down", "up"] {
         assert!(
             metrics

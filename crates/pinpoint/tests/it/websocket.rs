@@ -96,14 +96,8 @@ async fn a_websocket_route_tunnels_frames_both_ways() {
     );
     // Closed tunnels are counted per route.
     poll_until("the closed tunnel is counted", || async {
-        gw.http
-            .get(gw.api_url("/metrics"))
-            .send()
+        gw.metrics()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
             .lines()
             .any(|l| l.starts_with("pinpoint_websockets_closed_total") && l.contains("route=\"live\""))
     })
