@@ -204,6 +204,8 @@ pub enum CredentialKind {
     OrgKey,
     /// A bearer token Pinpoint signed.
     Token,
+    /// A client certificate (mTLS) mapped to a principal by `[[authn.client_certs]]`.
+    ClientCert,
 }
 
 /// Who made a request, as fields: what tools filter and join on (the decision's

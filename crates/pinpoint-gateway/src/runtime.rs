@@ -182,7 +182,8 @@ fn push_access_layers(pipeline: &mut Pipeline, config: &Config, world: &World, a
             world.identities.clone(),
             config.jwt.clone(),
             config.authn.sources.clone(),
-        ),
+        )
+        .with_client_certs(config.authn.client_certs.clone()),
         access_mode(config.authn.mode),
     );
     pipeline.push(

@@ -218,6 +218,8 @@ pub enum Credential {
     Key(Arc<KeyEntry>),
     /// A JWT, by `jti`.
     Token(String),
+    /// A verified client certificate, by subject.
+    ClientCert(Arc<str>),
 }
 
 /// Whom a key belongs to, as a decision records it: recorded for a refused key whose
@@ -306,6 +308,7 @@ impl Identity {
         let (credential, key_id, token_id) = match &self.credential {
             Credential::Key(key) => (key_kind(key), Some(key.id.clone()), None),
             Credential::Token(jti) => (CredentialKind::Token, None, Some(Arc::<str>::from(jti.as_str()))),
+            Credential::ClientCert(_) => (CredentialKind::ClientCert, None, None),
         };
         CallerRecord {
             principal_id: self.principal.as_ref().map(|p| p.id.clone()),
@@ -321,6 +324,7 @@ impl Identity {
         match &self.credential {
             Credential::Key(key) => key.trace_label.clone(),
             Credential::Token(jti) => Arc::<str>::from(format!("token {jti}")),
+            Credential::ClientCert(subject) => Arc::<str>::from(format!("client-cert {subject}")),
         }
     }
 

@@ -151,7 +151,8 @@ enum ConfigCommand {
     Check { file: Option<PathBuf> },
     /// Print the built-in demo config.
     Demo,
-
+    /// Print the config reference (docs/config.md).
+    Reference,
 }
 
 fn main() -> std::process::ExitCode {
@@ -259,7 +260,12 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", pinpoint_core::config::DEMO_CONFIG);
                 Ok(())
             }
-
+            Command::Config {
+                command: ConfigCommand::Reference,
+            } => {
+                print!("{}", pinpoint_core::config::reference::render_markdown());
+                Ok(())
+            }
             Command::Echo { listen, fixed } => {
                 let listener = TcpListener::bind(listen)
                     .await

@@ -24,6 +24,22 @@ pub enum CredentialSource {
 pub struct AuthnConfig {
     pub mode: Mode,
     pub sources: Vec<CredentialSource>,
+    /// Client certificates (mTLS) that identify a principal, as a key would: on a route
+    /// that needs authentication, a request with no credential header is authenticated by
+    /// its verified certificate when one of these names it.
+    pub client_certs: Vec<ClientCertIdentity>,
+}
+
+/// `[[authn.client_certs]]`: a client certificate that acts as a principal.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertIdentity {
+    /// The certificate: its subject (`CN=billing,O=acme`), a subjectAltName
+    /// (`spiffe://acme/billing`) or `sha256:<fingerprint>`.
+    pub certificate: String,
+    /// The principal (user or service account id) it authenticates as; its roles, its
+    /// organization and its standing apply as for any of its keys.
+    pub principal: String,
 }
 
 impl Default for AuthnConfig {
@@ -35,6 +51,7 @@ impl Default for AuthnConfig {
                 CredentialSource::XApiKey,
                 CredentialSource::DdKeys,
             ],
+            client_certs: Vec::new(),
         }
     }
 }

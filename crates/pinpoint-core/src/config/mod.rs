@@ -22,6 +22,7 @@ mod names;
 mod net;
 mod policy;
 mod rate;
+pub mod reference;
 mod routes;
 mod server;
 mod upstreams;
@@ -31,6 +32,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+pub use authn::ClientCertIdentity;
 pub use authn::{AuthnConfig, CredentialSource};
 pub use authz::{AuthzConfig, DenyRule};
 pub use cloudauth::CloudAuthConfig;

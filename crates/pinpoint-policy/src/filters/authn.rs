@@ -8,10 +8,12 @@
 
 use std::sync::Arc;
 
-use pinpoint_core::config::{AuthRequirement, CredentialSource, JwtConfig};
+use pinpoint_core::config::{AuthRequirement, ClientCertIdentity, CredentialSource, JwtConfig};
 use pinpoint_core::{Denial, Outcome, Reason};
 
-use crate::identity::{key_trace_label, Credential, Identity, KeyEntry, KeyRefusal, OrgStanding, TokenRefusal};
+use crate::identity::{
+    key_trace_label, ClientCertificate, Credential, Identity, KeyEntry, KeyRefusal, OrgStanding, TokenRefusal,
+};
 use crate::pipeline::{Check, Filter, RequestCtx};
 use crate::world::Identities;
 
@@ -23,6 +25,7 @@ pub struct AuthnFilter {
     identities: Arc<dyn Identities>,
     jwt: JwtConfig,
     sources: Vec<CredentialSource>,
+    client_certs: Vec<ClientCertIdentity>,
 }
 
 /// A refused credential, and whom it belongs to when that is known.
@@ -55,7 +58,39 @@ impl AuthnFilter {
             identities,
             jwt,
             sources,
+            client_certs: Vec::new(),
         }
+    }
+
+    /// Client certificates that authenticate as principals (`[[authn.client_certs]]`).
+    pub fn with_client_certs(mut self, client_certs: Vec<ClientCertIdentity>) -> Self {
+        self.client_certs = client_certs;
+        self
+    }
+
+    /// The identity a verified client certificate stands for, when a mapping names it.
+    fn certificate_identity(&self, certificate: &ClientCertificate) -> Option<Result<Identity, Denial>> {
+        let mapping = self
+            .client_certs
+            .iter()
+            .find(|m| certificate.is_named_by(std::slice::from_ref(&m.certificate)))?;
+        let Some(principal) = self.identities.principal(&mapping.principal) else {
+            return Some(Err(Denial::new(
+                Reason::AuthnClientCertNotAllowed,
+                "This client certificate identifies nobody here.",
+            )
+            .rule(format!("client-cert {}", certificate.subject))
+            .note(format!(
+                "[[authn.client_certs]] names principal {}, which does not exist",
+                mapping.principal
+            ))));
+        };
+        Some(Ok(Identity {
+            org: principal.org.clone(),
+            principal: Some(principal),
+            credential: Credential::ClientCert(Arc::from(certificate.subject.as_str())),
+            scopes: None,
+        }))
     }
 
     fn find<'h>(&self, headers: &'h http::HeaderMap) -> Option<Presented<'h>> {
@@ -296,6 +331,25 @@ impl Filter for AuthnFilter {
             });
         }
         let Some(presented) = self.find(ctx.headers) else {
+            // No credential header: a client certificate may stand for a principal.
+            let certificate = ctx.client_cert;
+            if let Some(found) = certificate.and_then(|c| self.certificate_identity(c)) {
+                let outcome = match found {
+                    Err(denial) => Outcome::Deny(denial),
+                    Ok(identity) => match self.check_standing(&identity) {
+                        Ok(()) => {
+                            let rule_id = Some(identity.credential_label());
+                            ctx.identity = Some(identity);
+                            Outcome::Allow { rule_id }
+                        }
+                        Err(denial) => {
+                            ctx.known_caller = Some(identity.caller_record());
+                            Outcome::Deny(denial)
+                        }
+                    },
+                };
+                return Check::Ready(outcome);
+            }
             return Check::Ready(match requirement {
                 AuthRequirement::Required => Outcome::Deny(Denial::new(
                     Reason::AuthnCredentialsMissing,

@@ -74,7 +74,9 @@ fn counted_as<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(&'static str
         LimitKey::Key => identity.map(|i| match &i.credential {
             Credential::Key(key) => ("key", KeyPart::Str(key.id())),
             // A token counts against its principal (or, without one, its organization).
-            Credential::Token(_) => principal(i).unwrap_or(("org", KeyPart::Str(i.org_id()))),
+            Credential::Token(_) | Credential::ClientCert(_) => {
+                principal(i).unwrap_or(("org", KeyPart::Str(i.org_id())))
+            }
         }),
         LimitKey::Principal => identity.and_then(principal),
         LimitKey::Org => identity.map(|i| ("org", KeyPart::Str(i.org_id()))),

@@ -405,3 +405,63 @@ async fn client_certificates_identify_callers_on_routes_that_ask_for_them() {
     let billing = pki.client_with(Some(pki.client_identity("billing", "spiffe://acme/billing")), gw.proxy);
     assert_eq!(billing.get(url("/orders/1")).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn a_mapped_client_certificate_authenticates_as_its_principal() {
+    use pinpoint_core::identity::PrincipalKind;
+    let pki = Pki::new();
+    pki.issue("alpha", &["alpha.test"]);
+    std::fs::write(pki.path("ca.pem"), pki.ca_pem()).unwrap();
+    let (dir, store, admin_key) = fresh_store().await;
+    let org = store.create_org("acme").await.unwrap();
+    let reader = store
+        .create_role(&org.id, "reader", &[String::from("orders:read")])
+        .await
+        .unwrap();
+    let billing = store
+        .create_principal(&org.id, PrincipalKind::ServiceAccount, "billing", None)
+        .await
+        .unwrap();
+    store.assign_role(&billing.id, &reader.id).await.unwrap();
+    let text = mtls_config(&pki, false).replace(
+        "[[policy.rules]]",
+        &format!(
+            "[[routes]]\nid = \"private\"\npath_prefix = \"/private\"\nupstream = \"main\"\nauth = \"required\"\n\
+             permissions = {{ GET = \"orders:read\", POST = \"orders:write\" }}\nmethods = [\"GET\", \"POST\"]\n\n\
+             [[authn.client_certs]]\ncertificate = \"spiffe://acme/billing\"\nprincipal = \"{}\"\n\n[[policy.rules]]",
+            billing.id
+        ),
+    );
+    let gw = start_in(dir, store, admin_key, &text).await;
+    let url = |path: &str| format!("https://alpha.test:{}{path}", gw.proxy.port());
+    let as_billing = pki.client_with(Some(pki.client_identity("billing", "spiffe://acme/billing")), gw.proxy);
+    let unmapped = pki.client_with(Some(pki.client_identity("other", "spiffe://acme/other")), gw.proxy);
+
+    // The certificate is the credential: billing's roles apply, in billing's organization.
+    let resp = as_billing.get(url("/private/1")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        echoed["headers"]["x-pinpoint-principal"],
+        billing.id.as_str(),
+        "{echoed}"
+    );
+    let d = gw.decision(&request_id).await;
+    let caller = d.caller.clone().expect("a caller");
+    assert_eq!(caller.principal_id.as_deref(), Some(billing.id.as_str()));
+    assert_eq!(caller.credential, pinpoint_core::CredentialKind::ClientCert);
+    problem(
+        as_billing.post(url("/private/1")).send().await.unwrap(),
+        403,
+        "authz.permission_missing",
+    )
+    .await;
+    // A certificate no mapping names is no credential.
+    problem(
+        unmapped.get(url("/private/1")).send().await.unwrap(),
+        401,
+        "authn.credentials_missing",
+    )
+    .await;
+}
