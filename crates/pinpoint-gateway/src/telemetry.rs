@@ -15,7 +15,7 @@ pub const CONFIG_RELOADS: &str = "pinpoint_config_reloads_total";
 pub const CONNECTION_ERRORS: &str = "pinpoint_connection_errors_total";
 /// Upstream targets' changes of state, by upstream, target and new state.
 pub const TARGET_TRANSITIONS: &str = "pinpoint_upstream_target_transitions_total";
-/// Whether each actively checked target passes (1) or not (0).
+/// Whether each upstream target is available (1) or not (0), as of the scrape.
 pub const TARGET_UP: &str = "pinpoint_upstream_target_up";
 /// WebSocket tunnels that closed, per route.
 pub const WEBSOCKETS_CLOSED: &str = "pinpoint_websockets_closed_total";
@@ -124,7 +124,7 @@ pub fn count_target_transition(upstream: &str, target: &str, to: &'static str) {
     .increment(1);
 }
 
-/// Whether a target passes its active checks (1) or not (0).
+/// Whether a target is available (1) or ejected or failing its checks (0).
 pub fn set_target_up(upstream: &str, target: &str, up: bool) {
     metrics::gauge!(TARGET_UP, "upstream" => upstream.to_owned(), "target" => target.to_owned()).set(if up {
         1.0

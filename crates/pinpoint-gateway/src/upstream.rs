@@ -292,6 +292,14 @@ impl Upstream {
         self.targets.len()
     }
 
+    /// Sets `pinpoint_upstream_target_up` for each target from its state now (1: up;
+    /// 0: ejected or failing its checks). Called when metrics are read.
+    pub fn report_to_metrics(&self) {
+        for t in &self.targets {
+            telemetry::set_target_up(&self.name, &t.label, t.state() == "up");
+        }
+    }
+
     /// Each target with its state, for `/healthz`.
     pub fn report(&self) -> Vec<serde_json::Value> {
         self.targets
@@ -455,7 +463,6 @@ impl Upstream {
                 }
             }
         }
-        telemetry::set_target_up(&self.name, &target.label, target.passing.load(Ordering::Relaxed));
     }
 }
 

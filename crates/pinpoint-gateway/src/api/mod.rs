@@ -331,7 +331,7 @@ pub async fn serve_metrics(
             let shared = shared.clone();
             async move {
                 let response = if req.uri().path() == "/metrics" {
-                    metrics_response(&shared.prometheus).into_response()
+                    metrics_response(&shared).into_response()
                 } else {
                     StatusCode::NOT_FOUND.into_response()
                 };
@@ -616,17 +616,20 @@ async fn metrics(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
             None => return deny(Reason::AuthnCredentialsMissing, "Reading metrics needs an API key.").into_response(),
         },
     }
-    metrics_response(&shared.prometheus).into_response()
+    metrics_response(&shared).into_response()
 }
 
-/// The Prometheus text exposition of every metric.
-pub fn metrics_response(prometheus: &metrics_exporter_prometheus::PrometheusHandle) -> impl IntoResponse {
+/// The Prometheus text exposition of every metric, with the targets' states as of now.
+pub fn metrics_response(shared: &Shared) -> impl IntoResponse {
+    for pool in shared.runtime.load().upstreams.values() {
+        pool.report_to_metrics();
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus.render(),
+        shared.prometheus.render(),
     )
 }
 

@@ -109,6 +109,18 @@ async fn a_killed_target_is_taken_out_and_brought_back_without_a_failed_request(
         assert_eq!(served_by(&gw, "/orders/1").await, (200, String::from("b")));
     }
     assert_eq!(failed, 0, "no caller sees the dead target");
+    let target_up = |metrics: &str, target: SocketAddr| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("pinpoint_upstream_target_up") && l.contains(&format!("target=\"{target}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        (target_up(&metrics, a).as_deref(), target_up(&metrics, b).as_deref()),
+        (Some("0"), Some("1"))
+    );
 
     // Revived on the same port: checks bring it back.
     let listener = TcpListener::bind(a).await.unwrap();
