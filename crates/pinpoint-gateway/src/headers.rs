@@ -118,7 +118,15 @@ const IDENTITY_ASSERTIONS: [&str; 48] = [
 ];
 
 /// Client-certificate header families a TLS-terminating proxy sets, matched by prefix.
-const CLIENT_CERT_PREFIXES: [&str; 4] = ["x-ssl-client-", "ssl-client-", "x-client-cert", "x-arr-clientcert"];
+const CLIENT_CERT_PREFIXES: [&str; 6] = [
+    "x-ssl-client-",
+    "ssl-client-",
+    "x-client-cert",
+    "x-arr-clientcert",
+    // RFC 9440 (`Client-Cert`, `Client-Cert-Chain`) and Envoy's `X-Forwarded-Client-Cert`.
+    "client-cert",
+    "x-forwarded-client-cert",
+];
 
 /// Headers Pinpoint sets on the upstream request itself (besides `X-Pinpoint-*`).
 const SET_BY_GATEWAY: [&str; 4] = [

@@ -33,27 +33,74 @@ pub fn client_certificate(der: &[u8]) -> Option<pinpoint_policy::identity::Clien
     use sha2::Digest;
     use x509_parser::extensions::GeneralName;
     let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
-    let names = certificate
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::DNSName(n) | GeneralName::URI(n) => Some((*n).to_owned()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let (mut dns_names, mut uris) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = certificate.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => dns_names.push((*n).to_owned()),
+                GeneralName::URI(n) => uris.push((*n).to_owned()),
+                _ => {}
+            }
+        }
+    }
     let sha256 = sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect();
     Some(pinpoint_policy::identity::ClientCertificate {
-        subject: certificate.subject().to_string(),
-        names,
+        subject: rfc4514(certificate.subject()),
+        dns_names,
+        uris,
         sha256,
     })
+}
+
+/// A distinguished name as RFC 4514 writes it: RDNs last first, joined by `,`; the
+/// attributes of one RDN joined by `+`; known types by their short names, others by OID;
+/// values with `"+,;<>\` and a leading `#` or space or a trailing space escaped, and
+/// values that are not strings as `#` and their bytes in hex.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    const SHORT_NAMES: [&str; 9] = ["CN", "L", "ST", "O", "OU", "C", "STREET", "DC", "UID"];
+    let rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attribute| {
+                    let oid = attribute.attr_type();
+                    let kind = x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                        .ok()
+                        .filter(|short| SHORT_NAMES.contains(short))
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| oid.to_id_string());
+                    let value = match attribute.as_str() {
+                        Ok(text) => escape_dn_value(text),
+                        Err(_) => {
+                            let bytes = attribute.attr_value().as_bytes();
+                            format!("#{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                        }
+                    };
+                    format!("{kind}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// How long a plaintext client may stay silent before its first bytes (as long as
@@ -190,9 +237,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether the client's first bytes are the HTTP/2 preface, looked at without reading
 /// them. An HTTP/1 request differs from its first byte on; `PRI ` is taken as the preface.
+/// It waits as long as the bytes so far could still be the preface (the caller bounds the
+/// wait): giving up early would leave the decision to hyper, which serves the preface.
 async fn opens_with_h2_preface(stream: &tokio::net::TcpStream) -> bool {
     let mut first = [0u8; 4];
-    for _ in 0..200 {
+    loop {
         let seen = match stream.peek(&mut first).await {
             Ok(0) | Err(_) => return false,
             Ok(n) => n,
@@ -206,7 +255,6 @@ async fn opens_with_h2_preface(stream: &tokio::net::TcpStream) -> bool {
         // A prefix of the preface so far: wait for the rest of the 4 bytes.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    false
 }
 
 fn connection_ended(name: &'static str, e: &(dyn std::error::Error + Send + Sync + 'static)) {

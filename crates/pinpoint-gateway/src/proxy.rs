@@ -115,6 +115,19 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
             parts.headers.insert(http::header::HOST, authority);
         }
     }
+    // HTTP/2 may split `Cookie` into several fields (RFC 9113 §8.2.3); one field, joined
+    // with "; ", is what HTTP/1.1 upstreams and the credential scrub read.
+    if parts.headers.get_all(http::header::COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            parts.headers.insert(http::header::COOKIE, value);
+        }
+    }
     // The body is read once: early, when a filter's body phase asks for it (only then is
     // it inspected), else after the header phase allowed the request.
     let mut unread = Some(body);
@@ -522,6 +535,12 @@ async fn forward(
                 let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 let tunnel = match (switching, client_upgrade) {
                     (true, Some(client)) => Some((client, hyper::upgrade::on(&mut response))),
+                    // Switching protocols on a request that asked for no upgrade: nothing
+                    // the client can be given.
+                    (true, None) => {
+                        let note = format!("{} answered 101 to a request that asked for no upgrade", target.label);
+                        return fail(Reason::UpstreamBadResponse, note, Some(target.label.clone()), trace);
+                    }
                     _ => None,
                 };
                 headers::clean_upstream_response(response.headers_mut());

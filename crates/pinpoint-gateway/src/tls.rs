@@ -23,6 +23,8 @@ pub enum TlsError {
     File { path: PathBuf, message: String },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("tls.server_name `{0}` is not a DNS name or an IP address")]
+    Name(String),
 }
 
 fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {

@@ -170,6 +170,10 @@ fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
 /// leaves no trusted root, so every handshake fails (502) rather than trusting anything
 /// else; `load_file` refuses such a config before it gets here.
 pub fn client_tls(tls: &UpstreamTls) -> Result<rustls::ClientConfig, crate::tls::TlsError> {
+    if let Some(name) = &tls.server_name {
+        // Ignoring a name that is not one would verify the target's host instead.
+        rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|_| crate::tls::TlsError::Name(name.clone()))?;
+    }
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca {
         Some(ca) => {

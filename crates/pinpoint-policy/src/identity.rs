@@ -181,24 +181,43 @@ pub struct Claims {
 /// (mTLS): an identity source beside keys and tokens, for routes that ask for one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCertificate {
-    /// The subject's distinguished name as RFC 4514 writes it (`CN=billing,O=acme`).
+    /// The subject's distinguished name as RFC 4514 writes it (`CN=billing,O=acme`: the
+    /// last RDN first, special characters escaped), so a name cannot pose as several.
     pub subject: String,
-    /// The DNS and URI names of its subjectAltName (`spiffe://acme/billing`).
-    pub names: Vec<String>,
+    /// The DNS names of its subjectAltName.
+    pub dns_names: Vec<String>,
+    /// The URIs of its subjectAltName (`spiffe://acme/billing`).
+    pub uris: Vec<String>,
     /// SHA-256 of the certificate (DER), lower-case hex.
     pub sha256: String,
 }
 
 impl ClientCertificate {
-    /// Whether the certificate is one `allowed` names: by subject, by a subjectAltName, or
-    /// by `sha256:<fingerprint>`.
+    /// Whether the certificate is one `allowed` names. Each entry is compared with one
+    /// kind of name only, so a name of one kind cannot pass for another: `sha256:<hex>`
+    /// (the fingerprint), `subject:<DN>`, `dns:<name>`, `uri:<uri>`; without a prefix, an
+    /// entry with `://` is a URI, one with `=` a subject, anything else a DNS name.
     pub fn is_named_by(&self, allowed: &[String]) -> bool {
-        allowed.iter().any(|a| {
-            *a == self.subject
-                || self.names.iter().any(|n| n == a)
-                || a.strip_prefix("sha256:")
-                    .is_some_and(|f| f.eq_ignore_ascii_case(&self.sha256))
-        })
+        allowed.iter().any(|entry| self.matches(entry))
+    }
+
+    fn matches(&self, entry: &str) -> bool {
+        let has = |names: &[String], name: &str| names.iter().any(|n| n == name);
+        if let Some(fingerprint) = entry.strip_prefix("sha256:") {
+            fingerprint.eq_ignore_ascii_case(&self.sha256)
+        } else if let Some(subject) = entry.strip_prefix("subject:") {
+            subject == self.subject
+        } else if let Some(dns) = entry.strip_prefix("dns:") {
+            has(&self.dns_names, dns)
+        } else if let Some(uri) = entry.strip_prefix("uri:") {
+            has(&self.uris, uri)
+        } else if entry.contains("://") {
+            has(&self.uris, entry)
+        } else if entry.contains('=') {
+            entry == self.subject
+        } else {
+            has(&self.dns_names, entry)
+        }
     }
 }
 

@@ -388,6 +388,18 @@ fn declared(
         // No route matched: the fallback answers 404 itself.
         return Ok(None);
     };
+    if metrics_need_key && matched == "/healthz" {
+        // Credentials read when sent: a platform administrator sees the details.
+        static OPTIONAL: std::sync::OnceLock<Arc<RouteAccess>> = std::sync::OnceLock::new();
+        let access = OPTIONAL.get_or_init(|| {
+            Arc::new(RouteAccess {
+                auth: AuthRequirement::Optional,
+                prefix: String::from("/"),
+                ..RouteAccess::default()
+            })
+        });
+        return Ok(Some(access.clone()));
+    }
     if metrics_need_key && matched == "/metrics" {
         // Authenticated like any endpoint; the handler admits platform administrators only.
         static AUTHENTICATED: std::sync::OnceLock<Arc<RouteAccess>> = std::sync::OnceLock::new();
@@ -577,8 +589,19 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     response
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Caller>>) -> Json<serde_json::Value> {
     let runtime = shared.runtime.load();
+    // With `metrics = "key"` what operators read (targets, a refused config's text) is for
+    // platform administrators, like the metrics; everyone else learns only whether it
+    // serves, and which revision.
+    let details = runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Public
+        || caller.is_some_and(|Extension(c)| c.0.is_platform_admin());
+    if !details {
+        return Json(serde_json::json!({
+            "status": if shared.config_rejected.load().is_some() { "degraded" } else { "ok" },
+            "config_revision": runtime.config.revision,
+        }));
+    }
     // A file on disk that was refused: still serving the last good revision, but the
     // operator's change has not taken effect.
     let rejected = shared.config_rejected.load_full();

@@ -172,16 +172,22 @@ impl Filter for CsrfFilter {
 
     fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
         let guard = ctx.route.as_ref().map_or(CsrfGuard::Off, |r| r.csrf);
-        let safe = matches!(
-            *ctx.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-        );
+        // A WebSocket handshake is a GET that opens a two-way channel, and browsers apply no
+        // CORS to it: it is checked like a state-changing request, by its `Origin` (a page
+        // cannot add a token header to it).
+        let websocket = super::route::is_websocket_upgrade(ctx.method, ctx.headers);
+        let safe = !websocket
+            && matches!(
+                *ctx.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
         let outcome = match guard {
             _ if safe => Outcome::NotApplicable,
             CsrfGuard::Off => Outcome::NotApplicable,
             // Auto: what a browser could send on its own, and Pinpoint did not authenticate
             // with a credential a page must set itself (a key or a token it verified).
             CsrfGuard::Auto if ctx.identity.is_some() || !ambient_credential(ctx.headers) => Outcome::NotApplicable,
+            CsrfGuard::Token if websocket => self.origin_check(ctx),
             CsrfGuard::Token => self.token_check(ctx.headers),
             CsrfGuard::Auto | CsrfGuard::Origin => self.origin_check(ctx),
         };

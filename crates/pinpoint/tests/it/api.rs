@@ -242,6 +242,12 @@ async fn metrics_can_require_a_platform_key_or_move_to_their_own_listener() {
     .await;
     let resp = gw.http.get(&url).bearer_auth(&gw.admin_key).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    // /healthz tells everyone whether it serves; its details are for the same admins.
+    let public = gw.api_json("/healthz", None).await;
+    assert_eq!(public.as_object().unwrap().len(), 2, "{public}");
+    assert!(public.get("upstreams").is_none());
+    let detailed = gw.api_json("/healthz", Some(&gw.admin_key)).await;
+    assert!(detailed.get("upstreams").is_some(), "{detailed}");
     assert!(resp.text().await.unwrap().contains("pinpoint_"));
     // The organization administrator is refused: metrics span every organization.
     let resp = gw.http.get(&url).bearer_auth(&org_admin_key).send().await.unwrap();

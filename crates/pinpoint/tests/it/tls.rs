@@ -189,6 +189,14 @@ async fn h2c_only_where_enabled() {
         prior_knowledge.get(gw.url("/orders/1")).send().await.is_err(),
         "h2c is off by default"
     );
+    // Also when the preface comes slowly: the listener waits for it rather than let it by.
+    let mut slow = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    slow.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = slow.write_all(b"RI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "no HTTP/2 frames: {answer:?}");
     assert_eq!(gw.http.get(gw.url("/orders/1")).send().await.unwrap().status(), 200);
 
     let text = config_with("\"builtin:echo\"", "", "")
@@ -203,6 +211,16 @@ async fn h2c_only_where_enabled() {
     assert_eq!(resp.status(), 404);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["reason"], "route.not_found");
+    // Cookies split over several HTTP/2 fields reach the upstream as one, joined.
+    let resp = prior_knowledge
+        .get(gw.url("/orders/1"))
+        .header("cookie", "a=1")
+        .header("cookie", "c=3")
+        .send()
+        .await
+        .unwrap();
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(echoed["headers"]["cookie"], "a=1; c=3", "{echoed}");
     // HTTP/1.1 still works on the same listener.
     assert_eq!(gw.http.get(gw.url("/orders/1")).send().await.unwrap().status(), 200);
 }
@@ -321,6 +339,12 @@ id = "billing"
 path_prefix = "/billing"
 upstream = "main"
 client_cert_allow = ["spiffe://acme/billing"]
+
+[[routes]]
+id = "by-subject"
+path_prefix = "/by-subject"
+upstream = "main"
+client_cert_allow = ["CN=billing"]
 "#,
     )
     .replace(
@@ -384,6 +408,23 @@ async fn client_certificates_identify_callers_on_routes_that_ask_for_them() {
         "authn.client_cert_not_allowed",
     )
     .await;
+    // A name of one kind never passes for another: a URI that reads like a subject, a
+    // subject whose value holds a comma.
+    let posing = pki.client_with(Some(pki.client_identity("mallory", "CN=billing")), gw.proxy);
+    problem(
+        posing.get(url("/by-subject/x")).send().await.unwrap(),
+        403,
+        "authn.client_cert_not_allowed",
+    )
+    .await;
+    let comma = pki.client_with(Some(pki.client_identity("billing,O=acme", "spiffe://acme/x")), gw.proxy);
+    let resp = comma.get(url("/secure/x")).send().await.unwrap();
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        echoed["headers"]["x-pinpoint-client-cert-subject"],
+        "CN=billing\\,O=acme"
+    );
+    assert_eq!(billing.get(url("/by-subject/x")).send().await.unwrap().status(), 200);
     // A forged header without a certificate is no certificate.
     problem(
         anonymous

@@ -258,3 +258,35 @@ async fn an_https_upstream_with_its_own_ca_over_http2() {
         "the address stays operator-side"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_switching_protocols_unasked_is_a_bad_response() {
+    let upstream = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        Duration::ZERO,
+    )
+    .await;
+    let gw = start(&config_with(&format!("\"{upstream}\""), "", "")).await;
+    problem(
+        gw.http.get(gw.url("/orders/1")).send().await.unwrap(),
+        502,
+        "upstream.bad_response",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_upstream_server_name_that_is_no_name_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pinpoint.toml");
+    std::fs::write(
+        &path,
+        "[upstreams.main]\ntargets = [\"https://127.0.0.1:9\"]\ntls = { server_name = \"orders.internal:8443\" }\n\n\
+         [[routes]]\nid = \"all\"\npath_prefix = \"/\"\nupstream = \"main\"\n",
+    )
+    .unwrap();
+    let error = pinpoint_gateway::runtime::load_file(&path)
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("orders.internal:8443"), "{error}");
+}

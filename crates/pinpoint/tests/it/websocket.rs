@@ -121,6 +121,27 @@ async fn routes_without_websocket_refuse_the_handshake_and_auth_still_applies() 
             other => panic!("{path}: expected a refusal, got {:?}", other.map(|(_, r)| r.status())),
         }
     }
+    // A cross-site page cannot open one with the browser's cookies (no CORS applies to
+    // WebSockets): the handshake's Origin is checked like a POST's.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/live/feed", gw.proxy).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    request.headers_mut().insert("cookie", "session=abc".parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    match tokio_tungstenite::client_async(request, stream).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            assert!(body["reason"].as_str().unwrap().starts_with("csrf."), "{body}");
+        }
+        other => panic!(
+            "a cross-site handshake went through: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
     // Other upgrades are ignored: the request is served as plain HTTP.
     let gw = start(&echo_config()).await;
     let resp = gw
