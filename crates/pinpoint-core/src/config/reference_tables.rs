@@ -82,7 +82,7 @@ pub const TABLES: &[Table] = &[
                 name: "metrics",
                 kind: "\"public\" | \"key\" | \"off\"",
                 default: "\"public\"",
-                about: "Who may read `/metrics` on the api listener: anyone who reaches it (`\"public\"`), a platform administrator's API key (`\"key\"`), or no one there (`\"off\"`; see `metrics_listen`).",
+                about: "Who may read `/metrics` on the api listener: anyone who reaches it (`\"public\"`), a platform administrator's API key (`\"key\"`), or no one there (`\"off\"`; see `metrics_listen`). With `\"key\"`, `/healthz` also shows its details (upstream targets, a refused config) to platform administrators only; everyone else reads its status and revision.",
             },
             Key {
                 name: "metrics_listen",
@@ -407,7 +407,7 @@ pub const TABLES: &[Table] = &[
                 name: "client_cert_allow",
                 kind: "array of strings",
                 default: "[]",
-                about: "Only these client certificates (implies `client_cert_required`): subjects (`CN=billing,O=acme`), subjectAltNames (`spiffe://acme/billing`) or `sha256:<fingerprint>`; another verified certificate gets 403 `authn.client_cert_not_allowed`.",
+                about: "Only these client certificates (implies `client_cert_required`), each entry compared with one kind of name: `sha256:<fingerprint>`, `subject:<DN>`, `dns:<name>`, `uri:<uri>`; unprefixed, an entry with `://` is a URI subjectAltName (`spiffe://acme/billing`), one with `=` a subject in RFC 4514 form (`CN=billing,O=acme`: last RDN first, `,` in values escaped), anything else a DNS subjectAltName. Another verified certificate gets 403 `authn.client_cert_not_allowed`.",
             },
             Key {
                 name: "override_headers",

@@ -47,8 +47,9 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// Require a client certificate verified by the listener's `client_ca` (mTLS).
     pub client_cert_required: bool,
-    /// Only these client certificates (implies `client_cert_required`): subjects
-    /// (`CN=billing,O=acme`), subjectAltNames (`spiffe://acme/billing`) or
+    /// Only these client certificates (implies `client_cert_required`), each entry
+    /// compared with one kind of name (see `ClientCertificate::is_named_by`): subjects in
+    /// RFC 4514 form (`CN=billing,O=acme`), URIs (`spiffe://acme/billing`), DNS names,
     /// `sha256:<fingerprint>`.
     pub client_cert_allow: Vec<String>,
     /// What to do with method- and URL-override headers.
