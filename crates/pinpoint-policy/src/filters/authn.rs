@@ -268,6 +268,23 @@ impl AuthnFilter {
         }
     }
 
+    /// An authenticated identity, admitted if its standing allows: set on the context (the
+    /// trace names the credential; the decision's caller names who), or refused with its
+    /// owner recorded.
+    fn admit(&self, ctx: &mut RequestCtx<'_>, identity: Identity) -> Outcome {
+        match self.check_standing(&identity) {
+            Ok(()) => {
+                let rule_id = Some(identity.credential_label());
+                ctx.identity = Some(identity);
+                Outcome::Allow { rule_id }
+            }
+            Err(denial) => {
+                ctx.known_caller = Some(identity.caller_record());
+                Outcome::Deny(denial)
+            }
+        }
+    }
+
     /// Suspension is re-checked on every request, whatever the credential.
     fn check_standing(&self, identity: &Identity) -> Result<(), Denial> {
         if let Some(p) = &identity.principal {
@@ -334,21 +351,10 @@ impl Filter for AuthnFilter {
             // No credential header: a client certificate may stand for a principal.
             let certificate = ctx.client_cert;
             if let Some(found) = certificate.and_then(|c| self.certificate_identity(c)) {
-                let outcome = match found {
+                return Check::Ready(match found {
                     Err(denial) => Outcome::Deny(denial),
-                    Ok(identity) => match self.check_standing(&identity) {
-                        Ok(()) => {
-                            let rule_id = Some(identity.credential_label());
-                            ctx.identity = Some(identity);
-                            Outcome::Allow { rule_id }
-                        }
-                        Err(denial) => {
-                            ctx.known_caller = Some(identity.caller_record());
-                            Outcome::Deny(denial)
-                        }
-                    },
-                };
-                return Check::Ready(outcome);
+                    Ok(identity) => self.admit(ctx, identity),
+                });
             }
             return Check::Ready(match requirement {
                 AuthRequirement::Required => Outcome::Deny(Denial::new(
@@ -359,18 +365,7 @@ impl Filter for AuthnFilter {
             });
         };
         let outcome = match self.authenticate(presented, ctx.at_ms) {
-            Ok(identity) => match self.check_standing(&identity) {
-                Ok(()) => {
-                    // The trace names the credential; the decision's `principal` names who.
-                    let rule_id = Some(identity.credential_label());
-                    ctx.identity = Some(identity);
-                    Outcome::Allow { rule_id }
-                }
-                Err(denial) => {
-                    ctx.known_caller = Some(identity.caller_record());
-                    Outcome::Deny(denial)
-                }
-            },
+            Ok(identity) => self.admit(ctx, identity),
             Err(Refused { denial, caller }) => {
                 let denial = *denial;
                 ctx.known_caller = caller;
