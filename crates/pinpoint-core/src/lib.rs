@@ -5,6 +5,7 @@
 
 pub mod canonical;
 pub mod config;
+pub mod hex;
 pub mod identity;
 pub mod keys;
 pub mod problem;

@@ -352,7 +352,7 @@ pub mod intake {
                 "pinpoint intake key|{label}|{mapping_id}|{identity}|{generation}"
             ))
         };
-        let id: String = mac("id")[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let id: String = pinpoint_core::hex::lower(&mac("id")[..8]);
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac("secret"));
         (id, secret)
     }

@@ -43,7 +43,7 @@ pub fn client_certificate(der: &[u8]) -> Option<pinpoint_policy::identity::Clien
             }
         }
     }
-    let sha256 = sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = pinpoint_core::hex::lower(&sha2::Sha256::digest(der));
     Some(pinpoint_policy::identity::ClientCertificate {
         subject: rfc4514(certificate.subject()),
         dns_names,
@@ -73,7 +73,7 @@ fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
                         Ok(text) => escape_dn_value(text),
                         Err(_) => {
                             let bytes = attribute.attr_value().as_bytes();
-                            format!("#{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                            format!("#{}", pinpoint_core::hex::lower(bytes))
                         }
                     };
                     format!("{kind}={value}")

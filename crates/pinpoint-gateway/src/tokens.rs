@@ -212,5 +212,5 @@ fn new_key(config: &JwtConfig, now: i64) -> SigningKeyRecord {
 
 fn uuid_like() -> String {
     let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    pinpoint_core::hex::lower(&bytes)
 }

@@ -32,7 +32,7 @@ pub struct TraceContext {
 impl TraceContext {
     /// Joins the trace the request's headers name, or starts a new one.
     pub fn of(headers: &HeaderMap) -> TraceContext {
-        let span_id = lower_hex(&nonzero_u64().to_be_bytes());
+        let span_id = pinpoint_core::hex::lower(&nonzero_u64().to_be_bytes());
         let mut parents = headers.get_all(&TRACEPARENT).iter();
         let parent = match (parents.next(), parents.next()) {
             (Some(one), None) => parse_traceparent(one.as_bytes()),
@@ -51,7 +51,7 @@ impl TraceContext {
                 }
             }
             None => TraceContext {
-                trace_id: lower_hex(&nonzero_u128().to_be_bytes()),
+                trace_id: pinpoint_core::hex::lower(&nonzero_u128().to_be_bytes()),
                 span_id,
                 parent_id: None,
                 // Pinpoint records every request's decision: sampled.
@@ -69,7 +69,7 @@ impl TraceContext {
         text.push('-');
         text.push_str(&self.span_id);
         text.push('-');
-        text.push_str(&lower_hex(&[self.flags]));
+        text.push_str(&pinpoint_core::hex::lower(&[self.flags]));
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
@@ -90,12 +90,12 @@ fn parse_traceparent(value: &[u8]) -> Option<(String, String, u8)> {
     let text = std::str::from_utf8(value).ok()?.trim_matches([' ', '\t']);
     let mut fields = text.split('-');
     let (version, trace_id, parent_id, flags) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-    let lower_hex =
+    let is_lower_hex =
         |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !lower_hex(version, 2) || version == "ff" || (version == "00" && fields.next().is_some()) {
+    if !is_lower_hex(version, 2) || version == "ff" || (version == "00" && fields.next().is_some()) {
         return None;
     }
-    if !lower_hex(trace_id, 32) || !lower_hex(parent_id, 16) || !lower_hex(flags, 2) {
+    if !is_lower_hex(trace_id, 32) || !is_lower_hex(parent_id, 16) || !is_lower_hex(flags, 2) {
         return None;
     }
     if trace_id.bytes().all(|b| b == b'0') || parent_id.bytes().all(|b| b == b'0') {
@@ -122,19 +122,6 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&joined).ok()
-}
-
-/// Bytes as lower-case hex. Written out rather than with `format!("{:032x}")`: the
-/// formatting machinery cost about 1,500 instructions a request for the ids and the
-/// header (bench/instructions.sh, bare route).
-fn lower_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 fn nonzero_u64() -> u64 {

@@ -214,7 +214,7 @@ impl KeyStore for Store {
             rng.fill_bytes(&mut id_bytes);
             rng.fill_bytes(&mut secret_bytes);
         }
-        let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id: String = pinpoint_core::hex::lower(&id_bytes);
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
         let hash = keys::hash_secret(&self.pepper, &secret);
         let info = ApiKey {

@@ -229,11 +229,7 @@ fn join_methods(methods: &[http::Method]) -> String {
 /// The revision id of a config text.
 pub fn revision_of(source: &str) -> String {
     let digest = Sha256::digest(source.as_bytes());
-    let mut out = String::from("r");
-    for b in &digest[..6] {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("r{}", crate::hex::lower(&digest[..6]))
 }
 
 #[cfg(test)]
