@@ -40,14 +40,17 @@ else
   PROXY_PIN="" WRK_PIN="" NGINX_WORKERS=2
   PLACEMENT="all processes share all cores"
 fi
-ECHO_PORT=19000 NGINX_PORT=19001 PROXY_PORT=19002 API_PORT=19003
+ECHO_PORT=19000 NGINX_PORT=19001 PROXY_PORT=19002 API_PORT=19003 HAPROXY_PORT=19004 CADDY_PORT=19005
 
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need wrk; then
-  echo "installing nginx and wrk from Debian's packages"
-  apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null
+if ! need nginx || ! need wrk || ! need haproxy || ! need caddy; then
+  echo "installing nginx, HAProxy, Caddy and wrk from Debian's packages"
+  apt-get update -qq && apt-get install -y -qq nginx-light haproxy caddy wrk >/dev/null
+  # The packages start their services; the benchmark runs its own.
+  systemctl stop nginx haproxy caddy 2>/dev/null || true
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 cargo build --release -q -p pinpoint
 BIN=target/release/pinpoint
@@ -85,6 +88,40 @@ http {
 NGINX
 $PROXY_PIN "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
 wait_port $NGINX_PORT
+
+# HAProxy with one thread (like nginx's one worker when pinned), reusing upstream
+# connections; Caddy with GOMAXPROCS=1 when pinned. Neither logs requests (HAProxy logs
+# only to syslog, Caddy only when asked); nginx and Pinpoint write an access log.
+cat > "$WORK/haproxy.cfg" <<HAPROXY
+global
+  nbthread $NGINX_WORKERS
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend echo
+backend echo
+  server echo 127.0.0.1:$ECHO_PORT
+HAPROXY
+$PROXY_PIN "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 & PIDS+=($!)
+wait_port $HAPROXY_PORT
+cat > "$WORK/Caddyfile" <<CADDY
+{
+  admin off
+  auto_https off
+}
+http://127.0.0.1:$CADDY_PORT {
+  reverse_proxy 127.0.0.1:$ECHO_PORT
+}
+CADDY
+HOME="$WORK" XDG_DATA_HOME="$WORK" XDG_CONFIG_HOME="$WORK" GOMAXPROCS="$NGINX_WORKERS" \
+  $PROXY_PIN caddy run --adapter caddyfile --config "$WORK/Caddyfile" >"$WORK/caddy.log" 2>&1 & PIDS+=($!)
+wait_port $CADDY_PORT
 
 bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
 $PROXY_PIN "$BIN" serve --config "$WORK/pinpoint.toml" >"$WORK/pinpoint.log" 2>&1 & PIDS+=($!)
@@ -156,6 +193,8 @@ PINPOINT_TARGETS=(bare chain)
 for kind in get post; do
   run direct "$kind" "http://127.0.0.1:$ECHO_PORT/bare/x"
   run nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bare/x"
+  run haproxy "$kind" "http://127.0.0.1:$HAPROXY_PORT/bare/x"
+  run caddy "$kind" "http://127.0.0.1:$CADDY_PORT/bare/x"
   for round in $(seq "$ROUNDS"); do
     for i in $(seq 0 $((${#PINPOINT_TARGETS[@]} - 1))); do
       "${PINPOINT_TARGETS[$(((i + round) % ${#PINPOINT_TARGETS[@]}))]}" "$kind"
@@ -165,7 +204,7 @@ done
 
 printf '\n%-10s %-5s %12s %10s %14s   %s\n' target kind "req/s" p99 "Pinpoint CPU" "(medians; every run's req/s)"
 for kind in get post; do
-  for name in direct nginx "${PINPOINT_TARGETS[@]}"; do
+  for name in direct nginx haproxy caddy "${PINPOINT_TARGETS[@]}"; do
     cpu="-"
     # shellcheck disable=SC2086
     [ -n "${CPU[$name-$kind]:-}" ] && cpu="$(printf '%.1f' "$(median ${CPU[$name-$kind]})") us/req"
@@ -193,6 +232,10 @@ for kind in get post; do
   ratio "bare/nginx $kind throughput" "$(median ${RPS[bare-$kind]})" "$(median ${RPS[nginx-$kind]})"
   # shellcheck disable=SC2086
   ratio "chain/nginx $kind throughput" "$(median ${RPS[chain-$kind]})" "$(median ${RPS[nginx-$kind]})"
+  for name in haproxy caddy; do
+    # shellcheck disable=SC2086
+    ratio "$name/nginx $kind throughput" "$(median ${RPS[$name-$kind]})" "$(median ${RPS[nginx-$kind]})"
+  done
   for name in "${PINPOINT_TARGETS[@]:1}"; do
     printf '%-30s %s\n' "$name/bare $kind throughput" "$(per_round higher "${RPS[bare-$kind]}" "${RPS[$name-$kind]}")"
     printf '%-30s %s\n' "$name/bare $kind CPU capacity" "$(per_round lower "${CPU[bare-$kind]}" "${CPU[$name-$kind]}")"

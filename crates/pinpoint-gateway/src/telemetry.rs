@@ -163,18 +163,18 @@ pub fn finish_request(
     count_request(route, status, Duration::from_micros(decision.duration_micros));
     tracing::info!(
         target: "pinpoint::access",
-        request_id = %decision.request_id,
+        request_id = decision.request_id.as_str(),
         client_request_id = decision.client_request_id.as_deref().unwrap_or("-"),
         trace_id = decision.trace_id.as_deref().unwrap_or("-"),
-        client = %decision.client_addr,
-        method = %decision.method,
-        path = %decision.path,
+        client = decision.client_addr.as_str(),
+        method = decision.method.as_str(),
+        path = decision.path.as_str(),
         route = decision.route.as_deref().unwrap_or("-"),
         status = decision.status,
         reason = decision.reason.map(|r| r.code()).unwrap_or("-"),
         upstream = decision.upstream_target.as_deref().unwrap_or("-"),
         duration_us = decision.duration_micros,
-        revision = %decision.config_revision,
+        revision = decision.config_revision.as_str(),
         "request"
     );
     decisions.record(decision);

@@ -6,6 +6,7 @@ mod admin;
 mod client;
 mod cloud;
 mod explain;
+mod log_format;
 mod log_sink;
 mod waf;
 
@@ -418,7 +419,7 @@ fn init_tracing(format: &str, to: LogTo) -> log_sink::FlushGuard {
         .with_writer(sink)
         .with_ansi(ansi);
     if format == "json" {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder.event_format(log_format::JsonLines).init();
     } else {
         builder.init();
     }
