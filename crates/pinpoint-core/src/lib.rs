@@ -7,6 +7,7 @@ pub mod canonical;
 pub mod config;
 pub mod hex;
 pub mod identity;
+pub mod json;
 pub mod keys;
 pub mod problem;
 pub mod reason;

@@ -146,7 +146,7 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
     // per decision. 7 binds a row keeps every chunk well under SQLite's limit.
     let mut encoded = Vec::with_capacity(batch.len());
     for d in batch {
-        encoded.push((d, serde_json::to_string(d)?));
+        encoded.push((d, crate::record::encode(d)));
     }
     let mut tx = store.write_tx().await?;
     let mut rest = encoded.as_slice();

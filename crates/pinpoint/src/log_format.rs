@@ -6,8 +6,8 @@
 //! an adaptor that re-checks each written piece as UTF-8, and formats the timestamp through
 //! `fmt`. On the proxy's hot path, where every request writes one access-log line, that was
 //! 29,000 instructions a request (a fifth of a proxied GET; `bench/instructions.sh`,
-//! 2026-12-06); this writer takes about 3,000. Strings are escaped exactly as serde_json
-//! escapes them, so the lines are byte-for-byte what they were.
+//! 2026-12-06); this writer takes about 5,000. Strings are escaped exactly as serde_json
+//! escapes them (`pinpoint_core::json`), so the lines are byte-for-byte what they were.
 
 use std::fmt::{self, Write as _};
 
@@ -38,7 +38,7 @@ where
         };
         event.record(&mut fields);
         line.push_str(",\"target\":");
-        push_json_str(&mut line, event.metadata().target());
+        pinpoint_core::json::push_str(&mut line, event.metadata().target());
         line.push_str("}\n");
         writer.write_str(&line)
     }
@@ -54,7 +54,7 @@ struct JsonFields<'a> {
 impl JsonFields<'_> {
     fn key(&mut self, field: &Field) {
         self.line.push(',');
-        push_json_str(self.line, field.name());
+        pinpoint_core::json::push_str(self.line, field.name());
         self.line.push(':');
     }
 }
@@ -62,7 +62,7 @@ impl JsonFields<'_> {
 impl Visit for JsonFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
-        push_json_str(self.line, value);
+        pinpoint_core::json::push_str(self.line, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -94,77 +94,15 @@ impl Visit for JsonFields<'_> {
         self.scratch.clear();
         let _ = write!(self.scratch, "{value}");
         self.key(field);
-        push_json_str(self.line, &self.scratch);
+        pinpoint_core::json::push_str(self.line, &self.scratch);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.scratch.clear();
         let _ = write!(self.scratch, "{value:?}");
         self.key(field);
-        push_json_str(self.line, &self.scratch);
+        pinpoint_core::json::push_str(self.line, &self.scratch);
     }
-}
-
-/// Appends `value` as a JSON string, escaped as serde_json escapes it: `"` and `\`, the
-/// short forms `\b \f \n \r \t`, other control characters as `\u00xx`.
-pub fn push_json_str(out: &mut String, value: &str) {
-    out.reserve(value.len() + 2);
-    out.push('"');
-    let mut rest = value;
-    while let Some(at) = first_to_escape(rest.as_bytes()) {
-        out.push_str(&rest[..at]);
-        let byte = rest.as_bytes()[at];
-        match byte {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            0x08 => out.push_str("\\b"),
-            0x0c => out.push_str("\\f"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\u00");
-                out.push(HEX[usize::from(byte >> 4)] as char);
-                out.push(HEX[usize::from(byte & 0xf)] as char);
-            }
-        }
-        // The byte escaped is ASCII, so the next one starts a character.
-        rest = &rest[at + 1..];
-    }
-    out.push_str(rest);
-    out.push('"');
-}
-
-/// Where the first byte that JSON must escape (`"`, `\`, below 0x20) is, looking at eight
-/// bytes at a time: a byte-by-byte scan made escaping most of the line's cost (224
-/// instructions for a 20-byte field; 90 this way).
-fn first_to_escape(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    for (index, chunk) in chunks.enumerate() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        // A byte is flagged where it is zero after the XOR (a quote or a backslash) or
-        // below 0x20; a borrow can flag a byte only above one that is truly flagged, so
-        // the lowest flag is exact.
-        let quote = word ^ (ONES * u64::from(b'"'));
-        let backslash = word ^ (ONES * u64::from(b'\\'));
-        let flags = ((quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (word.wrapping_sub(ONES * 0x20) & !word))
-            & HIGH;
-        if flags != 0 {
-            return Some(index * 8 + flags.trailing_zeros() as usize / 8);
-        }
-    }
-    let start = bytes.len() - tail.len();
-    tail.iter()
-        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
-        .map(|at| start + at)
 }
 
 /// Appends `at` as RFC 3339 in UTC with microseconds (`2026-12-06T02:44:58.712736Z`).
@@ -214,37 +152,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strings_are_escaped_as_serde_json_escapes_them() {
-        let long = "a longer value, past eight bytes: \"quoted\", back\\slash, \u{1}, tab\tend";
-        for value in [
-            "plain",
-            "quote \" and \\ slash",
-            "line\nbreak\r\t",
-            "\u{0}\u{1f}\u{8}\u{c}\u{7f}",
-            "ünïcødé ✓",
-            "",
-            long,
-        ] {
-            let mut ours = String::new();
-            push_json_str(&mut ours, value);
-            assert_eq!(ours, serde_json::to_string(value).unwrap(), "{value:?}");
-        }
-    }
-
-    #[test]
-    fn every_ascii_character_at_every_place_in_a_word_is_escaped_right() {
-        for byte in 0u8..0x80 {
-            for place in 0..18 {
-                let mut value = "x".repeat(17);
-                value.insert(place, char::from(byte));
-                let mut ours = String::new();
-                push_json_str(&mut ours, &value);
-                assert_eq!(ours, serde_json::to_string(&value).unwrap(), "{byte:#x} at {place}");
-            }
-        }
-    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
