@@ -156,6 +156,12 @@ enum ConfigCommand {
     Reference,
 }
 
+/// mimalloc instead of glibc's malloc: a proxied request allocates and frees a few hundred
+/// times, and glibc's allocator was 12% of a bare request's instructions
+/// (`bench/instructions.sh`); see bench/README.md for the measured effect.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
