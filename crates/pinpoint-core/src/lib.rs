@@ -3,6 +3,7 @@
 //! bodies, request ids, API-key hashing and the typed config.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod canonical;
 pub mod config;
 pub mod hex;

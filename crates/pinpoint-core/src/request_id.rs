@@ -21,11 +21,13 @@ pub fn is_well_formed(id: &str) -> bool {
 /// milliseconds and the other 20 random (like UUIDv7). Ids made close in time sort close
 /// together, so the store's request-id index grows at its end instead of at random pages.
 pub fn format(unix_ms: u64, random: u128) -> String {
-    format!(
-        "{:012x}{:020x}",
-        unix_ms & 0xffff_ffff_ffff,
-        random & ((1u128 << 80) - 1)
-    )
+    // The low 6 bytes of the time and the low 10 of the random number, big-endian, as hex:
+    // `format!("{:012x}{:020x}")` without the formatting machinery (1,400 instructions a
+    // request through `format!`).
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&random.to_be_bytes()[6..]);
+    crate::hex::lower(&bytes)
 }
 
 /// Whether `id` is one Pinpoint generated (see [`format`]) within `window_ms` before
@@ -54,6 +56,14 @@ mod tests {
         let b = super::format(1_795_000_000_001, 0);
         assert_eq!((a.len(), b.len()), (32, 32));
         assert!(a < b, "ids sort by time");
+        for (ms, random) in [
+            (0, 0),
+            (1_795_000_000_000, u128::MAX),
+            (u64::MAX, 0x1234_5678_9abc_def0_1122_3344_5566_7788),
+        ] {
+            let expected = format!("{:012x}{:020x}", ms & 0xffff_ffff_ffff, random & ((1u128 << 80) - 1));
+            assert_eq!(super::format(ms, random), expected);
+        }
         assert!(super::made_within(&b, 1_795_000_010_000, 30_000));
         assert!(!super::made_within(&b, 1_795_000_100_000, 30_000));
         assert!(!super::made_within("demo-403", 1_795_000_010_000, 30_000));

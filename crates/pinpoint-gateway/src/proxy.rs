@@ -341,14 +341,18 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
         at_ms,
         trace_id: Some(trace_context.trace_id.clone()),
         client_cert: conn.client_cert.as_ref().map(|c| c.subject.clone()),
-        method: parts.method.to_string(),
+        method: parts.method.as_str().to_owned(),
         path,
         raw_path,
         host,
         client_addr: if client_ip == peer.ip() {
-            peer.to_string()
+            pinpoint_core::addr::socket(peer)
         } else {
-            format!("{client_ip} (via {peer})")
+            let mut text = pinpoint_core::addr::ip(client_ip);
+            text.push_str(" (via ");
+            pinpoint_core::addr::push_socket(&mut text, peer);
+            text.push(')');
+            text
         },
         route: route_name,
         principal: None,
@@ -670,7 +674,7 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
         }
         out.insert(X_PINPOINT_ORG.clone(), identity.org.header.clone());
     }
-    let client_ip = fwd.peer.ip().to_string();
+    let client_ip = pinpoint_core::addr::ip(fwd.peer.ip());
     let forwarded_for = match prior_forwarded_for {
         Some(prior) => format!("{prior}, {client_ip}"),
         None => client_ip,
