@@ -28,6 +28,7 @@ pub mod upstream;
 #[cfg(feature = "modsecurity")]
 #[allow(unsafe_code)]
 pub mod waf_crs;
+pub mod workers;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -107,6 +108,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
+    let worker_count = workers::resolve(gateway.config.server.workers);
+    workers::set_count(worker_count);
     let prometheus = telemetry::prometheus();
     static UPKEEP: OnceLock<()> = OnceLock::new();
     UPKEEP.get_or_init(|| telemetry::spawn_upkeep(prometheus.clone()));
@@ -174,14 +177,37 @@ pub async fn run(
     };
     let metrics =
         metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, shared.clone(), wait_for(stopped.clone()))));
+    // Workers 1.. on threads of their own, each with a listener beside the first; this
+    // thread is worker 0.
+    let mut worker_threads = Vec::new();
+    for index in 1..worker_count {
+        let started = workers::listener_beside(&listeners.proxy).and_then(|listener| {
+            let (shared, stopped) = (shared.clone(), stopped.clone());
+            workers::spawn(index, listener, move |listener| {
+                proxy::serve(listener, shared, wait_for(stopped))
+            })
+        });
+        match started {
+            Ok(thread) => worker_threads.push(thread),
+            Err(e) => tracing::warn!(worker = index, error = %e, "cannot start a proxy worker; serving with fewer"),
+        }
+    }
     let proxy = tokio::spawn(proxy::serve(listeners.proxy, shared.clone(), wait_for(stopped.clone())));
     let api = tokio::spawn(api::serve(listeners.api, shared.clone(), wait_for(stopped)));
-    tracing::info!(proxy = %proxy_addr, api = %api_addr, revision = %revision, routes, upstreams, "pinpoint is serving");
+    let workers = worker_threads.len() + 1;
+    tracing::info!(proxy = %proxy_addr, api = %api_addr, revision = %revision, routes, upstreams, workers, "pinpoint is serving");
 
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop.send(true);
     let _ = proxy.await;
+    // The other workers drain on their own threads.
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in worker_threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
     let _ = api.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;

@@ -130,7 +130,9 @@ pub struct Upstream {
     schedule: Vec<usize>,
     next: AtomicUsize,
     balance: Balance,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// One client (and so one connection pool) per proxy worker: a worker's upstream
+    /// connections run on its own thread (`workers`).
+    clients: Vec<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
     request_timeout: Duration,
     max_fails: u32,
     fail_timeout_ms: u64,
@@ -235,18 +237,21 @@ impl Upstream {
             _ => https,
         };
         let connector = https.enable_all_versions().wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
-            .http2_only(config.http2 && targets.iter().all(|t| !t.https))
-            .build(connector);
+            .http2_only(config.http2 && targets.iter().all(|t| !t.https));
+        let clients = (0..crate::workers::count())
+            .map(|_| builder.build(connector.clone()))
+            .collect();
         let upstream = Arc::new(Upstream {
             name: name.to_owned(),
             targets,
             schedule: smooth_schedule(&weights),
             next: AtomicUsize::new(0),
             balance: config.balance,
-            client,
+            clients,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             max_fails: config.max_fails,
             fail_timeout_ms: config.fail_timeout_ms,
@@ -259,6 +264,11 @@ impl Upstream {
             }
         }
         upstream
+    }
+
+    /// This worker's client.
+    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+        &self.clients[crate::workers::index() % self.clients.len()]
     }
 
     /// The next available target, or `None` when all are ejected or failing their checks.
@@ -348,7 +358,7 @@ impl Upstream {
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, UpstreamFailure> {
         target.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(self.request_timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(self.request_timeout, self.client().request(req)).await;
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
         let failure = match result {
             Ok(Ok(response)) => {
@@ -436,7 +446,7 @@ impl Upstream {
             .header(http::header::USER_AGENT, "pinpoint-health-check")
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.client.request(request)).await {
+        match tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.client().request(request)).await {
             Err(_) => Err(format!("no answer within {} ms", check.timeout_ms)),
             Ok(Err(e)) => Err(error_chain(&e)),
             Ok(Ok(response)) if response.status().is_success() || response.status().is_redirection() => Ok(()),

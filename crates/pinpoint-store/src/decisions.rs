@@ -105,24 +105,30 @@ async fn write_loop(
                 continue;
             }
         }
-        // Gather more for up to `flush_interval`: fewer, larger transactions rewrite far
-        // fewer pages, which is most of what storing a decision costs.
-        let deadline = tokio::time::Instant::now() + flush_interval;
-        while batch.len() < batch_size {
-            let room = batch_size - batch.len();
+        // Let more gather for `flush_interval`: fewer, larger transactions rewrite far fewer
+        // pages, which is most of what storing a decision costs. The writer sleeps through
+        // the interval instead of waiting on the queue, so the requests that fill it wake no
+        // one (a wake-up per decision was a cross-thread futex call per request).
+        if batch.len() < batch_size {
             tokio::select! {
                 biased;
-                _ = &mut close => {
-                    closing = true;
-                    break;
-                }
-                received = tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)) => match received {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                },
+                _ = &mut close => closing = true,
+                _ = tokio::time::sleep(flush_interval) => {}
             }
         }
-        write_batch(&store, &mut batch).await;
+        loop {
+            while batch.len() < batch_size {
+                match rx.try_recv() {
+                    Ok(decision) => batch.push(decision),
+                    Err(_) => break,
+                }
+            }
+            let full = batch.len() == batch_size;
+            write_batch(&store, &mut batch).await;
+            if !full {
+                break;
+            }
+        }
     }
     rx.close();
     while rx.recv_many(&mut batch, batch_size).await > 0 {

@@ -173,7 +173,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread's event loop: `serve` starts the other proxy workers' own
+    // (pinpoint_gateway::workers).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -354,7 +356,7 @@ async fn serve(config_flag: Option<PathBuf>, log_format: &str, listen_override: 
             file.display()
         );
     }
-    let proxy = bind(config.server.proxy_listen, "proxy").await?;
+    let proxy = bind_proxy(config.server.proxy_listen)?;
     let api = bind(config.server.api_listen, "api").await?;
     let gateway = Gateway {
         config,
@@ -379,6 +381,25 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} for the {what} listener")),
     }
+}
+
+/// Binds the proxy listener so that the other workers can bind beside it (`SO_REUSEPORT`),
+/// after checking that nothing holds the address already (a socket with `SO_REUSEPORT`
+/// would otherwise share it with another pinpoint).
+fn bind_proxy(addr: SocketAddr) -> Result<TcpListener> {
+    let in_use = |e: std::io::Error| -> anyhow::Error {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "cannot listen on {addr} for the proxy listener: the address is in use (is another pinpoint running?)"
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot listen on {addr} for the proxy listener"))
+        }
+    };
+    drop(std::net::TcpListener::bind(addr).map_err(in_use)?);
+    let listener = pinpoint_gateway::workers::bind_shared(addr).map_err(in_use)?;
+    listener.set_nonblocking(true).map_err(in_use)?;
+    TcpListener::from_std(listener).map_err(in_use)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -96,6 +96,12 @@ pub const TABLES: &[Table] = &[
                 default: "none",
                 about: "Where to export one span per proxied request, OTLP over HTTP (JSON), e.g. `http://127.0.0.1:4318/v1/traces`. Needs a build with the `otlp` feature; read at start.",
             },
+            Key {
+                name: "workers",
+                kind: "integer",
+                default: "0",
+                about: "Proxy worker threads, 0 to 1024; 0: one per CPU the process may run on (its CPU affinity). Each worker runs its own event loop, accepts on its own `SO_REUSEPORT` listener and keeps its own upstream connections, so a connection is served on one core from accept to upstream and back. The api listener and background work run on the first. Read at start.",
+            },
         ],
     },
     Table {
@@ -163,7 +169,7 @@ pub const TABLES: &[Table] = &[
                 name: "flush_interval_ms",
                 kind: "integer (ms)",
                 default: "50",
-                about: "How long the writer gathers decisions before a transaction: under light load, the most a decision waits before `pinpoint explain` can see it.",
+                about: "How long the writer lets decisions gather after the first one arrives, then writes all that are queued (in transactions of `batch_size`): about the most a decision waits before `pinpoint explain` can see it. `queue_capacity` must hold an interval's requests.",
             },
             Key {
                 name: "retention_hours",

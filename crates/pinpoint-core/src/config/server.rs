@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// `http://127.0.0.1:4318/v1/traces`. Needs a build with the `otlp` feature. Read at
     /// start.
     pub otlp_traces_endpoint: Option<String>,
+    /// Proxy worker threads, each with its own event loop, listener and upstream
+    /// connections (0: one per CPU the process may run on). Read at start.
+    pub workers: usize,
 }
 
 /// `[server] metrics`: who may read `/metrics` on the api listener.
@@ -140,6 +143,7 @@ impl Default for ServerConfig {
             metrics: MetricsAccess::Public,
             metrics_listen: None,
             otlp_traces_endpoint: None,
+            workers: 0,
         }
     }
 }
@@ -160,6 +164,9 @@ pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<ServerConfig> {
     }
     if !(1..=1000).contains(&server.max_headers) {
         d.error(at("max_headers"), "server.max_headers must be 1 to 1000");
+    }
+    if server.workers > 1024 {
+        d.error(at("workers"), "server.workers must be 0 (one per CPU) to 1024");
     }
     for (name, tls) in [("proxy_tls", &server.proxy_tls), ("api_tls", &server.api_tls)] {
         if tls.as_ref().is_some_and(|t| t.certificates.is_empty()) {
