@@ -37,8 +37,9 @@ bench_key() {
   echo "$KEY"
 }
 
-# bench_post_script FILE: writes a wrk script that sends the benchmarks' POST: a 1 KiB JSON
-# body (an order's items and a note), valid JSON so the WAF inspects all of it.
+# bench_post_script FILE.lua: writes a wrk script that sends the benchmarks' POST: a 1 KiB
+# JSON body (an order's items and a note), valid JSON so the WAF inspects all of it; the
+# body alone goes to FILE.json.
 bench_post_script() {
   python3 - "$1" <<'PY'
 import json, sys
@@ -48,6 +49,7 @@ while len(json.dumps({"items": items + [{"sku": "x" * 40, "qty": 0}], "note": ""
 body = json.dumps({"items": items, "note": ""})
 body = json.dumps({"items": items, "note": "n" * (1024 - len(body))})
 assert len(body) == 1024, len(body)
+open(sys.argv[1].removesuffix(".lua") + ".json", "w").write(body)
 open(sys.argv[1], "w").write(
     'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' % json.dumps(body))
 PY

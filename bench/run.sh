@@ -3,6 +3,8 @@
 # `pinpoint echo --fixed`: the same small body for every request, so its work does not grow
 # with the identity headers the chain adds and the differences measured are the proxies'.
 #   direct    wrk -> echo upstream
+#   haproxy   wrk -> HAProxy (one thread when pinned, http-reuse always) -> echo upstream
+#   caddy     wrk -> Caddy (GOMAXPROCS=1 when pinned) -> echo upstream
 #   nginx     wrk -> nginx (plain reverse proxy, keep-alive upstream pool) -> echo upstream
 #   bare      wrk -> pinpoint, a route with no access rules (every layer "not mine";
 #             decision log and access log on) -> echo upstream
@@ -19,7 +21,8 @@
 # splits each target's CPU per request by thread (workers' user and kernel time, decision-log
 # writer, access-log writer; /proc/<pid>/task/*/stat), summed over all rounds.
 # Usage: bench/run.sh [seconds-per-run] (default 1). Needs root or sudo to install nginx/wrk.
-# Environment: BENCH_ROUNDS, BENCH_PIN=1 (see below), BENCH_BREAKDOWN=1, BENCH_CONNECTIONS,
+# Environment: BENCH_ROUNDS, BENCH_PIN=1 (see below), BENCH_BREAKDOWN=1, BENCH_LATENCY_RPS,
+# BENCH_LATENCY_SECONDS, BENCH_CONNECTIONS,
 # BENCH_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,9 +46,9 @@ fi
 ECHO_PORT=19000 NGINX_PORT=19001 PROXY_PORT=19002 API_PORT=19003 HAPROXY_PORT=19004 CADDY_PORT=19005
 
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need wrk || ! need haproxy || ! need caddy; then
-  echo "installing nginx, HAProxy, Caddy and wrk from Debian's packages"
-  apt-get update -qq && apt-get install -y -qq nginx-light haproxy caddy wrk >/dev/null
+if ! need nginx || ! need wrk || ! need haproxy || ! need caddy || ! need h2load; then
+  echo "installing nginx, HAProxy, Caddy, wrk and h2load from Debian's packages"
+  apt-get update -qq && apt-get install -y -qq nginx-light haproxy caddy wrk nghttp2-client >/dev/null
   # The packages start their services; the benchmark runs its own.
   systemctl stop nginx haproxy caddy 2>/dev/null || true
 fi
@@ -74,6 +77,9 @@ error_log $WORK/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log $WORK/nginx-access.log;
+  # Keep client connections open as Pinpoint does (nginx closes one after 1000 requests by
+  # default, which an open-loop load generator does not recover from).
+  keepalive_requests 1000000;
   upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
@@ -147,13 +153,13 @@ run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind];
 }
 pinpoint_ticks() { awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat"; } # utime + stime
 # Pinpoint's CPU ticks by thread: the proxy workers' user and kernel time (the main thread,
-# worker 0, also serves the api and encodes decision records; pinpoint-w1.. are the
-# others), the decision log's writer (sqlx's SQLite thread) and the access-log writer, as
-# "w_user w_kernel decisions access_log".
+# worker 0, also serves the api; pinpoint-w1.. are the others), the decision log's writer
+# (pinpoint-decisions, which encodes records, and sqlx's SQLite thread) and the access-log
+# writer, as "w_user w_kernel decisions access_log".
 thread_ticks() {
   cat /proc/"$PINPOINT_PID"/task/*/stat 2>/dev/null | awk '
     $2 == "(pinpoint)" || $2 ~ /^\(pinpoint-w[0-9]+\)$/ { wu += $14; wk += $15 }
-    $2 ~ /^\(sqlx-sqlite/ { d += $14 + $15 }
+    $2 ~ /^\(sqlx-sqlite/ || $2 == "(pinpoint-decisi)" { d += $14 + $15 }
     $2 == "(pinpoint-log)" { l += $14 + $15 }
     END { print wu + 0, wk + 0, d + 0, l + 0 }'
 }
@@ -255,4 +261,40 @@ for kind in get post; do
       -v name="$name" -v kind="$kind" \
       '{ printf "%-10s %-5s %14.2f %14.2f %14.2f %14.2f\n", name, kind, $1 * 1e6 / hz / n, $2 * 1e6 / hz / n, $3 * 1e6 / hz / n, $4 * 1e6 / hz / n }'
   done
+done
+
+# Latency at the same load: wrk drives each proxy as hard as it goes, so its p99 compares
+# different loads. Here each of nginx, bare and chain gets the same fixed rate, open loop,
+# from h2load (HTTP/1.1, 32 connections, for BENCH_LATENCY_SECONDS, default 5): by default
+# 60% of bare's median throughput above (BENCH_LATENCY_RPS sets it). Percentiles come from
+# h2load's per-request log.
+LATENCY_SECONDS="${BENCH_LATENCY_SECONDS:-5}"
+latency() { # name kind url [header] -> one table row
+  local rate=$5 args=(--h1 -t1 -c32 --rps=$(($5 / 32)) -D "$LATENCY_SECONDS" --log-file="$WORK/latency.log")
+  [ -n "${4:-}" ] && args+=(-H "$4")
+  [ "$2" = post ] && args+=(-d "$WORK/post.json" -H "Content-Type: application/json")
+  rm -f "$WORK/latency.log"
+  $WRK_PIN h2load "${args[@]}" "$3" >/dev/null 2>&1 || true
+  python3 - "$WORK/latency.log" "$1" "$2" "$rate" "$LATENCY_SECONDS" <<'PY'
+import sys
+rows = [line.split() for line in open(sys.argv[1])] if sys.argv[1] else []
+ok = sorted(int(r[2]) for r in rows if r[1].startswith("2"))
+failed = len(rows) - len(ok)
+if not ok:
+    print("%-10s %-5s  no successful requests" % (sys.argv[2], sys.argv[3]))
+    sys.exit()
+pick = lambda q: ok[min(len(ok) - 1, int(len(ok) * q))] / 1000
+print("%-10s %-5s %10d %10.0f %8.2fms %8.2fms %8.2fms %8d" % (sys.argv[2], sys.argv[3], int(sys.argv[4]),
+      len(ok) / float(sys.argv[5]), pick(0.5), pick(0.99), pick(0.999), failed))
+PY
+}
+echo
+printf '%-10s %-5s %10s %10s %10s %10s %10s %8s   %s\n' target kind "asked/s" "served/s" p50 p99 p99.9 "non-2xx" \
+  "(latency at the same fixed load, h2load open loop)"
+for kind in get post; do
+  # shellcheck disable=SC2086
+  rate="${BENCH_LATENCY_RPS:-$(python3 -c "import sys; print(int(float(sys.argv[1]) * 0.6))" "$(median ${RPS[bare-$kind]})")}"
+  latency nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bare/x" "" "$rate"
+  latency bare "$kind" "http://127.0.0.1:$PROXY_PORT/bare/x" "" "$rate"
+  latency chain "$kind" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY" "$rate"
 done
