@@ -396,7 +396,11 @@ mod tests {
         assert_eq!(log.dropped(), 10 - count as u64);
         writer.finish().await;
         for (i, accepted) in accepted.iter().enumerate() {
-            assert_eq!(store.decision(&format!("o-{i}")).await.unwrap().is_some(), *accepted, "o-{i}");
+            assert_eq!(
+                store.decision(&format!("o-{i}")).await.unwrap().is_some(),
+                *accepted,
+                "o-{i}"
+            );
         }
     }
 
