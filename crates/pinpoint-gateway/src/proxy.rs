@@ -227,6 +227,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     let mut trace = verdict.trace;
     let path = canonical.as_ref().map_or(raw_path, |c| &c.path);
 
+    let decision_sample = route.as_ref().map(|r| r.decision_sample);
     let (mut response, reason, upstream_target) = match (verdict.denial, route) {
         (None, Some(route)) if !answered => {
             let read = match (read_early, unread) {
@@ -331,6 +332,9 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     let status = response.status();
     let elapsed = started.elapsed();
     let route_name = (route_label.as_ref() != NO_ROUTE).then(|| route_label.to_string());
+    let sample = decision_sample
+        .flatten()
+        .unwrap_or(runtime.config.decision_log.sample_allowed);
     let raw_path = (raw_path != path).then(|| raw_path.to_owned());
     let path = path.to_owned();
     let host = canonical.and_then(|c| c.host);
@@ -367,7 +371,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     if let Some(otlp) = &shared.otlp {
         otlp.record(&trace_context, &decision);
     }
-    telemetry::finish_request(shared.decisions.as_ref(), &route_label, decision);
+    telemetry::finish_request(shared.decisions.as_ref(), &route_label, decision, sample);
     response
 }
 

@@ -187,6 +187,7 @@ pub fn finish_request(
     decisions: &dyn pinpoint_policy::world::DecisionSink,
     route: &Arc<str>,
     decision: pinpoint_core::Decision,
+    sample: pinpoint_core::config::SampleRate,
 ) {
     let status = http::StatusCode::from_u16(decision.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     count_request(route, status, Duration::from_micros(decision.duration_micros));
@@ -206,7 +207,7 @@ pub fn finish_request(
         revision = decision.config_revision.as_str(),
         "request"
     );
-    decisions.record(decision);
+    decisions.record(decision, sample);
 }
 
 /// The store's decision log (a bounded queue to its writer) as the engine's
@@ -214,7 +215,7 @@ pub fn finish_request(
 pub struct QueuedDecisions(pub pinpoint_store::DecisionLog);
 
 impl pinpoint_policy::world::DecisionSink for QueuedDecisions {
-    fn record(&self, decision: pinpoint_core::Decision) {
-        self.0.record(decision);
+    fn record(&self, decision: pinpoint_core::Decision, sample: pinpoint_core::config::SampleRate) {
+        self.0.record(decision, sample);
     }
 }

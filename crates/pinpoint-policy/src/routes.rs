@@ -34,6 +34,9 @@ pub struct CompiledRoute {
     pub waf: pinpoint_core::config::RouteWaf,
     pub override_headers: OverrideHeaders,
     pub max_body_bytes: u64,
+    /// The share of allowed requests whose decision records are kept, when the route sets
+    /// one (else `[decision_log] sample_allowed`).
+    pub decision_sample: Option<pinpoint_core::config::SampleRate>,
     pub body_timeout: Duration,
 }
 
@@ -163,6 +166,7 @@ impl CompiledRoute {
             override_headers: config.override_headers,
             max_body_bytes: config.max_body_bytes,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
+            decision_sample: config.decision_sample,
         }
     }
 

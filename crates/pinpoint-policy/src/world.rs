@@ -106,7 +106,9 @@ pub trait ReplayCache: Send + Sync {
 
 /// Where finished decisions go.
 pub trait DecisionSink: Send + Sync {
-    fn record(&self, decision: Decision);
+    /// Takes a finished decision; of allowed requests, `sample` is the share whose records
+    /// are kept (every decision is counted).
+    fn record(&self, decision: Decision, sample: pinpoint_core::config::SampleRate);
 }
 
 /// An evaluation's view of a live identity source: every lookup, and no writes (a key

@@ -1,6 +1,9 @@
 //! The decision log: the proxy hands each [`Decision`] to [`DecisionLog::record`], which
-//! never blocks (a bounded queue; on overflow the decision is dropped, counted in
-//! `pinpoint_decision_log_dropped_total` and logged). A writer task drains the queue in
+//! never blocks. It counts the decision in the per-minute rollups (`rollups`), then keeps
+//! its record when it must (a refusal, a report-mode would-deny, a 5xx) or when the
+//! request is in the route's sample of allowed requests (drawn from the request id's random
+//! part, so the draw is the same wherever it is made), in a bounded queue; on overflow the
+//! record is dropped, counted in `pinpoint_decision_log_dropped_total{reason}` and logged. A writer task drains the queue in
 //! batches (up to `batch_size`, or what arrived within `flush_interval_ms`), one
 //! transaction each, prunes old decisions, and on [`DecisionLogWriter::finish`]
 //! writes everything still queued before it returns.
@@ -9,15 +12,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pinpoint_core::config::DecisionLogConfig;
-use pinpoint_core::Decision;
+use pinpoint_core::config::{DecisionLogConfig, SampleRate};
+use pinpoint_core::{Decision, Mark};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::rollups::Rollups;
 use crate::{now_ms, Store, StoreError};
 
-/// Metric counting decisions dropped because the queue was full.
+/// Metric counting records dropped, by reason: `queue_full`, `writer_stopped` (the
+/// writer is gone: shutdown), `write_failed` (the store refused a batch).
 pub const DROPPED_METRIC: &str = "pinpoint_decision_log_dropped_total";
 /// Metric counting decisions written to the store.
 pub const WRITTEN_METRIC: &str = "pinpoint_decision_log_written_total";
@@ -27,6 +32,7 @@ pub const WRITTEN_METRIC: &str = "pinpoint_decision_log_written_total";
 pub struct DecisionLog {
     tx: mpsc::Sender<Decision>,
     dropped: Arc<AtomicU64>,
+    rollups: Arc<Rollups>,
 }
 
 /// The writer; call [`DecisionLogWriter::finish`] on shutdown.
@@ -45,18 +51,27 @@ impl DecisionLog {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (close, close_rx) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
-        let writer = std::sync::Arc::new(std::sync::Mutex::new(Some((store, config, rx, close_rx, done_tx))));
+        let rollups = Arc::new(Rollups::default());
+        let writer = std::sync::Arc::new(std::sync::Mutex::new(Some((
+            Writer {
+                store,
+                config,
+                rollups: rollups.clone(),
+            },
+            rx,
+            close_rx,
+            done_tx,
+        ))));
         let for_thread = writer.clone();
         let started = std::thread::Builder::new()
             .name("pinpoint-decisions".into())
             .spawn(move || {
-                let Some((store, config, rx, close_rx, done_tx)) =
-                    for_thread.lock().unwrap_or_else(|p| p.into_inner()).take()
+                let Some((writer, rx, close_rx, done_tx)) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take()
                 else {
                     return;
                 };
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime.block_on(write_loop(store, config, rx, close_rx)),
+                    Ok(runtime) => runtime.block_on(write_loop(writer, rx, close_rx)),
                     Err(e) => tracing::error!(error = %e, "decision log writer cannot start; decisions are not stored"),
                 }
                 let _ = done_tx.send(());
@@ -69,27 +84,34 @@ impl DecisionLog {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
-                    .map(|(store, config, rx, close_rx, _)| tokio::spawn(write_loop(store, config, rx, close_rx)));
+                    .map(|(writer, rx, close_rx, _)| tokio::spawn(write_loop(writer, rx, close_rx)));
                 (None, task)
             }
         };
         let log = DecisionLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            rollups,
         };
         (log, DecisionLogWriter { close, done, task })
     }
 
-    /// Queues a decision without waiting. Returns false when it was dropped.
-    pub fn record(&self, decision: Decision) -> bool {
+    /// Counts a decision in the rollups and queues its record, without waiting, when it
+    /// must be kept or `sample` draws it. Returns false when a record that was to be kept
+    /// was dropped.
+    pub fn record(&self, decision: Decision, sample: SampleRate) -> bool {
+        self.rollups.count(&decision);
+        if !must_keep(&decision) && !sample.keeps(draw(&decision.request_id)) {
+            return true;
+        }
         match self.tx.try_send(decision) {
             Ok(()) => true,
             Err(err) => {
                 let why = match err {
-                    mpsc::error::TrySendError::Full(_) => "queue full",
-                    mpsc::error::TrySendError::Closed(_) => "writer stopped",
+                    mpsc::error::TrySendError::Full(_) => "queue_full",
+                    mpsc::error::TrySendError::Closed(_) => "writer_stopped",
                 };
-                metrics::counter!(DROPPED_METRIC).increment(1);
+                metrics::counter!(DROPPED_METRIC, "reason" => why).increment(1);
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 // Log the first drop and then every 1000th, so a flood cannot flood the log.
                 if total == 1 || total % 1000 == 0 {
@@ -122,12 +144,45 @@ impl DecisionLogWriter {
     }
 }
 
-async fn write_loop(
+/// Whether a decision's record is kept whatever the sample: Pinpoint refused or failed
+/// it, a report-mode layer would have refused it, or the upstream failed (5xx).
+fn must_keep(decision: &Decision) -> bool {
+    decision.reason.is_some() || decision.status >= 500 || decision.trace.iter().any(|t| t.mark == Mark::WouldDeny)
+}
+
+/// A request's draw for sampling, uniform in 0..1,000,000: from the last eight hex digits
+/// of Pinpoint's request id (random bits), so every replica draws the same. An id of
+/// another shape draws 0, which every sample keeps.
+fn draw(request_id: &str) -> u32 {
+    request_id
+        .len()
+        .checked_sub(8)
+        .and_then(|start| request_id.get(start..))
+        .and_then(|tail| u32::from_str_radix(tail, 16).ok())
+        .map_or(0, |bits| ((u64::from(bits) * 1_000_000) >> 32) as u32)
+}
+
+/// What the writer task owns.
+struct Writer {
     store: Store,
     config: DecisionLogConfig,
-    mut rx: mpsc::Receiver<Decision>,
-    mut close: oneshot::Receiver<()>,
-) {
+    rollups: Arc<Rollups>,
+}
+
+/// Adds the rollup counts gathered so far to the store; on failure they are kept for the
+/// next round.
+async fn flush_rollups(writer: &Writer) {
+    let counts = writer.rollups.take();
+    if let Err(e) = crate::rollups::add(&writer.store, &counts).await {
+        tracing::warn!(error = %e, "could not store decision rollups; kept for the next round");
+        writer.rollups.restore(counts);
+    }
+}
+
+async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close: oneshot::Receiver<()>) {
+    let (store, config) = (&writer.store, writer.config);
+    let mut rollup_tick = tokio::time::interval(crate::rollups::FLUSH_EVERY);
+    rollup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let batch_size = config.batch_size.max(1);
     let flush_interval = Duration::from_millis(config.flush_interval_ms);
     let mut batch = Vec::with_capacity(batch_size);
@@ -138,8 +193,12 @@ async fn write_loop(
             biased;
             _ = &mut close => break,
             n = rx.recv_many(&mut batch, batch_size) => if n == 0 { break },
+            _ = rollup_tick.tick() => {
+                flush_rollups(&writer).await;
+                continue;
+            }
             _ = prune.tick() => {
-                prune_old(&store, config.retention_hours).await;
+                prune_old(store, config.retention_hours).await;
                 continue;
             }
         }
@@ -162,7 +221,7 @@ async fn write_loop(
                 }
             }
             let full = batch.len() == batch_size;
-            write_batch(&store, &mut batch).await;
+            write_batch(store, &mut batch).await;
             if !full {
                 break;
             }
@@ -170,14 +229,15 @@ async fn write_loop(
     }
     rx.close();
     while rx.recv_many(&mut batch, batch_size).await > 0 {
-        write_batch(&store, &mut batch).await;
+        write_batch(store, &mut batch).await;
     }
+    flush_rollups(&writer).await;
 }
 
 async fn write_batch(store: &Store, batch: &mut Vec<Decision>) {
     let count = batch.len();
     if let Err(e) = insert_all(store, batch).await {
-        metrics::counter!(DROPPED_METRIC).increment(count as u64);
+        metrics::counter!(DROPPED_METRIC, "reason" => "write_failed").increment(count as u64);
         tracing::error!(error = %e, count, "decision log could not write a batch");
     } else {
         metrics::counter!(WRITTEN_METRIC).increment(count as u64);
@@ -246,6 +306,11 @@ async fn prune_old(store: &Store, retention_hours: u64) {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not prune old decisions"),
+    }
+    // Counts are small and baselines look a week back: kept at least eight days.
+    let rollup_horizon = now_ms().saturating_sub((retention_hours.max(8 * 24) as i64).saturating_mul(3_600_000));
+    if let Err(e) = crate::rollups::prune(store, rollup_horizon).await {
+        tracing::warn!(error = %e, "could not prune old decision rollups");
     }
 }
 
@@ -360,13 +425,57 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_sample_keeps_its_share_of_request_ids_and_odd_ids_are_kept() {
+        let rate = SampleRate::try_from(0.25).unwrap();
+        let kept = (0..20_000u64)
+            .map(|i| {
+                pinpoint_core::request_id::format(
+                    1_796_000_000_000 + i,
+                    u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+                )
+            })
+            .filter(|id| rate.keeps(draw(id)))
+            .count();
+        assert!((4_600..=5_400).contains(&kept), "{kept} of 20000 at 25%");
+        for odd in ["", "short", "not-hex-at-all!!", "client-id"] {
+            assert!(SampleRate::from_ppm(1).keeps(draw(odd)), "{odd:?}");
+        }
+        assert!(!SampleRate::from_ppm(0).keeps(draw("01a2493d8d34dc5320fc291b978c2af5")));
+        assert!(SampleRate::ALL.keeps(draw("01a2493d8d34dc5320fc291bffffffff")));
+    }
+
+    #[test]
+    fn refusals_would_denies_and_server_errors_are_always_kept() {
+        let allowed = || {
+            let mut d = decision("a");
+            d.status = 200;
+            d.reason = None;
+            d.trace.retain(|t| t.mark != Mark::WouldDeny);
+            d
+        };
+        assert!(!must_keep(&allowed()));
+        let refused = decision("r");
+        let mut failed = allowed();
+        failed.status = 503;
+        let mut would = allowed();
+        would.trace.push(pinpoint_core::LayerTrace::new(
+            "waf",
+            Mark::WouldDeny,
+            pinpoint_core::Mode::Report,
+        ));
+        for kept in [refused, failed, would] {
+            assert!(must_keep(&kept), "{}", kept.request_id);
+        }
+    }
+
     #[tokio::test]
     async fn finish_writes_everything_queued() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let (log, writer) = DecisionLog::spawn(store.clone(), DecisionLogConfig::default());
         for i in 0..1500 {
-            assert!(log.record(decision(&format!("id-{i}"))));
+            assert!(log.record(decision(&format!("id-{i}")), SampleRate::ALL));
         }
         writer.finish().await;
         for i in [0, 777, 1499] {
@@ -374,7 +483,7 @@ mod tests {
             assert_eq!(d, decision(&format!("id-{i}")).with_at(d.at_ms));
         }
         // After finish, records are refused and counted, never blocking.
-        assert!(!log.record(decision("late")));
+        assert!(!log.record(decision("late"), SampleRate::ALL));
         assert_eq!(log.dropped(), 1);
     }
 
@@ -390,7 +499,9 @@ mod tests {
         // The writer takes at most one decision off the queue before it sleeps through its
         // interval, so of ten recorded at once four or five fit, and the rest are dropped
         // and counted at once.
-        let accepted: Vec<bool> = (0..10).map(|i| log.record(decision(&format!("o-{i}")))).collect();
+        let accepted: Vec<bool> = (0..10)
+            .map(|i| log.record(decision(&format!("o-{i}")), SampleRate::ALL))
+            .collect();
         let count = accepted.iter().filter(|a| **a).count();
         assert!((4..=5).contains(&count), "{accepted:?}");
         assert_eq!(log.dropped(), 10 - count as u64);

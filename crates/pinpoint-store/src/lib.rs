@@ -12,6 +12,7 @@ pub mod decisions;
 pub mod identities;
 pub mod keys;
 pub mod record;
+pub mod rollups;
 pub mod signing;
 
 use std::path::{Path, PathBuf};
@@ -66,7 +67,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -266,6 +267,9 @@ impl Store {
             let statements = changes::schema_v11();
             let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
             migrate_to(&pool, 11, &statements).await?;
+        }
+        if version < 12 {
+            migrate_to(&pool, 12, rollups::SCHEMA_V12).await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)

@@ -38,7 +38,7 @@ pub use authz::{AuthzConfig, DenyRule};
 pub use cloudauth::CloudAuthConfig;
 pub use cors::CorsConfig;
 pub use csrf::{CsrfConfig, CsrfGuard};
-pub use decision_log::DecisionLogConfig;
+pub use decision_log::{DecisionLogConfig, SampleRate};
 pub use diagnostics::{ConfigError, ConfigErrors};
 pub use jwt::JwtConfig;
 pub use keys::KeysConfig;

@@ -151,8 +151,14 @@ pub const TABLES: &[Table] = &[
     Table {
         path: "[decision_log]",
         probe: "[decision_log]\nPROBE\n",
-        about: "The bounded queue between the proxy and the store that records every request's decision (what `pinpoint explain` reads), and how long decisions are kept.",
+        about: "What the store keeps of requests' decisions (what `pinpoint explain` reads): the records of every refusal and a sample of allowed requests, exact per-minute counts of all; the bounded queue between the proxy and the store; how long decisions are kept.",
         keys: &[
+            Key {
+                name: "sample_allowed",
+                kind: "number (0.0 to 1.0)",
+                default: "0.01",
+                about: "The share of allowed requests whose records are kept (a route's `decision_sample` wins; 1.0 keeps all). Every refusal, every report-mode would-deny and every 5xx is kept whatever this says, and every request is counted in the exact per-minute rollups (by route, reason, organization, status and mode). Which requests are kept is drawn from the request id, so replicas agree.",
+            },
             Key {
                 name: "queue_capacity",
                 kind: "integer",
@@ -420,6 +426,12 @@ pub const TABLES: &[Table] = &[
                 kind: "\"strip\" | \"refuse\" | \"allow\"",
                 default: "\"strip\"",
                 about: "What to do with method- and URL-override headers (`X-HTTP-Method-Override`, `X-Original-URL`, ...): remove them before forwarding, refuse the request with 400 `request.override_header`, or forward them as sent (only for upstreams that need them).",
+            },
+            Key {
+                name: "decision_sample",
+                kind: "number (0.0 to 1.0)",
+                default: "`[decision_log] sample_allowed`",
+                about: "The share of this route's allowed requests whose decision records are kept; refusals, would-denies and 5xx are always kept.",
             },
             Key {
                 name: "max_body_bytes",

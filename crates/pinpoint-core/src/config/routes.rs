@@ -63,6 +63,9 @@ pub struct RouteConfig {
     /// The WAF inspects this route's requests (`[waf]`): `true`, `false` or `"report"`
     /// (matches are traced as would-deny, never refused).
     pub waf: super::RouteWaf,
+    /// The share of this route's allowed requests whose records are kept (absent:
+    /// `[decision_log] sample_allowed`).
+    pub decision_sample: Option<super::SampleRate>,
 }
 
 /// The methods a route without a `methods` list allows.
@@ -146,6 +149,8 @@ struct RawRoute {
     csrf: super::CsrfGuard,
     #[serde(default)]
     waf: super::RouteWaf,
+    #[serde(default)]
+    decision_sample: Option<super::SampleRate>,
 }
 
 /// The route ids the file declares, whether or not each route is valid (so a rule naming
@@ -341,5 +346,6 @@ fn read_route(
         body_timeout_ms,
         csrf: r.csrf,
         waf: r.waf,
+        decision_sample: r.decision_sample,
     })
 }

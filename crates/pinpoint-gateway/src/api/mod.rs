@@ -584,6 +584,8 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
                 duration_micros: elapsed.as_micros() as u64,
                 trace,
             },
+            // Operators' calls: few, and each worth its record.
+            pinpoint_core::config::SampleRate::ALL,
         );
     }
     response

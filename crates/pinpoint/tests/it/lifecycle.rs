@@ -215,8 +215,9 @@ async fn binary_bootstraps_once_reloads_on_sighup_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy_port, api_port) = (free_port().await, free_port().await);
     let config = format!(
-        "[server]\nproxy_listen = \"127.0.0.1:{proxy_port}\"\napi_listen = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\nreload_poll_ms = 0\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\n\n[upstreams.gone]\ntargets = [\"{gone}\"]\n\n[[routes]]\nid = \"gone\"\npath_prefix = \"/gone\"\nupstream = \"gone\"\n",
-        gone = dead_addr().await
+        "[server]\nproxy_listen = \"127.0.0.1:{proxy_port}\"\napi_listen = \"127.0.0.1:{api_port}\"\ndata_dir = \"data\"\nreload_poll_ms = 0\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\n\n[upstreams.gone]\ntargets = [\"{gone}\"]\n\n[[routes]]\nid = \"gone\"\npath_prefix = \"/gone\"\nupstream = \"gone\"\n{keep}",
+        gone = dead_addr().await,
+        keep = crate::KEEP_EVERY_DECISION,
     );
     let config_path = dir.path().join("pinpoint.toml");
     std::fs::write(&config_path, &config).unwrap();

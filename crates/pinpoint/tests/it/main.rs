@@ -6,6 +6,7 @@ mod api;
 mod architecture;
 mod canonical;
 mod cloudauth;
+mod decision_log;
 mod evaluation;
 mod grpc;
 mod identity_api;
@@ -46,6 +47,9 @@ pub struct TestGateway {
     _dir: tempfile::TempDir,
 }
 
+/// Appended to test configs without a `[decision_log]` of their own.
+pub const KEEP_EVERY_DECISION: &str = "\n[decision_log]\nsample_allowed = 1.0\n";
+
 /// Starts a gateway with `config` (TOML; `DATA_DIR` is replaced by a fresh temp dir).
 pub async fn start(config: &str) -> TestGateway {
     let (dir, store, admin_key) = fresh_store().await;
@@ -72,7 +76,12 @@ pub async fn start_in(dir: tempfile::TempDir, store: Store, admin_key: String, c
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_test_writer()
         .try_init();
-    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let mut text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    if !text.contains("[decision_log]") {
+        // Tests read allowed requests' decisions back, so they keep every record; the
+        // sampling tests set their own `[decision_log]`.
+        text.push_str(KEEP_EVERY_DECISION);
+    }
     let config_path = dir.path().join("pinpoint.toml");
     std::fs::write(&config_path, &text).expect("write config");
     let config = Config::parse(&text, &config_path.display().to_string()).expect("valid test config");

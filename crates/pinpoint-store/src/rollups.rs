@@ -1,0 +1,167 @@
+//! Exact per-minute counts of every decision (`decision_rollups`), whatever share of the
+//! records themselves the decision log keeps: one count per minute, route, reason (the
+//! layer is the reason's first part), organization, status and mode. A request counts once
+//! with mode `enforce` and its outcome's reason (none when it was allowed), and once more
+//! with mode `report` for each report-mode would-deny in its trace. Requests count in
+//! memory (`Rollups::count`, a short lock); the decision log's writer adds the counts to
+//! the store every [`FLUSH_EVERY`] and when it finishes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pinpoint_core::{Decision, Mark, Mode, Reason};
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// How often counts reach the store.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// What one count is of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RollupKey {
+    /// The minute's start, Unix milliseconds.
+    pub minute_ms: i64,
+    pub route: Option<String>,
+    pub reason: Option<Reason>,
+    pub org_id: Option<Arc<str>>,
+    pub status: u16,
+    pub mode: Mode,
+}
+
+/// One stored count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupRow {
+    pub key: RollupKey,
+    pub count: u64,
+}
+
+/// Counts not yet in the store.
+#[derive(Default)]
+pub struct Rollups {
+    counts: Mutex<HashMap<RollupKey, u64>>,
+}
+
+impl Rollups {
+    /// Counts `decision` (see the module docs).
+    pub fn count(&self, decision: &Decision) {
+        let key = RollupKey {
+            minute_ms: decision.at_ms - decision.at_ms.rem_euclid(60_000),
+            route: decision.route.clone(),
+            reason: decision.reason,
+            org_id: decision.caller.as_ref().map(|c| c.org_id.clone()),
+            status: decision.status,
+            mode: Mode::Enforce,
+        };
+        let would_deny = decision
+            .trace
+            .iter()
+            .filter(|t| t.mark == Mark::WouldDeny)
+            .map(|t| t.reason)
+            .collect::<Vec<_>>();
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for reason in &would_deny {
+            let report = RollupKey {
+                reason: *reason,
+                mode: Mode::Report,
+                ..key.clone()
+            };
+            *counts.entry(report).or_insert(0) += 1;
+        }
+        *counts.entry(key).or_insert(0) += 1;
+    }
+
+    /// Takes the counts gathered so far.
+    pub fn take(&self) -> HashMap<RollupKey, u64> {
+        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts counts back (after a failed write), adding to what gathered meanwhile.
+    pub fn restore(&self, counts: HashMap<RollupKey, u64>) {
+        let mut current = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, count) in counts {
+            *current.entry(key).or_insert(0) += count;
+        }
+    }
+}
+
+/// Adds `counts` to the stored rollups, in one transaction.
+pub async fn add(store: &Store, counts: &HashMap<RollupKey, u64>) -> Result<(), StoreError> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.write_tx().await?;
+    for (key, count) in counts {
+        sqlx::query(
+            "INSERT INTO decision_rollups (minute_ms, route, reason, org_id, status, mode, count)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (minute_ms, route, reason, org_id, status, mode)
+             DO UPDATE SET count = count + excluded.count",
+        )
+        .bind(key.minute_ms)
+        .bind(key.route.as_deref().unwrap_or(""))
+        .bind(key.reason.map_or("", |r| r.code()))
+        .bind(key.org_id.as_deref().unwrap_or(""))
+        .bind(i64::from(key.status))
+        .bind(key.mode.as_str())
+        .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The stored counts of the minutes from `from_ms` (inclusive) to `to_ms` (exclusive).
+pub async fn read(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<RollupRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT minute_ms, route, reason, org_id, status, mode, count FROM decision_rollups
+         WHERE minute_ms >= ? AND minute_ms < ? ORDER BY minute_ms",
+    )
+    .bind(from_ms)
+    .bind(to_ms)
+    .fetch_all(store.pool())
+    .await?;
+    let text = |row: &sqlx::sqlite::SqliteRow, column: &str| -> Result<Option<String>, sqlx::Error> {
+        let value: String = row.try_get(column)?;
+        Ok((!value.is_empty()).then_some(value))
+    };
+    rows.iter()
+        .map(|row| {
+            let mode: String = row.try_get("mode")?;
+            Ok(RollupRow {
+                key: RollupKey {
+                    minute_ms: row.try_get("minute_ms")?,
+                    route: text(row, "route")?,
+                    reason: text(row, "reason")?.and_then(|code| Reason::from_code(&code)),
+                    org_id: text(row, "org_id")?.map(Arc::from),
+                    status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+                    mode: if mode == "report" { Mode::Report } else { Mode::Enforce },
+                },
+                count: u64::try_from(row.try_get::<i64, _>("count")?).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Drops the counts of minutes before `before_ms`.
+pub async fn prune(store: &Store, before_ms: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query("DELETE FROM decision_rollups WHERE minute_ms < ?")
+        .bind(before_ms)
+        .execute(store.pool())
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Version 12: the rollups table.
+pub(crate) const SCHEMA_V12: &[&str] = &["CREATE TABLE IF NOT EXISTS decision_rollups (
+        minute_ms INTEGER NOT NULL,
+        route TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        org_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        mode TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, route, reason, org_id, status, mode)
+    ) WITHOUT ROWID"];
