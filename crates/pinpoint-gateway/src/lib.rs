@@ -147,6 +147,7 @@ pub async fn run(
         health,
         echo_addr,
         store: gateway.store,
+        decision_drops: decisions.drops(),
         decisions: Arc::new(telemetry::QueuedDecisions(decisions)),
         prometheus,
         started: Instant::now(),

@@ -127,6 +127,8 @@ pub struct Shared {
     pub store: Store,
     /// Where finished decisions go (the store's decision log, through its queue).
     pub decisions: Arc<dyn pinpoint_policy::world::DecisionSink>,
+    /// The decision log's records that were to be kept and were not, by reason.
+    pub decision_drops: Arc<pinpoint_store::decisions::DropCounts>,
     pub prometheus: PrometheusHandle,
     pub started: Instant,
     /// Where the config came from, if a file (reloadable).

@@ -31,8 +31,32 @@ pub const WRITTEN_METRIC: &str = "pinpoint_decision_log_written_total";
 #[derive(Clone)]
 pub struct DecisionLog {
     tx: mpsc::Sender<Decision>,
-    dropped: Arc<AtomicU64>,
+    drops: Arc<DropCounts>,
     rollups: Arc<Rollups>,
+}
+
+/// Records that were to be kept and were not, by reason (as in [`DROPPED_METRIC`]).
+#[derive(Debug, Default)]
+pub struct DropCounts {
+    queue_full: AtomicU64,
+    writer_stopped: AtomicU64,
+    write_failed: AtomicU64,
+}
+
+impl DropCounts {
+    /// Each reason with its count so far.
+    pub fn by_reason(&self) -> [(&'static str, u64); 3] {
+        [
+            ("queue_full", self.queue_full.load(Ordering::Relaxed)),
+            ("writer_stopped", self.writer_stopped.load(Ordering::Relaxed)),
+            ("write_failed", self.write_failed.load(Ordering::Relaxed)),
+        ]
+    }
+
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// The writer; call [`DecisionLogWriter::finish`] on shutdown.
@@ -52,11 +76,13 @@ impl DecisionLog {
         let (close, close_rx) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
         let rollups = Arc::new(Rollups::default());
+        let drops = Arc::new(DropCounts::default());
         let writer = std::sync::Arc::new(std::sync::Mutex::new(Some((
             Writer {
                 store,
                 config,
                 rollups: rollups.clone(),
+                drops: drops.clone(),
             },
             rx,
             close_rx,
@@ -88,11 +114,7 @@ impl DecisionLog {
                 (None, task)
             }
         };
-        let log = DecisionLog {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-            rollups,
-        };
+        let log = DecisionLog { tx, drops, rollups };
         (log, DecisionLogWriter { close, done, task })
     }
 
@@ -107,12 +129,13 @@ impl DecisionLog {
         match self.tx.try_send(decision) {
             Ok(()) => true,
             Err(err) => {
-                let why = match err {
-                    mpsc::error::TrySendError::Full(_) => "queue_full",
-                    mpsc::error::TrySendError::Closed(_) => "writer_stopped",
+                let (why, count) = match err {
+                    mpsc::error::TrySendError::Full(_) => ("queue_full", &self.drops.queue_full),
+                    mpsc::error::TrySendError::Closed(_) => ("writer_stopped", &self.drops.writer_stopped),
                 };
                 metrics::counter!(DROPPED_METRIC, "reason" => why).increment(1);
-                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                count.fetch_add(1, Ordering::Relaxed);
+                let total = self.drops.total();
                 // Log the first drop and then every 1000th, so a flood cannot flood the log.
                 if total == 1 || total % 1000 == 0 {
                     tracing::warn!(dropped_total = total, why, "decision log dropped a decision");
@@ -122,9 +145,14 @@ impl DecisionLog {
         }
     }
 
-    /// Decisions dropped so far by this log.
+    /// Records dropped so far by this log.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.drops.total()
+    }
+
+    /// Records dropped so far, by reason (`/healthz` shows them).
+    pub fn drops(&self) -> Arc<DropCounts> {
+        self.drops.clone()
     }
 }
 
@@ -167,6 +195,7 @@ struct Writer {
     store: Store,
     config: DecisionLogConfig,
     rollups: Arc<Rollups>,
+    drops: Arc<DropCounts>,
 }
 
 /// Adds the rollup counts gathered so far to the store; on failure they are kept for the
@@ -198,7 +227,7 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
                 continue;
             }
             _ = prune.tick() => {
-                prune_old(store, config.retention_hours).await;
+                prune_old(store, config.retention_hours, config.max_store_mb).await;
                 continue;
             }
         }
@@ -221,7 +250,8 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
                 }
             }
             let full = batch.len() == batch_size;
-            write_batch(store, &mut batch).await;
+            let failed = write_batch(store, &mut batch).await;
+            writer.drops.write_failed.fetch_add(failed, Ordering::Relaxed);
             if !full {
                 break;
             }
@@ -229,20 +259,29 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
     }
     rx.close();
     while rx.recv_many(&mut batch, batch_size).await > 0 {
-        write_batch(store, &mut batch).await;
+        let failed = write_batch(store, &mut batch).await;
+        writer.drops.write_failed.fetch_add(failed, Ordering::Relaxed);
     }
     flush_rollups(&writer).await;
 }
 
-async fn write_batch(store: &Store, batch: &mut Vec<Decision>) {
-    let count = batch.len();
-    if let Err(e) = insert_all(store, batch).await {
-        metrics::counter!(DROPPED_METRIC, "reason" => "write_failed").increment(count as u64);
-        tracing::error!(error = %e, count, "decision log could not write a batch");
-    } else {
-        metrics::counter!(WRITTEN_METRIC).increment(count as u64);
-    }
+/// Writes `batch` and empties it; returns how many records were lost (all of them, when
+/// the store refused the batch).
+async fn write_batch(store: &Store, batch: &mut Vec<Decision>) -> u64 {
+    let count = batch.len() as u64;
+    let failed = match insert_all(store, batch).await {
+        Err(e) => {
+            metrics::counter!(DROPPED_METRIC, "reason" => "write_failed").increment(count);
+            tracing::error!(error = %e, count, "decision log could not write a batch");
+            count
+        }
+        Ok(()) => {
+            metrics::counter!(WRITTEN_METRIC).increment(count);
+            0
+        }
+    };
     batch.clear();
+    failed
 }
 
 async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
@@ -287,7 +326,41 @@ fn chunk_len(remaining: usize) -> usize {
     CHUNK_SIZES.into_iter().find(|&size| size <= remaining).unwrap_or(1)
 }
 
-async fn prune_old(store: &Store, retention_hours: u64) {
+/// Metric counting decision records pruned, by reason: `age` (past `retention_hours`) or
+/// `size` (the oldest, while the store holds more than `max_store_mb`).
+pub const PRUNED_METRIC: &str = "pinpoint_decision_log_pruned_total";
+
+/// Bytes the store's pages hold (free pages, which SQLite reuses, not counted).
+async fn store_bytes_in_use(store: &Store) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()),
+                (SELECT page_size FROM pragma_page_size())",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    let (pages, page_size): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0))
+}
+
+/// Deletes the oldest decision records, a tenth of them (at least 1,000) a round, while
+/// the store holds more than `max_bytes`. Returns how many went.
+async fn prune_to_size(store: &Store, max_bytes: u64) -> Result<u64, StoreError> {
+    let mut pruned = 0;
+    while store_bytes_in_use(store).await? > max_bytes {
+        let done = sqlx::query(
+            "DELETE FROM decisions WHERE seq < (SELECT MIN(seq) + MAX(1000, COUNT(*) / 10) FROM decisions)",
+        )
+        .execute(store.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            break;
+        }
+        pruned += done.rows_affected();
+    }
+    Ok(pruned)
+}
+
+async fn prune_old(store: &Store, retention_hours: u64, max_store_mb: u64) {
     let horizon = now_ms().saturating_sub((retention_hours as i64).saturating_mul(3_600_000));
     // Rows are appended in time order, so everything before the first row inside the
     // retention window is older: found by walking `seq` from the start, which touches only
@@ -302,10 +375,25 @@ async fn prune_old(store: &Store, retention_hours: u64) {
     .await
     {
         Ok(done) if done.rows_affected() > 0 => {
+            metrics::counter!(PRUNED_METRIC, "reason" => "age").increment(done.rows_affected());
             tracing::info!(pruned = done.rows_affected(), "pruned old decisions")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not prune old decisions"),
+    }
+    if max_store_mb > 0 {
+        match prune_to_size(store, max_store_mb.saturating_mul(1 << 20)).await {
+            Ok(0) => {}
+            Ok(pruned) => {
+                metrics::counter!(PRUNED_METRIC, "reason" => "size").increment(pruned);
+                tracing::info!(
+                    pruned,
+                    max_store_mb,
+                    "pruned the oldest decisions to keep the store within its size"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "could not prune decisions by size"),
+        }
     }
     // Counts are small and baselines look a week back: kept at least eight days.
     let rollup_horizon = now_ms().saturating_sub((retention_hours.max(8 * 24) as i64).saturating_mul(3_600_000));
@@ -571,6 +659,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pruning_by_size_drops_the_oldest_until_the_store_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut batch: Vec<Decision> = (0..6000).map(|i| decision(&format!("d-{i:05}"))).collect();
+        write_batch(&store, &mut batch).await;
+        let before = store_bytes_in_use(&store).await.unwrap();
+        assert!(before > 2 << 20, "the test needs a store over 2 MiB: {before}");
+        prune_old(&store, 24 * 365, 2).await;
+        assert!(store_bytes_in_use(&store).await.unwrap() <= 2 << 20);
+        assert!(store.decision("d-00000").await.unwrap().is_none(), "the oldest go");
+        assert!(store.decision("d-05999").await.unwrap().is_some(), "the newest stay");
+    }
+
+    #[tokio::test]
     async fn pruning_removes_what_is_past_retention_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
@@ -579,12 +681,12 @@ mod tests {
         let mut batch = vec![at("old-1", hours_ago(5)), at("old-2", hours_ago(3))];
         batch.extend([at("new-1", hours_ago(0) - 1000), at("new-2", hours_ago(0) - 1000)]);
         write_batch(&store, &mut batch).await;
-        prune_old(&store, 2).await;
+        prune_old(&store, 2, 0).await;
         for (id, kept) in [("old-1", false), ("old-2", false), ("new-1", true), ("new-2", true)] {
             assert_eq!(store.decision(id).await.unwrap().is_some(), kept, "{id}");
         }
         // Nothing inside the window: everything goes.
-        prune_old(&store, 0).await;
+        prune_old(&store, 0, 0).await;
         assert!(store.decision("new-2").await.unwrap().is_none());
     }
 

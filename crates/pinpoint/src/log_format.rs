@@ -110,7 +110,7 @@ fn push_timestamp(out: &mut String, at: std::time::SystemTime) {
     let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
     let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
+    let (year, month, day) = pinpoint_core::time::civil_from_days(days as i64);
     push_digits(out, year.clamp(0, 9999) as u32, 4);
     out.push('-');
     push_digits(out, month, 2);
@@ -132,21 +132,6 @@ fn push_digits(out: &mut String, value: u32, width: u32) {
     for place in (0..width).rev() {
         out.push(char::from(b'0' + (value / 10u32.pow(place) % 10) as u8));
     }
-}
-
-/// The proleptic Gregorian date of a count of days since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ pub struct DecisionLogConfig {
     pub flush_interval_ms: u64,
     /// Decisions older than this are pruned from the store.
     pub retention_hours: u64,
+    /// The most the store may hold (MiB); beyond it the oldest decision records are pruned
+    /// (0: no limit).
+    pub max_store_mb: u64,
 }
 
 impl Default for DecisionLogConfig {
@@ -32,6 +35,7 @@ impl Default for DecisionLogConfig {
             batch_size: 1024,
             flush_interval_ms: 50,
             retention_hours: 24 * 7,
+            max_store_mb: 1024,
         }
     }
 }

@@ -183,6 +183,12 @@ pub const TABLES: &[Table] = &[
                 default: "168",
                 about: "Decisions older than this are pruned from the store.",
             },
+            Key {
+                name: "max_store_mb",
+                kind: "integer (MiB)",
+                default: "1024",
+                about: "The most the store may hold; beyond it the oldest decision records are pruned (checked with the age pruning, every 10 minutes; counted in `pinpoint_decision_log_pruned_total{reason=\"size\"}`). 0: no limit. Rollups are not pruned by size.",
+            },
         ],
     },
     Table {

@@ -613,6 +613,14 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
         "config_revision": runtime.config.revision,
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "keys_loaded": shared.services.directory.key_count(),
+        "decision_log": {
+            "dropped": shared
+                .decision_drops
+                .by_reason()
+                .iter()
+                .map(|(reason, count)| (reason.to_string(), serde_json::Value::from(*count)))
+                .collect::<serde_json::Map<_, _>>(),
+        },
         "upstreams": runtime
             .upstreams
             .iter()

@@ -70,6 +70,20 @@ waf = "report"
         .all(|(status, _)| *status == 200));
     assert!(refused.iter().all(|(status, _)| *status == 403));
 
+    // Nothing that was to be kept was lost, and /healthz says so by reason.
+    let health: serde_json::Value = gw
+        .http
+        .get(gw.api_url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for reason in ["queue_full", "writer_stopped", "write_failed"] {
+        assert_eq!(health["decision_log"]["dropped"][reason], 0, "{health}");
+    }
+
     // Stopping writes every queued record and every count.
     let (_dir, store, _) = gw.stop_and_keep().await;
     for (_, id) in &allowed {
