@@ -714,7 +714,7 @@ async fn decision(
         return Err(ApiError(
             Denial::new(
                 Reason::ApiDecisionPending,
-                "No decision is recorded under this request id yet.",
+                "No decision is recorded under this request id yet. Refusals are always recorded; of allowed requests only a sample is (`[decision_log] sample_allowed`).",
             )
             .header("retry-after", "1"),
         ));
@@ -741,7 +741,7 @@ async fn decision(
     match found.as_slice() {
         [] => Err(deny(
             Reason::ApiNotFound,
-            "No decision is recorded under this request id.",
+            "No decision is recorded under this request id. Refusals are always recorded; of allowed requests only a sample is (`[decision_log] sample_allowed`).",
         )),
         [decision] => Ok(envelope(resource("decision", &decision.request_id, decision))),
         several => Ok(envelope(serde_json::Value::Array(
