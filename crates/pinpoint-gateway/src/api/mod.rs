@@ -4,6 +4,7 @@
 //! needs, from the one table [`ENDPOINTS`]; handlers add tenant checks. API decisions are
 //! recorded like proxy decisions, so `pinpoint explain` works for both.
 
+mod analytics;
 mod cloudauth;
 mod identities;
 mod keys;
@@ -40,6 +41,7 @@ pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/api/v2/current_user", None),
     ("POST", "/api/v2/tokens", Some(perm::TOKENS_CREATE)),
     ("GET", "/api/v2/decisions/{request_id}", Some(perm::DECISIONS_READ)),
+    ("GET", "/api/v2/analytics/decisions", Some(perm::DECISIONS_READ)),
     ("POST", "/api/v2/orgs", Some(perm::ORGS_WRITE)),
     ("GET", "/api/v2/orgs", Some(perm::ORGS_READ)),
     ("GET", "/api/v2/orgs/{id}", Some(perm::ORGS_READ)),
@@ -286,6 +288,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v2/openapi.json", get(openapi))
         .route("/api/v2/current_user", get(identities::current_user))
         .route("/api/v2/decisions/{request_id}", get(decision))
+        .route("/api/v2/analytics/decisions", get(analytics::decisions))
         .merge(identities::routes())
         .merge(keys::routes())
         .merge(cloudauth::routes())

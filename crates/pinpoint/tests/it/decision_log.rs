@@ -121,3 +121,130 @@ waf = "report"
     );
     assert!(counts.is_empty(), "nothing else counted: {counts:?}");
 }
+
+/// The analytics of `query` as `caller` sees them: (total, each group's key and total).
+async fn analytics(gw: &crate::TestGateway, caller: &str, query: &str) -> (u64, Vec<(serde_json::Value, u64)>) {
+    let resp = gw
+        .http
+        .get(gw.api_url(&format!("/api/v2/analytics/decisions?{query}")))
+        .bearer_auth(caller)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{query}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let attributes = &body["data"]["attributes"];
+    let groups = attributes["groups"].as_array().unwrap();
+    for group in groups {
+        let points: u64 = group["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            points,
+            group["total"].as_u64().unwrap(),
+            "a group's series adds up to its total"
+        );
+    }
+    (
+        attributes["total"].as_u64().unwrap(),
+        groups
+            .iter()
+            .map(|g| (g["key"].clone(), g["total"].as_u64().unwrap()))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own() {
+    // Default sampling (1% of allowed requests): the analytics still count every request.
+    let w = crate::access::world("[decision_log]\nsample_allowed = 0.01\n").await;
+    let gw = &w.gw;
+    let get = |key: Option<String>, method: reqwest::Method| {
+        let mut req = gw.http.request(method, gw.url("/orders/1"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for _ in 0..7 {
+        assert_eq!(get(Some(w.alice_key.clone()), reqwest::Method::GET).await, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(Some(w.bob_key.clone()), reqwest::Method::POST).await, 403);
+    }
+    for _ in 0..4 {
+        assert_eq!(get(Some(w.globex_key.clone()), reqwest::Method::GET).await, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(None, reqwest::Method::GET).await, 401);
+    }
+    // Counts reach the store within a second.
+    crate::poll_until("the rollups hold all 16 requests", || async {
+        analytics(gw, &gw.admin_key, "route=orders").await.0 == 16
+    })
+    .await;
+
+    let (total, by_reason) = analytics(gw, &gw.admin_key, "route=orders&group_by=reason").await;
+    assert_eq!(total, 16);
+    assert_eq!(
+        by_reason,
+        vec![
+            (serde_json::json!({"reason": null}), 11),
+            (serde_json::json!({"reason": "authz.permission_missing"}), 3),
+            (serde_json::json!({"reason": "authn.credentials_missing"}), 2),
+        ]
+    );
+    let (_, by_layer_and_status) = analytics(gw, &gw.admin_key, "route=orders&layer=authz&group_by=layer,status").await;
+    assert_eq!(
+        by_layer_and_status,
+        vec![(serde_json::json!({"layer": "authz", "status": 403}), 3)]
+    );
+    let (_, by_org) = analytics(gw, &gw.admin_key, "route=orders&group_by=org&top=2").await;
+    assert_eq!(
+        by_org,
+        vec![
+            (serde_json::json!({"org": w.acme.id}), 10),
+            (serde_json::json!({"org": w.globex.id}), 4),
+        ],
+        "the top two of three groups (the anonymous requests are the third)"
+    );
+    let (allowed, _) = analytics(gw, &gw.admin_key, "route=orders&reason=-&interval=5m").await;
+    assert_eq!(allowed, 11);
+
+    // globex's service account reads decisions: only globex's requests count for it, and
+    // asking for acme's is the same as asking for an organization that does not exist.
+    let (mine, groups) = analytics(gw, &w.globex_key, "group_by=org,route").await;
+    assert!(groups.iter().all(|(key, _)| key["org"] == w.globex.id), "{groups:?}");
+    assert!(mine >= 4);
+    assert_eq!(analytics(gw, &w.globex_key, &format!("org={}", w.acme.id)).await.0, 0);
+    assert_eq!(analytics(gw, &w.globex_key, "org=no-such-org").await.0, 0);
+
+    // Mistakes are named; callers without decisions:read are refused.
+    for bad in [
+        "interval=90s",
+        "group_by=principal",
+        "from=10&to=5",
+        "mode=shadow",
+        "colour=red",
+    ] {
+        let resp = gw
+            .http
+            .get(gw.api_url(&format!("/api/v2/analytics/decisions?{bad}")))
+            .bearer_auth(&gw.admin_key)
+            .send()
+            .await
+            .unwrap();
+        crate::problem(resp, 400, "api.bad_request").await;
+    }
+    let resp = gw
+        .http
+        .get(gw.api_url("/api/v2/analytics/decisions"))
+        .bearer_auth(&w.alice_key)
+        .send()
+        .await
+        .unwrap();
+    crate::problem(resp, 403, "authz.permission_missing").await;
+}
