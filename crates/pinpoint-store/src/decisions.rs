@@ -425,6 +425,29 @@ pub trait DecisionStore {
         text: &str,
         limit: u32,
     ) -> impl std::future::Future<Output = Result<Vec<Decision>, StoreError>> + Send;
+
+    /// The most recent stored decisions that pass `filter`, newest first.
+    fn recent_decisions(
+        &self,
+        filter: &DecisionFilter,
+    ) -> impl std::future::Future<Output = Result<Vec<Decision>, StoreError>> + Send;
+}
+
+/// Which stored decisions [`DecisionStore::recent_decisions`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionFilter {
+    /// Only this organization's (its callers' requests).
+    pub org: Option<String>,
+    pub route: Option<String>,
+    /// A reason code; `Some("-")`: only decisions without one (allowed requests).
+    pub reason: Option<String>,
+    /// The first part of the reason code (`authz`).
+    pub layer: Option<String>,
+    pub status: Option<u16>,
+    /// Only decisions at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
 }
 
 impl DecisionStore for Store {
@@ -446,6 +469,27 @@ impl DecisionStore for Store {
 
     async fn decision(&self, id: &str) -> Result<Option<Decision>, StoreError> {
         Ok(self.decisions_by_id(id, None, 1).await?.into_iter().next())
+    }
+
+    async fn recent_decisions(&self, filter: &DecisionFilter) -> Result<Vec<Decision>, StoreError> {
+        // Newest first along `seq`: the scan stops after `limit` matches.
+        let rows = sqlx::query(
+            "SELECT record FROM decisions WHERE (?1 IS NULL OR org_id = ?1) AND (?2 IS NULL OR route = ?2) \
+             AND (?3 IS NULL OR (?3 = '-' AND reason IS NULL) OR reason = ?3) \
+             AND (?4 IS NULL OR substr(reason, 1, length(?4) + 1) = ?4 || '.') \
+             AND (?5 IS NULL OR status = ?5) AND (?6 IS NULL OR at_ms >= ?6) \
+             ORDER BY seq DESC LIMIT ?7",
+        )
+        .bind(filter.org.as_deref())
+        .bind(filter.route.as_deref())
+        .bind(filter.reason.as_deref())
+        .bind(filter.layer.as_deref())
+        .bind(filter.status.map(i64::from))
+        .bind(filter.since_ms)
+        .bind(i64::from(filter.limit))
+        .fetch_all(self.pool())
+        .await?;
+        records(rows)
     }
 
     async fn decisions_containing(&self, text: &str, limit: u32) -> Result<Vec<Decision>, StoreError> {

@@ -33,7 +33,7 @@ pub use signing::SigningKeyStore;
 pub mod prelude {
     pub use crate::{ChangeFeed, CloudAuthStore, DecisionStore, IdentityStore, KeyStore, QuotaStore, SigningKeyStore};
 }
-pub use decisions::{DecisionLog, DecisionLogWriter};
+pub use decisions::{DecisionFilter, DecisionLog, DecisionLogWriter};
 pub use keys::{IssuedKey, NewKey, StoredKey};
 pub use signing::SigningKeyRecord;
 

@@ -5,6 +5,7 @@
 mod admin;
 mod client;
 mod cloud;
+mod decisions;
 mod explain;
 mod log_format;
 mod log_sink;
@@ -62,6 +63,11 @@ enum Command {
     /// The built-in WAF.
     #[command(subcommand)]
     Waf(WafCommand),
+    /// Stored decisions, listed and filtered.
+    #[command(subcommand)]
+    Decisions(decisions::DecisionsCommand),
+    /// A live view of refusals by reason, route and organization (exact counts).
+    Top(decisions::TopArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::Keys),
@@ -210,6 +216,8 @@ fn run(cli: Cli) -> Result<()> {
                 let _log_flush = init_tracing("text", LogTo::Stderr);
                 cloud::agent_key(&target, fallback_key, out, once).await
             }
+            Command::Decisions(cmd) => decisions::run(cmd).await,
+            Command::Top(args) => decisions::top(args).await,
             Command::Keys(cmd) => admin::keys(cmd).await,
             Command::Admin {
                 command: AdminCommand::Recover { config },

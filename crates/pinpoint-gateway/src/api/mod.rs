@@ -41,6 +41,7 @@ pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/api/v2/current_user", None),
     ("POST", "/api/v2/tokens", Some(perm::TOKENS_CREATE)),
     ("GET", "/api/v2/decisions/{request_id}", Some(perm::DECISIONS_READ)),
+    ("GET", "/api/v2/decisions", Some(perm::DECISIONS_READ)),
     ("GET", "/api/v2/analytics/decisions", Some(perm::DECISIONS_READ)),
     ("POST", "/api/v2/orgs", Some(perm::ORGS_WRITE)),
     ("GET", "/api/v2/orgs", Some(perm::ORGS_READ)),
@@ -289,6 +290,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v2/current_user", get(identities::current_user))
         .route("/api/v2/decisions/{request_id}", get(decision))
         .route("/api/v2/analytics/decisions", get(analytics::decisions))
+        .route("/api/v2/decisions", get(decisions_list))
         .merge(identities::routes())
         .merge(keys::routes())
         .merge(cloudauth::routes())
@@ -722,21 +724,7 @@ async fn decision(
             .header("retry-after", "1"),
         ));
     }
-    // Records name their caller by id; people read a name.
-    let directory = &shared.services.directory;
-    for decision in &mut found {
-        if let Some(recorded) = &decision.caller {
-            decision.principal = Some(directory.caller_label(recorded));
-        }
-    }
-    // What names another tenant is for platform admins only.
-    if !caller.0.is_platform_admin() {
-        for decision in &mut found {
-            for entry in &mut decision.trace {
-                entry.platform_note = None;
-            }
-        }
-    }
+    present(&shared, &caller, &mut found);
     // Pinpoint's ids are unique: a client that sends one as its own id cannot crowd it.
     if let Some(exact) = found.iter().position(|d| d.request_id == request_id) {
         found = vec![found.swap_remove(exact)];
@@ -751,6 +739,79 @@ async fn decision(
             several.iter().map(|d| resource("decision", &d.request_id, d)).collect(),
         ))),
     }
+}
+
+/// Decisions as a caller reads them: callers named (records name them by id), and what
+/// names another tenant (`platform_note`) only for platform admins.
+fn present(shared: &Shared, caller: &Caller, decisions: &mut [Decision]) {
+    let directory = &shared.services.directory;
+    for decision in decisions.iter_mut() {
+        if let Some(recorded) = &decision.caller {
+            decision.principal = Some(directory.caller_label(recorded));
+        }
+        if !caller.0.is_platform_admin() {
+            for entry in &mut decision.trace {
+                entry.platform_note = None;
+            }
+        }
+    }
+}
+
+/// `GET /api/v2/decisions`: the most recent stored decisions, newest first, filtered by
+/// `route`, `reason` (`-`: allowed), `layer`, `status`, `org` (platform admins; everyone
+/// else sees their own organization's only), `since` (Unix ms) and `limit` (default 50,
+/// at most 500). Allowed requests are there as far as the decision log's sample kept them.
+async fn decisions_list(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    const KNOWN: [&str; 7] = ["route", "reason", "layer", "status", "org", "since", "limit"];
+    if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(deny(
+            Reason::ApiBadRequest,
+            format!("Unknown query parameter `{unknown}`; it takes {}.", KNOWN.join(", ")),
+        ));
+    }
+    let number = |name: &str| -> ApiResult<Option<i64>> {
+        query
+            .get(name)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    deny(
+                        Reason::ApiBadRequest,
+                        format!("`{name}` must be a whole number, not `{v}`."),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let status = number("status")?
+        .map(|s| u16::try_from(s).map_err(|_| deny(Reason::ApiBadRequest, "`status` is an HTTP status.")))
+        .transpose()?;
+    let org = if caller.0.is_platform_admin() {
+        query.get("org").cloned()
+    } else {
+        // Another organization's decisions look like none at all.
+        match query.get("org") {
+            Some(org) if org != caller.0.org_id() => return Ok(envelope(serde_json::Value::Array(Vec::new()))),
+            _ => Some(caller.0.org_id().to_owned()),
+        }
+    };
+    let filter = pinpoint_store::DecisionFilter {
+        org,
+        route: query.get("route").cloned(),
+        reason: query.get("reason").cloned(),
+        layer: query.get("layer").cloned(),
+        status,
+        since_ms: number("since")?,
+        limit: number("limit")?.unwrap_or(50).clamp(1, 500) as u32,
+    };
+    let mut found = shared.store.recent_decisions(&filter).await?;
+    present(&shared, &caller, &mut found);
+    Ok(envelope(serde_json::Value::Array(
+        found.iter().map(|d| resource("decision", &d.request_id, d)).collect(),
+    )))
 }
 
 /// At most this many decisions are listed for one id (a client's id can repeat).

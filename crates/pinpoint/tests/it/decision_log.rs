@@ -222,6 +222,66 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
     assert_eq!(analytics(gw, &w.globex_key, &format!("org={}", w.acme.id)).await.0, 0);
     assert_eq!(analytics(gw, &w.globex_key, "org=no-such-org").await.0, 0);
 
+    // The stored decisions, listed and filtered: the refusals are all there; globex sees
+    // none of acme's.
+    let list = |key: String, query: &'static str| {
+        let (http, url) = (gw.http.clone(), gw.api_url(&format!("/api/v2/decisions?{query}")));
+        async move {
+            let body: serde_json::Value = http
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["data"].as_array().unwrap().clone()
+        }
+    };
+    let refusals = list(gw.admin_key.clone(), "route=orders&layer=authz").await;
+    assert_eq!(refusals.len(), 3);
+    assert!(refusals
+        .iter()
+        .all(|d| d["attributes"]["reason"] == "authz.permission_missing"));
+    assert_eq!(
+        list(gw.admin_key.clone(), "route=orders&status=401&limit=1")
+            .await
+            .len(),
+        1
+    );
+    assert!(list(w.globex_key.clone(), "route=orders&layer=authz").await.is_empty());
+
+    // The CLI: `decisions list` and one frame of `top`.
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"));
+        command
+            .args(args)
+            .args(["--api", &format!("http://{}", gw.api), "--key", &gw.admin_key])
+            .env("NO_PROXY", "*");
+        async move {
+            let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let listed = run(&["decisions", "list", "--layer", "authz", "--route", "orders"]).await;
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.contains("authz.permission_missing"))
+            .count(),
+        3,
+        "{listed}"
+    );
+    let top = run(&["top", "--once", "--minutes", "60"]).await;
+    assert!(top.contains("refused, by reason"), "{top}");
+    let reasons = top.split("refused, by route").next().unwrap();
+    assert!(reasons.contains("       3  authz.permission_missing"), "{top}");
+    assert!(reasons.contains("       2  authn.credentials_missing"), "{top}");
+
     // Mistakes are named; callers without decisions:read are refused.
     for bad in [
         "interval=90s",
