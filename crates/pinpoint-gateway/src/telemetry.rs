@@ -25,6 +25,10 @@ pub const TLS_RELOADS: &str = "pinpoint_tls_reloads_total";
 pub const UPSTREAM_RETRIES: &str = "pinpoint_upstream_retries_total";
 /// Requests whose path was rewritten to its canonical form (refused ones are denials).
 pub const CANONICALISED: &str = "pinpoint_canonicalised_paths_total";
+/// Every decision by outcome (`allowed`, `refused`, `would_deny`), layer, reason, route
+/// and mode: the same counts as the decision log's rollups, for Prometheus. Label values
+/// are bounded: route ids, the reason catalogue.
+pub const DECISIONS: &str = "pinpoint_decisions_total";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -154,6 +158,48 @@ pub fn count_request(route: &Arc<str>, status: http::StatusCode, elapsed: Durati
     duration.record(elapsed.as_secs_f64());
 }
 
+/// Counts a finished request in `pinpoint_decisions_total`: once by its outcome, and once
+/// more for each report-mode would-deny in its trace.
+fn count_decision(route: &Arc<str>, decision: &pinpoint_core::Decision) {
+    let outcome = if decision.reason.is_some() {
+        "refused"
+    } else {
+        "allowed"
+    };
+    decision_counter(route, decision.reason, outcome, Mode::Enforce).increment(1);
+    for entry in &decision.trace {
+        if entry.mark == pinpoint_core::Mark::WouldDeny {
+            decision_counter(route, entry.reason, "would_deny", entry.mode).increment(1);
+        }
+    }
+}
+
+/// The `pinpoint_decisions_total` counter of one label set, kept once made (as
+/// [`request_metrics`] keeps its handles, and for the same reason).
+fn decision_counter(route: &Arc<str>, reason: Option<Reason>, outcome: &'static str, mode: Mode) -> metrics::Counter {
+    type Key = (Arc<str>, Option<Reason>, &'static str, Mode);
+    static CACHED: OnceLock<papaya::HashMap<Key, metrics::Counter, foldhash::fast::RandomState>> = OnceLock::new();
+    let register = || {
+        metrics::counter!(
+            DECISIONS,
+            "outcome" => outcome,
+            "layer" => reason.map_or("-", |r| r.layer()),
+            "reason" => reason.map_or("-", |r| r.code()),
+            "route" => route.clone(),
+            "mode" => mode.as_str()
+        )
+    };
+    if PROMETHEUS.get().is_none() {
+        return register();
+    }
+    let cached = CACHED.get_or_init(Default::default).pin();
+    let key = (route.clone(), reason, outcome, mode);
+    if let Some(counter) = cached.get(&key) {
+        return counter.clone();
+    }
+    cached.get_or_insert_with(key, register).clone()
+}
+
 /// The request counter and latency histogram of each route and status, looked up once:
 /// through the `metrics` macros every request built, hashed and looked up its label sets
 /// in the registry, 1,900 instructions a request (`bench/instructions.sh`, 2026-12-06).
@@ -191,6 +237,7 @@ pub fn finish_request(
 ) {
     let status = http::StatusCode::from_u16(decision.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     count_request(route, status, Duration::from_micros(decision.duration_micros));
+    count_decision(route, &decision);
     tracing::info!(
         target: "pinpoint::access",
         request_id = decision.request_id.as_str(),

@@ -222,6 +222,25 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
     assert_eq!(analytics(gw, &w.globex_key, &format!("org={}", w.acme.id)).await.0, 0);
     assert_eq!(analytics(gw, &w.globex_key, "org=no-such-org").await.0, 0);
 
+    // Prometheus has the same counts by outcome (the recorder is the test process's, shared
+    // with other tests, so at least these).
+    let metrics = gw.metrics().await;
+    let count_of = |labels: &[&str]| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("pinpoint_decisions_total{") && labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let refused = [
+        "outcome=\"refused\"",
+        "layer=\"authz\"",
+        "reason=\"authz.permission_missing\"",
+        "route=\"orders\"",
+    ];
+    assert!(count_of(&refused) >= 3, "{metrics}");
+    assert!(count_of(&["outcome=\"allowed\"", "route=\"orders\"", "mode=\"enforce\""]) >= 11);
+
     // The stored decisions, listed and filtered: the refusals are all there; globex sees
     // none of acme's.
     let list = |key: String, query: &'static str| {
