@@ -152,10 +152,10 @@ run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind];
   P99[$1-$2]+="$(echo "$out" | awk '$1 == "99%" {print $2}') "
 }
 pinpoint_ticks() { awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat"; } # utime + stime
-# Pinpoint's CPU ticks by thread: the proxy workers' user and kernel time (the main thread,
-# worker 0, also serves the api; pinpoint-w1.. are the others), the decision log's writer
-# (pinpoint-decisions, which encodes records, and sqlx's SQLite thread) and the access-log
-# writer, as "w_user w_kernel decisions access_log".
+# Pinpoint's CPU ticks by thread: the proxy workers' user and kernel time (pinpoint-w0..,
+# and the main thread, which serves the api and background work: next to nothing here),
+# the decision log's writer (pinpoint-decisions, which encodes records, and sqlx's SQLite
+# thread) and the access-log writer, as "w_user w_kernel decisions access_log".
 thread_ticks() {
   cat /proc/"$PINPOINT_PID"/task/*/stat 2>/dev/null | awk '
     $2 == "(pinpoint)" || $2 ~ /^\(pinpoint-w[0-9]+\)$/ { wu += $14; wk += $15 }

@@ -99,6 +99,8 @@ pub enum GatewayError {
     Otlp(String),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("cannot start the proxy workers: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// Runs the gateway until `shutdown` resolves, then stops accepting, drains in-flight
@@ -178,31 +180,35 @@ pub async fn run(
     };
     let metrics =
         metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, shared.clone(), wait_for(stopped.clone()))));
-    // Workers 1.. on threads of their own, each with a listener beside the first; this
-    // thread is worker 0.
+    // The proxy workers, each on a thread of its own: 1.. with a listener beside the first,
+    // then 0 with the first. This thread serves the api and runs the background tasks.
     let mut worker_threads = Vec::new();
+    let start_worker = |index: usize, listener: std::net::TcpListener| {
+        let (shared, stopped) = (shared.clone(), stopped.clone());
+        workers::spawn(index, listener, move |listener| {
+            proxy::serve(listener, shared, wait_for(stopped))
+        })
+    };
     for index in 1..worker_count {
-        let started = workers::listener_beside(&listeners.proxy).and_then(|listener| {
-            let (shared, stopped) = (shared.clone(), stopped.clone());
-            workers::spawn(index, listener, move |listener| {
-                proxy::serve(listener, shared, wait_for(stopped))
-            })
-        });
-        match started {
+        match workers::listener_beside(&listeners.proxy).and_then(|listener| start_worker(index, listener)) {
             Ok(thread) => worker_threads.push(thread),
             Err(e) => tracing::warn!(worker = index, error = %e, "cannot start a proxy worker; serving with fewer"),
         }
     }
-    let proxy = tokio::spawn(proxy::serve(listeners.proxy, shared.clone(), wait_for(stopped.clone())));
+    let first = listeners
+        .proxy
+        .into_std()
+        .and_then(|listener| start_worker(0, listener))
+        .map_err(GatewayError::Workers)?;
+    worker_threads.push(first);
     let api = tokio::spawn(api::serve(listeners.api, shared.clone(), wait_for(stopped)));
-    let workers = worker_threads.len() + 1;
+    let workers = worker_threads.len();
     tracing::info!(proxy = %proxy_addr, api = %api_addr, revision = %revision, routes, upstreams, workers, "pinpoint is serving");
 
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop.send(true);
-    let _ = proxy.await;
-    // The other workers drain on their own threads.
+    // The workers drain on their own threads.
     let _ = tokio::task::spawn_blocking(move || {
         for thread in worker_threads {
             let _ = thread.join();

@@ -189,7 +189,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                 if let (Some(route), Some(incoming)) = (ctx.route.clone(), unread.take()) {
                     let read = edge::read_body(incoming, route.max_body_bytes, route.body_timeout).await;
                     if let Ok(bytes) = &read {
-                        inspect_body(&runtime.pipeline, &mut ctx, bytes, &mut verdict);
+                        runtime.pipeline.run_body(&mut ctx, bytes, &mut verdict);
                     }
                     read_early = Some(read);
                 }
@@ -717,21 +717,3 @@ static X_PINPOINT_PRINCIPAL: HeaderName = HeaderName::from_static("x-pinpoint-pr
 static X_PINPOINT_ORG: HeaderName = HeaderName::from_static("x-pinpoint-org");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Bodies from this size up are inspected with the worker handed over to other tasks
-/// (`block_in_place`): the body phase is CPU work that grows with the body, and a few large
-/// bodies must not stall every connection the worker serves (nor the admin API).
-const LARGE_BODY: usize = 64 * 1024;
-
-fn inspect_body(
-    pipeline: &pinpoint_policy::pipeline::Pipeline,
-    ctx: &mut pinpoint_policy::pipeline::RequestCtx<'_>,
-    body: &[u8],
-    verdict: &mut pinpoint_policy::pipeline::Verdict,
-) {
-    let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
-    match body.len() >= LARGE_BODY && multi_thread {
-        true => tokio::task::block_in_place(|| pipeline.run_body(ctx, body, verdict)),
-        false => pipeline.run_body(ctx, body, verdict),
-    }
-}

@@ -130,8 +130,9 @@ pub struct Upstream {
     schedule: Vec<usize>,
     next: AtomicUsize,
     balance: Balance,
-    /// One client (and so one connection pool) per proxy worker: a worker's upstream
-    /// connections run on its own thread (`workers`).
+    /// One client (and so one connection pool) per proxy worker, and a last one for the
+    /// api and background thread (health checks): a worker's upstream connections run on
+    /// its own thread (`workers`).
     clients: Vec<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
     request_timeout: Duration,
     max_fails: u32,
@@ -242,7 +243,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .http2_only(config.http2 && targets.iter().all(|t| !t.https));
-        let clients = (0..crate::workers::count())
+        let clients = (0..=crate::workers::count())
             .map(|_| builder.build(connector.clone()))
             .collect();
         let upstream = Arc::new(Upstream {
@@ -266,9 +267,11 @@ impl Upstream {
         upstream
     }
 
-    /// This worker's client.
+    /// This worker's client (the last one off the workers).
     fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-        &self.clients[crate::workers::index() % self.clients.len()]
+        let workers = self.clients.len() - 1;
+        let index = crate::workers::index().map_or(workers, |i| i % workers.max(1));
+        &self.clients[index]
     }
 
     /// The next available target, or `None` when all are ejected or failing their checks.

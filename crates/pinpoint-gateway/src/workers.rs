@@ -3,8 +3,14 @@
 //! (the kernel spreads new connections over them) and its own upstream connection pools, so
 //! a connection is served on one core from accept to upstream and back, and no request
 //! wakes another thread. State is shared read-mostly (`Shared`: the revision behind an
-//! atomic pointer, lock-free maps). Worker 0 is the thread that called `run`; it also
-//! serves the api listener and the background tasks.
+//! atomic pointer, lock-free maps). The thread that called `run` is not a worker: it
+//! serves the api listener and runs the background tasks (reloads, health checks,
+//! housekeeping), so a worker busy with a large body never holds up `/healthz` or the API.
+//!
+//! `SO_REUSEPORT` lets any process of the same user bind the port too and take a share of
+//! new connections; `serve` refuses to start when something already holds the address, but
+//! a process that binds it later with `SO_REUSEPORT` is not noticed. Run Pinpoint as a user
+//! of its own (deploy/pinpoint.service does).
 //!
 //! Measured (bench/README.md): on one core, tokio's multi-thread scheduler with its single
 //! worker served 27,761 bare GETs a second where a current-thread runtime served 32,633
@@ -15,13 +21,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 static COUNT: AtomicUsize = AtomicUsize::new(1);
 
-/// This thread's worker number (0 outside the workers).
-pub fn index() -> usize {
+/// This thread's worker number (`None` outside the workers: the api and background thread).
+pub fn index() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
@@ -93,7 +99,7 @@ where
     std::thread::Builder::new()
         .name(format!("pinpoint-w{index}"))
         .spawn(move || {
-            INDEX.with(|i| i.set(index));
+            INDEX.with(|i| i.set(Some(index)));
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {

@@ -217,11 +217,13 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
     let mut batch = Vec::with_capacity(batch_size);
     let mut prune = tokio::time::interval(Duration::from_secs(600));
     let mut closing = false;
+    let mut last_rollup_flush = std::time::Instant::now();
     while !closing {
+        // The timers before the queue: under a flood of kept records the queue is never
+        // empty, and counts and pruning must still happen on time.
         tokio::select! {
             biased;
             _ = &mut close => break,
-            n = rx.recv_many(&mut batch, batch_size) => if n == 0 { break },
             _ = rollup_tick.tick() => {
                 flush_rollups(&writer).await;
                 continue;
@@ -230,6 +232,7 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
                 prune_old(store, config.retention_hours, config.max_store_mb).await;
                 continue;
             }
+            n = rx.recv_many(&mut batch, batch_size) => if n == 0 { break },
         }
         // Let more gather for `flush_interval`: fewer, larger transactions rewrite far fewer
         // pages, which is most of what storing a decision costs. The writer sleeps through
@@ -255,6 +258,11 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
             if !full {
                 break;
             }
+            // Full batches back to back: a backlog. Counts still go every second.
+            if last_rollup_flush.elapsed() >= crate::rollups::FLUSH_EVERY {
+                flush_rollups(&writer).await;
+                last_rollup_flush = std::time::Instant::now();
+            }
         }
     }
     rx.close();
@@ -262,7 +270,10 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
         let failed = write_batch(store, &mut batch).await;
         writer.drops.write_failed.fetch_add(failed, Ordering::Relaxed);
     }
-    flush_rollups(&writer).await;
+    let counts = writer.rollups.take();
+    if let Err(e) = crate::rollups::add(&writer.store, &counts).await {
+        tracing::error!(error = %e, "could not store the last decision rollups; these minutes' counts are incomplete");
+    }
 }
 
 /// Writes `batch` and empties it; returns how many records were lost (all of them, when
@@ -330,26 +341,39 @@ fn chunk_len(remaining: usize) -> usize {
 /// `size` (the oldest, while the store holds more than `max_store_mb`).
 pub const PRUNED_METRIC: &str = "pinpoint_decision_log_pruned_total";
 
-/// Bytes the store's pages hold (free pages, which SQLite reuses, not counted).
-async fn store_bytes_in_use(store: &Store) -> Result<u64, StoreError> {
+/// What the decision records take in the store, estimated: their count times the size of
+/// the newest thousand records plus what a row costs beside its record (columns and the
+/// request-id index entry, about 160 bytes). Estimated, not measured page by page: the
+/// other tables (the directory, the rollups) do not count against `max_store_mb`.
+async fn decision_bytes(store: &Store) -> Result<u64, StoreError> {
     let row = sqlx::query(
-        "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()),
-                (SELECT page_size FROM pragma_page_size())",
+        "SELECT (SELECT COUNT(*) FROM decisions),
+                (SELECT COALESCE(AVG(length(record)), 0) FROM (SELECT record FROM decisions ORDER BY seq DESC LIMIT 1000))",
     )
     .fetch_one(store.pool())
     .await?;
-    let (pages, page_size): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0))
+    let (rows, average): (i64, f64) = (row.try_get(0)?, row.try_get(1)?);
+    Ok((rows.max(0) as f64 * (average + ROW_OVERHEAD_BYTES)) as u64)
 }
 
+/// What a decision row costs beside its record.
+const ROW_OVERHEAD_BYTES: f64 = 160.0;
+
+/// Decision records size pruning never goes below: the newest always stay.
+const KEPT_WHATEVER_THE_SIZE: i64 = 1000;
+
 /// Deletes the oldest decision records, a tenth of them (at least 1,000) a round, while
-/// the store holds more than `max_bytes`. Returns how many went.
+/// they take more than `max_bytes`, keeping the newest [`KEPT_WHATEVER_THE_SIZE`]. Returns
+/// how many went.
 async fn prune_to_size(store: &Store, max_bytes: u64) -> Result<u64, StoreError> {
     let mut pruned = 0;
-    while store_bytes_in_use(store).await? > max_bytes {
+    while decision_bytes(store).await? > max_bytes {
         let done = sqlx::query(
-            "DELETE FROM decisions WHERE seq < (SELECT MIN(seq) + MAX(1000, COUNT(*) / 10) FROM decisions)",
+            "DELETE FROM decisions WHERE seq < MIN(
+                (SELECT MIN(seq) + MAX(1000, COUNT(*) / 10) FROM decisions),
+                (SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET ?1))",
         )
+        .bind(KEPT_WHATEVER_THE_SIZE - 1)
         .execute(store.pool())
         .await?;
         if done.rows_affected() == 0 {
@@ -708,12 +732,18 @@ mod tests {
         let store = Store::open(dir.path()).await.unwrap();
         let mut batch: Vec<Decision> = (0..6000).map(|i| decision(&format!("d-{i:05}"))).collect();
         write_batch(&store, &mut batch).await;
-        let before = store_bytes_in_use(&store).await.unwrap();
-        assert!(before > 2 << 20, "the test needs a store over 2 MiB: {before}");
+        let before = decision_bytes(&store).await.unwrap();
+        assert!(before > 2 << 20, "the test needs records over 2 MiB: {before}");
         prune_old(&store, 24 * 365, 2).await;
-        assert!(store_bytes_in_use(&store).await.unwrap() <= 2 << 20);
+        assert!(decision_bytes(&store).await.unwrap() <= 2 << 20);
         assert!(store.decision("d-00000").await.unwrap().is_none(), "the oldest go");
         assert!(store.decision("d-05999").await.unwrap().is_some(), "the newest stay");
+        // However small the limit, the newest thousand stay.
+        prune_old(&store, 24 * 365, 0).await;
+        prune_to_size(&store, 1).await.unwrap();
+        for (id, kept) in [("d-04999", false), ("d-05000", true), ("d-05999", true)] {
+            assert_eq!(store.decision(id).await.unwrap().is_some(), kept, "{id}");
+        }
     }
 
     #[tokio::test]

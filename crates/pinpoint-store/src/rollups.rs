@@ -3,8 +3,8 @@
 //! layer is the reason's first part), organization, status and mode. A request counts once
 //! with mode `enforce` and its outcome's reason (none when it was allowed), and once more
 //! with mode `report` for each report-mode would-deny in its trace. Requests count in
-//! memory (`Rollups::count`, a short lock); the decision log's writer adds the counts to
-//! the store every [`FLUSH_EVERY`] and when it finishes.
+//! memory (`Rollups::count`, a short lock on the counting thread's own shard); the decision
+//! log's writer adds the counts to the store every [`FLUSH_EVERY`] and when it finishes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,11 +37,14 @@ pub struct RollupRow {
     pub count: u64,
 }
 
-/// Counts not yet in the store.
+/// Counts not yet in the store, in shards: each thread counts into its own (threads are
+/// dealt shards in turn), so proxy workers never wait on each other's lock.
 #[derive(Default)]
 pub struct Rollups {
-    counts: Mutex<Counts>,
+    shards: [Mutex<Counts>; SHARDS],
 }
+
+const SHARDS: usize = 16;
 
 /// foldhash, not SipHash: every request hashes its key here (SipHash was 1,000
 /// instructions of it). Keys are not chosen by clients beyond the route they hit.
@@ -64,7 +67,7 @@ impl Rollups {
             .filter(|t| t.mark == Mark::WouldDeny)
             .map(|t| t.reason)
             .collect::<Vec<_>>();
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.shard().lock().unwrap_or_else(|p| p.into_inner());
         for reason in &would_deny {
             let report = RollupKey {
                 reason: *reason,
@@ -76,14 +79,31 @@ impl Rollups {
         *counts.entry(key).or_insert(0) += 1;
     }
 
+    /// This thread's shard.
+    fn shard(&self) -> &Mutex<Counts> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        &self.shards[SHARD.with(|s| *s)]
+    }
+
     /// Takes the counts gathered so far.
     pub fn take(&self) -> Counts {
-        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut all = Counts::default();
+        for shard in &self.shards {
+            let counts = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            for (key, count) in counts {
+                *all.entry(key).or_insert(0) += count;
+            }
+        }
+        all
     }
 
     /// Puts counts back (after a failed write), adding to what gathered meanwhile.
     pub fn restore(&self, counts: Counts) {
-        let mut current = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.shard().lock().unwrap_or_else(|p| p.into_inner());
         for (key, count) in counts {
             *current.entry(key).or_insert(0) += count;
         }

@@ -82,12 +82,9 @@ impl Visit for JsonFields<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.line, "{value:?}");
-        } else {
-            // As serde_json writes a NaN or an infinity.
-            self.line.push_str("null");
-        }
+        // serde_json's own rendering (shortest round trip, `null` for NaN and infinities).
+        self.line
+            .push_str(&serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned()));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {

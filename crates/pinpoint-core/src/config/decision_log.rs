@@ -22,8 +22,8 @@ pub struct DecisionLogConfig {
     pub flush_interval_ms: u64,
     /// Decisions older than this are pruned from the store.
     pub retention_hours: u64,
-    /// The most the store may hold (MiB); beyond it the oldest decision records are pruned
-    /// (0: no limit).
+    /// The most the decision records may take (MiB, estimated); beyond it the oldest are
+    /// pruned, the newest 1,000 always kept (0: no limit).
     pub max_store_mb: u64,
 }
 
