@@ -71,15 +71,7 @@ waf = "report"
     assert!(refused.iter().all(|(status, _)| *status == 403));
 
     // Nothing that was to be kept was lost, and /healthz says so by reason.
-    let health: serde_json::Value = gw
-        .http
-        .get(gw.api_url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = gw.api_json("/healthz", None).await;
     for reason in ["queue_full", "writer_stopped", "write_failed"] {
         assert_eq!(health["decision_log"]["dropped"][reason], 0, "{health}");
     }
@@ -243,20 +235,9 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
 
     // The stored decisions, listed and filtered: the refusals are all there; globex sees
     // none of acme's.
-    let list = |key: String, query: &'static str| {
-        let (http, url) = (gw.http.clone(), gw.api_url(&format!("/api/v2/decisions?{query}")));
-        async move {
-            let body: serde_json::Value = http
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body["data"].as_array().unwrap().clone()
-        }
+    let list = |key: String, query: &'static str| async move {
+        let body = gw.api_json(&format!("/api/v2/decisions?{query}"), Some(&key)).await;
+        body["data"].as_array().unwrap().clone()
     };
     let refusals = list(gw.admin_key.clone(), "route=orders&layer=authz").await;
     assert_eq!(refusals.len(), 3);

@@ -60,15 +60,7 @@ async fn served_by(gw: &TestGateway, path: &str) -> (u16, String) {
 }
 
 async fn target_state(gw: &TestGateway, target: SocketAddr) -> String {
-    let health: serde_json::Value = gw
-        .http
-        .get(gw.api_url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = gw.api_json("/healthz", None).await;
     health["upstreams"]["main"]
         .as_array()
         .unwrap()
