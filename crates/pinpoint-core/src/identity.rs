@@ -22,6 +22,8 @@ pub mod permissions {
     pub const KEYS_READ: &str = "keys:read";
     pub const KEYS_WRITE: &str = "keys:write";
     pub const DECISIONS_READ: &str = "decisions:read";
+    /// Reading the audit of keys, roles, principals and (platform admins) the config.
+    pub const AUDITS_READ: &str = "audits:read";
     pub const TOKENS_CREATE: &str = "tokens:create";
     pub const SIGNING_KEYS_WRITE: &str = "signing_keys:write";
     /// Datadog's names for reading and writing cloud-auth mappings.

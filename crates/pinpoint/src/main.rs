@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod client;
 mod cloud;
 mod decisions;
@@ -63,6 +64,18 @@ enum Command {
     /// The built-in WAF.
     #[command(subcommand)]
     Waf(WafCommand),
+    /// Audit keys, roles, principals and the config: unused or never-expiring keys, `*`
+    /// grants, suspended principals with live keys, anonymous write routes, report mode.
+    Audit {
+        /// A key unused for this many days is reported.
+        #[arg(long, default_value_t = 90)]
+        unused_days: u32,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
     /// Stored decisions, listed and filtered.
     #[command(subcommand)]
     Decisions(decisions::DecisionsCommand),
@@ -216,6 +229,11 @@ fn run(cli: Cli) -> Result<()> {
                 let _log_flush = init_tracing("text", LogTo::Stderr);
                 cloud::agent_key(&target, fallback_key, out, once).await
             }
+            Command::Audit {
+                unused_days,
+                json,
+                client,
+            } => audit::run(unused_days, json, &client).await,
             Command::Decisions(cmd) => decisions::run(cmd).await,
             Command::Top(args) => decisions::top(args).await,
             Command::Keys(cmd) => admin::keys(cmd).await,

@@ -5,6 +5,7 @@
 //! recorded like proxy decisions, so `pinpoint explain` works for both.
 
 mod analytics;
+mod audits;
 mod cloudauth;
 mod identities;
 mod keys;
@@ -43,6 +44,7 @@ pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/api/v2/decisions/{request_id}", Some(perm::DECISIONS_READ)),
     ("GET", "/api/v2/decisions", Some(perm::DECISIONS_READ)),
     ("GET", "/api/v2/analytics/decisions", Some(perm::DECISIONS_READ)),
+    ("GET", "/api/v2/audits", Some(perm::AUDITS_READ)),
     ("POST", "/api/v2/orgs", Some(perm::ORGS_WRITE)),
     ("GET", "/api/v2/orgs", Some(perm::ORGS_READ)),
     ("GET", "/api/v2/orgs/{id}", Some(perm::ORGS_READ)),
@@ -291,6 +293,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v2/decisions/{request_id}", get(decision))
         .route("/api/v2/analytics/decisions", get(analytics::decisions))
         .route("/api/v2/decisions", get(decisions_list))
+        .route("/api/v2/audits", get(audits::audits))
         .merge(identities::routes())
         .merge(keys::routes())
         .merge(cloudauth::routes())

@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod architecture;
+mod audits;
 mod canonical;
 mod cloudauth;
 mod decision_log;

@@ -1,0 +1,254 @@
+//! `GET /api/v2/audits` (and `pinpoint audit`): what in the directory and the config is
+//! likely to cause, or to hide, the wrong answer. Each finding names its kind, its subject
+//! and what to do:
+//!
+//! - `key_unused`: a live key not used for `unused_days` (default 90; never used counts
+//!   from its creation);
+//! - `key_without_expiry`: a live key that never expires;
+//! - `key_holds_everything`, `role_holds_everything`: a key scoped to, or a role granting,
+//!   `*`;
+//! - `suspended_principal_with_live_keys`: a suspended principal (or organization) whose
+//!   keys are not revoked (they are refused, and would work again on reinstatement);
+//! - `unauthenticated_write_route`: a route that accepts POST, PUT, PATCH or DELETE from
+//!   anonymous callers (config);
+//! - `layer_in_report_mode`: a layer, or a route's WAF, that only reports (config).
+//!
+//! Tenant-scoped: a caller sees the findings of its own organization's keys, roles and
+//! principals; the config's findings, which span every tenant, are for platform
+//! administrators. (Cloud-auth mappings cannot outlive their AWS account: removing an
+//! account removes its mappings, so there is no finding for them.)
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::{Extension, Json};
+use pinpoint_core::config::{AuthRequirement, Config, RouteWaf};
+use pinpoint_core::identity::{ApiKey, ALL_PERMISSIONS};
+use pinpoint_core::{Mode, Reason};
+use pinpoint_store::prelude::*;
+
+use super::{deny, envelope, ApiResult, Caller};
+use crate::runtime::Shared;
+
+/// One finding.
+#[derive(Debug, serde::Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    /// What it is about: `key`, `role`, `principal`, `organization`, `route`, `layer`.
+    pub subject: &'static str,
+    pub id: String,
+    pub name: String,
+    /// The organization it belongs to (none for the config's findings).
+    pub org_id: Option<String>,
+    pub detail: String,
+}
+
+pub async fn audits(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "unused_days") {
+        return Err(deny(
+            Reason::ApiBadRequest,
+            format!("Unknown query parameter `{unknown}`; it takes `unused_days`."),
+        ));
+    }
+    let unused_days = match query.get("unused_days") {
+        None => 90,
+        Some(days) => days
+            .parse::<i64>()
+            .ok()
+            .filter(|d| (0..=3650).contains(d))
+            .ok_or_else(|| {
+                deny(
+                    Reason::ApiBadRequest,
+                    format!("`unused_days` is a whole number of days, 0 to 3650, not `{days}`."),
+                )
+            })?,
+    };
+    let now = pinpoint_store::now_ms();
+    let store = &shared.store;
+    let mut findings = directory_findings(
+        &store.all_keys().await?.into_iter().map(|k| k.info).collect::<Vec<_>>(),
+        &store.all_principals().await?,
+        &store.roles(None).await?,
+        &store.orgs().await?,
+        now,
+        unused_days,
+    );
+    let platform = caller.0.is_platform_admin();
+    if platform {
+        findings.extend(config_findings(&shared.runtime.load().config));
+    } else {
+        findings.retain(|f| f.org_id.as_deref() == Some(caller.0.org_id()));
+    }
+    Ok(envelope(serde_json::json!({
+        "type": "audit",
+        "attributes": { "unused_days": unused_days, "findings": findings },
+    })))
+}
+
+/// The directory's findings.
+pub fn directory_findings(
+    keys: &[ApiKey],
+    principals: &[pinpoint_core::identity::Principal],
+    roles: &[pinpoint_core::identity::Role],
+    orgs: &[pinpoint_core::identity::Organization],
+    now_ms: i64,
+    unused_days: i64,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let live = |k: &&ApiKey| !k.revoked && k.expires_at_ms.is_none_or(|at| at > now_ms);
+    let key_finding = |key: &ApiKey, kind: &'static str, detail: String| Finding {
+        kind,
+        subject: "key",
+        id: key.id.clone(),
+        name: key.name.clone(),
+        org_id: Some(key.org_id.clone()),
+        detail,
+    };
+    let horizon = now_ms - unused_days * 86_400_000;
+    for key in keys.iter().filter(live) {
+        let last = key.last_used_at_ms.unwrap_or(key.created_at_ms);
+        if last <= horizon {
+            let since = if key.last_used_at_ms.is_some() {
+                "last used"
+            } else {
+                "created, never used,"
+            };
+            findings.push(key_finding(
+                key,
+                "key_unused",
+                format!(
+                    "{since} {} days ago; revoke it if nothing needs it",
+                    (now_ms - last) / 86_400_000
+                ),
+            ));
+        }
+        if key.expires_at_ms.is_none() {
+            findings.push(key_finding(
+                key,
+                "key_without_expiry",
+                "never expires; give it an expiry or rotate it on a schedule".into(),
+            ));
+        }
+        if key
+            .scopes
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|p| p == ALL_PERMISSIONS))
+        {
+            findings.push(key_finding(
+                key,
+                "key_holds_everything",
+                "scoped to `*`: it may do whatever its owner may; scope it to what it is for".into(),
+            ));
+        }
+    }
+    for role in roles {
+        if role.permissions.iter().any(|p| p == ALL_PERMISSIONS) {
+            findings.push(Finding {
+                kind: "role_holds_everything",
+                subject: "role",
+                id: role.id.clone(),
+                name: role.name.clone(),
+                org_id: Some(role.org_id.clone()),
+                detail: "grants `*`: every permission, present and future".into(),
+            });
+        }
+    }
+    let live_keys_of = |owner: &dyn Fn(&ApiKey) -> bool| keys.iter().filter(live).filter(|k| owner(k)).count();
+    for principal in principals.iter().filter(|p| p.suspended) {
+        let count = live_keys_of(&|k| k.principal_id.as_deref() == Some(principal.id.as_str()));
+        if count > 0 {
+            findings.push(Finding {
+                kind: "suspended_principal_with_live_keys",
+                subject: "principal",
+                id: principal.id.clone(),
+                name: principal.name.clone(),
+                org_id: Some(principal.org_id.clone()),
+                detail: format!("suspended, with {count} keys not revoked: they work again if it is reinstated"),
+            });
+        }
+    }
+    for org in orgs.iter().filter(|o| o.suspended) {
+        let count = live_keys_of(&|k| k.org_id == org.id);
+        if count > 0 {
+            findings.push(Finding {
+                kind: "suspended_principal_with_live_keys",
+                subject: "organization",
+                id: org.id.clone(),
+                name: org.name.clone(),
+                org_id: Some(org.id.clone()),
+                detail: format!("suspended, with {count} keys not revoked: they work again if it is reinstated"),
+            });
+        }
+    }
+    findings
+}
+
+/// The config's findings.
+pub fn config_findings(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let writes = [
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::PATCH,
+        http::Method::DELETE,
+    ];
+    for route in &config.routes {
+        let anonymous = route.auth != AuthRequirement::Required && route.permissions.is_empty();
+        let accepted: Vec<&str> = writes
+            .iter()
+            .filter(|m| route.methods.as_ref().is_none_or(|list| list.contains(m)))
+            .map(http::Method::as_str)
+            .collect();
+        if anonymous && !accepted.is_empty() {
+            findings.push(Finding {
+                kind: "unauthenticated_write_route",
+                subject: "route",
+                id: route.id.clone(),
+                name: route.path_prefix.clone(),
+                org_id: None,
+                detail: format!(
+                    "accepts {} from anonymous callers; set `auth = \"required\"` or `permissions`, or limit `methods`",
+                    accepted.join(", ")
+                ),
+            });
+        }
+        if route.waf == RouteWaf::Report {
+            findings.push(Finding {
+                kind: "layer_in_report_mode",
+                subject: "route",
+                id: route.id.clone(),
+                name: route.path_prefix.clone(),
+                org_id: None,
+                detail: "the WAF only reports on this route (`waf = \"report\"`): nothing is refused".into(),
+            });
+        }
+    }
+    let layers = [
+        ("cors", config.cors.mode),
+        ("net", config.net.mode),
+        ("authn", config.authn.mode),
+        ("authz", config.authz.mode),
+        ("csrf", config.csrf.mode),
+        ("waf", config.waf.mode),
+        ("policy", config.policy.mode),
+        ("rate", config.rate.mode),
+    ];
+    for (layer, mode) in layers {
+        if mode == Mode::Report {
+            findings.push(Finding {
+                kind: "layer_in_report_mode",
+                subject: "layer",
+                id: layer.to_owned(),
+                name: format!("[{layer}]"),
+                org_id: None,
+                detail: format!("[{layer}] mode = \"report\": its denials are traced, never enforced"),
+            });
+        }
+    }
+    findings
+}

@@ -1,0 +1,125 @@
+//! `GET /api/v2/audits` and `pinpoint audit` on a seeded directory and config: every kind
+//! of finding, tenant-scoped.
+
+use pinpoint_core::identity::{KeyKind, PrincipalKind};
+use pinpoint_store::prelude::*;
+use pinpoint_store::NewKey;
+
+use crate::access::world;
+
+fn kinds_of(findings: &serde_json::Value, kind: &str) -> Vec<String> {
+    findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
+    let w = world("[policy]\nmode = \"report\"\n").await;
+    let store = &w.gw.store;
+    // Seed: a role granting `*`, a key scoped to `*`, a suspended principal with a live key,
+    // and globex's service account allowed to read its audit.
+    let everything = store
+        .create_role(&w.acme.id, "everything", &["*".into()])
+        .await
+        .unwrap();
+    let wide = store
+        .create_key(NewKey {
+            name: "wide".into(),
+            kind: KeyKind::Application,
+            org_id: w.acme.id.clone(),
+            principal_id: Some(w.alice_id.clone()),
+            scopes: Some(vec!["*".into()]),
+            expires_at_ms: Some(pinpoint_store::now_ms() + 86_400_000),
+        })
+        .await
+        .unwrap();
+    store.set_principal_suspended(&w.bob_id, true).await.unwrap();
+    let auditor = store
+        .create_role(&w.globex.id, "auditor", &["audits:read".into()])
+        .await
+        .unwrap();
+    let globex_svc = store
+        .principals(Some(&w.globex.id), PrincipalKind::ServiceAccount)
+        .await
+        .unwrap()
+        .remove(0);
+    store.assign_role(&globex_svc.id, &auditor.id).await.unwrap();
+    w.gw.services_refresh_principal(&globex_svc.id).await;
+
+    let audit = |key: String, query: &'static str| {
+        let gw = &w.gw;
+        async move { gw.api_json(&format!("/api/v2/audits?{query}"), Some(&key)).await }
+    };
+    let all = audit(w.gw.admin_key.clone(), "unused_days=0").await;
+    let findings = &all["data"]["attributes"]["findings"];
+    let bob_key_id = pinpoint_core::keys::parse(&w.bob_key).unwrap().id.to_owned();
+    let alice_key_id = pinpoint_core::keys::parse(&w.alice_key).unwrap().id.to_owned();
+    assert!(kinds_of(findings, "key_unused").contains(&bob_key_id), "{findings}");
+    assert!(kinds_of(findings, "key_without_expiry").contains(&alice_key_id));
+    assert!(
+        !kinds_of(findings, "key_without_expiry").contains(&wide.info.id),
+        "it expires"
+    );
+    assert_eq!(kinds_of(findings, "key_holds_everything"), vec![wide.info.id.clone()]);
+    assert!(kinds_of(findings, "role_holds_everything").contains(&everything.id));
+    assert_eq!(
+        kinds_of(findings, "suspended_principal_with_live_keys"),
+        vec![w.bob_id.clone()]
+    );
+    let anonymous_writes = kinds_of(findings, "unauthenticated_write_route");
+    assert!(anonymous_writes.contains(&"public".to_owned()), "{anonymous_writes:?}");
+    assert!(
+        !anonymous_writes.contains(&"orders".to_owned()),
+        "orders needs permissions"
+    );
+    assert_eq!(kinds_of(findings, "layer_in_report_mode"), vec!["policy".to_owned()]);
+    // Keys created just now are not unused for a day.
+    let recent = audit(w.gw.admin_key.clone(), "unused_days=1").await;
+    assert!(kinds_of(&recent["data"]["attributes"]["findings"], "key_unused").is_empty());
+
+    // globex sees its own findings only: none of acme's, none of the config's.
+    let theirs = audit(w.globex_key.clone(), "unused_days=0").await;
+    let theirs = theirs["data"]["attributes"]["findings"].as_array().unwrap().clone();
+    assert!(!theirs.is_empty());
+    assert!(theirs.iter().all(|f| f["org_id"] == w.globex.id), "{theirs:?}");
+    // acme's alice has no audits:read.
+    let resp =
+        w.gw.http
+            .get(w.gw.api_url("/api/v2/audits"))
+            .bearer_auth(&w.alice_key)
+            .send()
+            .await
+            .unwrap();
+    crate::problem(resp, 403, "authz.permission_missing").await;
+    let resp =
+        w.gw.http
+            .get(w.gw.api_url("/api/v2/audits?unused_days=-1"))
+            .bearer_auth(&w.gw.admin_key)
+            .send()
+            .await
+            .unwrap();
+    crate::problem(resp, 400, "api.bad_request").await;
+
+    // The CLI prints the same findings.
+    let (api, key) = (format!("http://{}", w.gw.api), w.gw.admin_key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["audit", "--unused-days", "0", "--api", &api, "--key", &key])
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("suspended_principal_with_live_keys") && text.contains("layer_in_report_mode"),
+        "{text}"
+    );
+}
