@@ -102,3 +102,90 @@ impl Evaluator {
         }
     }
 }
+
+/// Who can: for each key, what the proxy would decide about `method path` (with `Host:
+/// host`, from `peer`) when that key is presented as a bearer credential, through the
+/// same edge and pipeline as [`Evaluator`]. Secrets are not needed: the evaluation's
+/// identities take a key by its id ([`KeyHolders`]), and refuse it when it is revoked or
+/// expired as the live check would.
+pub fn who_can(
+    config: Config,
+    identities: Arc<dyn Identities>,
+    now_ms: i64,
+    request: &WhoCanRequest<'_>,
+    key_ids: &[String],
+) -> Vec<Evaluation> {
+    let evaluator = Evaluator::new(
+        config,
+        Arc::new(KeyHolders(identities)),
+        Arc::new(pinpoint_policy::world::FixedClock(now_ms)),
+    );
+    let placeholder = "x".repeat(pinpoint_core::keys::SECRET_LEN);
+    key_ids
+        .iter()
+        .map(|id| {
+            let mut headers = HeaderMap::new();
+            if let Ok(host) = http::HeaderValue::from_str(request.host) {
+                headers.insert(http::header::HOST, host);
+            }
+            let presented = format!("{}{id}_{placeholder}", pinpoint_core::keys::PREFIX);
+            if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {presented}")) {
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
+            evaluator.evaluate(Version::HTTP_11, request.method, request.uri, &headers, request.peer)
+        })
+        .collect()
+}
+
+/// The request [`who_can`] asks about.
+pub struct WhoCanRequest<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub host: &'a str,
+    pub peer: SocketAddr,
+}
+
+/// Identities that take a presented key by its id alone (the secret is not checked), for
+/// [`who_can`]; everything else as the wrapped source says.
+struct KeyHolders(Arc<dyn Identities>);
+
+impl Identities for KeyHolders {
+    fn verify_key(
+        &self,
+        presented: &str,
+        now_ms: i64,
+    ) -> Result<Arc<pinpoint_policy::identity::KeyEntry>, pinpoint_policy::identity::KeyRefusal> {
+        use pinpoint_policy::identity::KeyRefusal;
+        let parts = pinpoint_core::keys::parse(presented).ok_or(KeyRefusal::Malformed)?;
+        let entry = self.0.key_by_id(parts.id).ok_or(KeyRefusal::Unknown)?;
+        if entry.revoked {
+            return Err(KeyRefusal::Revoked);
+        }
+        if entry.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            return Err(KeyRefusal::Expired);
+        }
+        Ok(entry)
+    }
+
+    fn key_by_id(&self, id: &str) -> Option<Arc<pinpoint_policy::identity::KeyEntry>> {
+        self.0.key_by_id(id)
+    }
+
+    fn principal(&self, id: &str) -> Option<Arc<pinpoint_policy::identity::PrincipalEntry>> {
+        self.0.principal(id)
+    }
+
+    fn verify_token(
+        &self,
+        jwt: &pinpoint_core::config::JwtConfig,
+        token: &str,
+    ) -> Result<pinpoint_policy::identity::Claims, pinpoint_policy::identity::TokenRefusal> {
+        self.0.verify_token(jwt, token)
+    }
+
+    fn token_kid_known(&self, kid: &str) -> bool {
+        self.0.token_kid_known(kid)
+    }
+
+    fn key_used(&self, _key: &pinpoint_policy::identity::KeyEntry, _now_ms: i64) {}
+}

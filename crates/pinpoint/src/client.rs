@@ -121,3 +121,14 @@ impl std::fmt::Display for ApiRefusal {
 }
 
 impl std::error::Error for ApiRefusal {}
+
+/// Percent-encodes a query value (`/` kept).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -59,7 +59,7 @@ pub async fn run(command: DecisionsCommand) -> Result<()> {
         ("org", &filter.org),
     ] {
         if let Some(value) = value {
-            query.push(format!("{name}={}", encode(value)));
+            query.push(format!("{name}={}", crate::client::encode(value)));
         }
     }
     if let Some(status) = filter.status {
@@ -222,15 +222,4 @@ async fn groups(
     out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     out.truncate(top);
     Ok(out)
-}
-
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -76,6 +76,9 @@ enum Command {
         #[command(flatten)]
         client: client::ClientArgs,
     },
+    /// Which keys the proxy would let through for a request (evaluated by the same
+    /// pipeline over the current config and directory).
+    WhoCan(audit::WhoCanArgs),
     /// Stored decisions, listed and filtered.
     #[command(subcommand)]
     Decisions(decisions::DecisionsCommand),
@@ -234,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
                 json,
                 client,
             } => audit::run(unused_days, json, &client).await,
+            Command::WhoCan(args) => audit::who_can(&args).await,
             Command::Decisions(cmd) => decisions::run(cmd).await,
             Command::Top(args) => decisions::top(args).await,
             Command::Keys(cmd) => admin::keys(cmd).await,

@@ -252,3 +252,116 @@ pub fn config_findings(config: &Config) -> Vec<Finding> {
     }
     findings
 }
+
+/// The most keys one `who-can` evaluates (each is a pipeline run on the api thread).
+const WHO_CAN_MOST_KEYS: usize = 10_000;
+
+/// `GET /api/v2/who-can?method=POST&path=/orders[&host=..][&from=IP]`: every live key (of
+/// the caller's organization; every organization's for platform administrators) with
+/// what the proxy would decide if it were presented for that request, evaluated by the
+/// same edge and pipeline over the current config and directory; and whether an anonymous
+/// caller would pass. Allowed keys come first.
+pub async fn who_can(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    const KNOWN: [&str; 4] = ["method", "path", "host", "from"];
+    let bad = |detail: String| deny(Reason::ApiBadRequest, detail);
+    if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "Unknown query parameter `{unknown}`; it takes {}.",
+            KNOWN.join(", ")
+        )));
+    }
+    let method = query
+        .get("method")
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .ok_or_else(|| bad("`method` names the request's method, e.g. `POST`.".into()))?;
+    let uri: http::Uri = query
+        .get("path")
+        .filter(|p| p.starts_with('/'))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| bad("`path` is the request's path, starting with `/`.".into()))?;
+    let host = query.get("host").map_or("localhost", String::as_str);
+    let peer_ip: std::net::IpAddr = match query.get("from") {
+        None => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some(ip) => ip
+            .parse()
+            .map_err(|_| bad(format!("`from` is an IP address, not `{ip}`.")))?,
+    };
+    let request = crate::evaluate::WhoCanRequest {
+        method: &method,
+        uri: &uri,
+        host,
+        peer: std::net::SocketAddr::new(peer_ip, 40_000),
+    };
+    let now = pinpoint_store::now_ms();
+    let platform = caller.0.is_platform_admin();
+    let keys: Vec<ApiKey> = shared
+        .store
+        .all_keys()
+        .await?
+        .into_iter()
+        .map(|k| k.info)
+        .filter(|k| !k.revoked && k.expires_at_ms.is_none_or(|at| at > now))
+        .filter(|k| platform || k.org_id == caller.0.org_id())
+        .take(WHO_CAN_MOST_KEYS + 1)
+        .collect();
+    let truncated = keys.len() > WHO_CAN_MOST_KEYS;
+    let keys = &keys[..keys.len().min(WHO_CAN_MOST_KEYS)];
+    let names: HashMap<String, String> = shared
+        .store
+        .all_principals()
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p.name))
+        .collect();
+    let config = shared.runtime.load().config.clone();
+    let identities = shared.services.identities();
+    let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+    let evaluations = crate::evaluate::who_can(config.clone(), identities.clone(), now, &request, &ids);
+    let anonymous =
+        crate::evaluate::Evaluator::new(config, identities, Arc::new(pinpoint_policy::world::FixedClock(now)))
+            .evaluate(
+                http::Version::HTTP_11,
+                &method,
+                &uri,
+                &{
+                    let mut headers = http::HeaderMap::new();
+                    if let Ok(host) = http::HeaderValue::from_str(host) {
+                        headers.insert(http::header::HOST, host);
+                    }
+                    headers
+                },
+                request.peer,
+            );
+    let mut answers: Vec<serde_json::Value> = keys
+        .iter()
+        .zip(&evaluations)
+        .map(|(key, evaluation)| {
+            serde_json::json!({
+                "key_id": key.id,
+                "key_name": key.name,
+                "kind": key.kind,
+                "org_id": key.org_id,
+                "principal_id": key.principal_id,
+                "principal": key.principal_id.as_ref().and_then(|id| names.get(id)),
+                "allowed": evaluation.reason.is_none(),
+                "reason": evaluation.reason.map(|r| r.code()),
+            })
+        })
+        .collect();
+    answers.sort_by_key(|a| (a["allowed"] != true, a["key_id"].as_str().unwrap_or("").to_owned()));
+    Ok(envelope(serde_json::json!({
+        "type": "who_can",
+        "attributes": {
+            "method": method.as_str(),
+            "path": uri.to_string(),
+            "anonymous_allowed": anonymous.reason.is_none(),
+            "anonymous_reason": anonymous.reason.map(|r| r.code()),
+            "keys": answers,
+            "truncated": truncated,
+        },
+    })))
+}

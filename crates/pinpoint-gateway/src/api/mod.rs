@@ -45,6 +45,7 @@ pub const ENDPOINTS: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/api/v2/decisions", Some(perm::DECISIONS_READ)),
     ("GET", "/api/v2/analytics/decisions", Some(perm::DECISIONS_READ)),
     ("GET", "/api/v2/audits", Some(perm::AUDITS_READ)),
+    ("GET", "/api/v2/who-can", Some(perm::AUDITS_READ)),
     ("POST", "/api/v2/orgs", Some(perm::ORGS_WRITE)),
     ("GET", "/api/v2/orgs", Some(perm::ORGS_READ)),
     ("GET", "/api/v2/orgs/{id}", Some(perm::ORGS_READ)),
@@ -294,6 +295,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v2/analytics/decisions", get(analytics::decisions))
         .route("/api/v2/decisions", get(decisions_list))
         .route("/api/v2/audits", get(audits::audits))
+        .route("/api/v2/who-can", get(audits::who_can))
         .merge(identities::routes())
         .merge(keys::routes())
         .merge(cloudauth::routes())

@@ -123,3 +123,93 @@ async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn who_can_answers_as_the_live_proxy_does_for_every_key() {
+    let w = world("").await;
+    let gw = &w.gw;
+    let keys = [
+        &w.alice_key,
+        &w.alice_read_only_key,
+        &w.bob_key,
+        &w.carol_key,
+        &w.globex_key,
+        &w.acme_org_key,
+        &w.globex_org_key,
+    ];
+    for (method, path) in [
+        ("POST", "/orders/1"),
+        ("GET", "/orders/1"),
+        ("GET", "/acme/x"),
+        ("POST", "/public/x"),
+    ] {
+        let answer = gw
+            .api_json(
+                &format!("/api/v2/who-can?method={method}&path={path}"),
+                Some(&gw.admin_key),
+            )
+            .await;
+        let attributes = &answer["data"]["attributes"];
+        let listed = attributes["keys"].as_array().unwrap();
+        for key in keys {
+            let id = pinpoint_core::keys::parse(key).unwrap().id.to_owned();
+            let said = listed
+                .iter()
+                .find(|k| k["key_id"] == id.as_str())
+                .unwrap_or_else(|| panic!("{id} listed"));
+            let live = gw
+                .http
+                .request(method.parse().unwrap(), gw.url(path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = live.status();
+            let reason = live
+                .headers()
+                .get("x-pinpoint-reason")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(
+                said["allowed"],
+                status.is_success(),
+                "{method} {path} with {id}: live {status} {reason:?}, who-can {said}"
+            );
+            if let Some(reason) = reason {
+                assert_eq!(said["reason"], reason.as_str(), "{method} {path} with {id}");
+            }
+        }
+        let anonymous = gw
+            .http
+            .request(method.parse().unwrap(), gw.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            attributes["anonymous_allowed"],
+            anonymous.status().is_success(),
+            "{method} {path} anonymous"
+        );
+    }
+    // A tenant asks about its own keys only.
+    let auditor = gw
+        .store
+        .create_role(&w.globex.id, "auditor", &["audits:read".into()])
+        .await
+        .unwrap();
+    let svc = gw
+        .store
+        .principals(Some(&w.globex.id), PrincipalKind::ServiceAccount)
+        .await
+        .unwrap()
+        .remove(0);
+    gw.store.assign_role(&svc.id, &auditor.id).await.unwrap();
+    gw.services_refresh_principal(&svc.id).await;
+    let theirs = gw
+        .api_json("/api/v2/who-can?method=GET&path=/orders/1", Some(&w.globex_key))
+        .await;
+    let theirs = theirs["data"]["attributes"]["keys"].as_array().unwrap().clone();
+    assert!(
+        !theirs.is_empty() && theirs.iter().all(|k| k["org_id"] == w.globex.id),
+        "{theirs:?}"
+    );
+}
