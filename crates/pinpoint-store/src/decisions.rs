@@ -181,7 +181,7 @@ fn must_keep(decision: &Decision) -> bool {
 /// A request's draw for sampling, uniform in 0..1,000,000: from the last eight hex digits
 /// of Pinpoint's request id (random bits), so every replica draws the same. An id of
 /// another shape draws 0, which every sample keeps.
-fn draw(request_id: &str) -> u32 {
+pub fn draw(request_id: &str) -> u32 {
     request_id
         .len()
         .checked_sub(8)

@@ -41,7 +41,7 @@ impl Default for DecisionLogConfig {
 }
 
 /// A share of requests, 0.0 to 1.0 in the config, kept as parts per million.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(try_from = "f64", into = "f64")]
 pub struct SampleRate(u32);
 

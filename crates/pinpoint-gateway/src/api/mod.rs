@@ -719,8 +719,24 @@ async fn decision(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     if found.is_empty() && pinpoint_core::request_id::made_within(&request_id, pinpoint_store::now_ms(), 30_000) {
-        // One of Pinpoint's own ids, from the last half minute: most likely not written
-        // yet (the same answer whether or not it is another organization's).
+        // One of Pinpoint's own ids, from the last half minute. If no route's sample would
+        // have kept it, an allowed request's record was never kept: say so now rather than
+        // "not yet" (refusals, always kept, were waited for above). Either answer depends
+        // on the id alone, whether or not it is another organization's.
+        let config = &shared.runtime.load().config;
+        let widest = config
+            .routes
+            .iter()
+            .filter_map(|r| r.decision_sample)
+            .chain([config.decision_log.sample_allowed])
+            .max()
+            .unwrap_or(pinpoint_core::config::SampleRate::ALL);
+        if !widest.keeps(pinpoint_store::decisions::draw(&request_id)) {
+            return Err(deny(
+                Reason::ApiNotFound,
+                "No decision is recorded under this request id: if the request was allowed, it was not in the sample of allowed requests whose records are kept (`[decision_log] sample_allowed`). Refusals are always recorded.",
+            ));
+        }
         return Err(ApiError(
             Denial::new(
                 Reason::ApiDecisionPending,

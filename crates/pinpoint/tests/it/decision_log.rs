@@ -282,6 +282,38 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
     assert!(reasons.contains("       3  authz.permission_missing"), "{top}");
     assert!(reasons.contains("       2  authn.credentials_missing"), "{top}");
 
+    // An allowed request left out of the sample is said to be so at once, not "pending".
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let resp = gw
+            .http
+            .get(gw.url("/orders/1"))
+            .bearer_auth(&w.alice_key)
+            .send()
+            .await
+            .unwrap();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let started = std::time::Instant::now();
+        let answer = gw
+            .http
+            .get(gw.api_url(&format!("/api/v2/decisions/{id}")))
+            .bearer_auth(&gw.admin_key)
+            .send()
+            .await
+            .unwrap();
+        answers.push((
+            answer.status().as_u16(),
+            answer.text().await.unwrap(),
+            started.elapsed(),
+        ));
+    }
+    let left_out: Vec<_> = answers.iter().filter(|(status, _, _)| *status == 404).collect();
+    assert!(!left_out.is_empty(), "at 1%, one of five is left out: {answers:?}");
+    for (_, body, took) in left_out {
+        assert!(body.contains("not in the sample"), "{body}");
+        assert!(*took < std::time::Duration::from_secs(2), "{took:?}");
+    }
+
     // Mistakes are named; callers without decisions:read are refused.
     for bad in [
         "interval=90s",
