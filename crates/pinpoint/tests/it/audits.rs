@@ -88,21 +88,11 @@ async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
     assert!(!theirs.is_empty());
     assert!(theirs.iter().all(|f| f["org_id"] == w.globex.id), "{theirs:?}");
     // acme's alice has no audits:read.
-    let resp =
-        w.gw.http
-            .get(w.gw.api_url("/api/v2/audits"))
-            .bearer_auth(&w.alice_key)
-            .send()
-            .await
-            .unwrap();
+    let resp = w.gw.api_get("/api/v2/audits", Some(&w.alice_key)).await;
     crate::problem(resp, 403, "authz.permission_missing").await;
     let resp =
-        w.gw.http
-            .get(w.gw.api_url("/api/v2/audits?unused_days=-1"))
-            .bearer_auth(&w.gw.admin_key)
-            .send()
-            .await
-            .unwrap();
+        w.gw.api_get("/api/v2/audits?unused_days=-1", Some(&w.gw.admin_key))
+            .await;
     crate::problem(resp, 400, "api.bad_request").await;
 
     // The CLI prints the same findings.

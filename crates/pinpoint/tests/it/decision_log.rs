@@ -117,12 +117,8 @@ waf = "report"
 /// The analytics of `query` as `caller` sees them: (total, each group's key and total).
 async fn analytics(gw: &crate::TestGateway, caller: &str, query: &str) -> (u64, Vec<(serde_json::Value, u64)>) {
     let resp = gw
-        .http
-        .get(gw.api_url(&format!("/api/v2/analytics/decisions?{query}")))
-        .bearer_auth(caller)
-        .send()
-        .await
-        .unwrap();
+        .api_get(&format!("/api/v2/analytics/decisions?{query}"), Some(caller))
+        .await;
     assert_eq!(resp.status(), 200, "{query}");
     let body: serde_json::Value = resp.json().await.unwrap();
     let attributes = &body["data"]["attributes"];
@@ -295,12 +291,8 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
         let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
         let started = std::time::Instant::now();
         let answer = gw
-            .http
-            .get(gw.api_url(&format!("/api/v2/decisions/{id}")))
-            .bearer_auth(&gw.admin_key)
-            .send()
-            .await
-            .unwrap();
+            .api_get(&format!("/api/v2/decisions/{id}"), Some(&gw.admin_key))
+            .await;
         answers.push((
             answer.status().as_u16(),
             answer.text().await.unwrap(),
@@ -323,20 +315,10 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
         "colour=red",
     ] {
         let resp = gw
-            .http
-            .get(gw.api_url(&format!("/api/v2/analytics/decisions?{bad}")))
-            .bearer_auth(&gw.admin_key)
-            .send()
-            .await
-            .unwrap();
+            .api_get(&format!("/api/v2/analytics/decisions?{bad}"), Some(&gw.admin_key))
+            .await;
         crate::problem(resp, 400, "api.bad_request").await;
     }
-    let resp = gw
-        .http
-        .get(gw.api_url("/api/v2/analytics/decisions"))
-        .bearer_auth(&w.alice_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.api_get("/api/v2/analytics/decisions", Some(&w.alice_key)).await;
     crate::problem(resp, 403, "authz.permission_missing").await;
 }

@@ -179,13 +179,18 @@ impl TestGateway {
         }
     }
 
-    /// The JSON body of `GET path` on the api listener, with `bearer` if given.
-    pub async fn api_json(&self, path: &str, bearer: Option<&str>) -> serde_json::Value {
+    /// `GET path` on the api listener, with `bearer` if given.
+    pub async fn api_get(&self, path: &str, bearer: Option<&str>) -> reqwest::Response {
         let mut request = self.http.get(self.api_url(path));
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
-        request.send().await.unwrap().json().await.unwrap()
+        request.send().await.unwrap()
+    }
+
+    /// The JSON body of `GET path` on the api listener, with `bearer` if given.
+    pub async fn api_json(&self, path: &str, bearer: Option<&str>) -> serde_json::Value {
+        self.api_get(path, bearer).await.json().await.unwrap()
     }
 
     /// Revokes `key` (the whole `pp_...` text) through the API, as the bootstrap admin.
@@ -209,14 +214,7 @@ impl TestGateway {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.api_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.api_get("/metrics", None).await.text().await.unwrap()
     }
 
     /// Stops the gateway gracefully, keeping its data directory for a restart.
