@@ -54,3 +54,35 @@ open(sys.argv[1], "w").write(
     'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' % json.dumps(body))
 PY
 }
+
+# bench_placement: BENCH_PIN=1 (with two or more CPUs) gives the proxy under test CPU 0 to
+# itself and puts the load generator and the upstream on the others, so the figures measure
+# the proxy, not what it shares a core with; by default everything shares every core. Sets
+# PROXY_PIN and CLIENT_PIN (taskset prefixes, or nothing), NGINX_WORKERS (one when pinned,
+# else one per CPU) and PLACEMENT (said in the reports).
+bench_placement() {
+  if [ "${BENCH_PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+    PROXY_PIN="taskset -c 0" CLIENT_PIN="taskset -c 1-$(($(nproc) - 1))" NGINX_WORKERS=1
+    PLACEMENT="proxy pinned to CPU 0, wrk and upstream on the rest"
+  else
+    PROXY_PIN="" CLIENT_PIN="" NGINX_WORKERS=$(nproc)
+    PLACEMENT="all processes share all cores"
+  fi
+}
+
+# bench_workdir: WORK (a fresh temporary directory) and PIDS (processes to stop), with an
+# EXIT trap that stops them and every daemon whose pid file is in WORK (nginx), then
+# removes WORK.
+bench_workdir() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pidfile in "$WORK"/*.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}

@@ -33,16 +33,8 @@ DURATION="${1:-${BENCH_DURATION:-1}}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
 ROUNDS="${BENCH_ROUNDS:-36}"
-# BENCH_PIN=1 gives the proxy under test (nginx or Pinpoint) CPU 0 to itself and puts wrk
-# and the upstream on the other CPUs, so the figures measure the proxy, not what it
-# shares a core with. Default: everything shares every core.
-if [ "${BENCH_PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
-  PROXY_PIN="taskset -c 0" WRK_PIN="taskset -c 1-$(($(nproc) - 1))" NGINX_WORKERS=1
-  PLACEMENT="proxy pinned to CPU 0, wrk and upstream on the rest"
-else
-  PROXY_PIN="" WRK_PIN="" NGINX_WORKERS=2
-  PLACEMENT="all processes share all cores"
-fi
+# BENCH_PIN=1: see bench_placement in lib.sh.
+bench_placement
 ECHO_PORT=19000 NGINX_PORT=19001 PROXY_PORT=19002 API_PORT=19003 HAPROXY_PORT=19004 CADDY_PORT=19005
 
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
@@ -57,17 +49,10 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 cargo build --release -q -p pinpoint
 BIN=target/release/pinpoint
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
 
-$WRK_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
+$CLIENT_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
 
 cat > "$WORK/nginx.conf" <<NGINX
@@ -145,7 +130,7 @@ run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind];
   local out args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
   [ -n "${4:-}" ] && args+=(-H "$4")
   [ "$2" = post ] && args+=(-s "$WORK/post.lua")
-  out=$($WRK_PIN wrk "${args[@]}" "$3")
+  out=$($CLIENT_PIN wrk "${args[@]}" "$3")
   if echo "$out" | grep -q "Non-2xx"; then echo "$1 $2: non-2xx responses!" >&2; echo "$out" >&2; exit 1; fi
   REQUESTS=$(echo "$out" | awk '/requests in/ {print $1}')
   RPS[$1-$2]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
@@ -274,7 +259,7 @@ latency() { # name kind url [header] -> one table row
   [ -n "${4:-}" ] && args+=(-H "$4")
   [ "$2" = post ] && args+=(-d "$WORK/post.json" -H "Content-Type: application/json")
   rm -f "$WORK/latency.log"
-  $WRK_PIN h2load "${args[@]}" "$3" >/dev/null 2>&1 || true
+  $CLIENT_PIN h2load "${args[@]}" "$3" >/dev/null 2>&1 || true
   python3 - "$WORK/latency.log" "$1" "$2" "$rate" "$LATENCY_SECONDS" <<'PY'
 import sys
 rows = [line.split() for line in open(sys.argv[1])] if sys.argv[1] else []

@@ -17,11 +17,7 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-2}"
 ROUNDS="${BENCH_ROUNDS:-12}"
 H2_REQUESTS="${BENCH_H2_REQUESTS:-30000}"
-if [ "${BENCH_PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
-  PROXY_PIN="taskset -c 0" CLIENT_PIN="taskset -c 1-$(($(nproc) - 1))" NGINX_WORKERS=1
-else
-  PROXY_PIN="" CLIENT_PIN="" NGINX_WORKERS=$(nproc)
-fi
+bench_placement
 ECHO_PORT=19500 NGINX_PORT=19501 PROXY_PORT=19502 API_PORT=19503
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null; then
@@ -33,14 +29,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q -p pinpoint
 BIN=target/release/pinpoint
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
 # One certificate for both (ECDSA P-256, as most sites serve).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \

@@ -20,11 +20,7 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-1}"
 ROUNDS="${BENCH_ROUNDS:-24}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
-if [ "${BENCH_PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
-  PROXY_PIN="taskset -c 0" WRK_PIN="taskset -c 1-$(($(nproc) - 1))" NGINX_WORKERS=1
-else
-  PROXY_PIN="" WRK_PIN="" NGINX_WORKERS=2
-fi
+bench_placement
 ECHO_PORT=19400 NGINX_PORT=19401 PROXY_PORT=19402 API_PORT=19403 NGINX_CRS_PORT=19404
 
 if [ ! -f /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ] || [ ! -d /usr/share/modsecurity-crs/rules ] \
@@ -38,18 +34,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q -p pinpoint
 BIN=target/release/pinpoint
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for conf in plain crs; do
-    [ -f "$WORK/nginx-$conf.pid" ] && kill "$(cat "$WORK/nginx-$conf.pid")" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
-$WRK_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
+$CLIENT_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
 
 # The CRS as libmodsecurity runs it for Pinpoint's own CRS engine, but blocking.
@@ -106,7 +93,7 @@ TICKS_PER_SECOND=$(getconf CLK_TCK)
 run() { # name url -> appends req/s (and, for Pinpoint, CPU us/request)
   local out ticks_before ticks_after requests
   ticks_before=$(awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat")
-  out=$($WRK_PIN wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/post.lua" "$2")
+  out=$($CLIENT_PIN wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/post.lua" "$2")
   if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx responses!" >&2; echo "$out" >&2; exit 1; fi
   ticks_after=$(awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat")
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
