@@ -103,38 +103,51 @@ impl Evaluator {
     }
 }
 
-/// Who can: for each key, what the proxy would decide about `method path` (with `Host:
-/// host`, from `peer`) when that key is presented as a bearer credential, through the
-/// same edge and pipeline as [`Evaluator`]. Secrets are not needed: the evaluation's
-/// identities take a key by its id ([`KeyHolders`]), and refuse it when it is revoked or
-/// expired as the live check would.
+/// Who can: what the proxy would decide about `method path` (with `Host: host`, from
+/// `peer`) for an anonymous caller and for each key presented as a bearer credential,
+/// through the same edge and pipeline as [`Evaluator`] (one pipeline built for all of
+/// them). Secrets are not needed: the evaluation's identities take a key by its id
+/// ([`KeyHolders`]), and refuse it when it is revoked or expired as the live check would.
 pub fn who_can(
     config: Config,
     identities: Arc<dyn Identities>,
     now_ms: i64,
     request: &WhoCanRequest<'_>,
     key_ids: &[String],
-) -> Vec<Evaluation> {
+) -> WhoCan {
     let evaluator = Evaluator::new(
         config,
         Arc::new(KeyHolders(identities)),
         Arc::new(pinpoint_policy::world::FixedClock(now_ms)),
     );
+    let mut headers = HeaderMap::new();
+    if let Ok(host) = http::HeaderValue::from_str(request.host) {
+        headers.insert(http::header::HOST, host);
+    }
+    let evaluate =
+        |headers: &HeaderMap| evaluator.evaluate(Version::HTTP_11, request.method, request.uri, headers, request.peer);
+    let anonymous = evaluate(&headers);
     let placeholder = "x".repeat(pinpoint_core::keys::SECRET_LEN);
-    key_ids
+    let keys = key_ids
         .iter()
         .map(|id| {
-            let mut headers = HeaderMap::new();
-            if let Ok(host) = http::HeaderValue::from_str(request.host) {
-                headers.insert(http::header::HOST, host);
-            }
+            let mut headers = headers.clone();
             let presented = format!("{}{id}_{placeholder}", pinpoint_core::keys::PREFIX);
             if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {presented}")) {
                 headers.insert(http::header::AUTHORIZATION, value);
             }
-            evaluator.evaluate(Version::HTTP_11, request.method, request.uri, &headers, request.peer)
+            evaluate(&headers)
         })
-        .collect()
+        .collect();
+    WhoCan { anonymous, keys }
+}
+
+/// [`who_can`]'s answer.
+pub struct WhoCan {
+    /// For a caller without credentials.
+    pub anonymous: Evaluation,
+    /// For each key asked about, in order.
+    pub keys: Vec<Evaluation>,
 }
 
 /// The request [`who_can`] asks about.

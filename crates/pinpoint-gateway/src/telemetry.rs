@@ -189,22 +189,13 @@ fn decision_counter(route: &Arc<str>, reason: Option<Reason>, outcome: &'static 
             "mode" => mode.as_str()
         )
     };
-    if PROMETHEUS.get().is_none() {
-        return register();
-    }
-    let cached = CACHED.get_or_init(Default::default).pin();
-    let key = (route.clone(), reason, outcome, mode);
-    if let Some(counter) = cached.get(&key) {
-        return counter.clone();
-    }
-    cached.get_or_insert_with(key, register).clone()
+    kept(&CACHED, (route.clone(), reason, outcome, mode), register)
 }
 
 /// The request counter and latency histogram of each route and status, looked up once:
 /// through the `metrics` macros every request built, hashed and looked up its label sets
 /// in the registry, 1,900 instructions a request (`bench/instructions.sh`, 2026-12-06).
-/// Bounded by the routes ever configured times the statuses they answered. Kept only once
-/// the Prometheus recorder is installed (handles taken before would count nowhere).
+/// Bounded by the routes ever configured times the statuses they answered.
 type RequestMetrics =
     papaya::HashMap<(Arc<str>, u16), (metrics::Counter, metrics::Histogram), foldhash::fast::RandomState>;
 
@@ -216,11 +207,25 @@ fn request_metrics(route: &Arc<str>, status: http::StatusCode) -> (metrics::Coun
             metrics::histogram!(DURATION, "route" => route.clone()),
         )
     };
+    kept(&CACHED, (route.clone(), status.as_u16()), register)
+}
+
+/// The metric handles `cache` keeps for `key`, registered by `register` the first time.
+/// Kept only once the Prometheus recorder is installed: handles taken before would count
+/// nowhere, so until then each call registers afresh.
+fn kept<K, V>(
+    cache: &OnceLock<papaya::HashMap<K, V, foldhash::fast::RandomState>>,
+    key: K,
+    register: impl FnOnce() -> V,
+) -> V
+where
+    K: std::hash::Hash + Eq,
+    V: Clone,
+{
     if PROMETHEUS.get().is_none() {
         return register();
     }
-    let cached = CACHED.get_or_init(RequestMetrics::default).pin();
-    let key = (route.clone(), status.as_u16());
+    let cached = cache.get_or_init(Default::default).pin();
     if let Some(handles) = cached.get(&key) {
         return handles.clone();
     }

@@ -320,25 +320,10 @@ pub async fn who_can(
     let config = shared.runtime.load().config.clone();
     let identities = shared.services.identities();
     let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-    let evaluations = crate::evaluate::who_can(config.clone(), identities.clone(), now, &request, &ids);
-    let anonymous =
-        crate::evaluate::Evaluator::new(config, identities, Arc::new(pinpoint_policy::world::FixedClock(now)))
-            .evaluate(
-                http::Version::HTTP_11,
-                &method,
-                &uri,
-                &{
-                    let mut headers = http::HeaderMap::new();
-                    if let Ok(host) = http::HeaderValue::from_str(host) {
-                        headers.insert(http::header::HOST, host);
-                    }
-                    headers
-                },
-                request.peer,
-            );
+    let answer = crate::evaluate::who_can(config, identities, now, &request, &ids);
     let mut answers: Vec<serde_json::Value> = keys
         .iter()
-        .zip(&evaluations)
+        .zip(&answer.keys)
         .map(|(key, evaluation)| {
             serde_json::json!({
                 "key_id": key.id,
@@ -358,8 +343,8 @@ pub async fn who_can(
         "attributes": {
             "method": method.as_str(),
             "path": uri.to_string(),
-            "anonymous_allowed": anonymous.reason.is_none(),
-            "anonymous_reason": anonymous.reason.map(|r| r.code()),
+            "anonymous_allowed": answer.anonymous.reason.is_none(),
+            "anonymous_reason": answer.anonymous.reason.map(|r| r.code()),
             "keys": answers,
             "truncated": truncated,
         },
