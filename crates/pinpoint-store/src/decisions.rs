@@ -2,7 +2,7 @@
 //! never blocks. It counts the decision in the per-minute rollups (`rollups`), then keeps
 //! its record when it must (a refusal, a report-mode would-deny, a 5xx) or when the
 //! request is in the route's sample of allowed requests (drawn from the request id's random
-//! part, so the draw is the same wherever it is made), in a bounded queue; on overflow the
+//! part, so the API can tell which ids no sample would have kept), in a bounded queue; on overflow the
 //! record is dropped, counted in `pinpoint_decision_log_dropped_total{reason}` and logged. A writer task drains the queue in
 //! batches (up to `batch_size`, or what arrived within `flush_interval_ms`), one
 //! transaction each, prunes old decisions, and on [`DecisionLogWriter::finish`]
@@ -179,8 +179,9 @@ fn must_keep(decision: &Decision) -> bool {
 }
 
 /// A request's draw for sampling, uniform in 0..1,000,000: from the last eight hex digits
-/// of Pinpoint's request id (random bits), so every replica draws the same. An id of
-/// another shape draws 0, which every sample keeps.
+/// of Pinpoint's request id (random bits), so the draw can be made again from the id alone
+/// (the decisions API does, to say an allowed request was not sampled). An id of another
+/// shape draws 0, which every sample keeps.
 pub fn draw(request_id: &str) -> u32 {
     request_id
         .len()
