@@ -161,6 +161,14 @@ pub async fn run(
         otlp,
     });
 
+    shared
+        .record_load(pinpoint_store::revisions::ConfigLoad {
+            at_ms: pinpoint_store::now_ms(),
+            revision: revision.clone(),
+            previous: None,
+            trigger: "start".into(),
+        })
+        .await;
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));

@@ -32,6 +32,7 @@ use pinpoint_policy::pipeline::Pipeline;
 use pinpoint_policy::rate_state::MemoryRateState;
 use pinpoint_policy::routes::{CompiledRoute, RouteTable};
 use pinpoint_policy::world::{Identities, RateState};
+use pinpoint_store::revisions::ConfigLoad;
 
 /// Everything one config revision needs to serve requests.
 pub struct Runtime {
@@ -355,7 +356,7 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
 impl Shared {
     /// Re-reads the config file and swaps it in if it is valid and new. A bad file is
     /// logged with its location and the running revision keeps serving.
-    pub fn reload(&self, trigger: &str) -> Result<Option<String>, LoadError> {
+    pub fn reload(&self, trigger: &str) -> Result<Option<ConfigLoad>, LoadError> {
         let Some(path) = &self.config_path else {
             return Ok(None);
         };
@@ -398,7 +399,20 @@ impl Shared {
         metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "applied").increment(1);
         tracing::info!(revision = %revision, previous = %previous, trigger, "config reloaded");
         self.refresh_tls(trigger);
-        Ok(Some(revision))
+        Ok(Some(ConfigLoad {
+            at_ms: pinpoint_store::now_ms(),
+            revision,
+            previous: Some(previous),
+            trigger: trigger.to_owned(),
+        }))
+    }
+
+    /// Writes down that a revision was loaded (`pinpoint_store::revisions`), for alerts to
+    /// say whether a spike began shortly after. A failed write is logged; serving goes on.
+    pub async fn record_load(&self, load: ConfigLoad) {
+        if let Err(e) = pinpoint_store::revisions::record(&self.store, &load).await {
+            tracing::warn!(error = %e, revision = %load.revision, "could not record the config load");
+        }
     }
 
     /// Rebuilds a listener's TLS when its section or its files changed since it was
@@ -456,13 +470,17 @@ pub async fn watch_config(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
             _ = stop.changed() => return,
             _ = sighup => {
                 last_seen = std::fs::read(&path).ok();
-                let _ = shared.reload("SIGHUP");
+                if let Ok(Some(load)) = shared.reload("SIGHUP") {
+                    shared.record_load(load).await;
+                }
             }
             _ = poll.tick(), if poll_ms > 0 && !path.as_os_str().is_empty() => {
                 let now = std::fs::read(&path).ok();
                 if now.is_some() && now != last_seen {
                     last_seen = now;
-                    let _ = shared.reload("file change");
+                    if let Ok(Some(load)) = shared.reload("file change") {
+                        shared.record_load(load).await;
+                    }
                 }
                 shared.refresh_tls("certificate file change");
             }

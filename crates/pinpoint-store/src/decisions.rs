@@ -349,7 +349,7 @@ pub const PRUNED_METRIC: &str = "pinpoint_decision_log_pruned_total";
 async fn decision_bytes(store: &Store) -> Result<u64, StoreError> {
     let row = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM decisions),
-                (SELECT COALESCE(AVG(length(record)), 0) FROM (SELECT record FROM decisions ORDER BY seq DESC LIMIT 1000))",
+                (SELECT COALESCE(AVG(length(record)), 0.0) FROM (SELECT record FROM decisions ORDER BY seq DESC LIMIT 1000))",
     )
     .fetch_one(store.pool())
     .await?;
@@ -424,6 +424,9 @@ async fn prune_old(store: &Store, retention_hours: u64, max_store_mb: u64) {
     let rollup_horizon = now_ms().saturating_sub((retention_hours.max(8 * 24) as i64).saturating_mul(3_600_000));
     if let Err(e) = crate::rollups::prune(store, rollup_horizon).await {
         tracing::warn!(error = %e, "could not prune old decision rollups");
+    }
+    if let Err(e) = crate::revisions::prune(store, rollup_horizon).await {
+        tracing::warn!(error = %e, "could not prune old config loads");
     }
 }
 

@@ -12,6 +12,7 @@ pub mod decisions;
 pub mod identities;
 pub mod keys;
 pub mod record;
+pub mod revisions;
 pub mod rollups;
 pub mod signing;
 
@@ -67,7 +68,7 @@ pub struct Store {
 }
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 12;
+const SCHEMA_VERSION: i64 = 13;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (
@@ -270,6 +271,10 @@ impl Store {
         }
         if version < 12 {
             migrate_to(&pool, 12, rollups::SCHEMA_V12).await?;
+        }
+        if version < 13 {
+            let statements: Vec<&str> = [rollups::SCHEMA_V13, revisions::SCHEMA_V13].concat();
+            migrate_to(&pool, 13, &statements).await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)

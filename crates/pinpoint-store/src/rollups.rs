@@ -1,6 +1,7 @@
 //! Exact per-minute counts of every decision (`decision_rollups`), whatever share of the
 //! records themselves the decision log keeps: one count per minute, route, reason (the
-//! layer is the reason's first part), organization, status and mode. A request counts once
+//! layer is the reason's first part), organization, principal, the permission the
+//! authorization layer granted (when it granted one), status and mode. A request counts once
 //! with mode `enforce` and its outcome's reason (none when it was allowed), and once more
 //! with mode `report` for each report-mode would-deny in its trace. Requests count in
 //! memory (`Rollups::count`, a short lock on the counting thread's own shard); the decision
@@ -26,6 +27,11 @@ pub struct RollupKey {
     pub route: Option<String>,
     pub reason: Option<Reason>,
     pub org_id: Option<Arc<str>>,
+    /// The caller's principal (none for an organization key or an unknown caller).
+    pub principal_id: Option<Arc<str>>,
+    /// The permission the authorization layer granted the request, if it checked one:
+    /// what `pinpoint audit` reads to find permissions granted but never used.
+    pub permission: Option<Arc<str>>,
     pub status: u16,
     pub mode: Mode,
 }
@@ -58,6 +64,12 @@ impl Rollups {
             route: decision.route.clone(),
             reason: decision.reason,
             org_id: decision.caller.as_ref().map(|c| c.org_id.clone()),
+            principal_id: decision.caller.as_ref().and_then(|c| c.principal_id.clone()),
+            permission: decision
+                .trace
+                .iter()
+                .find(|t| t.mark == Mark::Pass && t.layer == "authz")
+                .and_then(|t| t.rule_id.clone()),
             status: decision.status,
             mode: Mode::Enforce,
         };
@@ -121,15 +133,18 @@ pub async fn add<S: std::hash::BuildHasher>(
     let mut tx = store.write_tx().await?;
     for (key, count) in counts {
         sqlx::query(
-            "INSERT INTO decision_rollups (minute_ms, route, reason, org_id, status, mode, count)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (minute_ms, route, reason, org_id, status, mode)
+            "INSERT INTO decision_rollups
+                 (minute_ms, route, reason, org_id, principal_id, permission, status, mode, count)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (minute_ms, route, reason, org_id, principal_id, permission, status, mode)
              DO UPDATE SET count = count + excluded.count",
         )
         .bind(key.minute_ms)
         .bind(key.route.as_deref().unwrap_or(""))
         .bind(key.reason.map_or("", |r| r.code()))
         .bind(key.org_id.as_deref().unwrap_or(""))
+        .bind(key.principal_id.as_deref().unwrap_or(""))
+        .bind(key.permission.as_deref().unwrap_or(""))
         .bind(i64::from(key.status))
         .bind(key.mode.as_str())
         .bind(i64::try_from(*count).unwrap_or(i64::MAX))
@@ -143,7 +158,8 @@ pub async fn add<S: std::hash::BuildHasher>(
 /// The stored counts of the minutes from `from_ms` (inclusive) to `to_ms` (exclusive).
 pub async fn read(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<RollupRow>, StoreError> {
     let rows = sqlx::query(
-        "SELECT minute_ms, route, reason, org_id, status, mode, count FROM decision_rollups
+        "SELECT minute_ms, route, reason, org_id, principal_id, permission, status, mode, count
+         FROM decision_rollups
          WHERE minute_ms >= ? AND minute_ms < ? ORDER BY minute_ms",
     )
     .bind(from_ms)
@@ -163,6 +179,8 @@ pub async fn read(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<RollupR
                     route: text(row, "route")?,
                     reason: text(row, "reason")?.and_then(|code| Reason::from_code(&code)),
                     org_id: text(row, "org_id")?.map(Arc::from),
+                    principal_id: text(row, "principal_id")?.map(Arc::from),
+                    permission: text(row, "permission")?.map(Arc::from),
                     status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
                     mode: if mode == "report" { Mode::Report } else { Mode::Enforce },
                 },
@@ -170,6 +188,25 @@ pub async fn read(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<RollupR
             })
         })
         .collect()
+}
+
+/// The permissions each principal was granted by the authorization layer from `from_ms`
+/// on, as (principal, permission) pairs, and the first minute in that range whose counts
+/// name principals at all (how far back the answer reaches; none when no counts do).
+pub async fn permissions_used(store: &Store, from_ms: i64) -> Result<(Option<i64>, Vec<(String, String)>), StoreError> {
+    let first: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(minute_ms) FROM decision_rollups WHERE minute_ms >= ? AND principal_id != ''")
+            .bind(from_ms)
+            .fetch_one(store.pool())
+            .await?;
+    let pairs = sqlx::query_as::<_, (String, String)>(
+        "SELECT DISTINCT principal_id, permission FROM decision_rollups
+         WHERE minute_ms >= ? AND principal_id != '' AND permission != ''",
+    )
+    .bind(from_ms)
+    .fetch_all(store.pool())
+    .await?;
+    Ok((first, pairs))
 }
 
 /// Drops the counts of minutes before `before_ms`.
@@ -192,3 +229,52 @@ pub(crate) const SCHEMA_V12: &[&str] = &["CREATE TABLE IF NOT EXISTS decision_ro
         count INTEGER NOT NULL,
         PRIMARY KEY (minute_ms, route, reason, org_id, status, mode)
     ) WITHOUT ROWID"];
+
+/// Version 13: rollups count by principal and by the permission granted too.
+pub(crate) const SCHEMA_V13: &[&str] = &[
+    "ALTER TABLE decision_rollups RENAME TO decision_rollups_v12",
+    "CREATE TABLE decision_rollups (
+        minute_ms INTEGER NOT NULL,
+        route TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        org_id TEXT NOT NULL,
+        principal_id TEXT NOT NULL,
+        permission TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        mode TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, route, reason, org_id, principal_id, permission, status, mode)
+    ) WITHOUT ROWID",
+    "INSERT INTO decision_rollups
+        SELECT minute_ms, route, reason, org_id, '', '', status, mode, count FROM decision_rollups_v12",
+    "DROP TABLE decision_rollups_v12",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn version_13_keeps_the_counts_of_version_12() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        // Put the table back as version 12 had it, with one count.
+        for statement in [
+            "DROP TABLE decision_rollups",
+            "DROP TABLE config_loads",
+            SCHEMA_V12[0],
+            "INSERT INTO decision_rollups VALUES (60000, 'orders', 'authz.permission_missing', 'org-1', 403, 'enforce', 7)",
+            "PRAGMA user_version = 12",
+        ] {
+            sqlx::query(statement).execute(store.pool()).await.unwrap();
+        }
+        store.close().await;
+        let store = Store::open(dir.path()).await.unwrap();
+        let rows = read(&store, 0, i64::MAX).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].count, 7);
+        assert_eq!(rows[0].key.reason, Some(Reason::AuthzPermissionMissing));
+        assert_eq!((rows[0].key.principal_id.clone(), rows[0].key.permission.clone()), (None, None));
+        crate::revisions::between(&store, 0, i64::MAX).await.unwrap();
+    }
+}

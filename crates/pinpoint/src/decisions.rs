@@ -1,5 +1,6 @@
 //! `pinpoint decisions list` (the most recent stored decisions, filtered) and `pinpoint top`
-//! (a live view of refusals by reason, route and organization, from the exact rollups),
+//! (a live view of refusals by reason, route, caller and organization, from the exact
+//! rollups),
 //! both through the API, so they show what the key may see.
 
 use anyhow::{Context, Result};
@@ -106,8 +107,8 @@ pub async fn run(command: DecisionsCommand) -> Result<()> {
     Ok(())
 }
 
-/// `pinpoint top`: refusals over the last `minutes` by reason, route and organization,
-/// redrawn every `every` seconds until interrupted (or once with `--once`).
+/// `pinpoint top`: refusals over the last `minutes` by reason, route, caller (principal)
+/// and organization, redrawn every `every` seconds until interrupted (or once with `--once`).
 #[derive(Args)]
 pub struct TopArgs {
     /// The window counted, in minutes.
@@ -148,7 +149,12 @@ pub async fn top(args: TopArgs) -> Result<()> {
             },
             pinpoint_core::time::rfc3339(to)
         ));
-        for (title, group_by) in [("reason", "reason"), ("route", "route"), ("organization", "org")] {
+        for (title, group_by) in [
+            ("reason", "reason"),
+            ("route", "route"),
+            ("caller", "principal"),
+            ("organization", "org"),
+        ] {
             let rows = groups(&api, from, to, "mode=enforce", group_by, args.rows + 1).await?;
             screen.push_str(&format!("\nrefused, by {title}\n"));
             let mut shown = 0;

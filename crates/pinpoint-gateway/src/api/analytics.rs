@@ -6,9 +6,10 @@
 //!
 //! Query: `from`, `to` (Unix milliseconds; default the last hour), `interval` (`1m`, `5m`,
 //! `1h`, ..., a whole number of minutes; default `1m`), filters `route`, `layer`, `reason`
-//! (`-` for allowed requests), `org`, `status`, `mode` (`enforce`/`report`), `group_by`
-//! (comma-separated: `route`, `layer`, `reason`, `org`, `status`, `mode`) and `top` (how
-//! many groups, largest first; default 10).
+//! (`-` for allowed requests), `org`, `principal`, `permission` (the one the authorization
+//! layer granted), `status`, `mode` (`enforce`/`report`), `group_by` (comma-separated:
+//! `route`, `layer`, `reason`, `org`, `principal`, `permission`, `status`, `mode`) and
+//! `top` (how many groups, largest first; default 10). `-` matches "none" in any filter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,7 +27,16 @@ const MAX_RANGE_MS: i64 = 31 * 24 * 3_600_000;
 /// The most points one series may have.
 const MAX_POINTS: i64 = 10_000;
 
-const GROUPS: [&str; 6] = ["route", "layer", "reason", "org", "status", "mode"];
+const GROUPS: [&str; 8] = [
+    "route",
+    "layer",
+    "reason",
+    "org",
+    "principal",
+    "permission",
+    "status",
+    "mode",
+];
 
 pub async fn decisions(
     State(shared): State<Arc<Shared>>,
@@ -36,7 +46,19 @@ pub async fn decisions(
     let bad = |detail: String| deny(Reason::ApiBadRequest, detail);
     if let Some(unknown) = query.keys().find(|k| {
         ![
-            "from", "to", "interval", "route", "layer", "reason", "org", "status", "mode", "group_by", "top",
+            "from",
+            "to",
+            "interval",
+            "route",
+            "layer",
+            "reason",
+            "org",
+            "principal",
+            "permission",
+            "status",
+            "mode",
+            "group_by",
+            "top",
         ]
         .contains(&k.as_str())
     }) {
@@ -152,6 +174,8 @@ fn matches(key: &RollupKey, query: &HashMap<String, String>, status: Option<i64>
         && text("reason", key.reason.map(|r| r.code()))
         && text("layer", key.reason.map(layer_of))
         && text("org", key.org_id.as_deref())
+        && text("principal", key.principal_id.as_deref())
+        && text("permission", key.permission.as_deref())
         && status.is_none_or(|s| s == i64::from(key.status))
         && mode.is_none_or(|m| m == key.mode)
 }
@@ -187,6 +211,8 @@ fn dimension(key: &RollupKey, name: &str) -> Dimension {
         "layer" => text(key.reason.map(layer_of)),
         "reason" => text(key.reason.map(|r| r.code())),
         "org" => text(key.org_id.as_deref()),
+        "principal" => text(key.principal_id.as_deref()),
+        "permission" => text(key.permission.as_deref()),
         "status" => Dimension::Status(key.status),
         _ => text(Some(key.mode.as_str())),
     }

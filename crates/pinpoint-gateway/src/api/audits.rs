@@ -7,6 +7,10 @@
 //! - `key_without_expiry`: a live key that never expires;
 //! - `key_holds_everything`, `role_holds_everything`: a key scoped to, or a role granting,
 //!   `*`;
+//! - `permission_unused`: a permission a principal holds through its roles and has not
+//!   used in the last `unused_days`, as far back as the decision rollups reach (they count
+//!   every request, sampled or not, with the permission authorization granted it); only
+//!   principals older than that span, and only when it is at least a day;
 //! - `suspended_principal_with_live_keys`: a suspended principal (or organization) whose
 //!   keys are not revoked (they are refused, and would work again on reinstatement);
 //! - `unauthenticated_write_route`: a route that accepts POST, PUT, PATCH or DELETE from
@@ -24,9 +28,10 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::{Extension, Json};
 use pinpoint_core::config::{AuthRequirement, Config, RouteWaf};
-use pinpoint_core::identity::{ApiKey, ALL_PERMISSIONS};
+use pinpoint_core::identity::{grants, ApiKey, ALL_PERMISSIONS};
 use pinpoint_core::{Mode, Reason};
 use pinpoint_store::prelude::*;
+use pinpoint_store::rollups;
 
 use super::{deny, envelope, ApiResult, Caller};
 use crate::runtime::Shared;
@@ -78,6 +83,16 @@ pub async fn audits(
         now,
         unused_days,
     );
+    let (covered_from, used) = rollups::permissions_used(store, now - unused_days * DAY_MS).await?;
+    if let Some(from) = covered_from.filter(|from| now - from >= DAY_MS) {
+        findings.extend(unused_permission_findings(
+            &store.all_principals().await?,
+            &store.all_assignments().await?,
+            &used,
+            from,
+            now,
+        ));
+    }
     let platform = caller.0.is_platform_admin();
     if platform {
         findings.extend(config_findings(&shared.runtime.load().config));
@@ -182,6 +197,54 @@ pub fn directory_findings(
                 name: org.name.clone(),
                 org_id: Some(org.id.clone()),
                 detail: format!("suspended, with {count} keys not revoked: they work again if it is reinstated"),
+            });
+        }
+    }
+    findings
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Permissions held through roles and not used since `from_ms` (`used`: the
+/// (principal, permission) pairs authorization granted since then). A grant is used when
+/// it covers a permission used (`orders:*` is used by `orders:read`).
+pub fn unused_permission_findings(
+    principals: &[pinpoint_core::identity::Principal],
+    assignments: &[(String, pinpoint_core::identity::Role)],
+    used: &[(String, String)],
+    from_ms: i64,
+    now_ms: i64,
+) -> Vec<Finding> {
+    let mut used_by: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (principal, permission) in used {
+        used_by.entry(principal).or_default().push(permission);
+    }
+    let days = (now_ms - from_ms) / DAY_MS;
+    let mut findings = Vec::new();
+    for principal in principals.iter().filter(|p| !p.suspended && p.created_at_ms <= from_ms) {
+        // Each permission held, with the roles that grant it, in a stable order.
+        let mut held: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        for (_, role) in assignments.iter().filter(|(holder, _)| *holder == principal.id) {
+            for permission in &role.permissions {
+                held.entry(permission).or_default().push(&role.name);
+            }
+        }
+        let used = used_by.get(principal.id.as_str()).map_or(&[][..], Vec::as_slice);
+        for (grant, roles) in held {
+            let granted = std::collections::HashSet::from([grant.to_owned()]);
+            if used.iter().any(|permission| grants(&granted, permission)) {
+                continue;
+            }
+            findings.push(Finding {
+                kind: "permission_unused",
+                subject: "principal",
+                id: principal.id.clone(),
+                name: principal.name.clone(),
+                org_id: Some(principal.org_id.clone()),
+                detail: format!(
+                    "holds `{grant}` (role {}) and has not used it in the {days} days the decision log covers; remove the role or grant a narrower one",
+                    roles.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+                ),
             });
         }
     }

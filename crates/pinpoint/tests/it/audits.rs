@@ -78,6 +78,8 @@ async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
         "orders needs permissions"
     );
     assert_eq!(kinds_of(findings, "layer_in_report_mode"), vec!["policy".to_owned()]);
+    // Nobody is old enough for `permission_unused` yet, and the rollups cover no day.
+    assert!(kinds_of(findings, "permission_unused").is_empty(), "{findings}");
     // Keys created just now are not unused for a day.
     let recent = audit(w.gw.admin_key.clone(), "unused_days=1").await;
     assert!(kinds_of(&recent["data"]["attributes"]["findings"], "key_unused").is_empty());
@@ -112,6 +114,85 @@ async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
         text.contains("suspended_principal_with_live_keys") && text.contains("layer_in_report_mode"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn permissions_unused_are_those_no_counted_request_was_granted() {
+    let w = world("").await;
+    let store = &w.gw.store;
+    let now = pinpoint_store::now_ms();
+    let day = 86_400_000;
+    // alice (orders:read and orders:write) and bob (orders:read) joined ten days ago; the
+    // rollups of three days ago count alice's reads, and those of twenty days ago (before
+    // the window) bob's.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", store.data_dir().join("pinpoint.db").display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE principals SET created_at_ms = ? WHERE id IN (?, ?)")
+        .bind(now - 10 * day)
+        .bind(&w.alice_id)
+        .bind(&w.bob_id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let count = |minute_ms: i64, principal: &str, permission: &str| pinpoint_store::rollups::RollupRow {
+        key: pinpoint_store::rollups::RollupKey {
+            minute_ms: minute_ms - minute_ms.rem_euclid(60_000),
+            route: Some("orders".into()),
+            reason: None,
+            org_id: Some(w.acme.id.as_str().into()),
+            principal_id: Some(principal.into()),
+            permission: Some(permission.into()),
+            status: 200,
+            mode: pinpoint_core::Mode::Enforce,
+        },
+        count: 5,
+    };
+    let counts: std::collections::HashMap<_, _> = [
+        count(now - 3 * day, &w.alice_id, "orders:read"),
+        count(now - 20 * day, &w.bob_id, "orders:read"),
+    ]
+    .into_iter()
+    .map(|row| (row.key, row.count))
+    .collect();
+    pinpoint_store::rollups::add(store, &counts).await.unwrap();
+
+    let unused = |query: &'static str| {
+        let gw = &w.gw;
+        async move {
+            let body = gw
+                .api_json(&format!("/api/v2/audits?{query}"), Some(&gw.admin_key))
+                .await;
+            body["data"]["attributes"]["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["kind"] == "permission_unused")
+                .map(|f| {
+                    (
+                        f["id"].as_str().unwrap().to_owned(),
+                        f["detail"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // In the last 14 days the rollups reach back three (the twenty-day-old count is
+    // outside): alice has not used orders:write, bob nothing.
+    let found = unused("unused_days=14").await;
+    let alice: Vec<_> = found.iter().filter(|(id, _)| *id == w.alice_id).collect();
+    assert_eq!(alice.len(), 1, "{found:?}");
+    assert!(
+        alice[0].1.contains("`orders:write`") && alice[0].1.contains("3 days"),
+        "{found:?}"
+    );
+    let bob: Vec<_> = found.iter().filter(|(id, _)| *id == w.bob_id).collect();
+    assert_eq!(bob.len(), 1, "{found:?}");
+    assert!(bob[0].1.contains("`orders:read`"), "{found:?}");
+    // A window shorter than a day of counts says nothing.
+    let window_with_no_day = unused("unused_days=0").await;
+    assert!(window_with_no_day.is_empty(), "{window_with_no_day:?}");
+    db.close().await;
 }
 
 #[tokio::test]

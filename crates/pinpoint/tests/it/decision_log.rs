@@ -201,6 +201,31 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
     );
     let (allowed, _) = analytics(gw, &gw.admin_key, "route=orders&reason=-&interval=5m").await;
     assert_eq!(allowed, 11);
+    // By caller and by the permission the authorization layer granted: alice's seven GETs
+    // used orders:read; bob's refused POSTs name bob and no permission.
+    let (_, by_principal) = analytics(
+        gw,
+        &gw.admin_key,
+        &format!("route=orders&org={}&group_by=principal,permission", w.acme.id),
+    )
+    .await;
+    assert_eq!(
+        by_principal,
+        vec![
+            (
+                serde_json::json!({"principal": w.alice_id, "permission": "orders:read"}),
+                7
+            ),
+            (serde_json::json!({"principal": w.bob_id, "permission": null}), 3),
+        ]
+    );
+    let (bobs, _) = analytics(
+        gw,
+        &gw.admin_key,
+        &format!("principal={}&reason=authz.permission_missing", w.bob_id),
+    )
+    .await;
+    assert_eq!(bobs, 3);
 
     // globex's service account reads decisions: only globex's requests count for it, and
     // asking for acme's is the same as asking for an organization that does not exist.
@@ -276,6 +301,8 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
     assert!(top.contains("refused, by reason"), "{top}");
     let reasons = top.split("refused, by route").next().unwrap();
     assert!(reasons.contains("       3  authz.permission_missing"), "{top}");
+    let callers = top.split("refused, by caller").nth(1).unwrap_or_default();
+    assert!(callers.contains(&format!("       3  {}", w.bob_id)), "{top}");
     assert!(reasons.contains("       2  authn.credentials_missing"), "{top}");
 
     // An allowed request left out of the sample is said to be so at once, not "pending".
@@ -309,7 +336,7 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
     // Mistakes are named; callers without decisions:read are refused.
     for bad in [
         "interval=90s",
-        "group_by=principal",
+        "group_by=caller",
         "from=10&to=5",
         "mode=shadow",
         "colour=red",
