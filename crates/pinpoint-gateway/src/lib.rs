@@ -8,6 +8,7 @@
 #![cfg_attr(not(feature = "modsecurity"), forbid(unsafe_code))]
 #![cfg_attr(feature = "modsecurity", deny(unsafe_code))]
 
+pub mod alerts;
 pub mod api;
 pub mod cloudauth;
 pub mod directory;
@@ -28,6 +29,7 @@ pub mod upstream;
 #[cfg(feature = "modsecurity")]
 #[allow(unsafe_code)]
 pub mod waf_crs;
+pub mod webhooks;
 pub mod workers;
 
 use std::future::Future;
@@ -172,6 +174,11 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));
+    let alerting = tokio::spawn(alerts::run(
+        shared.clone(),
+        listeners.api.local_addr().ok(),
+        stopped.clone(),
+    ));
     let follower = tokio::spawn(shared.services.clone().follow(shared.store.clone(), stopped.clone()));
     let address = |l: &tokio::net::TcpListener| {
         l.local_addr()
@@ -230,6 +237,7 @@ pub async fn run(
     let _ = reloader.await;
     let _ = housekeeping.await;
     let _ = follower.await;
+    let _ = alerting.await;
     if let Err(e) = save_quotas(&shared.services.rate, &shared.store).await {
         tracing::warn!(error = %e, "could not save quota counters at shutdown");
     }

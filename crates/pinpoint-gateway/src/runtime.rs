@@ -282,6 +282,8 @@ pub enum LoadError {
     Tls { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Otlp { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Alerting { path: PathBuf, message: String },
 }
 
 /// Reads and validates a config file.
@@ -319,6 +321,9 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
         for upstream in config.upstreams.values_mut() {
             upstream.tls.resolve_relative_to(dir);
         }
+        for hook in &mut config.alerting.webhooks {
+            hook.resolve_relative_to(dir);
+        }
     }
     if let Some(endpoint) = &config.server.otlp_traces_endpoint {
         crate::otlp::Exporter::check(endpoint).map_err(|message| LoadError::Otlp {
@@ -326,6 +331,10 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
             message,
         })?;
     }
+    crate::webhooks::check(&config.alerting.webhooks).map_err(|message| LoadError::Alerting {
+        path: path.to_owned(),
+        message,
+    })?;
     // Certificates that do not load are the config's error, naming the file.
     let tls_error = |e: crate::tls::TlsError| LoadError::Tls {
         path: path.to_owned(),

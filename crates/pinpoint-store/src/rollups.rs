@@ -274,7 +274,10 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].count, 7);
         assert_eq!(rows[0].key.reason, Some(Reason::AuthzPermissionMissing));
-        assert_eq!((rows[0].key.principal_id.clone(), rows[0].key.permission.clone()), (None, None));
+        assert_eq!(
+            (rows[0].key.principal_id.clone(), rows[0].key.permission.clone()),
+            (None, None)
+        );
         crate::revisions::between(&store, 0, i64::MAX).await.unwrap();
     }
 }

@@ -9,6 +9,7 @@
 //! [`diagnostics`] turns places into `file:line:column`; [`names`] holds the forms of
 //! methods, ids and prefixes that several sections share.
 
+mod alerts;
 mod authn;
 mod authz;
 mod cloudauth;
@@ -32,6 +33,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+pub use alerts::{AlertRule, AlertingConfig, Baseline, WebhookConfig, WebhookFormat};
 pub use authn::ClientCertIdentity;
 pub use authn::{AuthnConfig, CredentialSource};
 pub use authz::{AuthzConfig, DenyRule};
@@ -61,7 +63,7 @@ pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 pub const DEMO_ORIGIN: &str = "<built-in demo>";
 
 /// The top-level sections a config may have.
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 17] = [
     "server",
     "decision_log",
     "upstreams",
@@ -77,6 +79,8 @@ const SECTIONS: [&str; 15] = [
     "jwt",
     "keys",
     "cloudauth",
+    "alerting",
+    "alerts",
 ];
 
 /// A validated config and the revision id that names it.
@@ -102,6 +106,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub keys: KeysConfig,
     pub cloudauth: CloudAuthConfig,
+    pub alerting: AlertingConfig,
+    pub alerts: Vec<AlertRule>,
 }
 
 impl Config {
@@ -143,6 +149,9 @@ impl Config {
         let jwt = jwt::read(section("jwt"), &mut d);
         let keys = keys::read(section("keys"), &mut d);
         let cloudauth = cloudauth::read(section("cloudauth"), &mut d);
+        let alerting = alerts::read_alerting(section("alerting"), &mut d);
+        let webhooks = alerts::declared_webhooks(section("alerting"));
+        let alert_rules = alerts::read_rules(section("alerts"), &mut d, &route_ids, &webhooks);
 
         // Every reader has reported into `d`; a section missing here had an error there.
         let config = (|| {
@@ -164,6 +173,8 @@ impl Config {
                 jwt: jwt?,
                 keys: keys?,
                 cloudauth: cloudauth?,
+                alerting: alerting?,
+                alerts: alert_rules,
             })
         })();
         match d.finish(config)? {

@@ -2,6 +2,7 @@
 //! upstreams. Each test starts its own gateway on port 0 with its own data directory.
 
 mod access;
+mod alerts;
 mod api;
 mod architecture;
 mod audits;
