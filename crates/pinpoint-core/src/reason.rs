@@ -554,6 +554,12 @@ reasons! {
         hint: "Slow down; retry after the number of seconds in `Retry-After`.",
         description: "A `[[rate.limits]]` rule (named in the trace) ran out of burst capacity for this key, principal, organization, route or address.",
     },
+    /// The shared rate state (Redis) could not be reached, for a limit that refuses then.
+    RateBackendUnavailable => {
+        code: "rate.backend_unavailable", status: 503, source: Pinpoint, title: "Rate limits cannot be checked",
+        hint: "Retry shortly; the gateway cannot reach the store its rate limits are counted in.",
+        description: "A `[[rate.limits]]` or `[[rate.quotas]]` rule counted in `[cluster] redis` could not be counted (Redis unreachable or too slow). With `on_backend_error = \"refuse\"` (the default) the request is refused with 503; with `\"allow\"` it passes and this reason is traced as a report-mode would-deny.",
+    },
     /// A daily or monthly quota is used up.
     QuotaExhausted => {
         code: "quota.exhausted", status: 429, source: Policy, title: "Quota exhausted",

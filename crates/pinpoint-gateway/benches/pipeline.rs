@@ -66,6 +66,7 @@ fn pipeline(c: &mut Criterion) {
             tokens: TokenService::start(&store, &config.jwt).await.unwrap(),
             rate: Arc::new(MemoryRateState::default()),
             replay,
+            cluster: None,
         };
         (
             Runtime::build(config, &HealthRegistry::default(), "127.0.0.1:9", &services),

@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod api;
 pub mod cloudauth;
+pub mod cluster;
 pub mod directory;
 pub mod echo;
 pub mod edge;
@@ -101,6 +102,8 @@ pub enum GatewayError {
     Otlp(String),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Cluster(String),
     #[error("cannot start the proxy workers: {0}")]
     Workers(#[source] std::io::Error),
 }
@@ -124,14 +127,28 @@ pub async fn run(
     let echo = tokio::spawn(echo::serve(echo_listener, wait_for(echo_stopped)));
 
     let replay = Arc::new(cloudauth::ProofReplay::new(gateway.store.clone()));
+    let cluster = match &gateway.config.cluster.redis {
+        Some(_) => Some(
+            cluster::Cluster::start(&gateway.config.cluster)
+                .await
+                .map_err(GatewayError::Cluster)?,
+        ),
+        None => None,
+    };
+    // Used proofs: in Redis when replicas share one, else in memory and the store.
+    let proofs: Arc<dyn pinpoint_policy::world::ReplayCache> = match &cluster {
+        Some(cluster) => Arc::new(cluster::SharedReplay(cluster.clone())),
+        None => replay.clone(),
+    };
     let services = Services {
         cloudauth: Arc::new(
-            cloudauth::CloudAuth::new(&gateway.config.cloudauth, replay.clone()).map_err(GatewayError::Client)?,
+            cloudauth::CloudAuth::new(&gateway.config.cloudauth, proofs).map_err(GatewayError::Client)?,
         ),
         directory: Directory::load(&gateway.store).await?,
         tokens: TokenService::start(&gateway.store, &gateway.config.jwt).await?,
         rate: Arc::new(MemoryRateState::default()),
         replay,
+        cluster,
     };
     load_quotas(&services.rate, &gateway.store).await?;
     let (decisions, writer) = DecisionLog::spawn(gateway.store.clone(), gateway.config.decision_log);
@@ -174,6 +191,14 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));
+    let heartbeat = shared.services.cluster.clone().map(|cluster| {
+        let runtime_of = shared.clone();
+        tokio::spawn(cluster.beat(
+            move || runtime_of.runtime.load().config.revision.clone(),
+            pinpoint_store::now_ms(),
+            stopped.clone(),
+        ))
+    });
     let alerting = tokio::spawn(alerts::run(
         shared.clone(),
         listeners.api.local_addr().ok(),
@@ -238,6 +263,9 @@ pub async fn run(
     let _ = housekeeping.await;
     let _ = follower.await;
     let _ = alerting.await;
+    if let Some(heartbeat) = heartbeat {
+        let _ = heartbeat.await;
+    }
     if let Err(e) = save_quotas(&shared.services.rate, &shared.store).await {
         tracing::warn!(error = %e, "could not save quota counters at shutdown");
     }

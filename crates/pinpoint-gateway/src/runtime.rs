@@ -54,6 +54,8 @@ pub struct Services {
     pub rate: Arc<MemoryRateState>,
     /// Used cloud-auth proofs (memory and store).
     pub replay: Arc<crate::cloudauth::ProofReplay>,
+    /// `[cluster] redis`, when set: rate limits and quotas are counted there.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Services {
@@ -102,9 +104,13 @@ impl Services {
 
     /// What the live pipelines are built on.
     pub fn world(&self) -> World {
+        let rate: Arc<dyn RateState> = match &self.cluster {
+            Some(cluster) => Arc::new(crate::cluster::SharedRateState(cluster.clone())),
+            None => self.rate.clone(),
+        };
         World {
             identities: self.identities(),
-            rate: self.rate.clone(),
+            rate,
         }
     }
 }

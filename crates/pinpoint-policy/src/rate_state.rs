@@ -18,7 +18,7 @@ use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use pinpoint_core::config::RateLimitRule;
 
-use crate::world::{LimitAnswer, Limiter, RateState};
+use crate::world::{Answer, Counted, LimitAnswer, Limiter, RateState};
 
 /// Limiter keys are 64-bit hashes of `(what, id)` under a secret seed ([`hashed`]): no
 /// allocation per request, and a collision (two callers sharing a budget) has odds of about
@@ -123,6 +123,16 @@ impl MemoryRateState {
             .clone()
     }
 
+    /// Counts one request against a quota window; the count, this one included.
+    pub fn spend(&self, quota_id: &str, org_id: &str, window_start_ms: i64) -> u64 {
+        let counts = self.quota_counts.pin();
+        let key = (quota_id.to_owned(), org_id.to_owned(), window_start_ms);
+        counts
+            .get_or_insert_with(key, || AtomicU64::new(0))
+            .fetch_add(1, Ordering::Relaxed)
+            + 1
+    }
+
     /// Puts saved quota counters back (so a restart does not reset quotas).
     pub fn restore_quotas(&self, saved: impl IntoIterator<Item = (String, String, i64, u64)>) {
         let counts = self.quota_counts.pin();
@@ -157,8 +167,8 @@ pub const QUOTA_HORIZON_MS: i64 = 32 * 86_400_000;
 /// One limit's governor limiter.
 struct GovernorLimiter(KeyedLimiter);
 
-impl Limiter for GovernorLimiter {
-    fn take(&self, key: u64) -> LimitAnswer {
+impl GovernorLimiter {
+    fn take_key(&self, key: u64) -> LimitAnswer {
         match self.0.check_key(&key) {
             Ok(state) => LimitAnswer::Allowed {
                 remaining: state.remaining_burst_capacity(),
@@ -170,18 +180,24 @@ impl Limiter for GovernorLimiter {
     }
 }
 
+impl Limiter for GovernorLimiter {
+    fn take<'a>(&'a self, who: &'a Counted<'a>) -> Answer<'a, LimitAnswer> {
+        Answer::Ready(self.take_key(who.hash))
+    }
+}
+
 impl RateState for MemoryRateState {
     fn limiter(&self, rule: &RateLimitRule) -> Arc<dyn Limiter> {
         self.governor_limiter(rule)
     }
 
-    fn spend_quota(&self, quota_id: &str, org_id: &str, window_start_ms: i64) -> u64 {
-        let counts = self.quota_counts.pin();
-        let key = (quota_id.to_owned(), org_id.to_owned(), window_start_ms);
-        counts
-            .get_or_insert_with(key, || AtomicU64::new(0))
-            .fetch_add(1, Ordering::Relaxed)
-            + 1
+    fn spend_quota<'a>(
+        &'a self,
+        quota_id: &'a str,
+        org_id: &'a str,
+        (window_start_ms, _): (i64, i64),
+    ) -> Answer<'a, Result<u64, String>> {
+        Answer::Ready(Ok(self.spend(quota_id, org_id, window_start_ms)))
     }
 }
 
@@ -198,6 +214,7 @@ mod tests {
             per_seconds,
             burst: None,
             routes: None,
+            on_backend_error: Default::default(),
         };
         MemoryRateState::default().governor_limiter(&rule)
     }
@@ -205,14 +222,14 @@ mod tests {
     #[test]
     fn the_lock_free_state_store_counts_each_key_apart_and_keeps_busy_keys() {
         let limiter = limiter(2, 3600);
-        assert!(matches!(limiter.take(1), LimitAnswer::Allowed { .. }));
-        assert!(matches!(limiter.take(1), LimitAnswer::Allowed { .. }));
+        assert!(matches!(limiter.take_key(1), LimitAnswer::Allowed { .. }));
+        assert!(matches!(limiter.take_key(1), LimitAnswer::Allowed { .. }));
         assert!(
-            matches!(limiter.take(1), LimitAnswer::Limited { .. }),
+            matches!(limiter.take_key(1), LimitAnswer::Limited { .. }),
             "the third request in the hour is over the limit"
         );
         assert_eq!(
-            limiter.take(2),
+            limiter.take_key(2),
             LimitAnswer::Allowed { remaining: 1 },
             "another key has its own budget"
         );
@@ -220,7 +237,7 @@ mod tests {
         // Housekeeping keeps keys whose state still differs from a fresh one.
         limiter.0.retain_recent();
         assert!(
-            matches!(limiter.take(1), LimitAnswer::Limited { .. }),
+            matches!(limiter.take_key(1), LimitAnswer::Limited { .. }),
             "a housekeeping pass does not reset a budget"
         );
     }
@@ -228,12 +245,12 @@ mod tests {
     #[test]
     fn quotas_count_per_quota_organization_and_window() {
         let state = MemoryRateState::default();
-        assert_eq!(state.spend_quota("q", "o", 0), 1);
-        assert_eq!(state.spend_quota("q", "o", 0), 2);
-        assert_eq!(state.spend_quota("q", "p", 0), 1);
-        assert_eq!(state.spend_quota("q", "o", 1), 1);
+        assert_eq!(state.spend("q", "o", 0), 1);
+        assert_eq!(state.spend("q", "o", 0), 2);
+        assert_eq!(state.spend("q", "p", 0), 1);
+        assert_eq!(state.spend("q", "o", 1), 1);
         let restored = MemoryRateState::default();
         restored.restore_quotas(state.quota_counters());
-        assert_eq!(restored.spend_quota("q", "o", 0), 3);
+        assert_eq!(restored.spend("q", "o", 0), 3);
     }
 }

@@ -58,19 +58,82 @@ pub trait Identities: Send + Sync {
     fn key_used(&self, key: &KeyEntry, now_ms: i64);
 }
 
+/// A result that may need I/O to arrive (a shared cache's round trip).
+pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// An answer now (in-process state), or after a round trip (shared state).
+pub enum Answer<'a, T> {
+    Ready(T),
+    Later(Pending<'a, T>),
+}
+
+impl<T> Answer<'_, T> {
+    pub async fn get(self) -> T {
+        match self {
+            Answer::Ready(value) => value,
+            Answer::Later(pending) => pending.await,
+        }
+    }
+}
+
 /// What one limiter says about one more request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitAnswer {
     /// Allowed, with this much burst left.
     Allowed { remaining: u32 },
     /// Over the limit until `wait` from now.
     Limited { wait: Duration },
+    /// The state could not be reached; says why (for the operator's trace).
+    Unavailable { why: String },
+}
+
+/// Whom a limit counts a request as: the kind (`key`, `principal`, `org`, `route`, `ip`)
+/// and the id, with a seeded hash of both for in-process maps.
+pub struct Counted<'a> {
+    pub kind: &'static str,
+    pub id: CountedId<'a>,
+    /// SipHash of kind and id under a per-process random seed. The ids are
+    /// caller-influenced (addresses, presented key ids), so callers must not be able to
+    /// aim at one another's budgets; a collision (two callers sharing a budget) has odds
+    /// of about n²/2⁶⁵. Shared state keys on the text instead (the same on every replica).
+    pub hash: u64,
+}
+
+/// The id part of [`Counted`], borrowed from the request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum CountedId<'a> {
+    Str(&'a str),
+    Ip(std::net::IpAddr),
+}
+
+impl std::fmt::Display for CountedId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CountedId::Str(s) => f.write_str(s),
+            CountedId::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl<'a> Counted<'a> {
+    pub fn new(kind: &'static str, id: CountedId<'a>) -> Counted<'a> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        kind.hash(&mut h);
+        id.hash(&mut h);
+        Counted {
+            kind,
+            id,
+            hash: h.finish(),
+        }
+    }
 }
 
 /// One configured limit's state across callers.
 pub trait Limiter: Send + Sync {
-    /// Counts one request against `key`'s budget.
-    fn take(&self, key: u64) -> LimitAnswer;
+    /// Counts one request against `who`'s budget.
+    fn take<'a>(&'a self, who: &'a Counted<'a>) -> Answer<'a, LimitAnswer>;
 }
 
 /// Rate-limit and quota state, which outlives config revisions.
@@ -78,13 +141,15 @@ pub trait RateState: Send + Sync {
     /// The limiter of `rule`: the same one for as long as the rule is unchanged, so a
     /// reload does not reset budgets.
     fn limiter(&self, rule: &RateLimitRule) -> Arc<dyn Limiter>;
-    /// Counts one request against an organization's quota window; the count, this one
-    /// included.
-    fn spend_quota(&self, quota_id: &str, org_id: &str, window_start_ms: i64) -> u64;
+    /// Counts one request against an organization's quota window (`window` is its start
+    /// and end, Unix ms); the count, this one included, or why it could not be counted.
+    fn spend_quota<'a>(
+        &'a self,
+        quota_id: &'a str,
+        org_id: &'a str,
+        window: (i64, i64),
+    ) -> Answer<'a, Result<u64, String>>;
 }
-
-/// A result that may need I/O to arrive (a shared cache's round trip).
-pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Whether a proof is used for the first time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

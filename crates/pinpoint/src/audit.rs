@@ -1,5 +1,6 @@
 //! `pinpoint audit`: the API's audit of keys, roles, principals and the config
-//! (`GET /api/v2/audits`), as a table or JSON.
+//! (`GET /api/v2/audits`), as a table or JSON; and `pinpoint cluster status`, the replicas
+//! `/healthz` lists, with their config revisions.
 
 use anyhow::Result;
 
@@ -124,4 +125,63 @@ pub struct WhoCanArgs {
     pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Each live replica (heartbeats in `[cluster] redis`) with its config revision; says
+    /// when revisions differ.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub async fn cluster_status(client: &ClientArgs) -> Result<()> {
+    let api = ApiClient::new(client)?;
+    let health = api.call(reqwest::Method::GET, "/healthz", None).await?;
+    let cluster = &health["cluster"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    if cluster["redis"] == "not configured" {
+        println!(
+            "No [cluster] redis: this process runs alone (revision {}).",
+            text(&health["config_revision"])
+        );
+        return Ok(());
+    }
+    println!(
+        "redis: {}   this replica: {}",
+        text(&cluster["redis"]),
+        text(&cluster["replica"])
+    );
+    let Some(replicas) = cluster["replicas"].as_array() else {
+        anyhow::bail!("the replicas could not be listed: {}", cluster["replicas"]["error"]);
+    };
+    let now = pinpoint_core::time::rfc3339(0).len(); // width of a timestamp
+    println!(
+        "{:<32} {:<16} {:<now$} last heartbeat",
+        "replica", "revision", "started"
+    );
+    for replica in replicas {
+        let at = |field: &str| replica[field].as_i64().map_or("-".into(), pinpoint_core::time::rfc3339);
+        println!(
+            "{:<32} {:<16} {:<now$} {}",
+            text(&replica["replica"]),
+            text(&replica["revision"]),
+            at("started_at_ms"),
+            at("at_ms")
+        );
+    }
+    let mut revisions: Vec<String> = replicas.iter().map(|r| text(&r["revision"])).collect();
+    revisions.sort();
+    revisions.dedup();
+    match revisions.len() {
+        0 | 1 => println!("\n{} replicas, one config revision.", replicas.len()),
+        n => println!(
+            "\n{} replicas on {n} different config revisions: {}.",
+            replicas.len(),
+            revisions.join(", ")
+        ),
+    }
+    Ok(())
 }

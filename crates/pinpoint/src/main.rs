@@ -82,6 +82,9 @@ enum Command {
     /// Stored decisions, listed and filtered.
     #[command(subcommand)]
     Decisions(decisions::DecisionsCommand),
+    /// The replicas sharing this deployment's Redis, with their config revisions.
+    #[command(subcommand)]
+    Cluster(audit::ClusterCommand),
     /// A live view of refusals by reason, route and organization (exact counts).
     Top(decisions::TopArgs),
     /// Manage API keys.
@@ -238,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
                 client,
             } => audit::run(unused_days, json, &client).await,
             Command::WhoCan(args) => audit::who_can(&args).await,
+            Command::Cluster(audit::ClusterCommand::Status { client }) => audit::cluster_status(&client).await,
             Command::Decisions(cmd) => decisions::run(cmd).await,
             Command::Top(args) => decisions::top(args).await,
             Command::Keys(cmd) => admin::keys(cmd).await,

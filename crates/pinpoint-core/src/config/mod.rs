@@ -13,6 +13,7 @@ mod alerts;
 mod authn;
 mod authz;
 mod cloudauth;
+mod cluster;
 mod cors;
 mod csrf;
 mod decision_log;
@@ -38,6 +39,7 @@ pub use authn::ClientCertIdentity;
 pub use authn::{AuthnConfig, CredentialSource};
 pub use authz::{AuthzConfig, DenyRule};
 pub use cloudauth::CloudAuthConfig;
+pub use cluster::ClusterConfig;
 pub use cors::CorsConfig;
 pub use csrf::{CsrfConfig, CsrfGuard};
 pub use decision_log::{DecisionLogConfig, SampleRate};
@@ -47,7 +49,7 @@ pub use keys::KeysConfig;
 pub use names::{is_permission, is_uuid, method_listed, parse_method};
 pub use net::NetConfig;
 pub use policy::{PolicyConfig, PolicyRule};
-pub use rate::{LimitKey, QuotaPeriod, QuotaRule, RateConfig, RateLimitRule};
+pub use rate::{LimitKey, OnBackendError, QuotaPeriod, QuotaRule, RateConfig, RateLimitRule};
 pub use routes::{
     AuthRequirement, OverrideHeaders, RouteConfig, DEFAULT_BODY_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_METHODS,
 };
@@ -63,7 +65,7 @@ pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 pub const DEMO_ORIGIN: &str = "<built-in demo>";
 
 /// The top-level sections a config may have.
-const SECTIONS: [&str; 17] = [
+const SECTIONS: [&str; 18] = [
     "server",
     "decision_log",
     "upstreams",
@@ -81,6 +83,7 @@ const SECTIONS: [&str; 17] = [
     "cloudauth",
     "alerting",
     "alerts",
+    "cluster",
 ];
 
 /// A validated config and the revision id that names it.
@@ -108,6 +111,7 @@ pub struct Config {
     pub cloudauth: CloudAuthConfig,
     pub alerting: AlertingConfig,
     pub alerts: Vec<AlertRule>,
+    pub cluster: ClusterConfig,
 }
 
 impl Config {
@@ -152,6 +156,7 @@ impl Config {
         let alerting = alerts::read_alerting(section("alerting"), &mut d);
         let webhooks = alerts::declared_webhooks(section("alerting"));
         let alert_rules = alerts::read_rules(section("alerts"), &mut d, &route_ids, &webhooks);
+        let cluster = cluster::read(section("cluster"), &mut d);
 
         // Every reader has reported into `d`; a section missing here had an error there.
         let config = (|| {
@@ -175,6 +180,7 @@ impl Config {
                 cloudauth: cloudauth?,
                 alerting: alerting?,
                 alerts: alert_rules,
+                cluster: cluster?,
             })
         })();
         match d.finish(config)? {

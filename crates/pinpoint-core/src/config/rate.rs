@@ -39,6 +39,21 @@ pub struct RateLimitRule {
     pub per_seconds: u32,
     pub burst: Option<u32>,
     pub routes: Option<Vec<String>>,
+    /// What a request gets when the shared state (`[cluster] redis`) cannot count it.
+    #[serde(default)]
+    pub on_backend_error: OnBackendError,
+}
+
+/// What a limit or quota counted in shared state does when that state cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendError {
+    /// 503 `rate.backend_unavailable`: nothing passes uncounted (fail closed).
+    #[default]
+    Refuse,
+    /// The request passes; `rate.backend_unavailable` is traced as a report-mode
+    /// would-deny and counted (fail open).
+    Allow,
 }
 
 /// Quota windows.
@@ -59,6 +74,9 @@ pub struct QuotaRule {
     /// Organization ids; `None` applies to every organization.
     pub orgs: Option<Vec<String>>,
     pub routes: Option<Vec<String>>,
+    /// What a request gets when the shared state (`[cluster] redis`) cannot count it.
+    #[serde(default)]
+    pub on_backend_error: OnBackendError,
 }
 
 pub(super) fn read(item: &Item, d: &mut Diagnostics, route_ids: &HashSet<String>) -> Option<RateConfig> {

@@ -617,7 +617,19 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
     // A file on disk that was refused: still serving the last good revision, but the
     // operator's change has not taken effect.
     let rejected = shared.config_rejected.load_full();
+    let cluster = match &shared.services.cluster {
+        None => serde_json::json!({ "redis": "not configured" }),
+        Some(cluster) => {
+            let mut health = cluster.health();
+            health["replicas"] = match cluster.replicas().await {
+                Ok(replicas) => serde_json::Value::Array(replicas),
+                Err(why) => serde_json::json!({ "error": why }),
+            };
+            health
+        }
+    };
     Json(serde_json::json!({
+        "cluster": cluster,
         "status": if rejected.is_some() { "degraded" } else { "ok" },
         "config_error": rejected.as_deref(),
         "config_revision": runtime.config.revision,

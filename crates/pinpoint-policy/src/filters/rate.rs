@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
-use pinpoint_core::config::{LimitKey, QuotaPeriod, QuotaRule, RateLimitRule};
+use pinpoint_core::config::{LimitKey, OnBackendError, QuotaPeriod, QuotaRule, RateLimitRule};
 use pinpoint_core::{Denial, Outcome, Reason};
 
 use crate::identity::{Credential, Identity};
 use crate::pipeline::{Check, Filter, RequestCtx};
-use crate::world::{LimitAnswer, Limiter, RateState};
+use crate::world::{Counted, CountedId, LimitAnswer, Limiter, RateState};
 
 struct Limit {
     rule: RateLimitRule,
@@ -61,57 +61,28 @@ fn applies(routes: &Option<Vec<String>>, route_id: Option<&str>) -> bool {
         .is_none_or(|ids| route_id.is_some_and(|r| ids.iter().any(|i| i == r)))
 }
 
-/// What a limit counts by, for this request: the kind and the id (for the limiter key and
-/// the trace).
-fn counted_as<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<(&'static str, KeyPart<'c>)> {
+/// What a limit counts by, for this request.
+fn counted_as<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<Counted<'c>> {
     let identity = ctx.identity.as_ref();
     let principal = |i: &'c Identity| {
         i.principal
             .as_ref()
-            .map(|p| ("principal", KeyPart::Str(p.principal.id.as_str())))
+            .map(|p| ("principal", CountedId::Str(p.principal.id.as_str())))
     };
-    match by {
+    let (kind, id) = match by {
         LimitKey::Key => identity.map(|i| match &i.credential {
-            Credential::Key(key) => ("key", KeyPart::Str(key.id())),
+            Credential::Key(key) => ("key", CountedId::Str(key.id())),
             // A token counts against its principal (or, without one, its organization).
             Credential::Token(_) | Credential::ClientCert(_) => {
-                principal(i).unwrap_or(("org", KeyPart::Str(i.org_id())))
+                principal(i).unwrap_or(("org", CountedId::Str(i.org_id())))
             }
         }),
         LimitKey::Principal => identity.and_then(principal),
-        LimitKey::Org => identity.map(|i| ("org", KeyPart::Str(i.org_id()))),
-        LimitKey::Route => ctx.route_id.as_deref().map(|r| ("route", KeyPart::Str(r))),
-        LimitKey::ClientIp => Some(("ip", KeyPart::Ip(ctx.client_ip))),
-    }
-}
-
-/// The id part of a limiter key, borrowed from the request.
-#[derive(Hash)]
-enum KeyPart<'c> {
-    Str(&'c str),
-    Ip(std::net::IpAddr),
-}
-
-impl std::fmt::Display for KeyPart<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeyPart::Str(s) => f.write_str(s),
-            KeyPart::Ip(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
-/// The limiter key of `(kind, id)`: SipHash under a per-process random seed. The ids are
-/// caller-influenced (addresses, presented key ids), so callers must not be able to aim at
-/// one another's budgets; a collision (two callers sharing a budget) has odds of about
-/// n²/2⁶⁵.
-fn limiter_key(kind: &str, part: &KeyPart<'_>) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-    let mut h = SEED.get_or_init(Default::default).build_hasher();
-    kind.hash(&mut h);
-    part.hash(&mut h);
-    h.finish()
+        LimitKey::Org => identity.map(|i| ("org", CountedId::Str(i.org_id()))),
+        LimitKey::Route => ctx.route_id.as_deref().map(|r| ("route", CountedId::Str(r))),
+        LimitKey::ClientIp => Some(("ip", CountedId::Ip(ctx.client_ip))),
+    }?;
+    Some(Counted::new(kind, id))
 }
 
 impl Filter for RateFilter {
@@ -120,19 +91,36 @@ impl Filter for RateFilter {
     }
 
     fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
+        let route = ctx.route_id.as_deref();
+        let any_limit = self.limits.iter().any(|l| applies(&l.rule.routes, route));
+        let any_quota = ctx.identity.is_some() && self.quotas.iter().any(|q| applies(&q.routes, route));
+        if !(any_limit || any_quota) {
+            return Check::Ready(Outcome::NotApplicable);
+        }
+        // Shared state answers after a round trip; in-process state at once (the future is
+        // then ready on its first poll).
+        Check::Pending(Box::pin(self.decide(ctx)))
+    }
+}
+
+impl RateFilter {
+    async fn decide(&self, ctx: &mut RequestCtx<'_>) -> Outcome {
         let mut tightest: Option<(&Limit, u32, u64)> = None;
         let mut applied = false;
+        // A limit or quota that could not be counted and lets requests through then: the
+        // request passes (if nothing else refuses it) with this traced as a would-deny.
+        let mut uncounted: Option<Denial> = None;
         for limit in &self.limits {
             if !applies(&limit.rule.routes, ctx.route_id.as_deref()) {
                 continue;
             }
-            let Some((kind, part)) = counted_as(limit.rule.by, ctx) else {
+            let Some(who) = counted_as(limit.rule.by, ctx) else {
                 continue;
             };
             applied = true;
             let burst = limit.rule.burst.unwrap_or(limit.rule.requests);
             let per_cell_ms = u64::from(limit.rule.per_seconds) * 1000 / u64::from(limit.rule.requests.max(1));
-            match limit.limiter.take(limiter_key(kind, &part)) {
+            match limit.limiter.take(&who).get().await {
                 LimitAnswer::Allowed { remaining } => {
                     let reset = (u64::from(burst - remaining.min(burst)) * per_cell_ms).div_ceil(1000);
                     if tightest.is_none_or(|(_, r, _)| remaining < r) {
@@ -140,19 +128,25 @@ impl Filter for RateFilter {
                     }
                 }
                 LimitAnswer::Limited { wait } => {
-                    let who = format!("{kind} {part}");
+                    let note = format!("{} {}", who.kind, who.id);
                     let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                     let reset = (u64::from(burst) * per_cell_ms).div_ceil(1000);
                     add_headers(ctx, limit, 0, reset.max(retry));
-                    return Check::Ready(Outcome::Deny(
+                    return Outcome::Deny(
                         Denial::new(
                             Reason::RateLimited,
                             format!("Rate limit `{}` exceeded; retry in {retry} s.", limit.rule.id),
                         )
                         .rule(limit.rule.id.clone())
-                        .note(who)
+                        .note(note)
                         .header("retry-after", retry.max(1).to_string()),
-                    ));
+                    );
+                }
+                LimitAnswer::Unavailable { why } => {
+                    match backend_unavailable(&limit.rule.id, limit.rule.on_backend_error, &why) {
+                        Err(refusal) => return Outcome::Deny(refusal),
+                        Ok(reported) => uncounted = uncounted.or(Some(reported)),
+                    }
                 }
             }
         }
@@ -175,10 +169,24 @@ impl Filter for RateFilter {
                     QuotaPeriod::Day => pinpoint_core::time::day_window(now),
                     QuotaPeriod::Month => pinpoint_core::time::month_window(now),
                 };
-                let used = self.state.spend_quota(&quota.id, identity.org_id(), start);
+                let used = match self
+                    .state
+                    .spend_quota(&quota.id, identity.org_id(), (start, end))
+                    .get()
+                    .await
+                {
+                    Ok(used) => used,
+                    Err(why) => match backend_unavailable(&quota.id, quota.on_backend_error, &why) {
+                        Err(refusal) => return Outcome::Deny(refusal),
+                        Ok(reported) => {
+                            uncounted = uncounted.or(Some(reported));
+                            continue;
+                        }
+                    },
+                };
                 if used > quota.requests {
                     let retry = ((end - now).max(0) as u64).div_ceil(1000);
-                    return Check::Ready(Outcome::Deny(
+                    return Outcome::Deny(
                         Denial::new(
                             Reason::QuotaExhausted,
                             format!(
@@ -195,15 +203,30 @@ impl Filter for RateFilter {
                             quota.requests
                         ))
                         .header("retry-after", retry.to_string()),
-                    ));
+                    );
                 }
             }
         }
-        Check::Ready(if applied {
-            Outcome::allow()
-        } else {
-            Outcome::NotApplicable
-        })
+        match (uncounted, applied) {
+            (Some(reported), _) => Outcome::Deny(reported),
+            (None, true) => Outcome::allow(),
+            (None, false) => Outcome::NotApplicable,
+        }
+    }
+}
+
+/// The answer when `rule`'s shared state could not count a request: `Err` with the
+/// refusal (503), or `Ok` with the report-only denial that lets it through, traced.
+fn backend_unavailable(rule: &str, on_error: OnBackendError, why: &str) -> Result<Denial, Denial> {
+    let denial = Denial::new(
+        Reason::RateBackendUnavailable,
+        "Rate limits cannot be checked right now; retry shortly.",
+    )
+    .rule(rule.to_owned())
+    .note(format!("shared rate state unavailable: {why}"));
+    match on_error {
+        OnBackendError::Refuse => Err(denial.header("retry-after", "1".to_owned())),
+        OnBackendError::Allow => Ok(denial.report_only()),
     }
 }
 
@@ -264,6 +287,7 @@ mod tests {
             per_seconds: 1,
             burst: None,
             routes: None,
+            on_backend_error: Default::default(),
         };
         let filter = RateFilter::new(&[rule], &[], Arc::new(MemoryRateState::default()));
         let headers = http::HeaderMap::new();

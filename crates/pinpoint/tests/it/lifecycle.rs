@@ -102,7 +102,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_keeps_their_decisions
 }
 
 /// A `pinpoint serve` child process, killed by pid when dropped.
-struct ServeProcess {
+pub(crate) struct ServeProcess {
     child: Child,
     stderr_path: std::path::PathBuf,
 }
@@ -121,7 +121,7 @@ impl ServeProcess {
     }
 
     /// `pinpoint <args>` in `dir`, its output in `<name>.stdout` and `<name>.stderr` there.
-    fn start_with(args: &[&str], dir: &Path, name: &str) -> ServeProcess {
+    pub(crate) fn start_with(args: &[&str], dir: &Path, name: &str) -> ServeProcess {
         let stderr_path = dir.join(format!("{name}.stderr"));
         let child = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
             .args(args)
@@ -146,7 +146,7 @@ impl ServeProcess {
         self.child.try_wait().unwrap().is_none()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
@@ -206,7 +206,7 @@ where
     );
 }
 
-async fn free_port() -> u16 {
+pub(crate) async fn free_port() -> u16 {
     dead_addr().await.port()
 }
 

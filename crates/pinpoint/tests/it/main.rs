@@ -8,6 +8,7 @@ mod architecture;
 mod audits;
 mod canonical;
 mod cloudauth;
+mod cluster;
 mod decision_log;
 mod evaluation;
 mod grpc;

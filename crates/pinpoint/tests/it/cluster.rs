@@ -1,0 +1,357 @@
+//! Scale-out with `[cluster] redis`: three `pinpoint serve` processes on one store share
+//! their rate limits, quotas and heartbeats through the Redis server on this machine (each
+//! test under its own key prefix); a Redis the test starts itself, stopped and started
+//! again, shows each `on_backend_error` answer and the recovery.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::lifecycle::{free_port, ServeProcess};
+use crate::poll_until;
+
+/// A unique key prefix, and a guard that deletes its keys from the shared Redis.
+struct Prefix(String);
+
+impl Prefix {
+    fn new(test: &str) -> Prefix {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Prefix(format!("pinpoint-test:{test}:{}:{nanos}:", std::process::id()))
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let keys = Command::new("redis-cli")
+            .args(["-p", "6379", "--scan", "--pattern", &format!("{}*", self.0)])
+            .output();
+        if let Ok(out) = keys {
+            let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if !keys.is_empty() {
+                let _ = Command::new("redis-cli")
+                    .args(["-p", "6379", "DEL"])
+                    .args(&keys)
+                    .output();
+            }
+        }
+    }
+}
+
+/// Replicas of one config on one store: (process, proxy address, api address).
+struct Replicas {
+    list: Vec<(ServeProcess, String, String)>,
+    http: reqwest::Client,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn replicas(count: usize, redis: &str, prefix: &str, extra: &str) -> Replicas {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pinpoint.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+data_dir = "data"
+workers = 1
+
+[cluster]
+redis = "{redis}"
+key_prefix = "{prefix}"
+heartbeat_ms = 200
+
+[upstreams.main]
+targets = ["builtin:echo"]
+
+[[routes]]
+id = "limited"
+path_prefix = "/limited"
+upstream = "main"
+auth = "required"
+
+[[routes]]
+id = "metered"
+path_prefix = "/metered"
+upstream = "main"
+auth = "required"
+
+[[routes]]
+id = "lenient"
+path_prefix = "/lenient"
+upstream = "main"
+auth = "required"
+
+[[rate.limits]]
+id = "per-org"
+by = "org"
+requests = 20
+per_seconds = 3600
+routes = ["limited"]
+
+[[rate.limits]]
+id = "lenient"
+by = "org"
+requests = 1000
+per_seconds = 1
+routes = ["lenient"]
+on_backend_error = "allow"
+
+[[rate.quotas]]
+id = "daily"
+period = "day"
+requests = 10
+routes = ["metered"]
+{extra}"#
+        ),
+    )
+    .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut list = Vec::new();
+    // One at a time: the first creates the store and its bootstrap key.
+    for i in 0..count {
+        let (proxy, api) = (
+            format!("127.0.0.1:{}", free_port().await),
+            format!("127.0.0.1:{}", free_port().await),
+        );
+        let process = ServeProcess::start_with(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--proxy-listen",
+                &proxy,
+                "--api-listen",
+                &api,
+            ],
+            dir.path(),
+            &format!("replica-{i}"),
+        );
+        let health = format!("http://{api}/healthz");
+        poll_until("replica ready", || async { http.get(&health).send().await.is_ok() }).await;
+        list.push((process, proxy, api));
+    }
+    let admin = std::fs::read_to_string(dir.path().join("data/bootstrap-admin.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Replicas {
+        list,
+        http,
+        admin,
+        _dir: dir,
+    }
+}
+
+impl Replicas {
+    /// A new key, made through the first replica's API.
+    async fn key(&self) -> String {
+        let created: serde_json::Value = self
+            .http
+            .post(format!("http://{}/api/v2/api_keys", self.list[0].2))
+            .bearer_auth(&self.admin)
+            .json(&serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "shared"}}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["data"]["attributes"]["key"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET path` at replica `i` with `key`: the status and the reason header.
+    async fn get(&self, i: usize, path: &str, key: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("http://{}{path}", self.list[i].1))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let reason = resp
+            .headers()
+            .get("x-pinpoint-reason")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (resp.status().as_u16(), reason)
+    }
+
+    async fn health(&self, i: usize) -> serde_json::Value {
+        self.http
+            .get(format!("http://{}/healthz", self.list[i].2))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn three_replicas_share_one_rate_limit_one_quota_and_list_each_other() {
+    let prefix = Prefix::new("share");
+    let r = replicas(3, "redis://127.0.0.1:6379", &prefix.0, "").await;
+    let key = r.key().await;
+    // The key made at the first replica works at the others (they follow the store).
+    for i in 1..3 {
+        poll_until("the key known everywhere", || async {
+            r.get(i, "/lenient", &key).await.0 == 200
+        })
+        .await;
+    }
+
+    // 20 requests an hour for the organization, across three replicas, round robin: 300
+    // requests, exactly 20 through (none would be: the hour does not refill a request).
+    let mut allowed = 0;
+    for n in 0..300 {
+        match r.get(n % 3, "/limited/x", &key).await {
+            (200, _) => allowed += 1,
+            (429, reason) => assert_eq!(reason, "rate.limited"),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(
+        allowed, 20,
+        "the ideal is 20 of 300 (93.3% refused); each replica alone would allow 60"
+    );
+
+    // A daily quota of 10 for the organization, spent across replicas.
+    let mut answers = Vec::new();
+    for n in 0..30 {
+        answers.push(r.get(n % 3, "/metered", &key).await);
+    }
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 200).count(), 10, "{answers:?}");
+    assert!(
+        answers[10..]
+            .iter()
+            .all(|(s, reason)| *s == 429 && reason == "quota.exhausted"),
+        "{answers:?}"
+    );
+
+    // Every replica lists the three, on one revision.
+    poll_until("three heartbeats", || async {
+        r.health(0).await["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|l| l.len() == 3)
+    })
+    .await;
+    let health = r.health(2).await;
+    assert_eq!(health["cluster"]["redis"], "up");
+    let revisions: Vec<_> = health["cluster"]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["revision"].clone())
+        .collect();
+    assert!(
+        revisions.iter().all(|rev| *rev == health["config_revision"]),
+        "{revisions:?}"
+    );
+    let (api, admin) = (r.list[1].2.clone(), r.admin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["cluster", "status", "--api", &format!("http://{api}"), "--key", &admin])
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("3 replicas, one config revision."), "{text}");
+}
+
+/// A Redis server of the test's own, on a spare port, stopped by pid.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    async fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        poll_until("redis-server ready", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        OwnRedis { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn redis_down_answers_as_each_limit_says_and_recovers_when_it_returns() {
+    let mut redis = OwnRedis::start(free_port().await).await;
+    let r = replicas(1, &format!("redis://127.0.0.1:{}", redis.port), "faults:", "").await;
+    let key = r.key().await;
+    assert_eq!(r.get(0, "/limited", &key).await.0, 200);
+    assert_eq!(r.get(0, "/lenient", &key).await.0, 200);
+
+    redis.stop();
+    // Refusing limits answer 503 with the reason (never a 429 or 403); lenient ones let the
+    // request through and trace the reason as a would-deny.
+    let (status, reason) = r.get(0, "/limited", &key).await;
+    assert_eq!((status, reason.as_str()), (503, "rate.backend_unavailable"));
+    let resp = r
+        .http
+        .get(format!("http://{}/lenient", r.list[0].1))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let decision = format!("http://{}/api/v2/decisions/{id}", r.list[0].2);
+    let fetch = || async { r.http.get(&decision).bearer_auth(&r.admin).send().await.unwrap() };
+    poll_until("the lenient decision stored", || async {
+        fetch().await.status() == 200
+    })
+    .await;
+    let trace: serde_json::Value = fetch().await.json().await.unwrap();
+    let text = trace.to_string();
+    assert!(
+        text.contains("rate.backend_unavailable") && text.contains("would_deny"),
+        "{text}"
+    );
+    assert_eq!(r.health(0).await["cluster"]["redis"], "down");
+
+    // Redis back on the same port: counted there again within a few seconds.
+    let _redis = OwnRedis::start(redis.port).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while r.get(0, "/limited", &key).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "not back after Redis returned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(r.health(0).await["cluster"]["redis"], "up");
+}
