@@ -60,7 +60,12 @@ fn pipeline(c: &mut Criterion) {
         let replay = Arc::new(pinpoint_gateway::cloudauth::ProofReplay::new(store.clone()));
         let services = Services {
             cloudauth: Arc::new(
-                pinpoint_gateway::cloudauth::CloudAuth::new(&config.cloudauth, replay.clone()).unwrap(),
+                pinpoint_gateway::cloudauth::CloudAuth::new(
+                    &config.cloudauth,
+                    replay.clone(),
+                    Arc::new(MemoryRateState::default()),
+                )
+                .unwrap(),
             ),
             directory: Directory::load(&store).await.unwrap(),
             tokens: TokenService::start(&store, &config.jwt).await.unwrap(),

@@ -5,27 +5,21 @@
 //! registered accounts and mappings. Every refusal is a `cloudauth.*` denial.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use governor::{Quota, RateLimiter};
 use pinpoint_cloudauth::arn::{Identity, Pattern};
 use pinpoint_cloudauth::proof::{self, Partitions, Proof, ProofError};
 use pinpoint_cloudauth::sts::{self, CallerIdentity, StsError};
-use pinpoint_core::config::CloudAuthConfig;
+use pinpoint_core::config::{CloudAuthConfig, LimitKey, OnBackendError, RateLimitRule};
 use pinpoint_core::identity::Organization;
 use pinpoint_core::{Denial, Reason};
-use pinpoint_policy::world::{FirstUse, Pending, ReplayCache};
+use pinpoint_policy::world::{Counted, CountedId, FirstUse, LimitAnswer, Pending, RateState, ReplayCache};
 use pinpoint_store::cloudauth::Mapping;
 use pinpoint_store::prelude::*;
 use pinpoint_store::{Store, StoreError};
 
 use crate::directory::Directory;
-
-type Limiter =
-    RateLimiter<String, governor::state::keyed::DefaultKeyedStateStore<String>, governor::clock::DefaultClock>;
 
 /// A proof that STS confirmed, with the organization it logs into.
 pub struct Verified {
@@ -38,36 +32,43 @@ pub struct CloudAuth {
     http: reqwest::Client,
     /// Proof signatures already used.
     replay: Arc<dyn ReplayCache>,
-    /// The exchange budgets, rebuilt when a reloaded config changes them.
-    limits: ArcSwap<ExchangeLimits>,
+    /// Where the exchange budgets are counted (per organization and per client
+    /// address): in the process, or in `[cluster] redis` so replicas share them.
+    rate: Arc<dyn RateState>,
 }
 
-/// Per-organization and per-address exchange budgets, with the config values they enforce.
-struct ExchangeLimits {
-    per_org_per_minute: u32,
-    per_ip_per_minute: u32,
-    per_org: Limiter,
-    per_ip: Limiter,
-}
-
-impl ExchangeLimits {
-    fn new(config: &CloudAuthConfig) -> ExchangeLimits {
-        ExchangeLimits {
-            per_org_per_minute: config.exchanges_per_minute_per_org,
-            per_ip_per_minute: config.exchanges_per_minute_per_ip,
-            per_org: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_org)),
-            per_ip: RateLimiter::keyed(per_minute(config.exchanges_per_minute_per_ip)),
-        }
-    }
-
-    fn enforce(&self, config: &CloudAuthConfig) -> bool {
-        self.per_org_per_minute == config.exchanges_per_minute_per_org
-            && self.per_ip_per_minute == config.exchanges_per_minute_per_ip
+/// An exchange budget as a rate-limit rule: `per_minute` a minute, bursts of as many.
+fn exchange_rule(id: &str, by: LimitKey, per_minute: u32) -> RateLimitRule {
+    RateLimitRule {
+        id: id.to_owned(),
+        by,
+        requests: per_minute.max(1),
+        per_seconds: 60,
+        burst: None,
+        routes: None,
+        on_backend_error: OnBackendError::Refuse,
     }
 }
 
-fn per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+/// Spends one exchange of `who` from the budget of `rule`; the refusal when it is spent
+/// (or cannot be counted).
+async fn spend_exchange(rate: &dyn RateState, rule: RateLimitRule, who: Counted<'_>, what: &str) -> Result<(), Denial> {
+    match rate.limiter(&rule).take(&who).get().await {
+        LimitAnswer::Allowed { .. } => Ok(()),
+        LimitAnswer::Limited { wait } => Err(Denial::new(
+            Reason::RateLimited,
+            format!("Too many identity exchanges {what}."),
+        )
+        .rule(rule.id)
+        .header("retry-after", (wait.as_secs() + 1).to_string())),
+        LimitAnswer::Unavailable { why } => Err(Denial::new(
+            Reason::RateBackendUnavailable,
+            "Identity exchanges cannot be counted right now; retry shortly.",
+        )
+        .rule(rule.id)
+        .note(why)
+        .header("retry-after", "1".to_owned())),
+    }
 }
 
 fn store_denial(e: StoreError) -> Denial {
@@ -76,30 +77,18 @@ fn store_denial(e: StoreError) -> Denial {
 }
 
 impl CloudAuth {
-    pub fn new(config: &CloudAuthConfig, replay: Arc<dyn ReplayCache>) -> Result<CloudAuth, reqwest::Error> {
+    pub fn new(
+        config: &CloudAuthConfig,
+        replay: Arc<dyn ReplayCache>,
+        rate: Arc<dyn RateState>,
+    ) -> Result<CloudAuth, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_millis(config.sts_timeout_ms))
             .timeout(Duration::from_millis(config.sts_timeout_ms))
             .build()?;
-        Ok(CloudAuth {
-            http,
-            replay,
-            limits: ArcSwap::from_pointee(ExchangeLimits::new(config)),
-        })
-    }
-
-    /// The exchange budgets of the running config (a reload that changes them starts
-    /// fresh budgets).
-    fn limits(&self, config: &CloudAuthConfig) -> Arc<ExchangeLimits> {
-        let current = self.limits.load_full();
-        if current.enforce(config) {
-            return current;
-        }
-        let fresh = Arc::new(ExchangeLimits::new(config));
-        self.limits.store(fresh.clone());
-        fresh
+        Ok(CloudAuth { http, replay, rate })
     }
 
     /// Checks a proof end to end and returns the confirmed identity.
@@ -117,14 +106,17 @@ impl CloudAuth {
                 "Cloud authentication is not enabled on this gateway.",
             ));
         }
-        let limits = self.limits(config);
-        if limits.per_ip.check_key(&client_ip.to_string()).is_err() {
-            return Err(
-                Denial::new(Reason::RateLimited, "Too many identity exchanges from your address.")
-                    .rule("cloudauth per-address limit")
-                    .header("retry-after", "60"),
-            );
-        }
+        spend_exchange(
+            &*self.rate,
+            exchange_rule(
+                "cloudauth-per-address",
+                LimitKey::ClientIp,
+                config.exchanges_per_minute_per_ip,
+            ),
+            Counted::new("ip", CountedId::Ip(client_ip)),
+            "from your address",
+        )
+        .await?;
         let authorization = authorization.ok_or_else(|| {
             Denial::new(
                 Reason::CloudauthProofMalformed,
@@ -167,14 +159,17 @@ impl CloudAuth {
         let caller = self.call_sts(config, &proof).await?;
         // The organization's budget is charged only for identities STS confirmed, so forged
         // proofs (org ids are not secret) cannot exhaust it; they count per address above.
-        if limits.per_org.check_key(&org.id).is_err() {
-            return Err(Denial::new(
-                Reason::RateLimited,
-                "Too many identity exchanges for this organization.",
-            )
-            .rule("cloudauth per-organization limit")
-            .header("retry-after", "60"));
-        }
+        spend_exchange(
+            &*self.rate,
+            exchange_rule(
+                "cloudauth-per-organization",
+                LimitKey::Org,
+                config.exchanges_per_minute_per_org,
+            ),
+            Counted::new("org", CountedId::Str(&org.id)),
+            "for this organization",
+        )
+        .await?;
         tracing::info!(
             target: "pinpoint::audit",
             arn = %caller.identity,
@@ -196,13 +191,6 @@ impl CloudAuth {
             ));
         }
         Ok(Verified { org, caller, proof })
-    }
-
-    /// Forgets idle limiter keys; run periodically.
-    pub fn housekeeping(&self) {
-        let limits = self.limits.load();
-        limits.per_org.retain_recent();
-        limits.per_ip.retain_recent();
     }
 
     async fn call_sts(&self, config: &CloudAuthConfig, proof: &Proof) -> Result<CallerIdentity, Denial> {

@@ -140,13 +140,18 @@ pub async fn run(
         Some(cluster) => Arc::new(cluster::SharedReplay(cluster.clone())),
         None => replay.clone(),
     };
+    let memory_rate = Arc::new(MemoryRateState::default());
+    let rate: Arc<dyn pinpoint_policy::world::RateState> = match &cluster {
+        Some(cluster) => Arc::new(cluster::SharedRateState(cluster.clone())),
+        None => memory_rate.clone(),
+    };
     let services = Services {
         cloudauth: Arc::new(
-            cloudauth::CloudAuth::new(&gateway.config.cloudauth, proofs).map_err(GatewayError::Client)?,
+            cloudauth::CloudAuth::new(&gateway.config.cloudauth, proofs, rate).map_err(GatewayError::Client)?,
         ),
         directory: Directory::load(&gateway.store).await?,
         tokens: TokenService::start(&gateway.store, &gateway.config.jwt).await?,
-        rate: Arc::new(MemoryRateState::default()),
+        rate: memory_rate,
         replay,
         cluster,
     };
@@ -320,7 +325,6 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                         tracing::warn!(error = %e, "signing-key maintenance failed");
                     }
                     shared.services.rate.housekeeping(pinpoint_store::now_ms());
-                    shared.services.cloudauth.housekeeping();
                     shared.services.replay.housekeeping(pinpoint_store::now_ms() / 1000);
                     if let Err(e) = shared.store.prune_proofs(pinpoint_store::now_ms() / 1000).await {
                         tracing::warn!(error = %e, "could not prune used proof signatures");

@@ -842,3 +842,41 @@ async fn local_checks_refuse_before_anything_reaches_sts() {
     let unsigned_org = edit_proof(&p, |_, headers, _| *headers = headers.replace(";x-ddog-org-id", ""));
     problem(exchange(&w.gw, &unsigned_org).await, 403, "cloudauth.org_mismatch").await;
 }
+
+#[tokio::test]
+async fn with_a_cluster_redis_a_proof_works_once_across_replicas_and_exchanges_share_budgets() {
+    let (moto, creds) = moto().await;
+    let prefix = crate::cluster::Prefix::new("proofs");
+    let config = format!(
+        "\n[cloudauth]\nsts_endpoint = \"{}\"\nexchanges_per_minute_per_ip = 3\n\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{}\"\n",
+        moto.url, prefix.0
+    );
+    let w = world(&config).await;
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    w.gw.store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            Some(&w.bob_id),
+        )
+        .await
+        .unwrap();
+    let used = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
+    assert_eq!(exchange(&w.gw, &used).await.status(), 200);
+    // Another replica (this one stopped, another started on the same store and Redis)
+    // refuses the proof, remembered in Redis; and the per-address budget (3 a minute) is
+    // the one the first replica already spent from.
+    let (dir, store, admin_key) = w.gw.stop_and_keep().await;
+    let text = std::fs::read_to_string(dir.path().join("pinpoint.toml")).unwrap();
+    let gw = start_in(dir, store, admin_key, &text).await;
+    let body = problem(exchange(&gw, &used).await, 401, "cloudauth.proof_replayed").await;
+    let d = gw.decision(body["request_id"].as_str().unwrap()).await;
+    assert!(format!("{d:?}").contains("Redis"), "{d:?}");
+    assert_eq!(
+        exchange(&gw, "Delegated nonsense").await.status(),
+        400,
+        "the third of three"
+    );
+    problem(exchange(&gw, "Delegated nonsense").await, 429, "rate.limited").await;
+}

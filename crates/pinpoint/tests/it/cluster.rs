@@ -10,10 +10,10 @@ use crate::lifecycle::{free_port, ServeProcess};
 use crate::poll_until;
 
 /// A unique key prefix, and a guard that deletes its keys from the shared Redis.
-struct Prefix(String);
+pub(crate) struct Prefix(pub String);
 
 impl Prefix {
-    fn new(test: &str) -> Prefix {
+    pub(crate) fn new(test: &str) -> Prefix {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
