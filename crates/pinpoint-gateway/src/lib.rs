@@ -185,14 +185,23 @@ pub async fn run(
         otlp,
     });
 
-    shared
-        .record_load(pinpoint_store::revisions::ConfigLoad {
-            at_ms: pinpoint_store::now_ms(),
-            revision: revision.clone(),
-            previous: None,
-            trigger: "start".into(),
-        })
-        .await;
+    // A start is a config change only when the revision differs from the last one loaded.
+    let last = pinpoint_store::revisions::latest(&shared.store, i64::MIN, i64::MAX)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the last config load");
+            None
+        });
+    if last.as_ref().is_none_or(|load| load.revision != revision) {
+        shared
+            .record_load(pinpoint_store::revisions::ConfigLoad {
+                at_ms: pinpoint_store::now_ms(),
+                revision: revision.clone(),
+                previous: last.map(|load| load.revision),
+                trigger: "start".into(),
+            })
+            .await;
+    }
     let (stop, stopped) = watch::channel(false);
     let reloader = tokio::spawn(runtime::watch_config(shared.clone(), stopped.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stopped.clone()));

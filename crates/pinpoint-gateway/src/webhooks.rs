@@ -1,8 +1,11 @@
-//! Webhook deliveries (of alerts): one bounded queue and one sending task per webhook, so a slow or
-//! failing receiver never holds up evaluation or another receiver. Each alert is POSTed
-//! with a delivery id (the same on every attempt, for receivers to deduplicate), the
-//! attempt's timestamp and an HMAC-SHA256 signature of `TIMESTAMP.BODY`; it is retried
-//! with doubling waits on 408, 429, 5xx and connection failures, up to `max_attempts`.
+//! Webhook deliveries (of alerts): one bounded queue and one sending task per webhook, so a
+//! slow or failing receiver never holds up evaluation or another receiver. Each alert is
+//! POSTed with its id (`Pinpoint-Delivery`, also in the signed body; the same on every
+//! attempt, for receivers to deduplicate), the attempt's timestamp and an HMAC-SHA256
+//! signature of `TIMESTAMP.BODY` under the secret as its file holds it at that moment (a
+//! rotated secret applies from the next delivery); it is retried with doubling waits (or
+//! the receiver's `Retry-After`, at most a minute) on 408, 429, 5xx and connection
+//! failures, up to `max_attempts`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +64,7 @@ pub fn check(webhooks: &[WebhookConfig]) -> Result<(), String> {
     Ok(())
 }
 
-/// One alert, rendered for every format.
+/// One alert, rendered for every format (its `json` holds its `id`).
 pub struct Alert {
     /// Pinpoint's alert document.
     pub json: serde_json::Value,
@@ -72,14 +75,13 @@ pub struct Alert {
 /// One webhook's queue.
 pub struct Webhook {
     pub config: WebhookConfig,
-    queue: mpsc::Sender<(String, Arc<Alert>)>,
+    queue: mpsc::Sender<Arc<Alert>>,
 }
 
 impl Webhook {
     /// Starts the webhook's sending task (on the current runtime); it ends when the
     /// webhook is dropped and its queue is empty.
     pub fn start(config: WebhookConfig) -> Result<Webhook, String> {
-        let secret = config.secret_file.as_deref().map(Secret::read).transpose()?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
@@ -87,13 +89,13 @@ impl Webhook {
             .build()
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
         let (queue, waiting) = mpsc::channel(config.queue_capacity.max(1));
-        tokio::spawn(send_all(config.clone(), secret, client, waiting));
+        tokio::spawn(send_all(config.clone(), client, waiting));
         Ok(Webhook { config, queue })
     }
 
-    /// Queues `alert` under `delivery` (its id), or drops and counts it when the queue is full.
-    pub fn enqueue(&self, delivery: String, alert: Arc<Alert>) {
-        if self.queue.try_send((delivery, alert)).is_err() {
+    /// Queues `alert`, or drops and counts it when the queue is full.
+    pub fn enqueue(&self, alert: Arc<Alert>) {
+        if self.queue.try_send(alert).is_err() {
             count(&self.config.id, "dropped");
             tracing::warn!(webhook = %self.config.id, "alert dropped: the webhook's queue is full");
         }
@@ -104,13 +106,9 @@ fn count(webhook: &str, result: &'static str) {
     metrics::counter!(DELIVERIES_METRIC, "webhook" => webhook.to_owned(), "result" => result).increment(1);
 }
 
-async fn send_all(
-    config: WebhookConfig,
-    secret: Option<Secret>,
-    client: reqwest::Client,
-    mut waiting: mpsc::Receiver<(String, Arc<Alert>)>,
-) {
-    while let Some((delivery, alert)) = waiting.recv().await {
+async fn send_all(config: WebhookConfig, client: reqwest::Client, mut waiting: mpsc::Receiver<Arc<Alert>>) {
+    while let Some(alert) = waiting.recv().await {
+        let delivery = alert.json["id"].as_str().unwrap_or_default().to_owned();
         let body = match config.format {
             WebhookFormat::Json => &alert.json,
             WebhookFormat::Slack => &alert.slack,
@@ -122,7 +120,7 @@ async fn send_all(
                 continue;
             }
         };
-        send_one(&config, secret.as_ref(), &client, &delivery, body).await;
+        send_one(&config, &client, &delivery, body).await;
     }
 }
 
@@ -135,15 +133,17 @@ enum Attempt {
     Refused(String),
 }
 
-async fn send_one(
-    config: &WebhookConfig,
-    secret: Option<&Secret>,
-    client: &reqwest::Client,
-    delivery: &str,
-    body: Vec<u8>,
-) {
+async fn send_one(config: &WebhookConfig, client: &reqwest::Client, delivery: &str, body: Vec<u8>) {
     let mut wait = FIRST_WAIT;
     for attempt in 1..=config.max_attempts {
+        let secret = match config.secret_file.as_deref().map(Secret::read).transpose() {
+            Ok(secret) => secret,
+            Err(e) => {
+                count(&config.id, "failed");
+                tracing::error!(webhook = %config.id, delivery, error = %e, "alert not sent: its signing secret cannot be read");
+                return;
+            }
+        };
         let timestamp = pinpoint_store::now_ms().max(0) as u64 / 1000;
         let mut request = client
             .post(&config.url)
@@ -151,13 +151,19 @@ async fn send_one(
             .header("pinpoint-delivery", delivery)
             .header("pinpoint-timestamp", timestamp.to_string())
             .body(body.clone());
-        if let Some(secret) = secret {
+        if let Some(secret) = &secret {
             request = request.header("pinpoint-signature", secret.sign(timestamp, &body));
         }
+        let mut asked_wait = None;
         let outcome = match request.send().await {
             Ok(answer) if answer.status().is_success() => Attempt::Delivered,
             Ok(answer) => {
                 let status = answer.status();
+                asked_wait = answer
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .map(|seconds| Duration::from_secs(seconds).clamp(FIRST_WAIT, LONGEST_WAIT));
                 let why = format!("answered {}", status.as_u16());
                 if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
                     Attempt::Again(why)
@@ -180,9 +186,10 @@ async fn send_one(
                 return;
             }
             Attempt::Again(why) if attempt < config.max_attempts => {
+                let this_wait = asked_wait.unwrap_or(wait);
                 count(&config.id, "retried");
-                tracing::warn!(webhook = %config.id, delivery, attempt, why, wait_ms = wait.as_millis() as u64, "alert not delivered; retrying");
-                tokio::time::sleep(wait).await;
+                tracing::warn!(webhook = %config.id, delivery, attempt, why, wait_ms = this_wait.as_millis() as u64, "alert not delivered; retrying");
+                tokio::time::sleep(this_wait).await;
                 wait = (wait * 2).min(LONGEST_WAIT);
             }
             Attempt::Again(why) => {

@@ -273,7 +273,14 @@ impl Store {
             migrate_to(&pool, 12, rollups::SCHEMA_V12).await?;
         }
         if version < 13 {
-            let statements: Vec<&str> = [rollups::SCHEMA_V13, revisions::SCHEMA_V13].concat();
+            // A store already at 13 whose number an older binary lowered keeps its table.
+            let has_principals: bool = sqlx::query_scalar(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('decision_rollups') WHERE name = 'principal_id'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            let rollups = if has_principals { &[][..] } else { rollups::SCHEMA_V13 };
+            let statements: Vec<&str> = [rollups, revisions::SCHEMA_V13].concat();
             migrate_to(&pool, 13, &statements).await?;
         }
         sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))

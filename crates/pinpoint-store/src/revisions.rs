@@ -12,7 +12,7 @@ pub struct ConfigLoad {
     /// Unix milliseconds.
     pub at_ms: i64,
     pub revision: String,
-    /// The revision it replaced (none at a start).
+    /// The revision it replaced (none at the first start).
     pub previous: Option<String>,
     /// What loaded it: `start`, `SIGHUP`, `file change`.
     pub trigger: String,
@@ -30,26 +30,25 @@ pub async fn record(store: &Store, load: &ConfigLoad) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// The loads from `from_ms` (inclusive) to `to_ms` (inclusive), oldest first.
-pub async fn between(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<ConfigLoad>, StoreError> {
-    let rows = sqlx::query(
+/// The latest load from `from_ms` to `to_ms` (both inclusive), if any.
+pub async fn latest(store: &Store, from_ms: i64, to_ms: i64) -> Result<Option<ConfigLoad>, StoreError> {
+    let row = sqlx::query(
         "SELECT at_ms, revision, previous, trigger FROM config_loads
-         WHERE at_ms >= ? AND at_ms <= ? ORDER BY at_ms, seq LIMIT 1000",
+         WHERE at_ms >= ? AND at_ms <= ? ORDER BY at_ms DESC, seq DESC LIMIT 1",
     )
     .bind(from_ms)
     .bind(to_ms)
-    .fetch_all(store.pool())
+    .fetch_optional(store.pool())
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(ConfigLoad {
-                at_ms: row.try_get("at_ms")?,
-                revision: row.try_get("revision")?,
-                previous: row.try_get("previous")?,
-                trigger: row.try_get("trigger")?,
-            })
+    row.map(|row| {
+        Ok(ConfigLoad {
+            at_ms: row.try_get("at_ms")?,
+            revision: row.try_get("revision")?,
+            previous: row.try_get("previous")?,
+            trigger: row.try_get("trigger")?,
         })
-        .collect()
+    })
+    .transpose()
 }
 
 /// Drops the loads before `before_ms`.

@@ -190,15 +190,106 @@ pub async fn read(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<RollupR
         .collect()
 }
 
+/// Which counts an alert rule reads: refusals (mode `enforce`) or report-mode
+/// would-denies (`report`), of one reason, layer, route or organization when given.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusalFilter<'a> {
+    pub mode: Mode,
+    pub reason: Option<&'a str>,
+    pub layer: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub org: Option<&'a str>,
+}
+
+const REFUSALS_WHERE: &str = "minute_ms >= ?1 AND minute_ms < ?2 AND mode = ?3 AND reason != ''
+     AND (?4 = '' OR reason = ?4)
+     AND (?5 = '' OR substr(reason, 1, length(?5) + 1) = ?5 || '.')
+     AND (?6 = '' OR route = ?6)
+     AND (?7 = '' OR org_id = ?7)";
+
+fn bind_refusals<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
+    from_ms: i64,
+    to_ms: i64,
+    filter: RefusalFilter<'q>,
+) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(filter.mode.as_str())
+        .bind(filter.reason.unwrap_or(""))
+        .bind(filter.layer.unwrap_or(""))
+        .bind(filter.route.unwrap_or(""))
+        .bind(filter.org.unwrap_or(""))
+}
+
+/// The counts `filter` matches from `from_ms` to `to_ms`, added up in the store over the
+/// permission granted: one row per minute, route, reason, organization, principal and
+/// status (what an alert names), however many rows the range holds.
+pub async fn refusals(
+    store: &Store,
+    from_ms: i64,
+    to_ms: i64,
+    filter: RefusalFilter<'_>,
+) -> Result<Vec<RollupRow>, StoreError> {
+    let sql = format!(
+        "SELECT minute_ms, route, reason, org_id, principal_id, status, SUM(count) FROM decision_rollups
+         WHERE {REFUSALS_WHERE}
+         GROUP BY minute_ms, route, reason, org_id, principal_id, status LIMIT 100000"
+    );
+    type Row = (i64, String, String, String, String, i64, i64);
+    let rows: Vec<Row> = bind_refusals(sqlx::query_as(&sql), from_ms, to_ms, filter)
+        .fetch_all(store.pool())
+        .await?;
+    let text = |value: String| (!value.is_empty()).then_some(value);
+    Ok(rows
+        .into_iter()
+        .map(|(minute_ms, route, reason, org, principal, status, count)| RollupRow {
+            key: RollupKey {
+                minute_ms,
+                route: text(route),
+                reason: Reason::from_code(&reason),
+                org_id: text(org).map(Arc::from),
+                principal_id: text(principal).map(Arc::from),
+                permission: None,
+                status: u16::try_from(status).unwrap_or(0),
+                mode: filter.mode,
+            },
+            count: u64::try_from(count).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// How many requests `filter` matches from `from_ms` to `to_ms`, added up in the store.
+pub async fn refusal_total(
+    store: &Store,
+    from_ms: i64,
+    to_ms: i64,
+    filter: RefusalFilter<'_>,
+) -> Result<u64, StoreError> {
+    let sql = format!("SELECT COALESCE(SUM(count), 0) FROM decision_rollups WHERE {REFUSALS_WHERE}");
+    let (total,): (i64,) = bind_refusals(sqlx::query_as(&sql), from_ms, to_ms, filter)
+        .fetch_one(store.pool())
+        .await?;
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
 /// The permissions each principal was granted by the authorization layer from `from_ms`
-/// on, as (principal, permission) pairs, and the first minute in that range whose counts
-/// name principals at all (how far back the answer reaches; none when no counts do).
-pub async fn permissions_used(store: &Store, from_ms: i64) -> Result<(Option<i64>, Vec<(String, String)>), StoreError> {
-    let first: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(minute_ms) FROM decision_rollups WHERE minute_ms >= ? AND principal_id != ''")
-            .bind(from_ms)
-            .fetch_one(store.pool())
-            .await?;
+/// on, as (principal, permission) pairs, and for each organization the first minute in
+/// that range whose counts name one of its principals (how far back the answer reaches
+/// for it: one tenant's traffic says nothing about another's coverage).
+pub async fn permissions_used(
+    store: &Store,
+    from_ms: i64,
+) -> Result<(HashMap<String, i64>, Vec<(String, String)>), StoreError> {
+    let first: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT org_id, MIN(minute_ms) FROM decision_rollups
+         WHERE minute_ms >= ? AND principal_id != '' GROUP BY org_id",
+    )
+    .bind(from_ms)
+    .fetch_all(store.pool())
+    .await?;
+    let first = first.into_iter().collect();
     let pairs = sqlx::query_as::<_, (String, String)>(
         "SELECT DISTINCT principal_id, permission FROM decision_rollups
          WHERE minute_ms >= ? AND principal_id != '' AND permission != ''",
@@ -278,6 +369,14 @@ mod tests {
             (rows[0].key.principal_id.clone(), rows[0].key.permission.clone()),
             (None, None)
         );
-        crate::revisions::between(&store, 0, i64::MAX).await.unwrap();
+        crate::revisions::latest(&store, 0, i64::MAX).await.unwrap();
+        // An older binary lowering the number over this table: opening again keeps it.
+        sqlx::query("PRAGMA user_version = 12")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(read(&store, 0, i64::MAX).await.unwrap().len(), 1);
     }
 }

@@ -160,17 +160,23 @@ fn default_cooldown_minutes() -> u32 {
 
 pub(super) fn read_alerting(item: &Item, d: &mut Diagnostics) -> Option<AlertingConfig> {
     let alerting: AlertingConfig = d.read_or_default(item)?;
-    if alerting.evaluate_every_ms < 100 {
+    if !(100..=600_000).contains(&alerting.evaluate_every_ms) {
         d.error(
             place(&[item.get("evaluate_every_ms"), Some(item)]),
-            "alerting.evaluate_every_ms must be at least 100",
+            "alerting.evaluate_every_ms must be 100 to 600000 (ten minutes)",
+        );
+    }
+    if alerting.revision_lookback_minutes > 1440 {
+        d.error(
+            place(&[item.get("revision_lookback_minutes"), Some(item)]),
+            "alerting.revision_lookback_minutes must be at most 1440 (a day)",
         );
     }
     if let Some(base) = &alerting.link_base {
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        if host_of(base).is_none_or(str::is_empty) {
             d.error(
                 place(&[item.get("link_base"), Some(item)]),
-                format!("alerting.link_base `{base}` must start with http:// or https://"),
+                format!("alerting.link_base `{base}` must be an http:// or https:// URL with a host"),
             );
         }
     }
@@ -185,12 +191,7 @@ pub(super) fn read_alerting(item: &Item, d: &mut Diagnostics) -> Option<Alerting
                 format!("webhook id `{}` must be a unique identifier", hook.id),
             );
         }
-        let host = hook
-            .url
-            .strip_prefix("https://")
-            .or_else(|| hook.url.strip_prefix("http://"))
-            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
-        if host.is_none_or(str::is_empty) || hook.url.parse::<http::Uri>().is_err() {
+        if host_of(&hook.url).is_none_or(str::is_empty) || hook.url.parse::<http::Uri>().is_err() {
             // The URL may carry a token: the message does not repeat it.
             d.error(
                 at("url"),
@@ -209,13 +210,13 @@ pub(super) fn read_alerting(item: &Item, d: &mut Diagnostics) -> Option<Alerting
                 ),
             );
         }
-        for (value, field) in [
-            (u64::from(hook.max_attempts), "max_attempts"),
-            (hook.queue_capacity as u64, "queue_capacity"),
-            (hook.timeout_ms, "timeout_ms"),
+        for (value, field, most) in [
+            (u64::from(hook.max_attempts), "max_attempts", 20),
+            (hook.queue_capacity as u64, "queue_capacity", 10_000),
+            (hook.timeout_ms, "timeout_ms", 60_000),
         ] {
-            if value == 0 {
-                d.error(at(field), format!("webhook `{}`: {field} must be at least 1", hook.id));
+            if !(1..=most).contains(&value) {
+                d.error(at(field), format!("webhook `{}`: {field} must be 1 to {most}", hook.id));
             }
         }
     }
@@ -251,6 +252,14 @@ pub(super) fn read_rules(
                 d.error(
                     at("reason"),
                     format!("alert `{id}`: `{code}` is not a reason code (see docs/reasons.md)"),
+                );
+            }
+        }
+        if let (Some(code), Some(layer)) = (&rule.reason, &rule.layer) {
+            if code.split_once('.').is_some_and(|(l, _)| l != layer) {
+                d.error(
+                    at("layer"),
+                    format!("alert `{id}`: reason `{code}` is not of layer `{layer}`, so nothing could match"),
                 );
             }
         }
@@ -294,6 +303,12 @@ pub(super) fn read_rules(
                 format!("alert `{id}`: baseline_minutes must be 1 to 10080 (a week)"),
             );
         }
+        if rule.cooldown_minutes > 7 * 24 * 60 {
+            d.error(
+                at("cooldown_minutes"),
+                format!("alert `{id}`: cooldown_minutes must be at most 10080 (a week)"),
+            );
+        }
         if rule.notify.is_empty() {
             d.error(
                 at("notify"),
@@ -311,6 +326,12 @@ pub(super) fn read_rules(
         rules.push(rule);
     }
     rules
+}
+
+/// The host of an `http://` or `https://` URL (none for another scheme).
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    rest.split(['/', '?', '#']).next()
 }
 
 /// The webhook ids `[alerting]` declares, read even when the section has mistakes, so

@@ -1103,7 +1103,7 @@ pub const TABLES: &[Table] = &[
                 name: "evaluate_every_ms",
                 kind: "integer (ms)",
                 default: "15000",
-                about: "How often every rule is evaluated, at least 100.",
+                about: "How often every rule is evaluated, 100 to 600000 (a reload applies within a quarter second).",
             },
             Key {
                 name: "link_base",
@@ -1115,7 +1115,7 @@ pub const TABLES: &[Table] = &[
                 name: "revision_lookback_minutes",
                 kind: "integer (minutes)",
                 default: "30",
-                about: "A config revision loaded this long before a spike began (or in its first minute) is named in the alert as a likely cause.",
+                about: "A config revision loaded this long before a spike began (or in its first minute) is named in the alert as a likely cause; at most 1440.",
             },
             Key {
                 name: "webhooks",
@@ -1146,7 +1146,7 @@ pub const TABLES: &[Table] = &[
                 name: "secret_file",
                 kind: "path",
                 default: "required for `json`",
-                about: "A file holding the signing secret (leading and trailing whitespace ignored). Read when the config loads; a file that cannot be read refuses the config.",
+                about: "A file holding the signing secret (leading and trailing whitespace ignored). Read for every delivery, so a rotated secret applies from the next alert; a file that cannot be read refuses the config when it loads (and fails a delivery, counted, if it goes missing later).",
             },
             Key {
                 name: "format",
@@ -1158,26 +1158,26 @@ pub const TABLES: &[Table] = &[
                 name: "max_attempts",
                 kind: "integer",
                 default: "5",
-                about: "Attempts per alert, the first included.",
+                about: "Attempts per alert, the first included, 1 to 20.",
             },
             Key {
                 name: "queue_capacity",
                 kind: "integer",
                 default: "100",
-                about: "Alerts waiting for this webhook at most.",
+                about: "Alerts waiting for this webhook at most, 1 to 10000.",
             },
             Key {
                 name: "timeout_ms",
                 kind: "integer (ms)",
                 default: "5000",
-                about: "How long one attempt may take.",
+                about: "How long one attempt may take, 1 to 60000.",
             },
         ],
     },
     Table {
         path: "[[alerts]]",
         probe: "[[alerts]]\nPROBE\n",
-        about: "A spike rule. Each evaluation counts the refusals (`mode = \"enforce\"`) or report-mode would-denies (`\"report\"`) that match its filters over the last `window_minutes` (the current minute so far included) from the exact rollups, and compares them with the baseline. The rule fires when the count reaches `min_count` and `ratio` times the baseline (a baseline of none counts as any rise); it is delivered once per episode, resolves after two evaluations in a row below either, and then stays quiet for `cooldown_minutes`. Each alert names the top routes, callers and reasons, links the decisions query, and says whether a config revision was loaded shortly before the spike began.",
+        about: "A spike rule. Each evaluation counts the refusals (`mode = \"enforce\"`) or report-mode would-denies (`\"report\"`) that match its filters over the last `window_minutes` (the current minute so far included) from the exact rollups, and compares them with the baseline. The rule fires when the count reaches `min_count` and `ratio` times the baseline (a baseline of none counts as any rise); it is delivered once per episode, resolves once a whole window has passed without a breach (the turn of a minute does not end a spike that goes on), and then stays quiet for `cooldown_minutes`. A rule changed or removed while firing is announced as resolved, saying so. Each alert names the top routes, callers and reasons, links the decisions query (refusals; report-mode rules link the analytics query only), and says whether a config revision was loaded shortly before the spike began (a start counts only with a revision other than the last one).",
         keys: &[
             Key {
                 name: "id",
@@ -1249,7 +1249,7 @@ pub const TABLES: &[Table] = &[
                 name: "cooldown_minutes",
                 kind: "integer (minutes)",
                 default: "15",
-                about: "After resolving, how long the rule stays quiet whatever the counts (flapping is not re-announced).",
+                about: "After resolving, how long the rule stays quiet whatever the counts (flapping is not re-announced); at most 10080.",
             },
             Key {
                 name: "notify",

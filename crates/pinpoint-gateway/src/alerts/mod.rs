@@ -14,7 +14,7 @@ use std::time::Duration;
 use pinpoint_core::config::{AlertRule, Config, WebhookConfig};
 use pinpoint_core::time::rfc3339;
 use pinpoint_store::revisions::{self, ConfigLoad};
-use pinpoint_store::rollups;
+use pinpoint_store::rollups::{self, RefusalFilter};
 use tokio::sync::watch;
 
 use rule::{Observation, RuleState, Transition};
@@ -25,6 +25,10 @@ use crate::webhooks::{Alert, Webhook};
 /// Metric: alert transitions by rule and state (`firing`, `resolved`, `suppressed`).
 pub const ALERTS_METRIC: &str = "pinpoint_alerts_total";
 
+/// How often the loop looks at the config (a reload that shortens `evaluate_every_ms`
+/// applies within this).
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
 /// Evaluates the rules until `stop` turns true. `api_addr` is where the API listens:
 /// links point there unless `[alerting] link_base` says otherwise.
 pub async fn run(shared: Arc<Shared>, api_addr: Option<std::net::SocketAddr>, mut stop: watch::Receiver<bool>) {
@@ -32,17 +36,21 @@ pub async fn run(shared: Arc<Shared>, api_addr: Option<std::net::SocketAddr>, mu
         api_addr,
         ..Evaluator::default()
     };
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
-        let every = shared.runtime.load().config.alerting.evaluate_every_ms;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(every)) => {}
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
             _ = stop.changed() => return,
         }
-        let config = shared.runtime.load().config.clone();
-        if config.alerts.is_empty() {
+        let runtime = shared.runtime.load_full();
+        let every = Duration::from_millis(runtime.config.alerting.evaluate_every_ms);
+        if last.is_some_and(|at| at.elapsed() < every) {
             continue;
         }
-        evaluator.evaluate(&shared, &config, pinpoint_store::now_ms()).await;
+        last = Some(tokio::time::Instant::now());
+        evaluator
+            .evaluate(&shared, &runtime.config, pinpoint_store::now_ms())
+            .await;
     }
 }
 
@@ -51,8 +59,7 @@ struct Evaluator {
     api_addr: Option<std::net::SocketAddr>,
     /// By rule id; a rule whose definition changes starts again quiet.
     states: HashMap<String, (AlertRule, RuleState)>,
-    /// The webhooks as last configured, with their queues.
-    webhooks: Vec<WebhookConfig>,
+    /// The webhooks' queues, with the config each was started from.
     queues: HashMap<String, Webhook>,
     /// Whether the rollups could not be read last time (a failing store is logged once).
     failing: bool,
@@ -60,10 +67,29 @@ struct Evaluator {
 
 impl Evaluator {
     async fn evaluate(&mut self, shared: &Shared, config: &Config, now_ms: i64) {
-        if self.webhooks != config.alerting.webhooks {
-            self.restart_webhooks(&config.alerting.webhooks);
+        self.follow_webhooks(&config.alerting.webhooks);
+        let base = link_base(config, self.api_addr);
+        // A rule removed or changed while firing: its episode is closed, said so.
+        let ended: Vec<(AlertRule, RuleState)> = self
+            .states
+            .iter()
+            .filter(|(id, (old, _))| config.alerts.iter().all(|r| r.id != **id || r != old))
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        self.states
+            .retain(|id, (old, _)| config.alerts.iter().any(|r| r.id == *id && r == old));
+        for (old, state) in ended {
+            if let RuleState::Firing { since_ms, began_ms, .. } = state {
+                let seen = Observation::none(began_ms);
+                let ended = Happening::Ended {
+                    since_ms,
+                    began_ms,
+                    why: "the rule was changed or removed",
+                };
+                let alert = render(config, &base, &old, &seen, ended, now_ms);
+                self.announce(&old, "resolved", alert);
+            }
         }
-        self.states.retain(|id, _| config.alerts.iter().any(|r| &r.id == id));
         for rule in &config.alerts {
             let observation = match observe(shared, rule, now_ms).await {
                 Ok(seen) => {
@@ -85,12 +111,13 @@ impl Evaluator {
                 .states
                 .entry(rule.id.clone())
                 .or_insert_with(|| (rule.clone(), RuleState::default()));
-            if entry.0 != *rule {
-                *entry = (rule.clone(), RuleState::default());
-            }
             let breached = rule::breaches(rule, &observation);
             let cooldown_ms = i64::from(rule.cooldown_minutes) * 60_000;
-            let Some(transition) = entry.1.step(now_ms, breached, observation.began_ms, cooldown_ms) else {
+            let quiet_ms = i64::from(rule.window_minutes) * 60_000;
+            let Some(transition) = entry
+                .1
+                .step(now_ms, breached, observation.began_ms, cooldown_ms, quiet_ms)
+            else {
                 continue;
             };
             let state = match transition {
@@ -98,31 +125,44 @@ impl Evaluator {
                 Transition::Resolved { .. } => "resolved",
                 Transition::Suppressed => "suppressed",
             };
-            metrics::counter!(ALERTS_METRIC, "alert" => rule.id.clone(), "state" => state).increment(1);
             if transition == Transition::Suppressed {
+                metrics::counter!(ALERTS_METRIC, "alert" => rule.id.clone(), "state" => state).increment(1);
                 continue;
             }
-            let cause = match transition {
-                Transition::Fired => likely_cause(shared, config, observation.began_ms).await,
-                _ => None,
-            };
-            let base = link_base(config, self.api_addr);
-            let alert = render(config, &base, rule, &observation, transition, cause.as_ref(), now_ms);
-            tracing::warn!(alert = %rule.id, state, summary = %alert.json["summary"].as_str().unwrap_or(""), "alert");
-            let alert = Arc::new(alert);
-            let delivery = pinpoint_core::hex::lower(&rand::random::<[u8; 16]>());
-            for hook in &rule.notify {
-                if let Some(queue) = self.queues.get(hook) {
-                    queue.enqueue(format!("{delivery}-{hook}"), alert.clone());
+            let cause;
+            let happening = match transition {
+                Transition::Resolved { since_ms, began_ms } => Happening::Resolved { since_ms, began_ms },
+                _ => {
+                    cause = likely_cause(shared, config, observation.began_ms).await;
+                    Happening::Fired { cause: cause.as_ref() }
                 }
+            };
+            let alert = render(config, &base, rule, &observation, happening, now_ms);
+            self.announce(rule, state, alert);
+        }
+    }
+
+    /// Logs, counts and queues an alert for each webhook its rule notifies.
+    fn announce(&self, rule: &AlertRule, state: &'static str, alert: Alert) {
+        metrics::counter!(ALERTS_METRIC, "alert" => rule.id.clone(), "state" => state).increment(1);
+        tracing::warn!(alert = %rule.id, state, summary = %alert.json["summary"].as_str().unwrap_or(""), "alert");
+        let alert = Arc::new(alert);
+        for hook in &rule.notify {
+            if let Some(queue) = self.queues.get(hook) {
+                queue.enqueue(alert.clone());
             }
         }
     }
 
-    fn restart_webhooks(&mut self, webhooks: &[WebhookConfig]) {
-        // Dropping a queue lets its task finish what it holds.
-        self.queues.clear();
+    /// Starts a queue for each new or changed webhook and drops those no longer configured
+    /// (a dropped queue's task finishes what it holds); unchanged ones keep their queue.
+    fn follow_webhooks(&mut self, webhooks: &[WebhookConfig]) {
+        self.queues
+            .retain(|id, queue| webhooks.iter().any(|hook| hook.id == *id && hook == &queue.config));
         for hook in webhooks {
+            if self.queues.contains_key(&hook.id) {
+                continue;
+            }
             match Webhook::start(hook.clone()) {
                 Ok(queue) => {
                     self.queues.insert(hook.id.clone(), queue);
@@ -130,22 +170,28 @@ impl Evaluator {
                 Err(e) => tracing::error!(webhook = %hook.id, error = %e, "webhook not started; its alerts are lost"),
             }
         }
-        self.webhooks = webhooks.to_vec();
     }
 }
 
 async fn observe(shared: &Shared, rule: &AlertRule, now_ms: i64) -> Result<Observation, pinpoint_store::StoreError> {
     let ranges = rule::ranges(rule, now_ms);
-    let window = rollups::read(&shared.store, ranges.window.0, ranges.window.1).await?;
-    let baseline = rollups::read(&shared.store, ranges.baseline.0, ranges.baseline.1).await?;
-    Ok(rule::observe(rule, ranges, &window, &baseline))
+    let filter = RefusalFilter {
+        mode: rule.mode,
+        reason: rule.reason.as_deref(),
+        layer: rule.layer.as_deref(),
+        route: rule.route.as_deref(),
+        org: rule.org.as_deref(),
+    };
+    let window = rollups::refusals(&shared.store, ranges.window.0, ranges.window.1, filter).await?;
+    let baseline = rollups::refusal_total(&shared.store, ranges.baseline.0, ranges.baseline.1, filter).await?;
+    Ok(rule::observe(rule, ranges, &window, baseline))
 }
 
 /// The last config load in the lookback before the spike began (or in its first minute).
 async fn likely_cause(shared: &Shared, config: &Config, began_ms: i64) -> Option<ConfigLoad> {
     let lookback = i64::from(config.alerting.revision_lookback_minutes) * 60_000;
-    match revisions::between(&shared.store, began_ms - lookback, began_ms + 60_000).await {
-        Ok(loads) => loads.into_iter().next_back(),
+    match revisions::latest(&shared.store, began_ms - lookback, began_ms + 60_000).await {
+        Ok(load) => load,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read config loads for an alert");
             None
@@ -156,7 +202,8 @@ async fn likely_cause(shared: &Shared, config: &Config, began_ms: i64) -> Option
 /// What a rule watches, in words: `403 authz.permission_missing on orders`.
 fn subject(rule: &AlertRule, status: Option<u16>) -> String {
     let mut words = Vec::new();
-    if let Some(status) = status {
+    // A would-deny's status is the one the request got (it passed): not the refusal's.
+    if let Some(status) = status.filter(|_| rule.mode == pinpoint_core::Mode::Enforce) {
         words.push(status.to_string());
     }
     words.push(match (&rule.reason, &rule.layer) {
@@ -177,32 +224,59 @@ fn subject(rule: &AlertRule, status: Option<u16>) -> String {
     words.join(" ")
 }
 
+/// What an alert announces.
+#[derive(Clone, Copy)]
+enum Happening<'a> {
+    /// A spike, with the config load shortly before it began, if any.
+    Fired {
+        cause: Option<&'a ConfigLoad>,
+    },
+    Resolved {
+        since_ms: i64,
+        began_ms: i64,
+    },
+    /// A firing rule that is no longer evaluated as it was.
+    Ended {
+        since_ms: i64,
+        began_ms: i64,
+        why: &'a str,
+    },
+}
+
 fn render(
     config: &Config,
     link_base: &str,
     rule: &AlertRule,
     seen: &Observation,
-    transition: Transition,
-    cause: Option<&ConfigLoad>,
+    happening: Happening<'_>,
     now_ms: i64,
 ) -> Alert {
+    let cause = match happening {
+        Happening::Fired { cause } => cause,
+        _ => None,
+    };
+    let id = pinpoint_core::hex::lower(&rand::random::<[u8; 16]>());
     let subject = subject(rule, seen.status);
     let window = rule.window_minutes;
     let against = format!(
         "{} in the last {window} min against {:.1} expected",
         seen.count, seen.expected
     );
-    let (state, summary, began_ms) = match transition {
-        Transition::Resolved { since_ms, began_ms } => (
-            "resolved",
-            format!(
-                "{subject} is back to normal ({against}); it fired at {}",
-                rfc3339(since_ms)
-            ),
-            began_ms,
-        ),
-        _ => {
+    let (state, summary, began_ms) = match happening {
+        Happening::Resolved { since_ms, began_ms } | Happening::Ended { since_ms, began_ms, .. } => {
+            let how = match happening {
+                Happening::Ended { why, .. } => format!("is no longer watched: {why}"),
+                _ => format!("is back to normal ({against})"),
+            };
+            (
+                "resolved",
+                format!("{subject} {how}; it fired at {}", rfc3339(since_ms)),
+                began_ms,
+            )
+        }
+        Happening::Fired { .. } => {
             let rise = match seen.ratio() {
+                Some(ratio) if ratio < 10.0 => format!("rose {ratio:.1}x ({against})"),
                 Some(ratio) => format!("rose {ratio:.0}x ({against})"),
                 None => format!("rose from none to {} in the last {window} min", seen.count),
             };
@@ -233,6 +307,7 @@ fn render(
     };
     let json = serde_json::json!({
         "type": "pinpoint.alert",
+        "id": id,
         "alert": rule.id,
         "state": state,
         "summary": summary,
@@ -311,7 +386,8 @@ fn link_base(config: &Config, api_addr: Option<std::net::SocketAddr>) -> String 
     }
 }
 
-/// The decisions query and the analytics query behind an alert, from `began_ms` on.
+/// The decisions query (refusals only) and the analytics query behind an alert, from
+/// `began_ms` on.
 fn links(base: &str, rule: &AlertRule, began_ms: i64) -> serde_json::Value {
     let mut filters = Vec::new();
     for (name, value) in [
@@ -325,8 +401,12 @@ fn links(base: &str, rule: &AlertRule, began_ms: i64) -> serde_json::Value {
         }
     }
     let filters = filters.iter().map(|f| format!("&{f}")).collect::<String>();
+    // The decisions list filters on the outcome's reason: a would-deny's request was let
+    // through, so for report-mode rules only the analytics link applies.
+    let decisions = (rule.mode == pinpoint_core::Mode::Enforce)
+        .then(|| format!("{base}/api/v2/decisions?since={began_ms}{filters}"));
     serde_json::json!({
-        "decisions": format!("{base}/api/v2/decisions?since={began_ms}{filters}"),
+        "decisions": decisions,
         "analytics": format!(
             "{base}/api/v2/analytics/decisions?from={}&mode={}&group_by=route,reason{filters}",
             began_ms - i64::from(rule.window_minutes) * 60_000,

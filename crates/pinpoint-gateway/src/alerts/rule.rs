@@ -50,6 +50,19 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// Nothing seen (a rule no longer evaluated).
+    pub fn none(began_ms: i64) -> Observation {
+        Observation {
+            count: 0,
+            expected: 0.0,
+            began_ms,
+            status: None,
+            top_routes: Vec::new(),
+            top_callers: Vec::new(),
+            top_reasons: Vec::new(),
+        }
+    }
+
     /// How many times the baseline the count is (none when the baseline is none).
     pub fn ratio(&self) -> Option<f64> {
         (self.expected > 0.0).then(|| self.count as f64 / self.expected)
@@ -85,9 +98,8 @@ pub fn layer_of(reason: Reason) -> &'static str {
 /// How many names the top lists give.
 const TOP: usize = 3;
 
-/// Reads `window` and `baseline` rows (already limited to their ranges) for `rule`.
-pub fn observe(rule: &AlertRule, ranges: Ranges, window: &[RollupRow], baseline: &[RollupRow]) -> Observation {
-    let baseline_total: u64 = baseline.iter().filter(|r| matches(rule, r)).map(|r| r.count).sum();
+/// Reads the `window` rows (limited to its range) and the baseline's total for `rule`.
+pub fn observe(rule: &AlertRule, ranges: Ranges, window: &[RollupRow], baseline_total: u64) -> Observation {
     let window_minutes = f64::from(rule.window_minutes);
     let expected = match rule.baseline {
         Baseline::Trailing => baseline_total as f64 * window_minutes / f64::from(rule.baseline_minutes),
@@ -152,10 +164,6 @@ pub fn breaches(rule: &AlertRule, observation: &Observation) -> bool {
     observation.count >= rule.min_count && observation.count as f64 >= rule.ratio * observation.expected
 }
 
-/// Evaluations in a row below the rule that resolve a firing alert (one quiet evaluation
-/// may be the turn of a minute).
-const CLEAR_ROUNDS: u8 = 2;
-
 /// Where one rule stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum RuleState {
@@ -166,8 +174,8 @@ pub enum RuleState {
         since_ms: i64,
         /// When the spike began (for the resolved alert).
         began_ms: i64,
-        /// Evaluations in a row below the rule so far.
-        clear: u8,
+        /// The last evaluation that breached the rule.
+        last_breach_ms: i64,
     },
     /// Resolved; quiet until `until_ms` whatever the counts.
     Cooling { until_ms: i64 },
@@ -187,8 +195,17 @@ pub enum Transition {
 
 impl RuleState {
     /// Takes one evaluation at `now_ms` (`breached`, and when the spike began) and says
-    /// what, if anything, is to be announced.
-    pub fn step(&mut self, now_ms: i64, breached: bool, began_ms: i64, cooldown_ms: i64) -> Option<Transition> {
+    /// what, if anything, is to be announced. A firing rule resolves once it has not been
+    /// breached for `quiet_ms` (its window: the turn of a minute, which empties the
+    /// current minute's count, does not end a spike that goes on).
+    pub fn step(
+        &mut self,
+        now_ms: i64,
+        breached: bool,
+        began_ms: i64,
+        cooldown_ms: i64,
+        quiet_ms: i64,
+    ) -> Option<Transition> {
         if let RuleState::Cooling { until_ms } = *self {
             if now_ms < until_ms {
                 return breached.then_some(Transition::Suppressed);
@@ -200,22 +217,21 @@ impl RuleState {
                 *self = RuleState::Firing {
                     since_ms: now_ms,
                     began_ms,
-                    clear: 0,
+                    last_breach_ms: now_ms,
                 };
                 Some(Transition::Fired)
             }
             RuleState::Quiet | RuleState::Cooling { .. } => None,
-            RuleState::Firing { clear, .. } if breached => {
-                *clear = 0;
+            RuleState::Firing { last_breach_ms, .. } if breached => {
+                *last_breach_ms = now_ms;
                 None
             }
             RuleState::Firing {
                 since_ms,
                 began_ms,
-                clear,
+                last_breach_ms,
             } => {
-                *clear += 1;
-                if *clear < CLEAR_ROUNDS {
+                if now_ms - *last_breach_ms < quiet_ms {
                     return None;
                 }
                 let resolved = Transition::Resolved {
@@ -278,7 +294,7 @@ mod tests {
         assert_eq!(r.baseline, (936 * MINUTE_MS, 996 * MINUTE_MS));
         let missing = Some(Reason::AuthzPermissionMissing);
         // 24 in the hour before: 2 expected in five minutes.
-        let baseline = vec![row(940, missing, "orders", Some("p1"), 24)];
+        let baseline = 24;
         let window = vec![
             row(996, missing, "orders", Some("p1"), 1),
             row(998, missing, "orders", Some("p2"), 30),
@@ -286,7 +302,7 @@ mod tests {
             row(999, Some(Reason::AuthnCredentialsMissing), "orders", None, 50),
             row(999, None, "orders", Some("p1"), 500),
         ];
-        let seen = observe(&rule, r, &window, &baseline);
+        let seen = observe(&rule, r, &window, baseline);
         assert_eq!(seen.count, 36);
         assert_eq!(seen.expected, 2.0);
         assert_eq!(seen.ratio(), Some(18.0));
@@ -299,7 +315,7 @@ mod tests {
         assert_eq!(seen.top_callers, vec![("p2".into(), 30), ("p1".into(), 6)]);
         assert!(breaches(&rule, &seen));
         // Four times 2 is 8: 7 is not enough, nor is anything under min_count.
-        let calm = observe(&rule, r, &[row(999, missing, "orders", Some("p1"), 7)], &baseline);
+        let calm = observe(&rule, r, &[row(999, missing, "orders", Some("p1"), 7)], baseline);
         assert!(!breaches(&rule, &calm));
     }
 
@@ -310,37 +326,39 @@ mod tests {
         let r = ranges(&rule, now);
         assert_eq!(r.baseline, (5 * MINUTE_MS, 6 * MINUTE_MS));
         let denied = Some(Reason::AuthzPermissionMissing);
-        let seen = observe(&rule, r, &[row(now / MINUTE_MS, denied, "orders", None, 3)], &[]);
+        let seen = observe(&rule, r, &[row(now / MINUTE_MS, denied, "orders", None, 3)], 0);
         assert_eq!((seen.expected, seen.ratio()), (0.0, None));
         assert!(breaches(&rule, &seen));
         assert_eq!(seen.top_callers, vec![("org:org-1".into(), 3)]);
     }
 
     #[test]
-    fn an_episode_fires_once_resolves_after_two_quiet_rounds_then_cools_down() {
+    fn an_episode_fires_once_resolves_after_a_quiet_window_then_cools_down() {
         let mut state = RuleState::default();
-        let cooldown = 10 * MINUTE_MS;
-        assert_eq!(state.step(0, false, 0, cooldown), None);
-        assert_eq!(state.step(1_000, true, 0, cooldown), Some(Transition::Fired));
-        // Deduplicated while it lasts; one quiet round (a minute turning) does not resolve.
-        assert_eq!(state.step(2_000, true, 0, cooldown), None);
-        assert_eq!(state.step(3_000, false, 0, cooldown), None);
-        assert_eq!(state.step(4_000, true, 0, cooldown), None);
-        assert_eq!(state.step(5_000, false, 0, cooldown), None);
+        let (cooldown, quiet) = (10 * MINUTE_MS, MINUTE_MS);
+        assert_eq!(state.step(0, false, 0, cooldown, quiet), None);
+        assert_eq!(state.step(1_000, true, 0, cooldown, quiet), Some(Transition::Fired));
+        // Deduplicated while it lasts; quiet moments shorter than the window (a minute
+        // turning) do not resolve it.
+        assert_eq!(state.step(2_000, true, 0, cooldown, quiet), None);
+        assert_eq!(state.step(30_000, false, 0, cooldown, quiet), None);
+        assert_eq!(state.step(50_000, true, 0, cooldown, quiet), None);
+        assert_eq!(state.step(100_000, false, 0, cooldown, quiet), None);
         assert_eq!(
-            state.step(6_000, false, 0, cooldown),
+            state.step(110_000, false, 0, cooldown, quiet),
             Some(Transition::Resolved {
                 since_ms: 1_000,
                 began_ms: 0
             })
         );
         // Cooling down: a new breach is suppressed, not announced.
-        assert_eq!(state.step(7_000, true, 7_000, cooldown), Some(Transition::Suppressed));
-        assert_eq!(state.step(8_000, false, 0, cooldown), None);
-        // After the cool-down it fires again.
         assert_eq!(
-            state.step(6_000 + cooldown, true, 6_000 + cooldown, cooldown),
-            Some(Transition::Fired)
+            state.step(120_000, true, 0, cooldown, quiet),
+            Some(Transition::Suppressed)
         );
+        assert_eq!(state.step(130_000, false, 0, cooldown, quiet), None);
+        // After the cool-down it fires again.
+        let later = 110_000 + cooldown;
+        assert_eq!(state.step(later, true, later, cooldown, quiet), Some(Transition::Fired));
     }
 }

@@ -77,8 +77,8 @@ pub async fn decisions(
     };
     let now = pinpoint_store::now_ms();
     let to = number("to")?.unwrap_or(now);
-    let from = number("from")?.unwrap_or(to - 3_600_000);
-    if from >= to || to - from > MAX_RANGE_MS {
+    let from = number("from")?.unwrap_or(to.saturating_sub(3_600_000));
+    if from >= to || to.saturating_sub(from) > MAX_RANGE_MS {
         return Err(bad("`from` must be before `to`, at most 31 days apart.".into()));
     }
     let interval_ms = match query.get("interval") {
@@ -119,7 +119,7 @@ pub async fn decisions(
     let status = number("status")?;
 
     // Whole intervals, aligned to the epoch, covering the range.
-    let start = from - from.rem_euclid(interval_ms);
+    let start = from.saturating_sub(from.rem_euclid(interval_ms));
     let rows = rollups::read(&shared.store, start, to).await?;
     let platform = caller.0.is_platform_admin();
     let mut groups: BTreeMap<Vec<(&'static str, Dimension)>, BTreeMap<i64, u64>> = BTreeMap::new();

@@ -8,9 +8,10 @@
 //! - `key_holds_everything`, `role_holds_everything`: a key scoped to, or a role granting,
 //!   `*`;
 //! - `permission_unused`: a permission a principal holds through its roles and has not
-//!   used in the last `unused_days`, as far back as the decision rollups reach (they count
-//!   every request, sampled or not, with the permission authorization granted it); only
-//!   principals older than that span, and only when it is at least a day;
+//!   used in the last `unused_days`, as far back as the decision rollups reach for its
+//!   organization (they count every request, sampled or not, with the permission
+//!   authorization granted it); only principals older than that span, only when it is at
+//!   least a day, and never `platform:admin` (checked outside authorization);
 //! - `suspended_principal_with_live_keys`: a suspended principal (or organization) whose
 //!   keys are not revoked (they are refused, and would work again on reinstatement);
 //! - `unauthenticated_write_route`: a route that accepts POST, PUT, PATCH or DELETE from
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::{Extension, Json};
 use pinpoint_core::config::{AuthRequirement, Config, RouteWaf};
-use pinpoint_core::identity::{grants, ApiKey, ALL_PERMISSIONS};
+use pinpoint_core::identity::{grants, ApiKey, ALL_PERMISSIONS, PLATFORM_ADMIN};
 use pinpoint_core::{Mode, Reason};
 use pinpoint_store::prelude::*;
 use pinpoint_store::rollups;
@@ -84,15 +85,13 @@ pub async fn audits(
         unused_days,
     );
     let (covered_from, used) = rollups::permissions_used(store, now - unused_days * DAY_MS).await?;
-    if let Some(from) = covered_from.filter(|from| now - from >= DAY_MS) {
-        findings.extend(unused_permission_findings(
-            &store.all_principals().await?,
-            &store.all_assignments().await?,
-            &used,
-            from,
-            now,
-        ));
-    }
+    findings.extend(unused_permission_findings(
+        &store.all_principals().await?,
+        &store.all_assignments().await?,
+        &used,
+        &covered_from,
+        now,
+    ));
     let platform = caller.0.is_platform_admin();
     if platform {
         findings.extend(config_findings(&shared.runtime.load().config));
@@ -205,27 +204,36 @@ pub fn directory_findings(
 
 const DAY_MS: i64 = 86_400_000;
 
-/// Permissions held through roles and not used since `from_ms` (`used`: the
-/// (principal, permission) pairs authorization granted since then). A grant is used when
-/// it covers a permission used (`orders:*` is used by `orders:read`).
+/// Permissions held through roles and not used (`used`: the (principal, permission) pairs
+/// authorization granted) since their organization's counts began (`covered_from`), when
+/// that is at least a day back and the principal is older. A grant is used when it
+/// covers a permission used (`orders:*` is used by `orders:read`). `platform:admin` is
+/// checked by the API handlers, not by authorization, so its use is not counted: never
+/// reported.
 pub fn unused_permission_findings(
     principals: &[pinpoint_core::identity::Principal],
     assignments: &[(String, pinpoint_core::identity::Role)],
     used: &[(String, String)],
-    from_ms: i64,
+    covered_from: &HashMap<String, i64>,
     now_ms: i64,
 ) -> Vec<Finding> {
     let mut used_by: HashMap<&str, Vec<&str>> = HashMap::new();
     for (principal, permission) in used {
         used_by.entry(principal).or_default().push(permission);
     }
-    let days = (now_ms - from_ms) / DAY_MS;
     let mut findings = Vec::new();
-    for principal in principals.iter().filter(|p| !p.suspended && p.created_at_ms <= from_ms) {
+    for principal in principals.iter().filter(|p| !p.suspended) {
+        let Some(&from_ms) = covered_from
+            .get(&principal.org_id)
+            .filter(|from| now_ms - **from >= DAY_MS && principal.created_at_ms <= **from)
+        else {
+            continue;
+        };
+        let days = (now_ms - from_ms) / DAY_MS;
         // Each permission held, with the roles that grant it, in a stable order.
         let mut held: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
         for (_, role) in assignments.iter().filter(|(holder, _)| *holder == principal.id) {
-            for permission in &role.permissions {
+            for permission in role.permissions.iter().filter(|p| *p != PLATFORM_ADMIN) {
                 held.entry(permission).or_default().push(&role.name);
             }
         }

@@ -141,6 +141,10 @@ notify = ["ops", "chat"]
         hook[0]["delivery"], hook[1]["delivery"],
         "a retry keeps its delivery id"
     );
+    assert_eq!(
+        hook[1]["delivery"], hook[1]["body"]["id"],
+        "the id is in the signed body too"
+    );
     assert!(hook.iter().all(|d| d["verified"] == true), "{hook:?}");
     let alert = &hook[1]["body"];
     assert_eq!(alert["state"], "firing");
@@ -186,8 +190,9 @@ notify = ["ops", "chat"]
         .unwrap()
         .contains(&w.bob_id));
 
-    // Deduplicated while the wave lasts; resolved once the minute turns.
-    wait_for("the resolved alert", Duration::from_secs(75), || {
+    // Deduplicated while the wave lasts; resolved once a whole window (a minute) has passed
+    // without a breach, after the minute that holds the wave.
+    wait_for("the resolved alert", Duration::from_secs(150), || {
         deliveries(&out)
             .iter()
             .any(|d| d["path"] == "/hook" && d["body"]["state"] == "resolved" && d["status"] == 204)

@@ -338,6 +338,7 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
         "interval=90s",
         "group_by=caller",
         "from=10&to=5",
+        "from=-9223372036854775808&to=0",
         "mode=shadow",
         "colour=red",
     ] {
