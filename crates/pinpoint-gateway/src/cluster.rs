@@ -48,6 +48,21 @@ if used == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
 return used
 ";
 
+/// Takes or keeps a lease. KEYS[1]: the lease; ARGV[1]: this replica; ARGV[2]: its length
+/// (ms). Returns 1 when this replica holds it.
+const LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// The shared connection and what every user of it needs.
 pub struct Cluster {
     connection: ArcSwapOption<ConnectionManager>,
@@ -60,6 +75,9 @@ pub struct Cluster {
     errors: AtomicU64,
     gcra: redis::Script,
     quota: redis::Script,
+    lease: redis::Script,
+    /// Whether this replica held the alerts lease at its last try.
+    leads_alerts: AtomicBool,
     limiters: Mutex<HashMap<RateLimitRule, Arc<SharedLimiter>>>,
 }
 
@@ -94,6 +112,8 @@ impl Cluster {
             errors: AtomicU64::new(0),
             gcra: redis::Script::new(GCRA),
             quota: redis::Script::new(QUOTA),
+            lease: redis::Script::new(LEASE),
+            leads_alerts: AtomicBool::new(false),
             limiters: Mutex::new(HashMap::new()),
         });
         let manager_config = ConnectionManagerConfig::new()
@@ -172,7 +192,31 @@ impl Cluster {
             "redis": if self.reachable.load(Ordering::Relaxed) { "up" } else { "down" },
             "replica": self.replica,
             "redis_errors": self.errors.load(Ordering::Relaxed),
+            "evaluates_alerts": self.leads_alerts.load(Ordering::Relaxed),
         })
+    }
+
+    /// Whether this replica is the one that evaluates `[[alerts]]` (so an alert is sent
+    /// once, not once per replica): it takes the lease when nobody holds it and keeps it
+    /// for `ttl` from each call. `Err` when Redis cannot say.
+    pub async fn lead_alerts(&self, ttl: Duration) -> Result<bool, String> {
+        let key = self.key(format_args!("lease:alerts"));
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let held: i64 = self
+            .run("lease", |mut c| {
+                let key = key.clone();
+                async move {
+                    self.lease
+                        .key(&key)
+                        .arg(&self.replica)
+                        .arg(ttl_ms)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        self.leads_alerts.store(held == 1, Ordering::Relaxed);
+        Ok(held == 1)
     }
 
     /// Writes this replica's heartbeat every `heartbeat_ms` until `stop` turns true.

@@ -2,8 +2,9 @@
 //! against the exact per-minute rollups in the store (`rule`), its state stepped, and a
 //! firing or resolved alert rendered (who and what is behind it, the decisions query, and
 //! the config revision loaded shortly before it began, from `pinpoint_store::revisions`)
-//! and queued for its webhooks (`crate::webhooks`). Runs on the api thread; one process evaluates
-//! its own rules (states live in memory and begin quiet at start).
+//! and queued for its webhooks (`crate::webhooks`). Runs on the api thread; states live in
+//! memory and begin quiet at start. Replicas sharing `[cluster] redis` hand the rules to
+//! one of them (a lease in Redis), so each alert is sent once.
 
 pub mod rule;
 
@@ -48,6 +49,19 @@ pub async fn run(shared: Arc<Shared>, api_addr: Option<std::net::SocketAddr>, mu
             continue;
         }
         last = Some(tokio::time::Instant::now());
+        // Replicas sharing Redis: one evaluates (the lease outlives three evaluations, so a
+        // replica that stops hands over within that). Redis unreachable: each evaluates,
+        // rather than none.
+        if let Some(cluster) = &shared.services.cluster {
+            if !runtime.config.alerts.is_empty() {
+                let lease = (every * 3).max(Duration::from_secs(3));
+                if let Ok(false) = cluster.lead_alerts(lease).await {
+                    // Another replica's episodes are its own to announce.
+                    evaluator.states.clear();
+                    continue;
+                }
+            }
+        }
         evaluator
             .evaluate(&shared, &runtime.config, pinpoint_store::now_ms())
             .await;

@@ -53,6 +53,7 @@ struct Replicas {
 async fn replicas(count: usize, redis: &str, prefix: &str, extra: &str) -> Replicas {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pinpoint.toml");
+    std::fs::write(dir.path().join("webhook.secret"), "test-secret\n").unwrap();
     std::fs::write(
         &config,
         format!(
@@ -197,7 +198,13 @@ impl Replicas {
 #[tokio::test]
 async fn three_replicas_share_one_rate_limit_one_quota_and_list_each_other() {
     let prefix = Prefix::new("share");
-    let r = replicas(3, "redis://127.0.0.1:6379", &prefix.0, "").await;
+    // An alert on the refusals to come, to a webhook nobody answers: which replica
+    // evaluates it is the question.
+    let alert = format!(
+        "\n[alerting]\nevaluate_every_ms = 200\n\n[[alerting.webhooks]]\nid = \"ops\"\nurl = \"http://127.0.0.1:{}/\"\nsecret_file = \"webhook.secret\"\nmax_attempts = 1\n\n[[alerts]]\nid = \"limited\"\nlayer = \"rate\"\nroute = \"limited\"\nwindow_minutes = 2\nmin_count = 5\nnotify = [\"ops\"]\n",
+        free_port().await
+    );
+    let r = replicas(3, "redis://127.0.0.1:6379", &prefix.0, &alert).await;
     let key = r.key().await;
     // The key made at the first replica works at the others (they follow the store).
     for i in 1..3 {
@@ -267,6 +274,49 @@ async fn three_replicas_share_one_rate_limit_one_quota_and_list_each_other() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("3 replicas, one config revision."), "{text}");
+
+    // The spike of refusals is announced once, by the one replica holding the alerts lease.
+    let firing = |metrics: String| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("pinpoint_alerts_total{")
+                    && l.contains("alert=\"limited\"")
+                    && l.contains("state=\"firing\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let metrics_of = |i: usize| {
+        let (http, api, admin) = (r.http.clone(), r.list[i].2.clone(), r.admin.clone());
+        async move {
+            http.get(format!("http://{api}/metrics"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    poll_until("the alert fired", || async {
+        let mut total = 0;
+        for i in 0..3 {
+            total += firing(metrics_of(i).await);
+        }
+        total > 0
+    })
+    .await;
+    let mut counts = Vec::new();
+    let mut leaders = 0;
+    for i in 0..3 {
+        counts.push(firing(metrics_of(i).await));
+        leaders += usize::from(r.health(i).await["cluster"]["evaluates_alerts"] == true);
+    }
+    counts.sort();
+    assert_eq!(counts, [0, 0, 1], "one replica fired it, once");
+    assert_eq!(leaders, 1);
 }
 
 /// A Redis server of the test's own, on a spare port, stopped by pid.
