@@ -37,7 +37,9 @@ pub struct CloudAuth {
     rate: Arc<dyn RateState>,
 }
 
-/// An exchange budget as a rate-limit rule: `per_minute` a minute, bursts of as many.
+/// An exchange budget as a rate-limit rule: `per_minute` a minute, bursts of as many. Its
+/// id has a `:`, which configured rule ids cannot, so it never shares a configured rule's
+/// state.
 fn exchange_rule(id: &str, by: LimitKey, per_minute: u32) -> RateLimitRule {
     RateLimitRule {
         id: id.to_owned(),
@@ -109,7 +111,7 @@ impl CloudAuth {
         spend_exchange(
             &*self.rate,
             exchange_rule(
-                "cloudauth-per-address",
+                "cloudauth:per-address",
                 LimitKey::ClientIp,
                 config.exchanges_per_minute_per_ip,
             ),
@@ -162,7 +164,7 @@ impl CloudAuth {
         spend_exchange(
             &*self.rate,
             exchange_rule(
-                "cloudauth-per-organization",
+                "cloudauth:per-organization",
                 LimitKey::Org,
                 config.exchanges_per_minute_per_org,
             ),

@@ -8,6 +8,11 @@
 //! says what its requests get then (`on_backend_error`: 503 `rate.backend_unavailable`, or
 //! through with that reason traced as a would-deny). The connection is made at start if it
 //! can be, else by a task that keeps trying; the connection manager reconnects after drops.
+//! After a failure, operations answer "unavailable" at once for [`OPEN_FOR`] (one probe
+//! then tries again), so requests do not each wait out the timeout. Every script carries
+//! a deadline on Redis's clock (this replica's offset to it is measured at each heartbeat):
+//! one that runs after its caller gave up (Redis stalled, then woke) writes nothing, so a
+//! request answered 503 is never counted against a limit, a quota or a proof.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,15 +28,19 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub const ERRORS_METRIC: &str = "pinpoint_cluster_redis_errors_total";
 
 /// GCRA over Redis's clock (microseconds). KEYS[1]: the caller's key; ARGV[1]: the
-/// emission interval (µs per request), ARGV[2]: the burst. Returns {allowed, wait_us,
-/// remaining}. State: the theoretical arrival time, expiring when it is in the past.
+/// emission interval (µs per request), ARGV[2]: the burst, ARGV[3]: the deadline (Redis
+/// time, µs). Returns {allowed, wait_us, remaining}, or {2, 0, 0} when past the deadline
+/// (nothing written). State: the theoretical arrival time, expiring when it is in the
+/// past; one further ahead than a full burst (Redis's clock stepped back) is capped.
 const GCRA: &str = r"
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+if now > tonumber(ARGV[3]) then return {2, 0, 0} end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+if tat > now + interval * burst then tat = now + interval * burst end
 local new_tat = tat + interval
 local allow_at = new_tat - interval * burst
 if allow_at > now then
@@ -41,8 +50,11 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return {1, 0, math.floor((now + interval * burst - new_tat) / interval)}
 ";
 
-/// One quota count. KEYS[1]: the window's counter; ARGV[1]: when it may go (Unix ms).
+/// One quota count. KEYS[1]: the window's counter; ARGV[1]: when it may go (Unix ms),
+/// ARGV[2]: the deadline (Redis time, µs). Returns the count, or -1 past the deadline.
 const QUOTA: &str = r"
+local now_parts = redis.call('TIME')
+if tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2]) > tonumber(ARGV[2]) then return -1 end
 local used = redis.call('INCR', KEYS[1])
 if used == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
 return used
@@ -63,6 +75,31 @@ end
 return 0
 ";
 
+/// Checks a config's `[cluster] redis` the way the Redis client will read it (a config
+/// whose URL it cannot use is refused when it loads, not at the next start). Errors never
+/// repeat the URL: it may hold a password.
+pub fn check(config: &ClusterConfig) -> Result<(), String> {
+    match &config.redis {
+        Some(url) => redis::Client::open(url.as_str())
+            .map(|_| ())
+            .map_err(|e| format!("[cluster] redis is not a URL the Redis client can use ({:?})", e.kind())),
+        None => Ok(()),
+    }
+}
+
+/// Marks a proof used. KEYS[1]: the proof; ARGV[1]: how long to remember it (ms),
+/// ARGV[2]: the deadline (Redis time, µs). Returns 1 the first time, 0 after, -1 past the
+/// deadline.
+const PROOF: &str = r"
+local now_parts = redis.call('TIME')
+if tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2]) > tonumber(ARGV[2]) then return -1 end
+if redis.call('SET', KEYS[1], 1, 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+";
+
+/// How long operations answer "unavailable" at once after one failed.
+const OPEN_FOR: Duration = Duration::from_secs(1);
+
 /// The shared connection and what every user of it needs.
 pub struct Cluster {
     connection: ArcSwapOption<ConnectionManager>,
@@ -75,7 +112,15 @@ pub struct Cluster {
     errors: AtomicU64,
     gcra: redis::Script,
     quota: redis::Script,
+    proof: redis::Script,
     lease: redis::Script,
+    /// Redis's clock minus this replica's, µs (measured at each heartbeat).
+    offset_us: std::sync::atomic::AtomicI64,
+    /// After a failure: until when (ms on [`Cluster::epoch`]) operations fail at once.
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+    /// The settings it was started with (a reload cannot change them).
+    pub started_with: ClusterConfig,
     /// Whether this replica held the alerts lease at its last try.
     leads_alerts: AtomicBool,
     limiters: Mutex<HashMap<RateLimitRule, Arc<SharedLimiter>>>,
@@ -112,6 +157,11 @@ impl Cluster {
             errors: AtomicU64::new(0),
             gcra: redis::Script::new(GCRA),
             quota: redis::Script::new(QUOTA),
+            proof: redis::Script::new(PROOF),
+            offset_us: std::sync::atomic::AtomicI64::new(0),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            started_with: config.clone(),
             lease: redis::Script::new(LEASE),
             leads_alerts: AtomicBool::new(false),
             limiters: Mutex::new(HashMap::new()),
@@ -124,13 +174,14 @@ impl Cluster {
         let connect = move |client: redis::Client, config: ConnectionManagerConfig| async move {
             tokio::time::timeout(timeout * 4, ConnectionManager::new_with_config(client, config))
                 .await
-                .map_err(|_| "timed out".to_owned())?
-                .map_err(|e| e.to_string())
+                .map_err(|_| format!("no connection within {} ms", (timeout * 4).as_millis()))?
+                .map_err(|e| describe(&e))
         };
         match connect(client.clone(), manager_config.clone()).await {
             Ok(manager) => {
                 cluster.connection.store(Some(Arc::new(manager)));
                 cluster.reachable.store(true, Ordering::Relaxed);
+                cluster.measure_clock().await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach [cluster] redis; limits counted there answer as their on_backend_error says until it can be reached");
@@ -139,11 +190,15 @@ impl Cluster {
                     loop {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         let Some(cluster) = weak.upgrade() else { return };
-                        if let Ok(manager) = connect(client.clone(), manager_config.clone()).await {
-                            cluster.connection.store(Some(Arc::new(manager)));
-                            cluster.reachable.store(true, Ordering::Relaxed);
-                            tracing::info!("connected to [cluster] redis");
-                            return;
+                        match connect(client.clone(), manager_config.clone()).await {
+                            Ok(manager) => {
+                                cluster.connection.store(Some(Arc::new(manager)));
+                                cluster.reachable.store(true, Ordering::Relaxed);
+                                cluster.measure_clock().await;
+                                tracing::info!("connected to [cluster] redis");
+                                return;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "[cluster] redis still unreachable"),
                         }
                     }
                 });
@@ -156,12 +211,47 @@ impl Cluster {
         format!("{}{parts}", self.prefix)
     }
 
+    /// The deadline, on Redis's clock (µs), for an operation starting now: a script that
+    /// runs later writes nothing.
+    fn deadline_us(&self) -> i64 {
+        let local_us = pinpoint_store::now_ms().saturating_mul(1000);
+        let timeout_us = i64::try_from(self.timeout.as_micros()).unwrap_or(i64::MAX);
+        local_us
+            .saturating_add(self.offset_us.load(Ordering::Relaxed))
+            .saturating_add(timeout_us)
+    }
+
+    /// Measures Redis's clock against this replica's (half the round trip is the error).
+    async fn measure_clock(&self) {
+        let before = pinpoint_store::now_ms().saturating_mul(1000);
+        let time: Result<(i64, i64), String> = self
+            .run(
+                "clock",
+                |mut c| async move { redis::cmd("TIME").query_async(&mut c).await },
+            )
+            .await;
+        if let Ok((seconds, micros)) = time {
+            let after = pinpoint_store::now_ms().saturating_mul(1000);
+            let redis_us = seconds.saturating_mul(1_000_000).saturating_add(micros);
+            self.offset_us
+                .store(redis_us - (before / 2 + after / 2), Ordering::Relaxed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Runs one Redis operation within the timeout; an error says why, without the URL.
+    /// While the breaker is open (a failure in the last [`OPEN_FOR`]) it fails at once.
     async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, String>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        if self.now_ms() < self.open_until_ms.load(Ordering::Relaxed) {
+            return Err(format!("redis {operation}: unreachable a moment ago; not retried yet"));
+        }
         let Some(connection) = self.connection.load_full() else {
             return Err(self.failed(operation, "not connected".into()));
         };
@@ -180,6 +270,9 @@ impl Cluster {
     fn failed(&self, operation: &'static str, why: String) -> String {
         self.errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(ERRORS_METRIC, "operation" => operation).increment(1);
+        let open_for = u64::try_from(OPEN_FOR.as_millis()).unwrap_or(u64::MAX);
+        self.open_until_ms
+            .store(self.now_ms().saturating_add(open_for), Ordering::Relaxed);
         if self.reachable.swap(false, Ordering::Relaxed) {
             tracing::warn!(operation, why, "[cluster] redis unreachable");
         }
@@ -219,41 +312,61 @@ impl Cluster {
         Ok(held == 1)
     }
 
-    /// Writes this replica's heartbeat every `heartbeat_ms` until `stop` turns true.
+    /// Writes this replica's heartbeat every `heartbeat_ms` (and measures Redis's clock)
+    /// until `stop` turns true, then takes it out.
     pub async fn beat(
         self: Arc<Self>,
         revision: impl Fn() -> String,
         started_ms: i64,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let (list, key) = (
+            self.key(format_args!("replicas")),
+            self.key(format_args!("replica:{}", self.replica)),
+        );
+        let ttl = u64::try_from(self.heartbeat.as_millis().saturating_mul(3)).unwrap_or(u64::MAX);
+        let replica = self.replica.as_str();
         loop {
+            let at_ms = pinpoint_store::now_ms();
             let beat = serde_json::json!({
                 "replica": self.replica,
                 "revision": revision(),
                 "started_at_ms": started_ms,
-                "at_ms": pinpoint_store::now_ms(),
+                "at_ms": at_ms,
                 "version": env!("CARGO_PKG_VERSION"),
             })
             .to_string();
-            let key = self.key(format_args!("replica:{}", self.replica));
-            let ttl = u64::try_from(self.heartbeat.as_millis() * 3).unwrap_or(u64::MAX);
             let _ = self
-                .run("heartbeat", |mut c| async move {
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(&beat)
-                        .arg("PX")
-                        .arg(ttl)
-                        .query_async::<()>(&mut c)
-                        .await
+                .run("heartbeat", |mut c| {
+                    let (list, key) = (list.clone(), key.clone());
+                    async move {
+                        redis::pipe()
+                            .cmd("SET")
+                            .arg(&key)
+                            .arg(&beat)
+                            .arg("PX")
+                            .arg(ttl)
+                            .ignore()
+                            .cmd("ZADD")
+                            .arg(&list)
+                            .arg(at_ms)
+                            .arg(replica)
+                            .ignore()
+                            .query_async::<()>(&mut c)
+                            .await
+                    }
                 })
                 .await;
+            self.measure_clock().await;
             tokio::select! {
                 _ = tokio::time::sleep(self.heartbeat) => {}
                 _ = stop.changed() => {
-                    let key = self.key(format_args!("replica:{}", self.replica));
                     let _ = self.run("heartbeat", |mut c| async move {
-                        redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await
+                        redis::pipe()
+                            .cmd("DEL").arg(&key).ignore()
+                            .cmd("ZREM").arg(&list).arg(replica).ignore()
+                            .query_async::<()>(&mut c)
+                            .await
                     }).await;
                     return;
                 }
@@ -261,38 +374,44 @@ impl Cluster {
         }
     }
 
-    /// Every live replica's last heartbeat (this one's included), by name.
+    /// Every live replica's last heartbeat (this one's included), by name: the names in
+    /// the `replicas` sorted set (by heartbeat time), their heartbeats read at once. A
+    /// listing that fails does not count Redis as down (it is not on any request's path).
     pub async fn replicas(&self) -> Result<Vec<serde_json::Value>, String> {
-        let pattern = self.key(format_args!("replica:*"));
-        let keys: Vec<String> = self
-            .run("replicas", |mut c| async move {
-                let mut keys = Vec::new();
-                let mut cursor = 0u64;
-                loop {
-                    let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut c)
-                        .await?;
-                    keys.extend(batch);
-                    if next == 0 || keys.len() > 10_000 {
-                        return Ok(keys);
-                    }
-                    cursor = next;
-                }
-            })
-            .await?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let beats: Vec<Option<String>> = self
-            .run("replicas", |mut c| async move {
-                redis::cmd("MGET").arg(&keys).query_async(&mut c).await
-            })
-            .await?;
+        let Some(connection) = self.connection.load_full() else {
+            return Err("not connected".into());
+        };
+        let list = self.key(format_args!("replicas"));
+        let gone_before = pinpoint_store::now_ms()
+            .saturating_sub(i64::try_from(self.heartbeat.as_millis().saturating_mul(3)).unwrap_or(i64::MAX));
+        let mut c = (*connection).clone();
+        let listing = async {
+            let names: Vec<String> = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&list)
+                .arg("-inf")
+                .arg(format!("({gone_before}"))
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(&list)
+                .arg(0)
+                .arg(999)
+                .query_async::<(Vec<String>,)>(&mut c)
+                .await?
+                .0;
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = names.iter().map(|n| self.key(format_args!("replica:{n}"))).collect();
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query_async::<Vec<Option<String>>>(&mut c)
+                .await
+        };
+        let beats = tokio::time::timeout(self.timeout, listing)
+            .await
+            .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))?
+            .map_err(|e| describe(&e))?;
         let mut replicas: Vec<serde_json::Value> = beats
             .into_iter()
             .flatten()
@@ -300,6 +419,18 @@ impl Cluster {
             .collect();
         replicas.sort_by(|a, b| a["replica"].as_str().cmp(&b["replica"].as_str()));
         Ok(replicas)
+    }
+
+    /// Forgets who was over a limit once that has passed; run periodically.
+    pub fn housekeeping(&self) {
+        let now = Instant::now();
+        for limiter in self.limiters.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            limiter
+                .over
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, until| *until > now);
+        }
     }
 }
 
@@ -334,8 +465,11 @@ impl RateState for SharedRateState {
             .or_insert_with(|| {
                 let burst = rule.burst.unwrap_or(rule.requests).max(1);
                 let interval_us = (u64::from(rule.per_seconds) * 1_000_000 / u64::from(rule.requests.max(1))).max(1);
-                // A changed rule starts afresh, as the in-process state does.
-                let key_base = cluster.key(format_args!("rate:{}:{interval_us}:{burst}:", rule.id));
+                // Keyed by the rule's id and the caller only: the stored arrival time works
+                // with any rate, so replicas on different revisions of a rule, or a rule
+                // whose numbers change, go on from the same state rather than each from a
+                // full burst.
+                let key_base = cluster.key(format_args!("rate:{}:", rule.id));
                 Arc::new(SharedLimiter {
                     cluster: cluster.clone(),
                     key_base,
@@ -358,11 +492,19 @@ impl RateState for SharedRateState {
             let key = cluster.key(format_args!("quota:{quota_id}:{org_id}:{start}"));
             // Kept a day past the window, for late readers.
             let expire_at = end.saturating_add(86_400_000);
-            cluster
+            let deadline = cluster.deadline_us();
+            let used = cluster
                 .run("quota", |mut c| async move {
-                    cluster.quota.key(&key).arg(expire_at).invoke_async::<u64>(&mut c).await
+                    cluster
+                        .quota
+                        .key(&key)
+                        .arg(expire_at)
+                        .arg(deadline)
+                        .invoke_async::<i64>(&mut c)
+                        .await
                 })
-                .await
+                .await?;
+            u64::try_from(used).map_err(|_| "redis quota: answered after its deadline; not counted".to_owned())
         }))
     }
 }
@@ -402,6 +544,7 @@ impl Limiter for SharedLimiter {
                             .key(&key)
                             .arg(interval)
                             .arg(burst)
+                            .arg(cluster.deadline_us())
                             .invoke_async::<(i64, i64, i64)>(&mut c)
                             .await
                     }
@@ -410,6 +553,9 @@ impl Limiter for SharedLimiter {
             match answer {
                 Ok((1, _, remaining)) => LimitAnswer::Allowed {
                     remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+                },
+                Ok((2, _, _)) => LimitAnswer::Unavailable {
+                    why: "redis rate: answered after its deadline; not counted".into(),
                 },
                 Ok((_, wait_us, _)) => {
                     let wait = Duration::from_micros(u64::try_from(wait_us.max(0)).unwrap_or(0));
@@ -437,25 +583,27 @@ impl ReplayCache for SharedReplay {
         Box::pin(async move {
             let cluster = &self.0;
             let key = cluster.key(format_args!("proof:{signature}"));
-            let until = until_s.max(now_s + 1);
-            let stored: Option<String> = cluster
+            // Relative: Redis's clock and this replica's may differ.
+            let remember_ms = until_s.saturating_sub(now_s).max(1).saturating_mul(1000);
+            let deadline = cluster.deadline_us();
+            let first: i64 = cluster
                 .run("replay", |mut c| async move {
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(1)
-                        .arg("NX")
-                        .arg("EXAT")
-                        .arg(until)
-                        .query_async(&mut c)
+                    cluster
+                        .proof
+                        .key(&key)
+                        .arg(remember_ms)
+                        .arg(deadline)
+                        .invoke_async(&mut c)
                         .await
                 })
                 .await?;
-            Ok(match stored {
-                Some(_) => FirstUse::Yes,
-                None => FirstUse::No {
+            match first {
+                1 => Ok(FirstUse::Yes),
+                0 => Ok(FirstUse::No {
                     note: "remembered in the cluster's Redis (used on this or another replica)",
-                },
-            })
+                }),
+                _ => Err("redis replay: answered after its deadline; not recorded".into()),
+            }
         })
     }
 }

@@ -180,6 +180,7 @@ pub async fn run(
         config_path: gateway.config_path,
         listen_override: gateway.listen_override,
         config_rejected: arc_swap::ArcSwapOption::empty(),
+        restart_required: arc_swap::ArcSwapOption::empty(),
         proxy_tls,
         api_tls,
         otlp,
@@ -334,6 +335,9 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                         tracing::warn!(error = %e, "signing-key maintenance failed");
                     }
                     shared.services.rate.housekeeping(pinpoint_store::now_ms());
+                    if let Some(cluster) = &shared.services.cluster {
+                        cluster.housekeeping();
+                    }
                     shared.services.replay.housekeeping(pinpoint_store::now_ms() / 1000);
                     if let Err(e) = shared.store.prune_proofs(pinpoint_store::now_ms() / 1000).await {
                         tracing::warn!(error = %e, "could not prune used proof signatures");

@@ -144,6 +144,9 @@ pub struct Shared {
     pub listen_override: crate::ListenOverride,
     /// Why the file on disk was last refused, while it still is (`/healthz` reports it).
     pub config_rejected: arc_swap::ArcSwapOption<String>,
+    /// A part of the loaded config that applies only on restart and differs from what
+    /// runs (`/healthz` reports it, as degraded).
+    pub restart_required: arc_swap::ArcSwapOption<String>,
     /// Each listener's TLS, following the config and the certificate files.
     pub proxy_tls: Arc<crate::tls::TlsState>,
     pub api_tls: Arc<crate::tls::TlsState>,
@@ -337,6 +340,10 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
             message,
         })?;
     }
+    crate::cluster::check(&config.cluster).map_err(|message| LoadError::Alerting {
+        path: path.to_owned(),
+        message,
+    })?;
     crate::webhooks::check(&config.alerting.webhooks).map_err(|message| LoadError::Alerting {
         path: path.to_owned(),
         message,
@@ -402,6 +409,18 @@ impl Shared {
             tracing::warn!(
                 "listen addresses and data_dir change only on restart; the rest of the new config applies now"
             );
+        }
+        let running_cluster = self.services.cluster.as_ref().map(|c| &c.started_with);
+        let cluster_changed = match running_cluster {
+            Some(running) => *running != config.cluster,
+            None => config.cluster.redis.is_some(),
+        };
+        if cluster_changed {
+            tracing::warn!("[cluster] changed: it applies on restart only; until then this replica keeps its Redis connection and key prefix");
+            self.restart_required
+                .store(Some(Arc::new("[cluster] changed: restart to apply it".to_owned())));
+        } else {
+            self.restart_required.store(None);
         }
         let revision = config.revision.clone();
         let previous = current.config.revision.clone();

@@ -12,8 +12,8 @@ use super::diagnostics::{place, Diagnostics};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`); none keeps everything in
-    /// the process.
+    /// `redis://[user:password@]host:port[/db]` (or `redis+unix://`); none keeps everything
+    /// in the process.
     pub redis: Option<String>,
     /// Prepended to every Redis key, so deployments (or tests) can share a server.
     pub key_prefix: String,
@@ -41,22 +41,23 @@ impl Default for ClusterConfig {
 pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<ClusterConfig> {
     let cluster: ClusterConfig = d.read_or_default(item)?;
     if let Some(url) = &cluster.redis {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
-            // The URL may hold a password: not repeated.
+        // The URL may hold a password: not repeated. (The gateway also has the Redis client
+        // read it when the config loads: a port or database it cannot use is refused then.)
+        if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
             d.error(
                 place(&[item.get("redis"), Some(item)]),
-                "cluster.redis must be a redis://, rediss:// or redis+unix:// URL",
+                "cluster.redis must be a redis:// or redis+unix:// URL (TLS to Redis, rediss://, is not built in)",
             );
         }
     }
-    for (value, field) in [
-        (cluster.timeout_ms, "timeout_ms"),
-        (cluster.heartbeat_ms, "heartbeat_ms"),
+    for (value, field, most) in [
+        (cluster.timeout_ms, "timeout_ms", 10_000),
+        (cluster.heartbeat_ms, "heartbeat_ms", 60_000),
     ] {
-        if value == 0 {
+        if !(1..=most).contains(&value) {
             d.error(
                 place(&[item.get(field), Some(item)]),
-                format!("cluster.{field} must be at least 1"),
+                format!("cluster.{field} must be 1 to {most}"),
             );
         }
     }

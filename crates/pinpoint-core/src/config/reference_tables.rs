@@ -1262,13 +1262,13 @@ pub const TABLES: &[Table] = &[
     Table {
         path: "[cluster]",
         probe: "[cluster]\nPROBE\n",
-        about: "What replicas share beyond the store. With `redis`, rate limits (GCRA, one Lua script per request, Redis's clock), quotas (one counter per organization and window), the cloud-auth proof replay cache (`SET NX` with expiry) and replica heartbeats live in Redis, so N replicas allow what one would. Read at start; a reload keeps the running connection.",
+        about: "What replicas share beyond the store. With `redis`, rate limits (GCRA, one Lua script per limit and request, Redis's clock, state keyed by rule id and caller), quotas (one counter per organization and window), cloud-auth exchange budgets, the proof replay cache (`SET NX` with a relative expiry), replica heartbeats and the alerts lease live in Redis, so N replicas allow what one would. Read at start: a reload that changes this section is applied only on restart, and `/healthz` says `degraded` with `restart_required` until then. Run Redis with `maxmemory-policy noeviction` (an evicting policy can delete rate and quota state); enabling `[cluster]` starts quotas afresh in Redis.",
         keys: &[
             Key {
                 name: "redis",
                 kind: "string",
                 default: "none (in-process state)",
-                about: "`redis://[user:password@]host:port[/db]`, `rediss://...` or `redis+unix://...`. Never logged (it may hold a password).",
+                about: "`redis://[user:password@]host:port[/db]` or `redis+unix://...` (TLS to Redis is not built in). Checked by the Redis client when the config loads; never logged (it may hold a password).",
             },
             Key {
                 name: "key_prefix",
@@ -1280,7 +1280,7 @@ pub const TABLES: &[Table] = &[
                 name: "timeout_ms",
                 kind: "integer (ms)",
                 default: "250",
-                about: "The longest one Redis round trip may take; beyond it the state counts as unreachable (see `on_backend_error`).",
+                about: "The longest one Redis round trip may take, 1 to 10000; beyond it the state counts as unreachable (see `on_backend_error`), and for the next second every operation answers so at once, while one probe tries again. A script Redis runs after its caller gave up writes nothing.",
             },
             Key {
                 name: "replica_name",
@@ -1292,7 +1292,7 @@ pub const TABLES: &[Table] = &[
                 name: "heartbeat_ms",
                 kind: "integer (ms)",
                 default: "1000",
-                about: "How often the replica writes its heartbeat (name, config revision, start time); one older than three of these is listed as gone.",
+                about: "How often the replica writes its heartbeat (name, config revision, start time) and measures Redis's clock against its own, 1 to 60000; one older than three of these is listed as gone. Give each replica its own `replica_name` (or leave the default): two with one name overwrite each other's heartbeat.",
             },
         ],
     },

@@ -27,6 +27,7 @@ const MAX_RANGE_MS: i64 = 31 * 24 * 3_600_000;
 /// The most points one series may have.
 const MAX_POINTS: i64 = 10_000;
 
+/// The dimensions: each is a filter and a `group_by` value.
 const GROUPS: [&str; 8] = [
     "route",
     "layer",
@@ -37,6 +38,8 @@ const GROUPS: [&str; 8] = [
     "status",
     "mode",
 ];
+/// The other query parameters.
+const OPTIONS: [&str; 5] = ["from", "to", "interval", "group_by", "top"];
 
 pub async fn decisions(
     State(shared): State<Arc<Shared>>,
@@ -44,24 +47,10 @@ pub async fn decisions(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let bad = |detail: String| deny(Reason::ApiBadRequest, detail);
-    if let Some(unknown) = query.keys().find(|k| {
-        ![
-            "from",
-            "to",
-            "interval",
-            "route",
-            "layer",
-            "reason",
-            "org",
-            "principal",
-            "permission",
-            "status",
-            "mode",
-            "group_by",
-            "top",
-        ]
-        .contains(&k.as_str())
-    }) {
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !GROUPS.contains(&k.as_str()) && !OPTIONS.contains(&k.as_str()))
+    {
         return Err(bad(format!(
             "Unknown query parameter `{unknown}`; see the API reference for analytics."
         )));

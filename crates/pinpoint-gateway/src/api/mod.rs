@@ -608,9 +608,10 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
     // serves, and which revision.
     let details = runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Public
         || caller.is_some_and(|Extension(c)| c.0.is_platform_admin());
+    let degraded = shared.config_rejected.load().is_some() || shared.restart_required.load().is_some();
     if !details {
         return Json(serde_json::json!({
-            "status": if shared.config_rejected.load().is_some() { "degraded" } else { "ok" },
+            "status": if degraded { "degraded" } else { "ok" },
             "config_revision": runtime.config.revision,
         }));
     }
@@ -630,8 +631,9 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
     };
     Json(serde_json::json!({
         "cluster": cluster,
-        "status": if rejected.is_some() { "degraded" } else { "ok" },
+        "status": if degraded { "degraded" } else { "ok" },
         "config_error": rejected.as_deref(),
+        "restart_required": shared.restart_required.load_full().as_deref(),
         "config_revision": runtime.config.revision,
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "keys_loaded": shared.services.directory.key_count(),

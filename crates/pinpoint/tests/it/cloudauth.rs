@@ -98,6 +98,20 @@ fn credentials_of(creds: &str, who: &str) -> pinpoint_client::Credentials {
     )
 }
 
+/// Registers the test account for acme and maps moto's `dd-role` sessions to bob.
+async fn role_logs_in_as_bob(w: &crate::access::World) {
+    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
+    w.gw.store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
+            Some(&w.bob_id),
+        )
+        .await
+        .unwrap();
+}
+
 async fn exchange(gw: &TestGateway, proof: &str) -> reqwest::Response {
     gw.http
         .post(gw.api_url("/api/v2/delegated-token"))
@@ -111,17 +125,7 @@ async fn exchange(gw: &TestGateway, proof: &str) -> reqwest::Response {
 async fn exchange_against_moto_with_botocore_proofs() {
     let (moto, creds) = moto().await;
     let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
-    let store = &w.gw.store;
-    store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
-    store
-        .create_mapping(
-            &w.acme.id,
-            "persona",
-            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
-            Some(&w.bob_id),
-        )
-        .await
-        .unwrap();
+    role_logs_in_as_bob(&w).await;
 
     // A role session logs in as bob, and the token works like bob's key.
     let good = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
@@ -545,16 +549,7 @@ async fn pinpoints_own_client_signs_with_aws_sigv4() {
 async fn login_aws_uses_the_standard_credential_chain() {
     let (moto, creds) = moto().await;
     let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
-    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
-    w.gw.store
-        .create_mapping(
-            &w.acme.id,
-            "persona",
-            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
-            Some(&w.bob_id),
-        )
-        .await
-        .unwrap();
+    role_logs_in_as_bob(&w).await;
     let parsed: serde_json::Value = serde_json::from_str(&creds).unwrap();
     let role = parsed["role"].clone();
     let (server, org) = (format!("http://{}", w.gw.api), w.acme.id.clone());
@@ -662,16 +657,7 @@ async fn a_recreated_role_does_not_inherit_the_mapping_and_exchanges_are_rate_li
         moto.url
     ))
     .await;
-    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
-    w.gw.store
-        .create_mapping(
-            &w.acme.id,
-            "persona",
-            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
-            Some(&w.bob_id),
-        )
-        .await
-        .unwrap();
+    role_logs_in_as_bob(&w).await;
     // First use binds the mapping to the role's unique id (AROA...).
     let first = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
     assert_eq!(exchange(&w.gw, &first).await.status(), 200);
@@ -704,16 +690,7 @@ async fn a_recreated_role_does_not_inherit_the_mapping_and_exchanges_are_rate_li
 async fn reloads_apply_exchange_limits_and_a_proof_works_once_across_a_restart() {
     let (moto, creds) = moto().await;
     let w = world(&format!("\n[cloudauth]\nsts_endpoint = \"{}\"\n", moto.url)).await;
-    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
-    w.gw.store
-        .create_mapping(
-            &w.acme.id,
-            "persona",
-            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
-            Some(&w.bob_id),
-        )
-        .await
-        .unwrap();
+    role_logs_in_as_bob(&w).await;
     let used = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
     assert_eq!(exchange(&w.gw, &used).await.status(), 200);
     // Lower the per-address budget by editing the file: the running gateway applies it.
@@ -852,16 +829,7 @@ async fn with_a_cluster_redis_a_proof_works_once_across_replicas_and_exchanges_s
         moto.url, prefix.0
     );
     let w = world(&config).await;
-    w.gw.store.register_aws_account(&w.acme.id, ACCOUNT).await.unwrap();
-    w.gw.store
-        .create_mapping(
-            &w.acme.id,
-            "persona",
-            "arn:aws:sts::123456789012:assumed-role/dd-role/*",
-            Some(&w.bob_id),
-        )
-        .await
-        .unwrap();
+    role_logs_in_as_bob(&w).await;
     let used = proof(&creds, "role", &w.acme.id, "", "x-ddog-org-id").await;
     assert_eq!(exchange(&w.gw, &used).await.status(), 200);
     // Another replica (this one stopped, another started on the same store and Redis)

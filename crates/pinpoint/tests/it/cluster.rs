@@ -115,26 +115,7 @@ routes = ["metered"]
     let mut list = Vec::new();
     // One at a time: the first creates the store and its bootstrap key.
     for i in 0..count {
-        let (proxy, api) = (
-            format!("127.0.0.1:{}", free_port().await),
-            format!("127.0.0.1:{}", free_port().await),
-        );
-        let process = ServeProcess::start_with(
-            &[
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--proxy-listen",
-                &proxy,
-                "--api-listen",
-                &api,
-            ],
-            dir.path(),
-            &format!("replica-{i}"),
-        );
-        let health = format!("http://{api}/healthz");
-        poll_until("replica ready", || async { http.get(&health).send().await.is_ok() }).await;
-        list.push((process, proxy, api));
+        list.push(ServeProcess::serve_on_free_ports(&config, dir.path(), &format!("replica-{i}")).await);
     }
     let admin = std::fs::read_to_string(dir.path().join("data/bootstrap-admin.key"))
         .unwrap()
@@ -333,6 +314,8 @@ impl OwnRedis {
                 &port.to_string(),
                 "--bind",
                 "127.0.0.1",
+                "--enable-debug-command",
+                "local",
                 "--save",
                 "",
                 "--appendonly",
@@ -404,4 +387,55 @@ async fn redis_down_answers_as_each_limit_says_and_recovers_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(r.health(0).await["cluster"]["redis"], "up");
+
+    // Redis stalls for two seconds: the quota's requests meanwhile are answered 503 (within
+    // the timeout), and the scripts Redis runs when it wakes, after their deadline, count
+    // nothing: the organization still has its whole quota of 10.
+    let port = redis.port.to_string();
+    let stall = std::thread::spawn(move || {
+        Command::new("redis-cli")
+            .args(["-p", &port, "DEBUG", "SLEEP", "2"])
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (status, reason) = r.get(0, "/metered", &key).await;
+        assert_eq!((status, reason.as_str()), (503, "rate.backend_unavailable"));
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+    stall.join().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut served = 0;
+    while served == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "not back after the stall");
+        match r.get(0, "/metered", &key).await {
+            (200, _) => served += 1,
+            (503, _) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("a request refused during the stall was counted: {other:?}"),
+        }
+    }
+    for _ in 0..12 {
+        if r.get(0, "/metered", &key).await.0 == 200 {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 10, "the quota counts only the requests it served");
+
+    // A reload that changes [cluster] cannot apply it: said, as degraded, until a restart.
+    let config = r._dir.path().join("pinpoint.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("key_prefix = \"faults:\"", "key_prefix = \"other:\"");
+    std::fs::write(&config, text).unwrap();
+    poll_until("the reload flagged", || async {
+        r.health(0).await["status"] == "degraded"
+    })
+    .await;
+    let health = r.health(0).await;
+    assert!(
+        health["restart_required"].as_str().unwrap().contains("[cluster]"),
+        "{health}"
+    );
 }

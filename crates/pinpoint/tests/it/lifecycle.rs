@@ -134,6 +134,32 @@ impl ServeProcess {
         ServeProcess { child, stderr_path }
     }
 
+    /// `pinpoint serve --config CONFIG` on free proxy and api ports, once its api answers:
+    /// the process, the proxy address and the api address.
+    pub(crate) async fn serve_on_free_ports(config: &Path, dir: &Path, name: &str) -> (ServeProcess, String, String) {
+        let (proxy, api) = (
+            format!("127.0.0.1:{}", free_port().await),
+            format!("127.0.0.1:{}", free_port().await),
+        );
+        let config = config.to_str().expect("utf-8 temp path");
+        let args = [
+            "serve",
+            "--config",
+            config,
+            "--proxy-listen",
+            &proxy,
+            "--api-listen",
+            &api,
+        ];
+        let process = ServeProcess::start_with(&args, dir, name);
+        let (http, health) = (
+            reqwest::Client::builder().no_proxy().build().unwrap(),
+            format!("http://{api}/healthz"),
+        );
+        poll_until("process ready", || async { http.get(&health).send().await.is_ok() }).await;
+        (process, proxy, api)
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
@@ -459,25 +485,7 @@ async fn two_processes_on_one_store_enforce_each_others_key_changes_within_a_sec
     let mut processes = Vec::new();
     let mut addrs = Vec::new();
     for name in ["first", "second"] {
-        let (proxy, api) = (
-            format!("127.0.0.1:{}", free_port().await),
-            format!("127.0.0.1:{}", free_port().await),
-        );
-        let process = ServeProcess::start_with(
-            &[
-                "serve",
-                "--config",
-                config,
-                "--proxy-listen",
-                &proxy,
-                "--api-listen",
-                &api,
-            ],
-            dir.path(),
-            name,
-        );
-        let health = format!("http://{api}/healthz");
-        poll_until("process ready", || async { http.get(&health).send().await.is_ok() }).await;
+        let (process, proxy, api) = ServeProcess::serve_on_free_ports(Path::new(config), dir.path(), name).await;
         processes.push(process);
         addrs.push((proxy, api));
     }
