@@ -16,12 +16,15 @@
 //!   keys are not revoked (they are refused, and would work again on reinstatement);
 //! - `unauthenticated_write_route`: a route that accepts POST, PUT, PATCH or DELETE from
 //!   anonymous callers (config);
-//! - `layer_in_report_mode`: a layer, or a route's WAF, that only reports (config).
+//! - `layer_in_report_mode`: a layer, or a route's WAF, that only reports (config);
+//! - `mapping_for_unregistered_account`: a cloud-auth mapping whose AWS account is not
+//!   registered for its organization (the API refuses to make one and removing an account
+//!   removes its mappings, so this finds what came another way: an older version, the
+//!   store written directly).
 //!
 //! Tenant-scoped: a caller sees the findings of its own organization's keys, roles and
 //! principals; the config's findings, which span every tenant, are for platform
-//! administrators. (Cloud-auth mappings cannot outlive their AWS account: removing an
-//! account removes its mappings, so there is no finding for them.)
+//! administrators.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,14 +79,36 @@ pub async fn audits(
     };
     let now = pinpoint_store::now_ms();
     let store = &shared.store;
+    let orgs = store.orgs().await?;
     let mut findings = directory_findings(
         &store.all_keys().await?.into_iter().map(|k| k.info).collect::<Vec<_>>(),
         &store.all_principals().await?,
         &store.roles(None).await?,
-        &store.orgs().await?,
+        &orgs,
         now,
         unused_days,
     );
+    for org in &orgs {
+        let accounts = store.aws_accounts(&org.id).await?;
+        for kind in ["persona", "intake"] {
+            for mapping in store.mappings(&org.id, kind).await? {
+                let account = pinpoint_cloudauth::arn::Pattern::parse(&mapping.arn_pattern).map(|p| p.account);
+                if account.as_ref().is_ok_and(|a| !accounts.contains(a)) {
+                    findings.push(Finding {
+                        kind: "mapping_for_unregistered_account",
+                        subject: "mapping",
+                        id: mapping.id.clone(),
+                        name: mapping.arn_pattern.clone(),
+                        org_id: Some(org.id.clone()),
+                        detail: format!(
+                            "a {kind} mapping for AWS account {}, which is not registered: it matches no login; delete it or register the account",
+                            account.unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+        }
+    }
     let (covered_from, used) = rollups::permissions_used(store, now - unused_days * DAY_MS).await?;
     findings.extend(unused_permission_findings(
         &store.all_principals().await?,

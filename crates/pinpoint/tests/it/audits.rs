@@ -39,6 +39,16 @@ async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
         .await
         .unwrap();
     store.set_principal_suspended(&w.bob_id, true).await.unwrap();
+    // A mapping for an AWS account acme never registered (the API would refuse it).
+    let stray = store
+        .create_mapping(
+            &w.acme.id,
+            "persona",
+            "arn:aws:iam::999999999999:user/ghost",
+            Some(&w.alice_id),
+        )
+        .await
+        .unwrap();
     let auditor = store
         .create_role(&w.globex.id, "auditor", &["audits:read".into()])
         .await
@@ -78,6 +88,10 @@ async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
         "orders needs permissions"
     );
     assert_eq!(kinds_of(findings, "layer_in_report_mode"), vec!["policy".to_owned()]);
+    assert_eq!(
+        kinds_of(findings, "mapping_for_unregistered_account"),
+        vec![stray.id.clone()]
+    );
     // Nobody is old enough for `permission_unused` yet, and the rollups cover no day.
     assert!(kinds_of(findings, "permission_unused").is_empty(), "{findings}");
     // Keys created just now are not unused for a day.
