@@ -510,6 +510,18 @@ fn host_name() -> String {
         .unwrap_or_else(|| "pinpoint".into())
 }
 
+/// Where rate limits and quotas are counted: in Redis when replicas share one, else in
+/// the process (`memory`).
+pub fn rate_state(
+    cluster: Option<&Arc<Cluster>>,
+    memory: &Arc<pinpoint_policy::rate_state::MemoryRateState>,
+) -> Arc<dyn RateState> {
+    match cluster {
+        Some(cluster) => Arc::new(SharedRateState(cluster.clone())),
+        None => memory.clone(),
+    }
+}
+
 /// Rate limits and quotas counted in Redis.
 pub struct SharedRateState(pub Arc<Cluster>);
 

@@ -141,10 +141,7 @@ pub async fn run(
         None => replay.clone(),
     };
     let memory_rate = Arc::new(MemoryRateState::default());
-    let rate: Arc<dyn pinpoint_policy::world::RateState> = match &cluster {
-        Some(cluster) => Arc::new(cluster::SharedRateState(cluster.clone())),
-        None => memory_rate.clone(),
-    };
+    let rate = cluster::rate_state(cluster.as_ref(), &memory_rate);
     let services = Services {
         cloudauth: Arc::new(
             cloudauth::CloudAuth::new(&gateway.config.cloudauth, proofs, rate).map_err(GatewayError::Client)?,

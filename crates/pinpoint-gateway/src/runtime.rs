@@ -104,13 +104,9 @@ impl Services {
 
     /// What the live pipelines are built on.
     pub fn world(&self) -> World {
-        let rate: Arc<dyn RateState> = match &self.cluster {
-            Some(cluster) => Arc::new(crate::cluster::SharedRateState(cluster.clone())),
-            None => self.rate.clone(),
-        };
         World {
             identities: self.identities(),
-            rate,
+            rate: crate::cluster::rate_state(self.cluster.as_ref(), &self.rate),
         }
     }
 }

@@ -256,7 +256,7 @@ pub(super) fn read_rules(
             }
         }
         if let (Some(code), Some(layer)) = (&rule.reason, &rule.layer) {
-            if code.split_once('.').is_some_and(|(l, _)| l != layer) {
+            if Reason::from_code(code).is_some_and(|r| r.layer() != layer) {
                 d.error(
                     at("layer"),
                     format!("alert `{id}`: reason `{code}` is not of layer `{layer}`, so nothing could match"),
@@ -264,9 +264,7 @@ pub(super) fn read_rules(
             }
         }
         if let Some(layer) = &rule.layer {
-            let known = Reason::ALL
-                .iter()
-                .any(|r| r.code().split_once('.').is_some_and(|(l, _)| l == layer));
+            let known = Reason::ALL.iter().any(|r| r.layer() == layer);
             if !known {
                 d.error(
                     at("layer"),

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use pinpoint_core::config::{AlertRule, Baseline};
-use pinpoint_core::Reason;
 use pinpoint_store::rollups::RollupRow;
 
 const MINUTE_MS: i64 = 60_000;
@@ -78,7 +77,7 @@ pub fn matches(rule: &AlertRule, row: &RollupRow) -> bool {
     };
     key.mode == rule.mode
         && rule.reason.as_deref().is_none_or(|want| want == reason.code())
-        && rule.layer.as_deref().is_none_or(|want| want == layer_of(reason))
+        && rule.layer.as_deref().is_none_or(|want| want == reason.layer())
         && rule
             .route
             .as_deref()
@@ -87,12 +86,6 @@ pub fn matches(rule: &AlertRule, row: &RollupRow) -> bool {
             .org
             .as_deref()
             .is_none_or(|want| key.org_id.as_deref() == Some(want))
-}
-
-/// A reason's layer: the code's first part.
-pub fn layer_of(reason: Reason) -> &'static str {
-    let code = reason.code();
-    code.split_once('.').map_or(code, |(layer, _)| layer)
 }
 
 /// How many names the top lists give.
@@ -251,7 +244,7 @@ impl RuleState {
 mod tests {
     use std::sync::Arc;
 
-    use pinpoint_core::Mode;
+    use pinpoint_core::{Mode, Reason};
     use pinpoint_store::rollups::RollupKey;
 
     use super::*;

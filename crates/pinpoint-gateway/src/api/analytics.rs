@@ -161,18 +161,12 @@ fn matches(key: &RollupKey, query: &HashMap<String, String>, status: Option<i64>
     let text = |name: &str, value: Option<&str>| query.get(name).is_none_or(|want| want == value.unwrap_or("-"));
     text("route", key.route.as_deref())
         && text("reason", key.reason.map(|r| r.code()))
-        && text("layer", key.reason.map(layer_of))
+        && text("layer", key.reason.map(Reason::layer))
         && text("org", key.org_id.as_deref())
         && text("principal", key.principal_id.as_deref())
         && text("permission", key.permission.as_deref())
         && status.is_none_or(|s| s == i64::from(key.status))
         && mode.is_none_or(|m| m == key.mode)
-}
-
-/// A reason's layer: the code's first part (`authz` of `authz.permission_missing`).
-fn layer_of(reason: Reason) -> &'static str {
-    let code = reason.code();
-    code.split_once('.').map_or(code, |(layer, _)| layer)
 }
 
 /// A row's value for one `group_by` dimension.
@@ -197,7 +191,7 @@ fn dimension(key: &RollupKey, name: &str) -> Dimension {
     let text = |value: Option<&str>| Dimension::Text(value.map(str::to_owned));
     match name {
         "route" => text(key.route.as_deref()),
-        "layer" => text(key.reason.map(layer_of)),
+        "layer" => text(key.reason.map(Reason::layer)),
         "reason" => text(key.reason.map(|r| r.code())),
         "org" => text(key.org_id.as_deref()),
         "principal" => text(key.principal_id.as_deref()),

@@ -112,18 +112,8 @@ async fn every_finding_on_a_seeded_directory_and_each_tenant_sees_its_own() {
     crate::problem(resp, 400, "api.bad_request").await;
 
     // The CLI prints the same findings.
-    let (api, key) = (format!("http://{}", w.gw.api), w.gw.admin_key.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
-            .args(["audit", "--unused-days", "0", "--api", &api, "--key", &key])
-            .env("NO_PROXY", "*")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api = format!("http://{}", w.gw.api);
+    let text = crate::cli(&["audit", "--unused-days", "0"], &api, &w.gw.admin_key).await;
     assert!(
         text.contains("suspended_principal_with_live_keys") && text.contains("layer_in_report_mode"),
         "{text}"

@@ -132,17 +132,7 @@ routes = ["metered"]
 impl Replicas {
     /// A new key, made through the first replica's API.
     async fn key(&self) -> String {
-        let created: serde_json::Value = self
-            .http
-            .post(format!("http://{}/api/v2/api_keys", self.list[0].2))
-            .bearer_auth(&self.admin)
-            .json(&serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "shared"}}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = crate::lifecycle::key_through_api(&self.http, &self.list[0].2, &self.admin).await;
         created["data"]["attributes"]["key"].as_str().unwrap().to_owned()
     }
 
@@ -242,18 +232,7 @@ async fn three_replicas_share_one_rate_limit_one_quota_and_list_each_other() {
         revisions.iter().all(|rev| *rev == health["config_revision"]),
         "{revisions:?}"
     );
-    let (api, admin) = (r.list[1].2.clone(), r.admin.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_pinpoint"))
-            .args(["cluster", "status", "--api", &format!("http://{api}"), "--key", &admin])
-            .env("NO_PROXY", "*")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = crate::cli(&["cluster", "status"], &format!("http://{}", r.list[1].2), &r.admin).await;
     assert!(text.contains("3 replicas, one config revision."), "{text}");
 
     // The spike of refusals is announced once, by the one replica holding the alerts lease.

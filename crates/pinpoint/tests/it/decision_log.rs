@@ -274,20 +274,8 @@ async fn analytics_count_a_known_mix_exactly_and_each_tenant_sees_only_its_own()
     assert!(list(w.globex_key.clone(), "route=orders&layer=authz").await.is_empty());
 
     // The CLI: `decisions list` and one frame of `top`.
-    let run = |args: &[&str]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"));
-        command
-            .args(args)
-            .args(["--api", &format!("http://{}", gw.api), "--key", &gw.admin_key])
-            .env("NO_PROXY", "*");
-        async move {
-            let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-                .await
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
+    let api = format!("http://{}", gw.api);
+    let run = |args: &'static [&'static str]| crate::cli(args, &api, &gw.admin_key);
     let listed = run(&["decisions", "list", "--layer", "authz", "--route", "orders"]).await;
     assert_eq!(
         listed

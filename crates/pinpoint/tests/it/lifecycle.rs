@@ -232,6 +232,20 @@ where
     );
 }
 
+/// A key named `shared` made through the API at `api` (`host:port`) with `admin`: the API's
+/// answer (the key in `data.attributes.key`, its id in `data.id`).
+pub(crate) async fn key_through_api(http: &reqwest::Client, api: &str, admin: &str) -> serde_json::Value {
+    http.post(format!("http://{api}/api/v2/api_keys"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "shared"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub(crate) async fn free_port() -> u16 {
     dead_addr().await.port()
 }
@@ -496,16 +510,7 @@ async fn two_processes_on_one_store_enforce_each_others_key_changes_within_a_sec
     let ((_, first_api), (second_proxy, _)) = (&addrs[0], &addrs[1]);
 
     // A key made through the first process's API ...
-    let created: serde_json::Value = http
-        .post(format!("http://{first_api}/api/v2/api_keys"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "shared"}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = key_through_api(&http, first_api, &admin).await;
     let key = created["data"]["attributes"]["key"].as_str().unwrap().to_owned();
     let key_id = created["data"]["id"].as_str().unwrap().to_owned();
     let status_at_second = || async {

@@ -243,6 +243,21 @@ impl TestGateway {
 }
 
 /// Polls `check` every 20 ms until it holds, failing after 10 s.
+/// Runs `pinpoint ARGS --api API --key KEY` (a CLI command against a running API), asserts
+/// it succeeded, and returns what it printed.
+pub async fn cli(args: &[&str], api: &str, key: &str) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"));
+    command
+        .args(args)
+        .args(["--api", api, "--key", key])
+        .env("NO_PROXY", "*");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub async fn poll_until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
