@@ -77,15 +77,25 @@ impl Services {
     }
 
     /// Follows the store's change feed until `stop` turns true, every
-    /// [`crate::directory::FOLLOW_EVERY`]. A failed read is logged and tried again.
+    /// [`crate::directory::FOLLOW_EVERY`] and, on PostgreSQL, at once when a change is
+    /// announced (LISTEN/NOTIFY; the poll covers notifications lost while the listener
+    /// reconnects). A failed read is logged and tried again.
     pub async fn follow(self, store: Store, mut stop: watch::Receiver<bool>) {
+        let announced = Arc::new(tokio::sync::Notify::new());
+        let listener = store.spawn_change_listener(announced.clone());
         let mut tick = tokio::time::interval(crate::directory::FOLLOW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.changed() => return,
+                _ = announced.notified() => {}
+                _ = stop.changed() => {
+                    if let Some(listener) = listener {
+                        listener.abort();
+                    }
+                    return;
+                }
             }
             match self.catch_up(&store).await {
                 Ok(()) if failing => {

@@ -129,7 +129,7 @@ impl ChangeFeed for Store {
     }
 
     async fn directory_changes_after(&self, seq: i64, limit: i64) -> Result<Vec<DirectoryChange>, StoreError> {
-        let rows = sqlx::query("SELECT seq, kind, id FROM directory_changes WHERE seq > ? ORDER BY seq LIMIT ?")
+        let rows = sqlx::query("SELECT seq, kind, id FROM directory_changes WHERE seq > $1 ORDER BY seq LIMIT $2")
             .bind(seq)
             .bind(limit)
             .fetch_all(self.pool())
@@ -162,11 +162,63 @@ impl ChangeFeed for Store {
 
     async fn prune_directory_changes(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "DELETE FROM directory_changes WHERE at_ms < ? AND seq < (SELECT MAX(seq) FROM directory_changes)",
+            "DELETE FROM directory_changes WHERE at_ms < $1 AND seq < (SELECT MAX(seq) FROM directory_changes)",
         )
         .bind(before_ms)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// Name the change listener's connection carries (`pg_stat_activity.application_name`).
+pub const LISTENER_APPLICATION_NAME: &str = "pinpoint-change-listener";
+
+impl Store {
+    /// On PostgreSQL, a task that wakes `wake` whenever a directory change is announced
+    /// (`LISTEN` on [`crate::CHANGES_CHANNEL`]), reconnecting when its connection drops.
+    /// A notification sent while it reconnects is lost: the follower's own poll finds that
+    /// change. None on SQLite (one host: the poll alone).
+    pub fn spawn_change_listener(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let url = self.postgres_url()?.to_owned();
+        Some(tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                match listen(&url, &wake).await {
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "change notifications lost; following the store by polling until they return");
+                    }
+                    Err(_) => {}
+                }
+                // Whatever was announced meanwhile: the follower reads the feed now.
+                wake.notify_one();
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }))
+    }
+}
+
+/// Listens until the connection fails.
+async fn listen(url: &str, wake: &tokio::sync::Notify) -> Result<(), sqlx::Error> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?.application_name(LISTENER_APPLICATION_NAME);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    listener.listen(crate::CHANGES_CHANNEL).await?;
+    wake.notify_one();
+    loop {
+        match listener.try_recv().await? {
+            Some(_) => wake.notify_one(),
+            // The connection dropped: the caller says so, wakes the follower, connects again.
+            None => return Err(sqlx::Error::PoolClosed),
+        }
     }
 }

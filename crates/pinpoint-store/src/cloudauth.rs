@@ -2,7 +2,7 @@
 //! mappings (ARN pattern -> user or service account) and intake mappings (ARN pattern ->
 //! managed intake keys), with the role unique id each mapping is bound to on first use.
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::identities::{conflict, new_id};
@@ -23,7 +23,7 @@ pub struct Mapping {
     pub created_at_ms: i64,
 }
 
-fn mapping_from(row: &SqliteRow) -> Result<Mapping, sqlx::Error> {
+fn mapping_from(row: &AnyRow) -> Result<Mapping, sqlx::Error> {
     Ok(Mapping {
         id: row.try_get("id")?,
         org_id: row.try_get("org_id")?,
@@ -144,13 +144,13 @@ pub trait CloudAuthStore {
 impl CloudAuthStore for Store {
     async fn burn_proof(&self, signature: &str, until_s: i64, now_s: i64) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM proof_replay WHERE signature = ? AND until_s < ?")
+        sqlx::query("DELETE FROM proof_replay WHERE signature = $1 AND until_s < $2")
             .bind(signature)
             .bind(now_s)
             .execute(&mut *tx)
             .await?;
         let done = sqlx::query(
-            "INSERT INTO proof_replay (signature, until_s) VALUES (?, ?) ON CONFLICT(signature) DO NOTHING",
+            "INSERT INTO proof_replay (signature, until_s) VALUES ($1, $2) ON CONFLICT(signature) DO NOTHING",
         )
         .bind(signature)
         .bind(until_s)
@@ -161,7 +161,7 @@ impl CloudAuthStore for Store {
     }
 
     async fn prune_proofs(&self, now_s: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM proof_replay WHERE until_s < ?")
+        sqlx::query("DELETE FROM proof_replay WHERE until_s < $1")
             .bind(now_s)
             .execute(self.pool())
             .await?;
@@ -169,7 +169,7 @@ impl CloudAuthStore for Store {
     }
 
     async fn register_aws_account(&self, org_id: &str, account: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO aws_accounts (org_id, account_id, created_at_ms) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO aws_accounts (org_id, account_id, created_at_ms) VALUES ($1, $2, $3)")
             .bind(org_id)
             .bind(account)
             .bind(now_ms())
@@ -181,7 +181,7 @@ impl CloudAuthStore for Store {
 
     async fn aws_accounts(&self, org_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT account_id FROM aws_accounts WHERE org_id = ? ORDER BY account_id")
+            sqlx::query_scalar("SELECT account_id FROM aws_accounts WHERE org_id = $1 ORDER BY account_id")
                 .bind(org_id)
                 .fetch_all(self.pool())
                 .await?,
@@ -190,7 +190,7 @@ impl CloudAuthStore for Store {
 
     async fn remove_aws_account(&self, org_id: &str, account: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.write_tx().await?;
-        let done = sqlx::query("DELETE FROM aws_accounts WHERE org_id = ? AND account_id = ?")
+        let done = sqlx::query("DELETE FROM aws_accounts WHERE org_id = $1 AND account_id = $2")
             .bind(org_id)
             .bind(account)
             .execute(&mut *tx)
@@ -199,7 +199,7 @@ impl CloudAuthStore for Store {
             return Err(StoreError::NotFound("AWS account"));
         }
         let mappings: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, arn_pattern FROM cloud_auth_mappings WHERE org_id = ?")
+            sqlx::query_as("SELECT id, arn_pattern FROM cloud_auth_mappings WHERE org_id = $1")
                 .bind(org_id)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -229,7 +229,7 @@ impl CloudAuthStore for Store {
             created_at_ms: now_ms(),
         };
         sqlx::query(
-            "INSERT INTO cloud_auth_mappings (id, org_id, kind, arn_pattern, principal_id, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO cloud_auth_mappings (id, org_id, kind, arn_pattern, principal_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&m.id)
         .bind(&m.org_id)
@@ -245,7 +245,7 @@ impl CloudAuthStore for Store {
 
     async fn mappings(&self, org_id: &str, kind: &str) -> Result<Vec<Mapping>, StoreError> {
         let rows =
-            sqlx::query("SELECT * FROM cloud_auth_mappings WHERE org_id = ? AND kind = ? ORDER BY created_at_ms, id")
+            sqlx::query("SELECT * FROM cloud_auth_mappings WHERE org_id = $1 AND kind = $2 ORDER BY created_at_ms, id")
                 .bind(org_id)
                 .bind(kind)
                 .fetch_all(self.pool())
@@ -254,7 +254,7 @@ impl CloudAuthStore for Store {
     }
 
     async fn mapping(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
-        let row = sqlx::query("SELECT * FROM cloud_auth_mappings WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM cloud_auth_mappings WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -269,12 +269,12 @@ impl CloudAuthStore for Store {
     }
 
     async fn bind_mapping(&self, id: &str, unique_id: &str) -> Result<String, StoreError> {
-        sqlx::query("UPDATE cloud_auth_mappings SET bound_unique_id = ? WHERE id = ? AND bound_unique_id IS NULL")
+        sqlx::query("UPDATE cloud_auth_mappings SET bound_unique_id = $1 WHERE id = $2 AND bound_unique_id IS NULL")
             .bind(unique_id)
             .bind(id)
             .execute(self.pool())
             .await?;
-        let bound: Option<String> = sqlx::query_scalar("SELECT bound_unique_id FROM cloud_auth_mappings WHERE id = ?")
+        let bound: Option<String> = sqlx::query_scalar("SELECT bound_unique_id FROM cloud_auth_mappings WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?
@@ -284,7 +284,7 @@ impl CloudAuthStore for Store {
 
     async fn intake_keys(&self, mapping_id: &str, identity: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT key_id, created_at_ms FROM intake_keys WHERE mapping_id = ? AND identity = ? ORDER BY created_at_ms DESC",
+            "SELECT key_id, created_at_ms FROM intake_keys WHERE mapping_id = $1 AND identity = $2 ORDER BY created_at_ms DESC",
         )
         .bind(mapping_id)
         .bind(identity)
@@ -294,7 +294,7 @@ impl CloudAuthStore for Store {
     }
 
     async fn record_intake_key(&self, mapping_id: &str, identity: &str, key_id: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO intake_keys (mapping_id, identity, key_id, created_at_ms) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO intake_keys (mapping_id, identity, key_id, created_at_ms) VALUES ($1, $2, $3, $4)")
             .bind(mapping_id)
             .bind(identity)
             .bind(key_id)
@@ -306,20 +306,20 @@ impl CloudAuthStore for Store {
 }
 
 /// Deletes one mapping inside `tx` and revokes the intake keys issued through it.
-async fn delete_mapping_in(tx: &mut sqlx::SqliteConnection, id: &str) -> Result<Vec<String>, StoreError> {
-    let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM intake_keys WHERE mapping_id = ?")
+async fn delete_mapping_in(tx: &mut sqlx::AnyConnection, id: &str) -> Result<Vec<String>, StoreError> {
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM intake_keys WHERE mapping_id = $1")
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
-    sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id IN (SELECT key_id FROM intake_keys WHERE mapping_id = ?)")
+    sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id IN (SELECT key_id FROM intake_keys WHERE mapping_id = $1)")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM intake_keys WHERE mapping_id = ?")
+    sqlx::query("DELETE FROM intake_keys WHERE mapping_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let done = sqlx::query("DELETE FROM cloud_auth_mappings WHERE id = ?")
+    let done = sqlx::query("DELETE FROM cloud_auth_mappings WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::rollups::Rollups;
-use crate::{now_ms, Store, StoreError};
+use crate::{now_ms, Backend, Store, StoreError};
 
 /// Metric counting records dropped, by reason: `queue_full`, `writer_stopped` (the
 /// writer is gone: shutdown), `write_failed` (the store refused a batch).
@@ -199,6 +199,108 @@ struct Writer {
     drops: Arc<DropCounts>,
 }
 
+/// Where decisions wait while the store cannot take them: one record per line in
+/// `decision-spool.jsonl` under the data directory, bounded by [`SPOOL_MAX_BYTES`] (what
+/// does not fit is dropped and counted as `write_failed`). While it holds anything, new
+/// batches join it (order is kept), and it is replayed into the store at most once a
+/// [`SPOOL_RETRY_EVERY`]; a spool left at exit is replayed by the next start.
+struct Spool {
+    path: std::path::PathBuf,
+    bytes: u64,
+    last_try: Option<std::time::Instant>,
+}
+
+/// The most the spool file holds (64 MiB, about 100,000 refusals).
+const SPOOL_MAX_BYTES: u64 = 64 << 20;
+
+/// How often a non-empty spool is offered to the store.
+const SPOOL_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// File name of the spool in the data directory.
+pub const SPOOL_FILE: &str = "decision-spool.jsonl";
+
+impl Spool {
+    fn open(store: &Store) -> Spool {
+        let path = store.data_dir().join(SPOOL_FILE);
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        Spool {
+            path,
+            bytes,
+            last_try: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Appends what fits; returns how many records did not.
+    fn append(&mut self, batch: &[Decision]) -> u64 {
+        use std::io::Write;
+        let mut text = String::new();
+        let mut kept = 0;
+        for d in batch {
+            let line = crate::record::encode(d);
+            if self.bytes + (text.len() + line.len() + 1) as u64 > SPOOL_MAX_BYTES {
+                break;
+            }
+            text.push_str(&line);
+            text.push('\n');
+            kept += 1;
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        match written {
+            Ok(()) => {
+                self.bytes += text.len() as u64;
+                (batch.len() - kept) as u64
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "cannot write the decision spool");
+                batch.len() as u64
+            }
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last_try.is_none_or(|at| at.elapsed() >= SPOOL_RETRY_EVERY)
+    }
+
+    /// Offers everything spooled to the store; emptied when it all went in.
+    async fn replay(&mut self, store: &Store) {
+        self.last_try = Some(std::time::Instant::now());
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "cannot read the decision spool");
+                return;
+            }
+        };
+        // A line that does not parse (a torn write at a crash) is skipped, not retried.
+        let spooled: Vec<Decision> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        for chunk in spooled.chunks(1000) {
+            if let Err(e) = insert_all(store, chunk).await {
+                tracing::debug!(error = %e, "the store still refuses spooled decisions");
+                return;
+            }
+        }
+        // Replayed (a crash between the inserts and this truncation replays them again).
+        if let Err(e) = std::fs::write(&self.path, b"") {
+            tracing::error!(error = %e, path = %self.path.display(), "cannot empty the decision spool");
+            return;
+        }
+        self.bytes = 0;
+        metrics::counter!(WRITTEN_METRIC).increment(spooled.len() as u64);
+        tracing::info!(count = spooled.len(), "the store is back: spooled decisions written");
+    }
+}
+
 /// Adds the rollup counts gathered so far to the store; on failure they are kept for the
 /// next round.
 async fn flush_rollups(writer: &Writer) {
@@ -219,6 +321,7 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
     let mut prune = tokio::time::interval(Duration::from_secs(600));
     let mut closing = false;
     let mut last_rollup_flush = std::time::Instant::now();
+    let mut spool = Spool::open(store);
     while !closing {
         // The timers before the queue: under a flood of kept records the queue is never
         // empty, and counts and pruning must still happen on time.
@@ -231,6 +334,10 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
             }
             _ = prune.tick() => {
                 prune_old(store, config.retention_hours, config.max_store_mb).await;
+                continue;
+            }
+            _ = tokio::time::sleep(SPOOL_RETRY_EVERY), if !spool.is_empty() => {
+                spool.replay(store).await;
                 continue;
             }
             n = rx.recv_many(&mut batch, batch_size) => if n == 0 { break },
@@ -254,7 +361,7 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
                 }
             }
             let full = batch.len() == batch_size;
-            let failed = write_batch(store, &mut batch).await;
+            let failed = write_batch(store, &mut spool, &mut batch).await;
             writer.drops.write_failed.fetch_add(failed, Ordering::Relaxed);
             if !full {
                 break;
@@ -268,8 +375,12 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
     }
     rx.close();
     while rx.recv_many(&mut batch, batch_size).await > 0 {
-        let failed = write_batch(store, &mut batch).await;
+        let failed = write_batch(store, &mut spool, &mut batch).await;
         writer.drops.write_failed.fetch_add(failed, Ordering::Relaxed);
+    }
+    if !spool.is_empty() {
+        // One last offer; what stays is replayed by the next start.
+        spool.replay(store).await;
     }
     let counts = writer.rollups.take();
     if let Err(e) = crate::rollups::add(&writer.store, &counts).await {
@@ -277,21 +388,30 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
     }
 }
 
-/// Writes `batch` and empties it; returns how many records were lost (all of them, when
-/// the store refused the batch).
-async fn write_batch(store: &Store, batch: &mut Vec<Decision>) -> u64 {
+/// Writes `batch` (to the spool when the store refuses it, or when the spool already holds
+/// records, which keeps their order) and empties it; returns how many records were lost
+/// (what the spool had no room for).
+async fn write_batch(store: &Store, spool: &mut Spool, batch: &mut Vec<Decision>) -> u64 {
     let count = batch.len() as u64;
-    let failed = match insert_all(store, batch).await {
-        Err(e) => {
-            metrics::counter!(DROPPED_METRIC, "reason" => "write_failed").increment(count);
-            tracing::error!(error = %e, count, "decision log could not write a batch");
-            count
+    let mut failed = 0;
+    if spool.is_empty() {
+        match insert_all(store, batch).await {
+            Ok(()) => metrics::counter!(WRITTEN_METRIC).increment(count),
+            Err(e) => {
+                tracing::error!(error = %e, count, "decision log could not write a batch; spooling until the store is back");
+                failed = spool.append(batch);
+                spool.last_try = Some(std::time::Instant::now());
+            }
         }
-        Ok(()) => {
-            metrics::counter!(WRITTEN_METRIC).increment(count);
-            0
+    } else {
+        failed = spool.append(batch);
+        if spool.due() {
+            spool.replay(store).await;
         }
-    };
+    }
+    if failed > 0 {
+        metrics::counter!(DROPPED_METRIC, "reason" => "write_failed").increment(failed);
+    }
     batch.clear();
     failed
 }
@@ -303,25 +423,27 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
     for d in batch {
         encoded.push((d, crate::record::encode(d)));
     }
+    if store.backend() == Backend::Postgres {
+        crate::postgres::ensure_day_partitions(store, batch.iter().map(|d| d.at_ms)).await?;
+    }
     let mut tx = store.write_tx().await?;
     let mut rest = encoded.as_slice();
     while !rest.is_empty() {
         let (chunk, after) = rest.split_at(chunk_len(rest.len()));
         rest = after;
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO decisions (request_id, client_request_id, at_ms, status, reason, route, org_id, record) ",
-        );
-        insert.push_values(chunk, |mut row, (d, record)| {
-            row.push_bind(&d.request_id)
-                .push_bind(d.client_request_id.as_deref())
-                .push_bind(d.at_ms)
-                .push_bind(i64::from(d.status))
-                .push_bind(d.reason.map(|r| r.code()))
-                .push_bind(d.route.as_deref())
-                .push_bind(d.org_id())
-                .push_bind(record);
-        });
-        insert.build().execute(&mut *tx).await?;
+        let mut insert = sqlx::query(insert_statement(chunk.len()));
+        for (d, record) in chunk {
+            insert = insert
+                .bind(&d.request_id)
+                .bind(d.client_request_id.as_deref())
+                .bind(d.at_ms)
+                .bind(i64::from(d.status))
+                .bind(d.reason.map(|r| r.code()))
+                .bind(d.route.as_deref())
+                .bind(d.org_id())
+                .bind(record.as_str());
+        }
+        insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -332,6 +454,38 @@ async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError>
 /// connection's statement cache; a statement of any other size would be parsed anew, which
 /// costs about as much as inserting its rows.
 const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The multi-row INSERT of `rows` decisions (one of [`CHUNK_SIZES`]), with `$N`
+/// placeholders (both backends take them), built once per size.
+fn insert_statement(rows: usize) -> &'static str {
+    static STATEMENTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        CHUNK_SIZES
+            .iter()
+            .map(|&size| {
+                let mut sql = String::from(
+                    "INSERT INTO decisions (request_id, client_request_id, at_ms, status, reason, route, org_id, record) VALUES ",
+                );
+                for row in 0..size {
+                    let first = row * 8;
+                    let values: Vec<String> = (1..=8).map(|column| format!("${}", first + column)).collect();
+                    if row > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push('(');
+                    sql.push_str(&values.join(", "));
+                    sql.push(')');
+                }
+                (size, sql)
+            })
+            .collect()
+    });
+    statements
+        .iter()
+        .find(|(size, _)| *size == rows)
+        .or(statements.last())
+        .map_or("", |(_, sql)| sql.as_str())
+}
 
 /// The size of the next chunk when `remaining` rows are left (at least 1).
 fn chunk_len(remaining: usize) -> usize {
@@ -349,7 +503,8 @@ pub const PRUNED_METRIC: &str = "pinpoint_decision_log_pruned_total";
 async fn decision_bytes(store: &Store) -> Result<u64, StoreError> {
     let row = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM decisions),
-                (SELECT COALESCE(AVG(length(record)), 0.0) FROM (SELECT record FROM decisions ORDER BY seq DESC LIMIT 1000))",
+                (SELECT CAST(COALESCE(AVG(length(record)), 0.0) AS DOUBLE PRECISION)
+                 FROM (SELECT record FROM decisions ORDER BY seq DESC LIMIT 1000) AS newest)",
     )
     .fetch_one(store.pool())
     .await?;
@@ -372,7 +527,7 @@ async fn prune_to_size(store: &Store, max_bytes: u64) -> Result<u64, StoreError>
         let done = sqlx::query(
             "DELETE FROM decisions WHERE seq < MIN(
                 (SELECT MIN(seq) + MAX(1000, COUNT(*) / 10) FROM decisions),
-                (SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET ?1))",
+                (SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET $1))",
         )
         .bind(KEPT_WHATEVER_THE_SIZE - 1)
         .execute(store.pool())
@@ -387,12 +542,22 @@ async fn prune_to_size(store: &Store, max_bytes: u64) -> Result<u64, StoreError>
 
 async fn prune_old(store: &Store, retention_hours: u64, max_store_mb: u64) {
     let horizon = now_ms().saturating_sub((retention_hours as i64).saturating_mul(3_600_000));
+    if store.backend() == Backend::Postgres {
+        // Whole days: partitions are dropped, rows are never deleted one by one.
+        let max_bytes = (max_store_mb > 0).then(|| max_store_mb.saturating_mul(1 << 20));
+        match crate::postgres::drop_old_partitions(store, horizon, max_bytes).await {
+            Ok(0) => {}
+            Ok(days) => tracing::info!(days, "dropped old decision partitions"),
+            Err(e) => tracing::warn!(error = %e, "could not drop old decision partitions"),
+        }
+        return;
+    }
     // Rows are appended in time order, so everything before the first row inside the
     // retention window is older: found by walking `seq` from the start, which touches only
     // the rows about to go (no index on `at_ms` to keep up on every insert).
     match sqlx::query(
         "DELETE FROM decisions WHERE seq < COALESCE(
-            (SELECT seq FROM decisions WHERE at_ms >= ? ORDER BY seq LIMIT 1),
+            (SELECT seq FROM decisions WHERE at_ms >= $1 ORDER BY seq LIMIT 1),
             (SELECT MAX(seq) + 1 FROM decisions))",
     )
     .bind(horizon)
@@ -482,16 +647,24 @@ impl DecisionStore for Store {
     async fn decisions_by_id(&self, id: &str, org: Option<&str>, limit: u32) -> Result<Vec<Decision>, StoreError> {
         // Rows written before schema v10 have no `org_id` column value: their record says
         // (in `caller`, or at its top level before records named callers by id only).
-        let rows = sqlx::query(
-            "SELECT record FROM decisions WHERE (request_id = ?1 OR client_request_id = ?1) \
-             AND (?2 IS NULL OR org_id = ?2 OR (org_id IS NULL AND COALESCE(json_extract(record, '$.caller.org_id'), json_extract(record, '$.org_id')) = ?2)) \
-             ORDER BY seq DESC LIMIT ?3",
-        )
-        .bind(id)
-        .bind(org)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "SELECT record FROM decisions WHERE (request_id = $1 OR client_request_id = $1) \
+                 AND ($2 IS NULL OR org_id = $2 OR (org_id IS NULL AND COALESCE(json_extract(record, '$.caller.org_id'), json_extract(record, '$.org_id')) = $2)) \
+                 ORDER BY seq DESC LIMIT $3"
+            }
+            // A PostgreSQL store began after v10: every row has its organization column.
+            Backend::Postgres => {
+                "SELECT record FROM decisions WHERE (request_id = $1 OR client_request_id = $1) \
+                 AND ($2 IS NULL OR org_id = $2) ORDER BY seq DESC LIMIT $3"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(id)
+            .bind(org)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
         records(rows)
     }
 
@@ -502,11 +675,11 @@ impl DecisionStore for Store {
     async fn recent_decisions(&self, filter: &DecisionFilter) -> Result<Vec<Decision>, StoreError> {
         // Newest first along `seq`: the scan stops after `limit` matches.
         let rows = sqlx::query(
-            "SELECT record FROM decisions WHERE (?1 IS NULL OR org_id = ?1) AND (?2 IS NULL OR route = ?2) \
-             AND (?3 IS NULL OR (?3 = '-' AND reason IS NULL) OR reason = ?3) \
-             AND (?4 IS NULL OR substr(reason, 1, length(?4) + 1) = ?4 || '.') \
-             AND (?5 IS NULL OR status = ?5) AND (?6 IS NULL OR at_ms >= ?6) \
-             ORDER BY seq DESC LIMIT ?7",
+            "SELECT record FROM decisions WHERE ($1 IS NULL OR org_id = $1) AND ($2 IS NULL OR route = $2) \
+             AND ($3 IS NULL OR ($3 = '-' AND reason IS NULL) OR reason = $3) \
+             AND ($4 IS NULL OR substr(reason, 1, length($4) + 1) = $4 || '.') \
+             AND ($5 IS NULL OR status = $5) AND ($6 IS NULL OR at_ms >= $6) \
+             ORDER BY seq DESC LIMIT $7",
         )
         .bind(filter.org.as_deref())
         .bind(filter.route.as_deref())
@@ -521,7 +694,11 @@ impl DecisionStore for Store {
     }
 
     async fn decisions_containing(&self, text: &str, limit: u32) -> Result<Vec<Decision>, StoreError> {
-        let rows = sqlx::query("SELECT record FROM decisions WHERE instr(record, ?1) > 0 ORDER BY seq DESC LIMIT ?2")
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT record FROM decisions WHERE instr(record, $1) > 0 ORDER BY seq DESC LIMIT $2",
+            Backend::Postgres => "SELECT record FROM decisions WHERE strpos(record, $1) > 0 ORDER BY seq DESC LIMIT $2",
+        };
+        let rows = sqlx::query(sql)
             .bind(text)
             .bind(i64::from(limit))
             .fetch_all(self.pool())
@@ -531,7 +708,7 @@ impl DecisionStore for Store {
 }
 
 /// The decisions in rows of a `record` column.
-fn records(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Decision>, StoreError> {
+fn records(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Decision>, StoreError> {
     rows.iter()
         .map(|row| {
             let record: String = row.try_get("record")?;
@@ -545,7 +722,7 @@ mod tests {
     use super::*;
     use pinpoint_core::{LayerTrace, Mark, Mode, Reason};
 
-    fn decision(id: &str) -> Decision {
+    pub(super) fn decision(id: &str) -> Decision {
         Decision {
             request_id: id.into(),
             client_request_id: Some(format!("client-{id}")),
@@ -694,7 +871,7 @@ mod tests {
         }
         drop(conn);
         let old = decision("old");
-        sqlx::query("INSERT INTO decisions (request_id, at_ms, status, record) VALUES ('old', ?, 403, ?)")
+        sqlx::query("INSERT INTO decisions (request_id, at_ms, status, record) VALUES ('old', $1, 403, $2)")
             .bind(old.at_ms)
             .bind(serde_json::to_string(&old).unwrap())
             .execute(store.pool())
@@ -705,7 +882,7 @@ mod tests {
         let store = Store::open(dir.path()).await.unwrap();
         assert_eq!(store.decision("old").await.unwrap().unwrap(), old);
         let mut batch = vec![decision("new")];
-        write_batch(&store, &mut batch).await;
+        write_batch(&store, &mut Spool::open(&store), &mut batch).await;
         let new = store.decision("new").await.unwrap().unwrap();
         assert_eq!(new, decision("new").with_at(new.at_ms));
         let indexes: Vec<String> =
@@ -735,7 +912,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let mut batch: Vec<Decision> = (0..6000).map(|i| decision(&format!("d-{i:05}"))).collect();
-        write_batch(&store, &mut batch).await;
+        write_batch(&store, &mut Spool::open(&store), &mut batch).await;
         let before = decision_bytes(&store).await.unwrap();
         assert!(before > 2 << 20, "the test needs records over 2 MiB: {before}");
         prune_old(&store, 24 * 365, 2).await;
@@ -758,7 +935,7 @@ mod tests {
         let at = |id: &str, at_ms: i64| decision(id).with_at(at_ms);
         let mut batch = vec![at("old-1", hours_ago(5)), at("old-2", hours_ago(3))];
         batch.extend([at("new-1", hours_ago(0) - 1000), at("new-2", hours_ago(0) - 1000)]);
-        write_batch(&store, &mut batch).await;
+        write_batch(&store, &mut Spool::open(&store), &mut batch).await;
         prune_old(&store, 2, 0).await;
         for (id, kept) in [("old-1", false), ("old-2", false), ("new-1", true), ("new-2", true)] {
             assert_eq!(store.decision(id).await.unwrap().is_some(), kept, "{id}");
@@ -788,7 +965,7 @@ mod tests {
         }
     }
 
-    trait WithAt {
+    pub(super) trait WithAt {
         fn with_at(self, at: i64) -> Self;
     }
     impl WithAt for Decision {
@@ -796,5 +973,203 @@ mod tests {
             self.at_ms = at;
             self
         }
+    }
+}
+
+/// One suite for both backends: every aggregate written and read back through the traits,
+/// on the embedded SQLite store and on a PostgreSQL database of the test's own (the server
+/// on this machine, 127.0.0.1:5432, trust auth).
+#[cfg(test)]
+mod both_backends {
+    use super::tests::{decision, WithAt};
+    use super::*;
+    use crate::prelude::*;
+    use crate::{ChangeKind, NewKey};
+    use pinpoint_core::identity::{KeyKind, PrincipalKind};
+    use sqlx::Connection;
+
+    const SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    /// A database of the test's own, dropped by [`OwnDatabase::drop_now`].
+    struct OwnDatabase(String);
+
+    impl OwnDatabase {
+        async fn create(test: &str) -> OwnDatabase {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let name = format!("pinpoint_unit_{test}_{}_{nanos}", std::process::id());
+            let mut conn = sqlx::PgConnection::connect(SERVER).await.unwrap();
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap();
+            OwnDatabase(name)
+        }
+
+        fn url(&self) -> String {
+            format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
+        }
+
+        async fn drop_now(self) {
+            let mut conn = sqlx::PgConnection::connect(SERVER).await.unwrap();
+            sqlx::Executor::execute(&mut conn, format!("DROP DATABASE {} WITH (FORCE)", self.0).as_str())
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn every_aggregate_round_trips(store: &Store) {
+        // Identities, and the change feed their triggers fill.
+        let head = store.directory_change_head().await.unwrap();
+        let org = store.create_org("acme").await.unwrap();
+        assert!(matches!(store.create_org("acme").await, Err(StoreError::Conflict(_))));
+        let user = store
+            .create_principal(&org.id, PrincipalKind::User, "ann", Some("ann@example.com"))
+            .await
+            .unwrap();
+        let role = store
+            .create_role(&org.id, "reader", &["orders:read".into()])
+            .await
+            .unwrap();
+        store.assign_role(&user.id, &role.id).await.unwrap();
+        store.assign_role(&user.id, &role.id).await.unwrap();
+        assert_eq!(store.roles_of(&user.id).await.unwrap()[0].permissions, ["orders:read"]);
+        assert!(store.assign_role("nobody", &role.id).await.is_err());
+
+        // Keys: issued, looked up, last use only moving forward, revoked.
+        let issued = store
+            .create_key(NewKey {
+                name: "ci".into(),
+                kind: KeyKind::Application,
+                org_id: org.id.clone(),
+                principal_id: Some(user.id.clone()),
+                scopes: Some(vec!["orders:read".into()]),
+                expires_at_ms: None,
+            })
+            .await
+            .unwrap();
+        let id = issued.info.id.clone();
+        store.touch_keys(&[(id.clone(), 5000)]).await.unwrap();
+        store.touch_keys(&[(id.clone(), 3000)]).await.unwrap();
+        let stored = store.stored_key(&id).await.unwrap().unwrap();
+        assert_eq!(stored.info.last_used_at_ms, Some(5000));
+        assert_eq!(stored.info.scopes.as_deref(), Some(&["orders:read".to_owned()][..]));
+        store.revoke_key(&id).await.unwrap();
+        assert!(store.stored_key(&id).await.unwrap().unwrap().info.revoked);
+        let changes = store.directory_changes_after(head, 100).await.unwrap();
+        for kind in [ChangeKind::Org, ChangeKind::Principal, ChangeKind::Key] {
+            assert!(changes.iter().any(|c| c.kind == kind), "{kind:?} in {changes:?}");
+        }
+        assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            store.directory_change_head().await.unwrap(),
+            changes.last().unwrap().seq
+        );
+
+        // Quotas never go down; a proof burns once.
+        let counter = |used| vec![("daily".to_owned(), org.id.clone(), 0, used)];
+        store.save_quota_usage(&counter(5), -1).await.unwrap();
+        store.save_quota_usage(&counter(3), -1).await.unwrap();
+        assert_eq!(store.quota_usage(0).await.unwrap(), counter(5));
+        assert!(store.burn_proof("sig-1", 2_000_000_000, 1).await.unwrap());
+        assert!(!store.burn_proof("sig-1", 2_000_000_000, 1).await.unwrap());
+
+        // Decisions: batched in, found by either id, by filter and by content; a record of
+        // three days ago is gone after a day's retention, today's stays.
+        let mut old = decision("old");
+        old.at_ms -= 3 * 86_400_000;
+        // (Appended in time order, as the writer does: SQLite's pruning walks that order.)
+        let mut batch = vec![old];
+        batch.extend((0..300).map(|i| decision(&format!("d-{i}"))));
+        write_batch(store, &mut Spool::open(store), &mut batch).await;
+        let found = store.decision("client-d-7").await.unwrap().unwrap();
+        assert_eq!(found, decision("d-7").with_at(found.at_ms));
+        assert_eq!(store.decisions_by_id("d-7", Some("o-2"), 5).await.unwrap().len(), 0);
+        let filter = DecisionFilter {
+            layer: Some("policy".into()),
+            status: Some(403),
+            limit: 1000,
+            ..DecisionFilter::default()
+        };
+        assert_eq!(store.recent_decisions(&filter).await.unwrap().len(), 301);
+        assert_eq!(store.decisions_containing("\"d-12\"", 10).await.unwrap().len(), 1);
+        prune_old(store, 24, 0).await;
+        assert!(store.decision("old").await.unwrap().is_none());
+        assert_eq!(store.recent_decisions(&filter).await.unwrap().len(), 300);
+
+        // Rollups add up; the config revision loaded is found again.
+        let rollups = crate::rollups::Rollups::default();
+        for _ in 0..3 {
+            rollups.count(&decision("r"));
+        }
+        crate::rollups::add(store, &rollups.take()).await.unwrap();
+        crate::rollups::add(store, &{
+            rollups.count(&decision("r"));
+            rollups.take()
+        })
+        .await
+        .unwrap();
+        let rows = crate::rollups::read(store, 0, i64::MAX).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 4);
+        let filter = crate::rollups::RefusalFilter {
+            mode: pinpoint_core::Mode::Enforce,
+            reason: None,
+            layer: Some("policy"),
+            route: None,
+            org: Some("o-1"),
+        };
+        assert_eq!(
+            crate::rollups::refusal_total(store, 0, i64::MAX, filter).await.unwrap(),
+            4
+        );
+        assert_eq!(
+            crate::rollups::refusals(store, 0, i64::MAX, filter).await.unwrap()[0].count,
+            4
+        );
+        let load = crate::revisions::ConfigLoad {
+            at_ms: 1000,
+            revision: "r1".into(),
+            previous: None,
+            trigger: "start".into(),
+        };
+        crate::revisions::record(store, &load).await.unwrap();
+        assert_eq!(
+            crate::revisions::latest(store, 0, 2000)
+                .await
+                .unwrap()
+                .map(|l| l.revision),
+            Some("r1".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        every_aggregate_round_trips(&store).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgres_with_a_pepper_every_replica_must_share() {
+        let db = OwnDatabase::create("aggregates").await;
+        let dir = tempfile::tempdir().unwrap();
+        let pepper = dir.path().join("pepper");
+        let store = Store::connect(&db.url(), &pepper, &dir.path().join("a")).await.unwrap();
+        assert_eq!(store.backend(), crate::Backend::Postgres);
+        every_aggregate_round_trips(&store).await;
+        // A second replica with the same pepper file opens the same store (the schema is
+        // there already); one with another pepper, or none, is refused.
+        let again = Store::connect(&db.url(), &pepper, &dir.path().join("b")).await.unwrap();
+        assert!(again.org_by_name("acme").await.unwrap().is_some());
+        let other = dir.path().join("other-pepper");
+        std::fs::write(&other, [7u8; 32]).unwrap();
+        let refused = Store::connect(&db.url(), &other, &dir.path().join("c")).await;
+        assert!(matches!(refused, Err(StoreError::Invalid { .. })), "another pepper");
+        let refused = Store::connect(&db.url(), &dir.path().join("missing"), &dir.path().join("d")).await;
+        assert!(matches!(refused, Err(StoreError::Invalid { .. })), "no pepper");
+        store.close().await;
+        again.close().await;
+        db.drop_now().await;
     }
 }

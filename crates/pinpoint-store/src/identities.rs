@@ -3,7 +3,7 @@
 //! [`StoreError::Conflict`], missing rows as [`StoreError::NotFound`].
 
 use pinpoint_core::identity::{Organization, Principal, PrincipalKind, Role};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::{now_ms, Store, StoreError};
@@ -23,7 +23,7 @@ pub(crate) fn conflict(what: String) -> impl FnOnce(sqlx::Error) -> StoreError {
     }
 }
 
-fn org_from(row: &SqliteRow) -> Result<Organization, sqlx::Error> {
+fn org_from(row: &AnyRow) -> Result<Organization, sqlx::Error> {
     Ok(Organization {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -32,7 +32,7 @@ fn org_from(row: &SqliteRow) -> Result<Organization, sqlx::Error> {
     })
 }
 
-fn principal_from(row: &SqliteRow) -> Result<Principal, StoreError> {
+fn principal_from(row: &AnyRow) -> Result<Principal, StoreError> {
     let kind: String = row.try_get("kind")?;
     Ok(Principal {
         id: row.try_get("id")?,
@@ -46,7 +46,7 @@ fn principal_from(row: &SqliteRow) -> Result<Principal, StoreError> {
     })
 }
 
-fn role_from(row: &SqliteRow) -> Result<Role, StoreError> {
+fn role_from(row: &AnyRow) -> Result<Role, StoreError> {
     let permissions: String = row.try_get("permissions")?;
     Ok(Role {
         id: row.try_get("id")?,
@@ -160,7 +160,7 @@ impl IdentityStore for Store {
             suspended: false,
             created_at_ms: now_ms(),
         };
-        sqlx::query("INSERT INTO organizations (id, name, created_at_ms) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO organizations (id, name, created_at_ms) VALUES ($1, $2, $3)")
             .bind(&org.id)
             .bind(&org.name)
             .bind(org.created_at_ms)
@@ -171,7 +171,7 @@ impl IdentityStore for Store {
     }
 
     async fn org(&self, id: &str) -> Result<Option<Organization>, StoreError> {
-        let row = sqlx::query("SELECT * FROM organizations WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM organizations WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -179,7 +179,7 @@ impl IdentityStore for Store {
     }
 
     async fn org_by_name(&self, name: &str) -> Result<Option<Organization>, StoreError> {
-        let row = sqlx::query("SELECT * FROM organizations WHERE name = ?")
+        let row = sqlx::query("SELECT * FROM organizations WHERE name = $1")
             .bind(name)
             .fetch_optional(self.pool())
             .await?;
@@ -194,7 +194,7 @@ impl IdentityStore for Store {
     }
 
     async fn set_org_suspended(&self, id: &str, suspended: bool) -> Result<Organization, StoreError> {
-        sqlx::query("UPDATE organizations SET suspended = ? WHERE id = ?")
+        sqlx::query("UPDATE organizations SET suspended = $1 WHERE id = $2")
             .bind(i64::from(suspended))
             .bind(id)
             .execute(self.pool())
@@ -205,7 +205,7 @@ impl IdentityStore for Store {
     async fn delete_org(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         let members: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM principals WHERE org_id = ?) + (SELECT COUNT(*) FROM api_keys WHERE org_id = ? AND revoked = 0)",
+            "SELECT (SELECT COUNT(*) FROM principals WHERE org_id = $1) + (SELECT COUNT(*) FROM api_keys WHERE org_id = $2 AND revoked = 0)",
         )
         .bind(id)
         .bind(id)
@@ -216,11 +216,11 @@ impl IdentityStore for Store {
                 "the organization still has users, service accounts or active keys; delete or revoke them first".into(),
             ));
         }
-        sqlx::query("DELETE FROM roles WHERE org_id = ?")
+        sqlx::query("DELETE FROM roles WHERE org_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM organizations WHERE id = ?")
+        let done = sqlx::query("DELETE FROM organizations WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -247,24 +247,26 @@ impl IdentityStore for Store {
             suspended: false,
             created_at_ms: now_ms(),
         };
-        sqlx::query("INSERT INTO principals (id, org_id, kind, name, email, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&p.id)
-            .bind(&p.org_id)
-            .bind(kind.as_str())
-            .bind(&p.name)
-            .bind(&p.email)
-            .bind(p.created_at_ms)
-            .execute(self.pool())
-            .await
-            .map_err(conflict(format!(
-                "a {} named `{name}` already exists in this organization",
-                kind.as_str()
-            )))?;
+        sqlx::query(
+            "INSERT INTO principals (id, org_id, kind, name, email, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&p.id)
+        .bind(&p.org_id)
+        .bind(kind.as_str())
+        .bind(&p.name)
+        .bind(&p.email)
+        .bind(p.created_at_ms)
+        .execute(self.pool())
+        .await
+        .map_err(conflict(format!(
+            "a {} named `{name}` already exists in this organization",
+            kind.as_str()
+        )))?;
         Ok(p)
     }
 
     async fn principal(&self, id: &str) -> Result<Option<Principal>, StoreError> {
-        let row = sqlx::query("SELECT * FROM principals WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM principals WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -273,7 +275,7 @@ impl IdentityStore for Store {
 
     async fn principals(&self, org_id: Option<&str>, kind: PrincipalKind) -> Result<Vec<Principal>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM principals WHERE kind = ? AND (? IS NULL OR org_id = ?) ORDER BY created_at_ms, id",
+            "SELECT * FROM principals WHERE kind = $1 AND ($2 IS NULL OR org_id = $3) ORDER BY created_at_ms, id",
         )
         .bind(kind.as_str())
         .bind(org_id)
@@ -289,7 +291,7 @@ impl IdentityStore for Store {
     }
 
     async fn set_principal_suspended(&self, id: &str, suspended: bool) -> Result<Principal, StoreError> {
-        sqlx::query("UPDATE principals SET suspended = ? WHERE id = ?")
+        sqlx::query("UPDATE principals SET suspended = $1 WHERE id = $2")
             .bind(i64::from(suspended))
             .bind(id)
             .execute(self.pool())
@@ -299,15 +301,15 @@ impl IdentityStore for Store {
 
     async fn delete_principal(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM role_assignments WHERE principal_id = ?")
+        sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE api_keys SET revoked = 1 WHERE principal_id = ?")
+        sqlx::query("UPDATE api_keys SET revoked = 1 WHERE principal_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM principals WHERE id = ?")
+        let done = sqlx::query("DELETE FROM principals WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -326,7 +328,7 @@ impl IdentityStore for Store {
             permissions: permissions.to_vec(),
             created_at_ms: now_ms(),
         };
-        sqlx::query("INSERT INTO roles (id, org_id, name, permissions, created_at_ms) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO roles (id, org_id, name, permissions, created_at_ms) VALUES ($1, $2, $3, $4, $5)")
             .bind(&role.id)
             .bind(&role.org_id)
             .bind(&role.name)
@@ -341,7 +343,7 @@ impl IdentityStore for Store {
     }
 
     async fn role(&self, id: &str) -> Result<Option<Role>, StoreError> {
-        let row = sqlx::query("SELECT * FROM roles WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM roles WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -349,7 +351,7 @@ impl IdentityStore for Store {
     }
 
     async fn roles(&self, org_id: Option<&str>) -> Result<Vec<Role>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM roles WHERE (? IS NULL OR org_id = ?) ORDER BY created_at_ms, id")
+        let rows = sqlx::query("SELECT * FROM roles WHERE ($1 IS NULL OR org_id = $2) ORDER BY created_at_ms, id")
             .bind(org_id)
             .bind(org_id)
             .fetch_all(self.pool())
@@ -358,7 +360,7 @@ impl IdentityStore for Store {
     }
 
     async fn set_role_permissions(&self, id: &str, permissions: &[String]) -> Result<Role, StoreError> {
-        sqlx::query("UPDATE roles SET permissions = ? WHERE id = ?")
+        sqlx::query("UPDATE roles SET permissions = $1 WHERE id = $2")
             .bind(serde_json::to_string(permissions)?)
             .bind(id)
             .execute(self.pool())
@@ -369,11 +371,11 @@ impl IdentityStore for Store {
     async fn delete_role(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let holders = self.role_holders(id).await?;
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM role_assignments WHERE role_id = ?")
+        sqlx::query("DELETE FROM role_assignments WHERE role_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM roles WHERE id = ?")
+        let done = sqlx::query("DELETE FROM roles WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -385,7 +387,7 @@ impl IdentityStore for Store {
     }
 
     async fn assign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO role_assignments (principal_id, role_id) VALUES (?, ?)")
+        sqlx::query("INSERT INTO role_assignments (principal_id, role_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(principal_id)
             .bind(role_id)
             .execute(self.pool())
@@ -395,7 +397,7 @@ impl IdentityStore for Store {
     }
 
     async fn unassign_role(&self, principal_id: &str, role_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM role_assignments WHERE principal_id = ? AND role_id = ?")
+        sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1 AND role_id = $2")
             .bind(principal_id)
             .bind(role_id)
             .execute(self.pool())
@@ -405,7 +407,7 @@ impl IdentityStore for Store {
 
     async fn roles_of(&self, principal_id: &str) -> Result<Vec<Role>, StoreError> {
         let rows = sqlx::query(
-            "SELECT r.* FROM roles r JOIN role_assignments a ON a.role_id = r.id WHERE a.principal_id = ? ORDER BY r.name",
+            "SELECT r.* FROM roles r JOIN role_assignments a ON a.role_id = r.id WHERE a.principal_id = $1 ORDER BY r.name",
         )
         .bind(principal_id)
         .fetch_all(self.pool())
@@ -426,7 +428,7 @@ impl IdentityStore for Store {
 
     async fn role_holders(&self, role_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT principal_id FROM role_assignments WHERE role_id = ?")
+            sqlx::query_scalar("SELECT principal_id FROM role_assignments WHERE role_id = $1")
                 .bind(role_id)
                 .fetch_all(self.pool())
                 .await?,

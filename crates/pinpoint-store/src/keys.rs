@@ -10,7 +10,7 @@ use base64::Engine;
 use pinpoint_core::identity::{ApiKey, KeyKind, PrincipalKind, ALL_PERMISSIONS};
 use pinpoint_core::keys;
 use rand::RngCore;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::{now_ms, Store, StoreError};
@@ -56,7 +56,7 @@ pub const OPERATORS_ORG: &str = "pinpoint-operators";
 /// The role created for the bootstrap admin.
 pub const PLATFORM_ADMIN_ROLE: &str = "platform-admin";
 
-fn key_from(row: &SqliteRow) -> Result<StoredKey, StoreError> {
+fn key_from(row: &AnyRow) -> Result<StoredKey, StoreError> {
     let kind: String = row.try_get("kind")?;
     let scopes: Option<String> = row.try_get("scopes")?;
     Ok(StoredKey {
@@ -232,7 +232,7 @@ impl KeyStore for Store {
         };
         sqlx::query(
             "INSERT INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
-             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, '', $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&info.id)
         .bind(&info.name)
@@ -252,8 +252,8 @@ impl KeyStore for Store {
     async fn insert_derived_key(&self, new: NewKey, id: &str, secret: &str) -> Result<bool, StoreError> {
         let hash = keys::hash_secret(&self.pepper, secret);
         let done = sqlx::query(
-            "INSERT OR IGNORE INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
-             VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, name, role, kind, org_id, principal_id, scopes, expires_at_ms, secret_hash, created_at_ms)
+             VALUES ($1, $2, '', $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(&new.name)
@@ -270,7 +270,7 @@ impl KeyStore for Store {
     }
 
     async fn stored_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -284,7 +284,7 @@ impl KeyStore for Store {
 
     async fn keys(&self, org_id: Option<&str>, principal_id: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM api_keys WHERE (? IS NULL OR org_id = ?) AND (? IS NULL OR principal_id = ?)
+            "SELECT * FROM api_keys WHERE ($1 IS NULL OR org_id = $2) AND ($3 IS NULL OR principal_id = $4)
              ORDER BY created_at_ms DESC, id",
         )
         .bind(org_id)
@@ -297,7 +297,7 @@ impl KeyStore for Store {
     }
 
     async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
+        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -324,7 +324,7 @@ impl KeyStore for Store {
             .await?;
         let overlap_end = now_ms().saturating_add(overlap_ms);
         let old_expiry = old.expires_at_ms.map_or(overlap_end, |e| e.min(overlap_end));
-        sqlx::query("UPDATE api_keys SET expires_at_ms = ?, replaced_by = ? WHERE id = ?")
+        sqlx::query("UPDATE api_keys SET expires_at_ms = $1, replaced_by = $2 WHERE id = $3")
             .bind(old_expiry)
             .bind(&issued.info.id)
             .bind(id)
@@ -336,7 +336,7 @@ impl KeyStore for Store {
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         for (id, at) in used {
-            sqlx::query("UPDATE api_keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) WHERE id = ?")
+            sqlx::query("UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2 AND COALESCE(last_used_at_ms, 0) < $1")
                 .bind(at)
                 .bind(id)
                 .execute(&mut *tx)
@@ -366,11 +366,24 @@ impl KeyStore for Store {
 
 /// Reads the pepper file, creating it with 32 random bytes (mode 0600) if absent.
 pub(crate) fn load_or_create_pepper(path: &Path) -> Result<Vec<u8>, StoreError> {
+    read_or(path, true)
+}
+
+/// The pepper in `path`, which must exist (a store that already hashed keys with one).
+pub(crate) fn read_pepper(path: &Path) -> Result<Vec<u8>, StoreError> {
+    read_or(path, false)
+}
+
+fn read_or(path: &Path, create: bool) -> Result<Vec<u8>, StoreError> {
     match std::fs::read(path) {
         Ok(bytes) if bytes.len() >= 32 => Ok(bytes),
         Ok(_) => Err(StoreError::Invalid {
             path: path.to_owned(),
             message: "pepper file is shorter than 32 bytes; restore it from backup (keys hashed with it cannot be verified otherwise)".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Err(StoreError::Invalid {
+            path: path.to_owned(),
+            message: "no pepper file, and the store already holds keys hashed with a pepper: give this replica the pepper file the others use".into(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut pepper = vec![0u8; 32];

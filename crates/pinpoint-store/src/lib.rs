@@ -11,6 +11,7 @@ pub mod cloudauth;
 pub mod decisions;
 pub mod identities;
 pub mod keys;
+mod postgres;
 pub mod record;
 pub mod revisions;
 pub mod rollups;
@@ -19,14 +20,16 @@ pub mod signing;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use changes::{ChangeFeed, ChangeKind, DirectoryChange};
 pub use cloudauth::CloudAuthStore;
 pub use decisions::DecisionStore;
 pub use identities::IdentityStore;
 pub use keys::KeyStore;
+pub use postgres::CHANGES_CHANNEL;
 pub use signing::SigningKeyStore;
 
 /// The store's traits, one per aggregate: `use pinpoint_store::prelude::*;` to call their
@@ -59,15 +62,44 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// Which database a [`Store`] is on: the embedded SQLite file (the default) or a
+/// PostgreSQL server shared by replicas. Queries are written once, with `$N` placeholders
+/// both take; the few statements whose dialects differ ask [`Store::backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     pepper: std::sync::Arc<[u8]>,
     data_dir: PathBuf,
+    /// The PostgreSQL URL (for the change-feed listener), when on PostgreSQL.
+    url: Option<std::sync::Arc<str>>,
+    /// PostgreSQL: the days whose decision partition this process knows exists.
+    day_partitions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
 }
 
-/// Current schema version (SQLite `user_version`).
+/// Set on every SQLite connection. 16 KiB pages for a new store (an existing one keeps its
+/// size): the decision log appends a few hundred bytes per request, and larger pages mean
+/// a quarter of the WAL frames, each a write system call or two. Reads go through a memory
+/// map and a larger page cache: the decision writer revisits the same index pages batch
+/// after batch.
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA page_size = 16384",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA mmap_size = 268435456",
+    "PRAGMA cache_size = -32768",
+];
+
+/// Current schema version (SQLite `user_version`; PostgreSQL's `schema_version` table).
 const SCHEMA_VERSION: i64 = 13;
 
 const SCHEMA: &[&str] = &[
@@ -175,7 +207,7 @@ const SCHEMA_V2: &[&str] = &[
 /// Applies one schema version's statements and records the version, in one transaction.
 /// A column that is already there (an older binary's version number over a newer table)
 /// is taken as added: `ALTER TABLE ... ADD COLUMN` has no `IF NOT EXISTS` in SQLite.
-async fn migrate_to(pool: &SqlitePool, version: i64, statements: &[&str]) -> Result<(), StoreError> {
+async fn migrate_to(pool: &AnyPool, version: i64, statements: &[&str]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     for statement in statements {
         match sqlx::query(statement).execute(&mut *tx).await {
@@ -198,24 +230,22 @@ impl Store {
     pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
         create_private_dir(data_dir)?;
         let pepper = keys::load_or_create_pepper(&data_dir.join("pepper"))?;
-        let options = SqliteConnectOptions::new()
+        sqlx::any::install_default_drivers();
+        let url = SqliteConnectOptions::new()
             .filename(data_dir.join("pinpoint.db"))
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true)
-            // 16 KiB pages for a new store (an existing one keeps its size): the decision log
-            // appends a few hundred bytes per request, and larger pages mean a quarter of
-            // the WAL frames, each a write system call or two.
-            .page_size(16384)
-            // Reads through a memory map and a larger page cache: the decision writer
-            // revisits the same index pages batch after batch.
-            .pragma("mmap_size", "268435456")
-            .pragma("cache_size", "-32768");
-        let pool = SqlitePoolOptions::new()
+            .to_url_lossy();
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in SQLITE_PRAGMAS {
+                        conn.execute(*pragma).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(AnyConnectOptions::from_url(&url)?)
             .await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&pool).await?;
         if version > SCHEMA_VERSION {
@@ -274,11 +304,12 @@ impl Store {
         }
         if version < 13 {
             // A store already at 13 whose number an older binary lowered keeps its table.
-            let has_principals: bool = sqlx::query_scalar(
-                "SELECT COUNT(*) > 0 FROM pragma_table_info('decision_rollups') WHERE name = 'principal_id'",
+            let has_principals: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pragma_table_info('decision_rollups') WHERE name = 'principal_id'",
             )
             .fetch_one(&pool)
             .await?;
+            let has_principals = has_principals > 0;
             let rollups = if has_principals { &[][..] } else { rollups::SCHEMA_V13 };
             let statements: Vec<&str> = [rollups, revisions::SCHEMA_V13].concat();
             migrate_to(&pool, 13, &statements).await?;
@@ -288,9 +319,61 @@ impl Store {
             .await?;
         Ok(Store {
             pool,
+            backend: Backend::Sqlite,
             pepper: pepper.into(),
             data_dir: data_dir.to_owned(),
+            url: None,
+            day_partitions: Default::default(),
         })
+    }
+
+    /// Connects to the PostgreSQL store at `url` (creating or migrating its schema), with
+    /// the key pepper read from `pepper_file`: created there when the store is new, and
+    /// refused when it is not the pepper the store's keys were hashed with (every replica
+    /// must be given the same file). `data_dir` keeps what is local to this replica (the
+    /// decision spool, the bootstrap key file).
+    pub async fn connect(url: &str, pepper_file: &Path, data_dir: &Path) -> Result<Store, StoreError> {
+        create_private_dir(data_dir)?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        let pepper = postgres::migrate_and_check_pepper(&pool, pepper_file).await?;
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+            pepper: pepper.into(),
+            data_dir: data_dir.to_owned(),
+            url: Some(url.into()),
+            day_partitions: Default::default(),
+        })
+    }
+
+    /// Opens the store `config` names: PostgreSQL when `[store] url` is set, else the
+    /// embedded SQLite file in `data_dir`.
+    pub async fn open_configured(
+        config: &pinpoint_core::config::StoreConfig,
+        data_dir: &Path,
+    ) -> Result<Store, StoreError> {
+        match &config.url {
+            Some(url) => {
+                let pepper_file = config.pepper_file.clone().unwrap_or_else(|| data_dir.join("pepper"));
+                Store::connect(url, &pepper_file, data_dir).await
+            }
+            None => Store::open(data_dir).await,
+        }
+    }
+
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The PostgreSQL URL, when on PostgreSQL (the change-feed listener connects to it).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.url.as_deref()
     }
 
     /// Closes every connection; later queries fail with [`StoreError::Db`].
@@ -307,11 +390,15 @@ impl Store {
     /// mode a transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT
     /// when another writer (the decision log) committed in between; waiting for the lock
     /// at the start is covered by the busy timeout instead.
-    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    /// On PostgreSQL, a plain transaction (row locks and constraints order writers there).
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 }
@@ -335,7 +422,7 @@ pub trait QuotaStore {
 impl QuotaStore for Store {
     async fn quota_usage(&self, since_ms: i64) -> Result<Vec<(String, String, i64, u64)>, StoreError> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT quota_id, org_id, window_start_ms, used FROM quota_usage WHERE window_start_ms >= ?",
+            "SELECT quota_id, org_id, window_start_ms, used FROM quota_usage WHERE window_start_ms >= $1",
         )
         .bind(since_ms)
         .fetch_all(self.pool())
@@ -354,8 +441,8 @@ impl QuotaStore for Store {
         let mut tx = self.write_tx().await?;
         for (quota, org, window, used) in counters {
             sqlx::query(
-                "INSERT INTO quota_usage (quota_id, org_id, window_start_ms, used) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (quota_id, org_id, window_start_ms) DO UPDATE SET used = MAX(used, excluded.used)",
+                "INSERT INTO quota_usage (quota_id, org_id, window_start_ms, used) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (quota_id, org_id, window_start_ms) DO UPDATE SET used = CASE WHEN excluded.used > quota_usage.used THEN excluded.used ELSE quota_usage.used END",
             )
             .bind(quota)
             .bind(org)
@@ -364,7 +451,7 @@ impl QuotaStore for Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM quota_usage WHERE window_start_ms < ?")
+        sqlx::query("DELETE FROM quota_usage WHERE window_start_ms < $1")
             .bind(before_ms)
             .execute(&mut *tx)
             .await?;

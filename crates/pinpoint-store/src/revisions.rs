@@ -20,7 +20,7 @@ pub struct ConfigLoad {
 
 /// Records a load.
 pub async fn record(store: &Store, load: &ConfigLoad) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO config_loads (at_ms, revision, previous, trigger) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO config_loads (at_ms, revision, previous, trigger) VALUES ($1, $2, $3, $4)")
         .bind(load.at_ms)
         .bind(&load.revision)
         .bind(load.previous.as_deref())
@@ -34,7 +34,7 @@ pub async fn record(store: &Store, load: &ConfigLoad) -> Result<(), StoreError> 
 pub async fn latest(store: &Store, from_ms: i64, to_ms: i64) -> Result<Option<ConfigLoad>, StoreError> {
     let row = sqlx::query(
         "SELECT at_ms, revision, previous, trigger FROM config_loads
-         WHERE at_ms >= ? AND at_ms <= ? ORDER BY at_ms DESC, seq DESC LIMIT 1",
+         WHERE at_ms >= $1 AND at_ms <= $2 ORDER BY at_ms DESC, seq DESC LIMIT 1",
     )
     .bind(from_ms)
     .bind(to_ms)
@@ -53,7 +53,7 @@ pub async fn latest(store: &Store, from_ms: i64, to_ms: i64) -> Result<Option<Co
 
 /// Drops the loads before `before_ms`.
 pub async fn prune(store: &Store, before_ms: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM config_loads WHERE at_ms < ?")
+    let done = sqlx::query("DELETE FROM config_loads WHERE at_ms < $1")
         .bind(before_ms)
         .execute(store.pool())
         .await?;

@@ -135,9 +135,9 @@ pub async fn add<S: std::hash::BuildHasher>(
         sqlx::query(
             "INSERT INTO decision_rollups
                  (minute_ms, route, reason, org_id, principal_id, permission, status, mode, count)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (minute_ms, route, reason, org_id, principal_id, permission, status, mode)
-             DO UPDATE SET count = count + excluded.count",
+             DO UPDATE SET count = decision_rollups.count + excluded.count",
         )
         .bind(key.minute_ms)
         .bind(key.route.as_deref().unwrap_or(""))
@@ -160,13 +160,13 @@ pub async fn read(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<RollupR
     let rows = sqlx::query(
         "SELECT minute_ms, route, reason, org_id, principal_id, permission, status, mode, count
          FROM decision_rollups
-         WHERE minute_ms >= ? AND minute_ms < ? ORDER BY minute_ms",
+         WHERE minute_ms >= $1 AND minute_ms < $2 ORDER BY minute_ms",
     )
     .bind(from_ms)
     .bind(to_ms)
     .fetch_all(store.pool())
     .await?;
-    let text = |row: &sqlx::sqlite::SqliteRow, column: &str| -> Result<Option<String>, sqlx::Error> {
+    let text = |row: &sqlx::any::AnyRow, column: &str| -> Result<Option<String>, sqlx::Error> {
         let value: String = row.try_get(column)?;
         Ok((!value.is_empty()).then_some(value))
     };
@@ -201,18 +201,18 @@ pub struct RefusalFilter<'a> {
     pub org: Option<&'a str>,
 }
 
-const REFUSALS_WHERE: &str = "minute_ms >= ?1 AND minute_ms < ?2 AND mode = ?3 AND reason != ''
-     AND (?4 = '' OR reason = ?4)
-     AND (?5 = '' OR substr(reason, 1, length(?5) + 1) = ?5 || '.')
-     AND (?6 = '' OR route = ?6)
-     AND (?7 = '' OR org_id = ?7)";
+const REFUSALS_WHERE: &str = "minute_ms >= $1 AND minute_ms < $2 AND mode = $3 AND reason != ''
+     AND ($4 = '' OR reason = $4)
+     AND ($5 = '' OR substr(reason, 1, length($5) + 1) = $5 || '.')
+     AND ($6 = '' OR route = $6)
+     AND ($7 = '' OR org_id = $7)";
 
 fn bind_refusals<'q, O>(
-    query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
+    query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
     from_ms: i64,
     to_ms: i64,
     filter: RefusalFilter<'q>,
-) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
+) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>> {
     query
         .bind(from_ms)
         .bind(to_ms)
@@ -233,7 +233,7 @@ pub async fn refusals(
     filter: RefusalFilter<'_>,
 ) -> Result<Vec<RollupRow>, StoreError> {
     let sql = format!(
-        "SELECT minute_ms, route, reason, org_id, principal_id, status, SUM(count) FROM decision_rollups
+        "SELECT minute_ms, route, reason, org_id, principal_id, status, CAST(SUM(count) AS BIGINT) FROM decision_rollups
          WHERE {REFUSALS_WHERE}
          GROUP BY minute_ms, route, reason, org_id, principal_id, status LIMIT 100000"
     );
@@ -267,7 +267,7 @@ pub async fn refusal_total(
     to_ms: i64,
     filter: RefusalFilter<'_>,
 ) -> Result<u64, StoreError> {
-    let sql = format!("SELECT COALESCE(SUM(count), 0) FROM decision_rollups WHERE {REFUSALS_WHERE}");
+    let sql = format!("SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM decision_rollups WHERE {REFUSALS_WHERE}");
     let (total,): (i64,) = bind_refusals(sqlx::query_as(&sql), from_ms, to_ms, filter)
         .fetch_one(store.pool())
         .await?;
@@ -284,7 +284,7 @@ pub async fn permissions_used(
 ) -> Result<(HashMap<String, i64>, Vec<(String, String)>), StoreError> {
     let first: Vec<(String, i64)> = sqlx::query_as(
         "SELECT org_id, MIN(minute_ms) FROM decision_rollups
-         WHERE minute_ms >= ? AND principal_id != '' GROUP BY org_id",
+         WHERE minute_ms >= $1 AND principal_id != '' GROUP BY org_id",
     )
     .bind(from_ms)
     .fetch_all(store.pool())
@@ -292,7 +292,7 @@ pub async fn permissions_used(
     let first = first.into_iter().collect();
     let pairs = sqlx::query_as::<_, (String, String)>(
         "SELECT DISTINCT principal_id, permission FROM decision_rollups
-         WHERE minute_ms >= ? AND principal_id != '' AND permission != ''",
+         WHERE minute_ms >= $1 AND principal_id != '' AND permission != ''",
     )
     .bind(from_ms)
     .fetch_all(store.pool())
@@ -302,7 +302,7 @@ pub async fn permissions_used(
 
 /// Drops the counts of minutes before `before_ms`.
 pub async fn prune(store: &Store, before_ms: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM decision_rollups WHERE minute_ms < ?")
+    let done = sqlx::query("DELETE FROM decision_rollups WHERE minute_ms < $1")
         .bind(before_ms)
         .execute(store.pool())
         .await?;
@@ -350,6 +350,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         // Put the table back as version 12 had it, with one count.
+        let mut conn = store.pool().acquire().await.unwrap();
         for statement in [
             "DROP TABLE decision_rollups",
             "DROP TABLE config_loads",
@@ -357,8 +358,10 @@ mod tests {
             "INSERT INTO decision_rollups VALUES (60000, 'orders', 'authz.permission_missing', 'org-1', 403, 'enforce', 7)",
             "PRAGMA user_version = 12",
         ] {
-            sqlx::query(statement).execute(store.pool()).await.unwrap();
+            // One connection: each statement sees the one before.
+            sqlx::query(statement).execute(&mut *conn).await.unwrap();
         }
+        drop(conn);
         store.close().await;
         let store = Store::open(dir.path()).await.unwrap();
         let rows = read(&store, 0, i64::MAX).await.unwrap();

@@ -52,7 +52,7 @@ pub trait SigningKeyStore {
 
 impl SigningKeyStore for Store {
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM signing_keys WHERE expires_at_ms > ? ORDER BY created_at_ms DESC")
+        let rows = sqlx::query("SELECT * FROM signing_keys WHERE expires_at_ms > $1 ORDER BY created_at_ms DESC")
             .bind(now_ms())
             .fetch_all(self.pool())
             .await?;
@@ -74,7 +74,7 @@ impl SigningKeyStore for Store {
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, private_pkcs8, public_raw, created_at_ms, retire_at_ms, expires_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&key.kid)
         .bind(&key.alg)
@@ -89,7 +89,7 @@ impl SigningKeyStore for Store {
     }
 
     async fn retire_signing_key(&self, kid: &str, at_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE signing_keys SET retire_at_ms = MIN(retire_at_ms, ?) WHERE kid = ?")
+        sqlx::query("UPDATE signing_keys SET retire_at_ms = $1 WHERE kid = $2 AND retire_at_ms > $1")
             .bind(at_ms)
             .bind(kid)
             .execute(self.pool())
@@ -98,7 +98,7 @@ impl SigningKeyStore for Store {
     }
 
     async fn delete_expired_signing_keys(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM signing_keys WHERE expires_at_ms <= ?")
+        let done = sqlx::query("DELETE FROM signing_keys WHERE expires_at_ms <= $1")
             .bind(now_ms())
             .execute(self.pool())
             .await?;

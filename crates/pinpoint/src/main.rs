@@ -250,12 +250,14 @@ fn run(cli: Cli) -> Result<()> {
             } => {
                 // Straight to the store: for when no administrator key is left to call the API with.
                 let (config, origin) = resolve_config(config.as_deref())?;
-                let store = Store::open(&config.server.data_dir).await.with_context(|| {
-                    format!(
-                        "cannot open the store of {origin} in {}",
-                        config.server.data_dir.display()
-                    )
-                })?;
+                let store = Store::open_configured(&config.store, &config.server.data_dir)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open the store of {origin} in {}",
+                            config.server.data_dir.display()
+                        )
+                    })?;
                 let issued = store
                     .recover_bootstrap_key()
                     .await
@@ -375,9 +377,12 @@ async fn serve(config_flag: Option<PathBuf>, log_format: &str, listen_override: 
     listen_override.apply(&mut config);
     tracing::info!(config = %origin, revision = %config.revision, "config loaded");
     let data_dir = config.server.data_dir.clone();
-    let store = Store::open(&data_dir)
+    let store = Store::open_configured(&config.store, &data_dir)
         .await
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        .with_context(|| match &config.store.url {
+            Some(_) => "cannot open the PostgreSQL store ([store] url)".to_owned(),
+            None => format!("cannot open the store in {}", data_dir.display()),
+        })?;
     if let Some(issued) = store
         .bootstrap_admin_key()
         .await

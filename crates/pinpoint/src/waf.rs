@@ -56,10 +56,11 @@ pub async fn unused_exclusions(config: &pinpoint_core::config::Config) -> Result
     use pinpoint_store::DecisionStore;
     let exclusions = &config.waf.exclusions;
     let data_dir = &config.server.data_dir;
-    if exclusions.is_empty() || !data_dir.join("pinpoint.db").exists() {
+    let embedded_without_log = config.store.url.is_none() && !data_dir.join("pinpoint.db").exists();
+    if exclusions.is_empty() || embedded_without_log {
         return Ok(Vec::new());
     }
-    let store = pinpoint_store::Store::open(data_dir).await?;
+    let store = pinpoint_store::Store::open_configured(&config.store, data_dir).await?;
     let marker = pinpoint_policy::filters::waf::EXCLUDED_BY;
     let decisions = store.decisions_containing(marker, EXCLUSION_SCAN_LIMIT).await?;
     let mut applied = std::collections::HashSet::new();

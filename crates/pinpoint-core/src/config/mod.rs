@@ -27,6 +27,7 @@ mod rate;
 pub mod reference;
 mod routes;
 mod server;
+mod store;
 mod upstreams;
 mod waf;
 
@@ -54,6 +55,7 @@ pub use routes::{
     AuthRequirement, OverrideHeaders, RouteConfig, DEFAULT_BODY_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_METHODS,
 };
 pub use server::{CertificateFiles, MetricsAccess, ServerConfig, TlsConfig, REASONS_PATH};
+pub use store::StoreConfig;
 pub use upstreams::{Balance, HealthCheck, Target, UpstreamConfig, UpstreamTls, WeightedTarget};
 pub use waf::{RouteWaf, WafConfig, WafEngineKind, WafExclusion, STRUCTURED_HEADERS, WAF_FAMILIES};
 
@@ -65,7 +67,7 @@ pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 pub const DEMO_ORIGIN: &str = "<built-in demo>";
 
 /// The top-level sections a config may have.
-const SECTIONS: [&str; 18] = [
+const SECTIONS: [&str; 19] = [
     "server",
     "decision_log",
     "upstreams",
@@ -84,6 +86,7 @@ const SECTIONS: [&str; 18] = [
     "alerting",
     "alerts",
     "cluster",
+    "store",
 ];
 
 /// A validated config and the revision id that names it.
@@ -112,6 +115,7 @@ pub struct Config {
     pub alerting: AlertingConfig,
     pub alerts: Vec<AlertRule>,
     pub cluster: ClusterConfig,
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -157,6 +161,7 @@ impl Config {
         let webhooks = alerts::declared_webhooks(section("alerting"));
         let alert_rules = alerts::read_rules(section("alerts"), &mut d, &route_ids, &webhooks);
         let cluster = cluster::read(section("cluster"), &mut d);
+        let store = store::read(section("store"), &mut d);
 
         // Every reader has reported into `d`; a section missing here had an error there.
         let config = (|| {
@@ -181,6 +186,7 @@ impl Config {
                 alerting: alerting?,
                 alerts: alert_rules,
                 cluster: cluster?,
+                store: store?,
             })
         })();
         match d.finish(config)? {

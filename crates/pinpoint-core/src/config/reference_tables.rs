@@ -1296,4 +1296,23 @@ pub const TABLES: &[Table] = &[
             },
         ],
     },
+    Table {
+        path: "[store]",
+        probe: "[store]\nPROBE\n",
+        about: "Where identities, keys, roles, cloud-auth mappings, signing keys, quotas, rollups and decisions are kept. Unset: the embedded SQLite file `pinpoint.db` in `server.data_dir` (one process). With `url`: a PostgreSQL server that replicas share; every change made through any replica (or the CLI) reaches the others through the change feed (LISTEN/NOTIFY, with a revision poll every 250 ms behind it), decisions go into day partitions (retention drops whole days), and the schema is created by the first replica that connects. Read at start.",
+        keys: &[
+            Key {
+                name: "url",
+                kind: "string",
+                default: "none (embedded SQLite)",
+                about: "`postgres://[user[:password]@]host[:port]/database`. Never logged (it may hold a password). `pinpoint migrate --from sqlite:DIR --to URL` copies an embedded store into it.",
+            },
+            Key {
+                name: "pepper_file",
+                kind: "path",
+                default: "`pepper` in `server.data_dir`",
+                about: "The secret API-key hashes are keyed with. The first replica of a new PostgreSQL store creates it; every other replica must be given the same file (one whose pepper differs from the store's is refused at start, and so is a missing one once the store has keys).",
+            },
+        ],
+    },
 ];

@@ -1,0 +1,372 @@
+//! What only the PostgreSQL store has: its schema (the meaning of SQLite's version 13,
+//! created in one step, versioned in `schema_version`), the change feed's triggers (which
+//! also `NOTIFY` the [`CHANGES_CHANNEL`]), the key pepper check shared by replicas, and
+//! the decision log's day partitions (retention drops a day, it never deletes rows).
+//!
+//! Every other query is shared with SQLite (`$N` placeholders, `ON CONFLICT`, `CASE` in
+//! place of two-argument `MIN`/`MAX`).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use sqlx::AnyPool;
+
+use crate::{Store, StoreError, SCHEMA_VERSION};
+
+/// The channel every directory change is announced on (payload: the change's `seq`).
+pub const CHANGES_CHANNEL: &str = "pinpoint_directory_changes";
+
+/// Advisory lock ids: schema migration, and decision-partition creation.
+const MIGRATION_LOCK: i64 = 0x5049_4e50_0001;
+const PARTITION_LOCK: i64 = 0x5049_4e50_0002;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS decisions (
+        seq BIGSERIAL,
+        request_id TEXT NOT NULL,
+        client_request_id TEXT,
+        at_ms BIGINT NOT NULL,
+        status BIGINT NOT NULL,
+        reason TEXT,
+        route TEXT,
+        org_id TEXT,
+        record TEXT NOT NULL
+    ) PARTITION BY RANGE (at_ms)",
+    "CREATE INDEX IF NOT EXISTS decisions_seq ON decisions(seq)",
+    "CREATE INDEX IF NOT EXISTS decisions_request_id ON decisions(request_id)",
+    "CREATE INDEX IF NOT EXISTS decisions_client_request_org ON decisions(client_request_id, org_id) WHERE client_request_id IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        secret_hash BYTEA NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        last_used_at_ms BIGINT,
+        revoked BIGINT NOT NULL DEFAULT 0,
+        kind TEXT NOT NULL DEFAULT 'application',
+        org_id TEXT,
+        principal_id TEXT,
+        scopes TEXT,
+        expires_at_ms BIGINT,
+        replaced_by TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS api_keys_principal ON api_keys(principal_id)",
+    "CREATE TABLE IF NOT EXISTS quota_usage (
+        quota_id TEXT NOT NULL,
+        org_id TEXT NOT NULL,
+        window_start_ms BIGINT NOT NULL,
+        used BIGINT NOT NULL,
+        PRIMARY KEY (quota_id, org_id, window_start_ms)
+    )",
+    "CREATE TABLE IF NOT EXISTS organizations (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        suspended BIGINT NOT NULL DEFAULT 0,
+        created_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS principals (
+        id TEXT PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        email TEXT,
+        suspended BIGINT NOT NULL DEFAULT 0,
+        created_at_ms BIGINT NOT NULL,
+        UNIQUE (org_id, kind, name)
+    )",
+    "CREATE TABLE IF NOT EXISTS roles (
+        id TEXT PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        name TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        UNIQUE (org_id, name)
+    )",
+    "CREATE TABLE IF NOT EXISTS role_assignments (
+        principal_id TEXT NOT NULL REFERENCES principals(id),
+        role_id TEXT NOT NULL REFERENCES roles(id),
+        PRIMARY KEY (principal_id, role_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS role_assignments_role ON role_assignments(role_id)",
+    "CREATE TABLE IF NOT EXISTS signing_keys (
+        kid TEXT PRIMARY KEY,
+        alg TEXT NOT NULL,
+        private_pkcs8 BYTEA NOT NULL,
+        public_raw BYTEA NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        retire_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS aws_accounts (
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        account_id TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (org_id, account_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS cloud_auth_mappings (
+        id TEXT PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        kind TEXT NOT NULL,
+        arn_pattern TEXT NOT NULL,
+        principal_id TEXT,
+        bound_unique_id TEXT,
+        created_at_ms BIGINT NOT NULL,
+        UNIQUE (org_id, kind, arn_pattern)
+    )",
+    "CREATE TABLE IF NOT EXISTS intake_keys (
+        mapping_id TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (mapping_id, identity, key_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS proof_replay (
+        signature TEXT PRIMARY KEY,
+        until_s BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS directory_changes (
+        seq BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS decision_rollups (
+        minute_ms BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        org_id TEXT NOT NULL,
+        principal_id TEXT NOT NULL,
+        permission TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        mode TEXT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (minute_ms, route, reason, org_id, principal_id, permission, status, mode)
+    )",
+    "CREATE TABLE IF NOT EXISTS config_loads (
+        seq BIGSERIAL PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        revision TEXT NOT NULL,
+        previous TEXT,
+        trigger TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS config_loads_at ON config_loads(at_ms)",
+    // The change feed. Writers take one transaction-scoped lock before appending, so
+    // changes commit in `seq` order and a reader that has seen `seq` N never later finds
+    // a smaller one committed (what SQLite's single writer gives for free).
+    "CREATE OR REPLACE FUNCTION pinpoint_directory_change() RETURNS trigger AS $$
+     DECLARE
+        changed_id TEXT;
+        new_seq BIGINT;
+     BEGIN
+        PERFORM pg_advisory_xact_lock(5787213827432448003);
+        IF TG_OP = 'DELETE' THEN
+            changed_id := to_jsonb(OLD) ->> TG_ARGV[1];
+        ELSE
+            changed_id := to_jsonb(NEW) ->> TG_ARGV[1];
+        END IF;
+        INSERT INTO directory_changes (kind, id, at_ms)
+            VALUES (TG_ARGV[0], changed_id, (extract(epoch from clock_timestamp()) * 1000)::BIGINT)
+            RETURNING seq INTO new_seq;
+        PERFORM pg_notify('pinpoint_directory_changes', new_seq::TEXT);
+        RETURN NULL;
+     END
+     $$ LANGUAGE plpgsql",
+];
+
+/// The feed's triggers: (table, events, kind, id column). A key's last-use time is not a
+/// change (as on SQLite).
+const TRIGGERS: &[(&str, &str, &str, &str)] = &[
+    ("api_keys", "INSERT OR DELETE", "key", "id"),
+    (
+        "api_keys",
+        "UPDATE OF name, role, secret_hash, revoked, kind, org_id, principal_id, scopes, expires_at_ms, replaced_by",
+        "key",
+        "id",
+    ),
+    ("principals", "INSERT OR UPDATE OR DELETE", "principal", "id"),
+    ("organizations", "INSERT OR UPDATE OR DELETE", "org", "id"),
+    ("roles", "UPDATE", "role", "id"),
+    ("role_assignments", "INSERT OR DELETE", "principal", "principal_id"),
+    ("signing_keys", "INSERT OR UPDATE OR DELETE", "signing_key", "kid"),
+];
+
+/// Creates the schema when the database is new (one replica at a time, under an advisory
+/// lock), refuses a newer one, and returns the pepper: read from `pepper_file` (created
+/// there when the store has none yet) and checked against the store's record of it.
+pub(crate) async fn migrate_and_check_pepper(pool: &AnyPool, pepper_file: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    let version = version.unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Invalid {
+            path: "postgres".into(),
+            message: format!("schema version {version} is newer than this binary understands ({SCHEMA_VERSION})"),
+        });
+    }
+    if version < SCHEMA_VERSION {
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        for (i, (table, events, kind, column)) in TRIGGERS.iter().enumerate() {
+            let name = format!("{table}_changed_{i}");
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {name} ON {table}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TRIGGER {name} AFTER {events} ON {table} FOR EACH ROW \
+                 EXECUTE FUNCTION pinpoint_directory_change('{kind}', '{column}')"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM schema_version").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            .bind(SCHEMA_VERSION)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let recorded: Option<String> = sqlx::query_scalar("SELECT value FROM store_meta WHERE name = 'pepper_check'")
+        .fetch_optional(&mut *tx)
+        .await?;
+    let pepper = match &recorded {
+        // A store that has a pepper: the file must exist and hold the same one.
+        Some(_) => crate::keys::read_pepper(pepper_file)?,
+        None => crate::keys::load_or_create_pepper(pepper_file)?,
+    };
+    let check = pepper_check(&pepper);
+    match recorded {
+        Some(recorded) if recorded != check => {
+            return Err(StoreError::Invalid {
+                path: pepper_file.to_owned(),
+                message:
+                    "this is not the pepper the store's keys were hashed with: give every replica the same pepper file"
+                        .into(),
+            })
+        }
+        Some(_) => {}
+        None => {
+            sqlx::query("INSERT INTO store_meta (name, value) VALUES ('pepper_check', $1)")
+                .bind(&check)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(pepper)
+}
+
+/// What the store keeps to recognise its pepper: a keyed hash of a fixed label, which
+/// says nothing about the pepper itself.
+fn pepper_check(pepper: &[u8]) -> String {
+    let mac = pinpoint_core::keys::hash_secret(pepper, "pinpoint pepper check v1");
+    mac.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn partition_name(day: i64) -> String {
+    format!("decisions_day_{day}")
+}
+
+/// Makes sure the decision partitions of the days `at_ms` fall in exist.
+pub(crate) async fn ensure_day_partitions(store: &Store, at_ms: impl Iterator<Item = i64>) -> Result<(), StoreError> {
+    let days: BTreeSet<i64> = at_ms.map(|at| at.div_euclid(DAY_MS)).collect();
+    let missing: Vec<i64> = {
+        let known = store.day_partitions.lock().unwrap_or_else(|e| e.into_inner());
+        days.into_iter().filter(|day| !known.contains(day)).collect()
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PARTITION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    for day in &missing {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF decisions FOR VALUES FROM ({}) TO ({})",
+            partition_name(*day),
+            day * DAY_MS,
+            (day + 1) * DAY_MS
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    store
+        .day_partitions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(missing);
+    Ok(())
+}
+
+/// The days that have a decision partition, oldest first.
+async fn partition_days(store: &Store) -> Result<Vec<i64>, StoreError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'decisions'",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut days: Vec<i64> = names
+        .iter()
+        .filter_map(|name| name.strip_prefix("decisions_day_")?.parse().ok())
+        .collect();
+    days.sort_unstable();
+    Ok(days)
+}
+
+/// What the decision partitions take on disk, indexes included.
+async fn partitions_bytes(store: &Store) -> Result<u64, StoreError> {
+    let bytes: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(pg_total_relation_size(i.inhrelid)), 0) AS BIGINT) FROM pg_inherits i
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'decisions'",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    Ok(u64::try_from(bytes).unwrap_or(0))
+}
+
+/// Drops the partitions of days that ended before `horizon_ms`, then, while the decision
+/// records take more than `max_bytes`, the oldest day (never today's). Returns how many
+/// days went.
+pub(crate) async fn drop_old_partitions(
+    store: &Store,
+    horizon_ms: i64,
+    max_bytes: Option<u64>,
+) -> Result<u64, StoreError> {
+    let today = crate::now_ms().div_euclid(DAY_MS);
+    let mut dropped = 0;
+    for day in partition_days(store).await? {
+        let ended_before_horizon = (day + 1) * DAY_MS <= horizon_ms;
+        let over_size = match max_bytes {
+            Some(max) if day < today => partitions_bytes(store).await? > max,
+            _ => false,
+        };
+        if !(ended_before_horizon || over_size) {
+            break;
+        }
+        store
+            .day_partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&day);
+        sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
+            .execute(store.pool())
+            .await?;
+        dropped += 1;
+    }
+    Ok(dropped)
+}
