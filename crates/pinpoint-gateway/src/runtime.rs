@@ -325,6 +325,9 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
         if config.server.data_dir.is_relative() {
             config.server.data_dir = dir.join(&config.server.data_dir);
         }
+        if let Some(pepper) = config.store.pepper_file.as_mut().filter(|p| p.is_relative()) {
+            *pepper = dir.join(&*pepper);
+        }
         for tls in [&mut config.server.proxy_tls, &mut config.server.api_tls]
             .into_iter()
             .flatten()

@@ -322,6 +322,9 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
     let mut closing = false;
     let mut last_rollup_flush = std::time::Instant::now();
     let mut spool = Spool::open(store);
+    // A ticker, not a sleep made anew each round: the other timers' rounds would restart it.
+    let mut spool_tick = tokio::time::interval(SPOOL_RETRY_EVERY);
+    spool_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !closing {
         // The timers before the queue: under a flood of kept records the queue is never
         // empty, and counts and pruning must still happen on time.
@@ -336,8 +339,10 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Decision>, mut close:
                 prune_old(store, config.retention_hours, config.max_store_mb).await;
                 continue;
             }
-            _ = tokio::time::sleep(SPOOL_RETRY_EVERY), if !spool.is_empty() => {
-                spool.replay(store).await;
+            _ = spool_tick.tick(), if !spool.is_empty() => {
+                if spool.due() {
+                    spool.replay(store).await;
+                }
                 continue;
             }
             n = rx.recv_many(&mut batch, batch_size) => if n == 0 { break },

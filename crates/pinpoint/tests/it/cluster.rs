@@ -42,6 +42,49 @@ impl Drop for Prefix {
     }
 }
 
+/// A PostgreSQL database of the test's own on the server on this machine, dropped (with
+/// its connections) when the guard goes.
+pub(crate) struct OwnDatabase(pub String);
+
+impl OwnDatabase {
+    pub(crate) fn create(test: &str) -> OwnDatabase {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let db = OwnDatabase(format!("pinpoint_it_{test}_{}_{nanos}", std::process::id()));
+        psql("postgres", &format!("CREATE DATABASE {}", db.0));
+        db
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
+    }
+
+    /// Runs `sql` in this database; its output, one row a line.
+    pub(crate) fn psql(&self, sql: &str) -> String {
+        psql(&self.0, sql)
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
+            .output();
+    }
+}
+
+fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Replicas of one config on one store: (process, proxy address, api address).
 struct Replicas {
     list: Vec<(ServeProcess, String, String)>,
@@ -50,13 +93,20 @@ struct Replicas {
     _dir: tempfile::TempDir,
 }
 
-async fn replicas(count: usize, redis: &str, prefix: &str, extra: &str) -> Replicas {
+/// `count` replicas of one config (so one config revision): on one SQLite store (one
+/// data directory) or, given a database, on PostgreSQL, each replica with the config in a
+/// directory of its own (so its data directory is its own) and given the one pepper file.
+async fn replicas(count: usize, redis: &str, prefix: &str, extra: &str, postgres: Option<&OwnDatabase>) -> Replicas {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pinpoint.toml");
-    std::fs::write(dir.path().join("webhook.secret"), "test-secret\n").unwrap();
-    std::fs::write(
-        &config,
-        format!(
+    let store = match postgres {
+        Some(db) => format!("\n[store]\nurl = \"{}\"\npepper_file = \"../pepper\"\n", db.url()),
+        None => String::new(),
+    };
+    let workdir = |i: usize| match postgres {
+        Some(_) => dir.path().join(format!("replica-{i}")),
+        None => dir.path().to_owned(),
+    };
+    let text = format!(
             r#"[server]
 data_dir = "data"
 workers = 1
@@ -107,17 +157,19 @@ id = "daily"
 period = "day"
 requests = 10
 routes = ["metered"]
-{extra}"#
-        ),
-    )
-    .unwrap();
+{extra}{store}"#
+    );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut list = Vec::new();
     // One at a time: the first creates the store and its bootstrap key.
     for i in 0..count {
-        list.push(ServeProcess::serve_on_free_ports(&config, dir.path(), &format!("replica-{i}")).await);
+        std::fs::create_dir_all(workdir(i)).unwrap();
+        std::fs::write(workdir(i).join("webhook.secret"), "test-secret\n").unwrap();
+        let config = workdir(i).join("pinpoint.toml");
+        std::fs::write(&config, &text).unwrap();
+        list.push(ServeProcess::serve_on_free_ports(&config, &workdir(i), &format!("replica-{i}")).await);
     }
-    let admin = std::fs::read_to_string(dir.path().join("data/bootstrap-admin.key"))
+    let admin = std::fs::read_to_string(workdir(0).join("data/bootstrap-admin.key"))
         .unwrap()
         .trim()
         .to_owned();
@@ -168,6 +220,16 @@ impl Replicas {
 
 #[tokio::test]
 async fn three_replicas_share_one_rate_limit_one_quota_and_list_each_other() {
+    share_limits_quotas_and_alerts(None).await;
+}
+
+#[tokio::test]
+async fn three_replicas_on_postgres_share_one_rate_limit_one_quota_and_list_each_other() {
+    let db = OwnDatabase::create("share");
+    share_limits_quotas_and_alerts(Some(&db)).await;
+}
+
+async fn share_limits_quotas_and_alerts(postgres: Option<&OwnDatabase>) {
     let prefix = Prefix::new("share");
     // An alert on the refusals to come, to a webhook nobody answers: which replica
     // evaluates it is the question.
@@ -175,7 +237,7 @@ async fn three_replicas_share_one_rate_limit_one_quota_and_list_each_other() {
         "\n[alerting]\nevaluate_every_ms = 200\n\n[[alerting.webhooks]]\nid = \"ops\"\nurl = \"http://127.0.0.1:{}/\"\nsecret_file = \"webhook.secret\"\nmax_attempts = 1\n\n[[alerts]]\nid = \"limited\"\nlayer = \"rate\"\nroute = \"limited\"\nwindow_minutes = 2\nmin_count = 5\nnotify = [\"ops\"]\n",
         free_port().await
     );
-    let r = replicas(3, "redis://127.0.0.1:6379", &prefix.0, &alert).await;
+    let r = replicas(3, "redis://127.0.0.1:6379", &prefix.0, &alert, postgres).await;
     let key = r.key().await;
     // The key made at the first replica works at the others (they follow the store).
     for i in 1..3 {
@@ -279,6 +341,123 @@ async fn three_replicas_share_one_rate_limit_one_quota_and_list_each_other() {
     assert_eq!(leaders, 1);
 }
 
+/// Polls `check` every 10 ms until it holds; the time it took, or a failure after `within`.
+async fn converges<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn replicas_on_postgres_follow_one_directory_and_lose_no_decision_when_it_goes() {
+    let prefix = Prefix::new("pg-follow");
+    let db = OwnDatabase::create("follow");
+    let r = replicas(3, "redis://127.0.0.1:6379", &prefix.0, "", Some(&db)).await;
+    let new_key = || async {
+        let created = crate::lifecycle::key_through_api(&r.http, &r.list[0].2, &r.admin).await;
+        let id = created["data"]["id"].as_str().unwrap().to_owned();
+        (id, created["data"]["attributes"]["key"].as_str().unwrap().to_owned())
+    };
+    let revoke_at = |i: usize, id: String| {
+        let (http, api, admin) = (r.http.clone(), r.list[i].2.clone(), r.admin.clone());
+        async move {
+            let resp = http
+                .delete(format!("http://{api}/api/v2/api_keys/{id}"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+        }
+    };
+
+    // A key made through A works on B and C at once (announced by NOTIFY), and revoked
+    // through C it is refused on A within a second.
+    let (_, steady) = new_key().await;
+    let (id, key) = new_key().await;
+    for i in 1..3 {
+        converges("the new key at another replica", Duration::from_secs(1), || async {
+            r.get(i, "/lenient", &key).await.0 == 200
+        })
+        .await;
+    }
+    revoke_at(2, id).await;
+    converges("the revocation at A", Duration::from_secs(1), || async {
+        r.get(0, "/lenient", &key).await == (401, "authn.key_revoked".to_owned())
+    })
+    .await;
+
+    // The listeners' connections killed: a revocation made meanwhile is lost as a
+    // notification and still reaches A within the 2 s the poll allows.
+    let (id, key) = new_key().await;
+    converges("the second key at A", Duration::from_secs(1), || async {
+        r.get(0, "/lenient", &key).await.0 == 200
+    })
+    .await;
+    let killed = db.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND application_name = '{}'",
+        "pinpoint-change-listener"
+    ));
+    assert_eq!(killed, "3", "one listener per replica");
+    revoke_at(1, id).await;
+    converges("the revocation at A without its listener", Duration::from_secs(2), || async {
+        r.get(0, "/lenient", &key).await == (401, "authn.key_revoked".to_owned())
+    })
+    .await;
+
+    // PostgreSQL refuses A's connections for a while: the proxy answers from its
+    // directory, API writes say the store is unavailable, refusals are spooled and all
+    // reach the store once it is back.
+    let r = &r;
+    let refuse_at_a = |tag: &'static str| async move {
+        for n in 0..20 {
+            assert_eq!(r.get(0, &format!("/lenient/{tag}-{n}"), "pp_bogus_key").await.0, 401);
+        }
+    };
+    refuse_at_a("before").await;
+    psql(
+        "postgres",
+        &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", db.0),
+    );
+    psql(
+        "postgres",
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}'",
+            db.0
+        ),
+    );
+    refuse_at_a("during").await;
+    let (still, _) = r.get(0, "/lenient", &steady).await;
+    assert_eq!(still, 200, "served from the directory while the store is gone");
+    let write = r
+        .http
+        .post(format!("http://{}/api/v2/api_keys", r.list[0].2))
+        .bearer_auth(&r.admin)
+        .json(&serde_json::json!({"data": {"type": "api_keys", "attributes": {"name": "while-down"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 503);
+    assert_eq!(write.headers()["x-pinpoint-reason"], "api.store_unavailable");
+    psql(
+        "postgres",
+        &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", db.0),
+    );
+    refuse_at_a("after").await;
+    converges("every refusal in the store", Duration::from_secs(5), || async {
+        db.psql("SELECT count(*) FROM decisions WHERE strpos(record, '/lenient/before-') > 0 OR strpos(record, '/lenient/during-') > 0 OR strpos(record, '/lenient/after-') > 0")
+            == "60"
+    })
+    .await;
+}
+
 /// A Redis server of the test's own, on a spare port, stopped by pid.
 struct OwnRedis {
     child: Child,
@@ -325,7 +504,7 @@ impl Drop for OwnRedis {
 #[tokio::test]
 async fn redis_down_answers_as_each_limit_says_and_recovers_when_it_returns() {
     let mut redis = OwnRedis::start(free_port().await).await;
-    let r = replicas(1, &format!("redis://127.0.0.1:{}", redis.port), "faults:", "").await;
+    let r = replicas(1, &format!("redis://127.0.0.1:{}", redis.port), "faults:", "", None).await;
     let key = r.key().await;
     assert_eq!(r.get(0, "/limited", &key).await.0, 200);
     assert_eq!(r.get(0, "/lenient", &key).await.0, 200);
