@@ -366,6 +366,16 @@ impl Store {
         }
     }
 
+    /// Whether the database answers a trivial query within a second, and how many bytes of
+    /// decisions wait in the spool for it (`/healthz` reports both).
+    pub async fn health(&self) -> (bool, u64) {
+        let reachable = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .is_ok_and(|answered| answered.is_ok());
+        let spooled = std::fs::metadata(self.data_dir.join(decisions::SPOOL_FILE)).map_or(0, |m| m.len());
+        (reachable, spooled)
+    }
+
     /// Which database this store is on.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -608,7 +608,9 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
     // serves, and which revision.
     let details = runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Public
         || caller.is_some_and(|Extension(c)| c.0.is_platform_admin());
-    let degraded = shared.config_rejected.load().is_some() || shared.restart_required.load().is_some();
+    let (store_reachable, spooled_bytes) = shared.store.health().await;
+    let degraded =
+        shared.config_rejected.load().is_some() || shared.restart_required.load().is_some() || !store_reachable;
     if !details {
         return Json(serde_json::json!({
             "status": if degraded { "degraded" } else { "ok" },
@@ -631,6 +633,14 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
     };
     Json(serde_json::json!({
         "cluster": cluster,
+        "store": {
+            "backend": match shared.store.backend() {
+                pinpoint_store::Backend::Sqlite => "sqlite",
+                pinpoint_store::Backend::Postgres => "postgres",
+            },
+            "reachable": store_reachable,
+            "spooled_decision_bytes": spooled_bytes,
+        },
         "status": if degraded { "degraded" } else { "ok" },
         "config_error": rejected.as_deref(),
         "restart_required": shared.restart_required.load_full().as_deref(),

@@ -446,6 +446,14 @@ async fn replicas_on_postgres_follow_one_directory_and_lose_no_decision_when_it_
         .unwrap();
     assert_eq!(write.status(), 503);
     assert_eq!(write.headers()["x-pinpoint-reason"], "api.store_unavailable");
+    let health = r.health(0).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["store"]["backend"], "postgres");
+    assert_eq!(health["store"]["reachable"], false);
+    poll_until("the refusals spooled", || async {
+        r.health(0).await["store"]["spooled_decision_bytes"].as_u64() > Some(0)
+    })
+    .await;
     psql(
         "postgres",
         &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", db.0),
@@ -456,6 +464,9 @@ async fn replicas_on_postgres_follow_one_directory_and_lose_no_decision_when_it_
             == "60"
     })
     .await;
+    let health = r.health(0).await;
+    assert_eq!(health["store"]["reachable"], true);
+    assert_eq!(health["store"]["spooled_decision_bytes"], 0);
 }
 
 /// A Redis server of the test's own, on a spare port, stopped by pid.
