@@ -421,7 +421,7 @@ async fn write_batch(store: &Store, spool: &mut Spool, batch: &mut Vec<Decision>
     failed
 }
 
-async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
+pub(crate) async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
     // Multi-row INSERTs: far fewer round trips to SQLite's worker thread than one statement
     // per decision. 7 binds a row keeps every chunk well under SQLite's limit.
     let mut encoded = Vec::with_capacity(batch.len());

@@ -11,6 +11,7 @@ pub mod cloudauth;
 pub mod decisions;
 pub mod identities;
 pub mod keys;
+pub mod migrate;
 mod postgres;
 pub mod record;
 pub mod revisions;

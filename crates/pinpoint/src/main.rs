@@ -85,6 +85,15 @@ enum Command {
     /// The replicas sharing this deployment's Redis, with their config revisions.
     #[command(subcommand)]
     Cluster(audit::ClusterCommand),
+    /// Copy an embedded store into a new PostgreSQL one (for `[store] url`).
+    Migrate {
+        /// The embedded store: `sqlite:DIR` (the `server.data_dir` it lives in).
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database to fill: `postgres://...` (it must hold no keys yet).
+        #[arg(long)]
+        to: String,
+    },
     /// A live view of refusals by reason, route and organization (exact counts).
     Top(decisions::TopArgs),
     /// Manage API keys.
@@ -242,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
             } => audit::run(unused_days, json, &client).await,
             Command::WhoCan(args) => audit::who_can(&args).await,
             Command::Cluster(audit::ClusterCommand::Status { client }) => audit::cluster_status(&client).await,
+            Command::Migrate { from, to } => migrate(&from, &to).await,
             Command::Decisions(cmd) => decisions::run(cmd).await,
             Command::Top(args) => decisions::top(args).await,
             Command::Keys(cmd) => admin::keys(cmd).await,
@@ -364,6 +374,41 @@ enum WafCommand {
         #[command(flatten)]
         client: client::ClientArgs,
     },
+}
+
+/// `pinpoint migrate`: the embedded store in `from` copied into the PostgreSQL database
+/// `to`, which takes the embedded store's pepper (the copied key hashes were made with it).
+async fn migrate(from: &str, to: &str) -> Result<()> {
+    let dir = PathBuf::from(from.strip_prefix("sqlite:").unwrap_or(from));
+    if !dir.join("pinpoint.db").exists() {
+        anyhow::bail!(
+            "{} holds no embedded store (pinpoint.db); --from takes sqlite:DIR, the server.data_dir",
+            dir.display()
+        );
+    }
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        anyhow::bail!("--to takes a postgres:// URL");
+    }
+    let source = Store::open(&dir)
+        .await
+        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let pepper = dir.join("pepper");
+    let target = Store::connect(to, &pepper, &dir)
+        .await
+        .context("cannot open the PostgreSQL store (--to)")?;
+    let report = pinpoint_store::migrate::copy_store(&source, &target).await.context(
+        "the copy failed; nothing was committed unless decisions were being copied (drop the database and run again)",
+    )?;
+    for (table, rows) in &report.tables {
+        println!("{table:<20} {rows:>10} rows");
+    }
+    println!(
+        "\nCopied. Give every replica this pepper file ([store] pepper_file = \"{}\", copied to each, mode 0600) and [store] url.",
+        pepper.display()
+    );
+    source.close().await;
+    target.close().await;
+    Ok(())
 }
 
 /// The config file used when `--config` is not given, if it exists.

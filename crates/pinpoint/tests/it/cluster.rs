@@ -78,7 +78,18 @@ impl Drop for OwnDatabase {
 
 fn psql(db: &str, sql: &str) -> String {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ])
         .output()
         .expect("psql runs");
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
@@ -107,7 +118,7 @@ async fn replicas(count: usize, redis: &str, prefix: &str, extra: &str, postgres
         None => dir.path().to_owned(),
     };
     let text = format!(
-            r#"[server]
+        r#"[server]
 data_dir = "data"
 workers = 1
 
@@ -407,9 +418,11 @@ async fn replicas_on_postgres_follow_one_directory_and_lose_no_decision_when_it_
     ));
     assert_eq!(killed, "3", "one listener per replica");
     revoke_at(1, id).await;
-    converges("the revocation at A without its listener", Duration::from_secs(2), || async {
-        r.get(0, "/lenient", &key).await == (401, "authn.key_revoked".to_owned())
-    })
+    converges(
+        "the revocation at A without its listener",
+        Duration::from_secs(2),
+        || async { r.get(0, "/lenient", &key).await == (401, "authn.key_revoked".to_owned()) },
+    )
     .await;
 
     // PostgreSQL refuses A's connections for a while: the proxy answers from its
@@ -606,5 +619,100 @@ async fn redis_down_answers_as_each_limit_says_and_recovers_when_it_returns() {
     assert!(
         health["restart_required"].as_str().unwrap().contains("[cluster]"),
         "{health}"
+    );
+}
+
+#[tokio::test]
+async fn an_embedded_store_migrated_to_postgres_keeps_its_keys_and_decisions() {
+    let db = OwnDatabase::create("migrate");
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"main\"\nauth = \"required\"\n";
+    let embedded = dir.path().join("embedded.toml");
+    std::fs::write(&embedded, format!("[server]\ndata_dir = \"data\"\n\n{routes}")).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let serve = ServeProcess::serve_on_free_ports(&embedded, dir.path(), "embedded").await;
+    let api = serve.2.clone();
+    let admin = std::fs::read_to_string(dir.path().join("data/bootstrap-admin.key")).unwrap();
+    let admin = admin.trim();
+    let created = crate::lifecycle::key_through_api(&http, &api, admin).await;
+    let key = created["data"]["attributes"]["key"].as_str().unwrap().to_owned();
+    let refused = http
+        .get(format!("http://{}/orders/before-migration", serve.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let decisions = format!("http://{api}/api/v2/decisions?limit=50");
+    poll_until("the refusal written", || async {
+        let resp = http.get(&decisions).bearer_auth(admin).send().await.unwrap();
+        resp.text().await.unwrap().contains("before-migration")
+    })
+    .await;
+    drop(serve);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .args(["migrate", "--from", "sqlite:data", "--to", &db.url()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("api_keys") && l.trim_end().ends_with("2 rows")),
+        "{report}"
+    );
+    // Into a store that is no longer empty: refused, nothing merged.
+    let again = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .args(["migrate", "--from", "sqlite:data", "--to", &db.url()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        db.psql("SELECT count(*) FROM decisions WHERE strpos(record, '/orders/before-migration') > 0"),
+        "1"
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("empty database"));
+
+    // The same deployment on PostgreSQL: the key works, the admin key too.
+    let shared = dir.path().join("shared.toml");
+    std::fs::write(
+        &shared,
+        format!(
+            "[server]\ndata_dir = \"replica\"\n\n[store]\nurl = \"{}\"\npepper_file = \"data/pepper\"\n\n{routes}",
+            db.url()
+        ),
+    )
+    .unwrap();
+    let (_serve, proxy, api) = ServeProcess::serve_on_free_ports(&shared, dir.path(), "shared").await;
+    let status = |key: String| {
+        let (http, proxy) = (http.clone(), proxy.clone());
+        async move {
+            http.get(format!("http://{proxy}/orders/1"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(key.clone()).await, 200);
+    assert_eq!(status("pp_0000000000000000_wrong".into()).await, 401);
+    let health: serde_json::Value = http
+        .get(format!("http://{api}/healthz"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["store"]["backend"], "postgres", "{health}");
+    assert!(
+        !dir.path().join("replica/bootstrap-admin.key").exists(),
+        "the migrated store has its administrator: no new bootstrap key"
     );
 }
