@@ -674,6 +674,12 @@ reasons! {
         hint: "Retry in a second (see `Retry-After`): decisions are written within moments of their request.",
         description: "No decision is stored under this Pinpoint request id yet, and the id was made in the last 30 seconds: the decision log writes in batches (every `flush_interval_ms`), and the API waited for one batch before answering. After 30 seconds the answer is `api.not_found`.",
     },
+    /// The database cannot be reached.
+    StoreUnavailable => {
+        code: "store.unavailable", status: 503, source: Pinpoint, title: "Store unreachable",
+        hint: "Retry shortly; nothing was changed. Requests through the gateway are still decided meanwhile.",
+        description: "An API call that reads or writes the store could not reach its database (with `[store] url`, the PostgreSQL server refused or dropped the connection, or did not answer within the pool's wait). Nothing was written. The proxy keeps deciding requests from the directory it holds, and their decisions wait in a local spool until the store is back (`/healthz` `store`).",
+    },
     /// The store could not answer.
     ApiStoreUnavailable => {
         code: "api.store_unavailable", status: 503, source: Pinpoint, title: "Store unavailable",

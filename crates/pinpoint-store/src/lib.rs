@@ -72,6 +72,30 @@ pub enum Backend {
     Postgres,
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (as opposed to refusing what was asked):
+    /// connection failures, a pool that waited in vain, a server shutting down or not
+    /// accepting connections.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // SQLSTATE class 08 (connection exception), 57P (operator intervention:
+                // shutdown, cannot connect now), 55000 (database not accepting connections).
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "55000"),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

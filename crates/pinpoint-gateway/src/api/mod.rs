@@ -162,6 +162,13 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError(Denial::new(Reason::ApiNotFound, format!("No such {what}."))),
             StoreError::Conflict(why) => ApiError(Denial::new(Reason::ApiConflict, why)),
+            unreachable if unreachable.is_unreachable() => {
+                tracing::error!(error = %unreachable, "the store cannot be reached");
+                ApiError(Denial::new(
+                    Reason::StoreUnavailable,
+                    "The store cannot be reached; nothing was changed.",
+                ))
+            }
             other => {
                 tracing::error!(error = %other, "store query failed");
                 ApiError(Denial::new(

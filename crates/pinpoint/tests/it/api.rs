@@ -93,7 +93,7 @@ async fn unknown_api_path_is_404_and_a_closed_store_is_503() {
         .send()
         .await
         .unwrap();
-    let body = problem(resp, 503, "api.store_unavailable").await;
+    let body = problem(resp, 503, "store.unavailable").await;
     assert!(!body.to_string().contains("pinpoint.db"), "no internal detail: {body}");
 }
 

@@ -458,7 +458,7 @@ async fn replicas_on_postgres_follow_one_directory_and_lose_no_decision_when_it_
         .await
         .unwrap();
     assert_eq!(write.status(), 503);
-    assert_eq!(write.headers()["x-pinpoint-reason"], "api.store_unavailable");
+    assert_eq!(write.headers()["x-pinpoint-reason"], "store.unavailable");
     let health = r.health(0).await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["store"]["backend"], "postgres");
@@ -715,4 +715,14 @@ async fn an_embedded_store_migrated_to_postgres_keeps_its_keys_and_decisions() {
         !dir.path().join("replica/bootstrap-admin.key").exists(),
         "the migrated store has its administrator: no new bootstrap key"
     );
+}
+
+#[test]
+fn the_scale_out_example_config_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/scale-out.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .args(["config", "check", file])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
