@@ -248,9 +248,15 @@ impl Spool {
             text.push('\n');
             kept += 1;
         }
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            // Decisions name callers and paths: for the operator only, as the store is.
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let written = options
             .open(&self.path)
             .and_then(|mut file| file.write_all(text.as_bytes()));
         match written {

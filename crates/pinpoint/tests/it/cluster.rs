@@ -405,6 +405,28 @@ async fn replicas_on_postgres_follow_one_directory_and_lose_no_decision_when_it_
     })
     .await;
 
+    // A token issued by any replica verifies on every other (signing keys are in the
+    // store, and each replica's new one reaches the others through the feed).
+    for issuer in 0..3 {
+        let resp = r
+            .http
+            .post(format!("http://{}/api/v2/tokens", r.list[issuer].2))
+            .bearer_auth(&steady)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "token from replica {issuer}");
+        let token: serde_json::Value = resp.json().await.unwrap();
+        let token = token["data"]["attributes"]["access_token"].as_str().unwrap().to_owned();
+        for verifier in 0..3 {
+            assert_eq!(
+                r.get(verifier, "/lenient", &token).await.0,
+                200,
+                "issued by {issuer}, used at {verifier}"
+            );
+        }
+    }
+
     // The listeners' connections killed: a revocation made meanwhile is lost as a
     // notification and still reaches A within the 2 s the poll allows.
     let (id, key) = new_key().await;
