@@ -1154,6 +1154,58 @@ mod both_backends {
         );
     }
 
+    /// Table name to its column names, sorted.
+    type Shape = std::collections::BTreeMap<String, Vec<String>>;
+
+    async fn sqlite_shape(store: &Store) -> Shape {
+        let rows = sqlx::query(
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        shape(rows)
+    }
+
+    async fn postgres_shape(store: &Store) -> Shape {
+        let rows = sqlx::query(
+            "SELECT CAST(c.table_name AS TEXT), CAST(c.column_name AS TEXT) FROM information_schema.columns c
+             JOIN information_schema.tables t ON t.table_name = c.table_name AND t.table_schema = c.table_schema
+             WHERE c.table_schema = current_schema() AND t.table_name NOT LIKE 'decisions_day_%'
+             AND t.table_name NOT IN ('store_meta', 'schema_version')",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        shape(rows)
+    }
+
+    fn shape(rows: Vec<sqlx::any::AnyRow>) -> Shape {
+        let mut shape = Shape::new();
+        for row in rows {
+            shape
+                .entry(row.get::<String, _>(0))
+                .or_default()
+                .push(row.get::<String, _>(1));
+        }
+        shape.values_mut().for_each(|columns| columns.sort());
+        shape
+    }
+
+    #[tokio::test]
+    async fn both_schemas_have_the_same_tables_and_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::open(&dir.path().join("sqlite")).await.unwrap();
+        let db = OwnDatabase::create("shape").await;
+        let postgres = Store::connect(&db.url(), &dir.path().join("pepper"), &dir.path().join("pg"))
+            .await
+            .unwrap();
+        assert_eq!(sqlite_shape(&sqlite).await, postgres_shape(&postgres).await);
+        postgres.close().await;
+        db.drop_now().await;
+    }
+
     #[tokio::test]
     async fn on_sqlite() {
         let dir = tempfile::tempdir().unwrap();

@@ -20,7 +20,10 @@ pub const CHANGES_CHANNEL: &str = "pinpoint_directory_changes";
 const MIGRATION_LOCK: i64 = 0x5049_4e50_0001;
 const PARTITION_LOCK: i64 = 0x5049_4e50_0002;
 
-const SCHEMA: &[&str] = &[
+/// PostgreSQL's own tables: those whose SQLite shape grew by `ALTER TABLE` (written here in
+/// their final shape), the partitioned decisions, and the store's metadata. Every other
+/// table is SQLite's definition in PostgreSQL's types ([`shared_tables`]).
+const OWN_SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS decisions (
         seq BIGSERIAL,
@@ -51,106 +54,6 @@ const SCHEMA: &[&str] = &[
         expires_at_ms BIGINT,
         replaced_by TEXT
     )",
-    "CREATE INDEX IF NOT EXISTS api_keys_principal ON api_keys(principal_id)",
-    "CREATE TABLE IF NOT EXISTS quota_usage (
-        quota_id TEXT NOT NULL,
-        org_id TEXT NOT NULL,
-        window_start_ms BIGINT NOT NULL,
-        used BIGINT NOT NULL,
-        PRIMARY KEY (quota_id, org_id, window_start_ms)
-    )",
-    "CREATE TABLE IF NOT EXISTS organizations (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        suspended BIGINT NOT NULL DEFAULT 0,
-        created_at_ms BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS principals (
-        id TEXT PRIMARY KEY,
-        org_id TEXT NOT NULL REFERENCES organizations(id),
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        email TEXT,
-        suspended BIGINT NOT NULL DEFAULT 0,
-        created_at_ms BIGINT NOT NULL,
-        UNIQUE (org_id, kind, name)
-    )",
-    "CREATE TABLE IF NOT EXISTS roles (
-        id TEXT PRIMARY KEY,
-        org_id TEXT NOT NULL REFERENCES organizations(id),
-        name TEXT NOT NULL,
-        permissions TEXT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        UNIQUE (org_id, name)
-    )",
-    "CREATE TABLE IF NOT EXISTS role_assignments (
-        principal_id TEXT NOT NULL REFERENCES principals(id),
-        role_id TEXT NOT NULL REFERENCES roles(id),
-        PRIMARY KEY (principal_id, role_id)
-    )",
-    "CREATE INDEX IF NOT EXISTS role_assignments_role ON role_assignments(role_id)",
-    "CREATE TABLE IF NOT EXISTS signing_keys (
-        kid TEXT PRIMARY KEY,
-        alg TEXT NOT NULL,
-        private_pkcs8 BYTEA NOT NULL,
-        public_raw BYTEA NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        retire_at_ms BIGINT NOT NULL,
-        expires_at_ms BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS aws_accounts (
-        org_id TEXT NOT NULL REFERENCES organizations(id),
-        account_id TEXT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        PRIMARY KEY (org_id, account_id)
-    )",
-    "CREATE TABLE IF NOT EXISTS cloud_auth_mappings (
-        id TEXT PRIMARY KEY,
-        org_id TEXT NOT NULL REFERENCES organizations(id),
-        kind TEXT NOT NULL,
-        arn_pattern TEXT NOT NULL,
-        principal_id TEXT,
-        bound_unique_id TEXT,
-        created_at_ms BIGINT NOT NULL,
-        UNIQUE (org_id, kind, arn_pattern)
-    )",
-    "CREATE TABLE IF NOT EXISTS intake_keys (
-        mapping_id TEXT NOT NULL,
-        identity TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        PRIMARY KEY (mapping_id, identity, key_id)
-    )",
-    "CREATE TABLE IF NOT EXISTS proof_replay (
-        signature TEXT PRIMARY KEY,
-        until_s BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS directory_changes (
-        seq BIGSERIAL PRIMARY KEY,
-        kind TEXT NOT NULL,
-        id TEXT NOT NULL,
-        at_ms BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS decision_rollups (
-        minute_ms BIGINT NOT NULL,
-        route TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        org_id TEXT NOT NULL,
-        principal_id TEXT NOT NULL,
-        permission TEXT NOT NULL,
-        status BIGINT NOT NULL,
-        mode TEXT NOT NULL,
-        count BIGINT NOT NULL,
-        PRIMARY KEY (minute_ms, route, reason, org_id, principal_id, permission, status, mode)
-    )",
-    "CREATE TABLE IF NOT EXISTS config_loads (
-        seq BIGSERIAL PRIMARY KEY,
-        at_ms BIGINT NOT NULL,
-        revision TEXT NOT NULL,
-        previous TEXT,
-        trigger TEXT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS config_loads_at ON config_loads(at_ms)",
     // The change feed. Writers take one transaction-scoped lock before appending, so
     // changes commit in `seq` order and a reader that has seen `seq` N never later finds
     // a smaller one committed (what SQLite's single writer gives for free).
@@ -173,6 +76,40 @@ const SCHEMA: &[&str] = &[
      END
      $$ LANGUAGE plpgsql",
 ];
+
+/// The tables whose shape never changed after SQLite created them, defined once: SQLite's
+/// statements with PostgreSQL's types (64-bit integers, `BYTEA`, identity sequences).
+fn shared_tables() -> Vec<String> {
+    let directory_changes = crate::changes::schema_v9().swap_remove(0);
+    let rollups = crate::rollups::SCHEMA_V13
+        .iter()
+        .filter(|s| s.contains("CREATE TABLE decision_rollups"));
+    crate::SCHEMA_V2
+        .iter()
+        .chain(crate::SCHEMA_V3)
+        .chain(crate::cloudauth::SCHEMA_V4)
+        .chain(crate::cloudauth::SCHEMA_V7)
+        .chain(rollups)
+        .chain(crate::revisions::SCHEMA_V13)
+        .map(|s| s.to_string())
+        .chain([directory_changes])
+        .filter(|statement| statement.starts_with("CREATE"))
+        .map(|statement| in_postgres_types(&statement))
+        .collect()
+}
+
+/// A SQLite `CREATE` statement in PostgreSQL's dialect.
+fn in_postgres_types(sqlite: &str) -> String {
+    sqlite
+        .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+        .replace(" WITHOUT ROWID", "")
+        .replace(
+            "CREATE TABLE decision_rollups",
+            "CREATE TABLE IF NOT EXISTS decision_rollups",
+        )
+}
 
 /// The feed's triggers: (table, events, kind, id column). A key's last-use time is not a
 /// change (as on SQLite).
@@ -214,8 +151,8 @@ pub(crate) async fn migrate_and_check_pepper(pool: &AnyPool, pepper_file: &Path)
         });
     }
     if version < SCHEMA_VERSION {
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&mut *tx).await?;
+        for statement in OWN_SCHEMA.iter().map(|s| s.to_string()).chain(shared_tables()) {
+            sqlx::query(&statement).execute(&mut *tx).await?;
         }
         for (i, (table, events, kind, column)) in TRIGGERS.iter().enumerate() {
             let name = format!("{table}_changed_{i}");
