@@ -76,6 +76,15 @@ impl Services {
         Ok(())
     }
 
+    /// [`Services::catch_up`] after an API write committed: the answer reports the write
+    /// whatever happens here (a store gone between the two leaves this process to apply
+    /// it with the follower, as every other replica does).
+    pub async fn catch_up_after_write(&self, store: &Store) {
+        if let Err(e) = self.catch_up(store).await {
+            tracing::warn!(error = %e, "a committed change is applied by the change-feed follower instead");
+        }
+    }
+
     /// Follows the store's change feed until `stop` turns true, every
     /// [`crate::directory::FOLLOW_EVERY`] and, on PostgreSQL, at once when a change is
     /// announced (LISTEN/NOTIFY; the poll covers notifications lost while the listener
@@ -426,10 +435,25 @@ impl Shared {
         };
         if cluster_changed {
             tracing::warn!("[cluster] changed: it applies on restart only; until then this replica keeps its Redis connection and key prefix");
-            self.restart_required
-                .store(Some(Arc::new("[cluster] changed: restart to apply it".to_owned())));
-        } else {
+        }
+        // The store this process opened at start (the URL; the pepper is read then too).
+        let store_changed = config.store.url.as_deref() != self.store.postgres_url();
+        if store_changed {
+            tracing::warn!(
+                "[store] changed: it applies on restart only; until then this replica keeps the store it opened"
+            );
+        }
+        let pending: Vec<&str> = [(cluster_changed, "[cluster]"), (store_changed, "[store]")]
+            .into_iter()
+            .filter_map(|(changed, section)| changed.then_some(section))
+            .collect();
+        if pending.is_empty() {
             self.restart_required.store(None);
+        } else {
+            self.restart_required.store(Some(Arc::new(format!(
+                "{} changed: restart to apply it",
+                pending.join(" and ")
+            ))));
         }
         let revision = config.revision.clone();
         let previous = current.config.revision.clone();

@@ -208,6 +208,8 @@ struct Spool {
     path: std::path::PathBuf,
     bytes: u64,
     last_try: Option<std::time::Instant>,
+    /// The last replay failed (said once per streak).
+    refused: bool,
 }
 
 /// The most the spool file holds (64 MiB, about 100,000 refusals).
@@ -227,6 +229,7 @@ impl Spool {
             path,
             bytes,
             last_try: None,
+            refused: false,
         }
     }
 
@@ -290,12 +293,16 @@ impl Spool {
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect();
-        for chunk in spooled.chunks(1000) {
-            if let Err(e) = insert_all(store, chunk).await {
-                tracing::debug!(error = %e, "the store still refuses spooled decisions");
-                return;
+        // All in one transaction: a failure part-way leaves nothing written, so nothing is
+        // written twice when the next round offers the spool again.
+        if let Err(e) = insert_all(store, &spooled).await {
+            if !self.refused {
+                tracing::warn!(error = %e, spooled = spooled.len(), "the store refuses the spooled decisions; offered again every second");
             }
+            self.refused = true;
+            return;
         }
+        self.refused = false;
         // Replayed (a crash between the inserts and this truncation replays them again).
         if let Err(e) = std::fs::write(&self.path, b"") {
             tracing::error!(error = %e, path = %self.path.display(), "cannot empty the decision spool");
@@ -428,31 +435,62 @@ async fn write_batch(store: &Store, spool: &mut Spool, batch: &mut Vec<Decision>
 }
 
 pub(crate) async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
-    // Multi-row INSERTs: far fewer round trips to SQLite's worker thread than one statement
-    // per decision. 7 binds a row keeps every chunk well under SQLite's limit.
-    let mut encoded = Vec::with_capacity(batch.len());
-    for d in batch {
-        encoded.push((d, crate::record::encode(d)));
+    let rows: Vec<DecisionRow> = batch
+        .iter()
+        .map(|d| DecisionRow {
+            decision: d,
+            record: crate::record::encode(d),
+            org_id: d.org_id(),
+        })
+        .collect();
+    insert_rows(store, &rows).await
+}
+
+/// A decision as it is inserted: its record, and the organization it is filed under.
+pub(crate) struct DecisionRow<'a> {
+    pub decision: &'a Decision,
+    pub record: String,
+    pub org_id: Option<&'a str>,
+}
+
+/// Inserts `rows` in one transaction (all or none).
+pub(crate) async fn insert_rows(store: &Store, rows: &[DecisionRow<'_>]) -> Result<(), StoreError> {
+    let inserted = insert_rows_once(store, rows).await;
+    if inserted.is_err() && store.backend() == Backend::Postgres {
+        crate::postgres::forget_partitions(store);
     }
-    if store.backend() == Backend::Postgres {
-        crate::postgres::ensure_day_partitions(store, batch.iter().map(|d| d.at_ms)).await?;
+    inserted
+}
+
+async fn insert_rows_once(store: &Store, rows: &[DecisionRow<'_>]) -> Result<(), StoreError> {
+    // Multi-row INSERTs: far fewer round trips to SQLite's worker thread than one statement
+    // per decision. 8 binds a row keeps every chunk well under SQLite's limit.
+    let postgres = store.backend() == Backend::Postgres;
+    if postgres {
+        crate::postgres::ensure_day_partitions(store, rows.iter().map(|r| r.decision.at_ms)).await?;
     }
     let mut tx = store.write_tx().await?;
-    let mut rest = encoded.as_slice();
+    let mut rest = rows;
     while !rest.is_empty() {
         let (chunk, after) = rest.split_at(chunk_len(rest.len()));
         rest = after;
         let mut insert = sqlx::query(insert_statement(chunk.len()));
-        for (d, record) in chunk {
+        for row in chunk {
+            let d = row.decision;
+            let at_ms = if postgres {
+                crate::postgres::filed_at(d.at_ms)
+            } else {
+                d.at_ms
+            };
             insert = insert
                 .bind(&d.request_id)
                 .bind(d.client_request_id.as_deref())
-                .bind(d.at_ms)
+                .bind(at_ms)
                 .bind(i64::from(d.status))
                 .bind(d.reason.map(|r| r.code()))
                 .bind(d.route.as_deref())
-                .bind(d.org_id())
-                .bind(record.as_str());
+                .bind(row.org_id)
+                .bind(row.record.as_str());
         }
         insert.execute(&mut *tx).await?;
     }
@@ -1203,6 +1241,98 @@ mod both_backends {
             .unwrap();
         assert_eq!(sqlite_shape(&sqlite).await, postgres_shape(&postgres).await);
         postgres.close().await;
+        db.drop_now().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_spool_replays_once_into_partitions_made_again() {
+        let db = OwnDatabase::create("spool").await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&db.url(), &dir.path().join("pepper"), dir.path())
+            .await
+            .unwrap();
+        let mut spool = Spool::open(&store);
+        // Today's partition, made and remembered; then dropped behind this process's back
+        // (another replica's retention): the next batch fails once and is spooled.
+        write_batch(&store, &mut spool, &mut vec![decision("first")]).await;
+        let today = crate::now_ms() / 86_400_000;
+        sqlx::query(&format!("DROP TABLE decisions_day_{today}"))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let mut batch: Vec<Decision> = (0..1500).map(|i| decision(&format!("s-{i}"))).collect();
+        // Times no partition could hold as they are: filed at the nearer end.
+        batch[0].at_ms = i64::MAX;
+        batch[1].at_ms = -5;
+        assert_eq!(
+            write_batch(&store, &mut spool, &mut batch).await,
+            0,
+            "spooled, not dropped"
+        );
+        assert!(!spool.is_empty());
+        spool.replay(&store).await;
+        assert!(spool.is_empty());
+        spool.replay(&store).await;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decisions WHERE request_id LIKE 's-%'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(count, 1500);
+        assert_eq!(
+            store.decision("s-0").await.unwrap().unwrap().at_ms,
+            i64::MAX,
+            "the record keeps its time"
+        );
+        store.close().await;
+        db.drop_now().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_directory_writers_wait_for_each_other_instead_of_deadlocking() {
+        let db = OwnDatabase::create("deadlock").await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&db.url(), &dir.path().join("pepper"), dir.path())
+            .await
+            .unwrap();
+        let org = store.create_org("acme").await.unwrap();
+        let user = store
+            .create_principal(&org.id, PrincipalKind::User, "ann", None)
+            .await
+            .unwrap();
+        let role = store.create_role(&org.id, "reader", &[]).await.unwrap();
+        // A role deleted in two statements while another writer assigns it: one waits for
+        // the other, and the assignment fails on the missing role (no deadlock).
+        let mut deleting = store.pool().begin().await.unwrap();
+        sqlx::query("DELETE FROM role_assignments WHERE role_id = $1")
+            .bind(&role.id)
+            .execute(&mut *deleting)
+            .await
+            .unwrap();
+        let assigning = {
+            let (store, user, role) = (store.clone(), user.id.clone(), role.id.clone());
+            tokio::spawn(async move { store.assign_role(&user, &role).await })
+        };
+        // Until the assignment waits on a lock (polled, at most 5 s).
+        for _ in 0..500 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        sqlx::query("DELETE FROM roles WHERE id = $1")
+            .bind(&role.id)
+            .execute(&mut *deleting)
+            .await
+            .unwrap();
+        deleting.commit().await.unwrap();
+        assert!(matches!(assigning.await.unwrap(), Err(StoreError::Conflict(_))));
+        store.close().await;
         db.drop_now().await;
     }
 

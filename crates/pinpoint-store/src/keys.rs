@@ -3,8 +3,6 @@
 //! time. Also the bootstrap admin key a fresh store creates on first start.
 
 use crate::prelude::*;
-use std::io::Write;
-use std::path::Path;
 
 use base64::Engine;
 use pinpoint_core::identity::{ApiKey, KeyKind, PrincipalKind, ALL_PERMISSIONS};
@@ -90,7 +88,7 @@ impl Store {
         let path = self.data_dir.join(BOOTSTRAP_KEY_FILE);
         let fresh = self.data_dir.join(format!("{BOOTSTRAP_KEY_FILE}.new"));
         let _ = std::fs::remove_file(&fresh);
-        write_private_file(&fresh, format!("{key}\n").as_bytes())?;
+        crate::files::write_private_file(&fresh, format!("{key}\n").as_bytes())?;
         std::fs::rename(&fresh, &path).map_err(|source| StoreError::Io { path, source })
     }
 
@@ -353,10 +351,14 @@ impl KeyStore for Store {
     }
 
     async fn bootstrap_admin_key(&self) -> Result<Option<IssuedKey>, StoreError> {
-        if self.key_count().await? > 0 {
-            return Ok(None);
+        if self.backend() == crate::Backend::Postgres {
+            // Replicas starting together on a new store: one at a time decides.
+            let lock = crate::postgres::SessionLock::take(self, crate::postgres::BOOTSTRAP_LOCK).await?;
+            let issued = self.bootstrap_if_keyless().await;
+            lock.release().await;
+            return issued;
         }
-        self.issue_bootstrap_key("bootstrap-admin").await.map(Some)
+        self.bootstrap_if_keyless().await
     }
 
     async fn recover_bootstrap_key(&self) -> Result<IssuedKey, StoreError> {
@@ -364,53 +366,28 @@ impl KeyStore for Store {
     }
 }
 
-/// Reads the pepper file, creating it with 32 random bytes (mode 0600) if absent.
-pub(crate) fn load_or_create_pepper(path: &Path) -> Result<Vec<u8>, StoreError> {
-    read_or(path, true)
-}
-
-/// The pepper in `path`, which must exist (a store that already hashed keys with one).
-pub(crate) fn read_pepper(path: &Path) -> Result<Vec<u8>, StoreError> {
-    read_or(path, false)
-}
-
-fn read_or(path: &Path, create: bool) -> Result<Vec<u8>, StoreError> {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.len() >= 32 => Ok(bytes),
-        Ok(_) => Err(StoreError::Invalid {
-            path: path.to_owned(),
-            message: "pepper file is shorter than 32 bytes; restore it from backup (keys hashed with it cannot be verified otherwise)".into(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Err(StoreError::Invalid {
-            path: path.to_owned(),
-            message: "no pepper file, and the store already holds keys hashed with a pepper: give this replica the pepper file the others use".into(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut pepper = vec![0u8; 32];
-            rand::rng().fill_bytes(&mut pepper);
-            write_private_file(path, &pepper)?;
-            Ok(pepper)
+impl Store {
+    async fn bootstrap_if_keyless(&self) -> Result<Option<IssuedKey>, StoreError> {
+        if self.key_count().await? > 0 {
+            return Ok(None);
         }
-        Err(source) => Err(StoreError::Io { path: path.to_owned(), source }),
+        match self.issue_bootstrap_key("bootstrap-admin").await {
+            Ok(issued) => Ok(Some(issued)),
+            // Another process on the same store is bootstrapping it at this moment (replicas
+            // started together on a new PostgreSQL store): its key appears within moments,
+            // and this process has no key of its own to show.
+            Err(StoreError::Conflict(why)) => {
+                for _ in 0..100 {
+                    if self.key_count().await? > 0 {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(StoreError::Conflict(why))
+            }
+            Err(e) => Err(e),
+        }
     }
-}
-
-fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(())
 }
 
 #[cfg(test)]

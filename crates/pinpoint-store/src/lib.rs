@@ -9,6 +9,7 @@
 pub mod changes;
 pub mod cloudauth;
 pub mod decisions;
+mod files;
 pub mod identities;
 pub mod keys;
 pub mod migrate;
@@ -254,7 +255,7 @@ impl Store {
     /// `pepper` file (32 random bytes, mode 0600) used to hash key secrets.
     pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
         create_private_dir(data_dir)?;
-        let pepper = keys::load_or_create_pepper(&data_dir.join("pepper"))?;
+        let pepper = files::load_or_create_pepper(&data_dir.join("pepper"))?;
         sqlx::any::install_default_drivers();
         let url = SqliteConnectOptions::new()
             .filename(data_dir.join("pinpoint.db"))

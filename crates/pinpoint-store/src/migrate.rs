@@ -91,18 +91,32 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<MigrationReport, Sto
     let mut after = i64::MIN;
     let mut copied = 0;
     loop {
-        let rows = sqlx::query("SELECT seq, record FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after)
-            .bind(DECISIONS_PER_ROUND)
-            .fetch_all(from.pool())
-            .await?;
+        // The organization as SQLite files it: its column, or for rows older than the
+        // column the record's own (`caller.org_id`, or before callers were records `org_id`).
+        let rows = sqlx::query(
+            "SELECT seq, record, COALESCE(org_id, json_extract(record, '$.caller.org_id'), json_extract(record, '$.org_id')) AS org
+             FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(DECISIONS_PER_ROUND)
+        .fetch_all(from.pool())
+        .await?;
         let Some(last) = rows.last() else { break };
         after = last.try_get("seq")?;
-        let mut batch = Vec::with_capacity(rows.len());
+        let mut decisions: Vec<(pinpoint_core::Decision, String, Option<String>)> = Vec::with_capacity(rows.len());
         for row in &rows {
-            batch.push(serde_json::from_str(&row.try_get::<String, _>("record")?)?);
+            let record: String = row.try_get("record")?;
+            decisions.push((serde_json::from_str(&record)?, record, row.try_get("org")?));
         }
-        crate::decisions::insert_all(to, &batch).await?;
+        let batch: Vec<crate::decisions::DecisionRow> = decisions
+            .iter()
+            .map(|(decision, record, org)| crate::decisions::DecisionRow {
+                decision,
+                record: record.clone(),
+                org_id: org.as_deref(),
+            })
+            .collect();
+        crate::decisions::insert_rows(to, &batch).await?;
         copied += batch.len() as u64;
     }
     report.tables.push(("decisions", copied));

@@ -19,6 +19,34 @@ pub const CHANGES_CHANNEL: &str = "pinpoint_directory_changes";
 /// Advisory lock ids: schema migration, and decision-partition creation.
 const MIGRATION_LOCK: i64 = 0x5049_4e50_0001;
 const PARTITION_LOCK: i64 = 0x5049_4e50_0002;
+/// Held while the bootstrap administrator is created, so replicas started together on a
+/// new store make one.
+pub(crate) const BOOTSTRAP_LOCK: i64 = 0x5049_4e50_0003;
+
+/// A session-level advisory lock, held on one pooled connection until [`SessionLock::release`].
+pub(crate) struct SessionLock(sqlx::pool::PoolConnection<sqlx::Any>);
+
+impl SessionLock {
+    pub(crate) async fn take(store: &Store, id: i64) -> Result<SessionLock, StoreError> {
+        let mut conn = store.pool().acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(SessionLock(conn))
+    }
+
+    /// Releases the lock; a connection that cannot say so is closed, which releases it too.
+    pub(crate) async fn release(mut self) {
+        if sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *self.0)
+            .await
+            .is_err()
+        {
+            let _ = self.0.close().await;
+        }
+    }
+}
 
 /// PostgreSQL's own tables: those whose SQLite shape grew by `ALTER TABLE` (written here in
 /// their final shape), the partitioned decisions, and the store's metadata. Every other
@@ -56,7 +84,16 @@ const OWN_SCHEMA: &[&str] = &[
     )",
     // The change feed. Writers take one transaction-scoped lock before appending, so
     // changes commit in `seq` order and a reader that has seen `seq` N never later finds
-    // a smaller one committed (what SQLite's single writer gives for free).
+    // a smaller one committed (what SQLite's single writer gives for free). The lock is
+    // taken before each writing statement touches a row (a statement-level trigger), so a
+    // transaction never holds row locks while it waits for it: two writers cannot deadlock
+    // on it and the rows.
+    "CREATE OR REPLACE FUNCTION pinpoint_directory_lock() RETURNS trigger AS $$
+     BEGIN
+        PERFORM pg_advisory_xact_lock(5787213827432448003);
+        RETURN NULL;
+     END
+     $$ LANGUAGE plpgsql",
     "CREATE OR REPLACE FUNCTION pinpoint_directory_change() RETURNS trigger AS $$
      DECLARE
         changed_id TEXT;
@@ -155,16 +192,21 @@ pub(crate) async fn migrate_and_check_pepper(pool: &AnyPool, pepper_file: &Path)
             sqlx::query(&statement).execute(&mut *tx).await?;
         }
         for (i, (table, events, kind, column)) in TRIGGERS.iter().enumerate() {
-            let name = format!("{table}_changed_{i}");
-            sqlx::query(&format!("DROP TRIGGER IF EXISTS {name} ON {table}"))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(&format!(
-                "CREATE TRIGGER {name} AFTER {events} ON {table} FOR EACH ROW \
-                 EXECUTE FUNCTION pinpoint_directory_change('{kind}', '{column}')"
-            ))
-            .execute(&mut *tx)
-            .await?;
+            let (lock, change) = (format!("{table}_lock_{i}"), format!("{table}_changed_{i}"));
+            for statement in [
+                format!("DROP TRIGGER IF EXISTS {lock} ON {table}"),
+                format!("DROP TRIGGER IF EXISTS {change} ON {table}"),
+                format!(
+                    "CREATE TRIGGER {lock} BEFORE {events} ON {table} FOR EACH STATEMENT \
+                     EXECUTE FUNCTION pinpoint_directory_lock()"
+                ),
+                format!(
+                    "CREATE TRIGGER {change} AFTER {events} ON {table} FOR EACH ROW \
+                     EXECUTE FUNCTION pinpoint_directory_change('{kind}', '{column}')"
+                ),
+            ] {
+                sqlx::query(&statement).execute(&mut *tx).await?;
+            }
         }
         sqlx::query("DELETE FROM schema_version").execute(&mut *tx).await?;
         sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
@@ -177,8 +219,8 @@ pub(crate) async fn migrate_and_check_pepper(pool: &AnyPool, pepper_file: &Path)
         .await?;
     let pepper = match &recorded {
         // A store that has a pepper: the file must exist and hold the same one.
-        Some(_) => crate::keys::read_pepper(pepper_file)?,
-        None => crate::keys::load_or_create_pepper(pepper_file)?,
+        Some(_) => crate::files::read_pepper(pepper_file)?,
+        None => crate::files::load_or_create_pepper(pepper_file)?,
     };
     let check = pepper_check(&pepper);
     match recorded {
@@ -211,13 +253,30 @@ fn pepper_check(pepper: &[u8]) -> String {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// The latest time a decision partition is made for (the end of year 9999): a record with
+/// a time outside 1970..=9999 (a clock gone wrong, an edited spool) is filed at the nearer
+/// end, so partition bounds never overflow and names never go negative.
+const LAST_MS: i64 = 253_402_300_799_999;
+
+/// Where a decision made at `at_ms` is filed (its `at_ms` column; the record keeps the
+/// original).
+pub(crate) fn filed_at(at_ms: i64) -> i64 {
+    at_ms.clamp(0, LAST_MS)
+}
+
+/// The partitions this process knows exist may be gone (another replica's retention, an
+/// operator): forgotten after a failed insert, so the next one makes sure again.
+pub(crate) fn forget_partitions(store: &Store) {
+    store.day_partitions.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 fn partition_name(day: i64) -> String {
     format!("decisions_day_{day}")
 }
 
 /// Makes sure the decision partitions of the days `at_ms` fall in exist.
 pub(crate) async fn ensure_day_partitions(store: &Store, at_ms: impl Iterator<Item = i64>) -> Result<(), StoreError> {
-    let days: BTreeSet<i64> = at_ms.map(|at| at.div_euclid(DAY_MS)).collect();
+    let days: BTreeSet<i64> = at_ms.map(|at| filed_at(at) / DAY_MS).collect();
     let missing: Vec<i64> = {
         let known = store.day_partitions.lock().unwrap_or_else(|e| e.into_inner());
         days.into_iter().filter(|day| !known.contains(day)).collect()

@@ -1299,7 +1299,7 @@ pub const TABLES: &[Table] = &[
     Table {
         path: "[store]",
         probe: "[store]\nPROBE\n",
-        about: "Where identities, keys, roles, cloud-auth mappings, signing keys, quotas, rollups and decisions are kept. Unset: the embedded SQLite file `pinpoint.db` in `server.data_dir` (one process). With `url`: a PostgreSQL server that replicas share; every change made through any replica (or the CLI) reaches the others through the change feed (LISTEN/NOTIFY, with a revision poll every 250 ms behind it), decisions go into day partitions (retention drops whole days), and the schema is created by the first replica that connects. Read at start.",
+        about: "Where identities, keys, roles, cloud-auth mappings, signing keys, quotas, rollups and decisions are kept. Unset: the embedded SQLite file `pinpoint.db` in `server.data_dir` (one process). With `url`: a PostgreSQL server that replicas share; every change made through any replica (or the CLI) reaches the others through the change feed (LISTEN/NOTIFY, with a revision poll every 250 ms behind it), decisions go into day partitions (retention drops whole days), and the schema is created by the first replica that connects. Read at start: a reload that changes `url` is applied only on restart, and `/healthz` says `degraded` with `restart_required` until then.",
         keys: &[
             Key {
                 name: "url",

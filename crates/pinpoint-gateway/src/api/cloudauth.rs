@@ -160,7 +160,7 @@ async fn intake_key(
         .await?;
     if created {
         shared.store.record_intake_key(&mapping.id, &identity, &id).await?;
-        shared.services.catch_up(&shared.store).await?;
+        shared.services.catch_up_after_write(&shared.store).await;
     }
     let stored = shared
         .store
@@ -246,7 +246,7 @@ async fn remove_mapping(shared: &Shared, caller: &Caller, id: &str, kind: &str) 
         return Err(deny(Reason::ApiNotFound, "No such mapping."));
     }
     shared.store.delete_mapping(id).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -446,6 +446,6 @@ async fn remove_account(
     Path(account): Path<String>,
 ) -> ApiResult<StatusCode> {
     shared.store.remove_aws_account(caller.0.org_id(), &account).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
 }

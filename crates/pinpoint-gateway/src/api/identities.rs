@@ -146,7 +146,7 @@ async fn create_org(
     let attrs: OrgAttrs = attributes(&body)?;
     valid_name(&attrs.name, "name")?;
     let org = shared.store.create_org(attrs.name.trim()).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok((StatusCode::CREATED, envelope(org_resource(&org))))
 }
 
@@ -192,7 +192,7 @@ async fn patch_org(
             .await?
             .ok_or_else(|| deny(Reason::ApiNotFound, "No such organization."))?,
     };
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(envelope(org_resource(&org)))
 }
 
@@ -206,7 +206,7 @@ async fn delete_org(
         return Err(deny(Reason::ApiConflict, "You cannot delete your own organization."));
     }
     shared.store.delete_org(&id).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -247,7 +247,7 @@ async fn create_principal(
         .store
         .create_principal(&org_id, kind, attrs.name.trim(), attrs.email.as_deref())
         .await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok((StatusCode::CREATED, envelope(principal_resource(&p))))
 }
 
@@ -282,7 +282,7 @@ async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, 
     if let Some(s) = patch.suspended {
         p = shared.store.set_principal_suspended(id, s).await?;
     }
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(envelope(principal_resource(&p)))
 }
 
@@ -292,7 +292,7 @@ async fn delete_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind,
         return Err(deny(Reason::ApiConflict, "You cannot delete yourself."));
     }
     shared.store.delete_principal(id).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -435,7 +435,7 @@ async fn patch_role(
     load_role(&shared, &caller, &id).await?;
     check_grantable(&caller, &patch.permissions)?;
     let role = shared.store.set_role_permissions(&id, &patch.permissions).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(envelope(role_resource(&role)))
 }
 
@@ -446,7 +446,7 @@ async fn delete_role(
 ) -> ApiResult<StatusCode> {
     load_role(&shared, &caller, &id).await?;
     shared.store.delete_role(&id).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -486,7 +486,7 @@ async fn assign_role(
         ));
     }
     shared.store.assign_role(&principal.id, &role.id).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -497,6 +497,6 @@ async fn unassign_role(
 ) -> ApiResult<StatusCode> {
     load_role(&shared, &caller, &id).await?;
     shared.store.unassign_role(&principal_id, &id).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -122,7 +122,7 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
             expires_at_ms,
         })
         .await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     tracing::info!(key = %issued.info.id, by = %caller.0.label(), "api key created");
     Ok((StatusCode::CREATED, envelope(issued_resource(&issued))))
 }
@@ -176,7 +176,7 @@ async fn revoke_key(
         ));
     }
     shared.store.revoke_key(&id).await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     tracing::info!(key = %id, by = %caller.0.label(), "api key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -215,7 +215,7 @@ async fn rotate_key(
         .store
         .rotate_key(&id, (overlap as i64).saturating_mul(1000))
         .await?;
-    shared.services.catch_up(&shared.store).await?;
+    shared.services.catch_up_after_write(&shared.store).await;
     // Rotating the bootstrap key moves its file on to the successor.
     if shared.store.bootstrap_key_id().as_deref() == Some(id.as_str()) {
         shared.store.replace_bootstrap_key_file(&issued.key)?;

@@ -616,8 +616,11 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
     let details = runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Public
         || caller.is_some_and(|Extension(c)| c.0.is_platform_admin());
     let (store_reachable, spooled_bytes) = shared.store.health().await;
-    let degraded =
-        shared.config_rejected.load().is_some() || shared.restart_required.load().is_some() || !store_reachable;
+    // Decisions waiting in the spool: the store is not taking them (yet).
+    let degraded = shared.config_rejected.load().is_some()
+        || shared.restart_required.load().is_some()
+        || !store_reachable
+        || spooled_bytes > 0;
     if !details {
         return Json(serde_json::json!({
             "status": if degraded { "degraded" } else { "ok" },

@@ -737,6 +737,25 @@ async fn an_embedded_store_migrated_to_postgres_keeps_its_keys_and_decisions() {
         !dir.path().join("replica/bootstrap-admin.key").exists(),
         "the migrated store has its administrator: no new bootstrap key"
     );
+    // Back to the embedded store by a reload: not applied, said until a restart.
+    std::fs::write(&shared, format!("[server]\ndata_dir = \"replica\"\n\n{routes}")).unwrap();
+    let healthz = format!("http://{api}/healthz");
+    poll_until("the reload flagged", || async {
+        let health: serde_json::Value = http
+            .get(&healthz)
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["restart_required"]
+            .as_str()
+            .is_some_and(|r| r.contains("[store]"))
+    })
+    .await;
+    assert_eq!(status(key.clone()).await, 200, "still on the store it opened");
 }
 
 #[test]
@@ -747,4 +766,33 @@ fn the_scale_out_example_config_is_valid() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn replicas_started_together_on_a_new_postgres_store_all_serve() {
+    let db = OwnDatabase::create("together");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\ndata_dir = \"data\"\n\n[store]\nurl = \"{}\"\npepper_file = \"../pepper\"\n\n[upstreams.main]\ntargets = [\"builtin:echo\"]\n\n[[routes]]\nid = \"all\"\npath_prefix = \"/\"\nupstream = \"main\"\n",
+        db.url()
+    );
+    let workdirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("replica-{i}"))).collect();
+    for workdir in &workdirs {
+        std::fs::create_dir_all(workdir).unwrap();
+        std::fs::write(workdir.join("pinpoint.toml"), &text).unwrap();
+    }
+    let start = |i: usize| {
+        let workdir = workdirs[i].clone();
+        async move { ServeProcess::serve_on_free_ports(&workdir.join("pinpoint.toml"), &workdir, "serve").await }
+    };
+    // All at once: one creates the schema, the pepper and the bootstrap key; the others
+    // wait for it and serve.
+    let (a, b, c) = tokio::join!(start(0), start(1), start(2));
+    let bootstrapped = workdirs
+        .iter()
+        .filter(|w| w.join("data/bootstrap-admin.key").exists())
+        .count();
+    assert_eq!(bootstrapped, 1, "one bootstrap key, shown by one replica");
+    assert_eq!(db.psql("SELECT count(*) FROM api_keys"), "1");
+    drop((a, b, c));
 }
