@@ -12,13 +12,18 @@ use crate::poll_until;
 /// A unique key prefix, and a guard that deletes its keys from the shared Redis.
 pub(crate) struct Prefix(pub String);
 
+/// `test` made unique to this process and moment: `test_<pid>_<nanoseconds>`.
+fn unique(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{test}_{}_{nanos}", std::process::id())
+}
+
 impl Prefix {
     pub(crate) fn new(test: &str) -> Prefix {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Prefix(format!("pinpoint-test:{test}:{}:{nanos}:", std::process::id()))
+        Prefix(format!("pinpoint-test:{}:", unique(test)))
     }
 }
 
@@ -48,11 +53,7 @@ pub(crate) struct OwnDatabase(pub String);
 
 impl OwnDatabase {
     pub(crate) fn create(test: &str) -> OwnDatabase {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let db = OwnDatabase(format!("pinpoint_it_{test}_{}_{nanos}", std::process::id()));
+        let db = OwnDatabase(format!("pinpoint_it_{}", unique(test)));
         psql("postgres", &format!("CREATE DATABASE {}", db.0));
         db
     }
