@@ -312,7 +312,8 @@ pub(crate) async fn ensure_day_partitions(store: &Store, at_ms: impl Iterator<It
 async fn partition_days(store: &Store) -> Result<Vec<i64>, StoreError> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'decisions'",
+         JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace
+         WHERE p.relname = 'decisions' AND n.nspname = current_schema()",
     )
     .fetch_all(store.pool())
     .await?;
@@ -328,7 +329,8 @@ async fn partition_days(store: &Store) -> Result<Vec<i64>, StoreError> {
 async fn partitions_bytes(store: &Store) -> Result<u64, StoreError> {
     let bytes: i64 = sqlx::query_scalar(
         "SELECT CAST(COALESCE(SUM(pg_total_relation_size(i.inhrelid)), 0) AS BIGINT) FROM pg_inherits i
-         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'decisions'",
+         JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace
+         WHERE p.relname = 'decisions' AND n.nspname = current_schema()",
     )
     .fetch_one(store.pool())
     .await?;

@@ -129,10 +129,13 @@ async fn permissions_unused_are_those_no_counted_request_was_granted() {
     // alice (orders:read and orders:write) and bob (orders:read) joined ten days ago; the
     // rollups of three days ago count alice's reads, and those of twenty days ago (before
     // the window) bob's.
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", store.data_dir().join("pinpoint.db").display()))
-        .await
-        .unwrap();
-    sqlx::query("UPDATE principals SET created_at_ms = ? WHERE id IN (?, ?)")
+    sqlx::any::install_default_drivers();
+    let url = store
+        .postgres_url()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("sqlite://{}", store.data_dir().join("pinpoint.db").display()));
+    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE principals SET created_at_ms = $1 WHERE id IN ($2, $3)")
         .bind(now - 10 * day)
         .bind(&w.alice_id)
         .bind(&w.bob_id)

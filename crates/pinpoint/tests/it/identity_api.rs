@@ -770,8 +770,12 @@ async fn the_bootstrap_key_is_rotated_in_its_file_kept_from_lockout_and_recovera
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let recovered = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), recovered);
-    let store = pinpoint_store::Store::open(&dir.path().join("data")).await.unwrap();
     let config = std::fs::read_to_string(&config_path).unwrap();
+    // The store the config names (the embedded one, or PostgreSQL in that run of the suite).
+    let parsed = pinpoint_core::config::Config::parse(&config, "test").unwrap();
+    let store = pinpoint_store::Store::open_configured(&parsed.store, &dir.path().join("data"))
+        .await
+        .unwrap();
     let gw = start_in(dir, store, recovered.clone(), &config).await;
     let me = gw.api_json("/api/v2/current_user", Some(&recovered)).await;
     assert!(

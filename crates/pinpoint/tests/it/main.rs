@@ -59,10 +59,68 @@ pub async fn start(config: &str) -> TestGateway {
     start_in(dir, store, admin_key, config).await
 }
 
+/// Whether this run's in-process gateways are on PostgreSQL (`PINPOINT_IT_STORE=postgres`;
+/// `.ci/run` runs the suite both ways). Gateways started as processes from config files
+/// use what their config says.
+pub fn on_postgres() -> bool {
+    std::env::var("PINPOINT_IT_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// A store of the test's own on the PostgreSQL server on this machine: one database for
+/// the run (those of earlier runs whose process is gone are dropped first), a schema for
+/// each store, chosen by the URL's `search_path`.
+async fn postgres_store(data_dir: &std::path::Path) -> Store {
+    use sqlx::{Connection, Executor, Row};
+    const SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+    static RUN: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let database = RUN
+        .get_or_init(|| async {
+            let mut server = sqlx::PgConnection::connect(SERVER)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432");
+            let stale = server
+                .fetch_all("SELECT datname::TEXT FROM pg_database WHERE datname LIKE 'pinpoint_it_run_%'")
+                .await
+                .unwrap();
+            for row in stale {
+                let name: String = row.get(0);
+                let pid = name.rsplit('_').next().unwrap_or_default();
+                if !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = server
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            }
+            let name = format!("pinpoint_it_run_{}", std::process::id());
+            server
+                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await
+                .unwrap();
+            server
+                .execute(format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap();
+            name
+        })
+        .await;
+    static SCHEMAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let schema = format!("t{}", SCHEMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    conn.execute(format!("CREATE SCHEMA {schema}").as_str()).await.unwrap();
+    let url = format!("{url}?options=-c%20search_path%3D{schema}");
+    Store::connect(&url, &data_dir.join("pepper"), data_dir)
+        .await
+        .expect("PostgreSQL store")
+}
+
 /// A temp dir with a bootstrapped store in `<dir>/data`, for tests that seed it first.
 pub async fn fresh_store() -> (tempfile::TempDir, Store, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&dir.path().join("data")).await.expect("store");
+    let store = match on_postgres() {
+        true => postgres_store(&dir.path().join("data")).await,
+        false => Store::open(&dir.path().join("data")).await.expect("store"),
+    };
     let admin_key = store
         .bootstrap_admin_key()
         .await
@@ -84,6 +142,11 @@ pub async fn start_in(dir: tempfile::TempDir, store: Store, admin_key: String, c
         // Tests read allowed requests' decisions back, so they keep every record; the
         // sampling tests set their own `[decision_log]`.
         text.push_str(KEEP_EVERY_DECISION);
+    }
+    if let Some(url) = store.postgres_url().filter(|_| !text.contains("[store]")) {
+        // The config names the store the gateway runs on (a reload compares them; the CLI
+        // reads it).
+        text.push_str(&format!("\n[store]\nurl = \"{url}\"\n"));
     }
     let config_path = dir.path().join("pinpoint.toml");
     std::fs::write(&config_path, &text).expect("write config");
