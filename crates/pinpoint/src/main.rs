@@ -399,8 +399,9 @@ async fn migrate(from: &str, to: &str) -> Result<()> {
     let report = pinpoint_store::migrate::copy_store(&source, &target).await.context(
         "the copy failed; nothing was committed unless decisions were being copied (drop the database and run again)",
     )?;
+    println!("{:<20} {:>10}", "table", "rows copied");
     for (table, rows) in &report.tables {
-        println!("{table:<20} {rows:>10} rows");
+        println!("{table:<20} {rows:>10}");
     }
     println!(
         "\nCopied. Give every replica this pepper file ([store] pepper_file = \"{}\", copied to each, mode 0600) and [store] url.",
