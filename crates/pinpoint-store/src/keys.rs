@@ -332,8 +332,13 @@ impl KeyStore for Store {
     }
 
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        // In key order, the latest time per key: replicas writing their batches at once
+        // lock the same rows in the same order (in arrival order two of them deadlock).
+        let mut used = used.to_vec();
+        used.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        used.dedup_by(|later, first| later.0 == first.0);
         let mut tx = self.write_tx().await?;
-        for (id, at) in used {
+        for (id, at) in &used {
             sqlx::query("UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2 AND COALESCE(last_used_at_ms, 0) < $1")
                 .bind(at)
                 .bind(id)

@@ -130,6 +130,31 @@ pub async fn add<S: std::hash::BuildHasher>(
     if counts.is_empty() {
         return Ok(());
     }
+    // In one order whatever the map's: replicas adding their counts at once lock the same
+    // rows in the same order (in hash order two of them deadlock on PostgreSQL).
+    let mut counts: Vec<(&RollupKey, &u64)> = counts.iter().collect();
+    counts.sort_unstable_by(|(a, _), (b, _)| {
+        (
+            a.minute_ms,
+            &a.route,
+            a.reason.map(|r| r.code()),
+            &a.org_id,
+            &a.principal_id,
+            &a.permission,
+            a.status,
+            a.mode.as_str(),
+        )
+            .cmp(&(
+                b.minute_ms,
+                &b.route,
+                b.reason.map(|r| r.code()),
+                &b.org_id,
+                &b.principal_id,
+                &b.permission,
+                b.status,
+                b.mode.as_str(),
+            ))
+    });
     let mut tx = store.write_tx().await?;
     for (key, count) in counts {
         sqlx::query(
