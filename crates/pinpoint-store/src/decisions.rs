@@ -1050,6 +1050,19 @@ mod both_backends {
                 .as_nanos();
             let name = format!("pinpoint_unit_{test}_{}_{nanos}", std::process::id());
             let mut conn = sqlx::PgConnection::connect(SERVER).await.unwrap();
+            // Those a failed test of an earlier run left (its process is gone) go first.
+            let stale: Vec<String> =
+                sqlx::query_scalar("SELECT datname::TEXT FROM pg_database WHERE datname LIKE 'pinpoint_unit_%'")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+            for old in stale {
+                let pid = old.rsplit('_').nth(1).unwrap_or_default();
+                if !std::path::Path::new("/proc").join(pid).exists() {
+                    let drop = format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)");
+                    let _ = sqlx::Executor::execute(&mut conn, drop.as_str()).await;
+                }
+            }
             sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
                 .await
                 .unwrap();
@@ -1333,6 +1346,64 @@ mod both_backends {
         deleting.commit().await.unwrap();
         assert!(matches!(assigning.await.unwrap(), Err(StoreError::Conflict(_))));
         store.close().await;
+        db.drop_now().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_replicas_writing_last_use_and_rollups_at_once_do_not_deadlock() {
+        let db = OwnDatabase::create("batches").await;
+        let dir = tempfile::tempdir().unwrap();
+        let pepper = dir.path().join("pepper");
+        let a = Store::connect(&db.url(), &pepper, &dir.path().join("a")).await.unwrap();
+        let b = Store::connect(&db.url(), &pepper, &dir.path().join("b")).await.unwrap();
+        let org = a.create_org("acme").await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            let issued = a
+                .create_key(NewKey {
+                    name: format!("k{i}"),
+                    kind: KeyKind::Api,
+                    org_id: org.id.clone(),
+                    principal_id: None,
+                    scopes: Some(vec![]),
+                    expires_at_ms: None,
+                })
+                .await
+                .unwrap();
+            ids.push(issued.info.id);
+        }
+        // Two replicas' batches over the same rows, in opposite arrival orders, at once.
+        for round in 0..20i64 {
+            let forward: Vec<(String, i64)> = ids.iter().map(|id| (id.clone(), round)).collect();
+            let backward: Vec<(String, i64)> = forward.iter().rev().cloned().collect();
+            let rollups = |reverse: bool| {
+                let counts = crate::rollups::Rollups::default();
+                let mut decisions: Vec<Decision> = (0..40)
+                    .map(|i| {
+                        let mut d = decision("r");
+                        d.route = Some(format!("route-{i}"));
+                        d
+                    })
+                    .collect();
+                if reverse {
+                    decisions.reverse();
+                }
+                decisions.iter().for_each(|d| counts.count(d));
+                counts.take()
+            };
+            let (first, second) = (rollups(false), rollups(true));
+            let (touched_a, touched_b, added_a, added_b) = tokio::join!(
+                a.touch_keys(&forward),
+                b.touch_keys(&backward),
+                crate::rollups::add(&a, &first),
+                crate::rollups::add(&b, &second)
+            );
+            for result in [touched_a, touched_b, added_a, added_b] {
+                result.unwrap();
+            }
+        }
+        a.close().await;
+        b.close().await;
         db.drop_now().await;
     }
 
