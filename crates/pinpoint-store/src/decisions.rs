@@ -288,14 +288,23 @@ impl Spool {
                 return;
             }
         };
-        // A line that does not parse (a torn write at a crash) is skipped, not retried.
-        let spooled: Vec<Decision> = text
+        // A line that does not parse (a torn write at a crash) is skipped, not retried. A
+        // line is the record as it was encoded: stored as it is.
+        let spooled: Vec<(Decision, &str)> = text
             .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
+            .filter_map(|line| Some((serde_json::from_str(line).ok()?, line)))
+            .collect();
+        let rows: Vec<DecisionRow> = spooled
+            .iter()
+            .map(|(decision, line)| DecisionRow {
+                decision,
+                record: std::borrow::Cow::Borrowed(line),
+                org_id: decision.org_id(),
+            })
             .collect();
         // All in one transaction: a failure part-way leaves nothing written, so nothing is
         // written twice when the next round offers the spool again.
-        if let Err(e) = insert_all(store, &spooled).await {
+        if let Err(e) = insert_rows(store, &rows).await {
             if !self.refused {
                 tracing::warn!(error = %e, spooled = spooled.len(), "the store refuses the spooled decisions; offered again every second");
             }
@@ -434,22 +443,33 @@ async fn write_batch(store: &Store, spool: &mut Spool, batch: &mut Vec<Decision>
     failed
 }
 
+/// Where SQLite finds the organization of a row written before schema v10 (no `org_id`
+/// column value): in its record, `caller.org_id`, or before callers were records, `org_id`.
+/// A macro, so the queries that use it stay literals.
+macro_rules! sqlite_record_org {
+    () => {
+        "COALESCE(json_extract(record, '$.caller.org_id'), json_extract(record, '$.org_id'))"
+    };
+}
+pub(crate) use sqlite_record_org;
+
 pub(crate) async fn insert_all(store: &Store, batch: &[Decision]) -> Result<(), StoreError> {
     let rows: Vec<DecisionRow> = batch
         .iter()
         .map(|d| DecisionRow {
             decision: d,
-            record: crate::record::encode(d),
+            record: std::borrow::Cow::Owned(crate::record::encode(d)),
             org_id: d.org_id(),
         })
         .collect();
     insert_rows(store, &rows).await
 }
 
-/// A decision as it is inserted: its record, and the organization it is filed under.
+/// A decision as it is inserted: its record (encoded now, or as it was stored before: a
+/// spool line, a migrated row), and the organization it is filed under.
 pub(crate) struct DecisionRow<'a> {
     pub decision: &'a Decision,
-    pub record: String,
+    pub record: std::borrow::Cow<'a, str>,
     pub org_id: Option<&'a str>,
 }
 
@@ -490,7 +510,7 @@ async fn insert_rows_once(store: &Store, rows: &[DecisionRow<'_>]) -> Result<(),
                 .bind(d.reason.map(|r| r.code()))
                 .bind(d.route.as_deref())
                 .bind(row.org_id)
-                .bind(row.record.as_str());
+                .bind(row.record.as_ref());
         }
         insert.execute(&mut *tx).await?;
     }
@@ -697,11 +717,12 @@ impl DecisionStore for Store {
         // Rows written before schema v10 have no `org_id` column value: their record says
         // (in `caller`, or at its top level before records named callers by id only).
         let sql = match self.backend() {
-            Backend::Sqlite => {
-                "SELECT record FROM decisions WHERE (request_id = $1 OR client_request_id = $1) \
-                 AND ($2 IS NULL OR org_id = $2 OR (org_id IS NULL AND COALESCE(json_extract(record, '$.caller.org_id'), json_extract(record, '$.org_id')) = $2)) \
-                 ORDER BY seq DESC LIMIT $3"
-            }
+            Backend::Sqlite => concat!(
+                "SELECT record FROM decisions WHERE (request_id = $1 OR client_request_id = $1) ",
+                "AND ($2 IS NULL OR org_id = $2 OR (org_id IS NULL AND ",
+                sqlite_record_org!(),
+                " = $2)) ORDER BY seq DESC LIMIT $3"
+            ),
             // A PostgreSQL store began after v10: every row has its organization column.
             Backend::Postgres => {
                 "SELECT record FROM decisions WHERE (request_id = $1 OR client_request_id = $1) \

@@ -73,6 +73,16 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// Its name in `/healthz`: `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
 impl StoreError {
     /// Whether the database could not be reached (as opposed to refusing what was asked):
     /// connection failures, a pool that waited in vain, a server shutting down or not
@@ -124,6 +134,12 @@ const SQLITE_PRAGMAS: &[&str] = &[
     "PRAGMA mmap_size = 268435456",
     "PRAGMA cache_size = -32768",
 ];
+
+/// The embedded store's database file in the data directory.
+pub const DB_FILE: &str = "pinpoint.db";
+
+/// The key pepper's file in the data directory (unless `[store] pepper_file` says where).
+pub const PEPPER_FILE: &str = "pepper";
 
 /// Current schema version (SQLite `user_version`; PostgreSQL's `schema_version` table).
 const SCHEMA_VERSION: i64 = 13;
@@ -255,10 +271,10 @@ impl Store {
     /// `pepper` file (32 random bytes, mode 0600) used to hash key secrets.
     pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
         create_private_dir(data_dir)?;
-        let pepper = files::load_or_create_pepper(&data_dir.join("pepper"))?;
+        let pepper = files::load_or_create_pepper(&data_dir.join(PEPPER_FILE))?;
         sqlx::any::install_default_drivers();
         let url = SqliteConnectOptions::new()
-            .filename(data_dir.join("pinpoint.db"))
+            .filename(data_dir.join(DB_FILE))
             .create_if_missing(true)
             .to_url_lossy();
         let pool = AnyPoolOptions::new()
@@ -276,7 +292,7 @@ impl Store {
         let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&pool).await?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Invalid {
-                path: data_dir.join("pinpoint.db"),
+                path: data_dir.join(DB_FILE),
                 message: format!("schema version {version} is newer than this binary understands ({SCHEMA_VERSION})"),
             });
         }
@@ -385,7 +401,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         match &config.url {
             Some(url) => {
-                let pepper_file = config.pepper_file.clone().unwrap_or_else(|| data_dir.join("pepper"));
+                let pepper_file = config.pepper_file.clone().unwrap_or_else(|| data_dir.join(PEPPER_FILE));
                 Store::connect(url, &pepper_file, data_dir).await
             }
             None => Store::open(data_dir).await,

@@ -92,11 +92,12 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<MigrationReport, Sto
     let mut copied = 0;
     loop {
         // The organization as SQLite files it: its column, or for rows older than the
-        // column the record's own (`caller.org_id`, or before callers were records `org_id`).
-        let rows = sqlx::query(
-            "SELECT seq, record, COALESCE(org_id, json_extract(record, '$.caller.org_id'), json_extract(record, '$.org_id')) AS org
-             FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
+        // column the record's own.
+        let rows = sqlx::query(concat!(
+            "SELECT seq, record, COALESCE(org_id, ",
+            crate::decisions::sqlite_record_org!(),
+            ") AS org FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
         .bind(after)
         .bind(DECISIONS_PER_ROUND)
         .fetch_all(from.pool())
@@ -108,11 +109,12 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<MigrationReport, Sto
             let record: String = row.try_get("record")?;
             decisions.push((serde_json::from_str(&record)?, record, row.try_get("org")?));
         }
+        // The records as SQLite holds them, not encoded again.
         let batch: Vec<crate::decisions::DecisionRow> = decisions
             .iter()
             .map(|(decision, record, org)| crate::decisions::DecisionRow {
                 decision,
-                record: record.clone(),
+                record: std::borrow::Cow::Borrowed(record),
                 org_id: org.as_deref(),
             })
             .collect();

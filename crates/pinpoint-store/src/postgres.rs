@@ -247,8 +247,7 @@ pub(crate) async fn migrate_and_check_pepper(pool: &AnyPool, pepper_file: &Path)
 /// What the store keeps to recognise its pepper: a keyed hash of a fixed label, which
 /// says nothing about the pepper itself.
 fn pepper_check(pepper: &[u8]) -> String {
-    let mac = pinpoint_core::keys::hash_secret(pepper, "pinpoint pepper check v1");
-    mac.iter().map(|b| format!("{b:02x}")).collect()
+    pinpoint_core::hex::lower(&pinpoint_core::keys::hash_secret(pepper, "pinpoint pepper check v1"))
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -267,7 +266,12 @@ pub(crate) fn filed_at(at_ms: i64) -> i64 {
 /// The partitions this process knows exist may be gone (another replica's retention, an
 /// operator): forgotten after a failed insert, so the next one makes sure again.
 pub(crate) fn forget_partitions(store: &Store) {
-    store.day_partitions.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    known_days(store).clear();
+}
+
+/// The days whose partition this process knows exists (a poisoned lock still holds them).
+fn known_days(store: &Store) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+    store.day_partitions.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn partition_name(day: i64) -> String {
@@ -278,7 +282,7 @@ fn partition_name(day: i64) -> String {
 pub(crate) async fn ensure_day_partitions(store: &Store, at_ms: impl Iterator<Item = i64>) -> Result<(), StoreError> {
     let days: BTreeSet<i64> = at_ms.map(|at| filed_at(at) / DAY_MS).collect();
     let missing: Vec<i64> = {
-        let known = store.day_partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let known = known_days(store);
         days.into_iter().filter(|day| !known.contains(day)).collect()
     };
     if missing.is_empty() {
@@ -300,11 +304,7 @@ pub(crate) async fn ensure_day_partitions(store: &Store, at_ms: impl Iterator<It
         .await?;
     }
     tx.commit().await?;
-    store
-        .day_partitions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend(missing);
+    known_days(store).extend(missing);
     Ok(())
 }
 
@@ -356,11 +356,7 @@ pub(crate) async fn drop_old_partitions(
         if !(ended_before_horizon || over_size) {
             break;
         }
-        store
-            .day_partitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&day);
+        known_days(store).remove(&day);
         sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
             .execute(store.pool())
             .await?;

@@ -380,19 +380,19 @@ enum WafCommand {
 /// `to`, which takes the embedded store's pepper (the copied key hashes were made with it).
 async fn migrate(from: &str, to: &str) -> Result<()> {
     let dir = PathBuf::from(from.strip_prefix("sqlite:").unwrap_or(from));
-    if !dir.join("pinpoint.db").exists() {
+    if !dir.join(pinpoint_store::DB_FILE).exists() {
         anyhow::bail!(
             "{} holds no embedded store (pinpoint.db); --from takes sqlite:DIR, the server.data_dir",
             dir.display()
         );
     }
-    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+    if !pinpoint_core::config::StoreConfig::is_postgres_url(to) {
         anyhow::bail!("--to takes a postgres:// URL");
     }
     let source = Store::open(&dir)
         .await
         .with_context(|| format!("cannot open the store in {}", dir.display()))?;
-    let pepper = dir.join("pepper");
+    let pepper = dir.join(pinpoint_store::PEPPER_FILE);
     let target = Store::connect(to, &pepper, &dir)
         .await
         .context("cannot open the PostgreSQL store (--to)")?;

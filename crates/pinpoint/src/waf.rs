@@ -56,7 +56,7 @@ pub async fn unused_exclusions(config: &pinpoint_core::config::Config) -> Result
     use pinpoint_store::DecisionStore;
     let exclusions = &config.waf.exclusions;
     let data_dir = &config.server.data_dir;
-    let embedded_without_log = config.store.url.is_none() && !data_dir.join("pinpoint.db").exists();
+    let embedded_without_log = config.store.url.is_none() && !data_dir.join(pinpoint_store::DB_FILE).exists();
     if exclusions.is_empty() || embedded_without_log {
         return Ok(Vec::new());
     }

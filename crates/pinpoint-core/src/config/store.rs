@@ -22,11 +22,18 @@ pub struct StoreConfig {
     pub pepper_file: Option<PathBuf>,
 }
 
+impl StoreConfig {
+    /// Whether `url` names a PostgreSQL server (the only shared store there is).
+    pub fn is_postgres_url(url: &str) -> bool {
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+}
+
 pub(super) fn read(item: &Item, d: &mut Diagnostics) -> Option<StoreConfig> {
     let store: StoreConfig = d.read_or_default(item)?;
     if let Some(url) = &store.url {
         // The URL may hold a password: not repeated.
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !StoreConfig::is_postgres_url(url) {
             d.error(
                 place(&[item.get("url"), Some(item)]),
                 "store.url must be a postgres:// URL (the embedded SQLite store needs no URL: leave it out)",

@@ -644,10 +644,7 @@ async fn healthz(State(shared): State<Arc<Shared>>, caller: Option<Extension<Cal
     Json(serde_json::json!({
         "cluster": cluster,
         "store": {
-            "backend": match shared.store.backend() {
-                pinpoint_store::Backend::Sqlite => "sqlite",
-                pinpoint_store::Backend::Postgres => "postgres",
-            },
+            "backend": shared.store.backend().as_str(),
             "reachable": store_reachable,
             "spooled_decision_bytes": spooled_bytes,
         },
