@@ -308,13 +308,14 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
 }
 
 /// Whether a JSON text could spell `method` in a key: it holds those letters (in any case)
-/// or a `\u` escape. One pass that looks further only at an `m` or a backslash (comparing
-/// six bytes at every offset cost 19,000 instructions on a 1 KiB body).
+/// or a `\u` escape. memchr finds each `m`, `M` and backslash, and only those are looked
+/// at further: on bench/instructions.sh's 1 KiB JSON POST a byte-by-byte pass cost 13,500
+/// instructions a request (comparing six bytes at every offset, 19,000), memchr a few
+/// hundred.
 fn may_spell_method(body: &[u8]) -> bool {
-    body.iter().enumerate().any(|(i, b)| match b | 0x20 {
-        b'm' => body.get(i..i + 6).is_some_and(|w| w.eq_ignore_ascii_case(b"method")),
-        b'|' => *b == b'\\' && body.get(i + 1) == Some(&b'u'),
-        _ => false,
+    memchr::memchr3_iter(b'm', b'M', b'\\', body).any(|i| match body[i] {
+        b'\\' => body.get(i + 1) == Some(&b'u'),
+        _ => body.get(i..i + 6).is_some_and(|w| w.eq_ignore_ascii_case(b"method")),
     })
 }
 
