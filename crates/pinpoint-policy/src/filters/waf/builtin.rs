@@ -163,7 +163,8 @@ impl<F: Fn() -> String> PartName for F {
 
 /// Which kinds of characters a value holds, found in one pass, so each rule runs only on
 /// values that could match it. Measured on bench/instructions.sh's 1 KiB JSON POST (about
-/// 50 short values): the WAF's cost fell from 1.33 M to TODO instructions per request.
+/// 50 short values): the WAF's cost fell from 1.33 M instructions per request (every rule
+/// on every value) to about 32,000, most of it reading the JSON (2026-12-06).
 #[derive(Debug, Clone, Copy)]
 struct Shape(u16);
 
@@ -373,13 +374,16 @@ impl WafEngine for BuiltinEngine {
             }
         }
         for (name, value) in ctx.headers {
-            let text = String::from_utf8_lossy(value.as_bytes());
             if self.inspects_header(name.as_str()) {
+                let text = String::from_utf8_lossy(value.as_bytes());
                 self.inspect(|| format!("header:{name}"), &text, &mut hits);
-            } else if name != http::header::COOKIE && text.contains("${") && jndi(&text) {
+            } else if name != http::header::COOKIE && holds_lookup_start(value.as_bytes()) {
                 // Log4Shell arrived in any header a server logs: lookups are looked for in
                 // every one (a cheap test first: no `${`, no lookup).
-                hits.push(Rule::JndiLookup.hit(&format!("header:{name}"), &masked(&text)));
+                let text = String::from_utf8_lossy(value.as_bytes());
+                if jndi(&text) {
+                    hits.push(Rule::JndiLookup.hit(&format!("header:{name}"), &masked(&text)));
+                }
             }
         }
         for value in ctx.headers.get_all(http::header::COOKIE) {
@@ -427,6 +431,13 @@ impl WafEngine for BuiltinEngine {
         }
         Ok(hits)
     }
+}
+
+/// Whether `bytes` hold `${`, the start of a lookup. memchr finds each `$`: `str::contains`
+/// sets up a substring searcher per call, which cost about 1,000 instructions a request
+/// over three headers (bench/instructions.sh, `waf-on`).
+fn holds_lookup_start(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'$', bytes).any(|at| bytes.get(at + 1) == Some(&b'{'))
 }
 
 /// A `javascript:`, `vbscript:` or `data:text/html` URI, as browsers read one: case,
@@ -1335,6 +1346,16 @@ mod tests {
                 large < small * 24 + std::time::Duration::from_millis(50),
                 "{unit:?}: 4 KiB {small:?}, 32 KiB {large:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_lookup_start_is_found_anywhere_in_a_header_value() {
+        for value in [&b"${jndi:ldap://x}"[..], b"a$b${", b"$${", b"\xff${x}"] {
+            assert!(holds_lookup_start(value), "{value:?}");
+        }
+        for value in [&b""[..], b"$", b"a$", b"{$", b"$ {", b"cost: $5 {total}"] {
+            assert!(!holds_lookup_start(value), "{value:?}");
         }
     }
 
