@@ -215,7 +215,7 @@ reasons! {
     RequestCredentialInUrl => {
         code: "request.credential_in_url", status: 400, source: Caller, title: "Credential in the URL",
         hint: "Send the key or token in a header (`Authorization: Bearer ...`), never in the URL, and replace the key: URLs are logged.",
-        description: "The query string holds a Pinpoint API key or a Pinpoint-issued token. Pinpoint never passes its credentials to an upstream, and it cannot remove one from the URL without changing the request, so it refuses it.",
+        description: "The path or the query string holds a Pinpoint API key or a Pinpoint-issued token. Pinpoint never passes its credentials to an upstream, and it cannot remove one from the URL without changing the request, so it refuses it.",
     },
     /// The request line and headers together are too large.
     RequestHeadersTooLarge => {
@@ -571,6 +571,12 @@ reasons! {
         code: "api.bad_request", status: 400, source: Caller, title: "Invalid request",
         hint: "Fix the request as `detail` says.",
         description: "The API request body or parameters failed validation.",
+    },
+    /// An API path that is not in its canonical form.
+    ApiPathNotCanonical => {
+        code: "api.path_not_canonical", status: 400, source: Caller, title: "API path not in canonical form",
+        hint: "Send the API path as documented: no percent-escapes where none are needed, no `.` or `..` segments, no doubled `/`.",
+        description: "The canonical form of the API path (escapes of plain characters decoded, dot-segments resolved, doubled slashes merged) differs from the path sent. The API's router and its explicit-deny rules could read such a path differently, so it is refused rather than served.",
     },
     /// The API request conflicts with existing state.
     ApiConflict => {

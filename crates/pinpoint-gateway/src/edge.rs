@@ -51,13 +51,17 @@ pub fn canonical_request<'a>(
     let path = canonical::canonical_path(uri.path())?;
     // A credential in the URL cannot be removed without changing the request, and URLs are
     // logged everywhere: refused.
-    if uri
-        .query()
-        .is_some_and(|q| crate::headers::carries_pinpoint_credential(&canonical::percent_decode(q), ours))
-    {
+    let in_url = |part: &str| crate::headers::carries_pinpoint_credential(&canonical::percent_decode(part), ours);
+    if uri.query().is_some_and(in_url) {
         return Err(Denial::new(
             Reason::RequestCredentialInUrl,
             "The query string carries a Pinpoint credential.",
+        ));
+    }
+    if in_url(&path) {
+        return Err(Denial::new(
+            Reason::RequestCredentialInUrl,
+            "The path carries a Pinpoint credential.",
         ));
     }
     // What is forwarded must fit a request target (and the configured head).
@@ -186,13 +190,16 @@ fn host_of(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<St
             )
         }
         (Some(h), _) => h,
-        // HTTP/1.1 requires Host (RFC 9112 §3.2), and an absolute-form target without one
-        // would be routed on an authority the upstream never sees. An older request with
-        // neither is routed as hostless, as the upstream will see it.
-        (None, target) if version == Version::HTTP_11 || target.is_some() => {
-            return invalid("The request has no `Host` header.", String::from("no Host header"))
+        // HTTP/1.1 requires Host (RFC 9112 §3.2). An older request without one is refused
+        // too: the upstream request always carries a Host (the client fills in the
+        // upstream's own authority), so a request decided as hostless would reach the
+        // upstream under a host that routes could name.
+        (None, _) => {
+            return invalid(
+                "The request has no `Host` header.",
+                format!("no Host header ({version:?})"),
+            )
         }
-        (None, _) => return Ok(None),
     };
     if uri
         .scheme()
@@ -203,10 +210,16 @@ fn host_of(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<St
             format!("scheme {:?}", uri.scheme_str()),
         );
     }
+    // Brackets hold an IPv6 address and nothing may follow them but a port: text after
+    // `]` (`[::1]@internal.example`) is read as the host by some URL parsers.
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
-            Some((host, rest)) => (host, rest.strip_prefix(':')),
-            None => ("", None),
+            Some((host, "")) if host.contains(':') => (host, None),
+            Some((host, rest)) if host.contains(':') => match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => ("", None),
+            },
+            _ => ("", None),
         },
         None => match authority.split_once(':') {
             Some((host, port)) => (host, Some(port)),

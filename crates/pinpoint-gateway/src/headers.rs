@@ -278,15 +278,16 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
                 .into_iter()
                 .map(|b| if b == b'+' { b' ' } else { b })
                 .collect();
-            name.trim_ascii().eq_ignore_ascii_case(b"_method")
+            is_method_name(name.trim_ascii())
         })
     };
     if query.is_some_and(|q| names_method(q.as_bytes())) {
         return true;
     }
     let content_type = content_type.unwrap_or_default();
+    // The media type ends at `;` or at `,` (Rack splits on both).
     let media = content_type
-        .split(';')
+        .split([';', ','])
         .next()
         .unwrap_or_default()
         .trim()
@@ -296,14 +297,26 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
     } else if media == "application/x-www-form-urlencoded" {
         names_method(body)
     } else if media == "multipart/form-data" {
-        multipart_field_names(content_type, body).any(|name| name.eq_ignore_ascii_case("_method"))
-    } else if media == "application/json" || media.ends_with("+json") {
+        multipart_field_names(content_type, body).any(|name| is_method_name(name.trim().as_bytes()))
+    } else if media.contains("json") {
+        // Any JSON-like type (`text/json`, `application/x-json`, `+json`): frameworks
+        // differ in which they parse, so every one is looked into.
         // Without the letters of `method` (in any case) or a `\u` escape, no key can be
         // `_method`: most bodies are settled by one scan (parsing a 1 KiB body to read its
         // keys cost 40,000 instructions, bench/instructions.sh's `waf-off`).
         may_spell_method(body) && json_top_level_key_is_method(body)
     } else {
         false
+    }
+}
+
+/// Whether a form or query field name is `_method` as PHP and the frameworks on it read
+/// names: any case, and a leading `.`, space or `[` read as `_` (PHP turns those into
+/// underscores in names).
+fn is_method_name(name: &[u8]) -> bool {
+    match name.split_first() {
+        Some((first, rest)) => matches!(first, b'_' | b'.' | b' ' | b'[') && rest.eq_ignore_ascii_case(b"method"),
+        None => false,
     }
 }
 
@@ -362,16 +375,25 @@ fn multipart_field_names<'b>(content_type: &str, body: &'b [u8]) -> impl Iterato
         }
     }
     parts.into_iter().filter_map(|part| {
-        let head_end = part.windows(4).position(|w| w == b"\r\n\r\n")?;
+        // Part headers end at a blank line, written with CRLFs or (as lenient parsers
+        // such as PHP's accept) bare LFs.
+        let head_end = [&b"\r\n\r\n"[..], b"\n\n"]
+            .iter()
+            .filter_map(|end| part.windows(end.len()).position(|w| w == *end))
+            .min()?;
         let head = String::from_utf8_lossy(&part[..head_end]);
         head.lines()
-            .find(|line| line.to_ascii_lowercase().starts_with("content-disposition:"))
+            .find(|line| {
+                line.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("content-disposition:")
+            })
             .and_then(|line| {
                 line.split(';').skip(1).find_map(|param| {
                     let (k, v) = param.trim().split_once('=')?;
                     k.trim()
                         .eq_ignore_ascii_case("name")
-                        .then(|| v.trim().trim_matches('"').to_owned())
+                        .then(|| v.trim().trim_matches(['"', '\'']).to_owned())
                 })
             })
     })
@@ -560,6 +582,36 @@ mod tests {
             Some("application/json"),
             br#"{"x":"_method","y":{"_method":1}}"#
         ));
+        // As Rack, PHP and Laravel read them: a media type ended by `,`, a name whose
+        // leading `.` PHP turns into `_`, any JSON-like type, single-quoted and bare-LF
+        // multipart heads.
+        assert!(method_override_parameter(
+            None,
+            Some("application/x-www-form-urlencoded, text/plain"),
+            b"_method=DELETE"
+        ));
+        assert!(method_override_parameter(Some(".method=DELETE"), None, b""));
+        assert!(method_override_parameter(None, form, b"a=1&%2Emethod=PUT"));
+        for json in [
+            "text/json",
+            "application/x-json",
+            "application/vnd.api+json; charset=utf-8",
+        ] {
+            assert!(
+                method_override_parameter(None, Some(json), br#"{"_method":"DELETE"}"#),
+                "{json}"
+            );
+        }
+        for body in [
+            &b"--b\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--b--"[..],
+            b"--b\nContent-Disposition: form-data; name=\"_method\"\n\nDELETE\n--b--",
+        ] {
+            assert!(method_override_parameter(
+                None,
+                Some("multipart/form-data; boundary=b"),
+                body
+            ));
+        }
         let upload = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"_method\"\r\n\r\n<input name=\"_method\" value=\"PUT\">\r\n--b--";
         assert!(!method_override_parameter(
             None,

@@ -31,6 +31,9 @@ use pinpoint_policy::identity::{recorded_caller, Identity};
 use pinpoint_policy::pipeline::{RequestCtx, Verdict, NO_ROUTE};
 use pinpoint_policy::routes::CompiledRoute;
 
+/// The path a decision records for a request refused because its URL carries a credential.
+const WITHHELD_PATH: &str = "/(withheld: the URL carried a credential)";
+
 /// Body of a proxy response: streamed from upstream, or generated here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -335,8 +338,12 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     let sample = decision_sample
         .flatten()
         .unwrap_or(runtime.config.decision_log.sample_allowed);
-    let raw_path = (raw_path != path).then(|| raw_path.to_owned());
-    let path = path.to_owned();
+    let (path, raw_path) = match reason {
+        // A credential in the URL is never written down: not in the decision log, not in
+        // the access log.
+        Some(Reason::RequestCredentialInUrl) => (String::from(WITHHELD_PATH), None),
+        _ => (path.to_owned(), (raw_path != path).then(|| raw_path.to_owned())),
+    };
     let host = canonical.and_then(|c| c.host);
     let caller = recorded_caller(identity.as_ref(), known_caller);
     let decision = Decision {

@@ -62,6 +62,11 @@ pub struct RequestCtx<'a> {
     pub cors_origin: Option<HeaderValue>,
     /// Set by a layer that answered the request itself (a CORS preflight).
     pub answered: bool,
+    /// Set by the route layer when it routed a preflight by the method it asks about
+    /// (`OPTIONS` itself has no route there): the refusal the request gets as the
+    /// `OPTIONS` it is when no layer answers it, so it is never forwarded on a route chosen
+    /// for another method.
+    pub unanswered_preflight: Option<Denial>,
     /// Headers every response to this request carries, whatever answers it (rate-limit
     /// state, CORS): the filters' response phase. A list, appended to the response's map
     /// once: a map here would hash every name twice (bench/README.md has the figure).
@@ -101,6 +106,7 @@ impl<'a> RequestCtx<'a> {
             known_caller: None,
             cors_origin: None,
             answered: false,
+            unanswered_preflight: None,
             response_headers: Vec::new(),
         }
     }
@@ -214,6 +220,21 @@ impl Pipeline {
             if let Some(enforced) = trace_outcome(outcome, stage.mode, &mut entry) {
                 denial = Some(enforced);
             }
+            trace.push(entry);
+        }
+        // A preflight routed by the method it asks about goes no further than a layer's
+        // answer: unanswered (no CORS config, CORS in report mode), it is refused as the
+        // `OPTIONS` request it is.
+        if let Some(refusal) = ctx
+            .unanswered_preflight
+            .take()
+            .filter(|_| denial.is_none() && !ctx.answered)
+        {
+            let mut entry = LayerTrace::new("route", Mark::Pass, Mode::Enforce);
+            entry.note = Some(String::from(
+                "routed as a preflight by Access-Control-Request-Method, and no layer answered it: refused as OPTIONS",
+            ));
+            denial = trace_outcome(Outcome::Deny(refusal), Mode::Enforce, &mut entry);
             trace.push(entry);
         }
         Verdict { trace, denial }

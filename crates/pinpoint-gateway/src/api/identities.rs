@@ -13,7 +13,7 @@ use pinpoint_core::identity::{Organization, Principal, PrincipalKind, Role};
 use pinpoint_core::Reason;
 use serde::Deserialize;
 
-use super::{attributes, deny, envelope, resource, ApiResult, Caller};
+use super::{attributes, deny, envelope, principal_permissions, resource, ApiResult, Caller};
 use crate::runtime::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -444,7 +444,9 @@ async fn delete_role(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    load_role(&shared, &caller, &id).await?;
+    let role = load_role(&shared, &caller, &id).await?;
+    let holders = shared.store.role_holders(&role.id).await?;
+    require_may_lift_denies(&shared, &caller, &role, &holders).await?;
     shared.store.delete_role(&id).await?;
     shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
@@ -490,12 +492,42 @@ async fn assign_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Taking away a role that an explicit deny names (`[[authz.deny]] roles`) lifts that deny
+/// for whoever held it, which hands them what the deny held back: only a caller who holds
+/// everything those principals hold (who could have granted it all) may do it.
+async fn require_may_lift_denies(shared: &Shared, caller: &Caller, role: &Role, holders: &[String]) -> ApiResult<()> {
+    let named_by_deny = shared
+        .runtime
+        .load()
+        .config
+        .authz
+        .deny
+        .iter()
+        .any(|rule| rule.roles.iter().flatten().any(|name| *name == role.name));
+    if !named_by_deny {
+        return Ok(());
+    }
+    for holder in holders {
+        let held = principal_permissions(shared, holder).await?;
+        caller.require_can_issue(
+            Some(&held),
+            None,
+            "take away a role an explicit deny names from a principal who holds",
+        )?;
+    }
+    Ok(())
+}
+
 async fn unassign_role(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Path((id, principal_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    load_role(&shared, &caller, &id).await?;
+    let role = load_role(&shared, &caller, &id).await?;
+    let holds_it = shared.store.role_holders(&role.id).await?.contains(&principal_id);
+    if holds_it {
+        require_may_lift_denies(&shared, &caller, &role, std::slice::from_ref(&principal_id)).await?;
+    }
     shared.store.unassign_role(&principal_id, &id).await?;
     shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)

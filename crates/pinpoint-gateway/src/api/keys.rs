@@ -15,7 +15,7 @@ use pinpoint_store::prelude::*;
 use pinpoint_store::{IssuedKey, NewKey};
 use serde::Deserialize;
 
-use super::{attributes, deny, envelope, resource, ApiResult, Caller};
+use super::{attributes, deny, envelope, principal_permissions, resource, ApiResult, Caller};
 use crate::runtime::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -97,6 +97,8 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
                 |p| &p.org_id,
                 || deny(Reason::ApiBadRequest, "`principal_id` names no principal."),
             )?;
+            let held = principal_permissions(&shared, &p.id).await?;
+            caller.require_can_issue(Some(&held), attrs.scopes.as_deref(), "issue a key that can use")?;
             (p.org_id, Some(p.id))
         }
         KeyKind::Api => {
@@ -107,7 +109,7 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
                 ));
             }
             // An organization key acts with its scopes only; a caller cannot mint scopes it lacks.
-            caller.require_holds(attrs.scopes.iter().flatten(), "grant scope")?;
+            caller.require_can_issue(None, attrs.scopes.as_deref(), "grant scope")?;
             (caller.target_org(attrs.org_id.as_deref())?, None)
         }
     };
@@ -209,7 +211,13 @@ async fn rotate_key(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Created {
-    load_key(&shared, &caller, &id).await?;
+    let key = load_key(&shared, &caller, &id).await?;
+    // The successor acts as the key did: only a caller who holds that may have it.
+    let held = match &key.principal_id {
+        Some(owner) => Some(principal_permissions(&shared, owner).await?),
+        None => None,
+    };
+    caller.require_can_issue(held.as_ref(), key.scopes.as_deref(), "rotate a key that can use")?;
     let overlap = shared.runtime.load().config.keys.rotation_overlap_seconds;
     let issued = shared
         .store
@@ -244,6 +252,10 @@ async fn create_token(State(shared): State<Arc<Shared>>, Extension(caller): Exte
             "Tokens are issued to users and service accounts, not organization keys.",
         ));
     };
+    // A token carries no scopes: it acts with all its principal holds, so a scoped
+    // credential that lacks some of that cannot issue one.
+    let held = principal_permissions(&shared, principal).await?;
+    caller.require_can_issue(Some(&held), None, "issue a token that can use")?;
     let config = shared.runtime.load().config.jwt.clone();
     let ttl = attrs
         .ttl_seconds

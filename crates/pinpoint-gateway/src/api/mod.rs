@@ -253,6 +253,31 @@ impl Caller {
         Ok(())
     }
 
+    /// Refuses (`authz.permission_missing`) unless a new credential would act with no more
+    /// than the caller holds: the one rule for every way to issue one (a key for oneself or
+    /// for another principal, a rotated key's successor, a token). `owner`: the
+    /// permissions of the principal the credential acts as (`None` for an organization
+    /// key, which acts with its scopes only); `scopes`: the credential's scopes. A scoped
+    /// credential can use only its scopes, so those are what the caller must hold; an
+    /// unscoped one can use everything its owner holds. The caller's own scopes count:
+    /// a scoped key cannot issue a wider one.
+    pub fn require_can_issue(
+        &self,
+        owner: Option<&std::collections::HashSet<String>>,
+        scopes: Option<&[String]>,
+        what: &str,
+    ) -> ApiResult<()> {
+        match (scopes, owner) {
+            (Some(scopes), _) => self.require_holds(scopes, what),
+            (None, Some(owner)) => {
+                let mut held: Vec<&String> = owner.iter().collect();
+                held.sort();
+                self.require_holds(held, what)
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
     /// The organization listings are limited to: `None` (all) for platform admins.
     pub fn list_scope(&self) -> Option<&str> {
         if self.0.is_platform_admin() {
@@ -260,6 +285,25 @@ impl Caller {
         } else {
             Some(self.0.org_id())
         }
+    }
+}
+
+/// What a principal holds now, from the directory (which follows the store; asked to
+/// catch up once when the principal is not in it yet). Unknown: refused, not guessed.
+pub async fn principal_permissions(
+    shared: &Shared,
+    principal_id: &str,
+) -> ApiResult<std::collections::HashSet<String>> {
+    let directory = &shared.services.directory;
+    if directory.principal(principal_id).is_none() {
+        shared.services.catch_up_after_write(&shared.store).await;
+    }
+    match directory.principal(principal_id) {
+        Some(entry) => Ok(entry.permissions.clone()),
+        None => Err(deny(
+            Reason::ApiConflict,
+            "The principal's permissions are not known to this gateway yet; try again.",
+        )),
     }
 }
 
@@ -396,6 +440,25 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
 /// rule, or nothing for a public endpoint. The API denies by default: a route the router
 /// serves that neither table declares is refused (405 with the declared methods, or 404),
 /// so an endpoint without a declared requirement cannot be reached. HEAD follows GET.
+/// The API decides on the path it serves: a path that is not canonical is refused, with
+/// the proxy's reasons when it is malformed, and `api.path_not_canonical` when it only
+/// spells a canonical one another way (`%62`, `/./`, `//`): the router decodes an id
+/// while the explicit-deny rules would compare the path as sent.
+fn canonical_api_path(raw: &str) -> Result<(), Denial> {
+    let canonical = pinpoint_core::canonical::canonical_path(raw)?;
+    match canonical == raw {
+        true => Ok(()),
+        false => Err(Denial::new(
+            Reason::ApiPathNotCanonical,
+            "The API path is not in its canonical form; send it without needless escapes, dot-segments or doubled slashes.",
+        )
+        .note(format!(
+            "canonical form: {}",
+            pinpoint_core::problem::visible_ascii(&canonical)
+        ))),
+    }
+}
+
 fn declared(
     method: &Method,
     matched: Option<&str>,
@@ -482,56 +545,59 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let route_id: Arc<str> = Arc::from(API_ROUTE);
 
-    let (verdict, identity, known_caller, answered, extra_headers, at_ms) = match declared(
-        &method,
-        matched.as_deref(),
-        runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Key,
-    ) {
-        Err(denial) => {
-            crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
-            let entry = LayerTrace {
-                layer: denial.reason.layer().into(),
-                mark: Mark::Deny,
-                mode: Mode::Enforce,
-                reason: Some(denial.reason),
-                rule_id: None,
-                detail: Some(denial.detail.clone()),
-                note: denial.note.clone(),
-                platform_note: denial.platform_note.as_deref().map(String::from),
-                micros: 0,
-            };
-            let verdict = pinpoint_policy::pipeline::Verdict {
-                trace: vec![entry],
-                denial: Some(denial),
-            };
-            let now = pinpoint_store::now_ms();
-            (verdict, None, None, false, Vec::new(), now)
-        }
-        Ok(access) => {
-            let mut ctx = RequestCtx::new(
+    let (verdict, identity, known_caller, answered, extra_headers, at_ms) =
+        match canonical_api_path(&path).and_then(|()| {
+            declared(
                 &method,
-                &path,
-                None,
-                req.headers(),
-                peer,
-                client_ip,
-                &request_id,
-                pinpoint_store::now_ms(),
-            );
-            ctx.route_id = Some(route_id.clone());
-            ctx.access = access;
-            let verdict = runtime.api_pipeline.run(&mut ctx).await;
-            crate::telemetry::count_trace_denials(&verdict.trace, &route_id);
-            (
-                verdict,
-                ctx.identity.take().map(Arc::new),
-                ctx.known_caller.take(),
-                ctx.answered,
-                std::mem::take(&mut ctx.response_headers),
-                ctx.at_ms,
+                matched.as_deref(),
+                runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Key,
             )
-        }
-    };
+        }) {
+            Err(denial) => {
+                crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
+                let entry = LayerTrace {
+                    layer: denial.reason.layer().into(),
+                    mark: Mark::Deny,
+                    mode: Mode::Enforce,
+                    reason: Some(denial.reason),
+                    rule_id: None,
+                    detail: Some(denial.detail.clone()),
+                    note: denial.note.clone(),
+                    platform_note: denial.platform_note.as_deref().map(String::from),
+                    micros: 0,
+                };
+                let verdict = pinpoint_policy::pipeline::Verdict {
+                    trace: vec![entry],
+                    denial: Some(denial),
+                };
+                let now = pinpoint_store::now_ms();
+                (verdict, None, None, false, Vec::new(), now)
+            }
+            Ok(access) => {
+                let mut ctx = RequestCtx::new(
+                    &method,
+                    &path,
+                    None,
+                    req.headers(),
+                    peer,
+                    client_ip,
+                    &request_id,
+                    pinpoint_store::now_ms(),
+                );
+                ctx.route_id = Some(route_id.clone());
+                ctx.access = access;
+                let verdict = runtime.api_pipeline.run(&mut ctx).await;
+                crate::telemetry::count_trace_denials(&verdict.trace, &route_id);
+                (
+                    verdict,
+                    ctx.identity.take().map(Arc::new),
+                    ctx.known_caller.take(),
+                    ctx.answered,
+                    std::mem::take(&mut ctx.response_headers),
+                    ctx.at_ms,
+                )
+            }
+        };
     let mut trace = verdict.trace;
     let mut response = if let Some(denial) = verdict.denial {
         respond::problem(&denial, &request_id, format, &runtime.config.server.reasons_url).map(Body::new)

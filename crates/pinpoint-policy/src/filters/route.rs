@@ -96,14 +96,20 @@ impl Filter for RouteFilter {
     }
 
     fn check<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Check<'a> {
-        // A CORS preflight is routed by the method it asks about, so routes with a method
-        // list do not answer browsers' preflights with 405.
-        let requested = (ctx.method == http::Method::OPTIONS)
-            .then(|| ctx.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD))
-            .flatten()
-            .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
-        let method = requested.as_ref().unwrap_or(ctx.method);
-        Check::Ready(match self.table.find(ctx.host, ctx.path, method) {
+        let mut found = self.table.find(ctx.host, ctx.path, ctx.method);
+        // A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
+        // that no route takes as `OPTIONS` is routed by the method it asks about, so routes
+        // with a method list do not answer browsers' preflights with 405. Such a request is
+        // only ever answered, never forwarded (`unanswered_preflight`).
+        if !matches!(found, RouteMatch::Found(_)) {
+            if let Some(asked) = preflight_method(ctx) {
+                if let by_asked @ RouteMatch::Found(_) = self.table.find(ctx.host, ctx.path, &asked) {
+                    ctx.unanswered_preflight = refusal(found, ctx);
+                    found = by_asked;
+                }
+            }
+        }
+        Check::Ready(match found {
             RouteMatch::Found(route) => {
                 let refusal = refused_by_route(&route, ctx);
                 let rule_id = Some(route.trace_id.clone());
@@ -116,34 +122,55 @@ impl Filter for RouteFilter {
                     None => Outcome::Allow { rule_id },
                 }
             }
-            RouteMatch::MethodNotAllowed { route_id, allow } => Outcome::Deny(
-                Denial::new(
-                    Reason::RouteMethodNotAllowed,
-                    format!("{} is not allowed on {}; allowed: {allow}.", ctx.method, ctx.path),
-                )
-                .rule(route_id.to_string())
-                .header("allow", allow),
-            ),
-            RouteMatch::CaseMismatch { route_id } => Outcome::Deny(
-                Denial::new(
-                    Reason::RouteCaseMismatch,
-                    format!("No route serves {} exactly; paths here are case-sensitive.", ctx.path),
-                )
-                .rule(route_id.to_string())
-                .note(format!(
-                    "the path matches route `{route_id}` only when letter case is ignored"
-                )),
-            ),
-            RouteMatch::NotFound => Outcome::Deny(
-                Denial::new(
-                    Reason::RouteNotFound,
-                    format!("No route serves {} {}.", ctx.method, ctx.path),
-                )
-                .note(format!(
-                    "host {:?} matched no route's host and path prefix",
-                    ctx.host.unwrap_or("-")
-                )),
-            ),
+            other => match refusal(other, ctx) {
+                Some(denial) => Outcome::Deny(denial),
+                None => Outcome::allow(),
+            },
         })
+    }
+}
+
+/// The method a CORS preflight asks about: an `OPTIONS` request with `Origin` and a valid
+/// `Access-Control-Request-Method`.
+fn preflight_method(ctx: &RequestCtx<'_>) -> Option<http::Method> {
+    if *ctx.method != http::Method::OPTIONS || !ctx.headers.contains_key(http::header::ORIGIN) {
+        return None;
+    }
+    let asked = ctx.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    http::Method::from_bytes(asked.as_bytes()).ok()
+}
+
+/// The refusal for a request no route serves as it is (`None` when one does).
+fn refusal(found: RouteMatch, ctx: &RequestCtx<'_>) -> Option<Denial> {
+    match found {
+        RouteMatch::Found(_) => None,
+        RouteMatch::MethodNotAllowed { route_id, allow } => Some(
+            Denial::new(
+                Reason::RouteMethodNotAllowed,
+                format!("{} is not allowed on {}; allowed: {allow}.", ctx.method, ctx.path),
+            )
+            .rule(route_id.to_string())
+            .header("allow", allow),
+        ),
+        RouteMatch::CaseMismatch { route_id } => Some(
+            Denial::new(
+                Reason::RouteCaseMismatch,
+                format!("No route serves {} exactly; paths here are case-sensitive.", ctx.path),
+            )
+            .rule(route_id.to_string())
+            .note(format!(
+                "the path matches route `{route_id}` only when letter case is ignored"
+            )),
+        ),
+        RouteMatch::NotFound => Some(
+            Denial::new(
+                Reason::RouteNotFound,
+                format!("No route serves {} {}.", ctx.method, ctx.path),
+            )
+            .note(format!(
+                "host {:?} matched no route's host and path prefix",
+                ctx.host.unwrap_or("-")
+            )),
+        ),
     }
 }

@@ -1172,3 +1172,114 @@ async fn generated_paths_reach_the_upstream_only_as_the_route_and_rules_that_all
         "the generator exercised the forwarding path: {forwarded}"
     );
 }
+
+#[tokio::test]
+async fn what_the_third_attack_found_is_refused() {
+    let (gw, reader_key, _) = hardened().await;
+    // No Host, whatever the version: the upstream request always carries one.
+    let resp = send_raw(&gw, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.host_invalid"))
+    );
+    // Brackets hold an IPv6 address, followed by nothing but a port.
+    for host in [
+        "[public.example]",
+        "[::1]@secure.example",
+        "[::1]/../admin",
+        "[::1].secure.example",
+        "[::1]]",
+        "[::1]x:80",
+    ] {
+        let resp = send_raw(&gw, format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.host_invalid")),
+            "{host}"
+        );
+    }
+    let resp = send_raw(&gw, b"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    // A credential in the path is refused like one in the query, and never written down.
+    for path in [
+        format!("/orders/{reader_key}"),
+        format!("/orders/x/{}", reader_key.replace('_', "%5F")),
+    ] {
+        let resp = request(&gw, "GET", &path, &[]).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.credential_in_url")),
+            "{path}"
+        );
+        let d = gw.decision(resp.header("x-request-id").unwrap()).await;
+        assert!(!d.path.contains(&reader_key[3..19]), "{}", d.path);
+        assert!(d.raw_path.is_none_or(|p| !p.contains(&reader_key[3..19])));
+    }
+}
+
+/// A preflight is routed by the method it asks about only when no route takes `OPTIONS`,
+/// and then it is answered or refused, never forwarded.
+#[tokio::test]
+async fn a_preflight_routed_by_the_method_it_asks_about_is_never_forwarded() {
+    let config = |cors: &str| {
+        format!(
+            "[server]\ndata_dir = \"DATA_DIR\"\n[upstreams.echo]\ntargets = [\"builtin:echo\"]\n\
+             [[routes]]\nid = \"catalog-read\"\npath_prefix = \"/catalog\"\nmethods = [\"GET\"]\nupstream = \"echo\"\n\
+             [[routes]]\nid = \"catalog-write\"\npath_prefix = \"/catalog\"\nmethods = [\"POST\", \"OPTIONS\"]\nupstream = \"echo\"\nauth = \"required\"\n\
+             [[routes]]\nid = \"pub\"\npath_prefix = \"/pub\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"echo\"\n{cors}"
+        )
+    };
+    let preflight = |path: &str, origin: bool| {
+        format!(
+            "OPTIONS {path} HTTP/1.1\r\nHost: gw.example\r\nAccess-Control-Request-Method: GET\r\n{}\r\n",
+            if origin { "Origin: https://app.example\r\n" } else { "" }
+        )
+        .replace(
+            "Method: GET\r\n",
+            if path.starts_with("/pub") {
+                "Method: POST\r\n"
+            } else {
+                "Method: GET\r\n"
+            },
+        )
+    };
+    let gw = start(&config("")).await;
+    // `OPTIONS` has a route of its own: it is decided there, as OPTIONS.
+    for origin in [false, true] {
+        let resp = send_raw(&gw, preflight("/catalog/items", origin).as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (401, Some("authn.credentials_missing")),
+            "origin {origin}"
+        );
+    }
+    // No route takes OPTIONS: without CORS nothing answers it, so it is refused as OPTIONS.
+    for origin in [false, true] {
+        let resp = send_raw(&gw, preflight("/pub/x", origin).as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (405, Some("route.method_not_allowed")),
+            "origin {origin}: {}",
+            resp.body
+        );
+        let d = gw.decision(resp.header("x-request-id").unwrap()).await;
+        assert!(d.upstream_target.is_none(), "forwarded to {:?}", d.upstream_target);
+    }
+    gw.stop().await;
+    // CORS in report mode does not answer either: still refused, not forwarded.
+    let gw = start(&config(
+        "[cors]\nmode = \"report\"\nallowed_origins = [\"https://other.example\"]\n",
+    ))
+    .await;
+    let resp = send_raw(&gw, preflight("/pub/x", true).as_bytes()).await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (405, Some("route.method_not_allowed"))
+    );
+    gw.stop().await;
+    // An allowed origin's preflight is answered, as browsers need.
+    let gw = start(&config("[cors]\nallowed_origins = [\"https://app.example\"]\n")).await;
+    let resp = send_raw(&gw, preflight("/pub/x", true).as_bytes()).await;
+    assert_eq!(resp.status, 204, "{}", resp.body);
+    gw.stop().await;
+}

@@ -786,3 +786,201 @@ async fn the_bootstrap_key_is_rotated_in_its_file_kept_from_lockout_and_recovera
         "{me}"
     );
 }
+
+/// One rule for every way to issue a credential (a key for oneself or another principal,
+/// a rotated key's successor, a token) and for taking away a role an explicit deny names:
+/// nobody ends up with a credential or an unblocked principal beyond what they hold.
+#[tokio::test]
+async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_could_grant_it_all() {
+    use pinpoint_core::identity::{KeyKind, PrincipalKind};
+    use pinpoint_store::NewKey;
+    use reqwest::Method as M;
+    let (dir, store, admin_key) = fresh_store().await;
+    let org = store.create_org("acme").await.unwrap();
+    let role = |name: &'static str, permissions: &[&str]| {
+        let (store, org) = (store.clone(), org.id.clone());
+        let permissions: Vec<String> = permissions.iter().map(|p| p.to_string()).collect();
+        async move { store.create_role(&org, name, &permissions).await.unwrap() }
+    };
+    let principal = |name: &'static str, roles: Vec<String>| {
+        let (store, org) = (store.clone(), org.id.clone());
+        async move {
+            let p = store
+                .create_principal(&org, PrincipalKind::ServiceAccount, name, None)
+                .await
+                .unwrap();
+            for role in roles {
+                store.assign_role(&p.id, &role).await.unwrap();
+            }
+            let key = store
+                .create_key(NewKey {
+                    name: "test".into(),
+                    kind: KeyKind::Application,
+                    org_id: org,
+                    principal_id: Some(p.id.clone()),
+                    scopes: None,
+                    expires_at_ms: None,
+                })
+                .await
+                .unwrap();
+            (p.id, key.info.id, key.key)
+        }
+    };
+    let boss_role = role(
+        "boss",
+        &["users:read", "keys:read", "keys:write", "tokens:create", "shop:write"],
+    )
+    .await;
+    let keys_role = role("key-clerk", &["keys:read", "keys:write"]).await;
+    let roles_role = role("role-clerk", &["roles:read", "roles:write"]).await;
+    let shoppers = role("shoppers", &["shop:read", "shop:write"]).await;
+    let frozen = role("frozen", &[]).await;
+    let (boss, boss_key_id, boss_key) = principal("boss", vec![boss_role.id.clone()]).await;
+    let (_, _, clerk_key) = principal("key-clerk", vec![keys_role.id.clone()]).await;
+    let (_, _, role_clerk_key) = principal("role-clerk", vec![roles_role.id.clone()]).await;
+    let (fred, _, fred_key) = principal("fred", vec![shoppers.id.clone(), frozen.id.clone()]).await;
+    let config = "[server]\ndata_dir = \"DATA_DIR\"\n[upstreams.echo]\ntargets = [\"builtin:echo\"]\n\
+        [[routes]]\nid = \"shop\"\npath_prefix = \"/shop\"\nupstream = \"echo\"\npermissions = { GET = \"shop:read\", POST = \"shop:write\" }\n\
+        [[authz.deny]]\nid = \"frozen\"\nroles = [\"frozen\"]\nroutes = [\"shop\"]\n";
+    let gw = start_in(dir, store, admin_key, config).await;
+    let key_body = |attributes: serde_json::Value| data("api_keys", attributes);
+
+    // A key clerk cannot mint or rotate a key that acts as someone who holds more.
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/api_keys",
+        &clerk_key,
+        key_body(serde_json::json!({"name": "mine-now", "principal_id": boss})),
+    )
+    .await;
+    let body = problem(resp, 403, "authz.permission_missing").await;
+    assert!(!body.to_string().contains("pp_"), "{body}");
+    let resp = call(
+        &gw,
+        M::POST,
+        &format!("/api/v2/api_keys/{boss_key_id}/rotate"),
+        &clerk_key,
+        None,
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
+    // Scoped to what the clerk holds, it may: the key can do no more than the clerk.
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/api_keys",
+        &clerk_key,
+        key_body(serde_json::json!({"name": "read-only", "principal_id": boss, "scopes": ["keys:read"]})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    // Its owner rotates its own key as before.
+    let resp = call(
+        &gw,
+        M::POST,
+        &format!("/api/v2/api_keys/{boss_key_id}/rotate"),
+        &boss_key,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let boss_key = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A scoped key cannot issue a wider key or a token (tokens carry no scopes).
+    for scopes in [serde_json::json!(["keys:write"]), serde_json::json!(["tokens:create"])] {
+        let resp = call(
+            &gw,
+            M::POST,
+            "/api/v2/api_keys",
+            &boss_key,
+            key_body(serde_json::json!({"name": "narrow", "scopes": scopes})),
+        )
+        .await;
+        assert_eq!(resp.status(), 201);
+        let narrow = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let resp = call(
+            &gw,
+            M::POST,
+            "/api/v2/api_keys",
+            &narrow,
+            key_body(serde_json::json!({"name": "wide"})),
+        )
+        .await;
+        assert_eq!(resp.status(), 403, "{scopes}");
+        let resp = call(&gw, M::POST, "/api/v2/tokens", &narrow, None).await;
+        assert_eq!(resp.status(), 403, "{scopes}");
+    }
+    // Unscoped, the boss gets a token as before.
+    let resp = call(&gw, M::POST, "/api/v2/tokens", &boss_key, None).await;
+    assert_eq!(resp.status(), 201);
+
+    // A role clerk cannot lift the deny on fred by taking `frozen` away, nor by deleting it.
+    let shop = |key: String| {
+        let gw = &gw;
+        async move { gw.http.post(gw.url("/shop/x")).bearer_auth(key).send().await.unwrap() }
+    };
+    problem(shop(fred_key.clone()).await, 403, "authz.explicit_deny").await;
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/roles/{}/principals/{fred}", frozen.id),
+        &role_clerk_key,
+        None,
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/roles/{}", frozen.id),
+        &role_clerk_key,
+        None,
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
+    problem(shop(fred_key.clone()).await, 403, "authz.explicit_deny").await;
+    // A role no deny names is taken away as before.
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/roles/{}/principals/{boss}", boss_role.id),
+        &role_clerk_key,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    // The platform administrator, who holds everything, may lift it.
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/roles/{}/principals/{fred}", frozen.id),
+        &gw.admin_key,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    poll_until("fred's deny is lifted", || {
+        let key = fred_key.clone();
+        let shop = &shop;
+        async move { shop(key).await.status() == 200 }
+    })
+    .await;
+
+    // The API decides on the path it serves: another spelling of a path is refused.
+    let role_path = format!("/api/v2/roles/{}", frozen.id);
+    let encoded = format!("/api/v2/roles/%{:02X}{}", frozen.id.as_bytes()[0], &frozen.id[1..]);
+    // (The client library resolves `./` itself; the proxy's tests send those raw.)
+    for path in [encoded, format!("/api/v2//roles/{}", frozen.id)] {
+        let resp = call(&gw, M::GET, &path, &gw.admin_key, None).await;
+        problem(resp, 400, "api.path_not_canonical").await;
+    }
+    let resp = call(&gw, M::GET, &role_path, &gw.admin_key, None).await;
+    assert_eq!(resp.status(), 200);
+}
