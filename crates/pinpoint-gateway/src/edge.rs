@@ -408,6 +408,10 @@ mod tests {
             "zzz:abc",
             "a:",
             "[::1",
+            "[public.example]",
+            "[::1]@internal.example",
+            "[::1]x",
+            "[::1]:",
         ] {
             assert_eq!(
                 refusal(&parts("/x", &[("host", bad)])),
@@ -422,9 +426,10 @@ mod tests {
         // HTTP/1.1 needs a Host; the target's authority never stands in for one.
         assert_eq!(refusal(&parts("/a", &[])), Some(Reason::RequestHostInvalid));
         assert_eq!(refusal(&parts("http://zzz/x", &[])), Some(Reason::RequestHostInvalid));
+        // HTTP/1.0 too: the upstream request always carries a Host, so none is decided on.
         let mut old = parts("/x", &[]);
         old.version = Version::HTTP_10;
-        assert_eq!(host(&old), None);
+        assert_eq!(refusal(&old), Some(Reason::RequestHostInvalid));
         let mut old_absolute = parts("http://zzz/x", &[]);
         old_absolute.version = Version::HTTP_10;
         assert_eq!(refusal(&old_absolute), Some(Reason::RequestHostInvalid));

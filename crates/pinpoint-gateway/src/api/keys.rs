@@ -125,7 +125,12 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
         })
         .await?;
     shared.services.catch_up_after_write(&shared.store).await;
-    tracing::info!(key = %issued.info.id, by = %caller.0.label(), "api key created");
+    tracing::info!(
+        key = %issued.info.id,
+        owner = issued.info.principal_id.as_deref().unwrap_or(issued.info.org_id.as_str()),
+        by = %caller.0.label(),
+        "api key created"
+    );
     Ok((StatusCode::CREATED, envelope(issued_resource(&issued))))
 }
 
