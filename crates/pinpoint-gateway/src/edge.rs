@@ -43,6 +43,14 @@ pub fn canonical_request<'a>(
     limits: &ServerConfig,
     ours: crate::headers::OwnCredentials<'_>,
 ) -> Result<CanonicalRequest<'a>, Denial> {
+    // First, so a request refused for any other reason never has its credential written
+    // down either (the decision records such a path as withheld).
+    if let Some(part) = url_part_with_credential(uri, headers, ours) {
+        return Err(Denial::new(
+            Reason::RequestCredentialInUrl,
+            format!("The {part} carries a Pinpoint credential."),
+        ));
+    }
     check_head_size(method, uri, headers, limits)?;
     check_singletons(headers)?;
     canonical::check_method(method.as_str())?;
@@ -51,19 +59,6 @@ pub fn canonical_request<'a>(
     let path = canonical::canonical_path(uri.path())?;
     // A credential in the URL cannot be removed without changing the request, and URLs are
     // logged everywhere: refused.
-    let in_url = |part: &str| crate::headers::carries_pinpoint_credential(&canonical::percent_decode(part), ours);
-    if uri.query().is_some_and(in_url) {
-        return Err(Denial::new(
-            Reason::RequestCredentialInUrl,
-            "The query string carries a Pinpoint credential.",
-        ));
-    }
-    if in_url(&path) {
-        return Err(Denial::new(
-            Reason::RequestCredentialInUrl,
-            "The path carries a Pinpoint credential.",
-        ));
-    }
     // What is forwarded must fit a request target (and the configured head).
     let target_len = path.len() + uri.query().map_or(0, |q| q.len() + 1);
     if target_len > limits.max_head_bytes.min(MAX_TARGET_BYTES) {
@@ -74,6 +69,42 @@ pub fn canonical_request<'a>(
         .note(format!("{target_len} bytes after canonicalisation")));
     }
     Ok(CanonicalRequest { path, host })
+}
+
+/// Which part of the URL (the path, the query string, the Host) holds a Pinpoint
+/// credential, as sent: percent-decoded once and again (for servers that decode twice),
+/// whole and piece by piece (each path segment and query field alone, so a wrapping
+/// such as base64 is read from where it starts; `/` and `=` belong to base64's alphabet).
+fn url_part_with_credential(
+    uri: &Uri,
+    headers: &HeaderMap,
+    ours: crate::headers::OwnCredentials<'_>,
+) -> Option<&'static str> {
+    let carries = |text: &str| {
+        let once = canonical::percent_decode(text);
+        crate::headers::carries_pinpoint_credential(&once, ours)
+            || (once.contains(&b'%')
+                && crate::headers::carries_pinpoint_credential(
+                    &canonical::percent_decode(&String::from_utf8_lossy(&once)),
+                    ours,
+                ))
+    };
+    let path = uri.path();
+    if carries(path) || path.split('/').any(|segment| !segment.is_empty() && carries(segment)) {
+        return Some("path");
+    }
+    if uri.query().is_some_and(|q| {
+        carries(q)
+            || q.split(['&', ';', '='])
+                .any(|field| !field.is_empty() && carries(field))
+    }) {
+        return Some("query string");
+    }
+    let host = headers.get(HOST).map(|h| String::from_utf8_lossy(h.as_bytes()));
+    if host.is_some_and(|h| carries(&h)) || uri.authority().is_some_and(|a| carries(a.as_str())) {
+        return Some("Host");
+    }
+    None
 }
 
 /// Headers a request may carry once: with two, layers and upstreams could each read another.

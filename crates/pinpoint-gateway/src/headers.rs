@@ -268,8 +268,15 @@ fn jwt_kids(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Whether the query or the body asks the upstream to use another method with a `_method`
-/// parameter (Rails, Laravel and Symfony read it from the query, forms, multipart and
+/// parameter (Rails/Rack, Laravel and Symfony read it from the query, forms, multipart and
 /// JSON bodies): another way to say what an override header says.
+///
+/// Frameworks disagree on how they read a body's type, boundary and field names, so the
+/// body is read every way one of them might and refused if any finds `_method`: as a form
+/// when the type is a form or none is given (Rack reads a typeless POST as a form), as
+/// JSON when the `Content-Type` mentions JSON anywhere (Laravel's test), as multipart
+/// with every boundary the header could be read to name; a multipart body whose
+/// boundary cannot be found cannot be read, and counts as naming it.
 pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>, body: &[u8]) -> bool {
     let names_method = |pairs: &[u8]| {
         pairs.split(|b| *b == b'&' || *b == b';').any(|pair| {
@@ -278,46 +285,83 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
                 .into_iter()
                 .map(|b| if b == b'+' { b' ' } else { b })
                 .collect();
-            is_method_name(name.trim_ascii())
+            is_method_name(&name)
         })
     };
     if query.is_some_and(|q| names_method(q.as_bytes())) {
         return true;
     }
-    let content_type = content_type.unwrap_or_default();
-    // The media type ends at `;` or at `,` (Rack splits on both).
-    let media = content_type
-        .split([';', ','])
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
     if body.is_empty() {
-        false
-    } else if media == "application/x-www-form-urlencoded" {
-        names_method(body)
-    } else if media == "multipart/form-data" {
-        multipart_field_names(content_type, body).any(|name| is_method_name(name.trim().as_bytes()))
-    } else if media.contains("json") {
-        // Any JSON-like type (`text/json`, `application/x-json`, `+json`): frameworks
-        // differ in which they parse, so every one is looked into.
-        // Without the letters of `method` (in any case) or a `\u` escape, no key can be
-        // `_method`: most bodies are settled by one scan (parsing a 1 KiB body to read its
-        // keys cost 40,000 instructions, bench/instructions.sh's `waf-off`).
-        may_spell_method(body) && json_top_level_key_is_method(body)
-    } else {
-        false
+        return false;
     }
+    let content_type = content_type.unwrap_or_default();
+    let lower = content_type.to_ascii_lowercase();
+    // The media type ends at `;`, `,` (Rack) or white space (PHP).
+    let media = lower
+        .trim_start()
+        .split([';', ',', ' ', '\t'])
+        .next()
+        .unwrap_or_default();
+    if (media.is_empty() || media == "application/x-www-form-urlencoded") && names_method(body) {
+        return true;
+    }
+    if lower.contains("multipart") {
+        let boundaries = multipart_boundaries(content_type);
+        if boundaries.is_empty() {
+            return true;
+        }
+        if boundaries
+            .iter()
+            .any(|boundary| multipart_field_names(boundary, body).any(|name| is_method_name(name.as_bytes())))
+        {
+            return true;
+        }
+    }
+    // Without the letters of `method` (in any case) or a `\u` escape, no key can be
+    // `_method`: most bodies are settled by one scan (parsing a 1 KiB body to read its
+    // keys cost 40,000 instructions, bench/instructions.sh's `waf-off`).
+    lower.contains("json") && may_spell_method(body) && json_top_level_key_is_method(body)
 }
 
-/// Whether a form or query field name is `_method` as PHP and the frameworks on it read
-/// names: any case, and a leading `.`, space or `[` read as `_` (PHP turns those into
-/// underscores in names).
+/// Whether a form, query or multipart field name is `_method` as the frameworks read
+/// names: any case; cut at a NUL (PHP); a leading `.`, space or `[` read as `_` (PHP);
+/// brackets around or after it dropped (Rack's and PHP's nested names).
 fn is_method_name(name: &[u8]) -> bool {
-    match name.split_first() {
+    let name = name.split(|b| *b == 0).next().unwrap_or_default().trim_ascii();
+    let unbracketed: Vec<u8> = name.iter().copied().filter(|b| !matches!(b, b'[' | b']')).collect();
+    let leading_read_as_underscore = |name: &[u8]| match name.split_first() {
         Some((first, rest)) => matches!(first, b'_' | b'.' | b' ' | b'[') && rest.eq_ignore_ascii_case(b"method"),
         None => false,
+    };
+    let mapped_then_unbracketed: Vec<u8> = match name.split_first() {
+        Some((b'.' | b' ' | b'[', rest)) => std::iter::once(b'_')
+            .chain(rest.iter().copied().filter(|b| !matches!(b, b'[' | b']')))
+            .collect(),
+        _ => unbracketed.clone(),
+    };
+    leading_read_as_underscore(&unbracketed) || leading_read_as_underscore(&mapped_then_unbracketed)
+}
+
+/// Every boundary a multipart `Content-Type` could be read to name: each `boundary=`
+/// in it (PHP takes the first such text, even inside another parameter's name; others
+/// the parameter), its value ended by `;`, `,` or white space, quotes removed.
+fn multipart_boundaries(content_type: &str) -> Vec<String> {
+    let lower = content_type.to_ascii_lowercase();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("boundary=") {
+        let start = from + at + "boundary=".len();
+        let value = content_type[start..]
+            .split([';', ',', ' ', '\t'])
+            .next()
+            .unwrap_or_default()
+            .trim_matches(['"', '\'']);
+        if !value.is_empty() && !found.iter().any(|b| b == value) {
+            found.push(value.to_owned());
+        }
+        from = start;
     }
+    found
 }
 
 /// Whether a JSON text could spell `method` in a key: it holds those letters (in any case)
@@ -356,46 +400,43 @@ fn json_top_level_key_is_method(body: &[u8]) -> bool {
         .is_ok_and(|found| found && de.end().is_ok())
 }
 
-/// The `name` of every part of a multipart body (from each part's `Content-Disposition`,
-/// never from the parts' contents).
-fn multipart_field_names<'b>(content_type: &str, body: &'b [u8]) -> impl Iterator<Item = String> + 'b {
-    let boundary = content_type
-        .split(';')
-        .filter_map(|param| param.trim().split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
-        .map(|(_, v)| format!("--{}", v.trim().trim_matches('"')))
-        .unwrap_or_default();
-    let delimiter = boundary.into_bytes();
+/// The names of every part of a multipart body split at `boundary`: each part's
+/// `Content-Disposition` `name`, and its `Content-ID` (Rack names a part by it), never
+/// the parts' contents.
+fn multipart_field_names<'b>(boundary: &str, body: &'b [u8]) -> impl Iterator<Item = String> + 'b {
+    let delimiter = format!("--{boundary}").into_bytes();
     let mut parts = Vec::new();
-    if !delimiter.is_empty() {
-        let mut rest = body;
-        while let Some(at) = rest.windows(delimiter.len()).position(|w| w == delimiter.as_slice()) {
-            rest = &rest[at + delimiter.len()..];
-            parts.push(rest);
-        }
+    let mut rest = body;
+    while let Some(at) = rest.windows(delimiter.len()).position(|w| w == delimiter.as_slice()) {
+        rest = &rest[at + delimiter.len()..];
+        parts.push(rest);
     }
-    parts.into_iter().filter_map(|part| {
+    parts.into_iter().flat_map(|part| {
         // Part headers end at a blank line, written with CRLFs or (as lenient parsers
         // such as PHP's accept) bare LFs.
         let head_end = [&b"\r\n\r\n"[..], b"\n\n"]
             .iter()
             .filter_map(|end| part.windows(end.len()).position(|w| w == *end))
-            .min()?;
+            .min()
+            .unwrap_or(part.len());
         let head = String::from_utf8_lossy(&part[..head_end]);
-        head.lines()
-            .find(|line| {
-                line.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("content-disposition:")
-            })
-            .and_then(|line| {
-                line.split(';').skip(1).find_map(|param| {
+        let mut names = Vec::new();
+        for line in head.lines() {
+            let lower = line.trim_start().to_ascii_lowercase();
+            if lower.starts_with("content-disposition:") {
+                names.extend(line.split(';').skip(1).filter_map(|param| {
                     let (k, v) = param.trim().split_once('=')?;
                     k.trim()
                         .eq_ignore_ascii_case("name")
                         .then(|| v.trim().trim_matches(['"', '\'']).to_owned())
-                })
-            })
+                }));
+            } else if lower.starts_with("content-id:") {
+                if let Some((_, id)) = line.split_once(':') {
+                    names.push(id.trim().trim_matches(['<', '>', '"']).to_owned());
+                }
+            }
+        }
+        names
     })
 }
 
@@ -611,6 +652,50 @@ mod tests {
                 Some("multipart/form-data; boundary=b"),
                 body
             ));
+        }
+        // The second attack's spellings (Rack 2.2 and Laravel 8 on PHP 8.2 ran each as DELETE).
+        assert!(method_override_parameter(None, None, b"_method=DELETE"));
+        for body in [
+            &b"[_method]=DELETE"[..],
+            b"_method]=DELETE",
+            b"_method%00=DELETE",
+            b"[method=PUT",
+        ] {
+            assert!(method_override_parameter(None, form, body), "{body:?}");
+        }
+        assert!(method_override_parameter(Some("_method%00=DELETE"), None, b""));
+        assert!(method_override_parameter(
+            None,
+            Some("application/x-www-form-urlencoded x"),
+            b"_method=DELETE"
+        ));
+        for json_type in [
+            "text/plain; x=/json",
+            "application/x-www-form-urlencoded, application/json",
+        ] {
+            assert!(
+                method_override_parameter(None, Some(json_type), br#"{"_method":"DELETE"}"#),
+                "{json_type}"
+            );
+        }
+        let part = b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--";
+        for multipart in [
+            "multipart/form-data, boundary=b",
+            "multipart/form-data boundary=b",
+            "multipart/form-data; xboundary=b; boundary=z",
+        ] {
+            assert!(method_override_parameter(None, Some(multipart), part), "{multipart}");
+        }
+        assert!(method_override_parameter(
+            None,
+            Some("multipart/form-data; boundary=b"),
+            b"--b\r\nContent-Disposition: form-data\r\nContent-ID: _method\r\n\r\nDELETE\r\n--b--"
+        ));
+        // A multipart body whose boundary cannot be found cannot be read: refused.
+        assert!(method_override_parameter(None, Some("multipart/form-data"), b"x"));
+        // Names that only contain the word are data.
+        for body in [&b"payment_method=card"[..], b"methods=1", b"x=_method"] {
+            assert!(!method_override_parameter(None, form, body), "{body:?}");
         }
         let upload = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"_method\"\r\n\r\n<input name=\"_method\" value=\"PUT\">\r\n--b--";
         assert!(!method_override_parameter(

@@ -280,6 +280,19 @@ async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, 
     let patch: PrincipalPatch = attributes(body)?;
     let mut p = load_principal(shared, caller, kind, id).await?;
     if let Some(s) = patch.suspended {
+        if !s && p.suspended {
+            // Lifting a suspension hands the principal back all it holds: only a caller
+            // who holds that (and is not itself held back by a deny) may.
+            if caller.0.principal_id() == Some(id) {
+                return Err(deny(
+                    Reason::AuthzPermissionMissing,
+                    "You cannot lift your own suspension.",
+                ));
+            }
+            caller.require_not_denied(&shared.runtime.load().config.authz.deny, "lift a suspension")?;
+            let held = principal_permissions(shared, id).await?;
+            caller.require_can_issue(Some(&held), None, "lift the suspension of a principal who holds")?;
+        }
         p = shared.store.set_principal_suspended(id, s).await?;
     }
     shared.services.catch_up_after_write(&shared.store).await;
@@ -507,6 +520,14 @@ async fn require_may_lift_denies(shared: &Shared, caller: &Caller, role: &Role, 
     if !named_by_deny {
         return Ok(());
     }
+    // Nobody lifts a deny from themselves, nor while a deny names them.
+    if holders.iter().any(|h| caller.0.principal_id() == Some(h.as_str())) {
+        return Err(deny(
+            Reason::AuthzPermissionMissing,
+            "You cannot take away from yourself a role an explicit deny names.",
+        ));
+    }
+    caller.require_not_denied(&shared.runtime.load().config.authz.deny, "lift an explicit deny")?;
     for holder in holders {
         let held = principal_permissions(shared, holder).await?;
         caller.require_can_issue(

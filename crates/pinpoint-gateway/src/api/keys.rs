@@ -98,6 +98,15 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
                 || deny(Reason::ApiBadRequest, "`principal_id` names no principal."),
             )?;
             let held = principal_permissions(&shared, &p.id).await?;
+            if caller.0.principal_id() != Some(p.id.as_str()) {
+                // A key speaks as its owner (upstreams read `X-Pinpoint-Principal`), so a key
+                // for someone else, however scoped, needs all they hold.
+                caller.require_not_denied(
+                    &shared.runtime.load().config.authz.deny,
+                    "issue a key for another principal",
+                )?;
+                caller.require_can_issue(Some(&held), None, "issue a key for a principal who holds")?;
+            }
             caller.require_can_issue(Some(&held), attrs.scopes.as_deref(), "issue a key that can use")?;
             (p.org_id, Some(p.id))
         }
@@ -108,7 +117,9 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
                     "An organization (api) key has no `principal_id`.",
                 ));
             }
-            // An organization key acts with its scopes only; a caller cannot mint scopes it lacks.
+            // An organization key acts with its scopes only; a caller cannot mint scopes it
+            // lacks, nor, when a deny names it, a key no deny on it would cover.
+            caller.require_not_denied(&shared.runtime.load().config.authz.deny, "issue an organization key")?;
             caller.require_can_issue(None, attrs.scopes.as_deref(), "grant scope")?;
             (caller.target_org(attrs.org_id.as_deref())?, None)
         }
@@ -217,11 +228,19 @@ async fn rotate_key(
     Path(id): Path<String>,
 ) -> Created {
     let key = load_key(&shared, &caller, &id).await?;
-    // The successor acts as the key did: only a caller who holds that may have it.
+    // The successor acts as the key did: only a caller who holds that may have it, and
+    // for another principal's key (or an organization key) only one who could have
+    // issued it.
     let held = match &key.principal_id {
         Some(owner) => Some(principal_permissions(&shared, owner).await?),
         None => None,
     };
+    if key.principal_id.is_none() || key.principal_id.as_deref() != caller.0.principal_id() {
+        caller.require_not_denied(&shared.runtime.load().config.authz.deny, "rotate another's key")?;
+        if let Some(held) = &held {
+            caller.require_can_issue(Some(held), None, "rotate a key of a principal who holds")?;
+        }
+    }
     caller.require_can_issue(held.as_ref(), key.scopes.as_deref(), "rotate a key that can use")?;
     let overlap = shared.runtime.load().config.keys.rotation_overlap_seconds;
     let issued = shared

@@ -278,6 +278,31 @@ impl Caller {
         }
     }
 
+    /// Whether an explicit deny (`[[authz.deny]]`) names this caller, by its principal or
+    /// one of its roles. Such a caller may issue credentials only for itself (which the
+    /// same deny then covers): an organization key has no principal or roles, and a key
+    /// for another principal has theirs, so either would walk out of the deny.
+    pub fn named_by_deny(&self, rules: &[pinpoint_core::config::DenyRule]) -> bool {
+        let Some(principal) = &self.0.principal else {
+            return false;
+        };
+        rules.iter().any(|rule| {
+            rule.principals.iter().flatten().any(|id| **id == *principal.id)
+                || rule.roles.iter().flatten().any(|name| principal.roles.contains(name))
+        })
+    }
+
+    /// Refuses a caller an explicit deny names (see [`Caller::named_by_deny`]).
+    pub fn require_not_denied(&self, rules: &[pinpoint_core::config::DenyRule], what: &str) -> ApiResult<()> {
+        match self.named_by_deny(rules) {
+            true => Err(deny(
+                Reason::AuthzPermissionMissing,
+                format!("You cannot {what}: an explicit deny names you, and it would not cover what you ask for."),
+            )),
+            false => Ok(()),
+        }
+    }
+
     /// The organization listings are limited to: `None` (all) for platform admins.
     pub fn list_scope(&self) -> Option<&str> {
         if self.0.is_platform_admin() {

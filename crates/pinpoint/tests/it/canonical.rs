@@ -1215,6 +1215,35 @@ async fn what_the_third_attack_found_is_refused() {
         assert!(!d.path.contains(&reader_key[3..19]), "{}", d.path);
         assert!(d.raw_path.is_none_or(|p| !p.contains(&reader_key[3..19])));
     }
+    // Wrapped in base64 from a segment's start, encoded twice, in a path refused for
+    // something else too, or in the Host: refused first, and never written down.
+    use base64::Engine;
+    let wrapped = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&reader_key);
+    let key_id = &reader_key[3..19];
+    for (target, host) in [
+        (format!("/pub/{wrapped}"), "gw.example".to_owned()),
+        (format!("/pub/x/{wrapped}"), "gw.example".to_owned()),
+        (
+            format!("/x?k={}", reader_key.replace('_', "%255F")),
+            "gw.example".to_owned(),
+        ),
+        (format!("/pub/%2e%2e/{reader_key}"), "gw.example".to_owned()),
+        (format!("/pub/%2F/{reader_key}"), "gw.example".to_owned()),
+        ("/x".to_owned(), format!("pp-{key_id}.example")),
+    ] {
+        let resp = send_raw(&gw, format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.credential_in_url")),
+            "{target} {host}"
+        );
+        let d = gw.decision(resp.header("x-request-id").unwrap()).await;
+        let recorded = format!("{} {:?} {:?}", d.path, d.raw_path, d.host);
+        assert!(
+            !recorded.contains(key_id) && !recorded.contains(&wrapped[..20]),
+            "{recorded}"
+        );
+    }
 }
 
 /// A preflight is routed by the method it asks about only when no route takes `OPTIONS`,

@@ -865,7 +865,7 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     )
     .await;
     problem(resp, 403, "authz.permission_missing").await;
-    // Scoped to what the clerk holds, it may: the key can do no more than the clerk.
+    // Not even scoped to what the clerk holds: a key speaks as its owner.
     let resp = call(
         &gw,
         M::POST,
@@ -874,7 +874,7 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         key_body(serde_json::json!({"name": "read-only", "principal_id": boss, "scopes": ["keys:read"]})),
     )
     .await;
-    assert_eq!(resp.status(), 201);
+    problem(resp, 403, "authz.permission_missing").await;
     // Its owner rotates its own key as before.
     let resp = call(
         &gw,
@@ -941,6 +941,52 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         M::DELETE,
         &format!("/api/v2/roles/{}", frozen.id),
         &role_clerk_key,
+        None,
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
+    problem(shop(fred_key.clone()).await, 403, "authz.explicit_deny").await;
+    // Nor can fred, whom the deny names: not by an organization key (no principal, no
+    // roles), not by a key for someone else, not by taking the role from himself.
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/roles",
+        &gw.admin_key,
+        data(
+            "roles",
+            serde_json::json!({"name": "fred-admin", "permissions": ["keys:write", "keys:read", "roles:write", "roles:read"], "org_id": org.id}),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let fred_admin = resp.json::<serde_json::Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = call(
+        &gw,
+        M::POST,
+        &format!("/api/v2/roles/{fred_admin}/principals"),
+        &gw.admin_key,
+        Some(serde_json::json!({"data": {"type": "principals", "id": fred}})),
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/api_keys",
+        &fred_key,
+        key_body(serde_json::json!({"name": "side", "kind": "api", "scopes": ["shop:write"]})),
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/roles/{}/principals/{fred}", frozen.id),
+        &fred_key,
         None,
     )
     .await;
