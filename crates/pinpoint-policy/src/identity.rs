@@ -278,6 +278,9 @@ pub struct Identity {
     pub credential: Credential,
     /// A scoped key's scopes (which narrow, never widen, the principal's permissions).
     pub scopes: Option<Arc<HashSet<String>>>,
+    /// When the credential stops working (Unix ms): a key's expiry, a token's `exp`. A
+    /// credential it issues may not outlive it.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// The answer to "may this identity use this permission?".
@@ -401,6 +404,7 @@ mod tests {
             org: Arc::new(OrgLabels::new("o", OrgStanding::Active)),
             credential: Credential::Token("t".into()),
             scopes: scopes.map(Arc::new),
+            expires_at_ms: None,
         }
     }
 

@@ -85,6 +85,18 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
         Some(s) => Some(s.saturating_mul(1000)),
         None => None,
     };
+    // A credential issues none that outlives it: without `expires_at`, the new key
+    // expires with the caller's; a later one is refused.
+    let expires_at_ms = match (expires_at_ms, caller.0.expires_at_ms) {
+        (None, Some(limit)) => Some(limit),
+        (Some(asked), Some(limit)) if asked > limit => {
+            return Err(deny(
+                Reason::ApiBadRequest,
+                "`expires_at` is later than the credential you are using expires; a key cannot outlive the credential that issues it.",
+            ))
+        }
+        (asked, _) => asked,
+    };
     let kind = attrs.kind.unwrap_or(KeyKind::Application);
     let (org_id, principal_id) = match kind {
         KeyKind::Application => {
@@ -281,9 +293,15 @@ async fn create_token(State(shared): State<Arc<Shared>>, Extension(caller): Exte
     let held = principal_permissions(&shared, principal).await?;
     caller.require_can_issue(Some(&held), None, "issue a token that can use")?;
     let config = shared.runtime.load().config.jwt.clone();
+    // A token does not outlive the credential that asks for it.
+    let remaining = caller
+        .0
+        .expires_at_ms
+        .map(|exp| u64::try_from((exp - pinpoint_store::now_ms()) / 1000).unwrap_or(0));
     let ttl = attrs
         .ttl_seconds
         .unwrap_or(config.ttl_seconds)
+        .min(remaining.unwrap_or(u64::MAX))
         .clamp(1, config.ttl_seconds);
     let (token, claims) = shared
         .services

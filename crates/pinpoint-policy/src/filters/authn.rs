@@ -90,6 +90,7 @@ impl AuthnFilter {
             principal: Some(principal),
             credential: Credential::ClientCert(Arc::from(certificate.subject.as_str())),
             scopes: None,
+            expires_at_ms: None,
         }))
     }
 
@@ -182,6 +183,7 @@ impl AuthnFilter {
             principal,
             org: entry.org.clone(),
             scopes: entry.scopes.clone(),
+            expires_at_ms: entry.expires_at_ms,
             credential: Credential::Key(entry),
         })
     }
@@ -263,6 +265,7 @@ impl AuthnFilter {
                     principal: Some(principal),
                     credential: Credential::Token(claims.jti),
                     scopes: None,
+                    expires_at_ms: Some(claims.exp.saturating_mul(1000)),
                 })
             }
         }

@@ -917,6 +917,45 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         let resp = call(&gw, M::POST, "/api/v2/tokens", &narrow, None).await;
         assert_eq!(resp.status(), 403, "{scopes}");
     }
+    // A credential issues none that outlives it.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3600;
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/api_keys",
+        &boss_key,
+        key_body(serde_json::json!({"name": "short", "expires_at": soon})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let short = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/api_keys",
+        &short,
+        key_body(serde_json::json!({"name": "inherits"})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let inherited = resp.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(inherited["data"]["attributes"]["expires_at"], soon, "{inherited}");
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/api_keys",
+        &short,
+        key_body(serde_json::json!({"name": "longer", "expires_at": soon + 3600})),
+    )
+    .await;
+    problem(resp, 400, "api.bad_request").await;
     // Unscoped, the boss gets a token as before.
     let resp = call(&gw, M::POST, "/api/v2/tokens", &boss_key, None).await;
     assert_eq!(resp.status(), 201);
