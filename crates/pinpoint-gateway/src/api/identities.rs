@@ -381,8 +381,10 @@ struct RolePatch {
     permissions: Vec<String>,
 }
 
-/// Permissions must be well-formed, and a caller can grant only what it holds itself.
-fn check_grantable(caller: &Caller, permissions: &[String]) -> ApiResult<()> {
+/// Permissions must be well-formed, and a caller can grant only what it holds itself; a
+/// caller an explicit deny names grants nothing (what it holds is held back by the deny,
+/// and a principal it grants to is not).
+fn check_grantable(shared: &Shared, caller: &Caller, permissions: &[String]) -> ApiResult<()> {
     for p in permissions {
         if !pinpoint_core::config::is_permission(p) {
             return Err(deny(
@@ -390,6 +392,9 @@ fn check_grantable(caller: &Caller, permissions: &[String]) -> ApiResult<()> {
                 format!("`{p}` is not a permission name (like `orders:write`)."),
             ));
         }
+    }
+    if !permissions.is_empty() {
+        caller.require_not_denied(&shared.runtime.load().config.authz.deny, "grant permissions")?;
     }
     caller.require_holds(permissions, "grant")?;
     Ok(())
@@ -402,7 +407,7 @@ async fn create_role(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let attrs: RoleAttrs = attributes(&body)?;
     valid_name(&attrs.name, "name")?;
-    check_grantable(&caller, &attrs.permissions)?;
+    check_grantable(&shared, &caller, &attrs.permissions)?;
     let org_id = caller.target_org(attrs.org_id.as_deref())?;
     let role = shared
         .store
@@ -446,7 +451,7 @@ async fn patch_role(
 ) -> Reply {
     let patch: RolePatch = attributes(&body)?;
     load_role(&shared, &caller, &id).await?;
-    check_grantable(&caller, &patch.permissions)?;
+    check_grantable(&shared, &caller, &patch.permissions)?;
     let role = shared.store.set_role_permissions(&id, &patch.permissions).await?;
     shared.services.catch_up_after_write(&shared.store).await;
     Ok(envelope(role_resource(&role)))
@@ -488,7 +493,7 @@ async fn assign_role(
         )
     })?;
     let role = load_role(&shared, &caller, &id).await?;
-    check_grantable(&caller, &role.permissions)?;
+    check_grantable(&shared, &caller, &role.permissions)?;
     let principal = caller.own(
         shared.store.principal(&rel.data.id).await?,
         |p| &p.org_id,

@@ -254,6 +254,15 @@ async fn rotate_key(
         }
     }
     caller.require_can_issue(held.as_ref(), key.scopes.as_deref(), "rotate a key that can use")?;
+    // The successor keeps the key's expiry: it may not outlive the credential rotating it.
+    if let Some(limit) = caller.0.expires_at_ms {
+        if key.expires_at_ms.is_none_or(|exp| exp > limit) {
+            return Err(deny(
+                Reason::ApiBadRequest,
+                "This key would outlive the credential rotating it; rotate it with a credential that expires no sooner than the key.",
+            ));
+        }
+    }
     let overlap = shared.runtime.load().config.keys.rotation_overlap_seconds;
     let issued = shared
         .store

@@ -956,6 +956,19 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     )
     .await;
     problem(resp, 400, "api.bad_request").await;
+    // Nor through a rotation: the successor keeps the key's (lack of) expiry.
+    let resp = call(
+        &gw,
+        M::POST,
+        &format!(
+            "/api/v2/api_keys/{}/rotate",
+            pinpoint_core::keys::parse(&boss_key).unwrap().id
+        ),
+        &short,
+        None,
+    )
+    .await;
+    problem(resp, 400, "api.bad_request").await;
     // Unscoped, the boss gets a token as before.
     let resp = call(&gw, M::POST, "/api/v2/tokens", &boss_key, None).await;
     assert_eq!(resp.status(), 201);
@@ -1027,6 +1040,28 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         &format!("/api/v2/roles/{}/principals/{fred}", frozen.id),
         &fred_key,
         None,
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
+    // Nor hand what he holds to someone the deny does not name.
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/roles",
+        &fred_key,
+        data(
+            "roles",
+            serde_json::json!({"name": "accomplice", "permissions": ["keys:read"]}),
+        ),
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
+    let resp = call(
+        &gw,
+        M::POST,
+        &format!("/api/v2/roles/{}/principals", keys_role.id),
+        &fred_key,
+        Some(serde_json::json!({"data": {"type": "principals", "id": boss}})),
     )
     .await;
     problem(resp, 403, "authz.permission_missing").await;
