@@ -787,6 +787,27 @@ async fn the_bootstrap_key_is_rotated_in_its_file_kept_from_lockout_and_recovera
     );
 }
 
+/// POSTs a key with `attributes`, authenticated with `key`.
+async fn post_key(gw: &TestGateway, key: &str, attributes: serde_json::Value) -> reqwest::Response {
+    call(
+        gw,
+        reqwest::Method::POST,
+        "/api/v2/api_keys",
+        key,
+        data("api_keys", attributes),
+    )
+    .await
+}
+
+/// The secret of a key just issued (201).
+async fn issued_secret(resp: reqwest::Response) -> String {
+    assert_eq!(resp.status(), 201);
+    resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// One rule for every way to issue a credential (a key for oneself or another principal,
 /// a rotated key's successor, a token) and for taking away a role an explicit deny names:
 /// nobody ends up with a credential or an unblocked principal beyond what they hold.
@@ -843,15 +864,12 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         [[routes]]\nid = \"shop\"\npath_prefix = \"/shop\"\nupstream = \"echo\"\npermissions = { GET = \"shop:read\", POST = \"shop:write\" }\n\
         [[authz.deny]]\nid = \"frozen\"\nroles = [\"frozen\"]\nroutes = [\"shop\"]\n";
     let gw = start_in(dir, store, admin_key, config).await;
-    let key_body = |attributes: serde_json::Value| data("api_keys", attributes);
 
     // A key clerk cannot mint or rotate a key that acts as someone who holds more.
-    let resp = call(
+    let resp = post_key(
         &gw,
-        M::POST,
-        "/api/v2/api_keys",
         &clerk_key,
-        key_body(serde_json::json!({"name": "mine-now", "principal_id": boss})),
+        serde_json::json!({"name": "mine-now", "principal_id": boss}),
     )
     .await;
     let body = problem(resp, 403, "authz.permission_missing").await;
@@ -866,12 +884,10 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     .await;
     problem(resp, 403, "authz.permission_missing").await;
     // Not even scoped to what the clerk holds: a key speaks as its owner.
-    let resp = call(
+    let resp = post_key(
         &gw,
-        M::POST,
-        "/api/v2/api_keys",
         &clerk_key,
-        key_body(serde_json::json!({"name": "read-only", "principal_id": boss, "scopes": ["keys:read"]})),
+        serde_json::json!({"name": "read-only", "principal_id": boss, "scopes": ["keys:read"]}),
     )
     .await;
     problem(resp, 403, "authz.permission_missing").await;
@@ -884,35 +900,13 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         None,
     )
     .await;
-    assert_eq!(resp.status(), 201);
-    let boss_key = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let boss_key = issued_secret(resp).await;
 
     // A scoped key cannot issue a wider key or a token (tokens carry no scopes).
     for scopes in [serde_json::json!(["keys:write"]), serde_json::json!(["tokens:create"])] {
-        let resp = call(
-            &gw,
-            M::POST,
-            "/api/v2/api_keys",
-            &boss_key,
-            key_body(serde_json::json!({"name": "narrow", "scopes": scopes})),
-        )
-        .await;
-        assert_eq!(resp.status(), 201);
-        let narrow = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let resp = call(
-            &gw,
-            M::POST,
-            "/api/v2/api_keys",
-            &narrow,
-            key_body(serde_json::json!({"name": "wide"})),
-        )
-        .await;
+        let resp = post_key(&gw, &boss_key, serde_json::json!({"name": "narrow", "scopes": scopes})).await;
+        let narrow = issued_secret(resp).await;
+        let resp = post_key(&gw, &narrow, serde_json::json!({"name": "wide"})).await;
         assert_eq!(resp.status(), 403, "{scopes}");
         let resp = call(&gw, M::POST, "/api/v2/tokens", &narrow, None).await;
         assert_eq!(resp.status(), 403, "{scopes}");
@@ -923,36 +917,16 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         .unwrap()
         .as_secs() as i64
         + 3600;
-    let resp = call(
-        &gw,
-        M::POST,
-        "/api/v2/api_keys",
-        &boss_key,
-        key_body(serde_json::json!({"name": "short", "expires_at": soon})),
-    )
-    .await;
-    assert_eq!(resp.status(), 201);
-    let short = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let resp = call(
-        &gw,
-        M::POST,
-        "/api/v2/api_keys",
-        &short,
-        key_body(serde_json::json!({"name": "inherits"})),
-    )
-    .await;
+    let resp = post_key(&gw, &boss_key, serde_json::json!({"name": "short", "expires_at": soon})).await;
+    let short = issued_secret(resp).await;
+    let resp = post_key(&gw, &short, serde_json::json!({"name": "inherits"})).await;
     assert_eq!(resp.status(), 201);
     let inherited = resp.json::<serde_json::Value>().await.unwrap();
     assert_eq!(inherited["data"]["attributes"]["expires_at"], soon, "{inherited}");
-    let resp = call(
+    let resp = post_key(
         &gw,
-        M::POST,
-        "/api/v2/api_keys",
         &short,
-        key_body(serde_json::json!({"name": "longer", "expires_at": soon + 3600})),
+        serde_json::json!({"name": "longer", "expires_at": soon + 3600}),
     )
     .await;
     problem(resp, 400, "api.bad_request").await;
@@ -1025,12 +999,10 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     )
     .await;
     assert_eq!(resp.status(), 204);
-    let resp = call(
+    let resp = post_key(
         &gw,
-        M::POST,
-        "/api/v2/api_keys",
         &fred_key,
-        key_body(serde_json::json!({"name": "side", "kind": "api", "scopes": ["shop:write"]})),
+        serde_json::json!({"name": "side", "kind": "api", "scopes": ["shop:write"]}),
     )
     .await;
     problem(resp, 403, "authz.permission_missing").await;
