@@ -81,6 +81,10 @@ fn url_part_with_credential(
     ours: crate::headers::OwnCredentials<'_>,
 ) -> Option<&'static str> {
     let carries = |text: &str| {
+        // Percent-decoding only shortens: text too short now holds no credential decoded.
+        if text.len() < crate::headers::MIN_CREDENTIAL_BYTES {
+            return false;
+        }
         let once = canonical::percent_decode(text);
         crate::headers::carries_pinpoint_credential(&once, ours)
             || (once.contains(&b'%')
