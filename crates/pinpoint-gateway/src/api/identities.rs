@@ -184,6 +184,20 @@ async fn patch_org(
 ) -> Reply {
     require_platform(&caller, "Suspending organizations")?;
     let patch: OrgPatch = attributes(&body)?;
+    if patch.suspended == Some(false) {
+        // Lifting an organization's suspension hands all its principals back what they
+        // hold: not by a caller an explicit deny names, nor for its own organization.
+        caller.require_not_denied(
+            &shared.runtime.load().config.authz.deny,
+            "lift an organization's suspension",
+        )?;
+        if caller.0.org_id() == id {
+            return Err(deny(
+                Reason::AuthzPermissionMissing,
+                "You cannot lift your own organization's suspension.",
+            ));
+        }
+    }
     let org = match patch.suspended {
         Some(s) => shared.store.set_org_suspended(&id, s).await?,
         None => shared

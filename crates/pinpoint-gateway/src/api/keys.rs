@@ -302,16 +302,23 @@ async fn create_token(State(shared): State<Arc<Shared>>, Extension(caller): Exte
     let held = principal_permissions(&shared, principal).await?;
     caller.require_can_issue(Some(&held), None, "issue a token that can use")?;
     let config = shared.runtime.load().config.jwt.clone();
-    // A token does not outlive the credential that asks for it.
+    // A token does not outlive the credential that asks for it: one that has (nearly)
+    // run out (a token in its leeway window) issues none.
     let remaining = caller
         .0
         .expires_at_ms
         .map(|exp| u64::try_from((exp - pinpoint_store::now_ms()) / 1000).unwrap_or(0));
+    if remaining == Some(0) {
+        return Err(deny(
+            Reason::ApiBadRequest,
+            "The credential you are using expires within a second; a token cannot outlive it.",
+        ));
+    }
     let ttl = attrs
         .ttl_seconds
         .unwrap_or(config.ttl_seconds)
-        .min(remaining.unwrap_or(u64::MAX))
-        .clamp(1, config.ttl_seconds);
+        .clamp(1, config.ttl_seconds)
+        .min(remaining.unwrap_or(u64::MAX));
     let (token, claims) = shared
         .services
         .tokens
