@@ -207,10 +207,7 @@ async fn create_intake_mapping(
     body: Bytes,
 ) -> Reply {
     let attrs: IntakeAttrs = attributes(&body)?;
-    caller.require_not_denied(
-        &shared.runtime.load().config.authz.deny,
-        "map AWS identities to intake keys",
-    )?;
+    caller.require_not_denied(&shared, "map AWS identities to intake keys")?;
     let org_id = caller.0.org_id().to_owned();
     // An intake mapping hands out keys scoped to intake:write: like any grant, only a
     // caller who holds that may create one.
@@ -308,10 +305,7 @@ async fn create_persona_mapping(
     body: Bytes,
 ) -> Reply {
     let attrs: PersonaAttrs = attributes(&body)?;
-    caller.require_not_denied(
-        &shared.runtime.load().config.authz.deny,
-        "map AWS identities to a principal",
-    )?;
+    caller.require_not_denied(&shared, "map AWS identities to a principal")?;
     let org_id = caller.0.org_id().to_owned();
     check_pattern(&shared, &org_id, "persona", &attrs.arn_pattern).await?;
     // A service account's id or email, or a user's email, in the caller's organization.

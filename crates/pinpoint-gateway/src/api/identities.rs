@@ -187,10 +187,7 @@ async fn patch_org(
     if patch.suspended == Some(false) {
         // Lifting an organization's suspension hands all its principals back what they
         // hold: not by a caller an explicit deny names, nor for its own organization.
-        caller.require_not_denied(
-            &shared.runtime.load().config.authz.deny,
-            "lift an organization's suspension",
-        )?;
+        caller.require_not_denied(&shared, "lift an organization's suspension")?;
         if caller.0.org_id() == id {
             return Err(deny(
                 Reason::AuthzPermissionMissing,
@@ -303,9 +300,8 @@ async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, 
                     "You cannot lift your own suspension.",
                 ));
             }
-            caller.require_not_denied(&shared.runtime.load().config.authz.deny, "lift a suspension")?;
             let held = principal_permissions(shared, id).await?;
-            caller.require_can_issue(Some(&held), None, "lift the suspension of a principal who holds")?;
+            caller.require_may_act_for(shared, &held, "lift the suspension of a principal")?;
         }
         p = shared.store.set_principal_suspended(id, s).await?;
     }
@@ -408,7 +404,7 @@ fn check_grantable(shared: &Shared, caller: &Caller, permissions: &[String]) -> 
         }
     }
     if !permissions.is_empty() {
-        caller.require_not_denied(&shared.runtime.load().config.authz.deny, "grant permissions")?;
+        caller.require_not_denied(shared, "grant permissions")?;
     }
     caller.require_holds(permissions, "grant")?;
     Ok(())
@@ -546,13 +542,12 @@ async fn require_may_lift_denies(shared: &Shared, caller: &Caller, role: &Role, 
             "You cannot take away from yourself a role an explicit deny names.",
         ));
     }
-    caller.require_not_denied(&shared.runtime.load().config.authz.deny, "lift an explicit deny")?;
     for holder in holders {
         let held = principal_permissions(shared, holder).await?;
-        caller.require_can_issue(
-            Some(&held),
-            None,
-            "take away a role an explicit deny names from a principal who holds",
+        caller.require_may_act_for(
+            shared,
+            &held,
+            "take away a role an explicit deny names from a principal",
         )?;
     }
     Ok(())

@@ -292,15 +292,29 @@ impl Caller {
         })
     }
 
-    /// Refuses a caller an explicit deny names (see [`Caller::named_by_deny`]).
-    pub fn require_not_denied(&self, rules: &[pinpoint_core::config::DenyRule], what: &str) -> ApiResult<()> {
-        match self.named_by_deny(rules) {
+    /// Refuses a caller an explicit deny of the current config names (see
+    /// [`Caller::named_by_deny`]).
+    pub fn require_not_denied(&self, shared: &Shared, what: &str) -> ApiResult<()> {
+        match self.named_by_deny(&shared.runtime.load().config.authz.deny) {
             true => Err(deny(
                 Reason::AuthzPermissionMissing,
                 format!("You cannot {what}: an explicit deny names you, and it would not cover what you ask for."),
             )),
             false => Ok(()),
         }
+    }
+
+    /// Refuses unless the caller may act for another principal who holds `held` (issue or
+    /// rotate a key that speaks as them, lift their suspension or a deny on them): no
+    /// explicit deny names the caller, and it holds everything they hold.
+    pub fn require_may_act_for(
+        &self,
+        shared: &Shared,
+        held: &std::collections::HashSet<String>,
+        what: &str,
+    ) -> ApiResult<()> {
+        self.require_not_denied(shared, what)?;
+        self.require_can_issue(Some(held), None, &format!("{what} who holds"))
     }
 
     /// The organization listings are limited to: `None` (all) for platform admins.
@@ -461,10 +475,6 @@ fn endpoint_access() -> &'static HashMap<(Method, &'static str), Arc<RouteAccess
     })
 }
 
-/// What the endpoint `method` + `matched` (the router's path pattern) demands: its access
-/// rule, or nothing for a public endpoint. The API denies by default: a route the router
-/// serves that neither table declares is refused (405 with the declared methods, or 404),
-/// so an endpoint without a declared requirement cannot be reached. HEAD follows GET.
 /// The API decides on the path it serves: a path that is not canonical is refused, with
 /// the proxy's reasons when it is malformed, and `api.path_not_canonical` when it only
 /// spells a canonical one another way (`%62`, `/./`, `//`): the router decodes an id
@@ -484,6 +494,10 @@ fn canonical_api_path(raw: &str) -> Result<(), Denial> {
     }
 }
 
+/// What the endpoint `method` + `matched` (the router's path pattern) demands: its access
+/// rule, or nothing for a public endpoint. The API denies by default: a route the router
+/// serves that neither table declares is refused (405 with the declared methods, or 404),
+/// so an endpoint without a declared requirement cannot be reached. HEAD follows GET.
 fn declared(
     method: &Method,
     matched: Option<&str>,
