@@ -136,28 +136,51 @@ impl ServeProcess {
 
     /// `pinpoint serve --config CONFIG` on free proxy and api ports, once its api answers:
     /// the process, the proxy address and the api address.
+    ///
+    /// A port taken by someone else between choosing it and binding it (the process exits
+    /// saying so) is retried on new ports; any other exit, or no answer within 30 s (a
+    /// loaded CI machine opening a PostgreSQL store), fails with what the process printed.
     pub(crate) async fn serve_on_free_ports(config: &Path, dir: &Path, name: &str) -> (ServeProcess, String, String) {
-        let (proxy, api) = (
-            format!("127.0.0.1:{}", free_port().await),
-            format!("127.0.0.1:{}", free_port().await),
-        );
         let config = config.to_str().expect("utf-8 temp path");
-        let args = [
-            "serve",
-            "--config",
-            config,
-            "--proxy-listen",
-            &proxy,
-            "--api-listen",
-            &api,
-        ];
-        let process = ServeProcess::start_with(&args, dir, name);
-        let (http, health) = (
-            reqwest::Client::builder().no_proxy().build().unwrap(),
-            format!("http://{api}/healthz"),
-        );
-        poll_until("process ready", || async { http.get(&health).send().await.is_ok() }).await;
-        (process, proxy, api)
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        for _attempt in 0..3 {
+            let (proxy, api) = (
+                format!("127.0.0.1:{}", free_port().await),
+                format!("127.0.0.1:{}", free_port().await),
+            );
+            let args = [
+                "serve",
+                "--config",
+                config,
+                "--proxy-listen",
+                &proxy,
+                "--api-listen",
+                &api,
+            ];
+            let mut process = ServeProcess::start_with(&args, dir, name);
+            let health = format!("http://{api}/healthz");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if http.get(&health).send().await.is_ok() {
+                    return (process, proxy, api);
+                }
+                if !process.is_running() {
+                    let stderr = process.stderr();
+                    assert!(
+                        stderr.contains("in use"),
+                        "pinpoint serve ({name}) exited before it was ready:\n{stderr}"
+                    );
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "pinpoint serve ({name}) not ready after 30 s:\n{}",
+                    process.stderr()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("pinpoint serve ({name}): three tries found their ports taken");
     }
 
     fn signal(&self, signal: &str) {
