@@ -578,6 +578,12 @@ reasons! {
         hint: "Send the API path as documented: no percent-escapes where none are needed, no `.` or `..` segments, no doubled `/`.",
         description: "The canonical form of the API path (escapes of plain characters decoded, dot-segments resolved, doubled slashes merged) differs from the path sent. The API's router and its explicit-deny rules could read such a path differently, so it is refused rather than served.",
     },
+    /// An API request body carries a Pinpoint credential.
+    ApiCredentialInBody => {
+        code: "api.credential_in_body", status: 400, source: Caller, title: "Credential in the request body",
+        hint: "Send your credential only in the Authorization header; if one was pasted into a field by mistake, remove it (and rotate it if others saw it).",
+        description: "A field of the body holds a Pinpoint API key or token (in any wrapping). No field of the API takes one, and what is sent in a field may be stored and shown to others, so the request is refused and the credential is neither stored nor repeated.",
+    },
     /// The API request conflicts with existing state.
     ApiConflict => {
         code: "api.conflict", status: 409, source: Caller, title: "Conflict",

@@ -190,6 +190,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A handler's refusal as the caller and the trace get it. Handlers quote what they could
+/// not accept (a permission name, a scope, a query value); when that text holds a Pinpoint
+/// credential (any key-shaped `pp_` text, or a token signed by one of our keys, in any
+/// wrapping), the detail and note say so instead of repeating it: secrets are never echoed
+/// or recorded, whatever field they were sent in.
+fn without_credentials(mut denial: Denial, shared: &Shared) -> Denial {
+    let is_kid = |kid: &str| shared.services.tokens.is_our_kid(kid);
+    let ours = crate::headers::OwnCredentials {
+        key_id: &|_| true,
+        kid: &is_kid,
+    };
+    let carries = |text: &str| crate::headers::carries_pinpoint_credential(text.as_bytes(), ours);
+    if carries(&denial.detail) {
+        denial.detail = "The request carried a credential where a name or value was expected; it is not repeated here. Send credentials only in the Authorization header.".into();
+    }
+    if denial.note.as_deref().is_some_and(carries) {
+        denial.note = Some("(withheld: it quoted a credential the request carried)".into());
+    }
+    if denial.platform_note.as_deref().is_some_and(carries) {
+        denial.platform_note = Some("(withheld: it quoted a credential the request carried)".into());
+    }
+    denial
+}
+
 /// Shorthand for a denial.
 pub fn deny(reason: Reason, detail: impl Into<String>) -> ApiError {
     ApiError(Denial::new(reason, detail))
@@ -360,6 +384,19 @@ pub fn envelope(data: serde_json::Value) -> Json<serde_json::Value> {
 pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| deny(Reason::ApiBadRequest, format!("The body is not JSON: {e}.")))?;
+    // No field takes a credential, and fields are stored and shown: a key pasted into a
+    // permission list or a name would be kept in clear. Any key-shaped text counts, in
+    // any wrapping.
+    let any_key = crate::headers::OwnCredentials {
+        key_id: &|_| true,
+        kid: &|_| false,
+    };
+    if crate::headers::carries_pinpoint_credential(body, any_key) {
+        return Err(deny(
+            Reason::ApiCredentialInBody,
+            "A field of the body holds a Pinpoint credential; it was not stored.",
+        ));
+    }
     let attributes = value
         .get("data")
         .and_then(|d| d.get("attributes"))
@@ -648,7 +685,10 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         }
         let handler_started = Instant::now();
         let mut response = next.run(req).await;
-        let handler_denial = response.extensions_mut().remove::<Denial>();
+        let handler_denial = response
+            .extensions_mut()
+            .remove::<Denial>()
+            .map(|denial| without_credentials(denial, &shared));
         let mut entry = LayerTrace {
             layer: "api".into(),
             mark: Mark::Pass,

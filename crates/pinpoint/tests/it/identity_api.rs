@@ -911,6 +911,66 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         let resp = call(&gw, M::POST, "/api/v2/tokens", &narrow, None).await;
         assert_eq!(resp.status(), 403, "{scopes}");
     }
+    // A credential sent where a name belongs is refused without being repeated, to the
+    // caller or in the decision the operator reads.
+    for (path, body) in [
+        (
+            "/api/v2/roles",
+            data(
+                "roles",
+                serde_json::json!({"name": "echo", "permissions": [&gw.admin_key]}),
+            ),
+        ),
+        (
+            "/api/v2/api_keys",
+            data(
+                "api_keys",
+                serde_json::json!({"name": "echo", "scopes": [&gw.admin_key]}),
+            ),
+        ),
+    ] {
+        let resp = call(&gw, M::POST, path, &gw.admin_key, body).await;
+        let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("api.credential_in_body"), "{path}: {text}");
+        let key_id = pinpoint_core::keys::parse(&gw.admin_key).unwrap().id;
+        assert!(!text.contains(key_id), "{path} echoed the key: {text}");
+        let url = format!("/api/v2/decisions/{request_id}");
+        poll_until("the refusal recorded", || async {
+            call(&gw, M::GET, &url, &gw.admin_key, None).await.status() == 200
+        })
+        .await;
+        let decision = call(&gw, M::GET, &url, &gw.admin_key, None).await.text().await.unwrap();
+        assert!(decision.contains("api.credential_in_body"), "{decision}");
+        // (The decision names the key the admin authenticated with by its id, as always;
+        // the secret part appears nowhere.)
+        assert!(
+            !decision.contains(&gw.admin_key["pp_".len() + key_id.len() + 1..]),
+            "{path} recorded the key: {decision}"
+        );
+    }
+    // Nor when it is sent where a number belongs.
+    let key_id = pinpoint_core::keys::parse(&gw.admin_key).unwrap().id;
+    let resp = call(
+        &gw,
+        M::GET,
+        &format!("/api/v2/decisions?limit={}", gw.admin_key),
+        &gw.admin_key,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains(key_id), "the query echoed the key: {text}");
+    let url = format!("/api/v2/decisions/{request_id}");
+    poll_until("the refusal recorded", || async {
+        call(&gw, M::GET, &url, &gw.admin_key, None).await.status() == 200
+    })
+    .await;
+    let decision = call(&gw, M::GET, &url, &gw.admin_key, None).await.text().await.unwrap();
+    let secret = &gw.admin_key["pp_".len() + key_id.len() + 1..];
+    assert!(!decision.contains(secret), "the query's key recorded: {decision}");
     // A credential issues none that outlives it.
     let soon = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -946,6 +1006,32 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     // Unscoped, the boss gets a token as before.
     let resp = call(&gw, M::POST, "/api/v2/tokens", &boss_key, None).await;
     assert_eq!(resp.status(), 201);
+    // A token's lifetime is cut to its issuer's, whatever it asks for, and a token
+    // issued with that token is cut again: none outlives the key at the start.
+    let minute = soon - 3600 + 60;
+    let resp = post_key(
+        &gw,
+        &boss_key,
+        serde_json::json!({"name": "minute", "expires_at": minute}),
+    )
+    .await;
+    let minute_key = issued_secret(resp).await;
+    let mut issuer = minute_key;
+    for hop in 0..2 {
+        let resp = call(
+            &gw,
+            M::POST,
+            "/api/v2/tokens",
+            &issuer,
+            data("tokens", serde_json::json!({"ttl_seconds": 86_400})),
+        )
+        .await;
+        assert_eq!(resp.status(), 201, "hop {hop}");
+        let token = resp.json::<serde_json::Value>().await.unwrap();
+        let expires = token["data"]["attributes"]["expires"].as_i64().unwrap();
+        assert!(expires <= minute, "hop {hop}: {expires} outlives {minute}");
+        issuer = token["data"]["attributes"]["access_token"].as_str().unwrap().to_owned();
+    }
 
     // A role clerk cannot lift the deny on fred by taking `frozen` away, nor by deleting it.
     let shop = |key: String| {
