@@ -799,6 +799,21 @@ async fn post_key(gw: &TestGateway, key: &str, attributes: serde_json::Value) ->
     .await
 }
 
+/// The decision recorded for `request_id`, as the platform administrator reads it, once
+/// it has been written.
+async fn recorded_decision(gw: &TestGateway, request_id: &str) -> String {
+    let url = format!("/api/v2/decisions/{request_id}");
+    poll_until("the decision recorded", || async {
+        call(gw, reqwest::Method::GET, &url, &gw.admin_key, None).await.status() == 200
+    })
+    .await;
+    call(gw, reqwest::Method::GET, &url, &gw.admin_key, None)
+        .await
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The secret of a key just issued (201).
 async fn issued_secret(resp: reqwest::Response) -> String {
     assert_eq!(resp.status(), 201);
@@ -935,12 +950,7 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         assert!(text.contains("api.credential_in_body"), "{path}: {text}");
         let key_id = pinpoint_core::keys::parse(&gw.admin_key).unwrap().id;
         assert!(!text.contains(key_id), "{path} echoed the key: {text}");
-        let url = format!("/api/v2/decisions/{request_id}");
-        poll_until("the refusal recorded", || async {
-            call(&gw, M::GET, &url, &gw.admin_key, None).await.status() == 200
-        })
-        .await;
-        let decision = call(&gw, M::GET, &url, &gw.admin_key, None).await.text().await.unwrap();
+        let decision = recorded_decision(&gw, &request_id).await;
         assert!(decision.contains("api.credential_in_body"), "{decision}");
         // (The decision names the key the admin authenticated with by its id, as always;
         // the secret part appears nowhere.)
@@ -963,12 +973,7 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let text = resp.text().await.unwrap();
     assert!(!text.contains(key_id), "the query echoed the key: {text}");
-    let url = format!("/api/v2/decisions/{request_id}");
-    poll_until("the refusal recorded", || async {
-        call(&gw, M::GET, &url, &gw.admin_key, None).await.status() == 200
-    })
-    .await;
-    let decision = call(&gw, M::GET, &url, &gw.admin_key, None).await.text().await.unwrap();
+    let decision = recorded_decision(&gw, &request_id).await;
     let secret = &gw.admin_key["pp_".len() + key_id.len() + 1..];
     assert!(!decision.contains(secret), "the query's key recorded: {decision}");
     // A credential issues none that outlives it.
