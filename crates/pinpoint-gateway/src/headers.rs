@@ -238,6 +238,14 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
             .any(|decoded| direct(&decoded))
 }
 
+/// Credential-shaped text, whoever issued it: any key id shape (`pp_<16 hex>`, whether or
+/// not such a key exists) and any JWT whose header names a signing key. For text that is
+/// stored or shown back (API fields, refusal details), where no credential belongs.
+pub const ANY_CREDENTIAL: OwnCredentials<'static> = OwnCredentials {
+    key_id: &|_| true,
+    kid: &|_| true,
+};
+
 /// The shortest text that can hold a credential: a key id with its prefix (`pp_` and 16
 /// hex digits); a JWT, or anything wrapped, is longer. Shorter text (most paths, hosts and
 /// header values) is not looked into: checking every path segment, query field and Host

@@ -191,17 +191,13 @@ impl IntoResponse for ApiError {
 }
 
 /// A handler's refusal as the caller and the trace get it. Handlers quote what they could
-/// not accept (a permission name, a scope, a query value); when that text holds a Pinpoint
-/// credential (any key-shaped `pp_` text, or a token signed by one of our keys, in any
-/// wrapping), the detail and note say so instead of repeating it: secrets are never echoed
-/// or recorded, whatever field they were sent in.
-fn without_credentials(mut denial: Denial, shared: &Shared) -> Denial {
-    let is_kid = |kid: &str| shared.services.tokens.is_our_kid(kid);
-    let ours = crate::headers::OwnCredentials {
-        key_id: &|_| true,
-        kid: &is_kid,
-    };
-    let carries = |text: &str| crate::headers::carries_pinpoint_credential(text.as_bytes(), ours);
+/// not accept (a permission name, a scope, a query value); when that text holds anything
+/// credential-shaped ([`crate::headers::ANY_CREDENTIAL`], in any wrapping), the detail and
+/// notes say so instead of repeating it: secrets are never echoed or recorded, whatever
+/// field they were sent in.
+fn without_credentials(mut denial: Denial) -> Denial {
+    let carries =
+        |text: &str| crate::headers::carries_pinpoint_credential(text.as_bytes(), crate::headers::ANY_CREDENTIAL);
     if carries(&denial.detail) {
         denial.detail = "The request carried a credential where a name or value was expected; it is not repeated here. Send credentials only in the Authorization header.".into();
     }
@@ -384,14 +380,10 @@ pub fn envelope(data: serde_json::Value) -> Json<serde_json::Value> {
 pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| deny(Reason::ApiBadRequest, format!("The body is not JSON: {e}.")))?;
-    // No field takes a credential, and fields are stored and shown: a key pasted into a
-    // permission list or a name would be kept in clear. Any key-shaped text counts, in
-    // any wrapping.
-    let any_key = crate::headers::OwnCredentials {
-        key_id: &|_| true,
-        kid: &|_| false,
-    };
-    if crate::headers::carries_pinpoint_credential(body, any_key) {
+    // No field takes a credential, and fields are stored and shown: a key or token pasted
+    // into a permission list or a name would be kept in clear. Anything credential-shaped
+    // counts, in any wrapping.
+    if crate::headers::carries_pinpoint_credential(body, crate::headers::ANY_CREDENTIAL) {
         return Err(deny(
             Reason::ApiCredentialInBody,
             "A field of the body holds a Pinpoint credential; it was not stored.",
@@ -685,10 +677,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
         }
         let handler_started = Instant::now();
         let mut response = next.run(req).await;
-        let handler_denial = response
-            .extensions_mut()
-            .remove::<Denial>()
-            .map(|denial| without_credentials(denial, &shared));
+        let handler_denial = response.extensions_mut().remove::<Denial>().map(without_credentials);
         let mut entry = LayerTrace {
             layer: "api".into(),
             mark: Mark::Pass,

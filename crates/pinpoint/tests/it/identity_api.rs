@@ -926,8 +926,15 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         let resp = call(&gw, M::POST, "/api/v2/tokens", &narrow, None).await;
         assert_eq!(resp.status(), 403, "{scopes}");
     }
-    // A credential sent where a name belongs is refused without being repeated, to the
-    // caller or in the decision the operator reads.
+    // A credential sent where a name belongs (a key, or a token) is refused without being
+    // repeated, to the caller or in the decision the operator reads.
+    let key_id = pinpoint_core::keys::parse(&gw.admin_key).unwrap().id;
+    let secret = &gw.admin_key["pp_".len() + key_id.len() + 1..];
+    let resp = call(&gw, M::POST, "/api/v2/tokens", &gw.admin_key, None).await;
+    let token = resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for (path, body) in [
         (
             "/api/v2/roles",
@@ -943,24 +950,29 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
                 serde_json::json!({"name": "echo", "scopes": [&gw.admin_key]}),
             ),
         ),
+        (
+            "/api/v2/roles",
+            data("roles", serde_json::json!({"name": "echo", "permissions": [&token]})),
+        ),
     ] {
         let resp = call(&gw, M::POST, path, &gw.admin_key, body).await;
         let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
         let text = resp.text().await.unwrap();
         assert!(text.contains("api.credential_in_body"), "{path}: {text}");
-        let key_id = pinpoint_core::keys::parse(&gw.admin_key).unwrap().id;
-        assert!(!text.contains(key_id), "{path} echoed the key: {text}");
+        assert!(
+            !text.contains(key_id) && !text.contains(&token),
+            "{path} echoed it: {text}"
+        );
         let decision = recorded_decision(&gw, &request_id).await;
         assert!(decision.contains("api.credential_in_body"), "{decision}");
         // (The decision names the key the admin authenticated with by its id, as always;
         // the secret part appears nowhere.)
         assert!(
-            !decision.contains(&gw.admin_key["pp_".len() + key_id.len() + 1..]),
-            "{path} recorded the key: {decision}"
+            !decision.contains(secret) && !decision.contains(&token),
+            "{path} recorded it: {decision}"
         );
     }
     // Nor when it is sent where a number belongs.
-    let key_id = pinpoint_core::keys::parse(&gw.admin_key).unwrap().id;
     let resp = call(
         &gw,
         M::GET,
@@ -974,7 +986,6 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     let text = resp.text().await.unwrap();
     assert!(!text.contains(key_id), "the query echoed the key: {text}");
     let decision = recorded_decision(&gw, &request_id).await;
-    let secret = &gw.admin_key["pp_".len() + key_id.len() + 1..];
     assert!(!decision.contains(secret), "the query's key recorded: {decision}");
     // A credential issues none that outlives it.
     let soon = std::time::SystemTime::now()
@@ -1020,8 +1031,7 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         serde_json::json!({"name": "minute", "expires_at": minute}),
     )
     .await;
-    let minute_key = issued_secret(resp).await;
-    let mut issuer = minute_key;
+    let mut issuer = issued_secret(resp).await;
     for hop in 0..2 {
         let resp = call(
             &gw,
