@@ -382,8 +382,12 @@ pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         serde_json::from_slice(body).map_err(|e| deny(Reason::ApiBadRequest, format!("The body is not JSON: {e}.")))?;
     // No field takes a credential, and fields are stored and shown: a key or token pasted
     // into a permission list or a name would be kept in clear. Anything credential-shaped
-    // counts, in any wrapping.
-    if crate::headers::carries_pinpoint_credential(body, crate::headers::ANY_CREDENTIAL) {
+    // counts, in any wrapping, as sent and as the handler reads it (JSON `\u` escapes
+    // decoded, every string and object key).
+    let mut decoded = String::new();
+    json_text(&value, &mut decoded);
+    let carries = |text: &[u8]| crate::headers::carries_pinpoint_credential(text, crate::headers::ANY_CREDENTIAL);
+    if carries(body) || carries(decoded.as_bytes()) {
         return Err(deny(
             Reason::ApiCredentialInBody,
             "A field of the body holds a Pinpoint credential; it was not stored.",
@@ -400,6 +404,26 @@ pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
             )
         })?;
     serde_json::from_value(attributes).map_err(|e| deny(Reason::ApiBadRequest, format!("Invalid attributes: {e}.")))
+}
+
+/// Every string and object key of `value`, decoded, one per line. (serde_json refuses
+/// nesting deeper than 128, which bounds the recursion.)
+fn json_text(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::String(text) => {
+            out.push_str(text);
+            out.push('\n');
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| json_text(item, out)),
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields {
+                out.push_str(name);
+                out.push('\n');
+                json_text(field, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Builds the API router.

@@ -972,6 +972,20 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
             "{path} recorded it: {decision}"
         );
     }
+    // Nor when JSON escapes spell it: the check reads the strings the handler reads.
+    let escaped = gw.admin_key.replace('_', "\\u005f");
+    let resp = gw
+        .http
+        .post(gw.api_url("/api/v2/roles"))
+        .bearer_auth(&gw.admin_key)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"data": {{"type": "roles", "attributes": {{"name": "{escaped}"}}}}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 400, "api.credential_in_body").await;
     // Nor when it is sent where a number belongs.
     let resp = call(
         &gw,
