@@ -24,6 +24,10 @@ use pinpoint_core::canonical;
 use pinpoint_core::config::ServerConfig;
 use pinpoint_core::{Denial, Reason};
 
+/// The path a decision (and the access log) records for a request refused because its URL
+/// carries a credential: the path itself is never written down.
+pub const WITHHELD_PATH: &str = "/(withheld: the URL carried a credential)";
+
 /// The request as every layer sees it.
 pub struct CanonicalRequest<'a> {
     /// The canonical path (borrowed from the request when it was already canonical).
@@ -45,20 +49,13 @@ pub fn canonical_request<'a>(
 ) -> Result<CanonicalRequest<'a>, Denial> {
     // First, so a request refused for any other reason never has its credential written
     // down either (the decision records such a path as withheld).
-    if let Some(part) = url_part_with_credential(uri, headers, ours) {
-        return Err(Denial::new(
-            Reason::RequestCredentialInUrl,
-            format!("The {part} carries a Pinpoint credential."),
-        ));
-    }
+    refuse_credential_in_url(uri, headers, ours)?;
     check_head_size(method, uri, headers, limits)?;
     check_singletons(headers)?;
     canonical::check_method(method.as_str())?;
     let host = host_of(version, uri, headers)?;
     check_transfer_encoding(headers)?;
     let path = canonical::canonical_path(uri.path())?;
-    // A credential in the URL cannot be removed without changing the request, and URLs are
-    // logged everywhere: refused.
     // What is forwarded must fit a request target (and the configured head).
     let target_len = path.len() + uri.query().map_or(0, |q| q.len() + 1);
     if target_len > limits.max_head_bytes.min(MAX_TARGET_BYTES) {
@@ -69,6 +66,23 @@ pub fn canonical_request<'a>(
         .note(format!("{target_len} bytes after canonicalisation")));
     }
     Ok(CanonicalRequest { path, host })
+}
+
+/// Refuses a URL (path, query string or Host) that carries a Pinpoint credential: it cannot
+/// be removed without changing the request, and URLs are logged everywhere. The proxy asks
+/// about its own keys and tokens; the API, whose paths never hold one, about any.
+pub fn refuse_credential_in_url(
+    uri: &Uri,
+    headers: &HeaderMap,
+    ours: crate::headers::OwnCredentials<'_>,
+) -> Result<(), Denial> {
+    match url_part_with_credential(uri, headers, ours) {
+        Some(part) => Err(Denial::new(
+            Reason::RequestCredentialInUrl,
+            format!("The {part} carries a Pinpoint credential."),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Which part of the URL (the path, the query string, the Host) holds a Pinpoint

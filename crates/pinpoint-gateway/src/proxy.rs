@@ -31,9 +31,6 @@ use pinpoint_policy::identity::{recorded_caller, Identity};
 use pinpoint_policy::pipeline::{RequestCtx, Verdict, NO_ROUTE};
 use pinpoint_policy::routes::CompiledRoute;
 
-/// The path a decision records for a request refused because its URL carries a credential.
-const WITHHELD_PATH: &str = "/(withheld: the URL carried a credential)";
-
 /// Body of a proxy response: streamed from upstream, or generated here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -341,7 +338,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     let (path, raw_path) = match reason {
         // A credential in the URL is never written down: not in the decision log, not in
         // the access log.
-        Some(Reason::RequestCredentialInUrl) => (String::from(WITHHELD_PATH), None),
+        Some(Reason::RequestCredentialInUrl) => (String::from(edge::WITHHELD_PATH), None),
         _ => (path.to_owned(), (raw_path != path).then(|| raw_path.to_owned())),
     };
     let host = canonical.and_then(|c| c.host);

@@ -56,12 +56,15 @@ pub fn new_request_id() -> String {
 }
 
 /// The client's own `X-Request-Id`, when well-formed: kept with the decision as
-/// `client_request_id` and echoed back in `X-Client-Request-Id`.
+/// `client_request_id`, echoed back in `X-Client-Request-Id` and passed upstream. An id
+/// that holds anything shaped like a credential is ignored (neither kept, echoed nor
+/// forwarded): it would be written down in clear and sent where no credential goes.
 pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| request_id::is_well_formed(id))
+        .filter(|id| !crate::headers::carries_pinpoint_credential(id.as_bytes(), crate::headers::ANY_CREDENTIAL))
         .map(str::to_owned)
 }
 

@@ -633,63 +633,72 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     let client_ip =
         pinpoint_policy::forwarded::client_ip(peer.ip(), req.headers(), &runtime.config.net.trusted_proxies);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // First, like the proxy's edge: a refusal for any other reason must not write the
+    // credential down either.
+    let credential_in_url =
+        crate::edge::refuse_credential_in_url(req.uri(), req.headers(), crate::headers::ANY_CREDENTIAL);
+    let is_api = req.uri().path().starts_with("/api/");
+    let path = match credential_in_url {
+        Ok(()) => req.uri().path().to_owned(),
+        Err(_) => String::from(crate::edge::WITHHELD_PATH),
+    };
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let route_id: Arc<str> = Arc::from(API_ROUTE);
 
-    let (verdict, identity, known_caller, answered, extra_headers, at_ms) =
-        match canonical_api_path(&path).and_then(|()| {
+    let (verdict, identity, known_caller, answered, extra_headers, at_ms) = match credential_in_url
+        .and_then(|()| canonical_api_path(&path))
+        .and_then(|()| {
             declared(
                 &method,
                 matched.as_deref(),
                 runtime.config.server.metrics == pinpoint_core::config::MetricsAccess::Key,
             )
         }) {
-            Err(denial) => {
-                crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
-                let entry = LayerTrace {
-                    layer: denial.reason.layer().into(),
-                    mark: Mark::Deny,
-                    mode: Mode::Enforce,
-                    reason: Some(denial.reason),
-                    rule_id: None,
-                    detail: Some(denial.detail.clone()),
-                    note: denial.note.clone(),
-                    platform_note: denial.platform_note.as_deref().map(String::from),
-                    micros: 0,
-                };
-                let verdict = pinpoint_policy::pipeline::Verdict {
-                    trace: vec![entry],
-                    denial: Some(denial),
-                };
-                let now = pinpoint_store::now_ms();
-                (verdict, None, None, false, Vec::new(), now)
-            }
-            Ok(access) => {
-                let mut ctx = RequestCtx::new(
-                    &method,
-                    &path,
-                    None,
-                    req.headers(),
-                    peer,
-                    client_ip,
-                    &request_id,
-                    pinpoint_store::now_ms(),
-                );
-                ctx.route_id = Some(route_id.clone());
-                ctx.access = access;
-                let verdict = runtime.api_pipeline.run(&mut ctx).await;
-                crate::telemetry::count_trace_denials(&verdict.trace, &route_id);
-                (
-                    verdict,
-                    ctx.identity.take().map(Arc::new),
-                    ctx.known_caller.take(),
-                    ctx.answered,
-                    std::mem::take(&mut ctx.response_headers),
-                    ctx.at_ms,
-                )
-            }
-        };
+        Err(denial) => {
+            crate::telemetry::count_denial(denial.reason, &route_id, Mode::Enforce);
+            let entry = LayerTrace {
+                layer: denial.reason.layer().into(),
+                mark: Mark::Deny,
+                mode: Mode::Enforce,
+                reason: Some(denial.reason),
+                rule_id: None,
+                detail: Some(denial.detail.clone()),
+                note: denial.note.clone(),
+                platform_note: denial.platform_note.as_deref().map(String::from),
+                micros: 0,
+            };
+            let verdict = pinpoint_policy::pipeline::Verdict {
+                trace: vec![entry],
+                denial: Some(denial),
+            };
+            let now = pinpoint_store::now_ms();
+            (verdict, None, None, false, Vec::new(), now)
+        }
+        Ok(access) => {
+            let mut ctx = RequestCtx::new(
+                &method,
+                &path,
+                None,
+                req.headers(),
+                peer,
+                client_ip,
+                &request_id,
+                pinpoint_store::now_ms(),
+            );
+            ctx.route_id = Some(route_id.clone());
+            ctx.access = access;
+            let verdict = runtime.api_pipeline.run(&mut ctx).await;
+            crate::telemetry::count_trace_denials(&verdict.trace, &route_id);
+            (
+                verdict,
+                ctx.identity.take().map(Arc::new),
+                ctx.known_caller.take(),
+                ctx.answered,
+                std::mem::take(&mut ctx.response_headers),
+                ctx.at_ms,
+            )
+        }
+    };
     let mut trace = verdict.trace;
     let mut response = if let Some(denial) = verdict.denial {
         respond::problem(&denial, &request_id, format, &runtime.config.server.reasons_url).map(Body::new)
@@ -732,7 +741,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     respond::append_headers(response.headers_mut(), extra_headers);
     let status = response.status();
     let elapsed = started.elapsed();
-    if path.starts_with("/api/") {
+    if is_api {
         let reason = trace.iter().find(|t| t.mark == Mark::Deny).and_then(|t| t.reason);
         let caller = pinpoint_policy::identity::recorded_caller(identity.as_deref(), known_caller);
         crate::telemetry::finish_request(

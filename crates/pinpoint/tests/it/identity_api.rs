@@ -1001,6 +1001,39 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     assert!(!text.contains(key_id), "the query echoed the key: {text}");
     let decision = recorded_decision(&gw, &request_id).await;
     assert!(!decision.contains(secret), "the query's key recorded: {decision}");
+    // Nor in the path, where an id belongs: refused first (a route that exists or not,
+    // any method), and the path is recorded as withheld.
+    for (method, path) in [
+        (M::GET, format!("/api/v2/users/{}", gw.admin_key)),
+        (M::DELETE, format!("/api/v2/roles/x/principals/{}", gw.admin_key)),
+        (M::GET, format!("/api/v2/nothing/{}", gw.admin_key.replace('_', "%5F"))),
+    ] {
+        let resp = call(&gw, method, &path, &gw.admin_key, None).await;
+        let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(resp.status(), 400, "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("request.credential_in_url"), "{path}: {text}");
+        assert!(!text.contains(secret), "{path} echoed it: {text}");
+        let decision = recorded_decision(&gw, &request_id).await;
+        assert!(
+            !decision.contains(secret) && decision.contains("withheld"),
+            "{path} recorded it: {decision}"
+        );
+    }
+    // A client request id holding a credential is ignored: not echoed, not recorded.
+    let resp = gw
+        .http
+        .get(gw.api_url("/api/v2/current_user"))
+        .bearer_auth(&gw.admin_key)
+        .header("x-request-id", &gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-client-request-id").is_none());
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let decision = recorded_decision(&gw, &request_id).await;
+    assert!(!decision.contains(secret), "the request id's key recorded: {decision}");
     // A credential issues none that outlives it.
     let soon = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -72,6 +72,22 @@ async fn allowed_request_is_proxied_with_request_id_and_trace() {
     let id = resp.headers()["x-request-id"].to_str().unwrap();
     assert_eq!(id.len(), 32);
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // One shaped like a key (whether or not the key exists) is not kept, echoed or
+    // passed upstream: ids are written down in clear.
+    let key_shaped = "pp_0123456789abcdef_s3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3t";
+    let resp = gw
+        .http
+        .get(gw.url("/orders"))
+        .header("x-request-id", key_shaped)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("x-client-request-id").is_none());
+    let own_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    assert!(echoed["headers"].get("x-client-request-id").is_none(), "{echoed}");
+    assert_eq!(gw.decision(&own_id).await.client_request_id, None);
 }
 
 #[tokio::test]
