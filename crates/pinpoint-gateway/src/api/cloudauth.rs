@@ -207,8 +207,8 @@ async fn create_intake_mapping(
     body: Bytes,
 ) -> Reply {
     let attrs: IntakeAttrs = attributes(&body)?;
-    caller.require_not_denied(&shared, "map AWS identities to intake keys")?;
     let org_id = caller.0.org_id().to_owned();
+    caller.require_not_denied(&shared, &org_id, "map AWS identities to intake keys")?;
     // An intake mapping hands out keys scoped to intake:write: like any grant, only a
     // caller who holds that may create one.
     let scope = String::from(pinpoint_core::identity::permissions::INTAKE_WRITE);
@@ -305,8 +305,8 @@ async fn create_persona_mapping(
     body: Bytes,
 ) -> Reply {
     let attrs: PersonaAttrs = attributes(&body)?;
-    caller.require_not_denied(&shared, "map AWS identities to a principal")?;
     let org_id = caller.0.org_id().to_owned();
+    caller.require_not_denied(&shared, &org_id, "map AWS identities to a principal")?;
     check_pattern(&shared, &org_id, "persona", &attrs.arn_pattern).await?;
     // A service account's id or email, or a user's email, in the caller's organization.
     let identifier = attrs.account_identifier.trim();

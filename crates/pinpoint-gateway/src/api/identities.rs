@@ -187,7 +187,7 @@ async fn patch_org(
     if patch.suspended == Some(false) {
         // Lifting an organization's suspension hands all its principals back what they
         // hold: not by a caller an explicit deny names, nor for its own organization.
-        caller.require_not_denied(&shared, "lift an organization's suspension")?;
+        caller.require_not_denied(&shared, &id, "lift an organization's suspension")?;
         if caller.0.org_id() == id {
             return Err(deny(
                 Reason::AuthzPermissionMissing,
@@ -301,7 +301,7 @@ async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, 
                 ));
             }
             let held = principal_permissions(shared, id).await?;
-            caller.require_may_act_for(shared, &held, "lift the suspension of a principal")?;
+            caller.require_may_act_for(shared, &p.org_id, &held, "lift the suspension of a principal")?;
         }
         p = shared.store.set_principal_suspended(id, s).await?;
     }
@@ -394,7 +394,7 @@ struct RolePatch {
 /// Permissions must be well-formed, and a caller can grant only what it holds itself; a
 /// caller an explicit deny names grants nothing (what it holds is held back by the deny,
 /// and a principal it grants to is not).
-fn check_grantable(shared: &Shared, caller: &Caller, permissions: &[String]) -> ApiResult<()> {
+fn check_grantable(shared: &Shared, caller: &Caller, org_id: &str, permissions: &[String]) -> ApiResult<()> {
     for p in permissions {
         if !pinpoint_core::config::is_permission(p) {
             return Err(deny(
@@ -404,7 +404,7 @@ fn check_grantable(shared: &Shared, caller: &Caller, permissions: &[String]) -> 
         }
     }
     if !permissions.is_empty() {
-        caller.require_not_denied(shared, "grant permissions")?;
+        caller.require_not_denied(shared, org_id, "grant permissions")?;
     }
     caller.require_holds(permissions, "grant")?;
     Ok(())
@@ -417,8 +417,8 @@ async fn create_role(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let attrs: RoleAttrs = attributes(&body)?;
     valid_name(&attrs.name, "name")?;
-    check_grantable(&shared, &caller, &attrs.permissions)?;
     let org_id = caller.target_org(attrs.org_id.as_deref())?;
+    check_grantable(&shared, &caller, &org_id, &attrs.permissions)?;
     let role = shared
         .store
         .create_role(&org_id, attrs.name.trim(), &attrs.permissions)
@@ -460,8 +460,8 @@ async fn patch_role(
     body: Bytes,
 ) -> Reply {
     let patch: RolePatch = attributes(&body)?;
-    load_role(&shared, &caller, &id).await?;
-    check_grantable(&shared, &caller, &patch.permissions)?;
+    let role = load_role(&shared, &caller, &id).await?;
+    check_grantable(&shared, &caller, &role.org_id, &patch.permissions)?;
     let role = shared.store.set_role_permissions(&id, &patch.permissions).await?;
     shared.services.catch_up_after_write(&shared.store).await;
     Ok(envelope(role_resource(&role)))
@@ -503,7 +503,7 @@ async fn assign_role(
         )
     })?;
     let role = load_role(&shared, &caller, &id).await?;
-    check_grantable(&shared, &caller, &role.permissions)?;
+    check_grantable(&shared, &caller, &role.org_id, &role.permissions)?;
     let principal = caller.own(
         shared.store.principal(&rel.data.id).await?,
         |p| &p.org_id,
@@ -546,6 +546,7 @@ async fn require_may_lift_denies(shared: &Shared, caller: &Caller, role: &Role, 
         let held = principal_permissions(shared, holder).await?;
         caller.require_may_act_for(
             shared,
+            &role.org_id,
             &held,
             "take away a role an explicit deny names from a principal",
         )?;

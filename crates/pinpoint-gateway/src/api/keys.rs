@@ -113,7 +113,7 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
             if caller.0.principal_id() != Some(p.id.as_str()) {
                 // A key speaks as its owner (upstreams read `X-Pinpoint-Principal`), so a key
                 // for someone else, however scoped, needs all they hold.
-                caller.require_may_act_for(&shared, &held, "issue a key for a principal")?;
+                caller.require_may_act_for(&shared, &p.org_id, &held, "issue a key for a principal")?;
             }
             caller.require_can_issue(Some(&held), attrs.scopes.as_deref(), "issue a key that can use")?;
             (p.org_id, Some(p.id))
@@ -127,9 +127,10 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
             }
             // An organization key acts with its scopes only; a caller cannot mint scopes it
             // lacks, nor, when a deny names it, a key no deny on it would cover.
-            caller.require_not_denied(&shared, "issue an organization key")?;
+            let org_id = caller.target_org(attrs.org_id.as_deref())?;
+            caller.require_not_denied(&shared, &org_id, "issue an organization key")?;
             caller.require_can_issue(None, attrs.scopes.as_deref(), "grant scope")?;
-            (caller.target_org(attrs.org_id.as_deref())?, None)
+            (org_id, None)
         }
     };
     let issued = shared
@@ -245,8 +246,8 @@ async fn rotate_key(
     };
     if key.principal_id.is_none() || key.principal_id.as_deref() != caller.0.principal_id() {
         match &held {
-            Some(held) => caller.require_may_act_for(&shared, held, "rotate a key of a principal")?,
-            None => caller.require_not_denied(&shared, "rotate an organization key")?,
+            Some(held) => caller.require_may_act_for(&shared, &key.org_id, held, "rotate a key of a principal")?,
+            None => caller.require_not_denied(&shared, &key.org_id, "rotate an organization key")?,
         }
     }
     caller.require_can_issue(held.as_ref(), key.scopes.as_deref(), "rotate a key that can use")?;

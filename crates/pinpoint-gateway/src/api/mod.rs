@@ -298,24 +298,33 @@ impl Caller {
         }
     }
 
-    /// Whether an explicit deny (`[[authz.deny]]`) names this caller, by its principal or
-    /// one of its roles. Such a caller may issue credentials only for itself (which the
-    /// same deny then covers): an organization key has no principal or roles, and a key
-    /// for another principal has theirs, so either would walk out of the deny.
-    pub fn named_by_deny(&self, rules: &[pinpoint_core::config::DenyRule]) -> bool {
-        let Some(principal) = &self.0.principal else {
-            return false;
-        };
+    /// Whether an explicit deny (`[[authz.deny]]`) holds this caller back in a way that
+    /// what it would hand out in `target_org` might escape: a rule naming its principal or
+    /// one of its roles (an organization key has no principal or roles, and a key for
+    /// another principal has theirs, so either would walk out of the deny), or a rule
+    /// naming its organization alone when `target_org` is not among the rule's (a
+    /// platform administrator's grant into another organization would walk out of it).
+    /// Such a caller may issue credentials only for itself, which the same deny covers.
+    pub fn named_by_deny(&self, rules: &[pinpoint_core::config::DenyRule], target_org: &str) -> bool {
+        let principal = self.0.principal.as_ref();
+        let org = self.0.org_id();
         rules.iter().any(|rule| {
-            rule.principals.iter().flatten().any(|id| **id == *principal.id)
-                || rule.roles.iter().flatten().any(|name| principal.roles.contains(name))
+            let by_principal = principal.is_some_and(|p| rule.principals.iter().flatten().any(|id| **id == *p.id));
+            let by_role = principal.is_some_and(|p| rule.roles.iter().flatten().any(|name| p.roles.contains(name)));
+            let by_org_alone = rule.principals.is_none()
+                && rule.roles.is_none()
+                && rule
+                    .orgs
+                    .as_ref()
+                    .is_some_and(|orgs| orgs.iter().any(|o| o == org) && !orgs.iter().any(|o| o == target_org));
+            by_principal || by_role || by_org_alone
         })
     }
 
-    /// Refuses a caller an explicit deny of the current config names (see
-    /// [`Caller::named_by_deny`]).
-    pub fn require_not_denied(&self, shared: &Shared, what: &str) -> ApiResult<()> {
-        match self.named_by_deny(&shared.runtime.load().config.authz.deny) {
+    /// Refuses a caller an explicit deny of the current config holds back from handing
+    /// out power in `target_org` (see [`Caller::named_by_deny`]).
+    pub fn require_not_denied(&self, shared: &Shared, target_org: &str, what: &str) -> ApiResult<()> {
+        match self.named_by_deny(&shared.runtime.load().config.authz.deny, target_org) {
             true => Err(deny(
                 Reason::AuthzPermissionMissing,
                 format!("You cannot {what}: an explicit deny names you, and it would not cover what you ask for."),
@@ -330,10 +339,11 @@ impl Caller {
     pub fn require_may_act_for(
         &self,
         shared: &Shared,
+        target_org: &str,
         held: &std::collections::HashSet<String>,
         what: &str,
     ) -> ApiResult<()> {
-        self.require_not_denied(shared, what)?;
+        self.require_not_denied(shared, target_org, what)?;
         self.require_can_issue(Some(held), None, &format!("{what} who holds"))
     }
 

@@ -1224,3 +1224,62 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     let resp = call(&gw, M::GET, &role_path, &gw.admin_key, None).await;
     assert_eq!(resp.status(), 200);
 }
+
+/// A deny that names an organization alone covers every credential issued in it, so a
+/// platform administrator it names hands out nothing in another organization (where the
+/// deny would not follow), and stays free to issue in its own.
+#[tokio::test]
+async fn a_deny_on_an_administrators_organization_follows_what_it_hands_out() {
+    use reqwest::Method as M;
+    let (dir, store, admin_key) = fresh_store().await;
+    let admin_key_id = pinpoint_core::keys::parse(&admin_key).unwrap().id.to_owned();
+    let home = store.stored_key(&admin_key_id).await.unwrap().unwrap().info.org_id;
+    let other = store.create_org("elsewhere").await.unwrap();
+    let config = format!(
+        "[server]\ndata_dir = \"DATA_DIR\"\n[upstreams.echo]\ntargets = [\"builtin:echo\"]\n\
+         [[routes]]\nid = \"shop\"\npath_prefix = \"/shop\"\nupstream = \"echo\"\npermissions = {{ GET = \"shop:read\" }}\n\
+         [[authz.deny]]\nid = \"home-frozen\"\norgs = [\"{home}\"]\nroutes = [\"shop\"]\n"
+    );
+    let gw = start_in(dir, store, admin_key, &config).await;
+    let admin = gw.admin_key.clone();
+    let resp = gw.http.get(gw.url("/shop/x")).bearer_auth(&admin).send().await.unwrap();
+    problem(resp, 403, "authz.explicit_deny").await;
+    async fn refused_elsewhere(resp: reqwest::Response, elsewhere: bool) {
+        match elsewhere {
+            true => drop(problem(resp, 403, "authz.permission_missing").await),
+            false => assert_eq!(resp.status(), 201),
+        }
+    }
+    for (org, elsewhere) in [(&other.id, true), (&home, false)] {
+        let resp = post_key(
+            &gw,
+            &admin,
+            serde_json::json!({"name": "org", "kind": "api", "org_id": org}),
+        )
+        .await;
+        refused_elsewhere(resp, elsewhere).await;
+        let role = data(
+            "roles",
+            serde_json::json!({"name": "shoppers", "permissions": ["shop:read"], "org_id": org}),
+        );
+        let resp = call(&gw, M::POST, "/api/v2/roles", &admin, role).await;
+        refused_elsewhere(resp, elsewhere).await;
+        let user = data(
+            "users",
+            serde_json::json!({"name": "u", "email": format!("u@{org}.example"), "org_id": org}),
+        );
+        let resp = call(&gw, M::POST, "/api/v2/users", &admin, user).await;
+        assert_eq!(resp.status(), 201, "creating a user grants nothing");
+        let user_id = resp.json::<serde_json::Value>().await.unwrap()["data"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let resp = post_key(
+            &gw,
+            &admin,
+            serde_json::json!({"name": "theirs", "principal_id": user_id}),
+        )
+        .await;
+        refused_elsewhere(resp, elsewhere).await;
+    }
+}
