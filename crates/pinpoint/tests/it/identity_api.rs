@@ -1282,4 +1282,12 @@ async fn a_deny_on_an_administrators_organization_follows_what_it_hands_out() {
         .await;
         refused_elsewhere(resp, elsewhere).await;
     }
+    // Suspending another organization takes power away: allowed. Lifting it hands it
+    // back, outside the deny: refused.
+    let org_path = format!("/api/v2/orgs/{}", other.id);
+    let suspend = |on: bool| data("orgs", serde_json::json!({"suspended": on}));
+    let resp = call(&gw, M::PATCH, &org_path, &admin, suspend(true)).await;
+    assert_eq!(resp.status(), 200);
+    let resp = call(&gw, M::PATCH, &org_path, &admin, suspend(false)).await;
+    problem(resp, 403, "authz.permission_missing").await;
 }
