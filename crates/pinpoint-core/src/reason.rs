@@ -253,6 +253,12 @@ reasons! {
         hint: "Send a complete, well-formed body (check `Content-Length` and chunked framing).",
         description: "The client closed the connection before its body was complete, or sent invalid chunked framing. Nothing was sent upstream, and the upstream's health is not charged.",
     },
+    /// The request head is not HTTP the parser can read.
+    RequestMalformed => {
+        code: "request.malformed", status: 400, source: Caller, title: "Malformed request",
+        hint: "Send a well-formed HTTP/1.1 request: a request line `METHOD /path HTTP/1.1`, header lines `Name: value` (a token name, visible characters in the value), at most one `Content-Length`.",
+        description: "The HTTP parser could not read the request head: an invalid request line or HTTP version, a header line without a colon or with a space before it, a header name or value with characters HTTP does not allow, or conflicting `Content-Length` headers. Nothing was routed or sent upstream, and the connection is closed. The decision records no method or path: there were none Pinpoint could read.",
+    },
     /// No configured route matches the request's host and path.
     RouteNotFound => {
         code: "route.not_found", status: 404, source: Caller, title: "No route for this request",

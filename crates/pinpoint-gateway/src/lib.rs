@@ -19,6 +19,7 @@ pub mod evaluate;
 pub mod headers;
 pub mod listener;
 pub mod otlp;
+pub mod parse_errors;
 pub mod proxy;
 pub mod respond;
 pub mod runtime;

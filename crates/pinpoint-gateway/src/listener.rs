@@ -1,7 +1,8 @@
 //! The accept loop both listeners share: TCP accept, the TLS handshake when the listener
 //! has TLS (in the connection's own task, bounded in time), then HTTP/1.1 or HTTP/2 on the
 //! connection (ALPN over TLS; prior knowledge on plaintext where `h2c` allows it), with
-//! upgrades (WebSockets) kept, and a graceful drain on shutdown.
+//! upgrades (WebSockets) kept, and a graceful drain on shutdown. The parser's own refusals
+//! are rewritten into problem bodies on the way out (`parse_errors`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::parse_errors::ProblemStream;
 use crate::telemetry;
 use crate::tls::TlsState;
 
@@ -119,6 +121,7 @@ pub async fn serve<M, S, B>(
     tls: Arc<TlsState>,
     h2c: bool,
     builder: auto::Builder<TokioExecutor>,
+    refusals: Option<crate::parse_errors::Refusals>,
     make: M,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -150,6 +153,7 @@ pub async fn serve<M, S, B>(
         };
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
+        let refusals = refusals.clone();
         match tls.current() {
             None => {
                 let service = make(Connection {
@@ -173,6 +177,7 @@ pub async fn serve<M, S, B>(
                             Err(_) => return,
                         }
                     }
+                    let stream = ProblemStream::new(stream, peer, refusals);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -212,6 +217,7 @@ pub async fn serve<M, S, B>(
                         client_cert,
                     });
                     // hyper picks HTTP/2 by its preface, which an ALPN `h2` client sends.
+                    let stream = ProblemStream::new(stream, peer, refusals);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

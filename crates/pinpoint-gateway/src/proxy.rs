@@ -41,7 +41,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The parser's own limits sit above the configured ones, so a head over those is
     // refused by the edge with a problem body; only heads far beyond them meet the
-    // parser's bare 431 (counted in `pinpoint_connection_errors_total`). Read at start.
+    // parser's 431 (counted in `pinpoint_connection_errors_total`, and given its problem
+    // body by `parse_errors`). Read at start.
     let server = shared.runtime.load().config.server.clone();
     builder
         .http1()
@@ -64,12 +65,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         })
     };
     let drain = Duration::from_millis(server.drain_timeout_ms);
+    let for_refusals = shared.clone();
+    let no_route: Arc<str> = Arc::from(NO_ROUTE);
+    let refusals: crate::parse_errors::Refusals =
+        Arc::new(move |peer, status| crate::parse_errors::refusal(&for_refusals, &no_route, peer, status));
     listener::serve(
         "proxy",
         listener,
         shared.proxy_tls.clone(),
         server.h2c,
         builder,
+        Some(refusals),
         make,
         shutdown,
         drain,

@@ -467,6 +467,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let tls = shared.api_tls.clone();
+    let for_refusals = shared.clone();
     let router = router(shared);
     let make = move |conn: crate::listener::Connection| {
         let router = router.clone();
@@ -477,7 +478,21 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             async move { tower_service::Service::call(&mut router, req).await }
         })
     };
-    crate::listener::serve("api", listener, tls, false, builder, make, shutdown, drain).await;
+    let api_route: Arc<str> = Arc::from(API_ROUTE);
+    let refusals: crate::parse_errors::Refusals =
+        Arc::new(move |peer, status| crate::parse_errors::refusal(&for_refusals, &api_route, peer, status));
+    crate::listener::serve(
+        "api",
+        listener,
+        tls,
+        false,
+        builder,
+        Some(refusals),
+        make,
+        shutdown,
+        drain,
+    )
+    .await;
 }
 
 /// Serves `/metrics` alone on its own listener (`[server] metrics_listen`): plain HTTP,
@@ -509,6 +524,7 @@ pub async fn serve_metrics(
         tls,
         false,
         builder,
+        None,
         make,
         shutdown,
         Duration::from_secs(1),

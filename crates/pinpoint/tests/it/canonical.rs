@@ -707,23 +707,71 @@ async fn request_ids_cannot_be_hijacked_and_both_ids_find_the_decision() {
     assert_eq!(one["data"]["attributes"]["status"], 403);
 }
 
+/// What the HTTP parser refuses before any layer runs is refused like everything else: a
+/// problem body with its reason and a request id whose decision is recorded; and counted.
 #[tokio::test]
-async fn refusals_made_by_the_http_parser_are_counted_by_kind() {
+async fn refusals_made_by_the_http_parser_are_problems_with_decisions_and_counted_by_kind() {
     let (gw, _, _) = hardened().await;
-    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
-    stream
-        .write_all(b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n")
-        .await
-        .unwrap();
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
-    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 400"));
     let huge = format!("GET /x HTTP/1.1\r\nX-Huge: {}\r\n\r\n", "h".repeat(64 * 1024));
-    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
-    let _ = stream.write_all(huge.as_bytes()).await;
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
-    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 431"));
+    for (listener, head, status, reason) in [
+        (
+            gw.proxy,
+            "GET /x HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(),
+            400,
+            "request.malformed",
+        ),
+        (
+            gw.proxy,
+            "GET /x HTTP/1.1\r\nHost: a\r\nX: \u{1}\r\n\r\n".to_owned(),
+            400,
+            "request.malformed",
+        ),
+        (
+            gw.proxy,
+            "GET /x HTTP/7.1\r\nHost: a\r\n\r\n".to_owned(),
+            400,
+            "request.malformed",
+        ),
+        (
+            gw.proxy,
+            "GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(),
+            400,
+            "request.malformed",
+        ),
+        (gw.proxy, huge, 431, "request.headers_too_large"),
+        (
+            gw.api,
+            "GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(),
+            400,
+            "request.malformed",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(listener).await.unwrap();
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        // The last response on the connection is the refusal (a pipelined request before
+        // it was answered first).
+        let start = reply.rfind(&format!("HTTP/1.1 {status} "));
+        assert!(start.is_some(), "{head:.60}: {reply:.300}");
+        let last = &reply[start.unwrap_or_default()..];
+        assert!(last.contains("content-type: application/problem+json"), "{last}");
+        assert!(last.contains(&format!("x-pinpoint-reason: {reason}")), "{last}");
+        let request_id = last
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let body: serde_json::Value = serde_json::from_str(&last[last.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(
+            (body["reason"].as_str(), body["request_id"].as_str()),
+            (Some(reason), Some(request_id.as_str()))
+        );
+        let d = gw.decision(&request_id).await;
+        assert_eq!((d.status, d.reason.map(|r| r.code())), (status, Some(reason)));
+    }
     poll_until("parser refusals counted", || async {
         let m = gw.metrics().await;
         m.contains("pinpoint_connection_errors_total{kind=\"malformed\"}")
