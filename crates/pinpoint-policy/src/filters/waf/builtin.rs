@@ -104,7 +104,12 @@ impl Rule {
             Rule::SqliLibinjection => libinjectionrs::detect_sqli(value.as_bytes()).is_injection(),
             Rule::XssLibinjection => {
                 libinjectionrs::detect_xss(value.as_bytes()).is_injection()
-                    || (value.contains('&') && libinjectionrs::detect_xss(html_decode(value).as_bytes()).is_injection())
+                    || (value.contains('&') && {
+                        // As a browser reads it: references decoded, and the tabs and line
+                        // breaks it drops from a URL gone (`jav&Tab;ascript:`).
+                        let decoded = html_decode(value).replace(['\t', '\n', '\r'], "");
+                        libinjectionrs::detect_xss(decoded.as_bytes()).is_injection()
+                    })
             }
             Rule::XssScriptUri => script_uri(value, false),
             Rule::XssScriptUriAnywhere => script_uri(value, true),
@@ -421,16 +426,120 @@ impl WafEngine for BuiltinEngine {
             for (name, value) in fields {
                 self.field("form", &name, &value, &mut hits);
             }
-        } else if let Ok(text) = std::str::from_utf8(body) {
+            self.as_json_too(text, &mut hits);
+        } else if let Some(text) = other_text(&content_type, body) {
             // Another or no declared type: the body as one value, as a server might read it,
             // and, when it is JSON (servers that parse any body as JSON exist), as JSON too.
-            self.inspect(|| String::from("body"), text, &mut hits);
-            if text.trim_start().starts_with(['{', '[']) {
-                let _ = self.json(body, &mut hits);
+            self.inspect(|| String::from("body"), &text, &mut hits);
+            if text.contains('\0') {
+                // NUL bytes some readers drop.
+                self.inspect(|| String::from("body"), &text.replace('\0', ""), &mut hits);
             }
+            self.as_json_too(&text, &mut hits);
         }
         Ok(hits)
     }
+}
+
+/// The text of a body of another or no declared type, as the servers that read one read
+/// it: UTF-16 or UTF-32 (by byte-order mark, or by the zero bytes ASCII leaves in the first
+/// four, as JSON readers such as Python's and Jackson detect it) transcoded; UTF-8 as it
+/// is; a text type (or none) that is not valid UTF-8 with the invalid bytes replaced. A
+/// body of a binary type that is none of these is not text (an image, an archive): `None`.
+fn other_text<'b>(media_type: &str, body: &'b [u8]) -> Option<Cow<'b, str>> {
+    if let Some(text) = wide_text(body) {
+        return Some(Cow::Owned(text));
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => Some(Cow::Borrowed(text)),
+        Err(_) if media_type.is_empty() || media_type.starts_with("text/") => Some(String::from_utf8_lossy(body)),
+        Err(_) => None,
+    }
+}
+
+/// `body` as UTF-16 or UTF-32 text, when it is encoded so (see [`other_text`]).
+fn wide_text(body: &[u8]) -> Option<String> {
+    let (width, big_endian, bom) = match body {
+        [0xFF, 0xFE, 0, 0, ..] => (4, false, 4),
+        [0, 0, 0xFE, 0xFF, ..] => (4, true, 4),
+        [0xFF, 0xFE, ..] => (2, false, 2),
+        [0xFE, 0xFF, ..] => (2, true, 2),
+        [0, 0, 0, a, ..] if *a != 0 => (4, true, 0),
+        [a, 0, 0, 0, ..] if *a != 0 => (4, false, 0),
+        [0, a, 0, b, ..] if *a != 0 && *b != 0 => (2, true, 0),
+        [a, 0, b, 0, ..] if *a != 0 && *b != 0 => (2, false, 0),
+        _ => return None,
+    };
+    let units = body[bom..].chunks(width).map(|unit| {
+        let value = |bytes: &mut dyn Iterator<Item = &u8>| bytes.fold(0u32, |v, b| (v << 8) | u32::from(*b));
+        match big_endian {
+            true => value(&mut unit.iter()),
+            false => value(&mut unit.iter().rev()),
+        }
+    });
+    Some(match width {
+        2 => char::decode_utf16(units.map(|u| u as u16))
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect(),
+        _ => units
+            .map(|u| char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect(),
+    })
+}
+
+/// `text` with its JSON string escapes (`\uXXXX`, surrogate pairs, `\n`, `\/`, ...)
+/// decoded wherever they stand, for text that is not strict JSON; `None` when it has none.
+fn json_unescaped(text: &str) -> Option<String> {
+    if !text.contains('\\') {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u16> {
+        let digits: String = (0..4).map_while(|_| chars.next_if(char::is_ascii_hexdigit)).collect();
+        (digits.len() == 4)
+            .then(|| u16::from_str_radix(&digits, 16).ok())
+            .flatten()
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('u') => match hex4(&mut chars) {
+                Some(high @ 0xD800..=0xDBFF) => {
+                    let low = (chars.peek() == Some(&'\\'))
+                        .then(|| {
+                            let mut ahead = chars.clone();
+                            ahead.next();
+                            (ahead.next() == Some('u')).then(|| hex4(&mut ahead).map(|low| (low, ahead)))
+                        })
+                        .flatten()
+                        .flatten();
+                    match low {
+                        Some((low @ 0xDC00..=0xDFFF, ahead)) => {
+                            chars = ahead;
+                            out.extend(
+                                char::decode_utf16([high, low]).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)),
+                            );
+                        }
+                        _ => out.push(char::REPLACEMENT_CHARACTER),
+                    }
+                }
+                Some(unit) => out.push(char::from_u32(u32::from(unit)).unwrap_or(char::REPLACEMENT_CHARACTER)),
+                None => out.push_str("\\u"),
+            },
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    Some(out)
 }
 
 /// Whether `bytes` hold `${`, the start of a lookup. memchr finds each `$`: `str::contains`
@@ -516,6 +625,22 @@ fn system_file(value: &str) -> bool {
 }
 
 impl BuiltinEngine {
+    /// A body declared as something else that is JSON, for servers that parse any body as
+    /// JSON (Go's `json.NewDecoder`, Flask's `get_json(force=True)`): its values as JSON
+    /// (escapes decoded); and when it is not strict JSON (a duplicate key, `NaN`, text after
+    /// it), which lenient parsers still read, the whole text with its escapes decoded, so a
+    /// value after the point the strict reading stopped is inspected too.
+    fn as_json_too(&self, text: &str, hits: &mut Vec<Hit>) {
+        if !text.trim_start().starts_with(['{', '[']) {
+            return;
+        }
+        if self.json(text.as_bytes(), hits).is_err() {
+            if let Some(decoded) = json_unescaped(text) {
+                self.inspect(|| String::from("body"), &decoded, hits);
+            }
+        }
+    }
+
     /// `multipart/form-data`: each field's value as `form:<name>`, each file's name as
     /// `file:<name>` (file contents are not inspected).
     fn multipart(&self, headers: &HeaderMap, body: &[u8], hits: &mut Vec<Hit>) -> Result<(), Denial> {
@@ -539,6 +664,15 @@ impl BuiltinEngine {
         }
         let delimiter = format!("--{boundary}");
         let text = std::str::from_utf8(body).map_err(|_| unparsable())?;
+        // A delimiter counts only at the start of a line (RFC 2046: after CRLF, or opening
+        // the body); one anywhere else is read as a split by lax parsers and as content by
+        // strict ones, so the body is refused rather than inspected one of the two ways.
+        if text
+            .match_indices(delimiter.as_str())
+            .any(|(at, _)| at != 0 && !text[..at].ends_with("\r\n"))
+        {
+            return Err(unparsable().note("the boundary delimiter appears inside a line"));
+        }
         let mut sections = text.split(delimiter.as_str());
         sections.next(); // the preamble
         let mut fields = 0;
@@ -1014,6 +1148,25 @@ fn html_decode(text: &str) -> String {
                 "quot" => Some('"'),
                 "apos" => Some('\''),
                 "amp" => Some('&'),
+                // HTML5 names for what markup and URLs are built from.
+                "Tab" => Some('\t'),
+                "NewLine" => Some('\n'),
+                "colon" => Some(':'),
+                "sol" => Some('/'),
+                "bsol" => Some('\\'),
+                "lpar" => Some('('),
+                "rpar" => Some(')'),
+                "grave" => Some('`'),
+                "equals" => Some('='),
+                "semi" => Some(';'),
+                "period" => Some('.'),
+                "excl" => Some('!'),
+                "num" => Some('#'),
+                "comma" => Some(','),
+                "lsqb" | "lbrack" => Some('['),
+                "rsqb" | "rbrack" => Some(']'),
+                "lcub" | "lbrace" => Some('{'),
+                "rcub" | "rbrace" => Some('}'),
                 _ if entity.starts_with("#x") || entity.starts_with("#X") => {
                     u32::from_str_radix(&entity[2..], 16).ok().and_then(char::from_u32)
                 }
@@ -1038,9 +1191,10 @@ fn html_decode(text: &str) -> String {
 }
 
 /// A `${jndi:` lookup, also spelled with nested lookups that evaluate to its letters
-/// (`${lower:j}`, `${::-j}`, `${env:X:-j}`, nested again). Innermost lookups are resolved
-/// first, a bounded number of rounds, each a linear scan; a lookup longer than 64 bytes is
-/// left as it is (no real obfuscation needs more, and long values stay linear).
+/// (`${lower:j}`, `${::-j}`, `${env:X:-j}` with a default of any length, nested again;
+/// case lookups map case as Java does, so `${upper:ı}` is `I`). Innermost lookups are
+/// resolved first, a bounded number of rounds, each a linear scan: a lookup's closing `}`
+/// is looked for only up to the next `${`.
 fn jndi(value: &str) -> bool {
     let mut text = value.to_ascii_lowercase();
     if !text.contains("${") {
@@ -1056,17 +1210,20 @@ fn jndi(value: &str) -> bool {
         while let Some(at) = rest.find("${") {
             next.push_str(&rest[..at]);
             let inner_start = at + 2;
-            let window = &rest[inner_start..rest.len().min(inner_start + 64)];
+            // Up to the next lookup: each byte is scanned once a round.
+            let window = &rest[inner_start..];
+            let window = &window[..window.find("${").unwrap_or(window.len())];
             match window.find('}') {
-                Some(close) if !window[..close].contains("${") && !window[..close].starts_with("jndi") => {
+                Some(close) if !window[..close].starts_with("jndi") => {
                     let inner = &window[..close];
-                    let resolved = match inner.find(":-") {
-                        Some(d) => &inner[d + 2..],
+                    let resolved: Cow<'_, str> = match inner.find(":-") {
+                        Some(d) => Cow::Borrowed(&inner[d + 2..]),
                         // `${lower:jndi:ldap}` is `jndi:ldap`: case lookups return all
-                        // that follows their name.
+                        // that follows their name, in Unicode's case mapping (Java's).
                         None => match inner.split_once(':') {
-                            Some(("lower" | "upper", rest)) => rest,
-                            _ => inner.rsplit(':').next().unwrap_or(""),
+                            Some(("lower", rest)) => Cow::Owned(rest.to_lowercase()),
+                            Some(("upper", rest)) => Cow::Owned(rest.to_uppercase().to_lowercase()),
+                            _ => Cow::Borrowed(inner.rsplit(':').next().unwrap_or("")),
                         },
                     };
                     next.push_str(resolved.trim_matches('\''));
@@ -1244,6 +1401,25 @@ mod tests {
         assert!(jndi("${${lower:j}ndi:${lower:l}dap://x/a}"));
         assert!(jndi("${jndi:ldap://x}"));
         assert!(!jndi("${price} is jndi-free"));
+        // Java's case mapping, a default of any length, and no lookup cut inside a character.
+        assert!(jndi("${jnd${upper:\u{131}}:ldap://x/a}"));
+        assert!(jndi(&format!("${{${{env:{}:-j}}ndi:ldap://x/a}}", "A".repeat(200))));
+        assert!(!jndi(&format!("${{{}\u{131}\u{131}}}", "a".repeat(63))));
+        assert_eq!(html_decode("jav&Tab;ascript&colon;"), "jav\tascript:");
+        // Text a JSON reader detects as UTF-16 or UTF-32, and escapes outside strict JSON.
+        let wide: Vec<u8> = "{\"q\":\"<x>\"}".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert_eq!(wide_text(&wide).as_deref(), Some("{\"q\":\"<x>\"}"));
+        let mut with_bom = vec![0xFE, 0xFF];
+        with_bom.extend("ab".encode_utf16().flat_map(u16::to_be_bytes));
+        assert_eq!(wide_text(&with_bom).as_deref(), Some("ab"));
+        let wide32: Vec<u8> = "{}".chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
+        assert_eq!(wide_text(&wide32).as_deref(), Some("{}"));
+        assert_eq!(wide_text(b"{\"a\":1}"), None);
+        assert_eq!(
+            json_unescaped(r#"{"a":NaN,"q":"\u003cx\u003e \ud83d\ude00\n"}"#).as_deref(),
+            Some("{\"a\":NaN,\"q\":\"<x> \u{1f600}\n\"}")
+        );
+        assert_eq!(json_unescaped("plain"), None);
         assert!(shell_chain("x; cat /etc/passwd") && shell_chain("$(id)"));
         assert!(!shell_chain("Tom & Jerry; a catalogue"));
         for attack in [
