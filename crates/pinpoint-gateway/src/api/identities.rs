@@ -462,6 +462,10 @@ async fn patch_role(
     let patch: RolePatch = attributes(&body)?;
     let role = load_role(&shared, &caller, &id).await?;
     check_grantable(&shared, &caller, &role.org_id, &patch.permissions)?;
+    // Taking a permission away from a role's holders needs holding it too: otherwise a
+    // caller could lower someone who holds more to what it holds, then act for them.
+    let removed = role.permissions.iter().filter(|p| !patch.permissions.contains(p));
+    caller.require_holds(removed, "take away")?;
     let role = shared.store.set_role_permissions(&id, &patch.permissions).await?;
     shared.services.catch_up_after_write(&shared.store).await;
     Ok(envelope(role_resource(&role)))
@@ -475,6 +479,9 @@ async fn delete_role(
     let role = load_role(&shared, &caller, &id).await?;
     let holders = shared.store.role_holders(&role.id).await?;
     require_may_lift_denies(&shared, &caller, &role, &holders).await?;
+    if !holders.is_empty() {
+        caller.require_holds(&role.permissions, "take away")?;
+    }
     shared.store.delete_role(&id).await?;
     shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)
@@ -563,6 +570,7 @@ async fn unassign_role(
     let holds_it = shared.store.role_holders(&role.id).await?.contains(&principal_id);
     if holds_it {
         require_may_lift_denies(&shared, &caller, &role, std::slice::from_ref(&principal_id)).await?;
+        caller.require_holds(&role.permissions, "take away")?;
     }
     shared.store.unassign_role(&principal_id, &id).await?;
     shared.services.catch_up_after_write(&shared.store).await;

@@ -1186,12 +1186,29 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
     .await;
     problem(resp, 403, "authz.permission_missing").await;
     problem(shop(fred_key.clone()).await, 403, "authz.explicit_deny").await;
-    // A role no deny names is taken away as before.
+    // Nor can the role clerk lower the boss (who holds more) to what it holds, to act for
+    // him after: not by stripping his role, unassigning it or deleting it.
+    let boss_role_path = format!("/api/v2/roles/{}", boss_role.id);
+    let strip = data("roles", serde_json::json!({"permissions": ["roles:read"]}));
+    let resp = call(&gw, M::PATCH, &boss_role_path, &role_clerk_key, strip).await;
+    problem(resp, 403, "authz.permission_missing").await;
+    for path in [format!("{boss_role_path}/principals/{boss}"), boss_role_path.clone()] {
+        let resp = call(&gw, M::DELETE, &path, &role_clerk_key, None).await;
+        problem(resp, 403, "authz.permission_missing").await;
+    }
+    let resp = call(&gw, M::GET, &boss_role_path, &gw.admin_key, None).await;
+    let role: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        role["data"]["attributes"]["permissions"].as_array().unwrap().len(),
+        5,
+        "{role}"
+    );
+    // Who holds it all takes it away as before.
     let resp = call(
         &gw,
         M::DELETE,
         &format!("/api/v2/roles/{}/principals/{boss}", boss_role.id),
-        &role_clerk_key,
+        &gw.admin_key,
         None,
     )
     .await;
