@@ -116,6 +116,15 @@ pub trait CloudAuthStore {
 
     fn mapping(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Mapping>, StoreError>> + Send;
 
+    /// The mapping `id` when it belongs to `org` (any organization's when `None`), for
+    /// tenants' lookups: another organization's is not read at all, so it is answered in
+    /// the time an absent one is.
+    fn mapping_in(
+        &self,
+        id: &str,
+        org: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Option<Mapping>, StoreError>> + Send;
+
     /// Deletes a mapping and revokes every intake key issued through it; returns their ids.
     fn delete_mapping(&self, id: &str) -> impl std::future::Future<Output = Result<Vec<String>, StoreError>> + Send;
 
@@ -254,8 +263,14 @@ impl CloudAuthStore for Store {
     }
 
     async fn mapping(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
-        let row = sqlx::query("SELECT * FROM cloud_auth_mappings WHERE id = $1")
+        self.mapping_in(id, None).await
+    }
+
+    async fn mapping_in(&self, id: &str, org: Option<&str>) -> Result<Option<Mapping>, StoreError> {
+        let row = sqlx::query("SELECT * FROM cloud_auth_mappings WHERE id = $1 AND ($2 IS NULL OR org_id = $3)")
             .bind(id)
+            .bind(org)
+            .bind(org)
             .fetch_optional(self.pool())
             .await?;
         Ok(row.as_ref().map(mapping_from).transpose()?)

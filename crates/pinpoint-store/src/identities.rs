@@ -91,6 +91,15 @@ pub trait IdentityStore {
 
     fn principal(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Principal>, StoreError>> + Send;
 
+    /// The principal `id` when it belongs to `org` (any organization's when `None`), for
+    /// tenants' lookups: another organization's is not read at all, so it is answered in
+    /// the time an absent one is.
+    fn principal_in(
+        &self,
+        id: &str,
+        org: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Option<Principal>, StoreError>> + Send;
+
     /// Principals of one kind, in one organization or all.
     fn principals(
         &self,
@@ -118,6 +127,15 @@ pub trait IdentityStore {
     ) -> impl std::future::Future<Output = Result<Role, StoreError>> + Send;
 
     fn role(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Role>, StoreError>> + Send;
+
+    /// The role `id` when it belongs to `org` (any organization's when `None`), for
+    /// tenants' lookups: another organization's is not read at all, so it is answered in
+    /// the time an absent one is.
+    fn role_in(
+        &self,
+        id: &str,
+        org: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Option<Role>, StoreError>> + Send;
 
     fn roles(&self, org_id: Option<&str>) -> impl std::future::Future<Output = Result<Vec<Role>, StoreError>> + Send;
 
@@ -266,8 +284,14 @@ impl IdentityStore for Store {
     }
 
     async fn principal(&self, id: &str) -> Result<Option<Principal>, StoreError> {
-        let row = sqlx::query("SELECT * FROM principals WHERE id = $1")
+        self.principal_in(id, None).await
+    }
+
+    async fn principal_in(&self, id: &str, org: Option<&str>) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query("SELECT * FROM principals WHERE id = $1 AND ($2 IS NULL OR org_id = $3)")
             .bind(id)
+            .bind(org)
+            .bind(org)
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(principal_from).transpose()
@@ -343,8 +367,14 @@ impl IdentityStore for Store {
     }
 
     async fn role(&self, id: &str) -> Result<Option<Role>, StoreError> {
-        let row = sqlx::query("SELECT * FROM roles WHERE id = $1")
+        self.role_in(id, None).await
+    }
+
+    async fn role_in(&self, id: &str, org: Option<&str>) -> Result<Option<Role>, StoreError> {
+        let row = sqlx::query("SELECT * FROM roles WHERE id = $1 AND ($2 IS NULL OR org_id = $3)")
             .bind(id)
+            .bind(org)
+            .bind(org)
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(role_from).transpose()

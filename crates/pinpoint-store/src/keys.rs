@@ -164,6 +164,15 @@ pub trait KeyStore {
     /// One key with its hash.
     fn stored_key(&self, id: &str) -> impl std::future::Future<Output = Result<Option<StoredKey>, StoreError>> + Send;
 
+    /// The key `id` when it belongs to `org` (any organization's when `None`), for
+    /// tenants' lookups: another organization's is not read at all, so it is answered in
+    /// the time an absent one is.
+    fn stored_key_in(
+        &self,
+        id: &str,
+        org: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Option<StoredKey>, StoreError>> + Send;
+
     /// Every key with its hash, for loading the directory.
     fn all_keys(&self) -> impl std::future::Future<Output = Result<Vec<StoredKey>, StoreError>> + Send;
 
@@ -268,8 +277,14 @@ impl KeyStore for Store {
     }
 
     async fn stored_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
+        self.stored_key_in(id, None).await
+    }
+
+    async fn stored_key_in(&self, id: &str, org: Option<&str>) -> Result<Option<StoredKey>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1 AND ($2 IS NULL OR org_id = $3)")
             .bind(id)
+            .bind(org)
+            .bind(org)
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(key_from).transpose()

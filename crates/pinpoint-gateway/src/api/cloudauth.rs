@@ -365,11 +365,8 @@ async fn list_persona_mappings(State(shared): State<Arc<Shared>>, Extension(call
 }
 
 async fn load_mapping(shared: &Shared, caller: &Caller, id: &str) -> ApiResult<Mapping> {
-    caller.own(
-        shared.store.mapping(id).await?,
-        |m| &m.org_id,
-        || deny(Reason::ApiNotFound, "No such mapping."),
-    )
+    let mapping = shared.store.mapping_in(id, caller.list_scope()).await?;
+    mapping.ok_or_else(|| deny(Reason::ApiNotFound, "No such mapping."))
 }
 
 async fn get_persona_mapping(

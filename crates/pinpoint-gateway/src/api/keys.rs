@@ -104,11 +104,11 @@ async fn create_key(State(shared): State<Arc<Shared>>, Extension(caller): Extens
                 Some(id) => id.to_owned(),
                 None => return Err(deny(Reason::ApiBadRequest, "An application key needs `principal_id`.")),
             };
-            let p = caller.own(
-                shared.store.principal(&owner).await?,
-                |p| &p.org_id,
-                || deny(Reason::ApiBadRequest, "`principal_id` names no principal."),
-            )?;
+            let p = shared
+                .store
+                .principal_in(&owner, caller.list_scope())
+                .await?
+                .ok_or_else(|| deny(Reason::ApiBadRequest, "`principal_id` names no principal."))?;
             let held = principal_permissions(&shared, &p.id).await?;
             if caller.0.principal_id() != Some(p.id.as_str()) {
                 // A key speaks as its owner (upstreams read `X-Pinpoint-Principal`), so a key
@@ -169,8 +169,9 @@ async fn list_keys(
 }
 
 async fn load_key(shared: &Shared, caller: &Caller, id: &str) -> ApiResult<ApiKey> {
-    let key = shared.store.stored_key(id).await?.map(|stored| stored.info);
-    caller.own(key, |k| &k.org_id, || deny(Reason::ApiNotFound, "No such key."))
+    let key = shared.store.stored_key_in(id, caller.list_scope()).await?;
+    key.map(|stored| stored.info)
+        .ok_or_else(|| deny(Reason::ApiNotFound, "No such key."))
 }
 
 async fn get_key(

@@ -228,23 +228,6 @@ impl Caller {
         self.0.org_id() == org_id || self.0.is_platform_admin()
     }
 
-    /// A resource looked up by id, as this caller may see it. Another organization's
-    /// resource gets exactly the answer an absent one gets (`absent`: same status, reason
-    /// and detail), so an id reveals nothing across tenants; only the operator's trace
-    /// platform note (which only platform admins read) says which it was.
-    pub fn own<T>(&self, found: Option<T>, org_of: impl Fn(&T) -> &str, absent: impl Fn() -> ApiError) -> ApiResult<T> {
-        match found {
-            None => Err(absent()),
-            Some(resource) if self.sees_org(org_of(&resource)) => Ok(resource),
-            Some(_) => {
-                let ApiError(denial) = absent();
-                Err(ApiError(
-                    denial.platform_note("the resource exists in another organization"),
-                ))
-            }
-        }
-    }
-
     /// The organization a new resource goes to: the caller's, or (platform admins only)
     /// the one named; another organization is answered like one that does not exist.
     pub fn target_org(&self, requested: Option<&str>) -> ApiResult<String> {
@@ -347,7 +330,10 @@ impl Caller {
         self.require_can_issue(Some(held), None, &format!("{what} who holds"))
     }
 
-    /// The organization listings are limited to: `None` (all) for platform admins.
+    /// The organization listings and lookups by id are limited to: `None` (all) for
+    /// platform admins. A lookup by id passes it to the store (`principal_in`, `role_in`,
+    /// ...), so another organization's resource is never read: it gets exactly the answer
+    /// an absent one gets, in the same time.
     pub fn list_scope(&self) -> Option<&str> {
         if self.0.is_platform_admin() {
             None
