@@ -40,11 +40,21 @@ pub async fn exclude(request_id: &str, client: &ClientArgs) -> Result<()> {
                 }
             })
             .collect();
-        println!(
-            "\n[[waf.exclusions]]\nid = \"{id}\"\nroutes = [\"{route}\"]\nrules = [\"{rule}\"]\nparts = [{part:?}]"
-        );
+        // A part whose name ends in `*` is written `\*`: a bare trailing `*` would match
+        // every part that starts the same way. Strings in TOML's own escaping.
+        let part = match part.strip_suffix('*') {
+            Some(prefix) => format!("{prefix}\\*"),
+            None => part,
+        };
+        let [id, route, rule, part] = [id.as_str(), route, rule.as_str(), part.as_str()].map(toml_string);
+        println!("\n[[waf.exclusions]]\nid = {id}\nroutes = [{route}]\nrules = [{rule}]\nparts = [{part}]");
     }
     Ok(())
+}
+
+/// `text` as a TOML string, escaped as TOML reads it back.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
 }
 
 /// How many recent decisions that name WAF exclusions `config check` reads.

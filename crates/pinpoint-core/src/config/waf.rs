@@ -58,7 +58,8 @@ pub struct WafExclusion {
     pub routes: Option<Vec<String>>,
     /// Rule ids (`sqli-libinjection`) or families (`sqli`); every rule when absent.
     pub rules: Option<Vec<String>>,
-    /// Parts (`body:/article/html`, `query:q`); a trailing `*` matches any ending.
+    /// Parts (`body:/article/html`, `query:q`); a trailing `*` matches any ending, and a
+    /// trailing `\*` is a literal `*` (a part whose name ends in one).
     pub parts: Vec<String>,
 }
 
@@ -73,6 +74,7 @@ impl WafExclusion {
                 .as_ref()
                 .is_none_or(|rules| rules.iter().any(|x| x == rule || x == family))
             && self.parts.iter().any(|p| match p.strip_suffix('*') {
+                Some(escaped) if escaped.ends_with('\\') => part.strip_suffix('*') == escaped.strip_suffix('\\'),
                 Some(prefix) => part.starts_with(prefix),
                 None => p == part,
             })

@@ -299,8 +299,32 @@ async fn waf_exclude_prints_the_exclusion_that_lets_a_refused_request_through() 
         printed.contains("rules = [\"xss-libinjection\"]") && printed.contains("routes = [\"guarded\"]"),
         "{printed}"
     );
+    // Parts named by what the client sent print so that they cover exactly those parts:
+    // a key `*` is not a wildcard, a key with `: ` is whole, a control character escaped.
+    let odd = r#"{"*":"<script>alert(1)</script>","a: b\u001b":"<script>x()</script>"}"#;
+    let body = problem(post(&gw, "/guarded/cms", "application/json", odd).await, 403, "waf.xss").await;
+    let odd_id = body["request_id"].as_str().unwrap().to_owned();
+    let (api, key) = (gw.api_url(""), gw.admin_key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["waf", "exclude", &odd_id, "--api", &api, "--key", &key])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed_odd = String::from_utf8(out.stdout).unwrap();
+    let parsed: toml::Value = toml::from_str(&printed_odd).unwrap();
+    let parts: Vec<&str> = parsed["waf"]["exclusions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["parts"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(parts, ["body:/\\*", "body:/a: b\u{1b}"], "{printed_odd}");
     // Pasted into the config, it lets this request through, and nothing else.
-    let config = std::fs::read_to_string(&gw.config_path).unwrap() + &printed;
+    let config = std::fs::read_to_string(&gw.config_path).unwrap() + &printed + &printed_odd;
     let before = gw.revision().await;
     std::fs::write(&gw.config_path, config).unwrap();
     poll_until("exclusion applied", || async { gw.revision().await != before }).await;
@@ -308,6 +332,19 @@ async fn waf_exclude_prints_the_exclusion_that_lets_a_refused_request_through() 
         post(&gw, "/guarded/cms", "application/json", article).await.status(),
         200
     );
+    assert_eq!(post(&gw, "/guarded/cms", "application/json", odd).await.status(), 200);
+    problem(
+        post(
+            &gw,
+            "/guarded/cms",
+            "application/json",
+            r#"{"z":"<script>alert(1)</script>"}"#,
+        )
+        .await,
+        403,
+        "waf.xss",
+    )
+    .await;
     let elsewhere = article.replace("\"title\":\"ok\"", "\"title\":\"<script>x()</script>\"");
     problem(
         post(&gw, "/guarded/cms", "application/json", &elsewhere).await,

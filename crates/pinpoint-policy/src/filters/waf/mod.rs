@@ -248,7 +248,8 @@ pub fn hits_in_note(note: &str) -> Vec<(String, String)> {
         let rest = &note[at..];
         let Some(part_at) = rest.find(") at ") else { continue };
         let part = &rest[part_at + 5..];
-        let part = part.split(": ").next().unwrap_or(part);
+        // The fragment is quoted (`masked`): the part ends at the first `: "`.
+        let part = part.split(": \"").next().unwrap_or(part);
         if !rule.is_empty() {
             found.push((rule.to_owned(), part.to_owned()));
         }
