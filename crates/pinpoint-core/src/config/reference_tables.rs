@@ -844,7 +844,7 @@ pub const TABLES: &[Table] = &[
                 name: "parts",
                 kind: "array of strings",
                 default: "required",
-                about: "Parts of the request (`body:/article/html`, `query:q`); a trailing `*` matches any ending. At least one, none empty.",
+                about: "Parts of the request (`body:/article/html`, `query:q`); a trailing `*` matches any ending, a trailing `\\*` is a literal `*`. At least one, none empty.",
             },
         ],
     },
