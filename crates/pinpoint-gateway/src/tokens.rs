@@ -107,6 +107,7 @@ impl TokenService {
         principal_id: &str,
         org_id: &str,
         ttl_seconds: u64,
+        root_key: Option<&str>,
     ) -> Option<(String, Claims)> {
         let now = now_ms();
         let keys = self.keys.load();
@@ -122,6 +123,7 @@ impl TokenService {
             iat,
             exp: iat + ttl_seconds as i64,
             jti: uuid_like(),
+            key: root_key.map(str::to_owned),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());

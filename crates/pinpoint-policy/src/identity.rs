@@ -175,6 +175,11 @@ pub struct Claims {
     pub exp: i64,
     pub iat: i64,
     pub jti: String,
+    /// The API key at the root of the credentials that issued the token (a key, or a
+    /// token it issued, and so on): the token works only while that key does, so revoking
+    /// a key ends every token issued under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A client certificate the TLS handshake verified against the listener's `client_ca`
@@ -235,8 +240,8 @@ pub enum TokenRefusal {
 pub enum Credential {
     /// An API key: its directory entry, whose labels are built once.
     Key(Arc<KeyEntry>),
-    /// A JWT, by `jti`.
-    Token(String),
+    /// A JWT, by `jti`, with the key at the root of what issued it ([`Claims::key`]).
+    Token { jti: String, key: Option<Arc<str>> },
     /// A verified client certificate, by subject.
     ClientCert(Arc<str>),
 }
@@ -294,6 +299,16 @@ pub enum PermissionCheck {
 }
 
 impl Identity {
+    /// The API key at the root of this credential: the key itself, or the key a token was
+    /// issued under (none for a client certificate). What it issues lives only as long.
+    pub fn root_key(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Key(entry) => Some(&entry.id),
+            Credential::Token { key, .. } => key.as_deref(),
+            Credential::ClientCert(_) => None,
+        }
+    }
+
     pub fn check(&self, permission: &str) -> PermissionCheck {
         let scoped = self.scopes.as_ref().map(|s| grants(s, permission));
         match (&self.principal, scoped) {
@@ -329,7 +344,7 @@ impl Identity {
     pub fn caller_record(&self) -> CallerRecord {
         let (credential, key_id, token_id) = match &self.credential {
             Credential::Key(key) => (key_kind(key), Some(key.id.clone()), None),
-            Credential::Token(jti) => (CredentialKind::Token, None, Some(Arc::<str>::from(jti.as_str()))),
+            Credential::Token { jti, .. } => (CredentialKind::Token, None, Some(Arc::<str>::from(jti.as_str()))),
             Credential::ClientCert(_) => (CredentialKind::ClientCert, None, None),
         };
         CallerRecord {
@@ -345,7 +360,7 @@ impl Identity {
     pub fn credential_label(&self) -> Arc<str> {
         match &self.credential {
             Credential::Key(key) => key.trace_label.clone(),
-            Credential::Token(jti) => Arc::<str>::from(format!("token {jti}")),
+            Credential::Token { jti, .. } => Arc::<str>::from(format!("token {jti}")),
             Credential::ClientCert(subject) => Arc::<str>::from(format!("client-cert {subject}")),
         }
     }
@@ -402,7 +417,10 @@ mod tests {
         Identity {
             principal,
             org: Arc::new(OrgLabels::new("o", OrgStanding::Active)),
-            credential: Credential::Token("t".into()),
+            credential: Credential::Token {
+                jti: "t".into(),
+                key: None,
+            },
             scopes: scopes.map(Arc::new),
             expires_at_ms: None,
         }

@@ -108,6 +108,7 @@ async fn delegated_token(
             &principal.principal.id,
             &verified.org.id,
             config.token_ttl_seconds,
+            None,
         )
         .ok_or_else(|| deny(Reason::ApiStoreUnavailable, "No signing key is available."))?;
     tracing::info!(

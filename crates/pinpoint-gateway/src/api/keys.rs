@@ -320,7 +320,7 @@ async fn create_token(State(shared): State<Arc<Shared>>, Extension(caller): Exte
     let (token, claims) = shared
         .services
         .tokens
-        .issue(&config, principal, caller.0.org_id(), ttl)
+        .issue(&config, principal, caller.0.org_id(), ttl, caller.0.root_key())
         .ok_or_else(|| deny(Reason::ApiStoreUnavailable, "No signing key is available."))?;
     Ok((
         StatusCode::CREATED,

@@ -260,10 +260,30 @@ impl AuthnFilter {
                             .into(),
                     );
                 }
+                // A token lives only as long as the key it was issued under.
+                if let Some(key_id) = &claims.key {
+                    let live = self
+                        .identities
+                        .key_by_id(key_id)
+                        .is_some_and(|k| !k.revoked && k.expires_at_ms.is_none_or(|at| at > now));
+                    if !live {
+                        return Err(Denial::new(Reason::AuthnTokenInvalid, "The token is not valid.")
+                            .rule(format!("token {}", claims.jti))
+                            .note(format!(
+                                "token {}: the key it was issued under ({}) is revoked, expired or gone",
+                                claims.jti,
+                                key_trace_label(key_id)
+                            ))
+                            .into());
+                    }
+                }
                 Ok(Identity {
                     org: principal.org.clone(),
                     principal: Some(principal),
-                    credential: Credential::Token(claims.jti),
+                    credential: Credential::Token {
+                        jti: claims.jti,
+                        key: claims.key.map(Arc::from),
+                    },
                     scopes: None,
                     expires_at_ms: Some(claims.exp.saturating_mul(1000)),
                 })

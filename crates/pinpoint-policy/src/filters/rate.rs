@@ -73,7 +73,7 @@ fn counted_as<'c>(by: LimitKey, ctx: &'c RequestCtx<'_>) -> Option<Counted<'c>> 
         LimitKey::Key => identity.map(|i| match &i.credential {
             Credential::Key(key) => ("key", CountedId::Str(key.id())),
             // A token counts against its principal (or, without one, its organization).
-            Credential::Token(_) | Credential::ClientCert(_) => {
+            Credential::Token { .. } | Credential::ClientCert(_) => {
                 principal(i).unwrap_or(("org", CountedId::Str(i.org_id())))
             }
         }),

@@ -1308,3 +1308,53 @@ async fn a_deny_on_an_administrators_organization_follows_what_it_hands_out() {
     let resp = call(&gw, M::PATCH, &org_path, &admin, suspend(false)).await;
     problem(resp, 403, "authz.permission_missing").await;
 }
+
+/// A token lives only as long as the key it was issued under: revoking the key ends the
+/// token, and a token that token issued, on the API and on the proxy.
+#[tokio::test]
+async fn revoking_a_key_ends_the_tokens_issued_under_it() {
+    use reqwest::Method as M;
+    let private = "\n[[routes]]\nid = \"private\"\npath_prefix = \"/private\"\nupstream = \"main\"\npermissions = { GET = \"orders:read\" }\n";
+    let gw = start(&config_with("\"builtin:echo\"", "", private)).await;
+    let key = issued_secret(post_key(&gw, &gw.admin_key, serde_json::json!({"name": "issuer"})).await).await;
+    let key_id = pinpoint_core::keys::parse(&key).unwrap().id.to_owned();
+    let token_with = |credential: String| {
+        let gw = &gw;
+        async move {
+            let resp = call(gw, M::POST, "/api/v2/tokens", &credential, None).await;
+            assert_eq!(resp.status(), 201);
+            resp.json::<serde_json::Value>().await.unwrap()["data"]["attributes"]["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let token = token_with(key.clone()).await;
+    let second = token_with(token.clone()).await;
+    let by_admin = token_with(gw.admin_key.clone()).await;
+    for t in [&token, &second, &by_admin] {
+        assert_eq!(call(&gw, M::GET, "/api/v2/current_user", t, None).await.status(), 200);
+    }
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/api_keys/{key_id}"),
+        &gw.admin_key,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    for t in [&token, &second] {
+        let resp = call(&gw, M::GET, "/api/v2/current_user", t, None).await;
+        problem(resp, 401, "authn.token_invalid").await;
+        let resp = gw.http.get(gw.url("/private/1")).bearer_auth(t).send().await.unwrap();
+        problem(resp, 401, "authn.token_invalid").await;
+    }
+    // A token under another key is untouched.
+    assert_eq!(
+        call(&gw, M::GET, "/api/v2/current_user", &by_admin, None)
+            .await
+            .status(),
+        200
+    );
+}
