@@ -216,7 +216,7 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
 /// Whether `bytes` hold a Pinpoint credential anywhere, in any wrapping a server might
 /// unwrap: a key (`pp_<16 hex>`, with any separator and in any case), or a JWT whose header
 /// names a Pinpoint signing key, raw, quoted, after any scheme or separator, in a list,
-/// or inside base64 (a `Basic` pair).
+/// or inside base64 (a `Basic` pair) or hex.
 pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
     use base64::Engine;
     if bytes.len() < MIN_CREDENTIAL_BYTES {
@@ -236,6 +236,25 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
                     .ok()
             })
             .any(|decoded| direct(&decoded))
+        || hex_words(bytes).any(|decoded| direct(&decoded))
+}
+
+/// The runs of hex digits long enough to spell a credential (`pp_` and a key id: 19 bytes,
+/// 38 digits), decoded from their first digit and from their second (a run may begin with
+/// a digit that is not the encoding's).
+fn hex_words(bytes: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    bytes
+        .split(|b| !b.is_ascii_hexdigit())
+        .filter(|word| word.len() >= 2 * MIN_CREDENTIAL_BYTES)
+        .flat_map(|word| [word, &word[1..]])
+        .map(|word| {
+            word.chunks_exact(2)
+                .map(|pair| {
+                    let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                    digit(pair[0]) << 4 | digit(pair[1])
+                })
+                .collect()
+        })
 }
 
 /// Credential-shaped text, whoever issued it: any key id shape (`pp_<16 hex>`, whether or
@@ -774,6 +793,8 @@ mod tests {
             format!("x.{jwt}"),
             format!("pp-{}", &key[3..]),
             format!("api_key={key}"),
+            pinpoint_core::hex::lower(key.as_bytes()),
+            format!("a{}", pinpoint_core::hex::lower(key.as_bytes())),
         ];
         for value in &wrapped {
             assert!(carries_pinpoint_credential(value.as_bytes(), OURS), "{value}");

@@ -98,7 +98,11 @@ pub async fn decisions(
             })
             .collect::<ApiResult<_>>()?,
     };
-    let top = number("top")?.unwrap_or(10).clamp(1, 1000) as usize;
+    let top = match number("top")? {
+        None => 10,
+        Some(top @ 1..=1000) => top as usize,
+        Some(_) => return Err(bad("`top` is a whole number from 1 to 1000.".into())),
+    };
     let mode = match query.get("mode").map(String::as_str) {
         None => None,
         Some("enforce") => Some(Mode::Enforce),
@@ -106,6 +110,9 @@ pub async fn decisions(
         Some(other) => return Err(bad(format!("`mode` is `enforce` or `report`, not `{other}`."))),
     };
     let status = number("status")?;
+    if status.is_some_and(|s| !(100..=599).contains(&s)) {
+        return Err(bad("`status` is an HTTP status, 100 to 599.".into()));
+    }
 
     // Whole intervals, aligned to the epoch, covering the range.
     let start = from.saturating_sub(from.rem_euclid(interval_ms));

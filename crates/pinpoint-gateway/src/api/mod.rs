@@ -374,7 +374,7 @@ pub fn envelope(data: serde_json::Value) -> Json<serde_json::Value> {
 
 /// Reads `{"data": {"attributes": {...}}}` into `T`, with a clear 400 on mistakes.
 pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    let value: serde_json::Value =
+    let StrictJson(value) =
         serde_json::from_slice(body).map_err(|e| deny(Reason::ApiBadRequest, format!("The body is not JSON: {e}.")))?;
     // No field takes a credential, and fields are stored and shown: a key or token pasted
     // into a permission list or a name would be kept in clear. Anything credential-shaped
@@ -400,6 +400,69 @@ pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
             )
         })?;
     serde_json::from_value(attributes).map_err(|e| deny(Reason::ApiBadRequest, format!("Invalid attributes: {e}.")))
+}
+
+/// A JSON document in which no object names a field twice. serde_json keeps the last of
+/// two silently; other readers keep the first or refuse, so such a body is refused rather
+/// than read one of those ways.
+struct StrictJson(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if fields.contains_key(&name) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the field `{}` appears twice in one object",
+                    pinpoint_core::problem::visible_ascii(&name)
+                )));
+            }
+            let StrictJson(value) = map.next_value()?;
+            fields.insert(name, value);
+        }
+        Ok(serde_json::Value::Object(fields))
+    }
 }
 
 /// Every string and object key of `value`, decoded, one per line. (serde_json refuses
@@ -1020,6 +1083,10 @@ async fn decisions_list(
     let status = number("status")?
         .map(|s| u16::try_from(s).map_err(|_| deny(Reason::ApiBadRequest, "`status` is an HTTP status.")))
         .transpose()?;
+    // Every parameter is read before the organization is looked at, so a bad one is
+    // refused alike whichever organization is named.
+    let since_ms = number("since")?;
+    let limit = number("limit")?.unwrap_or(50).clamp(1, 500) as u32;
     let org = if caller.0.is_platform_admin() {
         query.get("org").cloned()
     } else {
@@ -1035,8 +1102,8 @@ async fn decisions_list(
         reason: query.get("reason").cloned(),
         layer: query.get("layer").cloned(),
         status,
-        since_ms: number("since")?,
-        limit: number("limit")?.unwrap_or(50).clamp(1, 500) as u32,
+        since_ms,
+        limit,
     };
     let mut found = shared.store.recent_decisions(&filter).await?;
     present(&shared, &caller, &mut found);

@@ -986,6 +986,40 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         .await
         .unwrap();
     problem(resp, 400, "api.credential_in_body").await;
+    // Nor hex-encoded.
+    let hex = pinpoint_core::hex::lower(gw.admin_key.as_bytes());
+    let resp = call(
+        &gw,
+        M::POST,
+        "/api/v2/roles",
+        &gw.admin_key,
+        data("roles", serde_json::json!({"name": hex})),
+    )
+    .await;
+    problem(resp, 400, "api.credential_in_body").await;
+    // A field named twice is refused, not read one way (serde keeps the last; others the first).
+    let resp = gw
+        .http
+        .post(gw.api_url("/api/v2/roles"))
+        .bearer_auth(&gw.admin_key)
+        .header("content-type", "application/json")
+        .body(r#"{"data": {"type": "roles", "attributes": {"name": "a", "name": "b"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, 400, "api.bad_request").await;
+    assert!(body["detail"].as_str().unwrap().contains("twice"), "{body}");
+    for query in ["top=-5", "status=99999", "status=-1"] {
+        let resp = call(
+            &gw,
+            M::GET,
+            &format!("/api/v2/analytics/decisions?{query}"),
+            &gw.admin_key,
+            None,
+        )
+        .await;
+        problem(resp, 400, "api.bad_request").await;
+    }
     // Nor when it is sent where a number belongs.
     let resp = call(
         &gw,
