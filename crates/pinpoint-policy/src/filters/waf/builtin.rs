@@ -27,6 +27,7 @@ pub enum Rule {
     XssScriptUriAnywhere,
     TraversalDotDot,
     TraversalSystemFile,
+    TraversalSystemFileInProse,
     JndiLookup,
     RceShellChain,
     NosqlOperator,
@@ -37,7 +38,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order they run.
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 13] = [
         Rule::SqliLibinjection,
         Rule::XssLibinjection,
         Rule::XssScriptUri,
@@ -48,6 +49,7 @@ impl Rule {
         Rule::TemplateExpression,
         // After the command rule: `; cat /etc/passwd` is named as the command it is.
         Rule::TraversalSystemFile,
+        Rule::TraversalSystemFileInProse,
         Rule::NosqlOperator,
         Rule::NosqlAnyOperator,
         Rule::XxeEntity,
@@ -62,6 +64,7 @@ impl Rule {
             Rule::XssScriptUriAnywhere => "xss-script-uri-anywhere",
             Rule::TraversalDotDot => "traversal-dotdot",
             Rule::TraversalSystemFile => "traversal-system-file",
+            Rule::TraversalSystemFileInProse => "traversal-system-file-in-prose",
             Rule::JndiLookup => "jndi-lookup",
             Rule::RceShellChain => "rce-shell-chain",
             Rule::NosqlOperator => "nosql-operator",
@@ -75,7 +78,9 @@ impl Rule {
         match self {
             Rule::SqliLibinjection => Reason::WafSqli,
             Rule::XssLibinjection | Rule::XssScriptUri | Rule::XssScriptUriAnywhere => Reason::WafXss,
-            Rule::TraversalDotDot | Rule::TraversalSystemFile => Reason::WafTraversal,
+            Rule::TraversalDotDot | Rule::TraversalSystemFile | Rule::TraversalSystemFileInProse => {
+                Reason::WafTraversal
+            }
             Rule::JndiLookup => Reason::WafJndi,
             Rule::RceShellChain => Reason::WafRce,
             Rule::NosqlOperator | Rule::NosqlAnyOperator => Reason::WafNosql,
@@ -84,11 +89,11 @@ impl Rule {
         }
     }
 
-    /// 1: few false positives; 2: stricter (a `javascript:` anywhere in prose, any
-    /// `$`-word as a JSON key or bracketed name).
+    /// 1: few false positives; 2: stricter (a `javascript:` or a system file named
+    /// anywhere in prose, any `$`-word as a JSON key or bracketed name).
     pub fn paranoia(self) -> u8 {
         match self {
-            Rule::XssScriptUriAnywhere | Rule::NosqlAnyOperator => 2,
+            Rule::XssScriptUriAnywhere | Rule::NosqlAnyOperator | Rule::TraversalSystemFileInProse => 2,
             _ => 1,
         }
     }
@@ -114,7 +119,10 @@ impl Rule {
             Rule::XssScriptUri => script_uri(value, false),
             Rule::XssScriptUriAnywhere => script_uri(value, true),
             Rule::TraversalDotDot => dot_dot(value),
-            Rule::TraversalSystemFile => system_file(value),
+            // A value that is a path (one word) or starts with one; in prose (`see
+            // /etc/hosts in the docs`), paranoia 2.
+            Rule::TraversalSystemFile => value.split_whitespace().next().is_some_and(system_file),
+            Rule::TraversalSystemFileInProse => system_file(value),
             Rule::JndiLookup => jndi(value),
             Rule::RceShellChain => shell_chain(value),
             Rule::TemplateExpression => template_expression(value),
@@ -133,7 +141,7 @@ impl Rule {
             Rule::XssLibinjection => shape.any(Shape::MARKUP | Shape::COLON | Shape::AMP),
             Rule::XssScriptUri | Rule::XssScriptUriAnywhere => shape.any(Shape::COLON | Shape::AMP),
             Rule::TraversalDotDot => shape.any(Shape::DOT),
-            Rule::TraversalSystemFile => shape.any(Shape::SLASH | Shape::COLON),
+            Rule::TraversalSystemFile | Rule::TraversalSystemFileInProse => shape.any(Shape::SLASH | Shape::COLON),
             Rule::JndiLookup => shape.any(Shape::DOLLAR) && shape.any(Shape::BRACE),
             Rule::RceShellChain => shape.any(Shape::SEPARATOR | Shape::DOLLAR),
             // `#set(`, `<#assign`, `%{` as well as braces: any punctuation.
