@@ -6,7 +6,9 @@
 //! names, not file contents) and XML (text, attribute values, external entities) bodies in
 //! the body phase. Each value is decoded the way servers read it (percent and `+`
 //! decoding, and again when still percent-encoded; JSON strings unescaped by the parser;
-//! HTML entities too for XSS) before matching.
+//! HTML entities too for XSS) before matching. A body of another or no declared type is
+//! read as the servers that take any body read it: UTF-16/32 transcoded, as one value, and
+//! as JSON when it is JSON (leniently: escapes decoded past what strict JSON refuses).
 
 use std::borrow::Cow;
 
