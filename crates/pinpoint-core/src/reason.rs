@@ -593,8 +593,8 @@ reasons! {
     /// The API request conflicts with existing state.
     ApiConflict => {
         code: "api.conflict", status: 409, source: Caller, title: "Conflict",
-        hint: "Choose another name, or read the resource again and retry the change against its current state.",
-        description: "A uniqueness or state constraint refused the change.",
+        hint: "Choose another name, or read the resource again and retry the change against its current state; a PATCH goes to the path of the resource its `data.id` names.",
+        description: "A uniqueness or state constraint refused the change, or a PATCH body's `data.id` names another resource than its path.",
     },
     /// The identity proof could not be decoded.
     CloudauthProofMalformed => {

@@ -13,7 +13,7 @@ use pinpoint_core::identity::{Organization, Principal, PrincipalKind, Role};
 use pinpoint_core::Reason;
 use serde::Deserialize;
 
-use super::{attributes, deny, envelope, principal_permissions, resource, ApiResult, Caller};
+use super::{attributes, deny, envelope, patch_attributes, principal_permissions, resource, ApiResult, Caller};
 use crate::runtime::Shared;
 
 pub fn routes() -> Router<Arc<Shared>> {
@@ -184,7 +184,7 @@ async fn patch_org(
     body: Bytes,
 ) -> Reply {
     require_platform(&caller, "Suspending organizations")?;
-    let patch: OrgPatch = attributes(&body)?;
+    let patch: OrgPatch = patch_attributes(&body, &id)?;
     if patch.suspended == Some(false) {
         // Lifting an organization's suspension hands all its principals back what they
         // hold: not by a caller an explicit deny names, nor for its own organization.
@@ -285,7 +285,7 @@ async fn load_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, i
 }
 
 async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, id: &str, body: &[u8]) -> Reply {
-    let patch: PrincipalPatch = attributes(body)?;
+    let patch: PrincipalPatch = patch_attributes(body, id)?;
     let mut p = load_principal(shared, caller, kind, id).await?;
     if let Some(s) = patch.suspended {
         if !s && p.suspended {
@@ -453,7 +453,7 @@ async fn patch_role(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Reply {
-    let patch: RolePatch = attributes(&body)?;
+    let patch: RolePatch = patch_attributes(&body, &id)?;
     let role = load_role(&shared, &caller, &id).await?;
     check_grantable(&shared, &caller, &role.org_id, &patch.permissions)?;
     // Taking a permission away from a role's holders needs holding it too: otherwise a

@@ -372,8 +372,28 @@ pub fn envelope(data: serde_json::Value) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "data": data }))
 }
 
+/// Reads a PATCH of the resource `id`: as [`attributes`], and a `data.id` in the body, when
+/// there is one, must be `id` (JSON:API: 409 otherwise), so a body written for one
+/// resource never changes another.
+pub fn patch_attributes<T: DeserializeOwned>(body: &[u8], id: &str) -> ApiResult<T> {
+    let (value, attributes) = read_attributes(body)?;
+    if let Some(named) = value.get("data").and_then(|d| d.get("id")) {
+        if named.as_str() != Some(id) {
+            return Err(deny(
+                Reason::ApiConflict,
+                "The body's `data.id` names another resource than the path.",
+            ));
+        }
+    }
+    Ok(attributes)
+}
+
 /// Reads `{"data": {"attributes": {...}}}` into `T`, with a clear 400 on mistakes.
 pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    read_attributes(body).map(|(_, attributes)| attributes)
+}
+
+fn read_attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<(serde_json::Value, T)> {
     let StrictJson(value) =
         serde_json::from_slice(body).map_err(|e| deny(Reason::ApiBadRequest, format!("The body is not JSON: {e}.")))?;
     // No field takes a credential, and fields are stored and shown: a key or token pasted
@@ -399,7 +419,9 @@ pub fn attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
                 "The body must be {\"data\": {\"type\": ..., \"attributes\": {...}}}.",
             )
         })?;
-    serde_json::from_value(attributes).map_err(|e| deny(Reason::ApiBadRequest, format!("Invalid attributes: {e}.")))
+    let attributes = serde_json::from_value(attributes)
+        .map_err(|e| deny(Reason::ApiBadRequest, format!("Invalid attributes: {e}.")))?;
+    Ok((value, attributes))
 }
 
 /// A JSON document in which no object names a field twice. serde_json keeps the last of

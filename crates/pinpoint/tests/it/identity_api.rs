@@ -1020,6 +1020,20 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         .await;
         problem(resp, 400, "api.bad_request").await;
     }
+    // A PATCH whose body names another resource changes nothing.
+    let roles = call(&gw, M::GET, "/api/v2/roles", &gw.admin_key, None).await;
+    let roles: serde_json::Value = roles.json().await.unwrap();
+    let role_id = roles["data"][0]["id"].as_str().unwrap().to_owned();
+    let body = serde_json::json!({"data": {"type": "roles", "id": "other", "attributes": {"permissions": []}}});
+    let resp = call(
+        &gw,
+        M::PATCH,
+        &format!("/api/v2/roles/{role_id}"),
+        &gw.admin_key,
+        Some(body),
+    )
+    .await;
+    problem(resp, 409, "api.conflict").await;
     // Nor when it is sent where a number belongs.
     let resp = call(
         &gw,
