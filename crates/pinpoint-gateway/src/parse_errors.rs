@@ -8,7 +8,10 @@
 //!
 //! hyper's answer is recognisable exactly: a `4xx` head with `connection: close` and
 //! `content-length: 0` and no `x-request-id`, which every response Pinpoint's services
-//! produce carries. Nothing is inspected once a connection has switched protocols (`101`).
+//! produce carries. Only writes before a connection's first service response are looked
+//! at: after it, writes carry response bodies (the upstream's bytes, which could imitate
+//! that head), so a request the parser refuses later on a kept-alive connection keeps
+//! hyper's bare answer.
 
 use std::io;
 use std::net::SocketAddr;
@@ -42,21 +45,22 @@ impl<S> ProblemStream<S> {
         }
     }
 
-    /// Whether `bytes`, one write of the connection, is a response head: then it is either
-    /// the parser's bare refusal (replaced, and `true` returned) or a service's response
-    /// (passed on; a `101` ends inspection).
+    /// Whether `bytes`, one write of the connection before any service response, is the
+    /// parser's bare refusal (replaced, and `true` returned). The first head that is not
+    /// (a service's response; only an interim `100 Continue` may come before it) ends
+    /// inspection: after it, writes carry response bodies, which are the upstream's bytes
+    /// and may look like anything, so they are never read. A request the parser refuses
+    /// later on a kept-alive connection gets hyper's bare answer.
     fn replace_bare_refusal(&mut self, bytes: &[u8]) -> bool {
         let Some(refusals) = &self.refusals else {
             return false;
         };
-        if !bytes.starts_with(b"HTTP/1.") {
-            return false;
-        }
-        if bytes.get(9..12) == Some(b"101") {
-            self.refusals = None;
-            return false;
-        }
         let Some(status) = bare_refusal_status(bytes) else {
+            let interim =
+                bytes.starts_with(b"HTTP/1.") && bytes.get(9) == Some(&b'1') && bytes.get(9..12) != Some(b"101");
+            if !interim {
+                self.refusals = None;
+            }
             return false;
         };
         match refusals(self.peer, status) {

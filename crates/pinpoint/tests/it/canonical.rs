@@ -732,12 +732,6 @@ async fn refusals_made_by_the_http_parser_are_problems_with_decisions_and_counte
             400,
             "request.malformed",
         ),
-        (
-            gw.proxy,
-            "GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(),
-            400,
-            "request.malformed",
-        ),
         (gw.proxy, huge, 431, "request.headers_too_large"),
         (
             gw.api,
@@ -751,8 +745,6 @@ async fn refusals_made_by_the_http_parser_are_problems_with_decisions_and_counte
         let mut reply = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
         let reply = String::from_utf8_lossy(&reply).into_owned();
-        // The last response on the connection is the refusal (a pipelined request before
-        // it was answered first).
         let start = reply.rfind(&format!("HTTP/1.1 {status} "));
         assert!(start.is_some(), "{head:.60}: {reply:.300}");
         let last = &reply[start.unwrap_or_default()..];
@@ -978,11 +970,31 @@ async fn what_the_second_attack_found_is_refused_or_removed() {
         ("Cookie", format!("session=1; api={reader_key}")),
         ("X-Auth-Token", reader_key.clone()),
         ("Api-Key", reader_key.replacen('_', "-", 2)),
+        ("X-Token", reader_key.replace('_', "%5F")),
+        ("X-A", reader_key.replace('_', "\\u005f")),
+        ("X-A", reader_key[3..].to_owned()),
+        ("X-A", pinpoint_core::hex::lower(reader_key.as_bytes())),
+        ("X-Request-Id", reader_key[3..].to_owned()),
     ] {
         let resp = request(&gw, "GET", "/probe", &[(name, &value)]).await;
         assert!(
-            !resp.body.contains(&reader_key[3..19]),
+            !resp.body.contains(&reader_key[3..19]) && !resp.body.contains(value.as_str()),
             "{name}: {value} reached the upstream"
+        );
+    }
+    // A tunnel is not a request Pinpoint can decide on; an encoded `?` or `#` would end the
+    // path early for a server that decodes before splitting.
+    let resp = send_raw(&gw, b"CONNECT /probe HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (501, Some("request.connect_not_supported"))
+    );
+    for path in ["/probe/secret%3F.json", "/probe/secret%23"] {
+        let resp = request(&gw, "GET", path, &[]).await;
+        assert_eq!(
+            (resp.status, resp.reason().as_deref()),
+            (400, Some("request.path_encoded_delimiter")),
+            "{path}"
         );
     }
     let resp = request(&gw, "GET", &format!("/probe?api_key={reader_key}"), &[]).await;
