@@ -27,6 +27,12 @@ pub fn check_method(method: &str) -> Result<(), Denial> {
         )
         .note(format!("method as sent: {}", printable(method))));
     }
+    if method == "CONNECT" {
+        return Err(Denial::new(
+            Reason::RequestConnectNotSupported,
+            "Pinpoint opens no tunnels: CONNECT is not accepted.",
+        ));
+    }
     Ok(())
 }
 
@@ -167,14 +173,33 @@ pub fn canonical_host(host: &str) -> Option<String> {
 /// For a route whose upstream folds case (typically a Windows server), what in a canonical
 /// path it could read as another ASCII path: characters whose case mapping is ASCII (`ı`,
 /// `İ`, `ß`, `ẞ`), a combining mark right after an ASCII letter (`I` + U+0307 is `İ`), and
-/// a segment ending in a dot or a space, which Windows drops (`admin.`, `admin%20`).
-/// Ordinary words (`Straße`, `İstanbul`) are fine on routes that do not fold case.
+/// a segment ending in a dot or a space, which Windows drops (`admin.`, `admin%20`), and
+/// the other spellings Windows and IIS read as another name: an NTFS stream
+/// (`private::$DATA`), an 8.3 short name (`PRIVAT~1`) and an ASP.NET cookieless-session
+/// segment (`(S(x))`), which ASP.NET removes. Ordinary words (`Straße`, `İstanbul`) are
+/// fine on routes that do not fold case.
 pub fn folding_confusable(path: &str) -> Option<&'static str> {
     let trailing = path
         .split('/')
         .any(|segment| !matches!(segment, "" | "." | "..") && (segment.ends_with('.') || segment.ends_with("%20")));
     if trailing {
         return Some("The path has a segment ending in a dot or a space, which this route's server drops.");
+    }
+    let windows_name = |segment: &str| {
+        let decoded = percent_decode(segment);
+        let short_name = decoded.windows(2).any(|w| w[0] == b'~' && w[1].is_ascii_digit());
+        let cookieless = decoded.len() >= 5
+            && decoded[0] == b'('
+            && decoded[1].is_ascii_alphabetic()
+            && decoded[2] == b'('
+            && decoded.ends_with(b"))");
+        // `name::$DATA` and `name:stream:$DATA` name a file's streams; a lone colon
+        // (`x:batchGet`) is left to the server, which refuses or serves it as a name.
+        let stream = decoded.windows(2).any(|w| w == b"::" || w == b":$");
+        stream || short_name || cookieless
+    };
+    if path.split('/').any(windows_name) {
+        return Some("The path has a segment this route's Windows server reads as another name (an NTFS stream `name::$DATA`, an 8.3 short name `NAME~1`, or a cookieless-session segment `(S(...))`).");
     }
     if !path.contains('%') {
         return None;
@@ -251,6 +276,13 @@ fn decode_segment_onto(segment: &str, out: &mut String, whole: &str) -> Result<b
                         return Err(refuse(
                             Reason::RequestPathEncodedSeparator,
                             "The path has an encoded slash or backslash (`%2F`, `%5C`).",
+                            whole,
+                        ))
+                    }
+                    b'?' | b'#' => {
+                        return Err(refuse(
+                            Reason::RequestPathEncodedDelimiter,
+                            "The path has an encoded `?` or `#` (`%3F`, `%23`).",
                             whole,
                         ))
                     }
@@ -414,6 +446,9 @@ mod tests {
             ("/admin%2fusers", Reason::RequestPathEncodedSeparator),
             ("/admin%2Fusers", Reason::RequestPathEncodedSeparator),
             ("/admin%5cusers", Reason::RequestPathEncodedSeparator),
+            ("/admin/secret%3F.json", Reason::RequestPathEncodedDelimiter),
+            ("/admin/secret%3f", Reason::RequestPathEncodedDelimiter),
+            ("/admin/secret%23", Reason::RequestPathEncodedDelimiter),
             ("/admin\\users", Reason::RequestPathBackslash),
             ("/orders/%2e%2e/admin", Reason::RequestPathEncodedDotSegment),
             ("/orders/.%2E/admin", Reason::RequestPathEncodedDotSegment),
@@ -460,6 +495,10 @@ mod tests {
         for bad in ["post", "Get", "gET", "delete"] {
             assert_eq!(check_method(bad).unwrap_err().reason, Reason::RequestMethodNotCanonical);
         }
+        assert_eq!(
+            check_method("CONNECT").unwrap_err().reason,
+            Reason::RequestConnectNotSupported
+        );
     }
 
     /// What a permissive upstream serves for a path: every escape decoded, `\\` read as
@@ -549,6 +588,12 @@ mod tests {
             "/admin.",
             "/admin%20/x",
             "/wiki/Inc.",
+            "/Files/private::$DATA",
+            "/Files/private%3a%3a%24DATA",
+            "/Files/private:s:$DATA",
+            "/Files/PRIVAT~1",
+            "/Files/(S(x))/private",
+            "/Files/(A(x))/private",
         ] {
             let canonical = canonical_path(folding).unwrap();
             assert!(folding_confusable(&canonical).is_some(), "{folding}");

@@ -161,7 +161,7 @@ reasons! {
     RequestPathConfusable => {
         code: "request.path_confusable", status: 400, source: Caller, title: "Ambiguous character in path",
         hint: "Write the path in plain ASCII where it means ASCII; `detail` names the kind of character that was refused.",
-        description: "The path has a character outside ASCII that servers normalising paths read as ASCII: its Unicode compatibility form is ASCII (fullwidth letters, ligatures, `ſ`, the Kelvin sign, `／`), or it vanishes (zero-width characters). On a `case_insensitive` route, also what a case-folding (often Windows) server misreads: `ı`, `İ`, `ß`, a combining mark after an ASCII letter, a segment ending in a dot or a space. An upstream could serve a route the path did not match.",
+        description: "The path has a character outside ASCII that servers normalising paths read as ASCII: its Unicode compatibility form is ASCII (fullwidth letters, ligatures, `ſ`, the Kelvin sign, `／`), or it vanishes (zero-width characters). On a `case_insensitive` route, also what a case-folding (often Windows) server misreads: `ı`, `İ`, `ß`, a combining mark after an ASCII letter, a segment ending in a dot or a space, an NTFS stream (`name::$DATA`), an 8.3 short name (`NAME~1`), an ASP.NET cookieless-session segment (`(S(x))`). An upstream could serve a route the path did not match.",
     },
     /// The request target is longer than Pinpoint forwards.
     RequestTargetTooLong => {
@@ -174,6 +174,18 @@ reasons! {
         code: "request.transfer_encoding", status: 501, source: Pinpoint, title: "Transfer coding not supported",
         hint: "Send the body with `Content-Length` or `Transfer-Encoding: chunked` only.",
         description: "The request's `Transfer-Encoding` is not exactly `chunked` (`gzip, chunked`, `identity`, ...). Pinpoint forwards bodies it read whole with `Content-Length`, so it cannot pass another coding on faithfully.",
+    },
+    /// `CONNECT`: a tunnel, which a reverse proxy does not open.
+    RequestConnectNotSupported => {
+        code: "request.connect_not_supported", status: 501, source: Pinpoint, title: "CONNECT not supported",
+        hint: "Pinpoint is a reverse proxy: send the request itself (GET, POST, ...) to its route instead of asking for a tunnel.",
+        description: "The request's method is `CONNECT`. Pinpoint decides on each request it forwards, so it opens no tunnels; an upstream would read a `CONNECT` as a request to reach another address, not the route's path. Refused on every route, `methods = [\"*\"]` included; nothing is sent upstream.",
+    },
+    /// A request target with an encoded `?` or `#`.
+    RequestPathEncodedDelimiter => {
+        code: "request.path_encoded_delimiter", status: 400, source: Caller, title: "Encoded ? or # in path",
+        hint: "Send `?` only to start the query, and `#` not at all; a literal `?` or `#` in a path name is not accepted.",
+        description: "The path holds `%3F` (`?`) or `%23` (`#`). A server or rewrite step that decodes the path before splitting off the query reads a shorter path than the one Pinpoint routed and decided on (`/admin/secret%3F.json` as `/admin/secret`), so such a path is refused.",
     },
     /// The path has a control character.
     RequestPathControlCharacter => {

@@ -214,15 +214,32 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
 }
 
 /// Whether `bytes` hold a Pinpoint credential anywhere, in any wrapping a server might
-/// unwrap: a key (`pp_<16 hex>`, with any separator and in any case), or a JWT whose header
-/// names a Pinpoint signing key, raw, quoted, after any scheme or separator, in a list,
-/// or inside base64 (a `Basic` pair) or hex.
+/// unwrap: a key (`pp_<16 hex>`, with any separator and in any case, or its id and secret
+/// without the prefix), or a JWT whose header names a Pinpoint signing key, raw, quoted,
+/// after any scheme or separator, in a list, percent-encoded, with JSON escapes, or inside
+/// base64 (a `Basic` pair) or hex.
 pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
-    use base64::Engine;
     if bytes.len() < MIN_CREDENTIAL_BYTES {
         return false;
     }
-    let direct = |bytes: &[u8]| holds_key_id(bytes, ours.key_id) || jwt_kids(bytes).any(|kid| (ours.kid)(&kid));
+    carries_wrapped(bytes, ours)
+        || (bytes.contains(&b'%')
+            && carries_wrapped(
+                &pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(bytes)),
+                ours,
+            ))
+        || (memchr::memmem::find(bytes, b"\\u").is_some()
+            && carries_wrapped(json_unescaped(&String::from_utf8_lossy(bytes)).as_bytes(), ours))
+}
+
+/// [`carries_pinpoint_credential`] on text as it is, base64 or hex.
+fn carries_wrapped(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
+    use base64::Engine;
+    let direct = |bytes: &[u8]| {
+        holds_key_id(bytes, ours.key_id)
+            || holds_unprefixed_key(bytes, ours.key_id)
+            || jwt_kids(bytes).any(|kid| (ours.kid)(&kid))
+    };
     direct(bytes)
         || bytes
             .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')))
@@ -274,6 +291,52 @@ pub const MIN_CREDENTIAL_BYTES: usize = 3 + pinpoint_core::keys::ID_LEN;
 /// The shortest base64 word that can decode to a credential: 15 bytes or more take at
 /// least 20 characters.
 const MIN_WRAPPED_CREDENTIAL: usize = 20;
+
+/// Whether `bytes` hold a key without its `pp_`: the 16 hex digits of a key Pinpoint
+/// knows, one separator, and a secret's 43 characters.
+fn holds_unprefixed_key(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
+    const ID: usize = pinpoint_core::keys::ID_LEN;
+    const SECRET: usize = pinpoint_core::keys::SECRET_LEN;
+    if bytes.len() < ID + 1 + SECRET {
+        return false;
+    }
+    let secret_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_');
+    memchr::memchr2_iter(b'_', b'-', bytes).any(|at| {
+        at >= ID
+            && bytes[at - ID..at].iter().all(u8::is_ascii_hexdigit)
+            && bytes
+                .get(at + 1..at + 1 + SECRET)
+                .is_some_and(|s| s.iter().all(secret_char))
+            && is_key_id(&String::from_utf8_lossy(&bytes[at - ID..at]).to_ascii_lowercase())
+    })
+}
+
+/// `text` with JSON's `\uXXXX` escapes decoded (others left as they are).
+fn json_unescaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\\u") {
+        out.push_str(&rest[..at]);
+        let digits = rest
+            .get(at + 2..at + 6)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()));
+        match digits
+            .and_then(|d| u32::from_str_radix(d, 16).ok())
+            .and_then(char::from_u32)
+        {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[at + 6..];
+            }
+            None => {
+                out.push_str("\\u");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
 
 /// Whether `bytes` hold `pp`, one separator and the 16 hex digits of a key Pinpoint knows.
 fn holds_key_id(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
@@ -795,6 +858,9 @@ mod tests {
             format!("api_key={key}"),
             pinpoint_core::hex::lower(key.as_bytes()),
             format!("a{}", pinpoint_core::hex::lower(key.as_bytes())),
+            key.replace('_', "%5F"),
+            key.replace('_', "\\u005f"),
+            format!("x:0123456789abcdef_{}", "s".repeat(43)),
         ];
         for value in &wrapped {
             assert!(carries_pinpoint_credential(value.as_bytes(), OURS), "{value}");

@@ -300,6 +300,11 @@ async fn patch_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind, 
             let held = principal_permissions(shared, id).await?;
             caller.require_may_act_for(shared, &p.org_id, &held, "lift the suspension of a principal")?;
         }
+        if s && !p.suspended && caller.0.principal_id() != Some(id) {
+            // Locking someone out takes away all they hold: only from what the caller holds.
+            let held = principal_permissions(shared, id).await?;
+            caller.require_holds(&held, "suspend a principal who holds")?;
+        }
         p = shared.store.set_principal_suspended(id, s).await?;
     }
     shared.services.catch_up_after_write(&shared.store).await;
@@ -311,6 +316,8 @@ async fn delete_principal(shared: &Shared, caller: &Caller, kind: PrincipalKind,
     if caller.0.principal_id() == Some(id) {
         return Err(deny(Reason::ApiConflict, "You cannot delete yourself."));
     }
+    let held = principal_permissions(shared, id).await?;
+    caller.require_holds(&held, "delete a principal who holds")?;
     shared.store.delete_principal(id).await?;
     shared.services.catch_up_after_write(&shared.store).await;
     Ok(StatusCode::NO_CONTENT)

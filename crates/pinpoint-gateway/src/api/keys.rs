@@ -197,6 +197,18 @@ async fn revoke_key(
     axum::extract::Query(query): axum::extract::Query<RevokeQuery>,
 ) -> ApiResult<StatusCode> {
     let key = load_key(&shared, &caller, &id).await?;
+    // Revoking another's key locks them out of what it could do: only a caller who holds
+    // that may (the owner's permissions, or an organization key's scopes).
+    if key.principal_id.as_deref() != caller.0.principal_id() {
+        match &key.principal_id {
+            Some(owner) => {
+                // (An owner who is gone holds nothing.)
+                let held = principal_permissions(&shared, owner).await.unwrap_or_default();
+                caller.require_holds(&held, "revoke a key of a principal who holds")?;
+            }
+            None => caller.require_holds(key.scopes.iter().flatten(), "revoke an organization key that can use")?,
+        }
+    }
     if !query.force && is_last_platform_admin_key(&shared, &key).await? {
         return Err(deny(
             Reason::ApiConflict,

@@ -1251,6 +1251,17 @@ async fn no_credential_acts_beyond_its_issuer_and_denies_are_lifted_only_by_who_
         5,
         "{role}"
     );
+    // Nor lock him out: the key clerk cannot revoke his key.
+    let boss_key_now = pinpoint_core::keys::parse(&boss_key).unwrap().id.to_owned();
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/api_keys/{boss_key_now}"),
+        &clerk_key,
+        None,
+    )
+    .await;
+    problem(resp, 403, "authz.permission_missing").await;
     // Who holds it all takes it away as before.
     let resp = call(
         &gw,
