@@ -806,6 +806,42 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         .await
         .unwrap();
     problem(not_utf8, 403, "waf.sqli").await;
+    // Text with a stray byte under a binary type, and JSON after a byte-order mark.
+    for (content_type, body, reason) in [
+        (
+            "application/octet-stream",
+            b"{\"a\":\"<script>alert(1)</script>\",\"b\":\"\xff\"}".to_vec(),
+            "waf.xss",
+        ),
+        (
+            "text/plain",
+            b"\xef\xbb\xbf{\"a\":\"\\u003cscript\\u003ealert(1)\\u003c/script\\u003e\"}".to_vec(),
+            "waf.xss",
+        ),
+    ] {
+        let resp = gw
+            .http
+            .post(gw.url("/guarded/x"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        problem(resp, 403, reason).await;
+    }
+    // A file of any bytes uploads: its content is not inspected, and not read as text.
+    let mut upload = b"--XB\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nPhoto\r\n--XB\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    upload.extend((0..=255u8).cycle().take(4096));
+    upload.extend_from_slice(b"\r\n--XB--\r\n");
+    let resp = gw
+        .http
+        .post(gw.url("/guarded/x"))
+        .header("content-type", "multipart/form-data; boundary=XB")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let dotless = gw
         .http
         .get(gw.url("/guarded/x"))

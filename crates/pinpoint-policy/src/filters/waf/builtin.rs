@@ -454,16 +454,25 @@ impl WafEngine for BuiltinEngine {
 /// The text of a body of another or no declared type, as the servers that read one read
 /// it: UTF-16 or UTF-32 (by byte-order mark, or by the zero bytes ASCII leaves in the first
 /// four, as JSON readers such as Python's and Jackson detect it) transcoded; UTF-8 as it
-/// is; a text type (or none) that is not valid UTF-8 with the invalid bytes replaced. A
-/// body of a binary type that is none of these is not text (an image, an archive): `None`.
+/// is, without a byte-order mark; a text type (or none), or a body of another type that
+/// is text but for a few bytes, with the invalid bytes replaced. A body of a binary type
+/// that is none of these is not text (an image, an archive): `None`.
 fn other_text<'b>(media_type: &str, body: &'b [u8]) -> Option<Cow<'b, str>> {
     if let Some(text) = wide_text(body) {
         return Some(Cow::Owned(text));
     }
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     match std::str::from_utf8(body) {
         Ok(text) => Some(Cow::Borrowed(text)),
         Err(_) if media_type.is_empty() || media_type.starts_with("text/") => Some(String::from_utf8_lossy(body)),
-        Err(_) => None,
+        Err(_) => {
+            // Text with a stray byte or two (which lenient readers replace) is still read
+            // as text; a binary body (an image, an archive) has invalid sequences
+            // throughout and is not.
+            let lossy = String::from_utf8_lossy(body);
+            let replaced = lossy.matches(char::REPLACEMENT_CHARACTER).count();
+            (replaced <= 4 || replaced * 20 < body.len()).then_some(lossy)
+        }
     }
 }
 
@@ -672,23 +681,26 @@ impl BuiltinEngine {
         if boundary.is_empty() {
             return Err(unparsable());
         }
+        // Read as bytes: a file's content may be anything (it is not inspected); part
+        // headers and field values must be UTF-8 text.
         let delimiter = format!("--{boundary}");
-        let text = std::str::from_utf8(body).map_err(|_| unparsable())?;
+        let at: Vec<usize> = memchr::memmem::find_iter(body, delimiter.as_bytes()).collect();
         // A delimiter counts only at the start of a line (RFC 2046: after CRLF, or opening
         // the body); one anywhere else is read as a split by lax parsers and as content by
         // strict ones, so the body is refused rather than inspected one of the two ways.
-        if text
-            .match_indices(delimiter.as_str())
-            .any(|(at, _)| at != 0 && !text[..at].ends_with("\r\n"))
-        {
+        if at.iter().any(|&at| at != 0 && !body[..at].ends_with(b"\r\n")) {
             return Err(unparsable().note("the boundary delimiter appears inside a line"));
         }
-        let mut sections = text.split(delimiter.as_str());
-        sections.next(); // the preamble
+        // The sections between delimiters (the preamble, before the first, is skipped).
+        let ends = at.iter().skip(1).copied().chain([body.len()]);
+        let mut sections = at
+            .iter()
+            .zip(ends)
+            .map(|(&start, end)| &body[start + delimiter.len()..end]);
         let mut fields = 0;
         let mut closed = false;
         for section in sections.by_ref() {
-            if section.starts_with("--") {
+            if section.starts_with(b"--") {
                 closed = true;
                 break;
             }
@@ -696,9 +708,11 @@ impl BuiltinEngine {
             if fields > self.config.max_values {
                 return Err(too_many(self.config.max_values));
             }
-            let section = section.strip_prefix("\r\n").ok_or_else(unparsable)?;
-            let (head, value) = section.split_once("\r\n\r\n").ok_or_else(unparsable)?;
-            let value = value.strip_suffix("\r\n").unwrap_or(value);
+            let section = section.strip_prefix(b"\r\n").ok_or_else(unparsable)?;
+            let head_end = memchr::memmem::find(section, b"\r\n\r\n").ok_or_else(unparsable)?;
+            let head = std::str::from_utf8(&section[..head_end]).map_err(|_| unparsable())?;
+            let value = &section[head_end + 4..];
+            let value = value.strip_suffix(b"\r\n").unwrap_or(value);
             // Folded header lines (obsolete; PHP unfolds them, others do not) are refused.
             if head.lines().any(|line| line.starts_with([' ', '\t'])) {
                 return Err(unparsable());
@@ -754,6 +768,7 @@ impl BuiltinEngine {
             // with an empty one, or with `filename*` alone, as a field): a field's value is
             // inspected.
             if param("filename").is_none_or(str::is_empty) {
+                let value = std::str::from_utf8(value).map_err(|_| unparsable())?;
                 if encoded || charset {
                     return Err(unparsable());
                 }
