@@ -871,6 +871,8 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         ),
         (json, r#"{"settings":"{theme: dark, config: compact}"}"#.into()),
         (json, r#"{"v":"See /etc/hosts in the docs for the names"}"#.into()),
+        (json, r#"{"v":"Use `ls -la` to list; then cat the file"}"#.into()),
+        (json, "{\"v\":\"```\\nls -la\\ncat notes.txt\\n```\"}".into()),
         (
             xml,
             "<soap:Envelope xmlns:soap='http://schemas.xmlsoap.org/soap/envelope/'><soap:Body><order id='1' xml:lang='en'>Tea</order></soap:Body></soap:Envelope>".into(),

