@@ -780,6 +780,12 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         ("", r#"{"a":NaN,"q":"1\u0027 OR \u00271\u0027=\u00271"}"#.into(), "waf.sqli"),
         (text, utf16_json, "waf.xss"),
         (json, r#"{"file":"/etc/passwd"}"#.into(), "waf.traversal"),
+        (
+            "application/json; charset=utf-7",
+            r#"{"q":"+ADw-script+AD4-alert(1)+ADw-/script+AD4-"}"#.into(),
+            "waf.body_unparsable",
+        ),
+        ("text/plain; charset=IBM037", "x".into(), "waf.body_unparsable"),
         (json, r#"{"file":"/etc/shadow and more"}"#.into(), "waf.traversal"),
         (
             json,
@@ -842,6 +848,13 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let iis = gw
+        .http
+        .get(gw.url("/guarded/x?q=%u003Cscript%u003Ealert(1)%u003C/script%u003E"))
+        .send()
+        .await
+        .unwrap();
+    problem(iis, 403, "waf.xss").await;
     let dotless = gw
         .http
         .get(gw.url("/guarded/x"))
@@ -878,6 +891,10 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
             "<soap:Envelope xmlns:soap='http://schemas.xmlsoap.org/soap/envelope/'><soap:Body><order id='1' xml:lang='en'>Tea</order></soap:Body></soap:Envelope>".into(),
         ),
     ];
+    let benign: Vec<(&str, String)> = benign
+        .into_iter()
+        .chain([("application/json; charset=UTF-8", r#"{"v":"plain"}"#.to_owned())])
+        .collect();
     for (content_type, body) in &benign {
         assert_eq!(
             post(&gw, "/guarded/x", content_type, body).await.status(),

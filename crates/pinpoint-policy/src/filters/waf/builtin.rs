@@ -427,6 +427,15 @@ impl WafEngine for BuiltinEngine {
     fn body(&self, ctx: &RequestCtx<'_>, body: &[u8]) -> Result<Vec<Hit>, Denial> {
         let headers = ctx.headers;
         let content_type = super::media_type(headers);
+        // A body in a charset whose bytes are not ASCII's for ASCII text (UTF-7, EBCDIC,
+        // UTF-16 declared) reads one way here and another in a server that honours it.
+        if let Some(charset) = declared_charset(headers).filter(|c| !ascii_compatible(c)) {
+            return Err(Denial::new(
+                Reason::WafBodyUnparsable,
+                "The body declares a charset this gateway cannot inspect it in; send it as UTF-8.",
+            )
+            .note(format!("charset {}", super::shown_part(&charset))));
+        }
         let mut hits = Vec::new();
         if content_type.contains("json") {
             self.json(body, &mut hits)?;
@@ -567,6 +576,28 @@ fn json_unescaped(text: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// The `charset` parameter of the request's Content-Type, lower case, unquoted.
+fn declared_charset(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::CONTENT_TYPE)?;
+    String::from_utf8_lossy(value.as_bytes())
+        .split(';')
+        .skip(1)
+        .find_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        })
+}
+
+/// Charsets in which ASCII text is the same bytes (each ASCII character one byte, itself).
+fn ascii_compatible(charset: &str) -> bool {
+    matches!(
+        charset,
+        "utf-8" | "utf8" | "us-ascii" | "ascii" | "iso-8859-1" | "latin1" | "iso-8859-15" | "windows-1252"
+    )
 }
 
 /// Whether `bytes` hold `${`, the start of a lookup. memchr finds each `$`: `str::contains`
@@ -1140,19 +1171,29 @@ fn form_decode(text: &str, plus_is_space: bool) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
+    let hex = |b: u8| (b as char).to_digit(16);
     while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
+        // IIS's `%uXXXX` (a UTF-16 unit), as servers that accept it read it.
+        if bytes[i] == b'%' && matches!(bytes.get(i + 1), Some(b'u' | b'U')) {
+            let unit = bytes
+                .get(i + 2..i + 6)
+                .and_then(|d| d.iter().try_fold(0u32, |n, b| hex(*b).map(|h| n * 16 + h)))
+                .and_then(char::from_u32);
+            if let Some(c) = unit {
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                i += 6;
+                continue;
             }
+        }
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
             b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
@@ -1523,6 +1564,7 @@ mod tests {
     fn values_are_decoded_as_servers_read_them() {
         assert_eq!(form_decode("a%27+b", true), "a' b");
         assert_eq!(form_decode("a%2", true), "a%2");
+        assert_eq!(form_decode("%u003Cb%U003E%uZZ", true), "<b>%uZZ");
         assert_eq!(html_decode("&lt;script&#62;&#x61;"), "<script>a");
         assert!(jndi("${${lower:j}ndi:${lower:l}dap://x/a}"));
         assert!(jndi("${jndi:ldap://x}"));
