@@ -134,6 +134,14 @@ pub struct Upstream {
     /// api and background thread (health checks): a worker's upstream connections run on
     /// its own thread (`workers`).
     clients: Vec<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
+    /// For a pool whose targets all speak plain HTTP/1 (no TLS, no HTTP/2 by prior
+    /// knowledge): per worker (indexed as `clients`) and per target, that worker's
+    /// connections, reused directly. hyper-util's pool, which the other pools use, locks a
+    /// shared map keyed by a SipHash of scheme and authority on every checkout and return,
+    /// and spawns a task per request to hand the connection back: about 5,000
+    /// instructions of a bare proxied GET's 68,000 (bench/instructions.sh, 2026-12-06).
+    direct: Option<Vec<Vec<DirectPool>>>,
+    connect_timeout: Duration,
     request_timeout: Duration,
     max_fails: u32,
     fail_timeout_ms: u64,
@@ -246,6 +254,11 @@ impl Upstream {
         let clients = (0..=crate::workers::count())
             .map(|_| builder.build(connector.clone()))
             .collect();
+        let direct = (!config.http2 && targets.iter().all(|t| !t.https)).then(|| {
+            (0..=crate::workers::count())
+                .map(|_| targets.iter().map(|_| DirectPool::default()).collect())
+                .collect()
+        });
         let upstream = Arc::new(Upstream {
             name: name.to_owned(),
             targets,
@@ -253,6 +266,8 @@ impl Upstream {
             next: AtomicUsize::new(0),
             balance: config.balance,
             clients,
+            direct,
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             max_fails: config.max_fails,
             fail_timeout_ms: config.fail_timeout_ms,
@@ -267,11 +282,22 @@ impl Upstream {
         upstream
     }
 
-    /// This worker's client (the last one off the workers).
-    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    /// This worker's slot in `clients` and `direct` (the last one off the workers).
+    fn worker_slot(&self) -> usize {
         let workers = self.clients.len() - 1;
-        let index = crate::workers::index().map_or(workers, |i| i % workers.max(1));
-        &self.clients[index]
+        crate::workers::index().map_or(workers, |i| i % workers.max(1))
+    }
+
+    /// This worker's client.
+    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+        &self.clients[self.worker_slot()]
+    }
+
+    /// This worker's direct connections to `target`, when the pool reuses them directly.
+    fn direct_pool(&self, target: &TargetState) -> Option<&DirectPool> {
+        let pools = &self.direct.as_ref()?[self.worker_slot()];
+        let index = self.targets.iter().position(|t| std::ptr::eq(Arc::as_ptr(t), target))?;
+        pools.get(index)
     }
 
     /// The next available target, or `None` when all are ejected or failing their checks.
@@ -361,7 +387,14 @@ impl Upstream {
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, UpstreamFailure> {
         target.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(self.request_timeout, self.client().request(req)).await;
+        let result = match self.direct_pool(target) {
+            Some(pool) => tokio::time::timeout(self.request_timeout, pool.send(target, self.connect_timeout, req))
+                .await
+                .map(|sent| sent.map_err(|failure| failure.described(&self.name, &target.label))),
+            None => tokio::time::timeout(self.request_timeout, self.client().request(req))
+                .await
+                .map(|sent| sent.map_err(|e| classify(&self.name, &target.label, &e))),
+        };
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
         let failure = match result {
             Ok(Ok(response)) => {
@@ -381,7 +414,7 @@ impl Upstream {
                 ),
                 maybe_sent: true,
             },
-            Ok(Err(e)) => classify(&self.name, &target.label, &e),
+            Ok(Err(failure)) => failure,
         };
         self.record_failure(target);
         Err(failure)
@@ -497,6 +530,146 @@ async fn run_checks(pool: Weak<Upstream>) {
         };
         pool.check_all(&check).await;
     }
+}
+
+/// One worker's HTTP/1 connections to one plain-HTTP target: those waiting for a request
+/// and those busy with one (a connection is put back as soon as its request is handed
+/// over; it is ready again once its response has been read). A checkout takes the newest
+/// ready one and drops the closed ones it passes.
+#[derive(Default)]
+struct DirectPool {
+    /// Only its worker's thread uses it: the lock is never contended.
+    connections: Mutex<Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+}
+
+/// At most this many connections are kept per worker and target (as hyper-util's
+/// `pool_max_idle_per_host` for the other pools).
+const DIRECT_POOL_MAX: usize = 256;
+
+/// How a request on a direct connection failed (the target's label is added by the caller).
+enum DirectFailure {
+    /// No connection: nothing was sent.
+    Connect(String),
+    /// No connection within the connect timeout: nothing was sent.
+    ConnectTimeout(String),
+    /// The exchange failed after the request may have been sent.
+    Exchange(hyper::Error),
+}
+
+impl DirectFailure {
+    fn described(self, upstream: &str, target: &str) -> UpstreamFailure {
+        match self {
+            DirectFailure::Connect(why) => UpstreamFailure {
+                reason: Reason::UpstreamConnectFailed,
+                note: format!("{target} ({upstream}): {why}"),
+                maybe_sent: false,
+            },
+            DirectFailure::ConnectTimeout(why) => UpstreamFailure {
+                reason: Reason::UpstreamTimeout,
+                note: format!("{target} ({upstream}): {why}"),
+                maybe_sent: false,
+            },
+            DirectFailure::Exchange(e) => UpstreamFailure {
+                reason: match e.is_timeout() {
+                    true => Reason::UpstreamTimeout,
+                    false => Reason::UpstreamBadResponse,
+                },
+                note: format!("{target} ({upstream}): {}", error_chain(&e)),
+                maybe_sent: true,
+            },
+        }
+    }
+}
+
+impl DirectPool {
+    /// Sends `req` (its URI absolute, pointing at `target`) on a ready connection, or on a
+    /// new one; a request a reused connection could not take (it closed meanwhile) goes on
+    /// a new one.
+    async fn send(
+        &self,
+        target: &TargetState,
+        connect_timeout: Duration,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, DirectFailure> {
+        // Origin-form, as an origin server is sent it.
+        let origin_form = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+        *req.uri_mut() = origin_form;
+        if let Some(mut sender) = self.checkout() {
+            let sent = sender.try_send_request(req);
+            self.put_back(sender);
+            match sent.await {
+                Ok(response) => return Ok(response),
+                Err(mut refused) => match refused.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(DirectFailure::Exchange(refused.into_error())),
+                },
+            }
+        }
+        let mut sender = connect(target, connect_timeout).await?;
+        let sent = sender.try_send_request(req);
+        self.put_back(sender);
+        sent.await.map_err(|refused| match refused.message() {
+            Some(_) => DirectFailure::Connect(format!("the new connection closed: {}", error_chain(refused.error()))),
+            None => DirectFailure::Exchange(refused.into_error()),
+        })
+    }
+
+    fn checkout(&self) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        connections.retain(|c| !c.is_closed());
+        let ready = connections.iter().rposition(|c| c.is_ready())?;
+        Some(connections.swap_remove(ready))
+    }
+
+    fn put_back(&self, sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
+        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if connections.len() < DIRECT_POOL_MAX {
+            connections.push(sender);
+        }
+    }
+}
+
+/// A new HTTP/1 connection to `target`, ready for a request; its connection task runs on
+/// the calling worker's runtime.
+async fn connect(
+    target: &TargetState,
+    connect_timeout: Duration,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, DirectFailure> {
+    let failed = |why: String| DirectFailure::Connect(why);
+    let stream = match tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect(target.authority.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(failed(format!("connect: {e}"))),
+        Err(_) => {
+            return Err(DirectFailure::ConnectTimeout(format!(
+                "connect: no connection within {} ms",
+                connect_timeout.as_millis()
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| failed(format!("handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    sender
+        .ready()
+        .await
+        .map_err(|e| failed(format!("the new connection closed: {e}")))?;
+    Ok(sender)
 }
 
 /// A client config that trusts no certificate: every TLS handshake fails.

@@ -282,3 +282,65 @@ async fn an_upstream_server_name_that_is_no_name_is_a_config_error() {
         .to_string();
     assert!(error.contains("orders.internal:8443"), "{error}");
 }
+
+/// An HTTP/1.1 upstream that counts the connections it accepts and answers every request
+/// on a connection with `ok`; with `close`, it says `Connection: close` and closes after
+/// each answer.
+async fn counting_upstream(close: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                    seen.drain(..end);
+                    let reply: &[u8] = match close {
+                        true => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        false => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    if stream.write_all(reply).await.is_err() || close {
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Connections to an upstream are kept and reused for request after request; one the
+/// upstream closes is not reused, and no request fails for it.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_a_closed_one_is_not() {
+    use std::sync::atomic::Ordering;
+    for close in [false, true] {
+        let (upstream, accepted) = counting_upstream(close).await;
+        let gw = start(&config_with(&format!("\"{upstream}\""), "", "")).await;
+        for i in 0..30 {
+            let resp = gw.http.get(gw.url(&format!("/orders/{i}"))).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "request {i} (close: {close})");
+            assert_eq!(resp.text().await.unwrap(), "ok");
+        }
+        let connections = accepted.load(Ordering::SeqCst);
+        match close {
+            // Sequential requests from one client, on one worker: one connection, or a
+            // few if the test's client lands on several workers.
+            false => assert!(connections <= 4, "{connections} connections for 30 requests"),
+            true => assert_eq!(connections, 30),
+        }
+    }
+}
