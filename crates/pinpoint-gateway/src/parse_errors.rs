@@ -153,6 +153,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ProblemStream<S> {
     }
 }
 
+/// The [`Refusals`] of a listener whose decisions name the route `route`.
+pub fn refusals_for(shared: std::sync::Arc<crate::runtime::Shared>, route: &str) -> Refusals {
+    let route: Arc<str> = Arc::from(route);
+    Arc::new(move |peer, status| refusal(&shared, &route, peer, status))
+}
+
 /// The replacement for a parser-made refusal with `status`, as the listener named `route`
 /// answers it: the problem body, its decision recorded (no method or path: the parser read
 /// none), and the response's bytes. `None` for a status no catalogue reason stands for.

@@ -65,17 +65,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         })
     };
     let drain = Duration::from_millis(server.drain_timeout_ms);
-    let for_refusals = shared.clone();
-    let no_route: Arc<str> = Arc::from(NO_ROUTE);
-    let refusals: crate::parse_errors::Refusals =
-        Arc::new(move |peer, status| crate::parse_errors::refusal(&for_refusals, &no_route, peer, status));
     listener::serve(
         "proxy",
         listener,
         shared.proxy_tls.clone(),
         server.h2c,
         builder,
-        Some(refusals),
+        Some(crate::parse_errors::refusals_for(shared.clone(), NO_ROUTE)),
         make,
         shutdown,
         drain,

@@ -549,16 +549,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             async move { tower_service::Service::call(&mut router, req).await }
         })
     };
-    let api_route: Arc<str> = Arc::from(API_ROUTE);
-    let refusals: crate::parse_errors::Refusals =
-        Arc::new(move |peer, status| crate::parse_errors::refusal(&for_refusals, &api_route, peer, status));
     crate::listener::serve(
         "api",
         listener,
         tls,
         false,
         builder,
-        Some(refusals),
+        Some(crate::parse_errors::refusals_for(for_refusals, API_ROUTE)),
         make,
         shutdown,
         drain,

@@ -22,6 +22,22 @@ path_prefix = "/plain"
 upstream = "main"
 "#;
 
+/// What `pinpoint waf exclude <request_id>` prints against this test's gateway. (The CLI
+/// calls the gateway: it runs off the runtime's thread.)
+async fn waf_exclude(gw: &TestGateway, request_id: &str) -> String {
+    let (api, key, id) = (gw.api_url(""), gw.admin_key.clone(), request_id.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["waf", "exclude", &id, "--api", &api, "--key", &key])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn post(gw: &TestGateway, path: &str, content_type: &str, body: &str) -> reqwest::Response {
     gw.http
         .post(gw.url(path))
@@ -282,18 +298,7 @@ async fn waf_exclude_prints_the_exclusion_that_lets_a_refused_request_through() 
     let resp = post(&gw, "/guarded/cms", "application/json", article).await;
     let body = problem(resp, 403, "waf.xss").await;
     let id = body["request_id"].as_str().unwrap().to_owned();
-    // The CLI calls this test's gateway: it runs off the runtime's thread.
-    let (api, key) = (gw.api_url(""), gw.admin_key.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
-            .args(["waf", "exclude", &id, "--api", &api, "--key", &key])
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = waf_exclude(&gw, &id).await;
     assert!(printed.contains("parts = [\"body:/article/html\"]"), "{printed}");
     assert!(
         printed.contains("rules = [\"xss-libinjection\"]") && printed.contains("routes = [\"guarded\"]"),
@@ -304,17 +309,7 @@ async fn waf_exclude_prints_the_exclusion_that_lets_a_refused_request_through() 
     let odd = r#"{"*":"<script>alert(1)</script>","a: b\u001b":"<script>x()</script>"}"#;
     let body = problem(post(&gw, "/guarded/cms", "application/json", odd).await, 403, "waf.xss").await;
     let odd_id = body["request_id"].as_str().unwrap().to_owned();
-    let (api, key) = (gw.api_url(""), gw.admin_key.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
-            .args(["waf", "exclude", &odd_id, "--api", &api, "--key", &key])
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed_odd = String::from_utf8(out.stdout).unwrap();
+    let printed_odd = waf_exclude(&gw, &odd_id).await;
     let parsed: toml::Value = toml::from_str(&printed_odd).unwrap();
     let parts: Vec<&str> = parsed["waf"]["exclusions"]
         .as_array()
