@@ -232,6 +232,41 @@ impl Config {
                 }
             }
         }
+        // A rule limited to routes and to a path none of them serves never applies.
+        let rules = self
+            .policy
+            .rules
+            .iter()
+            .map(|r| ("policy rule", &r.id, &r.routes, &r.path_prefix));
+        let denies = self
+            .authz
+            .deny
+            .iter()
+            .map(|r| ("authz deny rule", &r.id, &r.routes, &r.path_prefix));
+        for (what, id, routes, path_prefix) in rules.chain(denies) {
+            let (Some(routes), Some(prefix)) = (routes, path_prefix) else {
+                continue;
+            };
+            let overlaps = |route: &RouteConfig| {
+                let (a, b) = match route.case_insensitive {
+                    true => (prefix.to_ascii_lowercase(), route.path_prefix.to_ascii_lowercase()),
+                    false => (prefix.clone(), route.path_prefix.clone()),
+                };
+                let under = |outer: &str, inner: &str| {
+                    let outer = outer.trim_end_matches('/');
+                    inner
+                        .strip_prefix(outer)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                };
+                under(&b, &a) || under(&a, &b)
+            };
+            let named: Vec<&RouteConfig> = self.routes.iter().filter(|r| routes.contains(&r.id)).collect();
+            if !named.is_empty() && !named.iter().any(|r| overlaps(r)) {
+                out.push(format!(
+                    "{what} `{id}`: its path_prefix `{prefix}` is outside every route it names, so it never applies (rules match the path as sent, before strip_prefix)"
+                ));
+            }
+        }
         out
     }
 
@@ -368,6 +403,15 @@ mod tests {
         assert!(warnings[0].contains("accepts every method"), "{warnings:?}");
         let open = src.replace("GET = \"x:read\"", "GET = \"x:read\", \"*\" = \"x:admin\"");
         assert!(Config::parse(&open, "t").unwrap().warnings().is_empty());
+        let outside = format!(
+            "{open}\n[[policy.rules]]\nid = \"nowhere\"\nroutes = [\"{}\"]\npath_prefix = \"/elsewhere/x\"\n",
+            Config::parse(&open, "t").unwrap().routes[0].id
+        );
+        let warnings = Config::parse(&outside, "t").unwrap().warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("policy rule `nowhere`"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
