@@ -388,9 +388,16 @@ impl Upstream {
     ) -> Result<http::Response<Incoming>, UpstreamFailure> {
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = match self.direct_pool(target) {
-            Some(pool) => tokio::time::timeout(self.request_timeout, pool.send(target, self.connect_timeout, req))
-                .await
-                .map(|sent| sent.map_err(|failure| failure.described(&self.name, &target.label))),
+            Some(pool) => {
+                match tokio::time::timeout(self.request_timeout, pool.send(target, self.connect_timeout, req)).await {
+                    // The target's keep-alive close raced the request: refused, not its fault.
+                    Ok(Err(failure @ DirectFailure::ClosedWhileReused(_))) => {
+                        target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        return Err(failure.described(&self.name, &target.label));
+                    }
+                    result => result.map(|sent| sent.map_err(|failure| failure.described(&self.name, &target.label))),
+                }
+            }
             None => tokio::time::timeout(self.request_timeout, self.client().request(req))
                 .await
                 .map(|sent| sent.map_err(|e| classify(&self.name, &target.label, &e))),
@@ -538,13 +545,18 @@ async fn run_checks(pool: Weak<Upstream>) {
 /// ready one and drops the closed ones it passes.
 #[derive(Default)]
 struct DirectPool {
-    /// Only its worker's thread uses it: the lock is never contended.
-    connections: Mutex<Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+    /// Each with when it was last handed a request ([`now_mono_ms`]). Only its worker's
+    /// thread uses it: the lock is never contended.
+    connections: Mutex<Vec<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, u64)>>,
 }
 
 /// At most this many connections are kept per worker and target (as hyper-util's
 /// `pool_max_idle_per_host` for the other pools).
 const DIRECT_POOL_MAX: usize = 256;
+
+/// A connection not handed a request for this long is closed at the next checkout (as
+/// hyper-util's `pool_idle_timeout` for the other pools).
+const DIRECT_POOL_IDLE_MS: u64 = 60_000;
 
 /// How a request on a direct connection failed (the target's label is added by the caller).
 enum DirectFailure {
@@ -554,6 +566,10 @@ enum DirectFailure {
     ConnectTimeout(String),
     /// The exchange failed after the request may have been sent.
     Exchange(hyper::Error),
+    /// A kept-alive connection the target closed as the request went out on it (the race
+    /// every HTTP/1 client with a pool has): the request may have been sent, but the
+    /// target is not at fault, so it does not count toward ejecting it.
+    ClosedWhileReused(hyper::Error),
 }
 
 impl DirectFailure {
@@ -568,6 +584,14 @@ impl DirectFailure {
                 reason: Reason::UpstreamTimeout,
                 note: format!("{target} ({upstream}): {why}"),
                 maybe_sent: false,
+            },
+            DirectFailure::ClosedWhileReused(e) => UpstreamFailure {
+                reason: Reason::UpstreamBadResponse,
+                note: format!(
+                    "{target} ({upstream}): the kept-alive connection was closed as the request went out on it: {}",
+                    error_chain(&e)
+                ),
+                maybe_sent: true,
             },
             DirectFailure::Exchange(e) => UpstreamFailure {
                 reason: match e.is_timeout() {
@@ -605,7 +629,13 @@ impl DirectPool {
                 Ok(response) => return Ok(response),
                 Err(mut refused) => match refused.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(DirectFailure::Exchange(refused.into_error())),
+                    None => {
+                        let error = refused.into_error();
+                        return Err(match error.is_incomplete_message() {
+                            true => DirectFailure::ClosedWhileReused(error),
+                            false => DirectFailure::Exchange(error),
+                        });
+                    }
                 },
             }
         }
@@ -619,16 +649,17 @@ impl DirectPool {
     }
 
     fn checkout(&self) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let now = now_mono_ms();
         let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        connections.retain(|c| !c.is_closed());
-        let ready = connections.iter().rposition(|c| c.is_ready())?;
-        Some(connections.swap_remove(ready))
+        connections.retain(|(c, used)| !c.is_closed() && now.saturating_sub(*used) < DIRECT_POOL_IDLE_MS);
+        let ready = connections.iter().rposition(|(c, _)| c.is_ready())?;
+        Some(connections.swap_remove(ready).0)
     }
 
     fn put_back(&self, sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
         let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if connections.len() < DIRECT_POOL_MAX {
-            connections.push(sender);
+            connections.push((sender, now_mono_ms()));
         }
     }
 }
