@@ -310,8 +310,13 @@ impl KeyStore for Store {
     }
 
     async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = $1")
-            .bind(id)
+        // With the keys it replaced that are still in their rotation overlap: revoking a
+        // successor ends the credential, not only its newest form.
+        let done = sqlx::query(
+            "WITH RECURSIVE rotated(id) AS (SELECT CAST($1 AS TEXT) UNION SELECT k.id FROM api_keys k JOIN rotated r ON k.replaced_by = r.id) \
+             UPDATE api_keys SET revoked = 1 WHERE id IN (SELECT id FROM rotated)",
+        )
+        .bind(id)
             .execute(self.pool())
             .await?;
         if done.rows_affected() == 0 {

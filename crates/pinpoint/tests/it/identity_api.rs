@@ -1416,4 +1416,34 @@ async fn revoking_a_key_ends_the_tokens_issued_under_it() {
             .status(),
         200
     );
+    // Revoking a rotated key's successor ends the predecessor still in its overlap too.
+    let old = issued_secret(post_key(&gw, &gw.admin_key, serde_json::json!({"name": "rotating"})).await).await;
+    let old_id = pinpoint_core::keys::parse(&old).unwrap().id.to_owned();
+    let resp = call(
+        &gw,
+        M::POST,
+        &format!("/api/v2/api_keys/{old_id}/rotate"),
+        &gw.admin_key,
+        None,
+    )
+    .await;
+    let new = issued_secret(resp).await;
+    let new_id = pinpoint_core::keys::parse(&new).unwrap().id.to_owned();
+    assert_eq!(
+        call(&gw, M::GET, "/api/v2/current_user", &old, None).await.status(),
+        200
+    );
+    let resp = call(
+        &gw,
+        M::DELETE,
+        &format!("/api/v2/api_keys/{new_id}"),
+        &gw.admin_key,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    for key in [&old, &new] {
+        let resp = call(&gw, M::GET, "/api/v2/current_user", key, None).await;
+        problem(resp, 401, "authn.key_revoked").await;
+    }
 }
