@@ -622,7 +622,18 @@ impl DirectPool {
             .cloned()
             .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
         *req.uri_mut() = origin_form;
-        if let Some(mut sender) = self.checkout() {
+        if let Some((mut sender, idle_ms)) = self.checkout() {
+            // A connection idle long enough for the target's keep-alive timer to close it
+            // may be closed as the request goes out: a safe request then goes again on a
+            // new connection, as nginx does. (A copy only then: under load connections are
+            // reused within milliseconds, and a copy of the headers costs about 1,500
+            // instructions.)
+            let spare = (idle_ms >= RACE_PRONE_IDLE_MS
+                && matches!(
+                    *req.method(),
+                    http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+                ))
+            .then(|| copy_request(&req));
             let sent = sender.try_send_request(req);
             self.put_back(sender);
             match sent.await {
@@ -631,10 +642,11 @@ impl DirectPool {
                     Some(unsent) => req = unsent,
                     None => {
                         let error = refused.into_error();
-                        return Err(match error.is_incomplete_message() {
-                            true => DirectFailure::ClosedWhileReused(error),
-                            false => DirectFailure::Exchange(error),
-                        });
+                        match (error.is_incomplete_message(), spare) {
+                            (true, Some(spare)) => req = spare,
+                            (true, None) => return Err(DirectFailure::ClosedWhileReused(error)),
+                            (false, _) => return Err(DirectFailure::Exchange(error)),
+                        }
                     }
                 },
             }
@@ -648,12 +660,14 @@ impl DirectPool {
         })
     }
 
-    fn checkout(&self) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    /// The newest ready connection, with how long it has not been handed a request (ms).
+    fn checkout(&self) -> Option<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, u64)> {
         let now = now_mono_ms();
         let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         connections.retain(|(c, used)| !c.is_closed() && now.saturating_sub(*used) < DIRECT_POOL_IDLE_MS);
         let ready = connections.iter().rposition(|(c, _)| c.is_ready())?;
-        Some(connections.swap_remove(ready).0)
+        let (sender, used) = connections.swap_remove(ready);
+        Some((sender, now.saturating_sub(used)))
     }
 
     fn put_back(&self, sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
@@ -662,6 +676,20 @@ impl DirectPool {
             connections.push((sender, now_mono_ms()));
         }
     }
+}
+
+/// A connection idle this long may meet the target's keep-alive close (servers' idle
+/// timeouts are seconds: Node's 5, nginx's 75).
+const RACE_PRONE_IDLE_MS: u64 = 1_000;
+
+/// A copy of a request about to be sent (its body is shared, not copied).
+fn copy_request(req: &http::Request<Full<Bytes>>) -> http::Request<Full<Bytes>> {
+    let mut copy = http::Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// A new HTTP/1 connection to `target`, ready for a request; its connection task runs on

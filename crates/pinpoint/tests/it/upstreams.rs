@@ -344,3 +344,51 @@ async fn upstream_connections_are_reused_and_a_closed_one_is_not() {
         }
     }
 }
+
+/// A kept-alive connection the upstream closes as a request goes out on it (its idle
+/// timer fired): a safe request on a connection idle for a second or more goes again on a
+/// new connection; a POST is not sent twice (an honest 502).
+#[tokio::test]
+async fn a_safe_request_meeting_a_keep_alive_close_goes_again_on_a_new_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Answers the first request of each connection; reads the second and closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                for answered in 0.. {
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if answered == 1
+                        || stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = start(&config_with(&format!("\"{upstream}\""), "", "")).await;
+    let get = || async { gw.http.get(gw.url("/orders/1")).send().await.unwrap() };
+    assert_eq!(get().await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let resp = get().await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let resp = gw.http.post(gw.url("/orders/1")).body("x").send().await.unwrap();
+    problem(resp, 502, "upstream.bad_response").await;
+}
