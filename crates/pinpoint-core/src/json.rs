@@ -1,7 +1,9 @@
 //! JSON text written by hand, for the two lines every request writes (the access log's
 //! line and the decision record), where serde_json's general machinery was a sixth of a
 //! proxied request's instructions. Everything else uses serde_json; what is written here is
-//! byte-for-byte what serde_json writes (the tests compare).
+//! byte-for-byte what serde_json writes (the tests compare). Also the lenient reading of
+//! text that only looks like JSON ([`unescaped`]), which the WAF and the credential finder
+//! share.
 
 /// Appends `value` as a JSON string, escaped as serde_json escapes it: `"` and `\`, the
 /// short forms `\b \f \n \r \t`, other control characters as `\u00xx`.
@@ -65,9 +67,76 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
         .map(|at| start + at)
 }
 
+/// `text` with its JSON string escapes (`\uXXXX`, surrogate pairs, `\n`, `\/`, ...)
+/// decoded wherever they stand, for text that is not strict JSON (the WAF's reading of a
+/// body that only looks like JSON, the credential finder's of a header); `None` when it
+/// has none.
+pub fn unescaped(text: &str) -> Option<String> {
+    if !text.contains('\\') {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u16> {
+        let digits: String = (0..4).map_while(|_| chars.next_if(char::is_ascii_hexdigit)).collect();
+        (digits.len() == 4)
+            .then(|| u16::from_str_radix(&digits, 16).ok())
+            .flatten()
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('u') => match hex4(&mut chars) {
+                Some(high @ 0xD800..=0xDBFF) => {
+                    let low = (chars.peek() == Some(&'\\'))
+                        .then(|| {
+                            let mut ahead = chars.clone();
+                            ahead.next();
+                            (ahead.next() == Some('u')).then(|| hex4(&mut ahead).map(|low| (low, ahead)))
+                        })
+                        .flatten()
+                        .flatten();
+                    match low {
+                        Some((low @ 0xDC00..=0xDFFF, ahead)) => {
+                            chars = ahead;
+                            out.extend(
+                                char::decode_utf16([high, low]).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)),
+                            );
+                        }
+                        _ => out.push(char::REPLACEMENT_CHARACTER),
+                    }
+                }
+                Some(unit) => out.push(char::from_u32(u32::from(unit)).unwrap_or(char::REPLACEMENT_CHARACTER)),
+                None => out.push_str("\\u"),
+            },
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_are_decoded_where_they_stand() {
+        assert_eq!(
+            unescaped(r#"{"a":NaN,"q":"\u003cx\u003e \ud83d\ude00\n"}"#).as_deref(),
+            Some("{\"a\":NaN,\"q\":\"<x> \u{1f600}\n\"}")
+        );
+        assert_eq!(unescaped("pp\\u005fx").as_deref(), Some("pp_x"));
+        assert_eq!(unescaped("plain"), None);
+    }
 
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {

@@ -229,7 +229,8 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
                 ours,
             ))
         || (memchr::memmem::find(bytes, b"\\u").is_some()
-            && carries_wrapped(json_unescaped(&String::from_utf8_lossy(bytes)).as_bytes(), ours))
+            && pinpoint_core::json::unescaped(&String::from_utf8_lossy(bytes))
+                .is_some_and(|decoded| carries_wrapped(decoded.as_bytes(), ours)))
 }
 
 /// [`carries_pinpoint_credential`] on text as it is, base64 or hex.
@@ -309,33 +310,6 @@ fn holds_unprefixed_key(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool 
                 .is_some_and(|s| s.iter().all(secret_char))
             && is_key_id(&String::from_utf8_lossy(&bytes[at - ID..at]).to_ascii_lowercase())
     })
-}
-
-/// `text` with JSON's `\uXXXX` escapes decoded (others left as they are).
-fn json_unescaped(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("\\u") {
-        out.push_str(&rest[..at]);
-        let digits = rest
-            .get(at + 2..at + 6)
-            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()));
-        match digits
-            .and_then(|d| u32::from_str_radix(d, 16).ok())
-            .and_then(char::from_u32)
-        {
-            Some(c) => {
-                out.push(c);
-                rest = &rest[at + 6..];
-            }
-            None => {
-                out.push_str("\\u");
-                rest = &rest[at + 2..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Whether `bytes` hold `pp`, one separator and the 16 hex digits of a key Pinpoint knows.

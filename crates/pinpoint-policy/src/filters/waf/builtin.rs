@@ -523,61 +523,6 @@ fn wide_text(body: &[u8]) -> Option<String> {
     })
 }
 
-/// `text` with its JSON string escapes (`\uXXXX`, surrogate pairs, `\n`, `\/`, ...)
-/// decoded wherever they stand, for text that is not strict JSON; `None` when it has none.
-fn json_unescaped(text: &str) -> Option<String> {
-    if !text.contains('\\') {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u16> {
-        let digits: String = (0..4).map_while(|_| chars.next_if(char::is_ascii_hexdigit)).collect();
-        (digits.len() == 4)
-            .then(|| u16::from_str_radix(&digits, 16).ok())
-            .flatten()
-    };
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('u') => match hex4(&mut chars) {
-                Some(high @ 0xD800..=0xDBFF) => {
-                    let low = (chars.peek() == Some(&'\\'))
-                        .then(|| {
-                            let mut ahead = chars.clone();
-                            ahead.next();
-                            (ahead.next() == Some('u')).then(|| hex4(&mut ahead).map(|low| (low, ahead)))
-                        })
-                        .flatten()
-                        .flatten();
-                    match low {
-                        Some((low @ 0xDC00..=0xDFFF, ahead)) => {
-                            chars = ahead;
-                            out.extend(
-                                char::decode_utf16([high, low]).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)),
-                            );
-                        }
-                        _ => out.push(char::REPLACEMENT_CHARACTER),
-                    }
-                }
-                Some(unit) => out.push(char::from_u32(u32::from(unit)).unwrap_or(char::REPLACEMENT_CHARACTER)),
-                None => out.push_str("\\u"),
-            },
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('b') => out.push('\u{8}'),
-            Some('f') => out.push('\u{c}'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    Some(out)
-}
-
 /// The `charset` parameter of the request's Content-Type, lower case, unquoted.
 fn declared_charset(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(http::header::CONTENT_TYPE)?;
@@ -693,7 +638,7 @@ impl BuiltinEngine {
             return;
         }
         if self.json(text.as_bytes(), hits).is_err() {
-            if let Some(decoded) = json_unescaped(text) {
+            if let Some(decoded) = pinpoint_core::json::unescaped(text) {
                 self.inspect(|| String::from("body"), &decoded, hits);
             }
         }
@@ -1583,11 +1528,6 @@ mod tests {
         let wide32: Vec<u8> = "{}".chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
         assert_eq!(wide_text(&wide32).as_deref(), Some("{}"));
         assert_eq!(wide_text(b"{\"a\":1}"), None);
-        assert_eq!(
-            json_unescaped(r#"{"a":NaN,"q":"\u003cx\u003e \ud83d\ude00\n"}"#).as_deref(),
-            Some("{\"a\":NaN,\"q\":\"<x> \u{1f600}\n\"}")
-        );
-        assert_eq!(json_unescaped("plain"), None);
         // A shell's reading of a word: unset variables empty, `$IFS` a space, braces split.
         assert_eq!(shell_word("w${u}get"), "wget");
         assert_eq!(shell_word("cat$ifs$9/etc/passwd"), "cat /etc/passwd");
