@@ -283,10 +283,21 @@ async fn an_upstream_server_name_that_is_no_name_is_a_config_error() {
     assert!(error.contains("orders.internal:8443"), "{error}");
 }
 
-/// An HTTP/1.1 upstream that counts the connections it accepts and answers every request
-/// on a connection with `ok`; with `close`, it says `Connection: close` and closes after
-/// each answer.
-async fn counting_upstream(close: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// How [`counting_upstream`] treats the requests on a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Conduct {
+    /// Answers every request, keeping the connection open.
+    KeepAlive,
+    /// Answers with `Connection: close` and closes.
+    CloseEach,
+    /// Answers the first request; reads the second and closes without an answer (a
+    /// keep-alive timer firing as the request arrives).
+    DropSecond,
+}
+
+/// An HTTP/1.1 upstream that counts the connections it accepts and answers requests with
+/// `ok` as `conduct` says.
+async fn counting_upstream(conduct: Conduct) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -298,7 +309,7 @@ async fn counting_upstream(close: bool) -> (SocketAddr, Arc<std::sync::atomic::A
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
-                loop {
+                for answered in 0.. {
                     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
                         match stream.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
@@ -307,11 +318,12 @@ async fn counting_upstream(close: bool) -> (SocketAddr, Arc<std::sync::atomic::A
                     }
                     let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
                     seen.drain(..end);
-                    let reply: &[u8] = match close {
-                        true => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                        false => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    let reply: &[u8] = match conduct {
+                        Conduct::DropSecond if answered == 1 => return,
+                        Conduct::CloseEach => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                     };
-                    if stream.write_all(reply).await.is_err() || close {
+                    if stream.write_all(reply).await.is_err() || conduct == Conduct::CloseEach {
                         let _ = stream.shutdown().await;
                         return;
                     }
@@ -328,7 +340,8 @@ async fn counting_upstream(close: bool) -> (SocketAddr, Arc<std::sync::atomic::A
 async fn upstream_connections_are_reused_and_a_closed_one_is_not() {
     use std::sync::atomic::Ordering;
     for close in [false, true] {
-        let (upstream, accepted) = counting_upstream(close).await;
+        let conduct = if close { Conduct::CloseEach } else { Conduct::KeepAlive };
+        let (upstream, accepted) = counting_upstream(conduct).await;
         let gw = start(&config_with(&format!("\"{upstream}\""), "", "")).await;
         for i in 0..30 {
             let resp = gw.http.get(gw.url(&format!("/orders/{i}"))).send().await.unwrap();
@@ -350,37 +363,8 @@ async fn upstream_connections_are_reused_and_a_closed_one_is_not() {
 /// new connection; a POST is not sent twice (an honest 502).
 #[tokio::test]
 async fn a_safe_request_meeting_a_keep_alive_close_goes_again_on_a_new_connection() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    // Answers the first request of each connection; reads the second and closes.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                for answered in 0.. {
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if answered == 1
-                        || stream
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = counting_upstream(Conduct::DropSecond).await;
     let gw = start(&config_with(&format!("\"{upstream}\""), "", "")).await;
     let get = || async { gw.http.get(gw.url("/orders/1")).send().await.unwrap() };
     assert_eq!(get().await.status(), 200);
