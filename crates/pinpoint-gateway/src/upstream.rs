@@ -387,17 +387,17 @@ impl Upstream {
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, UpstreamFailure> {
         target.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut target_at_fault = true;
         let result = match self.direct_pool(target) {
-            Some(pool) => {
-                match tokio::time::timeout(self.request_timeout, pool.send(target, self.connect_timeout, req)).await {
-                    // The target's keep-alive close raced the request: refused, not its fault.
-                    Ok(Err(failure @ DirectFailure::ClosedWhileReused(_))) => {
-                        target.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        return Err(failure.described(&self.name, &target.label));
-                    }
-                    result => result.map(|sent| sent.map_err(|failure| failure.described(&self.name, &target.label))),
-                }
-            }
+            Some(pool) => tokio::time::timeout(self.request_timeout, pool.send(target, self.connect_timeout, req))
+                .await
+                .map(|sent| {
+                    sent.map_err(|failure| {
+                        // The target's keep-alive close raced the request: not its fault.
+                        target_at_fault = !matches!(failure, DirectFailure::ClosedWhileReused(_));
+                        failure.described(&self.name, &target.label)
+                    })
+                }),
             None => tokio::time::timeout(self.request_timeout, self.client().request(req))
                 .await
                 .map(|sent| sent.map_err(|e| classify(&self.name, &target.label, &e))),
@@ -423,7 +423,9 @@ impl Upstream {
             },
             Ok(Err(failure)) => failure,
         };
-        self.record_failure(target);
+        if target_at_fault {
+            self.record_failure(target);
+        }
         Err(failure)
     }
 
