@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# How much of the gap to nginx is the HTTP stack under Pinpoint (#18): the benchmark's GET,
+# pinned as `BENCH_PIN=1 bench/run.sh` pins (each proxy alone on CPU 0, wrk and the upstream
+# on the rest), through nginx (one worker), through `hyper_floor` (crates/pinpoint-gateway/
+# examples/hyper_floor.rs: a hyper HTTP/1 proxy doing nothing but forwarding; `floor-auto`
+# serves with hyper-util's HTTP/1-or-2 builder as Pinpoint does) and through Pinpoint's
+# bare route; in alternating rounds, medians reported. With BENCH_INSTRUCTIONS=1 it also
+# counts each Pinpoint-side target's user-space instructions per request under callgrind.
+# Usage: bench/floor.sh [rounds] (default 8, of 2 s each).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+ROUNDS="${1:-8}"
+BENCH_PIN=1 bench_placement
+ECHO_PORT=19200 NGINX_PORT=19201 PROXY_PORT=19202 API_PORT=19203 FLOOR_PORT=19204 AUTO_PORT=19205
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release -q -p pinpoint
+cargo build --release -q -p pinpoint-gateway --example hyper_floor
+BIN=target/release/pinpoint FLOOR=target/release/examples/hyper_floor
+bench_workdir
+
+$CLIENT_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
+wait_port $ECHO_PORT
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $WORK/nginx-access.log;
+  keepalive_requests 1000000;
+  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+$PROXY_PIN "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+wait_port $NGINX_PORT
+$PROXY_PIN "$FLOOR" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$ECHO_PORT" & PIDS+=($!)
+$PROXY_PIN "$FLOOR" "127.0.0.1:$AUTO_PORT" "127.0.0.1:$ECHO_PORT" auto & PIDS+=($!)
+bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
+$PROXY_PIN "$BIN" serve --config "$WORK/pinpoint.toml" >"$WORK/pinpoint.log" 2>&1 & PIDS+=($!)
+wait_port $FLOOR_PORT
+wait_port $AUTO_PORT
+wait_port $PROXY_PORT
+
+declare -A URL=([nginx]="http://127.0.0.1:$NGINX_PORT/bare/x" [floor]="http://127.0.0.1:$FLOOR_PORT/bare/x"
+  [floor-auto]="http://127.0.0.1:$AUTO_PORT/bare/x" [bare]="http://127.0.0.1:$PROXY_PORT/bare/x")
+TARGETS=(nginx floor floor-auto bare)
+declare -A SAMPLES
+for target in "${TARGETS[@]}"; do $CLIENT_PIN wrk -t2 -c64 -d1s "${URL[$target]}" >/dev/null; done
+for round in $(seq "$ROUNDS"); do
+  for i in "${!TARGETS[@]}"; do
+    target=${TARGETS[$(( (i + round) % ${#TARGETS[@]} ))]}
+    rps=$($CLIENT_PIN wrk -t2 -c64 -d2s "${URL[$target]}" | awk '/Requests\/sec/ {print $2}')
+    SAMPLES[$target]+="$rps "
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+NGINX_RPS=$(echo "${SAMPLES[nginx]}" | median)
+printf '%-11s %10s %9s\n' target "GET req/s" "x nginx"
+for target in "${TARGETS[@]}"; do
+  rps=$(echo "${SAMPLES[$target]}" | median)
+  printf '%-11s %10.0f %9.2f\n' "$target" "$rps" "$(echo "$rps / $NGINX_RPS" | bc -l)"
+done
