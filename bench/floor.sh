@@ -4,9 +4,10 @@
 # on the rest), through nginx (one worker), through `hyper_floor` (crates/pinpoint-gateway/
 # examples/hyper_floor.rs: a hyper HTTP/1 proxy doing nothing but forwarding; `floor-auto`
 # serves with hyper-util's HTTP/1-or-2 builder as Pinpoint does) and through Pinpoint's
-# bare route; in alternating rounds, medians reported. With BENCH_INSTRUCTIONS=1 it also
-# counts each Pinpoint-side target's user-space instructions per request under callgrind.
-# Usage: bench/floor.sh [rounds] (default 8, of 2 s each).
+# bare route; in alternating rounds, medians reported. Then latency at one fixed load
+# (60% of nginx's median, h2load open loop, 32 connections, 5 s runs alternating, p50/p99
+# medians over the runs): whether a tail comes from the stack or from Pinpoint's work.
+# Usage: bench/floor.sh [rounds] (default 8, of 2 s each; latency runs: rounds / 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -70,4 +71,25 @@ printf '%-11s %10s %9s\n' target "GET req/s" "x nginx"
 for target in "${TARGETS[@]}"; do
   rps=$(echo "${SAMPLES[$target]}" | median)
   printf '%-11s %10.0f %9.2f\n' "$target" "$rps" "$(echo "$rps / $NGINX_RPS" | bc -l)"
+done
+
+RATE=$(python3 -c "import sys; print(int(float(sys.argv[1]) * 0.6))" "$NGINX_RPS")
+declare -A P50 P99
+for round in $(seq $(( (ROUNDS + 1) / 2 ))); do
+  for i in "${!TARGETS[@]}"; do
+    target=${TARGETS[$(( (i + round) % ${#TARGETS[@]} ))]}
+    rm -f "$WORK/latency.log"
+    $CLIENT_PIN h2load --h1 -t1 -c32 --rps=$((RATE / 32)) -D 5 --log-file="$WORK/latency.log" "${URL[$target]}" >/dev/null 2>&1 || true
+    read -r p50 p99 < <(python3 - "$WORK/latency.log" <<'PY'
+import sys
+ok = sorted(int(r.split()[2]) for r in open(sys.argv[1]) if r.split()[1].startswith("2"))
+print(ok[len(ok) // 2] / 1000, ok[min(len(ok) - 1, int(len(ok) * 0.99))] / 1000)
+PY
+)
+    P50[$target]+="$p50 " P99[$target]+="$p99 "
+  done
+done
+printf '\n%-11s %10s %10s   (ms at %d req/s, medians of %d runs)\n' target p50 p99 "$RATE" $(( (ROUNDS + 1) / 2 ))
+for target in "${TARGETS[@]}"; do
+  printf '%-11s %10.2f %10.2f\n' "$target" "$(echo "${P50[$target]}" | median)" "$(echo "${P99[$target]}" | median)"
 done

@@ -37,11 +37,15 @@ fn main() {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.expect("the listen address");
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 // This client connection's own upstream connection.
-                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
                 let _ = up.set_nodelay(true);
                 let Ok((sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(up)).await else {
                     return;
@@ -67,7 +71,9 @@ fn main() {
                         .serve_connection(io, service)
                         .await;
                 } else {
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
                 }
             });
         }
