@@ -15,6 +15,8 @@
 # (canonical paths, the common case) and for `dirty`: the bare route asked for through a
 # path that must be rewritten (`/bare/a/./b//../x%2Dy`).
 #
+# `headers` (only when BENCH_ROUTES names it): the bare route with a browser's dozen headers.
+#
 # And for a 1 KiB JSON POST (bench_post_script) through a route without the WAF (`waf-off`)
 # and with the built-in WAF (`waf-on`): what the WAF costs.
 #
@@ -52,9 +54,16 @@ printf '%-8s %9s %14s %12s %12s\n' route requests "instr/request" "of which sha2
 for route in ${BENCH_ROUTES:-bare chain dirty waf-off waf-on}; do
   header=()
   [ "$route" = chain ] && header=(-H "Authorization: Bearer $KEY")
+  # headers: the bare route asked for with the dozen headers a browser sends.
+  [ "$route" = headers ] && header=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0"
+    -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8" -H "Accept-Language: en-GB,en;q=0.9"
+    -H "Accept-Encoding: gzip, deflate, br" -H "Referer: https://shop.example/orders" -H "Cookie: theme=dark; lang=en"
+    -H "Sec-Fetch-Site: same-origin" -H "Sec-Fetch-Mode: navigate" -H "Sec-Fetch-Dest: document"
+    -H "Upgrade-Insecure-Requests: 1" -H "Cache-Control: max-age=0" -H "DNT: 1")
   # waf-off and waf-on: the 1 KiB JSON POST through a route without and with the WAF.
   [[ $route == waf-* ]] && header=(-s "$WORK/post.lua")
   url="http://127.0.0.1:$PROXY_PORT/$route/x"
+  [ "$route" = headers ] && url="http://127.0.0.1:$PROXY_PORT/bare/x"
   [ "$route" = dirty ] && url="http://127.0.0.1:$PROXY_PORT/bare/a/./b//../x%2Dy"
   wrk -t1 -c4 -d2s "${header[@]}" "$url" >/dev/null # warm up: connections, caches
   callgrind_control -z "$VALGRIND" >/dev/null 2>&1

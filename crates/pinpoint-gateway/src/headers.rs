@@ -163,6 +163,49 @@ pub struct OwnCredentials<'a> {
     pub kid: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
+/// Which of the lists above a header name (lower case, `_` read as `-`) is on.
+#[derive(Clone, Copy, Default)]
+struct Class(u8);
+
+impl Class {
+    /// Hop-by-hop, set by the gateway, framing, or an identity assertion: removed whoever
+    /// sent it.
+    const ALWAYS_REMOVED: u8 = 1;
+    const OVERRIDE: u8 = 2;
+    const FORWARDING: u8 = 4;
+    const CREDENTIAL: u8 = 8;
+
+    fn is(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+}
+
+/// The class of a header name, by one lookup in a table built from the lists at first use:
+/// comparing each name with the lists one by one cost about 600 instructions a header (a
+/// browser's dozen headers, 7,700 a request: bench/instructions.sh, route `headers`).
+fn class_of(name: &str) -> Class {
+    static TABLE: std::sync::LazyLock<std::collections::HashMap<&str, Class, foldhash::fast::FixedState>> =
+        std::sync::LazyLock::new(|| {
+            let mut table = std::collections::HashMap::with_hasher(foldhash::fast::FixedState::default());
+            let lists: [(&[&'static str], u8); 7] = [
+                (&HOP_BY_HOP, Class::ALWAYS_REMOVED),
+                (&SET_BY_GATEWAY, Class::ALWAYS_REMOVED),
+                (&FRAMING, Class::ALWAYS_REMOVED),
+                (&IDENTITY_ASSERTIONS, Class::ALWAYS_REMOVED),
+                (&OVERRIDE_HEADERS, Class::OVERRIDE),
+                (&FORWARDING, Class::FORWARDING),
+                (&CREDENTIAL_HEADERS, Class::CREDENTIAL),
+            ];
+            for (names, flag) in lists {
+                for name in names {
+                    table.entry(*name).or_insert(Class::default()).0 |= flag;
+                }
+            }
+            table
+        });
+    TABLE.get(name).copied().unwrap_or_default()
+}
+
 /// Removes from a request bound upstream every header that is the gateway's to set, or
 /// that would make the upstream read another request than the one decided on. One scan
 /// of the headers; each value is also searched for a Pinpoint credential.
@@ -174,15 +217,13 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
         let underscored = plain.contains('_');
         let read_as = dashed(plain);
         let read_as = read_as.as_ref();
-        let remove = HOP_BY_HOP.contains(&read_as)
+        let class = class_of(read_as);
+        let remove = class.is(Class::ALWAYS_REMOVED)
             || read_as.starts_with("x-pinpoint-")
-            || SET_BY_GATEWAY.contains(&read_as)
-            || FRAMING.contains(&read_as)
-            || (OVERRIDE_HEADERS.contains(&read_as) && rules.override_headers != OverrideHeaders::Allow)
-            || (FORWARDING.contains(&read_as) && (underscored || !rules.peer_is_trusted_proxy))
-            || IDENTITY_ASSERTIONS.contains(&read_as)
+            || (class.is(Class::OVERRIDE) && rules.override_headers != OverrideHeaders::Allow)
+            || (class.is(Class::FORWARDING) && (underscored || !rules.peer_is_trusted_proxy))
             || CLIENT_CERT_PREFIXES.iter().any(|p| read_as.starts_with(p))
-            || (CREDENTIAL_HEADERS.contains(&read_as) && (rules.route_authenticates || underscored))
+            || (class.is(Class::CREDENTIAL) && (rules.route_authenticates || underscored))
             // A Pinpoint credential in any header (cookies included), in any wrapping.
             || carries_pinpoint_credential(value.as_bytes(), rules.ours);
         if remove && !doomed.contains(name) {
@@ -223,12 +264,13 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
         return false;
     }
     carries_wrapped(bytes, ours)
-        || (bytes.contains(&b'%')
+        || (memchr::memchr(b'%', bytes).is_some()
             && carries_wrapped(
                 &pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(bytes)),
                 ours,
             ))
-        || (memchr::memmem::find(bytes, b"\\u").is_some()
+        || (memchr::memchr(b'\\', bytes).is_some()
+            && memchr::memmem::find(bytes, b"\\u").is_some()
             && pinpoint_core::json::unescaped(&String::from_utf8_lossy(bytes))
                 .is_some_and(|decoded| carries_wrapped(decoded.as_bytes(), ours)))
 }
@@ -236,14 +278,26 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
 /// [`carries_pinpoint_credential`] on text as it is, base64 or hex.
 fn carries_wrapped(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
     use base64::Engine;
+    // Whatever is looked for below needs 16 base64 characters in a row (see `direct`; a
+    // base64 word needs 20, a hex one 38): most header values have no such run and are
+    // not searched. Searching each cost about 600 instructions a header (a browser's dozen
+    // headers: 9,400 a request, bench/instructions.sh, route `headers`).
+    if !has_run(bytes, pinpoint_core::keys::ID_LEN, |b| BASE64_BYTE[usize::from(b)]) {
+        return false;
+    }
     let direct = |bytes: &[u8]| {
-        holds_key_id(bytes, ours.key_id)
+        // Each of the three needs a run of at least 16 bytes of `[A-Za-z0-9_-]`: a key id's
+        // hex digits, or a JWT header naming a Pinpoint `kid` (13 characters, so 31 or
+        // more base64 characters). Checked again here for what base64 and hex decode to.
+        has_run(bytes, pinpoint_core::keys::ID_LEN, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')
+        }) && (holds_key_id(bytes, ours.key_id)
             || holds_unprefixed_key(bytes, ours.key_id)
-            || jwt_kids(bytes).any(|kid| (ours.kid)(&kid))
+            || jwt_kids(bytes).any(|kid| (ours.kid)(&kid)))
     };
     direct(bytes)
         || bytes
-            .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')))
+            .split(|b| !BASE64_BYTE[usize::from(*b)])
             // Shorter words decode to at most 14 bytes: too few for a key id (`pp_` and 16
             // hex digits) or a JWT header naming a `kid`, so they are not decoded at all.
             .filter(|word| word.len() >= MIN_WRAPPED_CREDENTIAL)
@@ -255,6 +309,30 @@ fn carries_wrapped(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
             })
             .any(|decoded| direct(&decoded))
         || hex_words(bytes).any(|decoded| direct(&decoded))
+}
+
+/// The bytes of base64 in either alphabet: `[A-Za-z0-9+/_-]`.
+const BASE64_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'/' | b'-' | b'_');
+        b += 1;
+    }
+    table
+};
+
+/// Whether `bytes` hold `len` bytes in a row that `member` accepts.
+fn has_run(bytes: &[u8], len: usize, member: impl Fn(u8) -> bool) -> bool {
+    let mut run = 0;
+    for &b in bytes {
+        run = if member(b) { run + 1 } else { 0 };
+        if run >= len {
+            return true;
+        }
+    }
+    false
 }
 
 /// The runs of hex digits long enough to spell a credential (`pp_` and a key id: 19 bytes,
