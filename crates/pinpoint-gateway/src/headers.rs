@@ -263,17 +263,44 @@ pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bo
     if bytes.len() < MIN_CREDENTIAL_BYTES {
         return false;
     }
-    carries_wrapped(bytes, ours)
-        || (memchr::memchr(b'%', bytes).is_some()
-            && carries_wrapped(
-                &pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(bytes)),
-                ours,
-            ))
-        || (memchr::memchr(b'\\', bytes).is_some()
-            && memchr::memmem::find(bytes, b"\\u").is_some()
-            && pinpoint_core::json::unescaped(&String::from_utf8_lossy(bytes))
-                .is_some_and(|decoded| carries_wrapped(decoded.as_bytes(), ours)))
+    if carries_wrapped(bytes, ours) {
+        return true;
+    }
+    if memchr::memchr2(b'%', b'\\', bytes).is_none() {
+        return false;
+    }
+    // Percent-encoding and JSON escapes, undone a layer at a time, one inside the other or
+    // either twice (`%255F`, `%5Cu005f`, `\\u005f`), as far as a server decoding more
+    // than once might go.
+    let mut layer = bytes.to_vec();
+    for _ in 0..MAX_ESCAPE_LAYERS {
+        let mut changed = false;
+        if memchr::memchr(b'%', &layer).is_some() {
+            let decoded = pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(&layer));
+            if decoded != layer {
+                if carries_wrapped(&decoded, ours) {
+                    return true;
+                }
+                (layer, changed) = (decoded, true);
+            }
+        }
+        if memchr::memchr(b'\\', &layer).is_some() {
+            if let Some(decoded) = pinpoint_core::json::unescaped(&String::from_utf8_lossy(&layer)) {
+                if carries_wrapped(decoded.as_bytes(), ours) {
+                    return true;
+                }
+                (layer, changed) = (decoded.into_bytes(), true);
+            }
+        }
+        if !changed {
+            return false;
+        }
+    }
+    false
 }
+
+/// How many layers of percent-encoding and JSON escapes the credential search undoes.
+const MAX_ESCAPE_LAYERS: usize = 4;
 
 /// [`carries_pinpoint_credential`] on text as it is, base64 or hex.
 fn carries_wrapped(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
@@ -287,8 +314,8 @@ fn carries_wrapped(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
     }
     let direct = |bytes: &[u8]| {
         // Each of the three needs a run of at least 16 bytes of `[A-Za-z0-9_-]`: a key id's
-        // hex digits, or a JWT header naming a Pinpoint `kid` (13 characters, so 31 or
-        // more base64 characters). Checked again here for what base64 and hex decode to.
+        // hex digits, or a JWT header, which names its `alg` and a `kid` (over 20 bytes,
+        // so 27 or more base64 characters). Checked again for what base64 and hex decode to.
         has_run(bytes, pinpoint_core::keys::ID_LEN, |b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')
         }) && (holds_key_id(bytes, ours.key_id)
@@ -380,23 +407,33 @@ fn holds_unprefixed_key(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool 
         return false;
     }
     let secret_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_');
-    memchr::memchr2_iter(b'_', b'-', bytes).any(|at| {
-        at >= ID
-            && bytes[at - ID..at].iter().all(u8::is_ascii_hexdigit)
-            && bytes
-                .get(at + 1..at + 1 + SECRET)
-                .is_some_and(|s| s.iter().all(secret_char))
-            && is_key_id(&String::from_utf8_lossy(&bytes[at - ID..at]).to_ascii_lowercase())
-    })
+    // The separator is `_` as issued, or any other byte that is not a letter or digit
+    // (`<id>:<secret>`, as a Basic pair of user and password would carry them).
+    (ID..bytes.len() - SECRET)
+        .filter(|&at| !bytes[at].is_ascii_alphanumeric())
+        .any(|at| {
+            at >= ID
+                && bytes[at - ID..at].iter().all(u8::is_ascii_hexdigit)
+                && bytes
+                    .get(at + 1..at + 1 + SECRET)
+                    .is_some_and(|s| s.iter().all(secret_char))
+                && is_key_id(&String::from_utf8_lossy(&bytes[at - ID..at]).to_ascii_lowercase())
+        })
 }
 
-/// Whether `bytes` hold `pp`, one separator and the 16 hex digits of a key Pinpoint knows.
+/// Whether `bytes` hold `pp`, one separator or none, and the 16 hex digits of a key
+/// Pinpoint knows.
 fn holds_key_id(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
-    bytes.windows(3 + pinpoint_core::keys::ID_LEN).any(|w| {
-        w[..2].eq_ignore_ascii_case(b"pp")
-            && !w[2].is_ascii_alphanumeric()
-            && w[3..].iter().all(u8::is_ascii_hexdigit)
-            && is_key_id(&String::from_utf8_lossy(&w[3..]).to_ascii_lowercase())
+    const ID: usize = pinpoint_core::keys::ID_LEN;
+    let id_at = |at: usize| {
+        bytes.get(at..at + ID).is_some_and(|id| {
+            id.iter().all(u8::is_ascii_hexdigit) && is_key_id(&String::from_utf8_lossy(id).to_ascii_lowercase())
+        })
+    };
+    // `pp`, a separator or none (`pp92a7…`), the id.
+    bytes.windows(2).enumerate().any(|(at, w)| {
+        w.eq_ignore_ascii_case(b"pp")
+            && (id_at(at + 2) || bytes.get(at + 2).is_some_and(|b| !b.is_ascii_alphanumeric()) && id_at(at + 3))
     })
 }
 
@@ -888,6 +925,8 @@ mod tests {
     fn a_pinpoint_credential_is_found_in_any_wrapping() {
         let key = "pp_0123456789abcdef_secretsecretsecretsecretsecretsecretsecr";
         let jwt = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.sig";
+        // A key as issued: its secret is 43 characters.
+        let issued = format!("pp_0123456789abcdef_{}", "s".repeat(43));
         use base64::Engine;
         let basic = |pair: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
         let wrapped = [
@@ -913,6 +952,16 @@ mod tests {
             key.replace('_', "%5F"),
             key.replace('_', "\\u005f"),
             format!("x:0123456789abcdef_{}", "s".repeat(43)),
+            // The id as a Basic user and the secret as its password, or the pair as it is.
+            basic(&issued[3..].replacen('_', ":", 1)),
+            issued[3..].replacen('_', ":", 1),
+            // No separators at all.
+            issued.replace('_', ""),
+            // Escapes in layers: percent-encoded twice, JSON inside percent, JSON twice.
+            key.replace('_', "%255F"),
+            key.bytes().map(|b| format!("%25{b:02X}")).collect(),
+            key.replace('_', "%5Cu005f"),
+            key.replace('_', "\\\\u005f"),
         ];
         for value in &wrapped {
             assert!(carries_pinpoint_credential(value.as_bytes(), OURS), "{value}");
