@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 ROUNDS="${1:-8}"
 BENCH_PIN=1 bench_placement
 ECHO_PORT=19200 NGINX_PORT=19201 PROXY_PORT=19202 API_PORT=19203 FLOOR_PORT=19204 AUTO_PORT=19205
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release -q -p pinpoint
 cargo build --release -q -p pinpoint-gateway --example hyper_floor
 BIN=target/release/pinpoint FLOOR=target/release/examples/hyper_floor
@@ -23,28 +22,7 @@ bench_workdir
 
 $CLIENT_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $WORK/nginx-access.log;
-  keepalive_requests 1000000;
-  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-$PROXY_PIN "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
-wait_port $NGINX_PORT
+bench_nginx proxy "$NGINX_PORT" "$ECHO_PORT" 1
 $PROXY_PIN "$FLOOR" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$ECHO_PORT" & PIDS+=($!)
 $PROXY_PIN "$FLOOR" "127.0.0.1:$AUTO_PORT" "127.0.0.1:$ECHO_PORT" auto & PIDS+=($!)
 bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"

@@ -9,6 +9,42 @@ wait_port() {
   echo "nothing listens on port $1" >&2; exit 1
 }
 
+# bench_nginx NAME PORT ECHO_PORT WORKERS [LISTEN_OPTIONS] [SERVER_LINES] [HTTP_LINES]
+# [MAIN_LINES]: writes $WORK/nginx-NAME.conf, nginx as a plain reverse proxy on
+# 127.0.0.1:PORT to the echo upstream (a keep-alive pool, an access log, client connections
+# kept open as Pinpoint keeps them: nginx closes one after 1000 requests by default, which
+# an open-loop load generator does not recover from), with the extra lines given, and
+# starts it with $PROXY_PIN; its pid file is $WORK/nginx-NAME.pid (stopped on exit).
+bench_nginx() {
+  local name=$1 port=$2 echo_port=$3 workers=$4 listen_options=${5:-} server_lines=${6:-} http_lines=${7:-}
+  local main_lines=${8:-}
+  cat > "$WORK/nginx-$name.conf" <<NGINX
+$main_lines
+worker_processes $workers;
+pid $WORK/nginx-$name.pid;
+error_log $WORK/nginx-$name-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $WORK/nginx-$name-access.log;
+  keepalive_requests 1000000;
+  $http_lines
+  upstream echo { server 127.0.0.1:$echo_port; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port $listen_options;
+    $server_lines
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+  $PROXY_PIN "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/nginx-$name.conf" -p "$WORK"
+  wait_port "$port"
+}
+
 # bench_config WORK PROXY_PORT API_PORT ECHO_PORT: writes $WORK/pinpoint.toml, the
 # benchmark's routes (bench/routes.toml: "bare" and "chain") behind a [server] section.
 bench_config() {

@@ -11,13 +11,14 @@
 #   chain     wrk -> pinpoint, a route with the full chain: API-key auth, RBAC permission,
 #             IP allow list, a rate limit sized not to trigger, decision log -> echo upstream
 #   key       (BENCH_BREAKDOWN=1 only) wrk -> pinpoint, a route with API-key auth alone
-# for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency, Pinpoint/nginx and
-# chain/bare ratios. bare and chain (and key) run in BENCH_ROUNDS short rounds (default 36
-# of 1 s): the machine's speed drifts over seconds, so short alternating runs compare like
-# with like; the order rotates from round to round so a drift favours none of them. For
-# each round the script also reads Pinpoint's CPU time (/proc/<pid>/stat) and reports CPU
-# per request, the second measure of what the chain costs. Medians are reported;
-# chain/bare is the median of the per-round ratios with a 95% bootstrap interval. Last, it
+# for GET and for a 1 KiB JSON POST, and prints requests/s, p99 latency, x/nginx and
+# chain/bare ratios. Every proxy (nginx, HAProxy, Caddy, bare, chain, and key) runs in
+# BENCH_ROUNDS short rounds (default 36 of 1 s): the machine's speed drifts over seconds,
+# so short alternating runs compare like with like; the order rotates from round to round
+# so a drift favours none of them. For each run the script also reads the proxy's CPU time
+# (/proc/<pid>/stat: nginx's workers, HAProxy's, Caddy's and Pinpoint's processes) and
+# reports CPU per request, the second measure. Medians are reported; x/nginx and chain/bare
+# are the medians of the per-round ratios with a 95% bootstrap interval. Last, it
 # splits each target's CPU per request by thread (workers' user and kernel time, decision-log
 # writer, access-log writer; /proc/<pid>/task/*/stat), summed over all rounds.
 # Usage: bench/run.sh [seconds-per-run] (default 1). Needs root or sudo to install nginx/wrk.
@@ -44,7 +45,6 @@ if ! need nginx || ! need wrk || ! need haproxy || ! need caddy || ! need h2load
   # The packages start their services; the benchmark runs its own.
   systemctl stop nginx haproxy caddy 2>/dev/null || true
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 cargo build --release -q -p pinpoint
@@ -55,30 +55,7 @@ bench_workdir
 $CLIENT_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
 
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes $NGINX_WORKERS;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $WORK/nginx-access.log;
-  # Keep client connections open as Pinpoint does (nginx closes one after 1000 requests by
-  # default, which an open-loop load generator does not recover from).
-  keepalive_requests 1000000;
-  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-$PROXY_PIN "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
-wait_port $NGINX_PORT
+bench_nginx proxy "$NGINX_PORT" "$ECHO_PORT" "$NGINX_WORKERS"
 
 # HAProxy with one thread (like nginx's one worker when pinned), reusing upstream
 # connections; Caddy with GOMAXPROCS=1 when pinned. Neither logs requests (HAProxy logs
@@ -100,6 +77,7 @@ backend echo
   server echo 127.0.0.1:$ECHO_PORT
 HAPROXY
 $PROXY_PIN "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 & PIDS+=($!)
+HAPROXY_PID=$!
 wait_port $HAPROXY_PORT
 cat > "$WORK/Caddyfile" <<CADDY
 {
@@ -112,6 +90,7 @@ http://127.0.0.1:$CADDY_PORT {
 CADDY
 HOME="$WORK" XDG_DATA_HOME="$WORK" XDG_CONFIG_HOME="$WORK" GOMAXPROCS="$NGINX_WORKERS" \
   $PROXY_PIN caddy run --adapter caddyfile --config "$WORK/Caddyfile" >"$WORK/caddy.log" 2>&1 & PIDS+=($!)
+CADDY_PID=$!
 wait_port $CADDY_PORT
 
 bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
@@ -136,7 +115,17 @@ run() { # name kind url [header] -> appends req/s and p99 to RPS/P99[name-kind];
   RPS[$1-$2]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
   P99[$1-$2]+="$(echo "$out" | awk '$1 == "99%" {print $2}') "
 }
-pinpoint_ticks() { awk '{print $14 + $15}' "/proc/$PINPOINT_PID/stat"; } # utime + stime
+# A target's CPU ticks (utime + stime): Pinpoint's process, nginx's workers, HAProxy's and
+# Caddy's processes.
+pids_of() {
+  case $1 in
+    nginx) pgrep -P "$(cat "$WORK/nginx-proxy.pid")" ;;
+    haproxy) echo "$HAPROXY_PID" ;;
+    caddy) echo "$CADDY_PID" ;;
+    *) echo "$PINPOINT_PID" ;;
+  esac
+}
+ticks_of() { for pid in $(pids_of "$1"); do cat "/proc/$pid/stat"; done | awk '{ t += $14 + $15 } END { print t + 0 }'; }
 # Pinpoint's CPU ticks by thread: the proxy workers' user and kernel time (pinpoint-w0..,
 # and the main thread, which serves the api and background work: next to nothing here),
 # the decision log's writer (pinpoint-decisions, which encodes records, and sqlx's SQLite
@@ -149,12 +138,12 @@ thread_ticks() {
     END { print wu + 0, wk + 0, d + 0, l + 0 }'
 }
 declare -A THREAD_TICKS REQUESTS_TOTAL
-run_pinpoint() { # as run, and appends Pinpoint's CPU microseconds per request to CPU[name-kind]
+run_measured() { # as run, and appends the target's CPU microseconds per request to CPU[name-kind]
   local ticks_before ticks_after threads_before threads_after
-  ticks_before=$(pinpoint_ticks)
+  ticks_before=$(ticks_of "$1")
   threads_before=$(thread_ticks)
   run "$@"
-  ticks_after=$(pinpoint_ticks)
+  ticks_after=$(ticks_of "$1")
   threads_after=$(thread_ticks)
   CPU[$1-$2]+="$(awk -v hz="$TICKS_PER_SECOND" -v t0="$ticks_before" -v t1="$ticks_after" -v n="$REQUESTS" \
     'BEGIN { printf "%.2f", (t1 - t0) * 1e6 / hz / n }') "
@@ -173,28 +162,30 @@ def ms(v):
 print('%.2fms' % statistics.median(ms(v) for v in sys.argv[1:]))" "$@"
 }
 
-# bare and chain (and key) alternate, ROUNDS times each, in short runs, so each round's
-# runs see the same machine: on a shared (noisy) machine long runs compare two different
-# moments. The order rotates every round (bare-chain, chain-bare, ...), so a drift over the
-# run favours none.
-bare() { run_pinpoint bare "$1" "http://127.0.0.1:$PROXY_PORT/bare/x"; }
-chain() { run_pinpoint chain "$1" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"; }
-key() { run_pinpoint key "$1" "http://127.0.0.1:$PROXY_PORT/key/x" "Authorization: Bearer $KEY"; }
+# Every proxy (nginx, HAProxy, Caddy, bare, chain, and key) runs ROUNDS times, in short
+# runs that alternate, so each round's runs see the same machine: on a shared (noisy)
+# machine long runs compare two different moments (nginx alone, measured once, moved
+# between 31,800 and 57,600 GET/s from one run to the next here). The order rotates every
+# round, so a drift over the run favours none.
+nginx() { run_measured nginx "$1" "http://127.0.0.1:$NGINX_PORT/bare/x"; }
+haproxy() { run_measured haproxy "$1" "http://127.0.0.1:$HAPROXY_PORT/bare/x"; }
+caddy() { run_measured caddy "$1" "http://127.0.0.1:$CADDY_PORT/bare/x"; }
+bare() { run_measured bare "$1" "http://127.0.0.1:$PROXY_PORT/bare/x"; }
+chain() { run_measured chain "$1" "http://127.0.0.1:$PROXY_PORT/chain/x" "Authorization: Bearer $KEY"; }
+key() { run_measured key "$1" "http://127.0.0.1:$PROXY_PORT/key/x" "Authorization: Bearer $KEY"; }
 PINPOINT_TARGETS=(bare chain)
 [ "${BENCH_BREAKDOWN:-0}" = 1 ] && PINPOINT_TARGETS+=(key)
+TARGETS=(nginx haproxy caddy "${PINPOINT_TARGETS[@]}")
 for kind in get post; do
   run direct "$kind" "http://127.0.0.1:$ECHO_PORT/bare/x"
-  run nginx "$kind" "http://127.0.0.1:$NGINX_PORT/bare/x"
-  run haproxy "$kind" "http://127.0.0.1:$HAPROXY_PORT/bare/x"
-  run caddy "$kind" "http://127.0.0.1:$CADDY_PORT/bare/x"
   for round in $(seq "$ROUNDS"); do
-    for i in $(seq 0 $((${#PINPOINT_TARGETS[@]} - 1))); do
-      "${PINPOINT_TARGETS[$(((i + round) % ${#PINPOINT_TARGETS[@]}))]}" "$kind"
+    for i in $(seq 0 $((${#TARGETS[@]} - 1))); do
+      "${TARGETS[$(((i + round) % ${#TARGETS[@]}))]}" "$kind"
     done
   done
 done
 
-printf '\n%-10s %-5s %12s %10s %14s   %s\n' target kind "req/s" p99 "Pinpoint CPU" "(medians; every run's req/s)"
+printf '\n%-10s %-5s %12s %10s %14s   %s\n' target kind "req/s" p99 "CPU" "(medians; every run's req/s)"
 for kind in get post; do
   for name in direct nginx haproxy caddy "${PINPOINT_TARGETS[@]}"; do
     cpu="-"
@@ -206,7 +197,6 @@ for kind in get post; do
   done
 done
 echo
-ratio() { python3 -c "import sys; print('%-30s %.3f' % (sys.argv[1], float(sys.argv[2]) / float(sys.argv[3])))" "$@"; }
 per_round() { # "higher|lower" base-values other-values -> median of the per-round ratios
   # other/base (req/s, higher is better) or base/other (CPU per request), with a 95%
   # bootstrap interval of that median
@@ -220,20 +210,16 @@ medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in 
 print('%.3f  (95%% interval %.3f-%.3f, %d rounds)' % (statistics.median(ratios), medians[50], medians[1949], len(ratios)))" "$@"
 }
 for kind in get post; do
-  # shellcheck disable=SC2086
-  ratio "bare/nginx $kind throughput" "$(median ${RPS[bare-$kind]})" "$(median ${RPS[nginx-$kind]})"
-  # shellcheck disable=SC2086
-  ratio "chain/nginx $kind throughput" "$(median ${RPS[chain-$kind]})" "$(median ${RPS[nginx-$kind]})"
-  for name in haproxy caddy; do
-    # shellcheck disable=SC2086
-    ratio "$name/nginx $kind throughput" "$(median ${RPS[$name-$kind]})" "$(median ${RPS[nginx-$kind]})"
+  for name in haproxy caddy "${PINPOINT_TARGETS[@]}"; do
+    printf '%-30s %s\n' "$name/nginx $kind throughput" "$(per_round higher "${RPS[nginx-$kind]}" "${RPS[$name-$kind]}")"
+    printf '%-30s %s\n' "$name/nginx $kind CPU capacity" "$(per_round lower "${CPU[nginx-$kind]}" "${CPU[$name-$kind]}")"
   done
   for name in "${PINPOINT_TARGETS[@]:1}"; do
     printf '%-30s %s\n' "$name/bare $kind throughput" "$(per_round higher "${RPS[bare-$kind]}" "${RPS[$name-$kind]}")"
     printf '%-30s %s\n' "$name/bare $kind CPU capacity" "$(per_round lower "${CPU[bare-$kind]}" "${CPU[$name-$kind]}")"
   done
 done
-echo "(x/bare: the median of the rounds' ratios; throughput is req/s, CPU capacity is bare's Pinpoint CPU time per request over x's, the throughput ratio when Pinpoint alone limits it; $DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"
+echo "(x/nginx and x/bare: the median of the rounds' ratios; throughput is req/s, CPU capacity is the base's CPU time per request over x's (nginx's workers, HAProxy's and Caddy's processes, Pinpoint's process), the throughput ratio when the proxy alone limits it; $DURATION s per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores, all on one machine; $PLACEMENT)"
 echo
 # Where Pinpoint's CPU goes, over all rounds: the chain's extra time by thread (the kernel
 # time of the workers is mostly socket I/O, the decision writer's mostly file writes).

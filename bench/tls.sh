@@ -25,7 +25,6 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] || ! command -v wrk
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx wrk nghttp2-client >/dev/null
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q -p pinpoint
 BIN=target/release/pinpoint
@@ -39,31 +38,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 $CLIENT_PIN "$BIN" echo --fixed --listen "127.0.0.1:$ECHO_PORT" 2>/dev/null & PIDS+=($!)
 wait_port $ECHO_PORT
 
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes $NGINX_WORKERS;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $WORK/nginx-access.log;
-  keepalive_requests 1000000;   # the default 1000 ends HTTP/2 connections mid-run (GOAWAY)
-  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT ssl http2;
-    ssl_certificate $WORK/cert.pem;
-    ssl_certificate_key $WORK/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-$PROXY_PIN "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
-wait_port $NGINX_PORT
+bench_nginx tls "$NGINX_PORT" "$ECHO_PORT" "$NGINX_WORKERS" "ssl http2" \
+  "ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
 
 bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
 # TLS on the proxy listener, with nginx's certificate.

@@ -30,7 +30,6 @@ if [ ! -f /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ] || [ ! -d /usr
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx libnginx-mod-http-modsecurity modsecurity-crs wrk >/dev/null
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q -p pinpoint
 BIN=target/release/pinpoint
@@ -56,30 +55,8 @@ for conf in plain crs; do
     port=$NGINX_CRS_PORT
     modsec="modsecurity on; modsecurity_rules_file $WORK/modsecurity.conf;"
   fi
-  cat > "$WORK/nginx-$conf.conf" <<NGINX
-load_module /usr/lib/nginx/modules/ngx_http_modsecurity_module.so;
-worker_processes $NGINX_WORKERS;
-pid $WORK/nginx-$conf.pid;
-error_log $WORK/nginx-$conf-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $WORK/nginx-$conf-access.log;
-  client_body_buffer_size 64k;
-  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port;
-    $modsec
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-  $PROXY_PIN "$NGINX" -c "$WORK/nginx-$conf.conf" -p "$WORK"
-  wait_port "$port"
+  bench_nginx "$conf" "$port" "$ECHO_PORT" "$NGINX_WORKERS" "" "$modsec" "client_body_buffer_size 64k;" \
+    "load_module /usr/lib/nginx/modules/ngx_http_modsecurity_module.so;"
 done
 
 bench_config "$WORK" "$PROXY_PORT" "$API_PORT" "$ECHO_PORT"
