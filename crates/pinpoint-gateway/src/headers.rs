@@ -224,7 +224,8 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
             || (class.is(Class::FORWARDING) && (underscored || !rules.peer_is_trusted_proxy))
             || CLIENT_CERT_PREFIXES.iter().any(|p| read_as.starts_with(p))
             || (class.is(Class::CREDENTIAL) && (rules.route_authenticates || underscored))
-            // A Pinpoint credential in any header (cookies included), in any wrapping.
+            // A Pinpoint credential in any header (cookies included), in the wrappings
+            // `carries_pinpoint_credential` undoes.
             || carries_pinpoint_credential(value.as_bytes(), rules.ours);
         if remove && !doomed.contains(name) {
             doomed.push(name.clone());
@@ -254,11 +255,13 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
     }
 }
 
-/// Whether `bytes` hold a Pinpoint credential anywhere, in any wrapping a server might
-/// unwrap: a key (`pp_<16 hex>`, with any separator and in any case, or its id and secret
-/// without the prefix), or a JWT whose header names a Pinpoint signing key, raw, quoted,
-/// after any scheme or separator, in a list, percent-encoded, with JSON escapes, or inside
-/// base64 (a `Basic` pair) or hex.
+/// Whether `bytes` hold a Pinpoint credential anywhere, in the wrappings clients apply: a
+/// key (`pp_<16 hex>` with any separator or none, in any case, or its id and secret
+/// without the prefix, `<id>:<secret>` included), or a JWT whose header names a Pinpoint
+/// signing key; raw, quoted, after any scheme or separator, in a list, percent-encoded or
+/// JSON-escaped up to [`MAX_ESCAPE_LAYERS`] deep, or inside base64 (a `Basic` pair) or hex.
+/// Not recognised: a credential cut into pieces (across headers, cookies or segments), or
+/// put in other encodings on purpose (base32, UTF-16, entities, whitespace inside base64).
 pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
     if bytes.len() < MIN_CREDENTIAL_BYTES {
         return false;

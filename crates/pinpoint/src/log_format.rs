@@ -102,6 +102,60 @@ impl Visit for JsonFields<'_> {
     }
 }
 
+/// The JSON format's access-log line, written straight from the request's fields into the
+/// log sink: byte for byte what [`JsonLines`] writes for the `pinpoint::access` event, less
+/// tracing's dispatch and field visitors (see `pinpoint_gateway::telemetry::AccessLog`).
+pub struct JsonAccessLog {
+    pub sink: crate::log_sink::LogSink,
+}
+
+impl JsonAccessLog {
+    fn line(line: &pinpoint_gateway::telemetry::AccessLine<'_>, at: std::time::SystemTime) -> String {
+        use pinpoint_core::json::push_str;
+        let mut out = String::with_capacity(512);
+        out.push_str("{\"timestamp\":\"");
+        push_timestamp(&mut out, at);
+        // The keys are fixed identifiers: nothing in them to escape.
+        out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
+        push_str(&mut out, line.request_id);
+        out.push_str(",\"client_request_id\":");
+        push_str(&mut out, line.client_request_id);
+        out.push_str(",\"trace_id\":");
+        push_str(&mut out, line.trace_id);
+        out.push_str(",\"client\":");
+        push_str(&mut out, line.client);
+        out.push_str(",\"method\":");
+        push_str(&mut out, line.method);
+        out.push_str(",\"path\":");
+        push_str(&mut out, line.path);
+        out.push_str(",\"route\":");
+        push_str(&mut out, line.route);
+        out.push_str(",\"status\":");
+        out.push_str(itoa::Buffer::new().format(line.status));
+        out.push_str(",\"reason\":");
+        push_str(&mut out, line.reason);
+        out.push_str(",\"upstream\":");
+        push_str(&mut out, line.upstream);
+        out.push_str(",\"duration_us\":");
+        out.push_str(itoa::Buffer::new().format(line.duration_us));
+        out.push_str(",\"revision\":");
+        push_str(&mut out, line.revision);
+        out.push_str(",\"target\":\"pinpoint::access\"}\n");
+        out
+    }
+}
+
+impl pinpoint_gateway::telemetry::AccessLog for JsonAccessLog {
+    fn write(&self, line: &pinpoint_gateway::telemetry::AccessLine<'_>) {
+        use std::io::Write as _;
+        use tracing_subscriber::fmt::MakeWriter as _;
+        let _ = self
+            .sink
+            .make_writer()
+            .write_all(Self::line(line, std::time::SystemTime::now()).as_bytes());
+    }
+}
+
 /// Appends `at` as RFC 3339 in UTC with microseconds (`2026-12-06T02:44:58.712736Z`).
 fn push_timestamp(out: &mut String, at: std::time::SystemTime) {
     let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -134,6 +188,79 @@ fn push_digits(out: &mut String, value: u32, width: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drops the timestamp's value: the two lines are written at different moments.
+    fn without_timestamp(line: &str) -> String {
+        let start = line.find("\"timestamp\":\"").map_or(0, |i| i + 13);
+        let end = line[start..].find('"').map_or(start, |i| start + i);
+        format!("{}{}", &line[..start], &line[end..])
+    }
+
+    #[test]
+    fn the_direct_access_line_is_the_one_tracing_writes() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .map_err(|_| std::io::ErrorKind::Other)?
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+            type Writer = Captured;
+            fn make_writer(&'a self) -> Captured {
+                self.clone()
+            }
+        }
+        let lines = [
+            pinpoint_gateway::telemetry::AccessLine {
+                request_id: "0123456789abcdef0123456789abcdef",
+                client_request_id: "-",
+                trace_id: "13d01493087e288b1b8373815157a202",
+                client: "127.0.0.1:36540",
+                method: "GET",
+                path: "/bare/x",
+                route: "bare",
+                status: 200,
+                reason: "-",
+                upstream: "127.0.0.1:19600",
+                duration_us: 19154,
+                revision: "rf3dcf16b4c6f",
+            },
+            pinpoint_gateway::telemetry::AccessLine {
+                request_id: "id",
+                client_request_id: "client \"quoted\" \\ id\n",
+                trace_id: "-",
+                client: "[::1]:1",
+                method: "POST",
+                path: "/caf\u{e9}/\u{1}",
+                route: "-",
+                status: 403,
+                reason: "waf.sqli",
+                upstream: "-",
+                duration_us: 0,
+                revision: "r",
+            },
+        ];
+        for line in &lines {
+            let through_tracing = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .event_format(JsonLines)
+                .with_writer(through_tracing.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || pinpoint_gateway::telemetry::log_access(line));
+            let expected = String::from_utf8(through_tracing.0.lock().unwrap().clone()).unwrap();
+            let direct = JsonAccessLog::line(line, std::time::SystemTime::now());
+            assert_eq!(without_timestamp(&direct), without_timestamp(&expected));
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {

@@ -528,9 +528,11 @@ fn init_tracing(format: &str, to: LogTo) -> log_sink::FlushGuard {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(sink)
+        .with_writer(sink.clone())
         .with_ansi(ansi);
     if format == "json" {
+        // The access log's lines go straight to the sink, in the same format.
+        pinpoint_gateway::telemetry::install_access_log(Box::new(log_format::JsonAccessLog { sink }));
         builder.event_format(log_format::JsonLines).init();
     } else {
         builder.init();
