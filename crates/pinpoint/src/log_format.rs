@@ -115,7 +115,9 @@ impl JsonAccessLog {
         let mut out = String::with_capacity(512);
         out.push_str("{\"timestamp\":\"");
         push_timestamp(&mut out, at);
-        // The keys are fixed identifiers: nothing in them to escape.
+        // The keys are fixed identifiers: nothing in them to escape. Written out field by
+        // field: a loop over (name, value) pairs cost 670 instructions a line more
+        // (bench/instructions.sh, bare route: 3,230 against 2,560).
         out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
         push_str(&mut out, line.request_id);
         out.push_str(",\"client_request_id\":");
