@@ -319,11 +319,10 @@ fn carries_wrapped(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
         // Each of the three needs a run of at least 16 bytes of `[A-Za-z0-9_-]`: a key id's
         // hex digits, or a JWT header, which names its `alg` and a `kid` (over 20 bytes,
         // so 27 or more base64 characters). Checked again for what base64 and hex decode to.
-        has_run(bytes, pinpoint_core::keys::ID_LEN, |b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')
-        }) && (holds_key_id(bytes, ours.key_id)
-            || holds_unprefixed_key(bytes, ours.key_id)
-            || jwt_kids(bytes).any(|kid| (ours.kid)(&kid)))
+        has_run(bytes, pinpoint_core::keys::ID_LEN, is_base64url)
+            && (holds_key_id(bytes, ours.key_id)
+                || holds_unprefixed_key(bytes, ours.key_id)
+                || jwt_kids(bytes).any(|kid| (ours.kid)(&kid)))
     };
     direct(bytes)
         || bytes
@@ -352,6 +351,11 @@ const BASE64_BYTE: [bool; 256] = {
     }
     table
 };
+
+/// A byte of base64url (`[A-Za-z0-9_-]`): a key's secret, a JWT's segments.
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')
+}
 
 /// Whether `bytes` hold `len` bytes in a row that `member` accepts.
 fn has_run(bytes: &[u8], len: usize, member: impl Fn(u8) -> bool) -> bool {
@@ -409,17 +413,15 @@ fn holds_unprefixed_key(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool 
     if bytes.len() < ID + 1 + SECRET {
         return false;
     }
-    let secret_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_');
     // The separator is `_` as issued, or any other byte that is not a letter or digit
     // (`<id>:<secret>`, as a Basic pair of user and password would carry them).
     (ID..bytes.len() - SECRET)
         .filter(|&at| !bytes[at].is_ascii_alphanumeric())
         .any(|at| {
-            at >= ID
-                && bytes[at - ID..at].iter().all(u8::is_ascii_hexdigit)
+            bytes[at - ID..at].iter().all(u8::is_ascii_hexdigit)
                 && bytes
                     .get(at + 1..at + 1 + SECRET)
-                    .is_some_and(|s| s.iter().all(secret_char))
+                    .is_some_and(|s| s.iter().all(|b| is_base64url(*b)))
                 && is_key_id(&String::from_utf8_lossy(&bytes[at - ID..at]).to_ascii_lowercase())
         })
 }
@@ -448,7 +450,7 @@ fn jwt_kids(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
         .filter_map(move |i| {
             let end = bytes[i..]
                 .iter()
-                .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')))
+                .position(|b| !is_base64url(*b))
                 .map_or(bytes.len(), |n| i + n);
             let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(&bytes[i..end])

@@ -317,8 +317,8 @@ impl KeyStore for Store {
              UPDATE api_keys SET revoked = 1 WHERE id IN (SELECT id FROM rotated)",
         )
         .bind(id)
-            .execute(self.pool())
-            .await?;
+        .execute(self.pool())
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("key"));
         }
