@@ -223,11 +223,11 @@ reasons! {
         hint: "Send the header named in `detail` once.",
         description: "A header that may appear only once (`Authorization`, `X-API-Key`, `DD-API-KEY`, `DD-APPLICATION-KEY`, `X-Request-Id`, `Origin`, `Content-Type`, `Access-Control-Request-Method`, `Sec-Fetch-Site`) appears more than once; the gateway and the upstream could each read a different one.",
     },
-    /// The URL carries a Pinpoint credential.
+    /// The URL (or the request line's method, or the Host) carries a Pinpoint credential.
     RequestCredentialInUrl => {
         code: "request.credential_in_url", status: 400, source: Caller, title: "Credential in the URL",
         hint: "Send the key or token in a header (`Authorization: Bearer ...`), never in the URL, and replace the key: URLs are logged.",
-        description: "The path or the query string holds a Pinpoint API key or a Pinpoint-issued token. Pinpoint never passes its credentials to an upstream, and it cannot remove one from the URL without changing the request, so it refuses it.",
+        description: "The path, the query string, the Host or the method holds a Pinpoint API key or a Pinpoint-issued token (as it is or wrapped: percent-encoded, base64, hex, ...). Pinpoint never passes its credentials to an upstream, and it cannot remove one from the URL without changing the request, so it refuses it.",
     },
     /// The request line and headers together are too large.
     RequestHeadersTooLarge => {

@@ -12,6 +12,7 @@
 //!   small remainder or says `Connection: close`, so a client reusing the connection never
 //!   finds it silently closed.
 
+use pinpoint_policy::credential_text;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -45,11 +46,11 @@ pub fn canonical_request<'a>(
     uri: &'a Uri,
     headers: &HeaderMap,
     limits: &ServerConfig,
-    ours: crate::headers::OwnCredentials<'_>,
+    ours: credential_text::OwnCredentials<'_>,
 ) -> Result<CanonicalRequest<'a>, Denial> {
     // First, so a request refused for any other reason never has its credential written
     // down either (the decision records such a path as withheld).
-    refuse_credential_in_url(uri, headers, ours)?;
+    refuse_credential_in_url(method, uri, headers, ours)?;
     check_head_size(method, uri, headers, limits)?;
     check_singletons(headers)?;
     canonical::check_method(method.as_str())?;
@@ -68,15 +69,17 @@ pub fn canonical_request<'a>(
     Ok(CanonicalRequest { path, host })
 }
 
-/// Refuses a URL (path, query string or Host) that carries a Pinpoint credential: it cannot
-/// be removed without changing the request, and URLs are logged everywhere. The proxy asks
-/// about its own keys and tokens; the API, whose paths never hold one, about any.
+/// Refuses a request line (method, path, query string) or Host that carries a Pinpoint
+/// credential: it cannot be removed without changing the request, and request lines are
+/// logged everywhere. The proxy asks about its own keys and tokens; the API, whose
+/// requests never hold one, about any.
 pub fn refuse_credential_in_url(
+    method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    ours: crate::headers::OwnCredentials<'_>,
+    ours: credential_text::OwnCredentials<'_>,
 ) -> Result<(), Denial> {
-    match url_part_with_credential(uri, headers, ours) {
+    match url_part_with_credential(method, uri, headers, ours) {
         Some(part) => Err(Denial::new(
             Reason::RequestCredentialInUrl,
             format!("The {part} carries a Pinpoint credential."),
@@ -85,28 +88,21 @@ pub fn refuse_credential_in_url(
     }
 }
 
-/// Which part of the URL (the path, the query string, the Host) holds a Pinpoint
-/// credential, as sent: percent-decoded once and again (for servers that decode twice),
-/// whole and piece by piece (each path segment and query field alone, so a wrapping
-/// such as base64 is read from where it starts; `/` and `=` belong to base64's alphabet).
+/// Which part of the request line (the method, the path, the query string) or the Host
+/// holds a Pinpoint credential, in the wrappings `carries_pinpoint_credential` undoes
+/// (percent-encoding included, as often as a server might decode), whole and piece by
+/// piece (each path segment and query field alone, so a wrapping such as base64 is read
+/// from where it starts; `/` and `=` belong to base64's alphabet).
 fn url_part_with_credential(
+    method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    ours: crate::headers::OwnCredentials<'_>,
+    ours: credential_text::OwnCredentials<'_>,
 ) -> Option<&'static str> {
-    let carries = |text: &str| {
-        // Percent-decoding only shortens: text too short now holds no credential decoded.
-        if text.len() < crate::headers::MIN_CREDENTIAL_BYTES {
-            return false;
-        }
-        let once = canonical::percent_decode(text);
-        crate::headers::carries_pinpoint_credential(&once, ours)
-            || (once.contains(&b'%')
-                && crate::headers::carries_pinpoint_credential(
-                    &canonical::percent_decode(&String::from_utf8_lossy(&once)),
-                    ours,
-                ))
-    };
+    let carries = |text: &str| credential_text::carries_pinpoint_credential(text.as_bytes(), ours);
+    if carries(method.as_str()) {
+        return Some("method");
+    }
     let path = uri.path();
     if carries(path) || path.split('/').any(|segment| !segment.is_empty() && carries(segment)) {
         return Some("path");
@@ -412,7 +408,7 @@ mod tests {
     }
 
     fn decide(p: &http::request::Parts) -> Result<CanonicalRequest<'_>, Denial> {
-        let ours = crate::headers::OwnCredentials {
+        let ours = credential_text::OwnCredentials {
             key_id: &|id| id == "0123456789abcdef",
             kid: &|_| false,
         };

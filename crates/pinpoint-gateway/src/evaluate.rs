@@ -15,8 +15,8 @@ use pinpoint_policy::rate_state::MemoryRateState;
 use pinpoint_policy::world::{Clock, Identities, ReadOnlyIdentities};
 
 use crate::edge;
-use crate::headers::OwnCredentials;
 use crate::runtime::{build_pipeline, route_table, World};
+use pinpoint_policy::credential_text::OwnCredentials;
 
 /// A config's pipeline, built for evaluation.
 pub struct Evaluator {

@@ -11,6 +11,7 @@
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use pinpoint_core::config::OverrideHeaders;
+use pinpoint_policy::credential_text::{carries_pinpoint_credential, OwnCredentials};
 use pinpoint_policy::overrides::{dashed, OVERRIDE_HEADERS};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones).
@@ -154,15 +155,6 @@ pub struct UpstreamHeaderRules<'a> {
     pub ours: OwnCredentials<'a>,
 }
 
-/// What Pinpoint recognises as its own: the id of a key in its directory, the `kid` of
-/// one of its signing keys. Only these are removed: a value merely shaped like a key is
-/// the client's (`app_5f3a9c1e2b4d6e8f` in a cookie name, say).
-#[derive(Clone, Copy)]
-pub struct OwnCredentials<'a> {
-    pub key_id: &'a (dyn Fn(&str) -> bool + Sync),
-    pub kid: &'a (dyn Fn(&str) -> bool + Sync),
-}
-
 /// Which of the lists above a header name (lower case, `_` read as `-`) is on.
 #[derive(Clone, Copy, Default)]
 struct Class(u8);
@@ -224,9 +216,10 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
             || (class.is(Class::FORWARDING) && (underscored || !rules.peer_is_trusted_proxy))
             || CLIENT_CERT_PREFIXES.iter().any(|p| read_as.starts_with(p))
             || (class.is(Class::CREDENTIAL) && (rules.route_authenticates || underscored))
-            // A Pinpoint credential in any header (cookies included), in the wrappings
-            // `carries_pinpoint_credential` undoes.
-            || carries_pinpoint_credential(value.as_bytes(), rules.ours);
+            // A Pinpoint credential in any header (cookies included), or in its name, in
+            // the wrappings `carries_pinpoint_credential` undoes.
+            || carries_pinpoint_credential(value.as_bytes(), rules.ours)
+            || carries_pinpoint_credential(plain.as_bytes(), rules.ours);
         if remove && !doomed.contains(name) {
             doomed.push(name.clone());
             // A cookie header loses only the cookies that carry the credential.
@@ -253,211 +246,6 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
     for (name, value) in restored {
         headers.append(name, value);
     }
-}
-
-/// Whether `bytes` hold a Pinpoint credential anywhere, in the wrappings clients apply: a
-/// key (`pp_<16 hex>` with any separator or none, in any case, or its id and secret
-/// without the prefix, `<id>:<secret>` included), or a JWT whose header names a Pinpoint
-/// signing key; raw, quoted, after any scheme or separator, in a list, percent-encoded or
-/// JSON-escaped up to [`MAX_ESCAPE_LAYERS`] deep, or inside base64 (a `Basic` pair) or hex.
-/// Not recognised: a credential cut into pieces (across headers, cookies or segments), or
-/// put in other encodings on purpose (base32, UTF-16, entities, whitespace inside base64).
-pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
-    if bytes.len() < MIN_CREDENTIAL_BYTES {
-        return false;
-    }
-    if carries_wrapped(bytes, ours) {
-        return true;
-    }
-    if memchr::memchr2(b'%', b'\\', bytes).is_none() {
-        return false;
-    }
-    // Percent-encoding and JSON escapes, undone a layer at a time, one inside the other or
-    // either twice (`%255F`, `%5Cu005f`, `\\u005f`), as far as a server decoding more
-    // than once might go.
-    let mut layer = bytes.to_vec();
-    for _ in 0..MAX_ESCAPE_LAYERS {
-        let mut changed = false;
-        if memchr::memchr(b'%', &layer).is_some() {
-            let decoded = pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(&layer));
-            if decoded != layer {
-                if carries_wrapped(&decoded, ours) {
-                    return true;
-                }
-                (layer, changed) = (decoded, true);
-            }
-        }
-        if memchr::memchr(b'\\', &layer).is_some() {
-            if let Some(decoded) = pinpoint_core::json::unescaped(&String::from_utf8_lossy(&layer)) {
-                if carries_wrapped(decoded.as_bytes(), ours) {
-                    return true;
-                }
-                (layer, changed) = (decoded.into_bytes(), true);
-            }
-        }
-        if !changed {
-            return false;
-        }
-    }
-    false
-}
-
-/// How many layers of percent-encoding and JSON escapes the credential search undoes.
-const MAX_ESCAPE_LAYERS: usize = 4;
-
-/// [`carries_pinpoint_credential`] on text as it is, base64 or hex.
-fn carries_wrapped(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
-    use base64::Engine;
-    // Whatever is looked for below needs 16 base64 characters in a row (see `direct`; a
-    // base64 word needs 20, a hex one 38): most header values have no such run and are
-    // not searched. Searching each cost about 600 instructions a header (a browser's dozen
-    // headers: 9,400 a request, bench/instructions.sh, route `headers`).
-    if !has_run(bytes, pinpoint_core::keys::ID_LEN, |b| BASE64_BYTE[usize::from(b)]) {
-        return false;
-    }
-    let direct = |bytes: &[u8]| {
-        // Each of the three needs a run of at least 16 bytes of `[A-Za-z0-9_-]`: a key id's
-        // hex digits, or a JWT header, which names its `alg` and a `kid` (over 20 bytes,
-        // so 27 or more base64 characters). Checked again for what base64 and hex decode to.
-        has_run(bytes, pinpoint_core::keys::ID_LEN, is_base64url)
-            && (holds_key_id(bytes, ours.key_id)
-                || holds_unprefixed_key(bytes, ours.key_id)
-                || jwt_kids(bytes).any(|kid| (ours.kid)(&kid)))
-    };
-    direct(bytes)
-        || bytes
-            .split(|b| !BASE64_BYTE[usize::from(*b)])
-            // Shorter words decode to at most 14 bytes: too few for a key id (`pp_` and 16
-            // hex digits) or a JWT header naming a `kid`, so they are not decoded at all.
-            .filter(|word| word.len() >= MIN_WRAPPED_CREDENTIAL)
-            .filter_map(|word| {
-                base64::engine::general_purpose::STANDARD_NO_PAD
-                    .decode(word)
-                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(word))
-                    .ok()
-            })
-            .any(|decoded| direct(&decoded))
-        || hex_words(bytes).any(|decoded| direct(&decoded))
-}
-
-/// The bytes of base64 in either alphabet: `[A-Za-z0-9+/_-]`.
-const BASE64_BYTE: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let byte = b as u8;
-        table[b] = byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'/' | b'-' | b'_');
-        b += 1;
-    }
-    table
-};
-
-/// A byte of base64url (`[A-Za-z0-9_-]`): a key's secret, a JWT's segments.
-fn is_base64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')
-}
-
-/// Whether `bytes` hold `len` bytes in a row that `member` accepts.
-fn has_run(bytes: &[u8], len: usize, member: impl Fn(u8) -> bool) -> bool {
-    let mut run = 0;
-    for &b in bytes {
-        run = if member(b) { run + 1 } else { 0 };
-        if run >= len {
-            return true;
-        }
-    }
-    false
-}
-
-/// The runs of hex digits long enough to spell a credential (`pp_` and a key id: 19 bytes,
-/// 38 digits), decoded from their first digit and from their second (a run may begin with
-/// a digit that is not the encoding's).
-fn hex_words(bytes: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    bytes
-        .split(|b| !b.is_ascii_hexdigit())
-        .filter(|word| word.len() >= 2 * MIN_CREDENTIAL_BYTES)
-        .flat_map(|word| [word, &word[1..]])
-        .map(|word| {
-            word.chunks_exact(2)
-                .map(|pair| {
-                    let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
-                    digit(pair[0]) << 4 | digit(pair[1])
-                })
-                .collect()
-        })
-}
-
-/// Credential-shaped text, whoever issued it: any key id shape (`pp_<16 hex>`, whether or
-/// not such a key exists) and any JWT whose header names a signing key. For text that is
-/// stored or shown back (API fields, refusal details), where no credential belongs.
-pub const ANY_CREDENTIAL: OwnCredentials<'static> = OwnCredentials {
-    key_id: &|_| true,
-    kid: &|_| true,
-};
-
-/// The shortest text that can hold a credential: a key id with its prefix (`pp_` and 16
-/// hex digits); a JWT, or anything wrapped, is longer. Shorter text (most paths, hosts and
-/// header values) is not looked into: checking every path segment, query field and Host
-/// this way cost 3,500 instructions a request on the bare route otherwise.
-pub const MIN_CREDENTIAL_BYTES: usize = 3 + pinpoint_core::keys::ID_LEN;
-
-/// The shortest base64 word that can decode to a credential: 15 bytes or more take at
-/// least 20 characters.
-const MIN_WRAPPED_CREDENTIAL: usize = 20;
-
-/// Whether `bytes` hold a key without its `pp_`: the 16 hex digits of a key Pinpoint
-/// knows, one separator, and a secret's 43 characters.
-fn holds_unprefixed_key(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
-    const ID: usize = pinpoint_core::keys::ID_LEN;
-    const SECRET: usize = pinpoint_core::keys::SECRET_LEN;
-    if bytes.len() < ID + 1 + SECRET {
-        return false;
-    }
-    // The separator is `_` as issued, or any other byte that is not a letter or digit
-    // (`<id>:<secret>`, as a Basic pair of user and password would carry them).
-    (ID..bytes.len() - SECRET)
-        .filter(|&at| !bytes[at].is_ascii_alphanumeric())
-        .any(|at| {
-            bytes[at - ID..at].iter().all(u8::is_ascii_hexdigit)
-                && bytes
-                    .get(at + 1..at + 1 + SECRET)
-                    .is_some_and(|s| s.iter().all(|b| is_base64url(*b)))
-                && is_key_id(&String::from_utf8_lossy(&bytes[at - ID..at]).to_ascii_lowercase())
-        })
-}
-
-/// Whether `bytes` hold `pp`, one separator or none, and the 16 hex digits of a key
-/// Pinpoint knows.
-fn holds_key_id(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
-    const ID: usize = pinpoint_core::keys::ID_LEN;
-    let id_at = |at: usize| {
-        bytes.get(at..at + ID).is_some_and(|id| {
-            id.iter().all(u8::is_ascii_hexdigit) && is_key_id(&String::from_utf8_lossy(id).to_ascii_lowercase())
-        })
-    };
-    // `pp`, a separator or none (`pp92a7…`), the id.
-    bytes.windows(2).enumerate().any(|(at, w)| {
-        w.eq_ignore_ascii_case(b"pp")
-            && (id_at(at + 2) || bytes.get(at + 2).is_some_and(|b| !b.is_ascii_alphanumeric()) && id_at(at + 3))
-    })
-}
-
-/// The `kid`s of every JWT header (`eyJ...`, base64url JSON) in `bytes`.
-fn jwt_kids(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
-    use base64::Engine;
-    (0..bytes.len().saturating_sub(2))
-        .filter(move |&i| &bytes[i..i + 3] == b"eyJ")
-        .filter_map(move |i| {
-            let end = bytes[i..]
-                .iter()
-                .position(|b| !is_base64url(*b))
-                .map_or(bytes.len(), |n| i + n);
-            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(&bytes[i..end])
-                .ok()?;
-            let header: serde_json::Value = serde_json::from_slice(&json).ok()?;
-            header.get("kid")?.as_str().map(str::to_owned)
-        })
 }
 
 /// Whether the query or the body asks the upstream to use another method with a `_method`
@@ -924,61 +712,6 @@ mod tests {
         ]);
         clean_upstream_response(&mut h);
         assert_eq!(left(&h), ["server"]);
-    }
-
-    #[test]
-    fn a_pinpoint_credential_is_found_in_any_wrapping() {
-        let key = "pp_0123456789abcdef_secretsecretsecretsecretsecretsecretsecr";
-        let jwt = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.sig";
-        // A key as issued: its secret is 43 characters.
-        let issued = format!("pp_0123456789abcdef_{}", "s".repeat(43));
-        use base64::Engine;
-        let basic = |pair: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
-        let wrapped = [
-            format!("Bearer {key}"),
-            format!("Bearer\t{key}"),
-            format!("Bearer \"{key}\""),
-            format!("x, Bearer {key}"),
-            format!("Bearer={key}"),
-            format!("token={key}"),
-            format!("PP_{}", &key[3..]),
-            basic(&format!("{key}:")),
-            basic(&format!("user:{key}")),
-            format!("bearer {jwt}"),
-            format!("{jwt},{jwt}"),
-            format!("\"{jwt}\""),
-            basic(&format!("x:{jwt}")),
-            format!("Bearer {jwt}."),
-            format!("x.{jwt}"),
-            format!("pp-{}", &key[3..]),
-            format!("api_key={key}"),
-            pinpoint_core::hex::lower(key.as_bytes()),
-            format!("a{}", pinpoint_core::hex::lower(key.as_bytes())),
-            key.replace('_', "%5F"),
-            key.replace('_', "\\u005f"),
-            format!("x:0123456789abcdef_{}", "s".repeat(43)),
-            // The id as a Basic user and the secret as its password, or the pair as it is.
-            basic(&issued[3..].replacen('_', ":", 1)),
-            issued[3..].replacen('_', ":", 1),
-            // No separators at all.
-            issued.replace('_', ""),
-            // Escapes in layers: percent-encoded twice, JSON inside percent, JSON twice.
-            key.replace('_', "%255F"),
-            key.bytes().map(|b| format!("%25{b:02X}")).collect(),
-            key.replace('_', "%5Cu005f"),
-            key.replace('_', "\\\\u005f"),
-        ];
-        for value in &wrapped {
-            assert!(carries_pinpoint_credential(value.as_bytes(), OURS), "{value}");
-        }
-        for other in [
-            "Bearer upstream-own-token",
-            "Basic dXNlcjpwYXNz",
-            "eyJhbGciOiJIUzI1NiJ9.e30.x",
-            "eyJhbGciOiJFZERTQSIsImtpZCI6ImsyIn0.e30.x",
-        ] {
-            assert!(!carries_pinpoint_credential(other.as_bytes(), OURS), "{other}");
-        }
     }
 
     #[test]

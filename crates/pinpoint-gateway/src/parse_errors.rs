@@ -236,6 +236,7 @@ pub fn refusal(shared: &crate::runtime::Shared, route: &Arc<str>, peer: SocketAd
         route,
         decision,
         pinpoint_core::config::SampleRate::ALL,
+        None,
     );
     Some(out)
 }

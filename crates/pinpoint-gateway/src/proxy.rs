@@ -4,6 +4,7 @@
 //! where that is safe), answers denials with problem bodies, and records every decision
 //! (trace, metrics, access log).
 
+use pinpoint_policy::credential_text;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -152,7 +153,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     let edge_started = Instant::now();
     let is_key_id = |id: &str| shared.services.directory.key_by_id(id).is_some();
     let is_kid = |kid: &str| shared.services.tokens.is_our_kid(kid);
-    let ours = headers::OwnCredentials {
+    let ours = credential_text::OwnCredentials {
         key_id: &is_key_id,
         kid: &is_kid,
     };
@@ -384,10 +385,8 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
         duration_micros: elapsed.as_micros() as u64,
         trace,
     };
-    if let Some(otlp) = &shared.otlp {
-        otlp.record(&trace_context, &decision);
-    }
-    telemetry::finish_request(shared.decisions.as_ref(), &route_label, decision, sample);
+    let span = shared.otlp.as_deref().map(|otlp| (otlp, &trace_context));
+    telemetry::finish_request(shared.decisions.as_ref(), &route_label, decision, sample, span);
     response
 }
 
@@ -446,7 +445,7 @@ struct ForwardCtx<'a> {
     format: pinpoint_core::problem::ProblemFormat,
     reasons_url: &'a str,
     /// Recognises Pinpoint's own credentials (keys in the directory, its signing keys).
-    ours: headers::OwnCredentials<'a>,
+    ours: credential_text::OwnCredentials<'a>,
     /// The revision's upstream pools, by name.
     upstreams: &'a std::collections::BTreeMap<Arc<str>, Arc<crate::upstream::Upstream>>,
 }

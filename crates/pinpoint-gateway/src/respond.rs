@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use pinpoint_core::problem::{Problem, ProblemFormat};
 use pinpoint_core::{request_id, Denial, Reason};
+use pinpoint_policy::credential_text;
 
 /// Builds the response for a denial.
 pub fn problem(denial: &Denial, request_id: &str, format: ProblemFormat, reasons_url: &str) -> Response<Full<Bytes>> {
@@ -64,7 +65,7 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| request_id::is_well_formed(id))
-        .filter(|id| !crate::headers::carries_pinpoint_credential(id.as_bytes(), crate::headers::ANY_CREDENTIAL))
+        .filter(|id| !credential_text::carries_pinpoint_credential(id.as_bytes(), credential_text::ANY_CREDENTIAL))
         .map(str::to_owned)
 }
 

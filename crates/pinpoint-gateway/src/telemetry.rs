@@ -237,9 +237,14 @@ where
 pub fn finish_request(
     decisions: &dyn pinpoint_policy::world::DecisionSink,
     route: &Arc<str>,
-    decision: pinpoint_core::Decision,
+    mut decision: pinpoint_core::Decision,
     sample: pinpoint_core::config::SampleRate,
+    span: Option<(&crate::otlp::Exporter, &crate::trace_context::TraceContext)>,
 ) {
+    withhold_credentials(&mut decision);
+    if let Some((otlp, trace)) = span {
+        otlp.record(trace, &decision);
+    }
     let status = http::StatusCode::from_u16(decision.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     count_request(route, status, Duration::from_micros(decision.duration_micros));
     count_decision(route, &decision);
@@ -266,6 +271,31 @@ pub fn finish_request(
         None => log_access(&line),
     }
     decisions.record(decision, sample);
+}
+
+/// Replaces credential-shaped text a client put into a decision (a method, a header value
+/// a filter quotes, a body field's name the WAF names) by a mark, before the decision is
+/// logged, stored or exported: whatever a filter writes into its trace, no credential is
+/// written down (`credential_text::withheld`).
+fn withhold_credentials(decision: &mut pinpoint_core::Decision) {
+    use pinpoint_policy::credential_text::withheld;
+    let scrub = |text: &mut String| {
+        if let Some(replaced) = withheld(text) {
+            *text = replaced;
+        }
+    };
+    scrub(&mut decision.method);
+    scrub(&mut decision.path);
+    decision.raw_path.as_mut().map(scrub);
+    decision.host.as_mut().map(scrub);
+    for entry in &mut decision.trace {
+        entry.note.as_mut().map(scrub);
+        entry.detail.as_mut().map(scrub);
+        entry.platform_note.as_mut().map(scrub);
+        if let Some(replaced) = entry.rule_id.as_deref().and_then(withheld) {
+            entry.rule_id = Some(Arc::from(replaced));
+        }
+    }
 }
 
 /// One request's access-log line: the event `pinpoint::access` at INFO, message

@@ -11,6 +11,7 @@
 //! (`filters::waf::json`), which Rust counts as unsafe although every x86-64 CPU has SSE2.
 #![deny(unsafe_code)]
 
+pub mod credential_text;
 pub mod filters;
 pub mod forwarded;
 pub mod identity;

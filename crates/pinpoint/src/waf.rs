@@ -41,10 +41,21 @@ pub async fn exclude(request_id: &str, client: &ClientArgs) -> Result<()> {
             })
             .collect();
         // A part whose name ends in `*` is written `\*`: a bare trailing `*` would match
-        // every part that starts the same way. Strings in TOML's own escaping.
-        let part = match part.strip_suffix('*') {
-            Some(prefix) => format!("{prefix}\\*"),
-            None => part,
+        // every part that starts the same way. A part the trace withheld (its name held a
+        // credential) becomes the prefix before that, with a trailing `*`. Strings in
+        // TOML's own escaping.
+        let withheld_at = part.find(pinpoint_policy::credential_text::WITHHELD);
+        let part = match (withheld_at, part.strip_suffix('*')) {
+            (Some(at), _) => {
+                println!("\n# The part's name held a credential, which is never written down: this entry");
+                println!(
+                    "# covers every part under `{}`. Narrow it by hand if you can.",
+                    &part[..at]
+                );
+                format!("{}*", &part[..at])
+            }
+            (None, Some(prefix)) => format!("{prefix}\\*"),
+            (None, None) => part,
         };
         let [id, route, rule, part] = [id.as_str(), route, rule.as_str(), part.as_str()].map(toml_string);
         println!("\n[[waf.exclusions]]\nid = {id}\nroutes = [{route}]\nrules = [{rule}]\nparts = [{part}]");

@@ -10,6 +10,7 @@ mod cloudauth;
 mod identities;
 mod keys;
 
+use pinpoint_policy::credential_text;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -192,12 +193,12 @@ impl IntoResponse for ApiError {
 
 /// A handler's refusal as the caller and the trace get it. Handlers quote what they could
 /// not accept (a permission name, a scope, a query value); when that text holds anything
-/// credential-shaped ([`crate::headers::ANY_CREDENTIAL`], in any wrapping), the detail and
+/// credential-shaped ([`credential_text::ANY_CREDENTIAL`], in any wrapping), the detail and
 /// notes say so instead of repeating it: secrets are never echoed or recorded, whatever
 /// field they were sent in.
 fn without_credentials(mut denial: Denial) -> Denial {
     let carries =
-        |text: &str| crate::headers::carries_pinpoint_credential(text.as_bytes(), crate::headers::ANY_CREDENTIAL);
+        |text: &str| credential_text::carries_pinpoint_credential(text.as_bytes(), credential_text::ANY_CREDENTIAL);
     if carries(&denial.detail) {
         denial.detail = "The request carried a credential where a name or value was expected; it is not repeated here. Send credentials only in the Authorization header.".into();
     }
@@ -402,7 +403,7 @@ fn read_attributes<T: DeserializeOwned>(body: &[u8]) -> ApiResult<(serde_json::V
     // decoded, every string and object key).
     let mut decoded = String::new();
     json_text(&value, &mut decoded);
-    let carries = |text: &[u8]| crate::headers::carries_pinpoint_credential(text, crate::headers::ANY_CREDENTIAL);
+    let carries = |text: &[u8]| credential_text::carries_pinpoint_credential(text, credential_text::ANY_CREDENTIAL);
     if carries(body) || carries(decoded.as_bytes()) {
         return Err(deny(
             Reason::ApiCredentialInBody,
@@ -730,7 +731,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
     // First, like the proxy's edge: a refusal for any other reason must not write the
     // credential down either.
     let credential_in_url =
-        crate::edge::refuse_credential_in_url(req.uri(), req.headers(), crate::headers::ANY_CREDENTIAL);
+        crate::edge::refuse_credential_in_url(req.method(), req.uri(), req.headers(), credential_text::ANY_CREDENTIAL);
     let is_api = req.uri().path().starts_with("/api/");
     let path = match credential_in_url {
         Ok(()) => req.uri().path().to_owned(),
@@ -864,6 +865,7 @@ async fn request_context(State(shared): State<Arc<Shared>>, mut req: Request, ne
             },
             // Operators' calls: few, and each worth its record.
             pinpoint_core::config::SampleRate::ALL,
+            None,
         );
     }
     response

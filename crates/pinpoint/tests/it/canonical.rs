@@ -91,6 +91,12 @@ path_prefix = "/legacy/secret"
 
 /// A gateway with the hardening config, a key holding only `shop:read` and a key whose
 /// principal holds no role at all.
+/// Standard base64 with padding, as clients wrap a credential.
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
 async fn hardened() -> (TestGateway, String, String) {
     let (dir, store, admin_key) = fresh_store().await;
     let org = store.create_org("acme").await.unwrap();
@@ -975,6 +981,23 @@ async fn what_the_second_attack_found_is_refused_or_removed() {
         ("X-A", reader_key[3..].to_owned()),
         ("X-A", pinpoint_core::hex::lower(reader_key.as_bytes())),
         ("X-Request-Id", reader_key[3..].to_owned()),
+        // Wrappings inside wrappings, base64 with a character glued to its front, hex
+        // with separators, a header named by the key in hex.
+        ("X-A", b64(&b64(&reader_key))),
+        ("X-A", pinpoint_core::hex::lower(b64(&reader_key).as_bytes())),
+        ("X-A", format!("a{}", b64(&reader_key))),
+        (
+            "X-Request-Id",
+            format!("a{}", b64(&reader_key).replace(['+', '/', '='], "-")),
+        ),
+        (
+            "X-A",
+            reader_key
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        ),
     ] {
         let resp = request(&gw, "GET", "/probe", &[(name, &value)]).await;
         assert!(
@@ -982,6 +1005,9 @@ async fn what_the_second_attack_found_is_refused_or_removed() {
             "{name}: {value} reached the upstream"
         );
     }
+    let named = format!("x-{}", pinpoint_core::hex::lower(reader_key.as_bytes()));
+    let resp = request(&gw, "GET", "/probe", &[(&named, "1")]).await;
+    assert!(!resp.body.contains(&named[2..40]), "{named} reached the upstream");
     // A tunnel is not a request Pinpoint can decide on; an encoded `?` or `#` would end the
     // path early for a server that decodes before splitting.
     let resp = send_raw(&gw, b"CONNECT /probe HTTP/1.1\r\nHost: a\r\n\r\n").await;
@@ -1002,6 +1028,33 @@ async fn what_the_second_attack_found_is_refused_or_removed() {
         (resp.status, resp.reason().as_deref()),
         (400, Some("request.credential_in_url"))
     );
+    // A key as the method: refused as part of the request line, never written down.
+    let resp = send_raw(
+        &gw,
+        format!("{reader_key} /probe HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (resp.status, resp.reason().as_deref()),
+        (400, Some("request.credential_in_url"))
+    );
+    let d = gw.decision(resp.header("x-request-id").unwrap()).await;
+    assert!(!d.method.contains(&reader_key[3..19]), "{}", d.method);
+    // Whatever a filter quotes of the request (here the CSRF filter, the Origin it
+    // compared) is written down without the credential in it.
+    let origin = format!("https://{}.example", reader_key.replace('_', "-"));
+    let resp = request(
+        &gw,
+        "POST",
+        "/orders/1",
+        &[("cookie", "session=1"), ("origin", &origin), ("content-length", "0")],
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    let d = gw.decision(resp.header("x-request-id").unwrap()).await;
+    let recorded = serde_json::to_string(&d.trace).unwrap();
+    assert!(recorded.contains("csrf"), "{recorded}");
+    assert!(!recorded.contains(&reader_key[3..19]), "{recorded}");
     // Identity and scheme assertions never pass.
     for (name, value) in [
         ("X-Remote-User", "admin"),

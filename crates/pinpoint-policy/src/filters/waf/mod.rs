@@ -159,7 +159,7 @@ impl WafFilter {
                     h.paranoia,
                     h.score,
                     if reported(h) { ", report" } else { "" },
-                    h.part,
+                    traced_part(&h.part),
                     h.fragment
                 )
             })
@@ -223,6 +223,27 @@ pub fn shown_part(part: &str) -> String {
         (false, Some((kind, name))) => format!("{kind}:#{:08x}", fingerprint(name)),
         (false, None) => String::from("#"),
     }
+}
+
+/// A part as the trace names it: whole, but for a name that holds anything
+/// credential-shaped (a JSON object keyed by API key, say), whose segments that do are
+/// replaced by [`credential_text::WITHHELD`] (all of the name, if the credential spans
+/// segments). `pinpoint waf exclude` turns such a part into a prefix pattern.
+pub fn traced_part(part: &str) -> std::borrow::Cow<'_, str> {
+    use crate::credential_text::{carries_pinpoint_credential, ANY_CREDENTIAL, WITHHELD};
+    let carries = |text: &str| carries_pinpoint_credential(text.as_bytes(), ANY_CREDENTIAL);
+    let Some((kind, name)) = part.split_once(':').filter(|(_, name)| carries(name)) else {
+        return std::borrow::Cow::Borrowed(part);
+    };
+    let segments: Vec<&str> = name
+        .split('/')
+        .map(|segment| if carries(segment) { WITHHELD } else { segment })
+        .collect();
+    let name = segments.join("/");
+    std::borrow::Cow::Owned(match carries(&name) {
+        true => format!("{kind}:{WITHHELD}"),
+        false => format!("{kind}:{name}"),
+    })
 }
 
 /// A value as the trace shows it: its first characters and a hash, never the whole.
@@ -366,6 +387,28 @@ impl WafFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_named_by_a_credential_is_traced_without_it() {
+        let key = "pp_0123456789abcdef_secretsecretsecretsecretsecretsecretsecr";
+        assert_eq!(traced_part("body:/items/0/note"), "body:/items/0/note");
+        let withheld = crate::credential_text::WITHHELD;
+        assert_eq!(
+            traced_part(&format!("body:/{key}/note")),
+            format!("body:/{withheld}/note")
+        );
+        assert_eq!(traced_part(&format!("cookie:{key}")), format!("cookie:{withheld}"));
+        let hex = pinpoint_core::hex::lower(key.as_bytes());
+        assert_eq!(traced_part(&format!("header:x-{hex}")), format!("header:{withheld}"));
+        // Read back for `waf exclude` as the trace wrote it.
+        let note = format!(
+            "builtin: score 5 (threshold 5): xss-tag (waf.xss, pl1, +5) at body:/{withheld}: \"<scr\"… #0a0b0c0d"
+        );
+        assert_eq!(
+            hits_in_note(&note),
+            [("xss-tag".to_owned(), format!("body:/{withheld}"))]
+        );
+    }
 
     #[test]
     fn notes_name_their_rules_and_parts_for_exclusions() {

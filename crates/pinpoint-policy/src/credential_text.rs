@@ -1,0 +1,495 @@
+//! Finding Pinpoint's own credentials in text a client controls, so they are never sent
+//! upstream or written down: the gateway's header cleaning and URL check, the request ids
+//! it keeps, the API's stored fields, the WAF's part names and every recorded decision
+//! ([`withheld`]) ask [`carries_pinpoint_credential`].
+//!
+//! What counts: a key (`pp_<16 hex>` with any separator or none, in any case, or its id
+//! and secret without the prefix, `<id>:<secret>` included), or a JWT whose header names
+//! a Pinpoint signing key; raw, quoted, after any scheme or separator, in a list; and
+//! inside the wrappings clients apply, in any order and nested up to
+//! [`MAX_WRAPPING_LAYERS`] deep: percent-encoding, JSON escapes, base64 (either alphabet,
+//! read from any of a word's first four characters, as a `Basic` pair carries it) and hex
+//! (with `:`, `-`, spaces, `0x` or `\x` between bytes, or none).
+//!
+//! Not recognised: a credential cut into pieces (across headers, cookies or segments), the
+//! secret or the id alone, or put in other encodings on purpose (base32, UTF-16, entities,
+//! whitespace inside base64).
+
+/// What Pinpoint recognises as its own: the id of a key in its directory, the `kid` of
+/// one of its signing keys. Only these are removed from headers: a value merely shaped
+/// like a key is the client's (`app_5f3a9c1e2b4d6e8f` in a cookie name, say).
+#[derive(Clone, Copy)]
+pub struct OwnCredentials<'a> {
+    pub key_id: &'a (dyn Fn(&str) -> bool + Sync),
+    pub kid: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// Credential-shaped text, whoever issued it: any key id shape (`pp_<16 hex>`, whether or
+/// not such a key exists) and any JWT whose header names a signing key. For text that is
+/// stored or shown back (API fields, request ids, decisions), where no credential belongs.
+pub const ANY_CREDENTIAL: OwnCredentials<'static> = OwnCredentials {
+    key_id: &|_| true,
+    kid: &|_| true,
+};
+
+/// The shortest text that can hold a credential: a key id with its prefix (`pp_` and 16
+/// hex digits); a JWT, or anything wrapped, is longer. Shorter text (most paths, hosts and
+/// header values) is not looked into: checking every path segment, query field and Host
+/// this way cost 3,500 instructions a request on the bare route otherwise.
+pub const MIN_CREDENTIAL_BYTES: usize = 3 + pinpoint_core::keys::ID_LEN;
+
+/// How many wrappings, one inside another, the search undoes (percent-encoding four times
+/// over base64 is five).
+pub const MAX_WRAPPING_LAYERS: usize = 5;
+
+/// The work one search may do, in bytes looked at over all the layers it undoes, per byte
+/// of its input (plus [`WORK_ALLOWANCE`]). Ordinary values take a few times their length;
+/// text built so that every reading of it decodes to more encoded text could take far
+/// more, and is treated as carrying a credential: what cannot be searched is not sent on.
+const WORK_PER_BYTE: usize = 48;
+const WORK_ALLOWANCE: usize = 16 * 1024;
+
+/// Whether `bytes` hold a Pinpoint credential anywhere, in the wrappings clients apply
+/// (see the module's documentation); `true` also for text too costly to search.
+pub fn carries_pinpoint_credential(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
+    if bytes.len() < MIN_CREDENTIAL_BYTES {
+        return false;
+    }
+    let mut budget = bytes.len().saturating_mul(WORK_PER_BYTE).saturating_add(WORK_ALLOWANCE);
+    search(bytes, ours, MAX_WRAPPING_LAYERS, &mut budget)
+}
+
+/// `text` with every whitespace-separated word that carries anything credential-shaped
+/// ([`ANY_CREDENTIAL`]) replaced by [`WITHHELD`] (punctuation around the word kept), or
+/// all of it replaced when a credential spans words; `None` when nothing is withheld.
+/// For text about to be written down or shown.
+pub fn withheld(text: &str) -> Option<String> {
+    if !carries_pinpoint_credential(text.as_bytes(), ANY_CREDENTIAL) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (word, after) = rest.split_at(word_end);
+        let core = word.trim_matches(|c: char| "\"'()[]{}<>,;:.".contains(c));
+        if !core.is_empty() && carries_pinpoint_credential(core.as_bytes(), ANY_CREDENTIAL) {
+            let at = word.find(core).unwrap_or(0);
+            out.push_str(&word[..at]);
+            out.push_str(WITHHELD);
+            out.push_str(&word[at + core.len()..]);
+        } else {
+            out.push_str(word);
+        }
+        let space_end = after.find(|c: char| !c.is_whitespace()).unwrap_or(after.len());
+        out.push_str(&after[..space_end]);
+        rest = &after[space_end..];
+    }
+    if carries_pinpoint_credential(out.as_bytes(), ANY_CREDENTIAL) {
+        return Some(String::from(WITHHELD_ALL));
+    }
+    Some(out)
+}
+
+/// What [`withheld`] puts in place of a word that carried a credential.
+pub const WITHHELD: &str = "(withheld: credential)";
+const WITHHELD_ALL: &str = "(withheld: the text carried a credential)";
+
+/// One layer of the search: the text as it is, then each wrapping undone once and searched
+/// again, while `layers` and the work `budget` last.
+fn search(bytes: &[u8], ours: OwnCredentials<'_>, layers: usize, budget: &mut usize) -> bool {
+    if bytes.len() < MIN_CREDENTIAL_BYTES {
+        return false;
+    }
+    let Some(left) = budget.checked_sub(bytes.len()) else {
+        return true;
+    };
+    *budget = left;
+    let seen = Seen::of(bytes);
+    if seen.base64url_run && direct(bytes, ours) {
+        return true;
+    }
+    if layers == 0 {
+        return false;
+    }
+    let deeper = |decoded: &[u8], budget: &mut usize| search(decoded, ours, layers - 1, budget);
+    if seen.percent {
+        let decoded = pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(bytes));
+        if decoded != bytes && deeper(&decoded, budget) {
+            return true;
+        }
+    }
+    if seen.backslash {
+        if let Some(decoded) = pinpoint_core::json::unescaped(&String::from_utf8_lossy(bytes)) {
+            if deeper(decoded.as_bytes(), budget) {
+                return true;
+            }
+        }
+    }
+    if seen.base64url_run {
+        // Shorter words decode to at most 14 bytes: too few for a key id (`pp_` and 16
+        // hex digits) or a JWT header naming a `kid`, so they are not decoded at all.
+        for word in bytes
+            .split(|b| BYTE_CLASS[usize::from(*b)] & BASE64 == 0)
+            .filter(|word| word.len() >= MIN_WRAPPED_CREDENTIAL)
+        {
+            // A word may start with characters that are not the encoding's (`a` glued to
+            // its front): read from each of the first four.
+            for skip in 0..4 {
+                if word.len() - skip >= MIN_WRAPPED_CREDENTIAL && deeper(&base64_decoded(&word[skip..]), budget) {
+                    return true;
+                }
+            }
+        }
+    }
+    if seen.hex_digits >= 2 * MIN_CREDENTIAL_BYTES {
+        for decoded in hex_sequences(bytes) {
+            if deeper(&decoded, budget) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The credential itself in `bytes`, unwrapped: each of the three needs a run of at least
+/// 16 bytes of `[A-Za-z0-9_-]` (a key id's hex digits, or a JWT header, which names its
+/// `alg` and a `kid`).
+fn direct(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
+    holds_key_id(bytes, ours.key_id)
+        || holds_unprefixed_key(bytes, ours.key_id)
+        || jwt_kids(bytes).any(|kid| (ours.kid)(&kid))
+}
+
+/// What one pass over some text found, which decides what the search tries on it.
+struct Seen {
+    /// 16 base64url bytes in a row, which a credential and a base64 word both need.
+    base64url_run: bool,
+    percent: bool,
+    backslash: bool,
+    hex_digits: usize,
+}
+
+impl Seen {
+    fn of(bytes: &[u8]) -> Seen {
+        let mut seen = Seen {
+            base64url_run: false,
+            percent: false,
+            backslash: false,
+            hex_digits: 0,
+        };
+        let mut run = 0;
+        for &b in bytes {
+            let class = BYTE_CLASS[usize::from(b)];
+            run = if class & BASE64URL != 0 { run + 1 } else { 0 };
+            seen.base64url_run |= run >= pinpoint_core::keys::ID_LEN;
+            seen.percent |= b == b'%';
+            seen.backslash |= b == b'\\';
+            seen.hex_digits += usize::from(class & HEX != 0);
+        }
+        seen
+    }
+}
+
+const BASE64: u8 = 1;
+const BASE64URL: u8 = 2;
+const HEX: u8 = 4;
+
+/// Per byte: in base64's either alphabet (`[A-Za-z0-9+/_-]`), in base64url's
+/// (`[A-Za-z0-9_-]`: a key's secret, a JWT's segments), a hex digit.
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        let alnum = byte.is_ascii_alphanumeric();
+        if alnum || matches!(byte, b'+' | b'/' | b'-' | b'_') {
+            table[b] |= BASE64;
+        }
+        if alnum || matches!(byte, b'-' | b'_') {
+            table[b] |= BASE64URL;
+        }
+        if byte.is_ascii_hexdigit() {
+            table[b] |= HEX;
+        }
+        b += 1;
+    }
+    table
+};
+
+fn is_base64url(b: u8) -> bool {
+    BYTE_CLASS[usize::from(b)] & BASE64URL != 0
+}
+
+/// The shortest base64 word that can decode to a credential: 15 bytes or more take at
+/// least 20 characters.
+const MIN_WRAPPED_CREDENTIAL: usize = 20;
+
+/// A base64 word decoded, in either alphabet (mixed, too), without padding, whatever its
+/// trailing bits; a last lone character is ignored.
+fn base64_decoded(word: &[u8]) -> Vec<u8> {
+    let sextet = |b: u8| match b {
+        b'A'..=b'Z' => b - b'A',
+        b'a'..=b'z' => b - b'a' + 26,
+        b'0'..=b'9' => b - b'0' + 52,
+        b'+' | b'-' => 62,
+        _ => 63,
+    };
+    let mut out = Vec::with_capacity(word.len() / 4 * 3 + 2);
+    for chunk in word.chunks(4) {
+        let s: [u8; 4] = std::array::from_fn(|i| chunk.get(i).map_or(0, |b| sextet(*b)));
+        let bytes = [s[0] << 2 | s[1] >> 4, s[1] << 4 | s[2] >> 2, s[2] << 6 | s[3]];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    out
+}
+
+/// The most bytes between two hex pairs that still join them into one sequence (`, 0x`).
+const MAX_HEX_GAP: usize = 4;
+
+/// Sequences of hex digits long enough to spell a credential (`pp_` and a key id: 19
+/// bytes, 38 digits), decoded from their first digit and from their second: digits in a
+/// run, or pairs with up to [`MAX_HEX_GAP`] other bytes between them (`70:70:5f`,
+/// `0x70 0x70`, `\x70\x70`; a `0x` before digits counts as a gap).
+fn hex_sequences(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut digits: Vec<u8> = Vec::new();
+    let mut flush = |digits: &mut Vec<u8>| {
+        if digits.len() >= 2 * MIN_CREDENTIAL_BYTES {
+            for from in [&digits[..], &digits[1..]] {
+                let value = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                found.push(from.chunks_exact(2).map(|p| value(p[0]) << 4 | value(p[1])).collect());
+            }
+        }
+        digits.clear();
+    };
+    let (mut gap, mut at) = (0, 0);
+    while at < bytes.len() {
+        let b = bytes[at];
+        let starts_word = at == 0 || !bytes[at - 1].is_ascii_hexdigit();
+        if b == b'0'
+            && starts_word
+            && matches!(bytes.get(at + 1), Some(b'x' | b'X'))
+            && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
+        {
+            gap += 2;
+            at += 2;
+            continue;
+        }
+        if b.is_ascii_hexdigit() {
+            if gap > MAX_HEX_GAP {
+                flush(&mut digits);
+            }
+            gap = 0;
+            digits.push(b);
+        } else {
+            gap += 1;
+        }
+        at += 1;
+    }
+    flush(&mut digits);
+    found
+}
+
+/// Whether `bytes` hold a key without its `pp_`: the 16 hex digits of a key Pinpoint
+/// knows, one separator, and a secret's 43 characters.
+fn holds_unprefixed_key(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
+    const ID: usize = pinpoint_core::keys::ID_LEN;
+    const SECRET: usize = pinpoint_core::keys::SECRET_LEN;
+    if bytes.len() < ID + 1 + SECRET {
+        return false;
+    }
+    // The separator is `_` as issued, or any other byte that is not a letter or digit
+    // (`<id>:<secret>`, as a Basic pair of user and password would carry them).
+    (ID..bytes.len() - SECRET)
+        .filter(|&at| !bytes[at].is_ascii_alphanumeric())
+        .any(|at| {
+            bytes[at - ID..at].iter().all(u8::is_ascii_hexdigit)
+                && bytes
+                    .get(at + 1..at + 1 + SECRET)
+                    .is_some_and(|s| s.iter().all(|b| is_base64url(*b)))
+                && is_key_id(&String::from_utf8_lossy(&bytes[at - ID..at]).to_ascii_lowercase())
+        })
+}
+
+/// Whether `bytes` hold `pp`, one separator or none, and the 16 hex digits of a key
+/// Pinpoint knows.
+fn holds_key_id(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
+    const ID: usize = pinpoint_core::keys::ID_LEN;
+    let id_at = |at: usize| {
+        bytes.get(at..at + ID).is_some_and(|id| {
+            id.iter().all(u8::is_ascii_hexdigit) && is_key_id(&String::from_utf8_lossy(id).to_ascii_lowercase())
+        })
+    };
+    // `pp`, a separator or none (`pp92a7…`), the id.
+    bytes.windows(2).enumerate().any(|(at, w)| {
+        w.eq_ignore_ascii_case(b"pp")
+            && (id_at(at + 2) || bytes.get(at + 2).is_some_and(|b| !b.is_ascii_alphanumeric()) && id_at(at + 3))
+    })
+}
+
+/// The `kid`s of every JWT header (`eyJ...`, base64url JSON) in `bytes`.
+fn jwt_kids(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
+    (0..bytes.len().saturating_sub(2))
+        .filter(move |&i| &bytes[i..i + 3] == b"eyJ")
+        .filter_map(move |i| {
+            let end = bytes[i..]
+                .iter()
+                .position(|b| !is_base64url(*b))
+                .map_or(bytes.len(), |n| i + n);
+            let header: serde_json::Value = serde_json::from_slice(&base64_decoded(&bytes[i..end])).ok()?;
+            header.get("kid")?.as_str().map(str::to_owned)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: OwnCredentials<'static> = OwnCredentials {
+        key_id: &|id| id == "0123456789abcdef",
+        kid: &|kid| kid == "k1",
+    };
+
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b: [u8; 3] = std::array::from_fn(|i| chunk.get(i).copied().unwrap_or(0));
+            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        while out.len() % 4 != 0 {
+            out.push('=');
+        }
+        out
+    }
+
+    fn hex(text: &str) -> String {
+        pinpoint_core::hex::lower(text.as_bytes())
+    }
+
+    fn percent(text: &str) -> String {
+        text.bytes().map(|b| format!("%{b:02X}")).collect()
+    }
+
+    #[test]
+    fn a_pinpoint_credential_is_found_in_any_wrapping() {
+        let key = "pp_0123456789abcdef_secretsecretsecretsecretsecretsecretsecr";
+        let jwt = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.sig";
+        // A key as issued: its secret is 43 characters.
+        let issued = format!("pp_0123456789abcdef_{}", "s".repeat(43));
+        let basic = |pair: &str| format!("Basic {}", base64(pair.as_bytes()));
+        let wrapped = [
+            format!("Bearer {key}"),
+            format!("Bearer\t{key}"),
+            format!("Bearer \"{key}\""),
+            format!("x, Bearer {key}"),
+            format!("Bearer={key}"),
+            format!("token={key}"),
+            format!("PP_{}", &key[3..]),
+            basic(&format!("{key}:")),
+            basic(&format!("user:{key}")),
+            format!("bearer {jwt}"),
+            format!("{jwt},{jwt}"),
+            format!("\"{jwt}\""),
+            basic(&format!("x:{jwt}")),
+            format!("Bearer {jwt}."),
+            format!("x.{jwt}"),
+            format!("pp-{}", &key[3..]),
+            format!("api_key={key}"),
+            hex(key),
+            format!("a{}", hex(key)),
+            key.replace('_', "%5F"),
+            key.replace('_', "\\u005f"),
+            format!("x:0123456789abcdef_{}", "s".repeat(43)),
+            // The id as a Basic user and the secret as its password, or the pair as it is.
+            basic(&issued[3..].replacen('_', ":", 1)),
+            issued[3..].replacen('_', ":", 1),
+            // No separators at all.
+            issued.replace('_', ""),
+            // Escapes in layers: percent-encoded twice, JSON inside percent, JSON twice.
+            key.replace('_', "%255F"),
+            key.bytes().map(|b| format!("%25{b:02X}")).collect(),
+            key.replace('_', "%5Cu005f"),
+            key.replace('_', "\\\\u005f"),
+            // Wrappings inside wrappings, in any order.
+            base64(base64(key.as_bytes()).as_bytes()),
+            base64(base64(base64(jwt.as_bytes()).as_bytes()).as_bytes()),
+            base64(hex(key).as_bytes()),
+            hex(&base64(key.as_bytes())),
+            hex(&hex(key)),
+            base64(percent(key).as_bytes()),
+            basic(&format!("u:{}", percent(key))),
+            base64(key.replace('_', "\\u005f").as_bytes()),
+            percent(&base64(base64(key.as_bytes()).as_bytes())),
+            base64(format!("Bearer {}", base64(key.as_bytes())).as_bytes()),
+            percent(&percent(&percent(&percent(&base64(key.as_bytes()))))),
+            // Base64 with characters glued to its front.
+            format!("a{}", base64(key.as_bytes())),
+            format!("abc{}", base64(jwt.as_bytes()).replace('+', "-").replace('/', "_")),
+            // Hex with separators between its bytes.
+            key.bytes().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            key.bytes().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+            key.bytes().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join("-"),
+            key.bytes().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>().join(", "),
+            key.bytes().map(|b| format!("\\x{b:02x}")).collect(),
+        ];
+        for value in &wrapped {
+            assert!(carries_pinpoint_credential(value.as_bytes(), OURS), "{value}");
+        }
+        for other in [
+            "Bearer upstream-own-token",
+            "Basic dXNlcjpwYXNz",
+            "eyJhbGciOiJIUzI1NiJ9.e30.x",
+            "eyJhbGciOiJFZERTQSIsImtpZCI6ImsyIn0.e30.x",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0",
+            "sha256=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date, \
+             Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+        ] {
+            assert!(!carries_pinpoint_credential(other.as_bytes(), OURS), "{other}");
+        }
+        // Another key's id, wrapped: not Pinpoint's.
+        let theirs = key.replace("0123456789abcdef", "fedcba9876543210");
+        assert!(!carries_pinpoint_credential(
+            base64(base64(theirs.as_bytes()).as_bytes()).as_bytes(),
+            OURS
+        ));
+        assert!(carries_pinpoint_credential(theirs.as_bytes(), ANY_CREDENTIAL));
+    }
+
+    #[test]
+    fn text_too_costly_to_search_counts_as_carrying_one() {
+        // Ordinary long values are searched within the budget.
+        let long = base64(&(0..=255u8).cycle().take(48 * 1024).collect::<Vec<u8>>());
+        assert!(!carries_pinpoint_credential(long.as_bytes(), OURS));
+        let mut nested = String::from("x");
+        for _ in 0..3 {
+            nested = base64(nested.repeat(64).as_bytes());
+        }
+        assert!(!carries_pinpoint_credential(nested.as_bytes(), OURS));
+        // Where the budget ends, the search stops and answers that it may carry one.
+        let mut budget = nested.len() * 2;
+        assert!(search(nested.as_bytes(), OURS, MAX_WRAPPING_LAYERS, &mut budget));
+    }
+
+    #[test]
+    fn withheld_replaces_only_the_words_that_carry_a_credential() {
+        let key = "pp_0123456789abcdef_secretsecretsecretsecretsecretsecretsecr";
+        assert_eq!(withheld("Origin \"https://example.com\""), None);
+        assert_eq!(
+            withheld(&format!("csrf: Origin \"https://{key}.example\" (Sec-Fetch-Site none)")).as_deref(),
+            Some("csrf: Origin \"(withheld: credential)\" (Sec-Fetch-Site none)")
+        );
+        assert_eq!(
+            withheld(&format!("at body:/{key}: \"<scri\"")).as_deref(),
+            Some("at (withheld: credential): \"<scri\"")
+        );
+        // Cut across words: all of it.
+        assert_eq!(withheld("key pp 0123456789abcdef").as_deref(), Some(WITHHELD_ALL));
+    }
+}
