@@ -99,7 +99,8 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     let client_upgrade = is_websocket_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
     let trace_context = TraceContext::of(req.headers());
     let runtime = shared.runtime.load_full();
-    let request_id = respond::new_request_id();
+    let received_ms = pinpoint_store::now_ms();
+    let request_id = respond::new_request_id_at(received_ms);
     let client_request_id = respond::client_request_id(req.headers());
     let format = respond::format_of(req.headers());
     let reasons_url = runtime.config.server.reasons_url.as_str();
@@ -116,6 +117,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
         return response;
     }
 
+    let id_headers = respond::RequestIdHeaders::new(&request_id, client_request_id.as_deref());
     let (mut parts, body) = req.into_parts();
     // HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1), where HTTP/1.1 has `Host`:
     // read as that `Host`, so routing, the record and the upstream see one host either way.
@@ -180,7 +182,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                 known_caller: None,
                 answered: false,
                 response_headers: Vec::new(),
-                at_ms: pinpoint_store::now_ms(),
+                at_ms: received_ms,
             }
         }
         Ok(canonical) => {
@@ -193,7 +195,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                 peer,
                 client_ip,
                 &request_id,
-                pinpoint_store::now_ms(),
+                received_ms,
             );
             ctx.query = parts.uri.query();
             ctx.client_cert = conn.client_cert.as_deref();
@@ -282,7 +284,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                         secure: conn.secure,
                         peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(peer.ip(), trusted_proxies),
                         request_id: &request_id,
-                        client_request_id: client_request_id.as_deref(),
+                        id_headers: &id_headers,
                         identity: identity.as_ref(),
                         format,
                         reasons_url,
@@ -339,7 +341,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     };
     // Room for everything added below at once: one resize of the map, not one per header.
     response.headers_mut().reserve(2 + extra_headers.len());
-    respond::set_request_ids(response.headers_mut(), &request_id, client_request_id.as_deref());
+    id_headers.set(response.headers_mut());
     respond::append_headers(response.headers_mut(), extra_headers);
 
     let status = response.status();
@@ -440,7 +442,8 @@ struct ForwardCtx<'a> {
     /// The peer is a trusted proxy: the `X-Forwarded-For` it sent is passed on, extended.
     peer_is_trusted_proxy: bool,
     request_id: &'a str,
-    client_request_id: Option<&'a str>,
+    /// `X-Request-Id` and `X-Client-Request-Id`, as the response carries them.
+    id_headers: &'a respond::RequestIdHeaders,
     identity: Option<&'a Identity>,
     format: pinpoint_core::problem::ProblemFormat,
     reasons_url: &'a str,
@@ -705,7 +708,7 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if fwd.secure { "https" } else { "http" }),
     );
-    respond::set_request_ids(&mut out, fwd.request_id, fwd.client_request_id);
+    fwd.id_headers.set(&mut out);
     fwd.trace.propagate(&mut out);
     if let Some(certificate) = fwd.client_cert {
         // Clients cannot send these (`x-pinpoint-*` is stripped): the upstream can trust them.

@@ -62,15 +62,20 @@ impl TraceContext {
     }
 
     /// The `traceparent` the upstream receives: this trace, Pinpoint's span as parent.
+    /// Written into one buffer of its exact size that the header value takes over (built
+    /// as a `String` and copied into the value, with the flags' digits allocated apart, it
+    /// cost about 350 instructions a request more: bench/instructions.sh).
     pub fn traceparent(&self) -> HeaderValue {
-        let mut text = String::with_capacity(55);
-        text.push_str("00-");
-        text.push_str(&self.trace_id);
-        text.push('-');
-        text.push_str(&self.span_id);
-        text.push('-');
-        text.push_str(&pinpoint_core::hex::lower(&[self.flags]));
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = Vec::with_capacity(55);
+        text.extend_from_slice(b"00-");
+        text.extend_from_slice(self.trace_id.as_bytes());
+        text.push(b'-');
+        text.extend_from_slice(self.span_id.as_bytes());
+        text.push(b'-');
+        text.push(DIGITS[usize::from(self.flags >> 4)]);
+        text.push(DIGITS[usize::from(self.flags & 0xf)]);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// Sets `traceparent` (and the caller's `tracestate`, if any) on an upstream request.

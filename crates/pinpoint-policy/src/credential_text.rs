@@ -7,13 +7,15 @@
 //! and secret without the prefix, `<id>:<secret>` included), or a JWT whose header names
 //! a Pinpoint signing key; raw, quoted, after any scheme or separator, in a list; and
 //! inside the wrappings clients apply, in any order and nested up to
-//! [`MAX_WRAPPING_LAYERS`] deep: percent-encoding, JSON escapes, base64 (either alphabet,
-//! read from any of a word's first four characters, as a `Basic` pair carries it) and hex
-//! (with `:`, `-`, spaces, `0x` or `\x` between bytes, or none).
+//! [`MAX_WRAPPING_LAYERS`] deep: percent-encoding, JSON escapes, quoted-printable, HTML
+//! character references, base64 (either alphabet, read from any of a word's first four
+//! characters, as a `Basic` pair carries it, or wrapped in lines as encoders write it),
+//! hex (with `:`, `-`, spaces, `0x` or `\x` between bytes, or none) and bytes written as
+//! decimal numbers (`112,112,95,...`).
 //!
 //! Not recognised: a credential cut into pieces (across headers, cookies or segments), the
-//! secret or the id alone, or put in other encodings on purpose (base32, UTF-16, entities,
-//! whitespace inside base64).
+//! secret or the id alone, or put in other encodings on purpose (base32, UTF-16, octal,
+//! base64 cut at arbitrary points).
 
 /// What Pinpoint recognises as its own: the id of a key in its directory, the `kid` of
 /// one of its signing keys. Only these are removed from headers: a value merely shaped
@@ -126,11 +128,25 @@ fn search(bytes: &[u8], ours: OwnCredentials<'_>, layers: usize, budget: &mut us
             }
         }
     }
+    if seen.equals {
+        if let Some(decoded) = quoted_printable_decoded(bytes) {
+            if deeper(&decoded, budget) {
+                return true;
+            }
+        }
+    }
+    if seen.ampersand {
+        if let Some(decoded) = entities_decoded(bytes) {
+            if deeper(&decoded, budget) {
+                return true;
+            }
+        }
+    }
     if seen.base64url_run {
         // Shorter words decode to at most 14 bytes: too few for a key id (`pp_` and 16
         // hex digits) or a JWT header naming a `kid`, so they are not decoded at all.
-        for word in bytes
-            .split(|b| BYTE_CLASS[usize::from(*b)] & BASE64 == 0)
+        for word in base64_words(bytes)
+            .into_iter()
             .filter(|word| word.len() >= MIN_WRAPPED_CREDENTIAL)
         {
             // A word may start with characters that are not the encoding's (`a` glued to
@@ -149,6 +165,13 @@ fn search(bytes: &[u8], ours: OwnCredentials<'_>, layers: usize, budget: &mut us
             }
         }
     }
+    if seen.decimal_digits >= MIN_CREDENTIAL_BYTES {
+        for decoded in decimal_sequences(bytes) {
+            if deeper(&decoded, budget) {
+                return true;
+            }
+        }
+    }
     false
 }
 
@@ -161,33 +184,55 @@ fn direct(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
         || jwt_kids(bytes).any(|kid| (ours.kid)(&kid))
 }
 
-/// What one pass over some text found, which decides what the search tries on it.
+/// What a look over some text found, which decides what the search tries on it.
 struct Seen {
     /// 16 base64url bytes in a row, which a credential and a base64 word both need.
     base64url_run: bool,
     percent: bool,
     backslash: bool,
+    /// `=` before two hex digits: quoted-printable.
+    equals: bool,
+    /// `&` before `#` or a letter and, later, `;`: an HTML character reference.
+    ampersand: bool,
     hex_digits: usize,
+    decimal_digits: usize,
 }
 
 impl Seen {
+    /// Written for speed: every recorded decision's texts pass here, and most are short
+    /// labels with none of it (a per-byte loop that tracked everything at once cost about
+    /// 1,100 instructions a request on the chain route, bench/instructions.sh).
     fn of(bytes: &[u8]) -> Seen {
-        let mut seen = Seen {
-            base64url_run: false,
-            percent: false,
-            backslash: false,
-            hex_digits: 0,
-        };
         let mut run = 0;
-        for &b in bytes {
-            let class = BYTE_CLASS[usize::from(b)];
-            run = if class & BASE64URL != 0 { run + 1 } else { 0 };
-            seen.base64url_run |= run >= pinpoint_core::keys::ID_LEN;
-            seen.percent |= b == b'%';
-            seen.backslash |= b == b'\\';
-            seen.hex_digits += usize::from(class & HEX != 0);
+        let base64url_run = bytes.iter().any(|&b| {
+            run = if is_base64url(b) { run + 1 } else { 0 };
+            run >= pinpoint_core::keys::ID_LEN
+        });
+        // Hex with separators needs 38 digits, decimal bytes 19: shorter text is not
+        // counted. (Compiled to vector compares.)
+        let (hex_digits, decimal_digits) = match bytes.len() >= MIN_CREDENTIAL_BYTES {
+            true => (
+                bytes
+                    .iter()
+                    .filter(|&&b| b.wrapping_sub(b'0') < 10 || (b | 0x20).wrapping_sub(b'a') < 6)
+                    .count(),
+                bytes.iter().filter(|&&b| b.wrapping_sub(b'0') < 10).count(),
+            ),
+            false => (0, 0),
+        };
+        let equals = memchr::memchr_iter(b'=', bytes).any(|at| {
+            bytes.get(at + 1).is_some_and(u8::is_ascii_hexdigit) && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
+        });
+        let ampersand = memchr::memchr(b'&', bytes).is_some_and(|at| memchr::memchr(b';', &bytes[at..]).is_some());
+        Seen {
+            base64url_run,
+            percent: memchr::memchr(b'%', bytes).is_some(),
+            backslash: memchr::memchr(b'\\', bytes).is_some(),
+            equals,
+            ampersand,
+            hex_digits,
+            decimal_digits,
         }
-        seen
     }
 }
 
@@ -244,6 +289,160 @@ fn base64_decoded(word: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The base64 words of `bytes` (runs of either alphabet), and, where lines of base64 were
+/// wrapped (as `base64`, MIME and PEM encoders do: lines of a multiple of four characters,
+/// at least 16, joined by a line break, spaces, a tab or a comma), the lines joined again.
+fn base64_words(bytes: &[u8]) -> Vec<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    let is_base64 = |b: &u8| BYTE_CLASS[usize::from(*b)] & BASE64 != 0;
+    let mut words: Vec<Cow<'_, [u8]>> = Vec::new();
+    let mut joined: Vec<u8> = Vec::new();
+    let mut lines = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(start) = bytes[at..].iter().position(is_base64).map(|n| at + n) else {
+            break;
+        };
+        let end = bytes[start..]
+            .iter()
+            .position(|b| !is_base64(b))
+            .map_or(bytes.len(), |n| start + n);
+        let word = &bytes[start..end];
+        words.push(Cow::Borrowed(word));
+        let gap = bytes[end..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b','))
+            .count();
+        let wraps = word.len() >= pinpoint_core::keys::ID_LEN
+            && word.len() % 4 == 0
+            && (1..=3).contains(&gap)
+            && bytes.get(end + gap).is_some_and(is_base64);
+        if lines > 0 || wraps {
+            joined.extend_from_slice(word);
+            lines += 1;
+        }
+        if !wraps {
+            if lines > 1 {
+                words.push(Cow::Owned(std::mem::take(&mut joined)));
+            }
+            joined.clear();
+            lines = 0;
+        }
+        at = end;
+    }
+    words
+}
+
+/// Quoted-printable (`=5F` for `_`, soft line breaks `=` at a line's end) decoded, when
+/// any escape is there.
+fn quoted_printable_decoded(bytes: &[u8]) -> Option<Vec<u8>> {
+    let value = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut changed = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        match (bytes[at], bytes.get(at + 1).copied(), bytes.get(at + 2).copied()) {
+            (b'=', Some(high), Some(low)) if value(high).is_some() && value(low).is_some() => {
+                out.push(value(high).unwrap_or(0) << 4 | value(low).unwrap_or(0));
+                (at, changed) = (at + 3, true);
+            }
+            (b'=', Some(b'\r'), Some(b'\n')) => (at, changed) = (at + 3, true),
+            (b'=', Some(b'\n'), _) => (at, changed) = (at + 2, true),
+            (b, _, _) => {
+                out.push(b);
+                at += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// HTML character references decoded (`&#95;`, `&#x5f;`, and the named ones for the
+/// characters a credential holds or is wrapped in: `&lowbar;`, `&period;`, ...), when any
+/// is there.
+fn entities_decoded(bytes: &[u8]) -> Option<Vec<u8>> {
+    const NAMED: [(&[u8], u8); 12] = [
+        (b"lowbar", b'_'),
+        (b"UnderBar", b'_'),
+        (b"period", b'.'),
+        (b"colon", b':'),
+        (b"equals", b'='),
+        (b"hyphen", b'-'),
+        (b"dash", b'-'),
+        (b"plus", b'+'),
+        (b"sol", b'/'),
+        (b"amp", b'&'),
+        (b"quot", b'"'),
+        (b"apos", b'\''),
+    ];
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut changed = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        let reference = (bytes[at] == b'&')
+            .then(|| bytes[at + 1..].iter().take(10).position(|b| *b == b';'))
+            .flatten()
+            .and_then(|len| {
+                let name = &bytes[at + 1..at + 1 + len];
+                let decoded = match name {
+                    [b'#', b'x' | b'X', hex @ ..] => u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok(),
+                    [b'#', decimal @ ..] => std::str::from_utf8(decimal).ok()?.parse::<u32>().ok(),
+                    _ => NAMED.iter().find(|(n, _)| *n == name).map(|(_, c)| u32::from(*c)),
+                }?;
+                Some((char::from_u32(decoded)?, len + 2))
+            });
+        match reference {
+            Some((c, len)) => {
+                let mut utf8 = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                (at, changed) = (at + len, true);
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Sequences of at least 19 decimal numbers from 0 to 255 with one or two other bytes
+/// between them (`112,112,95,...`, `[112, 112, ...]`: bytes as JSON and many languages
+/// print them), as the bytes they number.
+fn decimal_sequences(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut numbers: Vec<u8> = Vec::new();
+    let mut flush = |numbers: &mut Vec<u8>| {
+        if numbers.len() >= MIN_CREDENTIAL_BYTES {
+            found.push(std::mem::take(numbers));
+        }
+        numbers.clear();
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        let digits = bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            let gap = bytes[at..].iter().take_while(|b| !b.is_ascii_digit()).count();
+            if gap > 2 {
+                flush(&mut numbers);
+            }
+            at += gap;
+            continue;
+        }
+        let number = std::str::from_utf8(&bytes[at..at + digits])
+            .ok()
+            .and_then(|d| d.parse::<u8>().ok())
+            .filter(|_| digits <= 3);
+        match number {
+            Some(n) => numbers.push(n),
+            None => flush(&mut numbers),
+        }
+        at += digits;
+    }
+    flush(&mut numbers);
+    found
+}
+
 /// The most bytes between two hex pairs that still join them into one sequence (`, 0x`).
 const MAX_HEX_GAP: usize = 4;
 
@@ -266,9 +465,10 @@ fn hex_sequences(bytes: &[u8]) -> Vec<Vec<u8>> {
     let (mut gap, mut at) = (0, 0);
     while at < bytes.len() {
         let b = bytes[at];
-        let starts_word = at == 0 || !bytes[at - 1].is_ascii_hexdigit();
+        // `0x` starts a byte after a gap, or after whole bytes (`0x700x70`).
+        let starts_byte = digits.len() % 2 == 0 || at == 0 || !bytes[at - 1].is_ascii_hexdigit();
         if b == b'0'
-            && starts_word
+            && starts_byte
             && matches!(bytes.get(at + 1), Some(b'x' | b'X'))
             && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
         {
@@ -322,24 +522,22 @@ fn holds_key_id(bytes: &[u8], is_key_id: &dyn Fn(&str) -> bool) -> bool {
         })
     };
     // `pp`, a separator or none (`pp92a7…`), the id.
-    bytes.windows(2).enumerate().any(|(at, w)| {
-        w.eq_ignore_ascii_case(b"pp")
+    memchr::memchr2_iter(b'p', b'P', bytes).any(|at| {
+        matches!(bytes.get(at + 1), Some(b'p' | b'P'))
             && (id_at(at + 2) || bytes.get(at + 2).is_some_and(|b| !b.is_ascii_alphanumeric()) && id_at(at + 3))
     })
 }
 
 /// The `kid`s of every JWT header (`eyJ...`, base64url JSON) in `bytes`.
 fn jwt_kids(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
-    (0..bytes.len().saturating_sub(2))
-        .filter(move |&i| &bytes[i..i + 3] == b"eyJ")
-        .filter_map(move |i| {
-            let end = bytes[i..]
-                .iter()
-                .position(|b| !is_base64url(*b))
-                .map_or(bytes.len(), |n| i + n);
-            let header: serde_json::Value = serde_json::from_slice(&base64_decoded(&bytes[i..end])).ok()?;
-            header.get("kid")?.as_str().map(str::to_owned)
-        })
+    memchr::memmem::find_iter(bytes, b"eyJ").filter_map(move |i| {
+        let end = bytes[i..]
+            .iter()
+            .position(|b| !is_base64url(*b))
+            .map_or(bytes.len(), |n| i + n);
+        let header: serde_json::Value = serde_json::from_slice(&base64_decoded(&bytes[i..end])).ok()?;
+        header.get("kid")?.as_str().map(str::to_owned)
+    })
 }
 
 #[cfg(test)]
@@ -365,6 +563,15 @@ mod tests {
             out.push('=');
         }
         out
+    }
+
+    /// `text` cut into lines of `width`, joined by `newline`.
+    fn wrap(text: &str, width: usize, newline: &str) -> String {
+        text.as_bytes()
+            .chunks(width)
+            .map(|line| String::from_utf8_lossy(line).into_owned())
+            .collect::<Vec<_>>()
+            .join(newline)
     }
 
     fn hex(text: &str) -> String {
@@ -436,6 +643,25 @@ mod tests {
             key.bytes().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join("-"),
             key.bytes().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>().join(", "),
             key.bytes().map(|b| format!("\\x{b:02x}")).collect(),
+            key.bytes().map(|b| format!("0x{b:02x}")).collect(),
+            key.bytes().map(|b| format!("0X{b:02X}")).collect(),
+            // Base64 wrapped in lines, as encoders write it.
+            wrap(&base64(jwt.as_bytes()), 76, "\n"),
+            wrap(&base64(jwt.as_bytes()), 20, "\r\n"),
+            wrap(&base64(key.as_bytes()), 20, " "),
+            wrap(&base64(jwt.as_bytes()), 40, ", "),
+            percent(&wrap(&base64(jwt.as_bytes()), 64, "\n")),
+            // Quoted-printable, HTML character references, bytes as decimal numbers.
+            key.replace('_', "=5F"),
+            format!("=?UTF-8?Q?{}?=", key.replace('_', "=5F")),
+            key.replace('_', "&#95;"),
+            key.replace('_', "&lowbar;"),
+            key.bytes().map(|b| format!("&#{b};")).collect(),
+            key.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(","),
+            format!(
+                "[{}]",
+                key.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+            ),
         ];
         for value in &wrapped {
             assert!(carries_pinpoint_credential(value.as_bytes(), OURS), "{value}");
@@ -447,6 +673,8 @@ mod tests {
             "eyJhbGciOiJFZERTQSIsImtpZCI6ImsyIn0.e30.x",
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0",
             "sha256=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "session=ab12cd34; theme=dark; ids=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8 &amp; &#169;",
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request, \
              SignedHeaders=content-type;host;x-amz-date, \
              Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",

@@ -998,6 +998,23 @@ async fn what_the_second_attack_found_is_refused_or_removed() {
                 .collect::<Vec<_>>()
                 .join(":"),
         ),
+        ("X-A", reader_key.bytes().map(|b| format!("0x{b:02x}")).collect()),
+        // Base64 wrapped in lines of 20, quoted-printable, HTML references, decimal bytes.
+        (
+            "X-A",
+            b64(&reader_key)
+                .as_bytes()
+                .chunks(20)
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        ("X-A", reader_key.replace('_', "=5F")),
+        ("X-A", reader_key.replace('_', "&#95;")),
+        (
+            "X-A",
+            reader_key.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(","),
+        ),
     ] {
         let resp = request(&gw, "GET", "/probe", &[(name, &value)]).await;
         assert!(
