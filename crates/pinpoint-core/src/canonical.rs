@@ -150,20 +150,26 @@ pub fn canonical_host(host: &str) -> Option<String> {
         .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'x' || b == b'X');
     let last_label = host.rsplit('.').next().unwrap_or(host);
     if numeric && last_label.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
-        // Four decimals, 0 to 255, no leading zeros: checked in place, not by formatting
-        // the parsed address to compare (see `check_singletons` in the gateway's edge for
-        // what the two cost).
-        let mut octets = 0;
-        for octet in host.split('.') {
-            let plain = !octet.is_empty()
-                && octet.len() <= 3
-                && octet.bytes().all(|b| b.is_ascii_digit())
-                && (octet == "0" || !octet.starts_with('0'))
-                && octet.parse::<u16>().is_ok_and(|n| n <= 255);
-            if !plain {
-                return None;
+        // Four decimals, 0 to 255, no leading zeros: checked in one pass over the bytes,
+        // not by formatting the parsed address to compare (see `check_singletons` in the
+        // gateway's edge for what the two cost), nor by splitting and parsing each octet
+        // (700 instructions a request more, bench/instructions.sh).
+        let (mut octets, mut value, mut digits, mut leading_zero) = (0, 0u16, 0, false);
+        for b in host.bytes().chain(std::iter::once(b'.')) {
+            match b {
+                b'.' => {
+                    if digits == 0 || value > 255 || (leading_zero && digits > 1) {
+                        return None;
+                    }
+                    (octets, value, digits) = (octets + 1, 0, 0);
+                }
+                b'0'..=b'9' if digits < 3 => {
+                    leading_zero = if digits == 0 { b == b'0' } else { leading_zero };
+                    value = value * 10 + u16::from(b - b'0');
+                    digits += 1;
+                }
+                _ => return None,
             }
-            octets += 1;
         }
         return (octets == 4).then(|| host.to_owned());
     }
@@ -395,6 +401,29 @@ fn push_escaped(out: &mut String, b: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_that_spell_an_address_must_spell_it_plainly() {
+        for (host, canonical) in [
+            ("127.0.0.1", Some("127.0.0.1")),
+            ("0.0.0.0", Some("0.0.0.0")),
+            ("255.255.255.255", Some("255.255.255.255")),
+            ("API.Example.com", Some("api.example.com")),
+            ("1.2.3.4.", Some("1.2.3.4.")),
+            ("[::1]", None),
+            ("::1", Some("::1")),
+            ("256.1.1.1", None),
+            ("01.2.3.4", None),
+            ("1.2.3", None),
+            ("1.2.3.4.5", None),
+            ("1..2.3", None),
+            ("1234.1.1.1", None),
+            ("0x7f.0.0.1", None),
+            ("127.1", None),
+        ] {
+            assert_eq!(canonical_host(host).as_deref(), canonical, "{host}");
+        }
+    }
 
     fn canon(raw: &str) -> Result<String, Reason> {
         canonical_path(raw).map(Cow::into_owned).map_err(|d| d.reason)

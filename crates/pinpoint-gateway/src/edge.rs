@@ -100,22 +100,29 @@ fn url_part_with_credential(
     ours: credential_text::OwnCredentials<'_>,
 ) -> Option<&'static str> {
     let carries = |text: &str| credential_text::carries_pinpoint_credential(text.as_bytes(), ours);
+    // Text shorter than a credential holds none, and neither do its pieces: most paths,
+    // queries and hosts are not split at all (300 instructions a request on the bare
+    // route, bench/instructions.sh).
+    let long_enough = |text: &str| text.len() >= credential_text::MIN_CREDENTIAL_BYTES;
     if carries(method.as_str()) {
         return Some("method");
     }
     let path = uri.path();
-    if carries(path) || path.split('/').any(|segment| !segment.is_empty() && carries(segment)) {
+    if long_enough(path) && (carries(path) || path.split('/').any(carries)) {
         return Some("path");
     }
-    if uri.query().is_some_and(|q| {
-        carries(q)
-            || q.split(['&', ';', '='])
-                .any(|field| !field.is_empty() && carries(field))
-    }) {
+    if uri
+        .query()
+        .is_some_and(|q| long_enough(q) && (carries(q) || q.split(['&', ';', '=']).any(carries)))
+    {
         return Some("query string");
     }
-    let host = headers.get(HOST).map(|h| String::from_utf8_lossy(h.as_bytes()));
-    if host.is_some_and(|h| carries(&h)) || uri.authority().is_some_and(|a| carries(a.as_str())) {
+    let host = headers
+        .get(HOST)
+        .filter(|h| h.len() >= credential_text::MIN_CREDENTIAL_BYTES);
+    if host.is_some_and(|h| carries(&String::from_utf8_lossy(h.as_bytes())))
+        || uri.authority().is_some_and(|a| carries(a.as_str()))
+    {
         return Some("Host");
     }
     None

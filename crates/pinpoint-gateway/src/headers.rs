@@ -11,7 +11,7 @@
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use pinpoint_core::config::OverrideHeaders;
-use pinpoint_policy::credential_text::{carries_pinpoint_credential, OwnCredentials};
+use pinpoint_policy::credential_text::{carries_in_header_name, carries_pinpoint_credential, OwnCredentials};
 use pinpoint_policy::overrides::{dashed, OVERRIDE_HEADERS};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones).
@@ -219,7 +219,7 @@ pub fn clean_upstream_request(headers: &mut HeaderMap, rules: &UpstreamHeaderRul
             // A Pinpoint credential in any header (cookies included), or in its name, in
             // the wrappings `carries_pinpoint_credential` undoes.
             || carries_pinpoint_credential(value.as_bytes(), rules.ours)
-            || carries_pinpoint_credential(plain.as_bytes(), rules.ours);
+            || carries_in_header_name(plain, rules.ours);
         if remove && !doomed.contains(name) {
             doomed.push(name.clone());
             // A cookie header loses only the cookies that carry the credential.

@@ -1133,6 +1133,23 @@ async fn legitimate_requests_pass_and_only_what_is_pinpoints_is_removed() {
     )
     .await;
     assert_eq!(resp.json()["headers"]["cookie"], "session=abc");
+    // Long ordinary lists (ids joined by an encoded comma) pass whole, in the query and in
+    // a cookie: the credential search decodes them without refusing what it cannot afford.
+    let ids: Vec<String> = (0..40u128)
+        .map(|i| {
+            let h = format!(
+                "{:032x}",
+                (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            );
+            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        })
+        .collect();
+    let list = ids.join("%2C");
+    let resp = request(&gw, "GET", &format!("/probe?ids={list}"), &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let cookie = format!("session=abc; recently_viewed={list}");
+    let resp = request(&gw, "GET", "/probe", &[("cookie", &cookie)]).await;
+    assert_eq!(resp.json()["headers"]["cookie"], cookie.as_str());
     // A key wrapped in base64 in the query is refused like a plain one.
     use base64::Engine;
     let wrapped = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&reader_key);
