@@ -13,6 +13,14 @@
 //! hex (with `:`, `-`, spaces, `0x` or `\x` between bytes, or none) and bytes written as
 //! decimal numbers (`112,112,95,...`).
 //!
+//! How: each layer looks for the credential itself, then undoes the text escapes together
+//! (one layer), and decodes each base64 word, hex and decimal sequence; what those decode
+//! to is searched further only when it is text, as every wrapping of a credential is (bytes
+//! read from the wrong place are noise). A search does at most `WORK_PER_BYTE` times its
+//! input's length in work; text that would need more counts as carrying a credential.
+//! Ordinary values need a few times their length (`ordinary_values_are_searched_within_the_budget`,
+//! with the values an outside test once saw refused in `testdata/ordinary-values`).
+//!
 //! Not recognised: a credential cut into pieces (across headers, cookies or segments), the
 //! secret or the id alone, or put in other encodings on purpose (base32, UTF-16, octal,
 //! base64 cut at arbitrary points).
