@@ -117,7 +117,6 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
         return response;
     }
 
-    let id_headers = respond::RequestIdHeaders::new(&request_id, client_request_id.as_deref());
     let (mut parts, body) = req.into_parts();
     // HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1), where HTTP/1.1 has `Host`:
     // read as that `Host`, so routing, the record and the upstream see one host either way.
@@ -284,7 +283,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
                         secure: conn.secure,
                         peer_is_trusted_proxy: pinpoint_policy::forwarded::is_trusted_proxy(peer.ip(), trusted_proxies),
                         request_id: &request_id,
-                        id_headers: &id_headers,
+                        client_request_id: client_request_id.as_deref(),
                         identity: identity.as_ref(),
                         format,
                         reasons_url,
@@ -341,7 +340,7 @@ pub async fn handle(shared: &Shared, mut req: Request<Incoming>, conn: listener:
     };
     // Room for everything added below at once: one resize of the map, not one per header.
     response.headers_mut().reserve(2 + extra_headers.len());
-    id_headers.set(response.headers_mut());
+    respond::set_request_ids(response.headers_mut(), &request_id, client_request_id.as_deref());
     respond::append_headers(response.headers_mut(), extra_headers);
 
     let status = response.status();
@@ -442,8 +441,7 @@ struct ForwardCtx<'a> {
     /// The peer is a trusted proxy: the `X-Forwarded-For` it sent is passed on, extended.
     peer_is_trusted_proxy: bool,
     request_id: &'a str,
-    /// `X-Request-Id` and `X-Client-Request-Id`, as the response carries them.
-    id_headers: &'a respond::RequestIdHeaders,
+    client_request_id: Option<&'a str>,
     identity: Option<&'a Identity>,
     format: pinpoint_core::problem::ProblemFormat,
     reasons_url: &'a str,
@@ -708,7 +706,7 @@ fn upstream_headers(mut out: HeaderMap, route: &CompiledRoute, fwd: &ForwardCtx<
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if fwd.secure { "https" } else { "http" }),
     );
-    fwd.id_headers.set(&mut out);
+    respond::set_request_ids(&mut out, fwd.request_id, fwd.client_request_id);
     fwd.trace.propagate(&mut out);
     if let Some(certificate) = fwd.client_cert {
         // Clients cannot send these (`x-pinpoint-*` is stripped): the upstream can trust them.

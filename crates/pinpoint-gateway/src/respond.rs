@@ -77,37 +77,15 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
 
 /// Sets `X-Request-Id` (Pinpoint's id) and, when the client sent one, `X-Client-Request-Id`.
 pub fn set_request_ids(headers: &mut HeaderMap, id: &str, client_id: Option<&str>) {
-    RequestIdHeaders::new(id, client_id).set(headers);
-}
-
-/// A request's `X-Request-Id` and `X-Client-Request-Id` values, made once for both the
-/// response and the upstream request (a second copy cost about 250 instructions a proxied
-/// request: bench/instructions.sh).
-pub struct RequestIdHeaders {
-    id: Option<HeaderValue>,
-    client_id: Option<HeaderValue>,
-}
-
-impl RequestIdHeaders {
-    pub fn new(id: &str, client_id: Option<&str>) -> RequestIdHeaders {
-        RequestIdHeaders {
-            id: HeaderValue::from_str(id).ok(),
-            client_id: client_id.and_then(|c| HeaderValue::from_str(c).ok()),
-        }
+    // Names parsed once: inserting by `&str` parses the name on every call (1,100
+    // instructions a proxied request, which sets both twice).
+    static REQUEST_ID: http::HeaderName = http::HeaderName::from_static(request_id::HEADER);
+    static CLIENT_REQUEST_ID: http::HeaderName = http::HeaderName::from_static(request_id::CLIENT_HEADER);
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert(REQUEST_ID.clone(), value);
     }
-
-    /// Sets both on `headers` (the client's only when it sent one).
-    pub fn set(&self, headers: &mut HeaderMap) {
-        // Names parsed once: inserting by `&str` parses the name on every call (1,100
-        // instructions a proxied request, which sets both twice).
-        static REQUEST_ID: http::HeaderName = http::HeaderName::from_static(request_id::HEADER);
-        static CLIENT_REQUEST_ID: http::HeaderName = http::HeaderName::from_static(request_id::CLIENT_HEADER);
-        if let Some(value) = &self.id {
-            headers.insert(REQUEST_ID.clone(), value.clone());
-        }
-        if let Some(value) = &self.client_id {
-            headers.insert(CLIENT_REQUEST_ID.clone(), value.clone());
-        }
+    if let Some(value) = client_id.and_then(|c| HeaderValue::from_str(c).ok()) {
+        headers.insert(CLIENT_REQUEST_ID.clone(), value);
     }
 }
 

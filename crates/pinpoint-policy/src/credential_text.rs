@@ -157,9 +157,7 @@ fn search(bytes: &[u8], ours: OwnCredentials<'_>, layers: usize, budget: &mut us
     if seen.percent || seen.backslash || seen.equals || seen.ampersand {
         let mut text = std::borrow::Cow::Borrowed(bytes);
         if seen.percent {
-            text = std::borrow::Cow::Owned(pinpoint_core::canonical::percent_decode(&String::from_utf8_lossy(
-                &text,
-            )));
+            text = std::borrow::Cow::Owned(pinpoint_core::hex::escapes_decoded(&text, b'%'));
         }
         if seen.backslash {
             if let Some(decoded) = pinpoint_core::json::unescaped(&String::from_utf8_lossy(&text)) {
@@ -405,25 +403,17 @@ fn base64_words(bytes: &[u8]) -> Vec<std::borrow::Cow<'_, [u8]>> {
 /// Quoted-printable (`=5F` for `_`, soft line breaks `=` at a line's end) decoded, when
 /// any escape is there.
 fn quoted_printable_decoded(bytes: &[u8]) -> Option<Vec<u8>> {
-    let value = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut changed = false;
-    let mut at = 0;
-    while at < bytes.len() {
-        match (bytes[at], bytes.get(at + 1).copied(), bytes.get(at + 2).copied()) {
-            (b'=', Some(high), Some(low)) if value(high).is_some() && value(low).is_some() => {
-                out.push(value(high).unwrap_or(0) << 4 | value(low).unwrap_or(0));
-                (at, changed) = (at + 3, true);
-            }
-            (b'=', Some(b'\r'), Some(b'\n')) => (at, changed) = (at + 3, true),
-            (b'=', Some(b'\n'), _) => (at, changed) = (at + 2, true),
-            (b, _, _) => {
-                out.push(b);
-                at += 1;
-            }
-        }
+    let mut joined = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = memchr::memchr(b'=', rest) {
+        let soft_break = [&b"=\r\n"[..], b"=\n"].into_iter().find(|b| rest[at..].starts_with(b));
+        let end = at + soft_break.map_or(1, <[u8]>::len);
+        joined.extend_from_slice(&rest[..at + usize::from(soft_break.is_none())]);
+        rest = &rest[end..];
     }
-    changed.then_some(out)
+    joined.extend_from_slice(rest);
+    let decoded = pinpoint_core::hex::escapes_decoded(&joined, b'=');
+    (decoded != bytes).then_some(decoded)
 }
 
 /// HTML character references decoded (`&#95;`, `&#x5f;`, and the named ones for the
@@ -449,9 +439,6 @@ fn entities_decoded(bytes: &[u8]) -> Option<Vec<u8>> {
     }
     changed.then_some(out)
 }
-
-/// The most bytes between two numbers of one decimal sequence (`", "`).
-const MAX_DECIMAL_GAP: usize = 4;
 
 /// The character a reference after its `&` names and the bytes it takes with the `&`:
 /// numeric ones end at their last digit, `;` or not (as HTML reads `&#95d`), named ones at
@@ -493,6 +480,9 @@ fn reference_at(rest: &[u8]) -> Option<(char, usize)> {
     let len = len + usize::from(rest.get(len) == Some(&b';'));
     Some((char::from_u32(code)?, len + 1))
 }
+
+/// The most bytes between two numbers of one decimal sequence (`", "`).
+const MAX_DECIMAL_GAP: usize = 4;
 
 /// Sequences of at least 19 decimal numbers from 0 to 255 with up to [`MAX_DECIMAL_GAP`]
 /// other bytes between them (`112,112,95,...`, `[112, 112, ...]`, `"112","112"`: bytes as
@@ -544,7 +534,7 @@ fn hex_sequences(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut flush = |digits: &mut Vec<u8>| {
         if digits.len() >= 2 * MIN_CREDENTIAL_BYTES {
             for from in [&digits[..], &digits[1..]] {
-                let value = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                let value = |b: u8| pinpoint_core::hex::digit_value(b).unwrap_or(0);
                 found.push(from.chunks_exact(2).map(|p| value(p[0]) << 4 | value(p[1])).collect());
             }
         }
