@@ -286,7 +286,7 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
     if (media.is_empty() || media == "application/x-www-form-urlencoded") && names_method(body) {
         return true;
     }
-    if lower.contains("multipart") {
+    if pinpoint_core::canonical::mentions(lower.as_bytes(), b"multipart") {
         let boundaries = multipart_boundaries(content_type);
         if boundaries.is_empty() {
             return true;
@@ -301,7 +301,9 @@ pub fn method_override_parameter(query: Option<&str>, content_type: Option<&str>
     // Without the letters of `method` (in any case) or a `\u` escape, no key can be
     // `_method`: most bodies are settled by one scan (parsing a 1 KiB body to read its
     // keys cost 40,000 instructions, bench/instructions.sh's `waf-off`).
-    lower.contains("json") && may_spell_method(body) && json_top_level_key_is_method(body)
+    pinpoint_core::canonical::mentions(lower.as_bytes(), b"json")
+        && may_spell_method(body)
+        && json_top_level_key_is_method(body)
 }
 
 /// Whether a form, query or multipart field name is `_method` as the frameworks read

@@ -4,11 +4,11 @@ use pinpoint_policy::filters::waf::json::{read, JsonPath, JsonVisitor};
 
 struct Count(usize);
 impl JsonVisitor for Count {
-    fn key(&mut self, _: &JsonPath<'_, '_>, _: &str, word: bool) {
-        self.0 += usize::from(!word);
+    fn key(&mut self, _: &JsonPath<'_, '_>, _: &str) {
+        self.0 += 1;
     }
-    fn string(&mut self, _: &JsonPath<'_, '_>, _: &str, word: bool) {
-        self.0 += usize::from(!word);
+    fn string(&mut self, _: &JsonPath<'_, '_>, _: &str) {
+        self.0 += 1;
     }
 }
 

@@ -7,8 +7,9 @@
 //! host (the gateway) supplies live ones and an evaluation supplies side-effect-free ones.
 //!
 //! Invariants: no I/O here (no hyper, no sqlx, no tokio networking); no filter imports
-//! another filter. No unsafe code but one call: the WAF's JSON reader calls its SSE2 scan
-//! (`filters::waf::json`), which Rust counts as unsafe although every x86-64 CPU has SSE2.
+//! another filter. No unsafe code but in one place: the WAF's JSON reader
+//! (`filters::waf::json`) classifies blocks with SSE2 or, where the CPU has it, AVX2; Rust
+//! counts calling those functions and their unaligned loads as unsafe.
 #![deny(unsafe_code)]
 
 pub mod credential_text;

@@ -294,17 +294,19 @@ pub fn exclusions_in_trace(text: &str) -> Vec<&str> {
 }
 
 /// The declared body type without parameters, lower case (`application/json`); empty when
-/// none is declared. The filter's type check and the engines read the same one.
-pub fn media_type(headers: &http::HeaderMap) -> String {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+/// none is declared. The filter's type check and the engines read the same one. Borrowed
+/// from the header when it is already lower case, as it almost always is (allocating and
+/// lower-casing it on every body cost 700 instructions, twice a request).
+pub fn media_type(headers: &http::HeaderMap) -> Cow<'_, str> {
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return Cow::Borrowed("");
+    };
+    let bytes = value.as_bytes();
+    let essence = bytes.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    match std::str::from_utf8(essence) {
+        Ok(text) if !text.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(text),
+        _ => Cow::Owned(String::from_utf8_lossy(essence).to_ascii_lowercase()),
+    }
 }
 
 /// Whether a request to this route declares a body.
@@ -325,10 +327,11 @@ impl Filter for WafFilter {
         if !ctx.route.as_ref().is_some_and(|r| r.waf != RouteWaf::Off) {
             return Check::Ready(Outcome::NotApplicable);
         }
-        if let Some(refusal) = self.content_type_refused(ctx) {
+        let body_follows = has_body(ctx);
+        if let Some(refusal) = body_follows.then(|| self.content_type_refused(ctx)).flatten() {
             return Check::Ready(Outcome::Deny(refusal));
         }
-        Check::Ready(match self.engine.head(ctx, has_body(ctx)) {
+        Check::Ready(match self.engine.head(ctx, body_follows) {
             Ok(hits) => self.verdict(ctx, hits),
             Err(denial) => Outcome::Deny(denial),
         })
@@ -348,24 +351,34 @@ impl Filter for WafFilter {
 }
 
 impl WafFilter {
-    /// A request with a body whose declared type is not in `[waf] content_types` (compared
-    /// without parameters, ignoring case; `+json` and `+xml` suffixes count as their base
-    /// type). A body with no declared type is inspected whole instead.
+    /// A request with a body (the caller checked) whose declared type is not in `[waf]
+    /// content_types` (compared without parameters, ignoring case; `+json` and `+xml`
+    /// suffixes count as their base type). A body with no declared type is inspected whole
+    /// instead.
     fn content_type_refused(&self, ctx: &RequestCtx<'_>) -> Option<Denial> {
-        if !has_body(ctx) || self.config.content_types.is_empty() {
+        if self.config.content_types.is_empty() {
             return None;
         }
         let essence = media_type(ctx.headers);
-        let base = match essence.split_once('/') {
-            Some((kind, sub)) if sub.ends_with("+json") => format!("{kind}/json"),
-            Some((kind, sub)) if sub.ends_with("+xml") => format!("{kind}/xml"),
-            _ => essence.clone(),
+        // `+json` and `+xml` count as their base type: `kind/json`, `kind/xml`.
+        let (kind, suffix) = match essence.split_once('/') {
+            Some((kind, sub)) if sub.ends_with("+json") => (kind, "json"),
+            Some((kind, sub)) if sub.ends_with("+xml") => (kind, "xml"),
+            _ => ("", ""),
+        };
+        let is_base = |t: &str| {
+            !kind.is_empty()
+                && t.len() == kind.len() + 1 + suffix.len()
+                && t.get(..kind.len()).is_some_and(|k| k.eq_ignore_ascii_case(kind))
+                && t.as_bytes().get(kind.len()) == Some(&b'/')
+                && t.get(kind.len() + 1..)
+                    .is_some_and(|sub| sub.eq_ignore_ascii_case(suffix))
         };
         let allowed = self
             .config
             .content_types
             .iter()
-            .any(|t| t.eq_ignore_ascii_case(&essence) || t.eq_ignore_ascii_case(&base));
+            .any(|t| t.eq_ignore_ascii_case(&essence) || is_base(t));
         // No declared type: the body is inspected whole, as a server might read it.
         if allowed || essence.is_empty() {
             return None;
