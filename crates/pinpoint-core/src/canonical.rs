@@ -341,11 +341,17 @@ fn reads_as_ascii(c: char) -> bool {
 /// a `Content-Type` (`str::contains` builds a two-way searcher first, 380-500 instructions
 /// a call, which every JSON POST paid twice or more).
 pub fn mentions(text: &[u8], word: &[u8]) -> bool {
-    let (Some((first, rest)), Some(last_start)) = (word.split_first(), text.len().checked_sub(word.len())) else {
+    let Some(first) = word.first().map(u8::to_ascii_lowercase) else {
         return false;
     };
-    (0..=last_start)
-        .any(|at| text[at].eq_ignore_ascii_case(first) && text[at + 1..at + word.len()].eq_ignore_ascii_case(rest))
+    let mut at = 0;
+    while at + word.len() <= text.len() {
+        if text[at].to_ascii_lowercase() == first && text[at..at + word.len()].eq_ignore_ascii_case(word) {
+            return true;
+        }
+        at += 1;
+    }
+    false
 }
 
 /// The bytes `text` stands for, every well-formed `%XX` decoded (others kept as written).

@@ -293,7 +293,7 @@ impl BuiltinEngine {
                     break;
                 }
                 self.inspect_one(&part, &again, Shape::of(&again), hits);
-                decoded = Cow::Owned(again);
+                decoded = Cow::Owned(again.into_owned());
             }
         }
         self.inspect_one(&part, value, shape, hits);
@@ -1107,15 +1107,22 @@ fn pairs(text: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (name, value) = p.split_once('=').unwrap_or((p, ""));
-            (form_decode(name, true), form_decode(value, true))
+            (
+                form_decode(name, true).into_owned(),
+                form_decode(value, true).into_owned(),
+            )
         })
         .collect()
 }
 
 /// Percent-decoding (and `+` as a space in forms and queries), as servers read values;
 /// bytes that are not UTF-8 are replaced.
-fn form_decode(text: &str, plus_is_space: bool) -> String {
+fn form_decode(text: &str, plus_is_space: bool) -> Cow<'_, str> {
     let bytes = text.as_bytes();
+    // Most names, values and path segments have nothing to decode.
+    if !(bytes.contains(&b'%') || plus_is_space && bytes.contains(&b'+')) {
+        return Cow::Borrowed(text);
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     let hex = |b: u8| (b as char).to_digit(16);
@@ -1146,7 +1153,7 @@ fn form_decode(text: &str, plus_is_space: bool) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// HTML character references decoded (`&lt;`, `&#60;`, `&#x3c;`), for what a browser

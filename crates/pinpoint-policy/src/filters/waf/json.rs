@@ -11,19 +11,22 @@
 //!   which bytes are inside strings (a prefix XOR of the unescaped quotes) and so where the
 //!   *events* are: every `{ } [ ] : ,` outside strings, every unescaped quote, the first
 //!   byte of every number or literal, and any control character inside a string (an
-//!   error). It writes their positions, a chunk of blocks at a time, and flags each
-//!   closing quote whose string holds a byte that is not a word character, so whether a
-//!   string is one word needs no second look at its bytes.
-//! - [`read`] walks the positions with an explicit stack: a state machine that checks the
+//!   error). It hands over a block's events as one bit a byte, and flags each closing
+//!   quote whose string holds a byte that is not a word character, so whether a string is
+//!   one word needs no second look at its bytes.
+//! - [`read`] walks the events with an explicit stack: a state machine that checks the
 //!   grammar, counts values, bounds depth, checks keys for duplicates (by a hash of each
 //!   key first), and calls the visitor only for keys and strings that are not one word of
 //!   `[A-Za-z0-9_]` (no WAF rule matches a single word; see `builtin::Shape`).
 //!
 //! Written for the WAF rather than using serde_json because the body phase's cost is
-//! mostly reading the body: on bench/instructions.sh's 1 KiB JSON POST, serde_json (a
-//! visitor, no tree) took about 25,000 instructions, a recursive-descent reader of our own
-//! 18,450, and this one about 7,000 (see bench/README.md). A property test checks it
-//! accepts and reports what serde_json does.
+//! mostly reading the body. Measured with `examples/json_read.rs` under callgrind, whole
+//! reads of 1 KiB bodies, against the recursive-descent reader this replaced (strings
+//! scanned sixteen bytes at a time with SSE2): bench/instructions.sh's order (keys, short
+//! strings, numbers) 18,450 to 14,230; one long string 4,110 to 3,970; prose 4,390 to
+//! 4,670; an array of 250 numbers 31,040 to 31,010 (serde_json, a visitor without a tree,
+//! took about 25,000 on the first). A property test checks it accepts and reports what
+//! serde_json does.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -41,6 +44,8 @@ pub enum JsonError {
     DuplicateKey,
 }
 
+#[cold]
+#[inline(never)]
 fn syntax(at: usize, expected: &'static str) -> JsonError {
     JsonError::Syntax { at, expected }
 }
@@ -204,7 +209,7 @@ fn read_events(
             let mut at = block + bit as usize;
             let mut byte = body[at];
             // An opening quote: its string's end is the next event, most often in this
-            // block; taken at once rather than through the dispatch (about 800
+            // block; taken at once rather than through the dispatch (about 700
             // instructions a 1 KiB body).
             if byte == b'"'
                 && matches!(
@@ -238,33 +243,24 @@ fn read_events(
                     let word = (flagged >> bit) & 1 == 0 && at > open + 1;
                     if expect == Expect::StringEnd {
                         if !word {
-                            let value = string_text(text, open + 1, at)?;
-                            let path = JsonPath {
-                                frames: &frames,
-                                keys: &keys,
-                            };
-                            visitor.string(&path, &value);
+                            hand_over_string(&frames, &keys, open + 1, at, visitor)?;
                         }
                         expect = after_value(&frames);
                         continue;
                     }
-                    let decoded = match word {
-                        true => None,
-                        false => match string_text(text, open + 1, at)? {
-                            Cow::Borrowed(_) => None,
-                            Cow::Owned(decoded) => Some(decoded),
-                        },
-                    };
-                    let frame = frames.last_mut().ok_or_else(|| syntax(at, "a value"))?;
-                    let index = add_key(frame, &mut keys, open + 1, at, decoded)?;
-                    frame.key = index;
+                    match (word, frames.last_mut()) {
+                        (true, Some(frame)) if !frame.in_set => {
+                            add_word_key(frame, &mut keys, open + 1, at)?;
+                        }
+                        _ => add_key(&mut frames, &mut keys, open + 1, at, word, visitor)?,
+                    }
                     expect = Expect::Colon;
-                    if !word {
-                        let path = JsonPath {
-                            frames: &frames,
-                            keys: &keys,
-                        };
-                        visitor.key(&path, keys.text(index));
+                    // The `:` that follows, most often the next event of this block, taken at
+                    // once (340 instructions a 1 KiB body; the same for the `,` after a
+                    // value, inlined where values end, cost 650 more).
+                    if events != 0 && body[block + events.trailing_zeros() as usize] == b':' {
+                        events &= events - 1;
+                        expect = Expect::Value;
                     }
                 }
                 Expect::Nothing => return Err(syntax(at, "the end of the body")),
@@ -327,11 +323,11 @@ fn read_events(
                         }
                         _ => {
                             let end = scalar_end(body, at)?;
-                            expect = after_value(&frames);
                             // A scalar must end where its run of bytes does (`truex`, `1.5.2`).
                             if body.get(end).is_some_and(|&b| !ends_scalar(b)) {
-                                return Err(syntax(end, expected(expect, &frames)));
+                                return Err(syntax(end, expected(after_value(&frames), &frames)));
                             }
+                            expect = after_value(&frames);
                         }
                     }
                 }
@@ -373,15 +369,73 @@ fn close(frames: &mut Vec<Frame>, keys: &mut Keys<'_>) {
     }
 }
 
-/// Adds a key (written at `start..end`; `decoded` when it holds escapes) to the innermost
-/// object's, or refuses it when the object already has it; its index in [`Keys::entries`].
+/// [`add_key`] for the common case, in the reader's loop: a key that is one word (no
+/// escapes, nothing to hand over) in an object with few keys.
+#[inline(always)]
+fn add_word_key(frame: &mut Frame, keys: &mut Keys<'_>, start: usize, end: usize) -> Result<(), JsonError> {
+    let text = &keys.text.as_bytes()[start..end];
+    let hash = key_hash(text);
+    let from = frame.keys_from;
+    if keys.entries[from..]
+        .iter()
+        .enumerate()
+        .any(|(i, key)| key.hash == hash && keys.text(from + i).as_bytes() == text)
+    {
+        return Err(JsonError::DuplicateKey);
+    }
+    keys.entries.push(Key {
+        hash,
+        start,
+        end,
+        decoded: usize::MAX,
+    });
+    frame.key = keys.entries.len() - 1;
+    if frame.key - from >= MANY_KEYS {
+        let set = (from..keys.entries.len()).map(|i| Box::from(keys.text(i))).collect();
+        keys.sets.push(set);
+        frame.in_set = true;
+    }
+    Ok(())
+}
+
+/// A string value that is not one word (written at `start..end`), to the visitor. Out of
+/// the reader's loop, as [`add_key`] is: with both inlined, the loop's variables no longer
+/// fit in registers (15,360 instructions for bench/instructions.sh's body, 14,580 with
+/// only [`add_word_key`] inlined; the array of 250 numbers 32,600 and 31,010).
+#[inline(never)]
+fn hand_over_string(
+    frames: &[Frame],
+    keys: &Keys<'_>,
+    start: usize,
+    end: usize,
+    visitor: &mut dyn JsonVisitor,
+) -> Result<(), JsonError> {
+    let value = string_text(keys.text, start, end)?;
+    visitor.string(&JsonPath { frames, keys }, &value);
+    Ok(())
+}
+
+/// Adds a key (written at `start..end`) to the innermost object's, or refuses it when the
+/// object already has it; hands it to the visitor when it is not one word.
+#[inline(never)]
 fn add_key(
-    frame: &mut Frame,
+    frames: &mut [Frame],
     keys: &mut Keys<'_>,
     start: usize,
     end: usize,
-    decoded: Option<String>,
-) -> Result<usize, JsonError> {
+    word: bool,
+    visitor: &mut dyn JsonVisitor,
+) -> Result<(), JsonError> {
+    let decoded = match word {
+        true => None,
+        false => match string_text(keys.text, start, end)? {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(decoded) => Some(decoded),
+        },
+    };
+    let Some(frame) = frames.last_mut() else {
+        return Err(syntax(start, "a value"));
+    };
     let text = decoded.as_deref().unwrap_or(&keys.text[start..end]);
     let hash = key_hash(text.as_bytes());
     let again = match frame.in_set {
@@ -415,7 +469,11 @@ fn add_key(
         keys.sets.push(set);
         frame.in_set = true;
     }
-    Ok(index)
+    frame.key = index;
+    if !word {
+        visitor.key(&JsonPath { frames, keys }, keys.text(index));
+    }
+    Ok(())
 }
 
 /// A byte that may follow a number or literal: whitespace, a structural character or a
@@ -598,7 +656,7 @@ impl<'b> Scanner<'b> {
             }
         };
         // A block wholly inside one string (long text): its only events are control
-        // characters. Half the work of a block for long strings (bench/README.md).
+        // characters (about 40 instructions fewer of 175 a block).
         if self.in_string != 0 && masks.quote | masks.backslash == 0 && !self.escape {
             self.not_word |= masks.word != u64::MAX;
             self.scalar = 0;
@@ -1041,6 +1099,12 @@ mod tests {
             Err(JsonError::DuplicateKey)
         );
         assert_eq!(read(br#"{"a":{"x":1},"b":{"x":1}}"#, 10, 100, &mut c), Ok(()));
+        // Past 32 keys (checked in a set): nested and sibling objects keep their own keys.
+        let keys: String = (0..40).map(|i| format!("\"k{i}\":{{\"k{i}\":1}},")).collect();
+        let doc = format!("[{{{keys}\"z\":1}},{{{keys}\"z\":1}}]");
+        assert_eq!(read(doc.as_bytes(), 10, 1000, &mut c), Ok(()));
+        let doc = format!("{{{keys}\"k3\\u0030\":1,\"k30\":2}}");
+        assert_eq!(read(doc.as_bytes(), 10, 1000, &mut c), Err(JsonError::DuplicateKey));
         // The same key spelled with an escape is the same key.
         assert_eq!(
             read(br#"{"q":1,"\u0071":2}"#, 10, 100, &mut c),
