@@ -132,7 +132,7 @@ fn search(bytes: &[u8], ours: OwnCredentials<'_>, layers: usize, budget: &mut us
     };
     *budget = left;
     let seen = Seen::of(bytes);
-    if seen.base64url_run && direct(bytes, ours, seen.jwt_start) {
+    if seen.base64url_run && direct(bytes, ours) {
         return true;
     }
     if layers == 0 {
@@ -178,7 +178,7 @@ fn search(bytes: &[u8], ours: OwnCredentials<'_>, layers: usize, budget: &mut us
             return true;
         }
     }
-    if seen.base64url_run && seen.base64_words {
+    if seen.base64url_run {
         // Shorter words decode to at most 14 bytes: too few for a key id (`pp_` and 16
         // hex digits) or a JWT header naming a `kid`, so they are not decoded at all.
         for word in base64_words(bytes)
@@ -224,23 +224,16 @@ fn is_text(bytes: &[u8]) -> bool {
 /// The credential itself in `bytes`, unwrapped: each of the three needs a run of at least
 /// 16 bytes of `[A-Za-z0-9_-]` (a key id's hex digits, or a JWT header, which names its
 /// `alg` and a `kid`).
-fn direct(bytes: &[u8], ours: OwnCredentials<'_>, jwt_start: bool) -> bool {
+fn direct(bytes: &[u8], ours: OwnCredentials<'_>) -> bool {
     holds_key_id(bytes, ours.key_id)
         || holds_unprefixed_key(bytes, ours.key_id)
-        || jwt_start && jwt_kids(bytes).any(|kid| (ours.kid)(&kid))
+        || jwt_kids(bytes).any(|kid| (ours.kid)(&kid))
 }
 
 /// What a look over some text found, which decides what the search tries on it.
 struct Seen {
     /// 16 base64url bytes in a row, which a credential and a base64 word both need.
     base64url_run: bool,
-    /// `eyJ`, which starts every JWT (its header's `{"`).
-    jwt_start: bool,
-    /// A base64 word [`base64_words`] would keep: one of [`MIN_WRAPPED_CREDENTIAL`] bytes,
-    /// or one of [`pinpoint_core::keys::ID_LEN`] that more text follows (a wrapped
-    /// line). Text without one (a key's trace label, `key <16 hex>`) is not split into
-    /// words (with the JWT test above, 400 of the 1,180 instructions its search took).
-    base64_words: bool,
     percent: bool,
     backslash: bool,
     /// `=` before two hex digits: quoted-printable.
@@ -258,8 +251,6 @@ impl Seen {
     /// 3,000 more on the `headers` one; bench/instructions.sh).
     fn of(bytes: &[u8]) -> Seen {
         let (mut run, mut long_run, mut classes, mut hex_digits, mut decimal_digits) = (0, false, 0, 0, 0);
-        let (mut word, mut words, mut last_two) = (0usize, false, 0u16);
-        let mut jwt_start = false;
         for &b in bytes {
             let class = BYTE_CLASS[usize::from(b)];
             classes |= class;
@@ -267,16 +258,7 @@ impl Seen {
             decimal_digits += usize::from(class & DECIMAL != 0);
             run = if class & BASE64URL != 0 { run + 1 } else { 0 };
             long_run |= run >= pinpoint_core::keys::ID_LEN;
-            if class & BASE64 != 0 {
-                word += 1;
-            } else {
-                words |= word >= pinpoint_core::keys::ID_LEN;
-                word = 0;
-            }
-            jwt_start |= last_two == u16::from_be_bytes(*b"ey") && b == b'J';
-            last_two = (last_two << 8) | u16::from(b);
         }
-        words |= word >= MIN_WRAPPED_CREDENTIAL;
         let equals = classes & EQUALS != 0
             && memchr::memchr_iter(b'=', bytes).any(|at| {
                 bytes.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
@@ -287,8 +269,6 @@ impl Seen {
                 .any(|at| bytes.get(at + 1) == Some(&b'#') || memchr::memchr(b';', &bytes[at..]).is_some());
         Seen {
             base64url_run: long_run,
-            jwt_start,
-            base64_words: words,
             percent: classes & PERCENT != 0,
             backslash: classes & BACKSLASH != 0,
             equals,
