@@ -789,101 +789,94 @@ fn classify_bytes(block: &[u8; 64]) -> Masks {
     masks
 }
 
-/// [`classify`] with SSE2: per sixteen bytes, one compare per class (two for a range) and
-/// `pmovmskb` for the lanes that matched.
+/// The body of [`classify_sse2`] and [`classify_avx2`], one class test for both widths:
+/// per lane group, one compare per class (two for a range) and `movemask` for the lanes
+/// that matched.
+#[cfg(target_arch = "x86_64")]
+macro_rules! classify_lanes {
+    ($block:ident, $lanes:literal, $vector:ty, $lane_bits:ty, $load:ident, $set1:ident, $cmpeq:ident,
+     $cmpgt:ident, $or:ident, $add:ident, $min:ident, $movemask:ident) => {{
+        use std::arch::x86_64::*;
+        let splat = |b: u8| $set1(b as i8);
+        let eq = |v: $vector, b: u8| $cmpeq(v, splat(b));
+        let or = |a: $vector, b: $vector| $or(a, b);
+        // Lanes from `low` to `high`: shifted so `low` is i8::MIN, then one signed compare.
+        let within = |v: $vector, low: u8, high: u8| {
+            $cmpgt(
+                splat(0x80u8.wrapping_add(high - low + 1)),
+                $add(v, splat(0x80u8.wrapping_sub(low))),
+            )
+        };
+        let mut masks = [0u64; 6];
+        for (group, chunk) in $block.chunks_exact($lanes).enumerate() {
+            // SAFETY: `chunk` is one vector long; `loadu` reads it without alignment.
+            let x = unsafe { $load(chunk.as_ptr().cast::<$vector>()) };
+            // `[` and `]` are `{` and `}` without bit 5.
+            let folded = or(x, splat(0x20));
+            let found = [
+                eq(x, b'"'),
+                eq(x, b'\\'),
+                or(or(eq(folded, b'{'), eq(folded, b'}')), or(eq(x, b':'), eq(x, b','))),
+                or(or(eq(x, b' '), eq(x, b'\t')), or(eq(x, b'\n'), eq(x, b'\r'))),
+                $cmpeq($min(x, splat(0x1F)), x),
+                or(or(within(folded, b'a', b'z'), within(x, b'0', b'9')), eq(x, b'_')),
+            ];
+            for (mask, lanes) in masks.iter_mut().zip(found) {
+                *mask |= u64::from($movemask(lanes) as $lane_bits) << ($lanes * group);
+            }
+        }
+        let [quote, backslash, op, whitespace, control, word] = masks;
+        Masks {
+            quote,
+            backslash,
+            op,
+            whitespace,
+            control,
+            word,
+        }
+    }};
+}
+
+/// [`classify`] with SSE2, sixteen lanes at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse2")]
 #[allow(unsafe_code)]
 fn classify_sse2(block: &[u8; 64]) -> Masks {
-    use std::arch::x86_64::{
-        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8,
-        _mm_or_si128, _mm_set1_epi8,
-    };
-    let splat = |b: u8| _mm_set1_epi8(b as i8);
-    let eq = |v: __m128i, b: u8| _mm_cmpeq_epi8(v, splat(b));
-    let or = |a: __m128i, b: __m128i| _mm_or_si128(a, b);
-    // Lanes from `low` to `high`: shifted so `low` is i8::MIN, then one signed compare.
-    let within = |v: __m128i, low: u8, high: u8| {
-        _mm_cmplt_epi8(
-            _mm_add_epi8(v, splat(0x80u8.wrapping_sub(low))),
-            splat(0x80u8.wrapping_add(high - low + 1)),
-        )
-    };
-    let mut masks = [0u64; 6];
-    for (lane, chunk) in block.chunks_exact(16).enumerate() {
-        // SAFETY: `chunk` is sixteen bytes long; `loadu` reads them without alignment.
-        let x = unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) };
-        // `[` and `]` are `{` and `}` without bit 5.
-        let folded = or(x, splat(0x20));
-        let found = [
-            eq(x, b'"'),
-            eq(x, b'\\'),
-            or(or(eq(folded, b'{'), eq(folded, b'}')), or(eq(x, b':'), eq(x, b','))),
-            or(or(eq(x, b' '), eq(x, b'\t')), or(eq(x, b'\n'), eq(x, b'\r'))),
-            _mm_cmpeq_epi8(_mm_min_epu8(x, splat(0x1F)), x),
-            or(or(within(folded, b'a', b'z'), within(x, b'0', b'9')), eq(x, b'_')),
-        ];
-        for (mask, lanes) in masks.iter_mut().zip(found) {
-            *mask |= u64::from(_mm_movemask_epi8(lanes) as u16) << (16 * lane);
-        }
-    }
-    let [quote, backslash, op, whitespace, control, word] = masks;
-    Masks {
-        quote,
-        backslash,
-        op,
-        whitespace,
-        control,
-        word,
-    }
+    classify_lanes!(
+        block,
+        16,
+        __m128i,
+        u16,
+        _mm_loadu_si128,
+        _mm_set1_epi8,
+        _mm_cmpeq_epi8,
+        _mm_cmpgt_epi8,
+        _mm_or_si128,
+        _mm_add_epi8,
+        _mm_min_epu8,
+        _mm_movemask_epi8
+    )
 }
 
-/// [`classify`] with AVX2: [`classify_sse2`]'s compares over 32 lanes, in three-operand
-/// form.
+/// [`classify`] with AVX2: 32 lanes at a time, in three-operand form.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(unsafe_code)]
 fn classify_avx2(block: &[u8; 64]) -> Masks {
-    use std::arch::x86_64::{
-        __m256i, _mm256_add_epi8, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256, _mm256_min_epu8,
-        _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
-    };
-    let splat = |b: u8| _mm256_set1_epi8(b as i8);
-    let eq = |v: __m256i, b: u8| _mm256_cmpeq_epi8(v, splat(b));
-    let or = |a: __m256i, b: __m256i| _mm256_or_si256(a, b);
-    // Lanes from `low` to `high`: shifted so `low` is i8::MIN, then one signed compare.
-    let within = |v: __m256i, low: u8, high: u8| {
-        _mm256_cmpgt_epi8(
-            splat(0x80u8.wrapping_add(high - low + 1)),
-            _mm256_add_epi8(v, splat(0x80u8.wrapping_sub(low))),
-        )
-    };
-    let mut masks = [0u64; 6];
-    for (lane, chunk) in block.chunks_exact(32).enumerate() {
-        // SAFETY: `chunk` is 32 bytes long; `loadu` reads them without alignment.
-        let x = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast::<__m256i>()) };
-        let folded = or(x, splat(0x20));
-        let found = [
-            eq(x, b'"'),
-            eq(x, b'\\'),
-            or(or(eq(folded, b'{'), eq(folded, b'}')), or(eq(x, b':'), eq(x, b','))),
-            or(or(eq(x, b' '), eq(x, b'\t')), or(eq(x, b'\n'), eq(x, b'\r'))),
-            _mm256_cmpeq_epi8(_mm256_min_epu8(x, splat(0x1F)), x),
-            or(or(within(folded, b'a', b'z'), within(x, b'0', b'9')), eq(x, b'_')),
-        ];
-        for (mask, lanes) in masks.iter_mut().zip(found) {
-            *mask |= u64::from(_mm256_movemask_epi8(lanes) as u32) << (32 * lane);
-        }
-    }
-    let [quote, backslash, op, whitespace, control, word] = masks;
-    Masks {
-        quote,
-        backslash,
-        op,
-        whitespace,
-        control,
-        word,
-    }
+    classify_lanes!(
+        block,
+        32,
+        __m256i,
+        u32,
+        _mm256_loadu_si256,
+        _mm256_set1_epi8,
+        _mm256_cmpeq_epi8,
+        _mm256_cmpgt_epi8,
+        _mm256_or_si256,
+        _mm256_add_epi8,
+        _mm256_min_epu8,
+        _mm256_movemask_epi8
+    )
 }
 
 #[cfg(test)]
