@@ -566,6 +566,12 @@ reasons! {
         hint: "Send fewer fields or array entries in one request (see `[waf] max_values`).",
         description: "The body holds more values than `[waf] max_values`.",
     },
+    /// A body larger than the WAF inspects.
+    WafBodyTooLarge => {
+        code: "waf.body_too_large", status: 413, source: Caller, title: "Body too large to inspect",
+        hint: "Send a smaller body, or split it over several requests (see `[waf] max_inspected_bytes`).",
+        description: "A body on a route with the WAF on is larger than `[waf] max_inspected_bytes` (multipart bodies, whose file contents are not inspected, are bounded by the route's `max_body_bytes` only).",
+    },
     /// A GCRA rate limit is exceeded.
     RateLimited => {
         code: "rate.limited", status: 429, source: Policy, title: "Too many requests",

@@ -810,6 +810,12 @@ pub const TABLES: &[Table] = &[
                 about: "Bodies with more values are refused with 400 `waf.too_many_values`; at least 1.",
             },
             Key {
+                name: "max_inspected_bytes",
+                kind: "integer (bytes)",
+                default: "1048576",
+                about: "Bodies larger than this are refused with 413 `waf.body_too_large` rather than inspected (the rules cost up to about half a second of CPU per MiB of text built to be slow); multipart bodies, whose file contents are not inspected, are bounded by the route's `max_body_bytes` only. At least 1.",
+            },
+            Key {
                 name: "exclusions",
                 kind: "array of tables",
                 default: "[]",

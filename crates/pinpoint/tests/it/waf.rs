@@ -921,3 +921,47 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
         );
     }
 }
+
+#[tokio::test]
+async fn bodies_larger_than_the_waf_inspects_are_refused_not_inspected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = format!("[server]\ndata_dir = \"DATA_DIR\"\n{ROUTES}\n[waf]\nmax_inspected_bytes = 1000\n");
+    let gw = start(&config).await;
+    let json = |len: usize| format!(r#"{{"a":"{}"}}"#, "x".repeat(len - 8));
+    // At the limit it is inspected; past it (a declared length), refused at once.
+    assert_eq!(
+        post(&gw, "/guarded/x", "application/json", &json(1000)).await.status(),
+        200
+    );
+    let resp = post(&gw, "/guarded/x", "application/json", &json(1001)).await;
+    let body = problem(resp, 413, "waf.body_too_large").await;
+    assert!(body["detail"].as_str().unwrap().contains("1000 bytes"), "{body}");
+    // A route without the WAF, and multipart (whose files are not inspected), keep the
+    // route's limit.
+    assert_eq!(
+        post(&gw, "/plain/x", "application/json", &json(5000)).await.status(),
+        200
+    );
+    let upload = format!(
+        "--XB\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n{}\r\n--XB--\r\n",
+        "y".repeat(5000)
+    );
+    let resp = post(&gw, "/guarded/x", "multipart/form-data; boundary=XB", &upload).await;
+    assert_eq!(resp.status(), 200);
+    // Without a declared length (chunked), measured once read.
+    let body = json(1500);
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let request = format!(
+        "POST /guarded/x HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("waf.body_too_large"), "{answer}");
+}

@@ -13,7 +13,8 @@
 //!
 //! Codes: `waf.sqli`, `waf.xss`, `waf.traversal`, `waf.jndi`, `waf.rce`, `waf.nosql`,
 //! `waf.xxe`, `waf.template`, `waf.protocol` (403, scored); `waf.body_unparsable`,
-//! `waf.body_too_deep`, `waf.too_many_values` (400), `waf.content_type` (415) and
+//! `waf.body_too_deep`, `waf.too_many_values` (400), `waf.body_too_large` (413: larger
+//! than `[waf] max_inspected_bytes`), `waf.content_type` (415) and
 //! `waf.engine_unavailable` (503), refused at once.
 
 pub mod builtin;
@@ -328,8 +329,18 @@ impl Filter for WafFilter {
             return Check::Ready(Outcome::NotApplicable);
         }
         let body_follows = has_body(ctx);
-        if let Some(refusal) = body_follows.then(|| self.content_type_refused(ctx)).flatten() {
-            return Check::Ready(Outcome::Deny(refusal));
+        if body_follows {
+            let declared = ctx
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let refusal = self
+                .content_type_refused(ctx)
+                .or_else(|| declared.and_then(|length| self.too_large_to_inspect(ctx, length)));
+            if let Some(refusal) = refusal {
+                return Check::Ready(Outcome::Deny(refusal));
+            }
         }
         Check::Ready(match self.engine.head(ctx, body_follows) {
             Ok(hits) => self.verdict(ctx, hits),
@@ -343,6 +354,10 @@ impl Filter for WafFilter {
     }
 
     fn check_body(&self, ctx: &mut RequestCtx<'_>, body: &[u8]) -> Outcome {
+        // A body sent without a declared length is measured once read.
+        if let Some(refusal) = self.too_large_to_inspect(ctx, body.len() as u64) {
+            return Outcome::Deny(refusal);
+        }
         match self.engine.body(ctx, body) {
             Ok(hits) => self.verdict(ctx, hits),
             Err(denial) => Outcome::Deny(denial),
@@ -351,6 +366,23 @@ impl Filter for WafFilter {
 }
 
 impl WafFilter {
+    /// A body of `length` bytes larger than `[waf] max_inspected_bytes`, refused rather
+    /// than inspected; multipart bodies are bounded by the route's limit only (their file
+    /// contents are not inspected).
+    fn too_large_to_inspect(&self, ctx: &RequestCtx<'_>, length: u64) -> Option<Denial> {
+        let limit = self.config.max_inspected_bytes;
+        if length <= limit || media_type(ctx.headers).starts_with("multipart/") {
+            return None;
+        }
+        Some(
+            Denial::new(
+                Reason::WafBodyTooLarge,
+                format!("A body larger than {limit} bytes is not accepted on this route."),
+            )
+            .note(format!("{length} bytes; [waf] max_inspected_bytes = {limit}")),
+        )
+    }
+
     /// A request with a body (the caller checked) whose declared type is not in `[waf]
     /// content_types` (compared without parameters, ignoring case; `+json` and `+xml`
     /// suffixes count as their base type). A body with no declared type is inspected whole
