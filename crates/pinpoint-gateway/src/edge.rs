@@ -103,23 +103,21 @@ fn url_part_with_credential(
     // Text shorter than a credential holds none, and neither do its pieces: most paths,
     // queries and hosts are not split at all (with the search's own length check, this
     // function went from about 730 to 190 instructions a bare request, bench/instructions.sh).
-    let long_enough = |text: &str| text.len() >= credential_text::MIN_CREDENTIAL_BYTES;
+    let long_enough = |text: &[u8]| text.len() >= credential_text::MIN_CREDENTIAL_BYTES;
     if carries(method.as_str()) {
         return Some("method");
     }
     let path = uri.path();
-    if long_enough(path) && (carries(path) || path.split('/').any(carries)) {
+    if long_enough(path.as_bytes()) && (carries(path) || path.split('/').any(carries)) {
         return Some("path");
     }
     if uri
         .query()
-        .is_some_and(|q| long_enough(q) && (carries(q) || q.split(['&', ';', '=']).any(carries)))
+        .is_some_and(|q| long_enough(q.as_bytes()) && (carries(q) || q.split(['&', ';', '=']).any(carries)))
     {
         return Some("query string");
     }
-    let host = headers
-        .get(HOST)
-        .filter(|h| h.len() >= credential_text::MIN_CREDENTIAL_BYTES);
+    let host = headers.get(HOST).filter(|h| long_enough(h.as_bytes()));
     if host.is_some_and(|h| carries(&String::from_utf8_lossy(h.as_bytes())))
         || uri.authority().is_some_and(|a| carries(a.as_str()))
     {

@@ -282,14 +282,14 @@ impl BuiltinEngine {
         if shape.any(Shape::WORD) {
             return;
         }
-        // Still percent-encoded after the decoding servers do: a server (or a framework
-        // behind it) that decodes again reads another form, so each is inspected, up to
-        // three more rounds.
         if shape.any(Shape::NUL) {
             // NUL bytes some readers drop (and C strings end at): the value without them too.
             let dropped = value.replace('\0', "");
             self.inspect_one(&part, &dropped, Shape::of(&dropped), hits);
         }
+        // Still percent-encoded after the decoding servers do: a server (or a framework
+        // behind it) that decodes again reads another form, so each is inspected, up to
+        // three more rounds.
         if shape.any(Shape::PERCENT) {
             let mut decoded = Cow::Borrowed(value);
             for _ in 0..3 {
@@ -639,17 +639,16 @@ fn system_file(value: &str) -> bool {
 impl BuiltinEngine {
     /// A body declared as something else that is JSON, for servers that parse any body as
     /// JSON (Go's `json.NewDecoder`, Flask's `get_json(force=True)`): its values as JSON
-    /// (escapes decoded); and when it is not strict JSON (a duplicate key, `NaN`, text after
-    /// it), which lenient parsers still read, the whole text with its escapes decoded, so a
-    /// value after the point the strict reading stopped is inspected too.
+    /// (escapes decoded), after any byte-order mark. When it is not strict JSON but may be
+    /// JSON to a lenient reader (a duplicate key, `NaN`, text after it, a comment before or
+    /// inside it; Json.NET, Gson), the whole text with its escapes decoded wherever they
+    /// stand, as such a reader reads its strings, so a value the strict reading never
+    /// reached is inspected too.
     fn as_json_too(&self, text: &str, hits: &mut Vec<Hit>) {
         let text = text.trim_start_matches('\u{feff}');
         if text.trim_start().starts_with(['{', '[']) && self.json(text.as_bytes(), hits).is_ok() {
             return;
         }
-        // Not strict JSON, but maybe JSON to a lenient reader (comments before or inside
-        // it, a byte-order mark, trailing text; Json.NET, Gson, a forced `get_json`): its
-        // escapes undone wherever they stand, as such a reader reads its strings.
         if let Some(decoded) = pinpoint_core::json::unescaped(text) {
             self.inspect(|| String::from("body"), &decoded, hits);
         }
@@ -1131,7 +1130,7 @@ fn form_decode(text: &str, plus_is_space: bool) -> Cow<'_, str> {
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    let hex = |b: u8| (b as char).to_digit(16);
+    let hex = |b: u8| pinpoint_core::hex::digit_value(b).map(u32::from);
     while i < bytes.len() {
         // IIS's `%uXXXX` (a UTF-16 unit), as servers that accept it read it.
         if bytes[i] == b'%' && matches!(bytes.get(i + 1), Some(b'u' | b'U')) {

@@ -590,8 +590,8 @@ fn unicode_escape(bytes: &[u8], at: usize, end: usize) -> Result<(char, usize), 
             .filter(|_| at + 4 <= end)
             .ok_or_else(|| syntax(at, "four hex digits"))?;
         digits.iter().try_fold(0u32, |unit, &d| {
-            let v = (d as char).to_digit(16).ok_or_else(|| syntax(at, "four hex digits"))?;
-            Ok(unit * 16 + v)
+            let v = pinpoint_core::hex::digit_value(d).ok_or_else(|| syntax(at, "four hex digits"))?;
+            Ok(unit * 16 + u32::from(v))
         })
     };
     let unit = hex4(at)?;

@@ -310,13 +310,13 @@ pub fn media_type(headers: &http::HeaderMap) -> Cow<'_, str> {
     }
 }
 
-/// Whether a request to this route declares a body.
-fn has_body(ctx: &RequestCtx<'_>) -> bool {
-    ctx.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || ctx
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+/// Whether a request to this route declares a body (`Some`), and its declared length when
+/// `Content-Length` gives one (read once for both).
+fn declared_body(ctx: &RequestCtx<'_>) -> Option<Option<u64>> {
+    let length = ctx.headers.get(http::header::CONTENT_LENGTH);
+    let has_body =
+        ctx.headers.contains_key(http::header::TRANSFER_ENCODING) || length.is_some_and(|v| v.as_bytes() != b"0");
+    has_body.then(|| length.and_then(|v| v.to_str().ok()?.trim().parse().ok()))
 }
 
 impl Filter for WafFilter {
@@ -328,21 +328,16 @@ impl Filter for WafFilter {
         if !ctx.route.as_ref().is_some_and(|r| r.waf != RouteWaf::Off) {
             return Check::Ready(Outcome::NotApplicable);
         }
-        let body_follows = has_body(ctx);
-        if body_follows {
-            let declared = ctx
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = declared_body(ctx);
+        if let Some(length) = body {
             let refusal = self
                 .content_type_refused(ctx)
-                .or_else(|| declared.and_then(|length| self.too_large_to_inspect(ctx, length)));
+                .or_else(|| length.and_then(|length| self.too_large_to_inspect(ctx, length)));
             if let Some(refusal) = refusal {
                 return Check::Ready(Outcome::Deny(refusal));
             }
         }
-        Check::Ready(match self.engine.head(ctx, body_follows) {
+        Check::Ready(match self.engine.head(ctx, body.is_some()) {
             Ok(hits) => self.verdict(ctx, hits),
             Err(denial) => Outcome::Deny(denial),
         })
@@ -350,7 +345,7 @@ impl Filter for WafFilter {
 
     fn needs_body(&self, ctx: &RequestCtx<'_>) -> Option<u64> {
         let route = ctx.route.as_ref().filter(|r| r.waf != RouteWaf::Off)?;
-        has_body(ctx).then_some(route.max_body_bytes)
+        declared_body(ctx).map(|_| route.max_body_bytes)
     }
 
     fn check_body(&self, ctx: &mut RequestCtx<'_>, body: &[u8]) -> Outcome {
