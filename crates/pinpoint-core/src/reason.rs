@@ -570,7 +570,7 @@ reasons! {
     WafBodyTooLarge => {
         code: "waf.body_too_large", status: 413, source: Caller, title: "Body too large to inspect",
         hint: "Send a smaller body, or split it over several requests (see `[waf] max_inspected_bytes`).",
-        description: "A body on a route with the WAF on is larger than `[waf] max_inspected_bytes` (multipart bodies, whose file contents are not inspected, are bounded by the route's `max_body_bytes` only).",
+        description: "A body on a route with the WAF on holds more than `[waf] max_inspected_bytes` to inspect: the whole body, or a multipart body's fields (its file contents are not inspected).",
     },
     /// A GCRA rate limit is exceeded.
     RateLimited => {

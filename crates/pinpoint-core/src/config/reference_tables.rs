@@ -813,7 +813,7 @@ pub const TABLES: &[Table] = &[
                 name: "max_inspected_bytes",
                 kind: "integer (bytes)",
                 default: "1048576",
-                about: "Bodies larger than this are refused with 413 `waf.body_too_large` rather than inspected (the rules cost up to about half a second of CPU per MiB of text built to be slow); multipart bodies, whose file contents are not inspected, are bounded by the route's `max_body_bytes` only. At least 1.",
+                about: "Bodies with more to inspect than this are refused with 413 `waf.body_too_large` (the rules cost up to about half a second of CPU per MiB of text built to be slow): the whole body, or a multipart body's fields, whose file contents are not inspected. At least 1.",
             },
             Key {
                 name: "exclusions",

@@ -43,11 +43,10 @@ pub struct WafConfig {
     pub max_json_depth: usize,
     /// Bodies with more values are refused (`waf.too_many_values`).
     pub max_values: usize,
-    /// Bodies larger than this are refused (`waf.body_too_large`, 413) rather than
-    /// inspected; multipart bodies (whose file contents are not inspected) are bounded by
-    /// the route's `max_body_bytes` only. The rules cost up to about half a second of CPU
-    /// per MiB of text built to be slow (runs of operators), so this bounds what one
-    /// request can cost.
+    /// Bodies with more to inspect than this are refused (`waf.body_too_large`, 413):
+    /// the whole body, or a multipart body's fields (its file contents are not inspected).
+    /// The rules cost up to about half a second of CPU per MiB of text built to be slow
+    /// (runs of operators), so this bounds what one request can cost.
     pub max_inspected_bytes: u64,
     /// `[[waf.exclusions]]`: matches these rules may make in these parts are ignored.
     pub exclusions: Vec<WafExclusion>,

@@ -936,8 +936,8 @@ async fn bodies_larger_than_the_waf_inspects_are_refused_not_inspected() {
     let resp = post(&gw, "/guarded/x", "application/json", &json(1001)).await;
     let body = problem(resp, 413, "waf.body_too_large").await;
     assert!(body["detail"].as_str().unwrap().contains("1000 bytes"), "{body}");
-    // A route without the WAF, and multipart (whose files are not inspected), keep the
-    // route's limit.
+    // A route without the WAF keeps the route's limit; so does a multipart body's file,
+    // which is not inspected.
     assert_eq!(
         post(&gw, "/plain/x", "application/json", &json(5000)).await.status(),
         200
@@ -948,6 +948,11 @@ async fn bodies_larger_than_the_waf_inspects_are_refused_not_inspected() {
     );
     let resp = post(&gw, "/guarded/x", "multipart/form-data; boundary=XB", &upload).await;
     assert_eq!(resp.status(), 200);
+    // Its fields are inspected, and measured: past the limit, refused.
+    let fields = upload.replace("; filename=\"a.bin\"", "");
+    let resp = post(&gw, "/guarded/x", "multipart/form-data; boundary=XB", &fields).await;
+    let body = problem(resp, 413, "waf.body_too_large").await;
+    assert!(body["detail"].as_str().unwrap().contains("1000 bytes"), "{body}");
     // Without a declared length (chunked), measured once read.
     let body = json(1500);
     let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();

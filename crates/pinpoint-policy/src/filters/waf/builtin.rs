@@ -692,6 +692,8 @@ impl BuiltinEngine {
             .zip(ends)
             .map(|(&start, end)| &body[start + delimiter.len()..end]);
         let mut fields = 0;
+        // The bytes of field values inspected so far (file contents are not).
+        let mut inspected = 0u64;
         let mut closed = false;
         for section in sections.by_ref() {
             if section.starts_with(b"--") {
@@ -762,6 +764,11 @@ impl BuiltinEngine {
             // with an empty one, or with `filename*` alone, as a field): a field's value is
             // inspected.
             if param("filename").is_none_or(str::is_empty) {
+                inspected += value.len() as u64;
+                let limit = self.config.max_inspected_bytes;
+                if inspected > limit {
+                    return Err(super::too_large_to_inspect(limit, inspected, "its fields"));
+                }
                 let value = std::str::from_utf8(value).map_err(|_| unparsable())?;
                 if encoded || charset {
                     return Err(unparsable());

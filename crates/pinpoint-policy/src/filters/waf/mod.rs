@@ -13,8 +13,8 @@
 //!
 //! Codes: `waf.sqli`, `waf.xss`, `waf.traversal`, `waf.jndi`, `waf.rce`, `waf.nosql`,
 //! `waf.xxe`, `waf.template`, `waf.protocol` (403, scored); `waf.body_unparsable`,
-//! `waf.body_too_deep`, `waf.too_many_values` (400), `waf.body_too_large` (413: larger
-//! than `[waf] max_inspected_bytes`), `waf.content_type` (415) and
+//! `waf.body_too_deep`, `waf.too_many_values` (400), `waf.body_too_large` (413: more to
+//! inspect than `[waf] max_inspected_bytes`), `waf.content_type` (415) and
 //! `waf.engine_unavailable` (503), refused at once.
 
 pub mod builtin;
@@ -294,6 +294,18 @@ pub fn exclusions_in_trace(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The refusal of more text to inspect than `[waf] max_inspected_bytes` (`limit`):
+/// `length` bytes of `what` (the body, a multipart body's fields). The rules cost up to
+/// about half a second of CPU per MiB of text built to be slow, so this bounds what one
+/// request can cost.
+pub fn too_large_to_inspect(limit: u64, length: u64, what: &str) -> Denial {
+    Denial::new(
+        Reason::WafBodyTooLarge,
+        format!("A body with more than {limit} bytes to inspect is not accepted on this route."),
+    )
+    .note(format!("{length} bytes in {what}; [waf] max_inspected_bytes = {limit}"))
+}
+
 /// The declared body type without parameters, lower case (`application/json`); empty when
 /// none is declared. The filter's type check and the engines read the same one. Borrowed
 /// from the header when it is already lower case, as it almost always is (allocating and
@@ -362,20 +374,14 @@ impl Filter for WafFilter {
 
 impl WafFilter {
     /// A body of `length` bytes larger than `[waf] max_inspected_bytes`, refused rather
-    /// than inspected; multipart bodies are bounded by the route's limit only (their file
-    /// contents are not inspected).
+    /// than inspected; a multipart body is measured by its fields instead, as the engine
+    /// reads them (its file contents are not inspected).
     fn too_large_to_inspect(&self, ctx: &RequestCtx<'_>, length: u64) -> Option<Denial> {
         let limit = self.config.max_inspected_bytes;
         if length <= limit || media_type(ctx.headers).starts_with("multipart/") {
             return None;
         }
-        Some(
-            Denial::new(
-                Reason::WafBodyTooLarge,
-                format!("A body larger than {limit} bytes is not accepted on this route."),
-            )
-            .note(format!("{length} bytes; [waf] max_inspected_bytes = {limit}")),
-        )
+        Some(too_large_to_inspect(limit, length, "the body"))
     }
 
     /// A request with a body (the caller checked) whose declared type is not in `[waf]
