@@ -551,8 +551,8 @@ reasons! {
     /// A body the WAF must inspect does not parse as its declared type.
     WafBodyUnparsable => {
         code: "waf.body_unparsable", status: 400, source: Caller, title: "Body does not parse as its type",
-        hint: "Send a body that is valid for its Content-Type (JSON or form data).",
-        description: "The route's WAF inspects bodies; this one did not parse unambiguously as the type its `Content-Type` declared (JSON with a key named twice, XML that is not one well-formed UTF-8 document, multipart with two boundaries, doubled or folded part headers or a part after the end), so it could not be inspected.",
+        hint: "Send a body that is valid for its Content-Type (JSON or form data), unencoded.",
+        description: "The route's WAF inspects bodies; this one did not parse unambiguously as the type its `Content-Type` declared (JSON with a key named twice, XML that is not one well-formed UTF-8 document, multipart with two boundaries, doubled or folded part headers or a part after the end; or a body sent with a `Content-Encoding`), so it could not be inspected.",
     },
     /// A JSON body nests deeper than the WAF inspects.
     WafBodyTooDeep => {

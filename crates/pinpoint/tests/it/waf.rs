@@ -842,6 +842,21 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
             "waf.jndi",
         ),
         ("application/json", b"{\"v\":\"x;id\\u0000\"}".to_vec(), "waf.rce"),
+        // The fifth round: a prefix with an apostrophe before lenient JSON (its values are
+        // read strictly from the first bracket), an array after a comment, and UTF-16
+        // JSON under a form's type.
+        (
+            "text/plain",
+            b"// it's\n{\"a\":\"1\\u0027 OR \\u00271\\u0027=\\u00271\"}".to_vec(),
+            "waf.sqli",
+        ),
+        ("text/plain", b")]}',\n{\"a\":\"1' OR '1'='1\"}".to_vec(), "waf.sqli"),
+        ("text/plain", b"// c\n[\"x;id\"]".to_vec(), "waf.rce"),
+        (
+            "application/x-www-form-urlencoded",
+            r#"{"a":"\u003cscript>alert(1)\u003c/script>"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect(),
+            "waf.xss",
+        ),
     ] {
         let resp = gw
             .http
@@ -852,6 +867,28 @@ async fn what_an_outside_attack_found_is_refused_and_look_alikes_pass() {
             .await
             .unwrap();
         problem(resp, 403, reason).await;
+    }
+    // A NUL that percent-decoding makes, in a header; a body with a Content-Encoding,
+    // which the rules cannot read (a compressed body would also pass the size limit).
+    let resp = gw
+        .http
+        .get(gw.url("/guarded/x"))
+        .header("user-agent", "x%3Bi%00d")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 403, "waf.rce").await;
+    for encoding in ["gzip", "deflate", "br"] {
+        let resp = gw
+            .http
+            .post(gw.url("/guarded/x"))
+            .header("content-type", "text/plain")
+            .header("content-encoding", encoding)
+            .body(b"\x1f\x8b\x08\x00compressed".to_vec())
+            .send()
+            .await
+            .unwrap();
+        problem(resp, 400, "waf.body_unparsable").await;
     }
     // A file of any bytes uploads: its content is not inspected, and not read as text.
     let mut upload = b"--XB\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nPhoto\r\n--XB\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();

@@ -282,11 +282,6 @@ impl BuiltinEngine {
         if shape.any(Shape::WORD) {
             return;
         }
-        if shape.any(Shape::NUL) {
-            // NUL bytes some readers drop (and C strings end at): the value without them too.
-            let dropped = value.replace('\0', "");
-            self.inspect_one(&part, &dropped, Shape::of(&dropped), hits);
-        }
         // Still percent-encoded after the decoding servers do: a server (or a framework
         // behind it) that decodes again reads another form, so each is inspected, up to
         // three more rounds.
@@ -300,11 +295,21 @@ impl BuiltinEngine {
                 if again == decoded {
                     break;
                 }
-                self.inspect_one(&part, &again, Shape::of(&again), hits);
+                self.inspect_form(&part, &again, Shape::of(&again), hits);
                 decoded = Cow::Owned(again.into_owned());
             }
         }
-        self.inspect_one(&part, value, shape, hits);
+        self.inspect_form(&part, value, shape, hits);
+    }
+
+    /// One form of a value (as sent, or percent-decoded once more), and, when it holds NUL
+    /// bytes (which some readers drop and C strings end at), that form without them too.
+    fn inspect_form(&self, part: &impl PartName, value: &str, shape: Shape, hits: &mut Vec<Hit>) {
+        if shape.any(Shape::NUL) {
+            let dropped = value.replace('\0', "");
+            self.inspect_one(part, &dropped, Shape::of(&dropped), hits);
+        }
+        self.inspect_one(part, value, shape, hits);
     }
 
     fn inspect_one(&self, part: &impl PartName, value: &str, shape: Shape, hits: &mut Vec<Hit>) {
@@ -453,6 +458,12 @@ impl WafEngine for BuiltinEngine {
         } else if names(b"xml") {
             self.xml(body, &mut hits)?;
         } else if content_type == "application/x-www-form-urlencoded" {
+            // UTF-16 or UTF-32 under a form's type (valid UTF-8 when it is ASCII with zero
+            // bytes between): read as the text a reader that detects it sees, too.
+            if let Some(wide) = wide_text(body) {
+                self.inspect(|| String::from("body"), &wide, &mut hits);
+                self.as_json_too(&wide, &mut hits);
+            }
             let text = std::str::from_utf8(body)
                 .map_err(|_| Denial::new(Reason::WafBodyUnparsable, "The form body is not UTF-8 text."))?;
             let fields = pairs(text);
@@ -639,7 +650,8 @@ fn system_file(value: &str) -> bool {
 impl BuiltinEngine {
     /// A body declared as something else that is JSON, for servers that parse any body as
     /// JSON (Go's `json.NewDecoder`, Flask's `get_json(force=True)`): its values as JSON
-    /// (escapes decoded), after any byte-order mark. When it is not strict JSON but may be
+    /// (escapes decoded), after any byte-order mark or from its first `{` or `[` after a
+    /// prefix. When it is not strict JSON but may be
     /// JSON to a lenient reader (a duplicate key, `NaN`, text after it, a comment before or
     /// inside it; Json.NET, Gson), the whole text with its escapes decoded wherever they
     /// stand, as such a reader reads its strings, so a value the strict reading never
@@ -648,6 +660,14 @@ impl BuiltinEngine {
         let text = text.trim_start_matches('\u{feff}');
         if text.trim_start().starts_with(['{', '[']) && self.json(text.as_bytes(), hits).is_ok() {
             return;
+        }
+        // JSON after a prefix a lenient reader skips (a comment, `)]}',`, `while(1);`):
+        // read strictly from its first `{` or `[`, so each value is inspected as itself
+        // (inspected only as part of the whole text, an apostrophe in the prefix hid an
+        // injection from libinjection).
+        if let Some(start) = text.find(['{', '[']).filter(|&start| start > 0) {
+            // What it cannot read strictly is not refused: the whole text follows.
+            let _ = self.json(&text.as_bytes()[start..], hits);
         }
         if let Some(decoded) = pinpoint_core::json::unescaped(text) {
             self.inspect(|| String::from("body"), &decoded, hits);

@@ -294,6 +294,24 @@ pub fn exclusions_in_trace(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// A body sent with a `Content-Encoding` (gzip, deflate, ...): the engines read bytes as
+/// sent, so what an upstream that decodes it reads would go uninspected (and a small
+/// compressed body past the size limit). Refused, as a body that cannot be inspected.
+fn encoded_body(ctx: &RequestCtx<'_>) -> Option<Denial> {
+    let encoding = ctx.headers.get(http::header::CONTENT_ENCODING)?;
+    let encoding = String::from_utf8_lossy(encoding.as_bytes());
+    if encoding.trim().eq_ignore_ascii_case("identity") {
+        return None;
+    }
+    Some(
+        Denial::new(
+            Reason::WafBodyUnparsable,
+            "A body with a Content-Encoding cannot be inspected on this route; send it unencoded.",
+        )
+        .note(format!("Content-Encoding {}", shown_part(encoding.trim()))),
+    )
+}
+
 /// The refusal of more text to inspect than `[waf] max_inspected_bytes` (`limit`):
 /// `length` bytes of `what` (the body, a multipart body's fields). The rules cost up to
 /// about half a second of CPU per MiB of text built to be slow, so this bounds what one
@@ -342,8 +360,8 @@ impl Filter for WafFilter {
         }
         let body = declared_body(ctx);
         if let Some(length) = body {
-            let refusal = self
-                .content_type_refused(ctx)
+            let refusal = encoded_body(ctx)
+                .or_else(|| self.content_type_refused(ctx))
                 .or_else(|| length.and_then(|length| self.too_large_to_inspect(ctx, length)));
             if let Some(refusal) = refusal {
                 return Check::Ready(Outcome::Deny(refusal));
